@@ -1,0 +1,1 @@
+"""Shared building blocks of every DLHub service: messages, codec, config, logging, errors, IDs."""

@@ -1,0 +1,142 @@
+"""Typed configuration for every service.
+
+Sources, highest priority first: explicit keyword arguments, environment variables (``DLHUB_`` prefix, ``__``
+between nesting levels, e.g. ``DLHUB_BUS__HEARTBEAT_INTERVAL_S=0.5``), then the TOML file named by
+``--config`` or ``DLHUB_CONFIG``. Every duration and size carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DLHUB_HOME", Path.home() / ".dlhub")) / "data"
+
+
+class BusConfig(BaseModel):
+    """How a service reaches the broker and how liveness is judged on both sides."""
+
+    broker_url: str = "tcp://127.0.0.1:5560"
+    heartbeat_interval_s: PositiveFloat = 1.0
+    heartbeat_liveness: PositiveInt = 3
+    reconnect_initial_s: PositiveFloat = 0.25
+    reconnect_max_s: PositiveFloat = 32.0
+    max_message_bytes: PositiveInt = 256 * MiB
+
+    @property
+    def liveness_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_liveness
+
+
+class BrokerConfig(BaseModel):
+    bind_url: str = "tcp://127.0.0.1:5560"
+    max_queued_tasks: PositiveInt = 100_000
+    sndhwm: int = 0
+
+
+class StoreConfig(BaseModel):
+    backend: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path | None = None
+
+
+class RegistryConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8642, ge=0, le=65535)
+    public_url: str | None = None
+    max_upload_bytes: PositiveInt = 100 * MiB
+    max_request_json_bytes: PositiveInt = 64 * MiB
+    sync_timeout_s: PositiveFloat = 300.0
+    task_result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    task_sweep_interval_s: PositiveFloat = 60.0
+    allow_anonymous_run: bool = True
+
+
+class WorkerConfig(BaseModel):
+    topics: list[str] = Field(default_factory=lambda: ["servable/*"])
+    processes: PositiveInt = 1
+    tasks_per_process: PositiveInt = 1
+    servable_dir: Path | None = None
+
+
+class BuilderConfig(BaseModel):
+    servable_dir: Path | None = None
+    max_package_bytes: PositiveInt = 100 * MiB
+    max_extracted_bytes: PositiveInt = 1024 * MiB
+    max_files: PositiveInt = 10_000
+
+
+class SearchConfig(BaseModel):
+    backend: Literal["sqlite"] = "sqlite"
+    sqlite_path: Path | None = None
+    default_page_size: PositiveInt = 20
+    max_page_size: PositiveInt = 1000
+
+
+class LoggingConfig(BaseModel):
+    format: Literal["json", "console"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DLHubSettings(BaseSettings):
+    """Configuration of the whole stack; each service reads the sections it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="DLHUB_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    bus: BusConfig = Field(default_factory=BusConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    builder: BuilderConfig = Field(default_factory=BuilderConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    # Derived locations inside the one data directory, unless configured explicitly.
+    @property
+    def store_sqlite_path(self) -> Path:
+        return self.store.sqlite_path or self.data_dir / "registry.sqlite3"
+
+    @property
+    def search_sqlite_path(self) -> Path:
+        return self.search.sqlite_path or self.data_dir / "search.sqlite3"
+
+    @property
+    def servable_dir(self) -> Path:
+        """Where the builder extracts packages and the workers load them from."""
+        return self.builder.servable_dir or self.worker.servable_dir or self.data_dir / "servables"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> DLHubSettings:
+    """Load settings from keyword overrides, the environment and an optional TOML file."""
+    path = config_file or os.environ.get("DLHUB_CONFIG")
+
+    class _FileSettings(DLHubSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            return tuple(sources)
+
+    return _FileSettings(**overrides)

@@ -1,0 +1,157 @@
+"""Error types shared by all services.
+
+Every error has a stable ``code`` (the wire name clients match on) and an HTTP status, so that a failure raised
+deep inside a service reaches the REST caller with the same type it was raised with.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DLHubError(Exception):
+    """Base of every typed DLHub error."""
+
+    code: ClassVar[str] = "dlhub_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"type": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidMessage(DLHubError):
+    """A frame or message on the bus could not be decoded or violates a limit."""
+
+    code = "invalid_message"
+    http_status = 400
+
+
+class MessageTooLarge(InvalidMessage):
+    code = "message_too_large"
+    http_status = 413
+
+
+class ValidationFailed(DLHubError):
+    """Input or metadata failed validation; ``field`` names the offending path."""
+
+    code = "validation_error"
+    http_status = 400
+
+
+class NotFound(DLHubError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(DLHubError):
+    code = "conflict"
+    http_status = 409
+
+
+class Unauthorized(DLHubError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(DLHubError):
+    code = "forbidden"
+    http_status = 403
+
+
+class PayloadTooLarge(DLHubError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsafePackage(DLHubError):
+    """An uploaded archive tried to write outside its directory or held a forbidden member."""
+
+    code = "unsafe_package"
+    http_status = 400
+
+
+class BuildFailed(DLHubError):
+    code = "build_failed"
+    http_status = 422
+
+
+class ServableNotReady(DLHubError):
+    code = "servable_not_ready"
+    http_status = 409
+
+
+class TaskTimeout(DLHubError):
+    """The task did not finish before its deadline."""
+
+    code = "task_timeout"
+    http_status = 504
+
+
+class NoHandler(DLHubError):
+    """No service or worker is registered for the task's topic."""
+
+    code = "no_handler"
+    http_status = 503
+
+
+class HandlerLost(DLHubError):
+    """The handler running the task stopped heartbeating; the task's outcome is unknown."""
+
+    code = "handler_lost"
+    http_status = 502
+
+
+class WorkerLost(HandlerLost):
+    """The OS process executing the servable died while running the task."""
+
+    code = "worker_lost"
+
+
+class BrokerUnavailable(DLHubError):
+    code = "broker_unavailable"
+    http_status = 503
+
+
+class ServableError(DLHubError):
+    """The servable itself raised; ``exception_type`` carries the model's own exception class name."""
+
+    code = "servable_error"
+    http_status = 500
+
+
+ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
+    cls.code: cls
+    for cls in (
+        DLHubError,
+        InvalidMessage,
+        MessageTooLarge,
+        ValidationFailed,
+        NotFound,
+        Conflict,
+        Unauthorized,
+        Forbidden,
+        PayloadTooLarge,
+        UnsafePackage,
+        BuildFailed,
+        ServableNotReady,
+        TaskTimeout,
+        NoHandler,
+        HandlerLost,
+        WorkerLost,
+        BrokerUnavailable,
+        ServableError,
+    )
+}
+
+
+def error_class(code: str) -> type[DLHubError]:
+    """Map a wire error code back to its class (unknown codes become the base class)."""
+    return ERRORS_BY_CODE.get(code, DLHubError)

@@ -1,0 +1,133 @@
+"""Every message that crosses the bus.
+
+Messages are plain typed structs tagged by ``type``; they never encode themselves (``codec.Codec`` does). New
+fields must be optional so that older peers keep decoding newer messages; unknown fields are ignored.
+
+Values chosen by users (task inputs, parameters, outputs) travel as ``msgspec.Raw``: already-encoded msgpack
+that the broker forwards without decoding, so routing cost does not grow with payload size.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+NIL: Final = msgspec.Raw(b"\xc0")
+EMPTY_MAP: Final = msgspec.Raw(b"\x80")
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
+    """Base of all bus messages."""
+
+
+class Register(Message, tag="register"):
+    """Handler -> broker: serve these topics with this many concurrent tasks.
+
+    A topic ending in ``*`` is a prefix pattern (``servable/*`` serves every servable).
+    """
+
+    handler_id: str
+    kind: str
+    topics: list[str]
+    capacity: int
+
+
+class Registered(Message, tag="registered"):
+    """Broker -> handler: registration accepted; heartbeat at this interval."""
+
+    handler_id: str
+    heartbeat_interval_s: float
+
+
+class Unregister(Message, tag="unregister"):
+    """Handler -> broker: leaving; fail nothing, it has already drained."""
+
+    handler_id: str
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    """Either direction; any message also counts as a sign of life."""
+
+    sender_id: str
+
+
+class Reconnect(Message, tag="reconnect"):
+    """Broker -> peer: you are unknown to me (e.g. I restarted); register again."""
+
+    reason: str
+
+
+class RouteStep(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One step of a route: the topic to send to, the method to call and its keyword parameters."""
+
+    topic: str
+    method: str = "run"
+    parameters: msgspec.Raw = msgspec.field(default_factory=lambda: EMPTY_MAP)
+
+
+class Submit(Message, tag="submit"):
+    """Client -> broker: run ``inputs`` through ``route``; the broker replies with one ``Result``.
+
+    With several steps the broker feeds each step's output to the next step (a server-side pipeline).
+    """
+
+    task_id: str
+    route: list[RouteStep]
+    inputs: msgspec.Raw = NIL
+    timeout_s: float = 300.0
+    notify_start: bool = False
+
+
+class Dispatch(Message, tag="dispatch"):
+    """Broker -> handler: run one step of a task."""
+
+    task_id: str
+    step: int
+    topic: str
+    method: str
+    inputs: msgspec.Raw = NIL
+    parameters: msgspec.Raw = EMPTY_MAP
+    deadline_unix_s: float = 0.0
+
+
+class Started(Message, tag="started"):
+    """Broker -> client: the task's first step was handed to a handler."""
+
+    task_id: str
+    handler_id: str
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A typed failure: ``code`` is a DLHub error code; ``exception_type`` the servable's own exception."""
+
+    code: str
+    message: str
+    exception_type: str = ""
+    traceback: str = ""
+    step: int = -1
+    topic: str = ""
+
+
+class Timings(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The paper's timings in milliseconds; each layer fills its own field."""
+
+    inference_ms: float = 0.0
+    invocation_ms: float = 0.0
+    queue_ms: float = 0.0
+    request_ms: float = 0.0
+
+
+class Result(Message, tag="result"):
+    """Handler -> broker -> client: outcome of one step (to the broker) or the whole route (to the client)."""
+
+    task_id: str
+    ok: bool
+    output: msgspec.Raw = NIL
+    error: ErrorInfo | None = None
+    timings: Timings = msgspec.field(default_factory=Timings)
+    step: int = 0
+    handler_id: str = ""
+
+
+AnyMessage = Register | Registered | Unregister | Heartbeat | Reconnect | Submit | Dispatch | Started | Result

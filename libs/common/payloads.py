@@ -1,0 +1,97 @@
+"""Typed bodies of the service-to-service tasks (build, index, query).
+
+They travel inside ``Submit.inputs`` / ``Result.output`` (encoded with ``Codec.encode_value`` and decoded with
+``decode_payload``), so the registry, builder and search services agree on one schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from libs.common.errors import InvalidMessage
+
+T = TypeVar("T")
+
+
+class BuildRequest(msgspec.Struct, kw_only=True):
+    """Registry -> builder: install ``package`` (a .tar.gz/.tgz/.tar or .zip, may be empty) as a version."""
+
+    owner: str
+    name: str
+    version: int
+    metadata: dict[str, Any]
+    package: bytes = b""
+    package_format: Literal["tar", "zip", "none"] = "tar"
+
+
+class BuildOutcome(msgspec.Struct, kw_only=True):
+    """Builder -> registry on success: where the version lives and what it holds."""
+
+    digest: str
+    files: list[str]
+    size_bytes: int
+    path: str
+
+
+class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the search service indexes for one servable (its latest visible version)."""
+
+    id: str
+    owner: str
+    name: str
+    version: int
+    title: str = ""
+    description: str = ""
+    authors: list[str] = msgspec.field(default_factory=list)
+    domains: list[str] = msgspec.field(default_factory=list)
+    keywords: list[str] = msgspec.field(default_factory=list)
+    model_type: str = ""
+    servable_type: str = ""
+    visible_to: list[str] = msgspec.field(default_factory=lambda: ["public"])
+    publication_date_s: float = 0.0
+    status: str = "ready"
+
+
+class IndexRequest(msgspec.Struct, kw_only=True):
+    """Registry -> search: upsert or delete the document with ``id`` (``owner/name``)."""
+
+    op: Literal["upsert", "delete"]
+    id: str
+    document: SearchDocument | None = None
+
+
+class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Free text (with prefix matching) plus exact field filters, seen by ``identities``."""
+
+    q: str = ""
+    owner: str | None = None
+    name: str | None = None
+    domain: str | None = None
+    author: str | None = None
+    model_type: str | None = None
+    servable_type: str | None = None
+    identities: list[str] = msgspec.field(default_factory=list)
+    limit: int = 20
+    offset: int = 0
+
+
+class SearchHit(msgspec.Struct, kw_only=True):
+    document: SearchDocument
+    score: float
+
+
+class SearchResults(msgspec.Struct, kw_only=True):
+    total: int
+    hits: list[SearchHit]
+    limit: int
+    offset: int
+
+
+def decode_payload(raw: msgspec.Raw | bytes, type_: type[T]) -> T:
+    """Decode a task body into its struct, turning schema errors into ``InvalidMessage``."""
+    try:
+        return msgspec.msgpack.decode(raw, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidMessage(f"invalid {type_.__name__}: {exc}") from exc

@@ -1,0 +1,22 @@
+"""Layout of the servable store shared by the builder (writes) and workers (read).
+
+``<root>/<owner>/<name>/<version>/metadata.json`` holds the published document and ``files/`` the package.
+A version directory appears atomically (renamed from ``<root>/.staging``) so a worker never sees half of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+METADATA_FILENAME: Final = "metadata.json"
+FILES_DIRNAME: Final = "files"
+STAGING_DIRNAME: Final = ".staging"
+
+
+def version_dir(root: Path, owner: str, name: str, version: int) -> Path:
+    return root / owner / name / str(version)
+
+
+def staging_dir(root: Path) -> Path:
+    return root / STAGING_DIRNAME
