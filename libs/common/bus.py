@@ -17,7 +17,7 @@ import msgspec
 
 from libs.common.codec import Codec
 from libs.common.config import BusConfig
-from libs.common.messages import Dispatch, Result, RouteStep, Started
+from libs.common.messages import Dispatch, Result, RouteStep, Started, StatsReply
 
 TaskHandler = Callable[[Dispatch], Awaitable[Result]]
 """Runs one dispatched step. Must return a Result with the dispatch's task_id and step; if it raises, the
@@ -74,4 +74,8 @@ class BusClient:
 
         A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``.
         """
+        raise NotImplementedError
+
+    async def stats(self, *, timeout_s: float = 2.0) -> StatsReply:
+        """Ask the broker for its handler table and queue depth; raise BrokerUnavailable on no answer."""
         raise NotImplementedError

@@ -130,4 +130,37 @@ class Result(Message, tag="result"):
     handler_id: str = ""
 
 
-AnyMessage = Register | Registered | Unregister | Heartbeat | Reconnect | Submit | Dispatch | Started | Result
+class StatsRequest(Message, tag="stats_request"):
+    """Client -> broker: report registered handlers and queue depth (used by health checks)."""
+
+    request_id: str
+
+
+class HandlerInfo(msgspec.Struct, kw_only=True):
+    handler_id: str
+    kind: str
+    topics: list[str]
+    capacity: int
+    inflight: int
+
+
+class StatsReply(Message, tag="stats_reply"):
+    request_id: str
+    handlers: list[HandlerInfo]
+    queued: int
+    inflight: int
+
+
+AnyMessage = (
+    Register
+    | Registered
+    | Unregister
+    | Heartbeat
+    | Reconnect
+    | Submit
+    | Dispatch
+    | Started
+    | Result
+    | StatsRequest
+    | StatsReply
+)
