@@ -1,0 +1,388 @@
+"""The ``dlhub`` command line: the paper's init / update / publish / run / ls, plus search, status, describe,
+delete, token and ``up`` (the embedded stack)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from libs.client.credentials import client_file, dlhub_home, save_credentials
+from libs.client.metadata import python_function_document, sklearn_document
+from libs.client.sdk import DLHubClient, TaskFailed
+from libs.common.errors import DLHubError
+
+console = Console()
+err_console = Console(stderr=True)
+DEFAULT_METADATA_FILE = "dlhub.json"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}")
+    sys.exit(code)
+
+
+def _client(ctx: click.Context) -> DLHubClient:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    return DLHubClient(obj.get("url"), obj.get("token"))
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def _load_json_arg(value: str) -> Any:
+    """Parse a JSON argument; ``@file.json`` reads it from a file."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from exc
+
+
+class DLHubGroup(click.Group):
+    """Turn DLHub errors into one readable line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaskFailed as exc:
+            _fail(str(exc))
+        except DLHubError as exc:
+            field = f" (field: {exc.field})" if exc.field else ""
+            _fail(f"{exc.code}: {exc.message}{field}")
+        except OSError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=DLHubGroup)
+@click.option("--url", envvar="DLHUB_URL", help="Registry URL (default: from `dlhub up` or 127.0.0.1:8642).")
+@click.option("--token", envvar="DLHUB_TOKEN", help="API token (default: the one `dlhub up` saved).")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """DLHub: publish, discover and run scientific models."""
+    ctx.ensure_object(dict).update(url=url, token=token)
+
+
+# -- the embedded stack --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: $DLHUB_HOME/data.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", "registry_port", default=8642, show_default=True, help="REST API port.")
+@click.option("--broker-port", default=5560, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Number of worker services.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
+@click.option("--user", default=None, help="Local user whose token is saved for the CLI (default: $USER).")
+@click.option("--verbose", is_flag=True, help="Show the services' logs here instead of in <data-dir>/logs.")
+@click.option("--startup-timeout-s", default=30.0, show_default=True)
+def up(
+    data_dir: Path | None,
+    host: str,
+    registry_port: int,
+    broker_port: int,
+    workers: int,
+    config_file: Path | None,
+    user: str | None,
+    verbose: bool,
+    startup_timeout_s: float,
+) -> None:
+    """Start the whole embedded stack on this machine; Ctrl-C stops it."""
+    from libs.client.launcher import Stack, StackOptions, run_foreground
+    from libs.client.tokens import ensure_local_token
+
+    resolved_dir = (data_dir or dlhub_home() / "data").resolve()
+    options = StackOptions(
+        data_dir=resolved_dir,
+        host=host,
+        registry_port=registry_port,
+        broker_port=broker_port,
+        workers=workers,
+        config_file=config_file,
+        log_format="console" if verbose else "json",
+        log_to_console=verbose,
+    )
+    stack = Stack(options)
+    started = time.monotonic()
+
+    def on_ready(health: dict[str, Any]) -> None:
+        username = user or os.environ.get("USER") or "local"
+        token = ensure_local_token(resolved_dir, username, config_file=config_file)
+        saved = resolved_dir / "client.json"
+        save_credentials(saved, options.api_url, token)
+        if data_dir is None:
+            save_credentials(client_file(), options.api_url, token)
+            saved = client_file()
+        handlers = health.get("broker", {}).get("handlers", [])
+        console.print(
+            f"[green]DLHub is up[/green] in {time.monotonic() - started:.2f} s: "
+            f"API {options.api_url}/api/v1  ({len(handlers)} services registered at the broker)\n"
+            f"data: {resolved_dir}   logs: {resolved_dir / 'logs'}\n"
+            f"token for user '{username}' saved in {saved}\n"
+            "Press Ctrl-C to stop."
+        )
+        sys.stdout.flush()
+
+    sys.exit(run_foreground(stack, on_ready, startup_timeout_s))
+
+
+@main.group()
+def token() -> None:
+    """Manage local API tokens (embedded deployments)."""
+
+
+@token.command("create")
+@click.argument("user")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: $DLHUB_HOME/data.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
+def token_create(user: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Create a new API token for USER and print it (shown once; stored hashed)."""
+    from libs.client.tokens import create_local_token
+
+    click.echo(create_local_token((data_dir or dlhub_home() / "data").resolve(), user, config_file))
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", required=True, help="Servable name (no whitespace).")
+@click.option("--title", default=None)
+@click.option("--author", "authors", multiple=True, help='"Family, Given" (repeatable).')
+@click.option("--affiliation", "affiliations", multiple=True)
+@click.option("--description", default="")
+@click.option("--domain", "domains", multiple=True)
+@click.option("--function", "function", default=None, help="module:function for a Python function servable.")
+@click.option("--file", "files", multiple=True, help="Extra file or folder to ship (repeatable).")
+@click.option("--autobatch", is_flag=True, help="Call the function once per element of the input list.")
+@click.option("--sklearn", "sklearn_model", default=None, help="Path of a pickled scikit-learn model.")
+@click.option("--method", default="predict", show_default=True, help="scikit-learn method to expose as run.")
+@click.option("--n-features", default=None, type=int, help="scikit-learn: number of input columns.")
+@click.option("--serialization", type=click.Choice(["pickle", "joblib"]), default="pickle", show_default=True)
+@click.option("--output", "output_file", default=DEFAULT_METADATA_FILE, show_default=True)
+def init(
+    name: str,
+    title: str | None,
+    authors: tuple[str, ...],
+    affiliations: tuple[str, ...],
+    description: str,
+    domains: tuple[str, ...],
+    function: str | None,
+    files: tuple[str, ...],
+    autobatch: bool,
+    sklearn_model: str | None,
+    method: str,
+    n_features: int | None,
+    serialization: str,
+    output_file: str,
+) -> None:
+    """Write a metadata document for a servable in the current directory."""
+    common: dict[str, Any] = dict(
+        name=name,
+        title=title or name,
+        authors=list(authors) or [os.environ.get("USER", "Unknown") + ", "],
+        affiliations=affiliations,
+        description=description,
+        domains=domains,
+    )
+    if (function is None) == (sklearn_model is None):
+        raise click.UsageError("give exactly one of --function module:function or --sklearn model.pkl")
+    if function is not None:
+        module, _, func = function.partition(":")
+        if not module or not func:
+            raise click.BadParameter("expected module:function", param_hint="--function")
+        shipped = list(files)
+        if Path(f"{module}.py").is_file() and f"{module}.py" not in shipped:
+            shipped.insert(0, f"{module}.py")
+        doc = python_function_document(
+            module=module, function=func, files=shipped, autobatch=autobatch, **common
+        )
+    else:
+        assert sklearn_model is not None
+        if n_features is None:
+            raise click.UsageError("--n-features is required with --sklearn")
+        doc = sklearn_document(
+            model_path=sklearn_model,
+            n_input_columns=n_features,
+            method=method,
+            serialization_method=serialization,
+            **common,
+        )
+    Path(output_file).write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"wrote {output_file}; edit it, then run `dlhub publish`")
+
+
+@main.command()
+@click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Return once uploaded, without waiting for the build.")
+@click.pass_context
+def publish(ctx: click.Context, metadata_file: Path, no_wait: bool) -> None:
+    """Publish the servable described by METADATA_FILE with the files it names."""
+    doc = json.loads(metadata_file.read_text())
+    with _client(ctx) as client:
+        reply = client.publish(doc, base_dir=metadata_file.parent, wait=not no_wait)
+    console.print(f"published {reply['shorthand_name']}@{reply['version']} ({reply['status']})")
+    console.print(f"build task: {reply['task_id']}")
+
+
+@main.command()
+@click.argument("servable")
+@click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
+@click.option("--files/--no-files", default=False, help="Upload the files again (default: reuse).")
+@click.option("--no-wait", is_flag=True)
+@click.pass_context
+def update(ctx: click.Context, servable: str, metadata_file: Path, files: bool, no_wait: bool) -> None:
+    """Publish a new version of SERVABLE (owner/name) from METADATA_FILE."""
+    doc = json.loads(metadata_file.read_text())
+    base_dir = metadata_file.parent if files else None
+    with _client(ctx) as client:
+        reply = client.update(servable, doc, base_dir=base_dir, wait=not no_wait)
+    console.print(f"updated {reply['shorthand_name']} to version {reply['version']} ({reply['status']})")
+
+
+@main.command()
+@click.argument("servable")
+@click.confirmation_option(prompt="Delete this servable?")
+@click.pass_context
+def delete(ctx: click.Context, servable: str) -> None:
+    """Delete SERVABLE (owner/name, or owner/name@version for one version)."""
+    with _client(ctx) as client:
+        _print_json(client.delete(servable))
+
+
+# -- discovery -----------------------------------------------------------------------------------------------
+
+
+def _servable_table(rows: list[dict[str, Any]], *, with_score: bool = False) -> Table:
+    table = Table("servable", "version", "title", "type", "authors")
+    if with_score:
+        table.add_column("score")
+    for row in rows:
+        cells = [
+            row.get("shorthand_name") or f"{row.get('owner')}/{row.get('name')}",
+            str(row.get("version", "")),
+            str(row.get("title", "")),
+            str(row.get("servable_type", "")),
+            ", ".join(row.get("authors", [])),
+        ]
+        if with_score:
+            cells.append(f"{row.get('score', 0):.2f}")
+        table.add_row(*cells)
+    return table
+
+
+@main.command("ls")
+@click.option("--owner", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ls(ctx: click.Context, owner: str | None, as_json: bool) -> None:
+    """List servables (latest version of each)."""
+    with _client(ctx) as client:
+        rows = client.list(owner)
+    if as_json:
+        _print_json(rows)
+    else:
+        console.print(_servable_table(rows))
+
+
+@main.command()
+@click.argument("query", default="")
+@click.option("--owner", default=None)
+@click.option("--name", default=None)
+@click.option("--domain", default=None)
+@click.option("--author", default=None)
+@click.option("--model-type", default=None)
+@click.option("--servable-type", default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search(ctx: click.Context, query: str, limit: int, offset: int, as_json: bool, **filters: str) -> None:
+    """Search servables by free text (prefix matching) and filters."""
+    with _client(ctx) as client:
+        result = client.search(query, limit=limit, offset=offset, **filters)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(_servable_table(result["hits"], with_score=True))
+    console.print(f"{result['total']} match(es)")
+
+
+@main.command()
+@click.argument("servable")
+@click.pass_context
+def describe(ctx: click.Context, servable: str) -> None:
+    """Show the full record of SERVABLE (owner/name or owner/name@version)."""
+    with _client(ctx) as client:
+        _print_json(client.describe(servable))
+
+
+# -- invocation ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("servable")
+@click.option("--input", "-i", "input_json", required=True, help="Inputs as JSON (or @file.json).")
+@click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
+@click.option("--method", default="run", show_default=True)
+@click.option("--async", "asynchronous", is_flag=True, help="Submit and print the task ID.")
+@click.option("--timings", is_flag=True, help="Also print the timings.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    servable: str,
+    input_json: str,
+    params: tuple[str, ...],
+    method: str,
+    asynchronous: bool,
+    timings: bool,
+) -> None:
+    """Run SERVABLE (owner/name[@version]) on the given inputs."""
+    inputs = _load_json_arg(input_json)
+    parameters: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    with _client(ctx) as client:
+        if asynchronous:
+            handle = client.run_async(servable, inputs, parameters=parameters, method=method)
+            click.echo(handle.task_id)
+            return
+        record = client.run_detailed(servable, inputs, parameters=parameters, method=method)
+    if record["state"] == "failed":
+        raise TaskFailed(record["task_id"], record.get("error") or {})
+    _print_json(record["output"])
+    if timings:
+        _print_json(record.get("timings", {}))
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Block until the task finishes.")
+@click.pass_context
+def status(ctx: click.Context, task_id: str, wait: bool) -> None:
+    """Show the state (and result) of an asynchronous task."""
+    with _client(ctx) as client:
+        record = client.status(task_id)
+        if wait:
+            from libs.client.sdk import TaskHandle
+
+            record = TaskHandle(client, task_id).wait()
+    _print_json(record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""``dlhub up``: run the whole embedded stack as separate processes on loopback, with one data directory.
+
+Each service is started exactly as an operator would start it alone (``python -m services.<name>``); the
+launcher only passes configuration through ``DLHUB_*`` environment variables, waits until the registry reports
+every service registered at the broker, restarts a service that dies, and stops all of them on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from libs.common.logging import get_logger
+
+log = get_logger(__name__)
+
+RESTART_BACKOFF_MAX_S = 30.0
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class StackOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    registry_port: int = 8642
+    broker_port: int = 5560
+    workers: int = 1
+    config_file: Path | None = None
+    log_format: str = "json"
+    log_to_console: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.registry_port}"
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    module: str
+    popen: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+    restarts: int = 0
+    next_restart_at: float = 0.0
+
+
+class Stack:
+    """Start, watch and stop the embedded stack."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.services = [
+            ServiceProcess("broker", "services.broker"),
+            ServiceProcess("registry", "services.registry"),
+            ServiceProcess("builder", "services.builder"),
+            ServiceProcess("search", "services.search"),
+            *(ServiceProcess(f"worker-{i}", "services.worker") for i in range(options.workers)),
+        ]
+        self._stopping = threading.Event()
+
+    # -- start ------------------------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        opts = self.options
+        broker_url = f"tcp://{opts.host}:{opts.broker_port}"
+        env = dict(os.environ)
+        env.update(
+            {
+                "DLHUB_DATA_DIR": str(opts.data_dir),
+                "DLHUB_BROKER__BIND_URL": broker_url,
+                "DLHUB_BUS__BROKER_URL": broker_url,
+                "DLHUB_REGISTRY__HOST": opts.host,
+                "DLHUB_REGISTRY__PORT": str(opts.registry_port),
+                "DLHUB_LOGGING__FORMAT": opts.log_format,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if opts.config_file is not None:
+            env["DLHUB_CONFIG"] = str(opts.config_file)
+        env.update(opts.extra_env)
+        return env
+
+    def start(self) -> None:
+        self.options.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.options.data_dir / "logs").mkdir(exist_ok=True)
+        env = self.environment()
+        for service in self.services:
+            self._spawn(service, env)
+
+    def _spawn(self, service: ServiceProcess, env: dict[str, str]) -> None:
+        stderr: IO[bytes] | int | None = None
+        if not self.options.log_to_console:
+            if service.log_file is None:
+                service.log_file = (self.options.data_dir / "logs" / f"{service.name}.log").open("ab")
+            stderr = service.log_file
+        service.popen = subprocess.Popen(
+            [sys.executable, "-m", service.module],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        log.info("service started", service=service.name, pid=service.popen.pid)
+
+    # -- health ----------------------------------------------------------------------------------------------
+
+    def wait_healthy(self, timeout_s: float) -> dict[str, Any]:
+        """Poll the registry's health until the builder, search and every worker are registered."""
+        deadline = time.monotonic() + timeout_s
+        last_error = "no answer yet"
+        with httpx.Client(base_url=self.options.api_url, timeout=1.0) as http:
+            while time.monotonic() < deadline:
+                self._raise_if_exited()
+                try:
+                    response = http.get("/api/v1/health")
+                    body: dict[str, Any] = response.json()
+                    if response.status_code == 200 and self._all_registered(body):
+                        return body
+                    last_error = f"HTTP {response.status_code}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    last_error = type(exc).__name__
+                time.sleep(0.05)
+        raise TimeoutError(f"stack not healthy after {timeout_s} s ({last_error}); logs: {self.log_dir}")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.options.data_dir / "logs"
+
+    def _all_registered(self, health: dict[str, Any]) -> bool:
+        kinds = [h.get("kind") for h in health.get("broker", {}).get("handlers", [])]
+        return (
+            "builder" in kinds and "search" in kinds and kinds.count("worker") >= self.options.workers
+        )
+
+    def _raise_if_exited(self) -> None:
+        for service in self.services:
+            if service.popen is not None and service.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{service.name} exited with code {service.popen.returncode} during start-up; "
+                    f"see {self.log_dir / (service.name + '.log')}"
+                )
+
+    # -- supervise and stop ----------------------------------------------------------------------------------
+
+    def supervise(self, poll_interval_s: float = 0.5) -> None:
+        """Restart services that die (with backoff) until ``request_stop`` is called."""
+        env = self.environment()
+        while not self._stopping.wait(poll_interval_s):
+            for service in self.services:
+                self._restart_if_dead(service, env)
+
+    def _restart_if_dead(self, service: ServiceProcess, env: dict[str, str]) -> None:
+        if service.popen is None or service.popen.poll() is None:
+            return
+        now = time.monotonic()
+        if service.next_restart_at == 0.0:
+            delay = min(2.0**service.restarts * 0.5, RESTART_BACKOFF_MAX_S)
+            service.next_restart_at = now + delay
+            log.warning(
+                "service exited; restarting",
+                service=service.name,
+                code=service.popen.returncode,
+                restart_in_s=delay,
+            )
+        if now >= service.next_restart_at:
+            service.restarts += 1
+            service.next_restart_at = 0.0
+            self._spawn(service, env)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every service (workers first, broker last), then SIGKILL what outlives the grace period."""
+        self._stopping.set()
+        for service in reversed(self.services):
+            if service.popen is not None and service.popen.poll() is None:
+                service.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        codes: dict[str, int | None] = {}
+        for service in reversed(self.services):
+            if service.popen is None:
+                continue
+            try:
+                codes[service.name] = service.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.popen.kill()
+                codes[service.name] = service.popen.wait()
+                log.warning("service killed after grace period", service=service.name)
+            if service.log_file is not None:
+                service.log_file.close()
+        return codes
+
+
+def run_foreground(stack: Stack, on_ready: Callable[[dict[str, Any]], None], timeout_s: float) -> int:
+    """Start the stack, report readiness, supervise until SIGINT/SIGTERM, then stop cleanly."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stack.request_stop())
+    stack.start()
+    try:
+        health = stack.wait_healthy(timeout_s)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"dlhub up failed: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    on_ready(health)
+    stack.supervise()
+    codes = stack.stop()
+    unclean = {name: code for name, code in codes.items() if code not in (0, -signal.SIGTERM)}
+    if unclean:
+        print(f"services exited uncleanly: {unclean}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,148 @@
+"""Write DLHub publication documents in the layout of the original DLHub SDK (2.1.0), so that documents
+from either tool publish the same way."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+SDK_COMPAT_VERSION = "2.1.0"
+ANY_TYPE: dict[str, Any] = {"type": "python object", "python_type": "builtins.object"}
+
+
+def creators(authors: Sequence[str], affiliations: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Turn ``"Family, Given"`` strings into DataCite creators."""
+    result = []
+    for author in authors:
+        family, _, given = (part.strip() for part in author.partition(","))
+        result.append(
+            {
+                "givenName": given,
+                "familyName": family,
+                "affiliations": list(affiliations),
+                "nameIdentifiers": [],
+            }
+        )
+    return result
+
+
+def base_document(
+    *,
+    name: str,
+    title: str,
+    authors: Sequence[str],
+    affiliations: Sequence[str] = (),
+    description: str = "",
+    domains: Sequence[str] = (),
+    visible_to: Sequence[str] = ("public",),
+    files: dict[str, Any] | None = None,
+    dependencies: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    descriptions = [{"description": description, "descriptionType": "Abstract"}] if description else []
+    return {
+        "datacite": {
+            "identifier": {"identifier": "10.datacite/placeholder", "identifierType": "DOI"},
+            "creators": creators(authors, affiliations),
+            "titles": [{"title": title}],
+            "publisher": "DLHub",
+            "publicationYear": str(dt.date.today().year),
+            "resourceType": {"resourceTypeGeneral": "InteractiveResource"},
+            "subjects": [],
+            "contributors": [],
+            "descriptions": descriptions,
+            "alternateIdentifiers": [],
+            "relatedIdentifiers": [],
+            "rightsList": [],
+            "fundingReferences": [],
+        },
+        "dlhub": {
+            "version": SDK_COMPAT_VERSION,
+            "domains": list(domains),
+            "visible_to": list(visible_to),
+            "name": name,
+            "files": files or {},
+            "dependencies": {"python": dependencies or {}},
+            "type": "servable",
+        },
+    }
+
+
+def python_function_document(
+    *,
+    name: str,
+    module: str,
+    function: str,
+    title: str,
+    authors: Sequence[str],
+    files: Sequence[str] = (),
+    autobatch: bool = False,
+    unpack: bool = False,
+    input_type: dict[str, Any] | None = None,
+    output_type: dict[str, Any] | None = None,
+    **common: Any,
+) -> dict[str, Any]:
+    """A python-function servable (shim ``python.PythonStaticMethodServable``)."""
+    doc = base_document(
+        name=name, title=title, authors=authors, files={"other": list(files)} if files else {}, **common
+    )
+    doc["servable"] = {
+        "type": "Python static method",
+        "shim": "python.PythonStaticMethodServable",
+        "methods": {
+            "run": {
+                "input": input_type or dict(ANY_TYPE, description="Input to the function"),
+                "output": output_type or dict(ANY_TYPE, description="Output of the function"),
+                "parameters": {},
+                "method_details": {
+                    "module": module,
+                    "method_name": function,
+                    "autobatch": autobatch,
+                    "unpack": unpack,
+                },
+            }
+        },
+    }
+    return doc
+
+
+def sklearn_document(
+    *,
+    name: str,
+    model_path: str,
+    title: str,
+    authors: Sequence[str],
+    n_input_columns: int,
+    method: str = "predict",
+    serialization_method: str = "pickle",
+    model_type: str = "",
+    classes: Sequence[Any] | None = None,
+    **common: Any,
+) -> dict[str, Any]:
+    """A scikit-learn servable (shim ``sklearn.ScikitLearnServable``)."""
+    doc = base_document(name=name, title=title, authors=authors, files={"model": model_path}, **common)
+    options: dict[str, Any] = {"serialization_method": serialization_method}
+    if classes is not None:
+        options.update(classes=list(classes), is_classifier=True)
+    output: dict[str, Any] = {"type": "ndarray", "shape": [None], "description": "Model output"}
+    doc["servable"] = {
+        "type": "Scikit-learn estimator",
+        "shim": "sklearn.ScikitLearnServable",
+        "model_type": model_type,
+        "model_summary": model_type,
+        "methods": {
+            "run": {
+                "input": {
+                    "type": "ndarray",
+                    "shape": [None, n_input_columns],
+                    "item_type": {"type": "float"},
+                    "description": f"Records of {n_input_columns} features",
+                },
+                "output": output,
+                "parameters": {},
+                "method_details": {"method_name": method},
+            }
+        },
+        "options": options,
+    }
+    return doc

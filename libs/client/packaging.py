@@ -1,0 +1,40 @@
+"""Build the upload package (a .tar.gz) from the files a metadata document names."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+
+def declared_files(metadata: Mapping[str, Any]) -> list[str]:
+    """Return the relative paths in ``dlhub.files`` (values are a path or a list of paths)."""
+    files = metadata.get("dlhub", {}).get("files", {}) or {}
+    paths: list[str] = []
+    for value in files.values():
+        if isinstance(value, str):
+            paths.append(value)
+        elif isinstance(value, list):
+            paths.extend(str(v) for v in value)
+    return sorted(set(paths))
+
+
+def _arcname(path: str) -> str:
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"package paths must be relative and stay inside the folder: {path!r}")
+    return str(pure)
+
+
+def build_package(base_dir: Path, paths: Iterable[str]) -> bytes:
+    """Tar and gzip ``paths`` (relative to ``base_dir``; directories recurse) into memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for rel in paths:
+            source = base_dir / _arcname(rel)
+            if not source.exists():
+                raise FileNotFoundError(f"declared file {rel!r} not found under {base_dir}")
+            tar.add(source, arcname=_arcname(rel), recursive=True)
+    return buffer.getvalue()

@@ -1,0 +1,296 @@
+"""The DLHub Python SDK: publish, discover and run servables over the REST API."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from libs.client.credentials import load_credentials
+from libs.client.packaging import build_package, declared_files
+from libs.common.errors import DLHubError, error_class
+
+API_PREFIX = "/api/v1"
+TERMINAL_STATES = frozenset({"completed", "failed"})
+
+
+class TaskFailed(DLHubError):
+    """A task ran and failed; ``error_type`` is the DLHub error code, ``exception_type`` the model's own."""
+
+    code = "task_failed"
+
+    def __init__(self, task_id: str, error: Mapping[str, Any]) -> None:
+        self.task_id = task_id
+        self.error_type = str(error.get("type", "dlhub_error"))
+        self.exception_type = str(error.get("exception_type", ""))
+        self.traceback = str(error.get("traceback", ""))
+        self.step = error.get("step")
+        detail = f"{self.exception_type}: " if self.exception_type else ""
+        super().__init__(f"task {task_id} failed ({self.error_type}): {detail}{error.get('message', '')}")
+
+
+def parse_servable(ref: str) -> tuple[str, str, int | None]:
+    """Split ``owner/name`` or ``owner/name@3``."""
+    path, _, version = ref.partition("@")
+    owner, _, name = path.partition("/")
+    if not owner or not name or (version and not version.isdigit()):
+        raise ValueError(f"expected owner/name or owner/name@version, got {ref!r}")
+    return owner, name, int(version) if version else None
+
+
+def _servable_path(ref: str) -> str:
+    owner, name, version = parse_servable(ref)
+    base = f"/servables/{owner}/{name}"
+    return f"{base}/versions/{version}" if version is not None else base
+
+
+class TaskHandle:
+    """An asynchronous task: poll ``status()`` or block on ``result()``."""
+
+    def __init__(self, client: DLHubClient, task_id: str) -> None:
+        self.client = client
+        self.task_id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.task_id!r})"
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status(self.task_id)
+
+    def wait(self, timeout_s: float = 300.0, poll_interval_s: float = 0.05) -> dict[str, Any]:
+        """Poll until the task is completed or failed; return its record."""
+        deadline = time.monotonic() + timeout_s
+        interval = poll_interval_s
+        while True:
+            record = self.status()
+            if record["state"] in TERMINAL_STATES:
+                return record
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.task_id} still {record['state']} after {timeout_s} s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+
+    def result(self, timeout_s: float = 300.0) -> Any:
+        record = self.wait(timeout_s)
+        if record["state"] == "failed":
+            raise TaskFailed(self.task_id, record.get("error") or {})
+        return record.get("output")
+
+
+class DLHubClient:
+    """Synchronous client for the DLHub REST API."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, timeout_s: float = 330.0
+    ) -> None:
+        creds = load_credentials(url, token)
+        self.url = creds.url
+        headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DLHubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -------------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            self._raise_for(response)
+        return response.json()
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            error = response.json()["error"]
+            code, message, field = error["type"], error["message"], error.get("field")
+        except (ValueError, KeyError, TypeError):
+            code, message, field = "dlhub_error", f"HTTP {response.status_code}: {response.text[:200]}", None
+        raise error_class(code)(message, field=field)
+
+    # -- repository ------------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/health")
+        return result
+
+    def publish(
+        self,
+        metadata: Mapping[str, Any],
+        *,
+        base_dir: str | Path = ".",
+        package: bytes | None = None,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Publish a servable: the document plus the files it names (relative to ``base_dir``).
+
+        With ``wait`` the call returns once the build finished and raises ``TaskFailed`` if it failed.
+        """
+        return self._send_version("POST", "/servables", metadata, base_dir, package, wait, timeout_s)
+
+    def update(
+        self,
+        servable: str,
+        metadata: Mapping[str, Any],
+        *,
+        base_dir: str | Path | None = None,
+        package: bytes | None = None,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Publish a new version; without ``base_dir``/``package`` it reuses the previous version's files."""
+        owner, name, _ = parse_servable(servable)
+        path = f"/servables/{owner}/{name}"
+        if base_dir is None and package is None:
+            reply: dict[str, Any] = self._request("PUT", path, json=dict(metadata))
+            return self._maybe_wait(reply, wait, timeout_s)
+        return self._send_version("PUT", path, metadata, base_dir or ".", package, wait, timeout_s)
+
+    def _send_version(
+        self,
+        method: str,
+        path: str,
+        metadata: Mapping[str, Any],
+        base_dir: str | Path,
+        package: bytes | None,
+        wait: bool,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        if package is None:
+            names = declared_files(metadata)
+            package = build_package(Path(base_dir), names) if names else None
+        files: dict[str, Any] = {"metadata": (None, json.dumps(dict(metadata)), "application/json")}
+        if package is not None:
+            files["package"] = ("package.tar.gz", package, "application/gzip")
+        reply: dict[str, Any] = self._request(method, path, files=files)
+        return self._maybe_wait(reply, wait, timeout_s)
+
+    def _maybe_wait(self, reply: dict[str, Any], wait: bool, timeout_s: float) -> dict[str, Any]:
+        if not wait:
+            return reply
+        record = TaskHandle(self, reply["task_id"]).wait(timeout_s)
+        if record["state"] == "failed":
+            raise TaskFailed(reply["task_id"], record.get("error") or {})
+        reply["status"] = "ready"
+        return reply
+
+    def describe(self, servable: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", _servable_path(servable))
+        return result
+
+    def versions(self, servable: str) -> list[dict[str, Any]]:
+        owner, name, _ = parse_servable(servable)
+        result: list[dict[str, Any]] = self._request("GET", f"/servables/{owner}/{name}/versions")["versions"]
+        return result
+
+    def list(self, owner: str | None = None, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if owner:
+            params["owner"] = owner
+        result: list[dict[str, Any]] = self._request("GET", "/servables", params=params)["servables"]
+        return result
+
+    def delete(self, servable: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("DELETE", _servable_path(servable))
+        return result
+
+    def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: str) -> dict[str, Any]:
+        """Free text (prefix-matched) plus filters: owner, name, domain, author, model_type, servable_type."""
+        params: dict[str, Any] = {"q": q, "limit": limit, "offset": offset}
+        params.update({k: v for k, v in filters.items() if v is not None})
+        result: dict[str, Any] = self._request("GET", "/search", params=params)
+        return result
+
+    # -- invocation ------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Run synchronously and return the output; a failed task raises ``TaskFailed``."""
+        record = self.run_detailed(servable, inputs, parameters=parameters, method=method, timeout_s=timeout_s)
+        if record["state"] == "failed":
+            raise TaskFailed(record["task_id"], record.get("error") or {})
+        return record["output"]
+
+    def run_detailed(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Run synchronously and return the whole record (output or error, and the timings)."""
+        body = self._run_body(inputs, parameters, method, timeout_s, asynchronous=False)
+        result: dict[str, Any] = self._request("POST", _servable_path(servable) + "/run", json=body)
+        return result
+
+    def run_async(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> TaskHandle:
+        body = self._run_body(inputs, parameters, method, timeout_s, asynchronous=True)
+        reply = self._request("POST", _servable_path(servable) + "/run", json=body)
+        return TaskHandle(self, reply["task_id"])
+
+    def run_pipeline(
+        self, steps: Sequence[str | Mapping[str, Any]], inputs: Any, *, asynchronous: bool = False
+    ) -> Any:
+        """Run servables as one server-side pipeline; returns the final output (or a TaskHandle)."""
+        body = {
+            "steps": [{"servable": s} if isinstance(s, str) else dict(s) for s in steps],
+            "inputs": inputs,
+            "asynchronous": asynchronous,
+        }
+        reply = self._request("POST", "/pipelines/run", json=body)
+        if asynchronous:
+            return TaskHandle(self, reply["task_id"])
+        if reply["state"] == "failed":
+            raise TaskFailed(reply["task_id"], reply.get("error") or {})
+        return reply["output"]
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/tasks/{task_id}")
+        return result
+
+    @staticmethod
+    def _run_body(
+        inputs: Any,
+        parameters: Mapping[str, Any] | None,
+        method: str,
+        timeout_s: float | None,
+        *,
+        asynchronous: bool,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "inputs": inputs,
+            "parameters": dict(parameters or {}),
+            "method": method,
+            "asynchronous": asynchronous,
+        }
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return body

@@ -1,0 +1,1 @@
+"""Builder service: installs uploaded packages as immutable versions of the servable store."""

@@ -1,0 +1,176 @@
+"""The registry's persistent state behind one backend-neutral interface.
+
+Three collections: servable versions, tasks (builds and asynchronous runs) and API tokens. Backends (SQLite
+today, MongoDB next) implement ``MetadataStore``; nothing outside a backend module speaks its query language.
+Records are immutable values; callers build updated copies with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Literal
+
+VersionStatus = Literal["building", "ready", "failed"]
+TaskKind = Literal["run", "build"]
+TaskState = Literal["pending", "running", "completed", "failed"]
+PackageFormat = Literal["tar", "zip", "none"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionRecord:
+    """One published version of a servable."""
+
+    owner: str
+    name: str
+    version: int
+    status: VersionStatus
+    metadata: dict[str, Any]
+    published_at_ms: int
+    status_reason: str = ""
+    digest: str = ""
+    files: tuple[str, ...] = ()
+    package_sha256: str = ""
+    package_format: PackageFormat = "none"
+    build_task_id: str = ""
+
+    @property
+    def shorthand_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.owner}/{self.name}@{self.version}"
+
+    @property
+    def visible_to(self) -> tuple[str, ...]:
+        dlhub = self.metadata.get("dlhub") or {}
+        value = dlhub.get("visible_to")
+        return tuple(value) if isinstance(value, list) else ("public",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRecord:
+    """A build or an asynchronous run; ``output_json`` is the output already serialised as JSON."""
+
+    task_id: str
+    kind: TaskKind
+    state: TaskState
+    servable: str
+    created_at_ms: int
+    updated_at_ms: int
+    expires_at_ms: int
+    submitter: str | None = None
+    output_json: bytes | None = None
+    error: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRecord:
+    """A local API token, known only by the sha256 of its secret."""
+
+    token_hash: str
+    user: str
+    created_at_ms: int
+    label: str = ""
+    expires_at_ms: int | None = None
+    revoked: bool = False
+
+
+class MetadataStore(abc.ABC):
+    """Versions, tasks and tokens. Every method is safe to call concurrently from one event loop."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection."""
+
+    # -- versions ---------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_version(
+        self,
+        *,
+        owner: str,
+        name: str,
+        metadata: dict[str, Any],
+        published_at_ms: int,
+        package_sha256: str = "",
+        package_format: PackageFormat = "none",
+        build_task_id: str = "",
+        status: VersionStatus = "building",
+    ) -> VersionRecord:
+        """Allocate the next version number of ``owner/name`` atomically and store the version.
+
+        Numbers start at 1 and are never reused, even after deletion (workers cache servables by number).
+        """
+
+    @abc.abstractmethod
+    async def get_version(self, owner: str, name: str, version: int) -> VersionRecord | None:
+        """Return one version or None."""
+
+    @abc.abstractmethod
+    async def list_versions(self, owner: str, name: str) -> list[VersionRecord]:
+        """Return every stored version of ``owner/name``, oldest first."""
+
+    @abc.abstractmethod
+    async def list_servables(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """Return the (owner, name) pairs that have at least one version, sorted."""
+
+    @abc.abstractmethod
+    async def list_versions_with_status(self, status: VersionStatus) -> list[VersionRecord]:
+        """Return every version in ``status`` (used to resume builds after a restart)."""
+
+    @abc.abstractmethod
+    async def set_version_status(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        status: VersionStatus,
+        status_reason: str = "",
+        digest: str = "",
+        files: tuple[str, ...] = (),
+    ) -> VersionRecord | None:
+        """Update the build outcome of a version; return the new record or None if it no longer exists."""
+
+    @abc.abstractmethod
+    async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
+        """Delete the given versions (all when None); return the numbers actually deleted."""
+
+    @abc.abstractmethod
+    async def count_package_refs(self, package_sha256: str) -> int:
+        """Return how many stored versions use the package blob with this digest."""
+
+    # -- tasks ------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_task(self, task: TaskRecord) -> None:
+        """Insert or replace a task record."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:
+        """Return a task unless it is unknown or expired at ``now_ms``."""
+
+    @abc.abstractmethod
+    async def delete_expired_tasks(self, *, now_ms: int) -> int:
+        """Delete tasks whose expiry is at or before ``now_ms``; return how many."""
+
+    # -- tokens -----------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_token(self, token: TokenRecord) -> None:
+        """Store a new token record."""
+
+    @abc.abstractmethod
+    async def get_token(self, token_hash: str) -> TokenRecord | None:
+        """Look a token up by the sha256 hex digest of its secret."""
+
+    @abc.abstractmethod
+    async def revoke_token(self, token_hash: str) -> bool:
+        """Mark a token revoked; return whether it existed."""

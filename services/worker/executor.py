@@ -1,0 +1,200 @@
+"""The executor process: loads servables and runs them, one request at a time, for its worker.
+
+Started by the pool as ``python -m services.worker.executor``. Requests arrive on stdin and replies leave on
+stdout (``services.worker.protocol`` frames); before serving, the process moves both pipes to private file
+descriptors and points fd 0 at /dev/null and fd 1 at stderr, so a model that prints (even from C) cannot
+corrupt the stream. Servables stay loaded (warm) in an LRU cache keyed by their version directory.
+The process exits when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from libs.common.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
+from libs.common.errors import DLHubError, MessageTooLarge
+from libs.common.messages import ErrorInfo
+from services.worker.protocol import (
+    HEADER_BYTES,
+    ExecReply,
+    ExecRequest,
+    Frame,
+    Ready,
+    body_length,
+    decode_request,
+    encode_frame,
+)
+from services.worker.servables import Servable, ServableLoadError, load_servable
+
+DEFAULT_CACHE_SIZE = 32
+
+
+def _error_from_exception(exc: BaseException, *, message: str | None = None) -> ErrorInfo:
+    """A servable's own exception: code ``servable_error``, its type name, message and traceback."""
+    frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return ErrorInfo(
+        code="servable_error",
+        message=message or str(exc) or type(exc).__name__,
+        exception_type=type(exc).__name__,
+        traceback="".join(frames),
+    )
+
+
+def _error_from_dlhub(exc: DLHubError) -> ErrorInfo:
+    """A typed failure; a load error reports the exception that caused it."""
+    cause = exc.__cause__
+    if isinstance(exc, ServableLoadError) and cause is not None:
+        frames = traceback.format_exception(type(cause), cause, cause.__traceback__)
+        return ErrorInfo(
+            code=exc.code, message=exc.message, exception_type=type(cause).__name__, traceback="".join(frames)
+        )
+    return ErrorInfo(code=exc.code, message=exc.message)
+
+
+class Executor:
+    """Serve ``ExecRequest`` frames: load (once), decode, call, encode, reply."""
+
+    def __init__(self, *, max_message_bytes: int, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.codec = Codec(max_message_bytes=max_message_bytes)
+        self.cache_size = cache_size
+        self.loads = 0
+        self._cache: OrderedDict[str, Servable] = OrderedDict()
+        self._pid = os.getpid()
+
+    def _servable(self, version_dir: str) -> tuple[Servable, float]:
+        servable = self._cache.get(version_dir)
+        if servable is not None:
+            self._cache.move_to_end(version_dir)
+            return servable, 0.0
+        start = time.perf_counter()
+        servable = load_servable(Path(version_dir))
+        load_ms = (time.perf_counter() - start) * 1000.0
+        self.loads += 1
+        self._cache[version_dir] = servable
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return servable, load_ms
+
+    def handle(self, request: ExecRequest) -> ExecReply:
+        load_ms = 0.0
+        try:
+            servable, load_ms = self._servable(request.version_dir)
+            servable.method_spec(request.method)
+            parameters = servable.merged_parameters(request.method, self.codec.decode_value(request.parameters))
+            inputs = self.codec.decode_value(request.inputs)
+        except DLHubError as exc:
+            return self._failed(request, _error_from_dlhub(exc), load_ms)
+        except Exception as exc:
+            error = _error_from_exception(exc, message=f"cannot load servable {request.servable}: {exc}")
+            return self._failed(request, error, load_ms)
+
+        start = time.perf_counter()
+        try:
+            output = servable.invoke(request.method, inputs, parameters)
+        except (Exception, SystemExit) as exc:
+            inference_ms = (time.perf_counter() - start) * 1000.0
+            return self._failed(request, _error_from_exception(exc), load_ms, inference_ms)
+        inference_ms = (time.perf_counter() - start) * 1000.0
+
+        try:
+            raw = self.codec.encode_value(output)
+        except DLHubError as exc:
+            error = ErrorInfo(
+                code="servable_error",
+                message=f"the output of method {request.method!r} cannot be encoded: {exc.message}",
+                exception_type=type(output).__name__,
+            )
+            return self._failed(request, error, load_ms, inference_ms)
+        # Leave room for the reply's own fields within the frame limit.
+        if len(raw) + 1024 > self.max_message_bytes:
+            error = ErrorInfo(
+                code=MessageTooLarge.code,
+                message=f"the output of {len(raw)} bytes exceeds the limit of {self.max_message_bytes} bytes",
+            )
+            return self._failed(request, error, load_ms, inference_ms)
+        return ExecReply(
+            seq=request.seq,
+            ok=True,
+            output=raw,
+            inference_ms=inference_ms,
+            load_ms=load_ms,
+            loads=self.loads,
+            pid=self._pid,
+        )
+
+    def _failed(
+        self, request: ExecRequest, error: ErrorInfo, load_ms: float, inference_ms: float = 0.0
+    ) -> ExecReply:
+        return ExecReply(
+            seq=request.seq,
+            ok=False,
+            error=error,
+            inference_ms=inference_ms,
+            load_ms=load_ms,
+            loads=self.loads,
+            pid=self._pid,
+        )
+
+    def _write(self, writer: IO[bytes], frame: Frame) -> None:
+        writer.write(encode_frame(frame, max_bytes=self.max_message_bytes))
+        writer.flush()
+
+    def serve(self, reader: IO[bytes], writer: IO[bytes]) -> None:
+        """Answer requests until ``reader`` reaches end of file (the worker closed the pipe or died)."""
+        self._write(writer, Ready(pid=self._pid))
+        while True:
+            header = reader.read(HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                return
+            length = body_length(header, max_bytes=self.max_message_bytes)
+            body = reader.read(length)
+            if len(body) < length:
+                return
+            self._write(writer, self.handle(decode_request(body)))
+
+
+def _private_pipes() -> tuple[IO[bytes], IO[bytes]]:
+    """Move the protocol pipes off fds 0/1 so that stray prints and reads cannot touch them."""
+    in_fd, out_fd = os.dup(0), os.dup(1)  # dup'd descriptors are not inherited by the model's subprocesses
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.worker.executor")
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    parser.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE)
+    args = parser.parse_args(argv)
+    # The worker decides when this process stops (closing stdin, or a kill); Ctrl-C in a terminal reaches the
+    # whole process group and must not kill a task the worker will report on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reader, writer = _private_pipes()
+    # NumPy is a hard dependency of most servables and of the ndarray codec: pay its import before the first
+    # task rather than during it.
+    import numpy  # noqa: F401
+
+    executor = Executor(max_message_bytes=args.max_message_bytes, cache_size=args.cache_size)
+    try:
+        executor.serve(reader, writer)
+    except (BrokenPipeError, msgspec.DecodeError, DLHubError) as exc:
+        print(f"executor {os.getpid()}: stopping: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Servable loaders, one per ``servable.shim``, behind the ``Servable`` base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libs.common.errors import ValidationFailed
+from services.worker.servables.base import Servable, ServableLoadError, read_metadata, servable_section
+from services.worker.servables.python_function import PythonStaticMethodServable
+from services.worker.servables.scikit_learn import ScikitLearnServable
+
+SHIMS: dict[str, type[Servable]] = {
+    cls.shim: cls for cls in (PythonStaticMethodServable, ScikitLearnServable)
+}
+
+__all__ = ["SHIMS", "Servable", "ServableLoadError", "load_servable"]
+
+
+def load_servable(version_dir: Path) -> Servable:
+    """Read ``metadata.json`` in ``version_dir`` and load the servable with the loader its shim names."""
+    metadata = read_metadata(version_dir)
+    shim = servable_section(metadata).get("shim")
+    cls = SHIMS.get(shim) if isinstance(shim, str) else None
+    if cls is None:
+        raise ValidationFailed(
+            f"unknown servable shim {shim!r}; this worker supports: {', '.join(sorted(SHIMS))}",
+            field="servable.shim",
+        )
+    servable = cls()
+    servable.load(version_dir, metadata)
+    return servable

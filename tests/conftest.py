@@ -1,0 +1,145 @@
+"""Shared fixtures: the real embedded stack started with `dlhub up` as separate processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+T = TypeVar("T")
+HEARTBEAT_INTERVAL_S = 0.25
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class StackInfo:
+    url: str
+    api: str
+    data_dir: Path
+    broker_url: str
+    tokens: dict[str, str]
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(self.api + "/health", timeout=5).json()
+        return body
+
+    def worker_count(self) -> int:
+        handlers = self.health().get("broker", {}).get("handlers", [])
+        return sum(1 for h in handlers if h.get("kind") == "worker")
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DLHUB_HOME": str(home),
+            "DLHUB_BUS__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
+            "DLHUB_REGISTRY__MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+        }
+    )
+    env.pop("DLHUB_URL", None)
+    env.pop("DLHUB_TOKEN", None)
+    return env
+
+
+def start_stack(base: Path, *, workers: int = 2) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    data_dir = base / "data"
+    port, broker_port = free_port(), free_port()
+    env = stack_env(base / "home")
+    cmd = [
+        sys.executable, "-m", "libs.client.cli", "up",
+        "--data-dir", str(data_dir), "--port", str(port), "--broker-port", str(broker_port),
+        "--workers", str(workers), "--user", "alice",
+    ]  # fmt: skip
+    log = (base / "up.log").open("wb")
+    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    client_json = data_dir / "client.json"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"dlhub up exited early: {(base / 'up.log').read_text()}")
+        return client_json.is_file()
+
+    wait_for(ready, 60, "dlhub up to become ready")
+    info = {
+        "url": f"http://127.0.0.1:{port}",
+        "broker_url": f"tcp://127.0.0.1:{broker_port}",
+        "data_dir": data_dir,
+        "env": env,
+        "alice": json.loads(client_json.read_text())["token"],
+    }
+    return process, info
+
+
+def stop_stack(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def create_token(env: dict[str, str], data_dir: Path, user: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "libs.client.cli", "token", "create", user, "--data-dir", str(data_dir)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    base = tmp_path_factory.mktemp("stack")
+    process, info = start_stack(base)
+    try:
+        tokens = {"alice": info["alice"], "bob": create_token(info["env"], info["data_dir"], "bob")}
+        yield StackInfo(
+            url=info["url"],
+            api=info["url"] + "/api/v1",
+            data_dir=info["data_dir"],
+            broker_url=info["broker_url"],
+            tokens=tokens,
+            process=process,
+            env=info["env"],
+        )
+    finally:
+        code = stop_stack(process)
+        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"

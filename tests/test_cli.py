@@ -1,0 +1,65 @@
+"""The `dlhub` CLI against the real stack: init, publish, run, ls, search, describe, status, update."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.conftest import StackInfo, wait_for
+from tests.e2e_servables import FUNCTIONS
+
+
+def dlhub(stack: StackInfo, cwd: Path, *args: str, user: str = "alice") -> str:
+    env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens[user])
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.client.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"dlhub {' '.join(args)} failed: {result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_cli_round_trip(stack: StackInfo, tmp_path: Path) -> None:
+    (tmp_path / "e2efns.py").write_text(FUNCTIONS)
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+    out = dlhub(
+        stack, tmp_path, "init", "--name", name, "--function", "e2efns:square", "--title", "Squares a number",
+        "--author", "Curie, Marie", "--domain", "physics",
+    )  # fmt: skip
+    doc = json.loads((tmp_path / "dlhub.json").read_text())
+    assert doc["dlhub"]["files"] == {"other": ["e2efns.py"]} and "dlhub.json" in out
+
+    assert f"alice/{name}@1" in dlhub(stack, tmp_path, "publish")
+    assert json.loads(dlhub(stack, tmp_path, "run", f"alice/{name}", "--input", "7")) == 49
+
+    task_id = dlhub(stack, tmp_path, "run", f"alice/{name}", "--input", "3", "--async").strip()
+    record = json.loads(dlhub(stack, tmp_path, "status", task_id, "--wait"))
+    assert record["state"] == "completed" and record["output"] == 9
+
+    assert name in dlhub(stack, tmp_path, "ls", "--owner", "alice")
+    wait_for(lambda: name in dlhub(stack, tmp_path, "search", "squares", "--json"), 10, "search via CLI")
+    hits = json.loads(dlhub(stack, tmp_path, "search", "squa", "--author", "Curie", "--json"))["hits"]
+    assert [h["name"] for h in hits] == [name]
+    assert json.loads(dlhub(stack, tmp_path, "describe", f"alice/{name}"))["version"] == 1
+
+    doc["datacite"]["titles"][0]["title"] = "Squares a number (v2)"
+    (tmp_path / "dlhub.json").write_text(json.dumps(doc))
+    assert "version 2" in dlhub(stack, tmp_path, "update", f"alice/{name}")
+    assert json.loads(dlhub(stack, tmp_path, "run", f"alice/{name}@2", "--input", "5")) == 25
+
+
+def test_cli_reports_errors_without_a_traceback(stack: StackInfo, tmp_path: Path) -> None:
+    env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.client.cli", "run", "alice/nope", "--input", "1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "not_found" in result.stderr and "Traceback" not in result.stderr
