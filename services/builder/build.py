@@ -185,7 +185,8 @@ def build_version(request: BuildRequest, root: Path, limits: BuildLimits) -> Bui
     _log_dependencies(request)
     staging_root = staging_dir(root)
     staging_root.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f"{request.owner}.{request.name}.{request.version}.", dir=staging_root))
+    prefix = f"{request.owner}.{request.name}.{request.version}."
+    staged = Path(tempfile.mkdtemp(prefix=prefix, dir=staging_root))
     try:
         files_dir = staged / FILES_DIRNAME
         files_dir.mkdir()

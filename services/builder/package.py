@@ -144,11 +144,10 @@ def check_entries(entries: Sequence[Entry]) -> None:
                 raise UnsafePackage(f"member {entry.name!r} is inside the non-directory {parent!r}")
         if entry.kind is EntryKind.SYMLINK:
             _check_symlink_target(entry, symlinks)
-        elif entry.kind is EntryKind.HARDLINK:
-            if entry.link not in seen_files:
-                raise UnsafePackage(
-                    f"hard link {entry.name!r} does not point to an earlier regular file ({entry.link!r})"
-                )
+        elif entry.kind is EntryKind.HARDLINK and entry.link not in seen_files:
+            raise UnsafePackage(
+                f"hard link {entry.name!r} does not point to an earlier regular file ({entry.link!r})"
+            )
         if entry.kind in (EntryKind.FILE, EntryKind.HARDLINK):
             seen_files.add(entry.name)
 

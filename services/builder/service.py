@@ -1,4 +1,4 @@
-"""Bus glue of the builder: decode a ``BuildRequest``, build off the event loop, reply with ``BuildOutcome``."""
+"""Bus glue of the builder: decode a ``BuildRequest``, build off the event loop, reply a ``BuildOutcome``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Search service: indexes servable documents and answers discovery queries."""
