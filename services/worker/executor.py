@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import msgspec
 
@@ -91,7 +91,9 @@ class Executor:
         try:
             servable, load_ms = self._servable(request.version_dir)
             servable.method_spec(request.method)
-            parameters = servable.merged_parameters(request.method, self.codec.decode_value(request.parameters))
+            parameters = servable.merged_parameters(
+                request.method, self.codec.decode_value(request.parameters)
+            )
             inputs = self.codec.decode_value(request.inputs)
         except DLHubError as exc:
             return self._failed(request, _error_from_dlhub(exc), load_ms)

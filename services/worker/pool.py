@@ -99,7 +99,9 @@ class ExecutorProcess:
                 raise InvalidMessage(f"expected a ready frame, got {type(frame).__name__}")
         except TimeoutError:
             await child.kill()
-            raise WorkerLost(f"executor process {child.pid} did not start within {startup_timeout_s} s") from None
+            raise WorkerLost(
+                f"executor process {child.pid} did not start within {startup_timeout_s} s"
+            ) from None
         except (asyncio.IncompleteReadError, ConnectionError, InvalidMessage) as exc:
             returncode = await child.wait_exit(EXIT_GRACE_S)
             raise WorkerLost(f"executor process {child.pid} {describe_exit(returncode)} at start-up") from exc

@@ -38,7 +38,9 @@ class Servable(abc.ABC):
         self.metadata = metadata
         self.methods = servable_section(metadata).get("methods") or {}
         if not isinstance(self.methods, dict) or not all(isinstance(m, dict) for m in self.methods.values()):
-            raise ValidationFailed("servable.methods must map method names to objects", field="servable.methods")
+            raise ValidationFailed(
+                "servable.methods must map method names to objects", field="servable.methods"
+            )
         self._load()
 
     @abc.abstractmethod
@@ -75,7 +77,9 @@ class Servable(abc.ABC):
             defaults = {}
         if request_parameters is None:
             return dict(defaults)
-        if not isinstance(request_parameters, dict) or not all(isinstance(k, str) for k in request_parameters):
+        if not isinstance(request_parameters, dict) or not all(
+            isinstance(k, str) for k in request_parameters
+        ):
             raise ValidationFailed("parameters must be an object with string keys", field="parameters")
         return {**defaults, **request_parameters}
 

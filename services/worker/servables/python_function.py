@@ -49,7 +49,8 @@ class PythonStaticMethodServable(Servable):
         if autobatch:
             if not isinstance(inputs, list | tuple):
                 raise ValidationFailed(
-                    f"method {method!r} is autobatched and expects a list of inputs, got {type(inputs).__name__}",
+                    f"method {method!r} is autobatched and expects a list of inputs, "
+                    f"got {type(inputs).__name__}",
                     field="inputs",
                 )
             if unpack:
@@ -89,7 +90,8 @@ class PythonStaticMethodServable(Servable):
 def _as_args(value: Any, method: str) -> list[Any] | tuple[Any, ...]:
     if not isinstance(value, list | tuple):
         raise ValidationFailed(
-            f"method {method!r} unpacks its inputs and expects a list of arguments, got {type(value).__name__}",
+            f"method {method!r} unpacks its inputs and expects a list of arguments, "
+            f"got {type(value).__name__}",
             field="inputs",
         )
     return value
@@ -131,7 +133,7 @@ def _belongs_to(module: ModuleType, root: Path) -> bool:
 
 @contextlib.contextmanager
 def _first_on_sys_path(root: Path) -> Iterator[None]:
-    """Put ``root`` first on ``sys.path`` while importing, then keep it last (for imports made at call time)."""
+    """Put ``root`` first on ``sys.path`` while importing, then last (for imports made at call time)."""
     entry = str(root)
     sys.path.insert(0, entry)
     try:

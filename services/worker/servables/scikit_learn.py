@@ -28,7 +28,9 @@ class ScikitLearnServable(Servable):
 
     def _load(self) -> None:
         options = servable_section(self.metadata).get("options") or {}
-        serialization = options.get("serialization_method", "pickle") if isinstance(options, dict) else "pickle"
+        serialization = (
+            options.get("serialization_method", "pickle") if isinstance(options, dict) else "pickle"
+        )
         if serialization not in SERIALIZATION_METHODS:
             raise ValidationFailed(
                 f"unsupported serialization_method {serialization!r}; expected one of "
@@ -51,7 +53,9 @@ class ScikitLearnServable(Servable):
                 f"cannot load model file {path.name!r} with {serialization}: {type(exc).__name__}: {exc}"
             ) from exc
         for method in self.methods:
-            name = self.method_details(method).get("method_name") or ("predict" if method == "run" else method)
+            name = self.method_details(method).get("method_name") or (
+                "predict" if method == "run" else method
+            )
             if not isinstance(name, str) or not callable(getattr(self.model, name, None)):
                 raise ServableLoadError(
                     f"method {method!r}: the {type(self.model).__name__} model has no method {name!r}"

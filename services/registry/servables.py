@@ -1,0 +1,353 @@
+"""Servable versions: publish, update, delete, look up, build and index.
+
+Publishing stores a ``building`` version and submits a ``BuildRequest`` to the builder in the background; the
+build Result makes the version ``ready`` or ``failed`` and, when ready, the newest ready version is sent to
+the search index as the servable's entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from libs.common.codec import Codec, to_json
+from libs.common.config import DLHubSettings
+from libs.common.errors import (
+    DLHubError,
+    Forbidden,
+    NotFound,
+    ServableNotReady,
+    ValidationFailed,
+)
+from libs.common.ids import BUILDER_TOPIC, NAME_RE, SEARCH_INDEX_TOPIC, new_id
+from libs.common.logging import get_logger
+from libs.common.messages import RouteStep
+from libs.common.payloads import BuildOutcome, BuildRequest, IndexRequest, decode_payload
+from services.registry.auth import Caller
+from services.registry.background import BackgroundTasks
+from services.registry.cache import VersionCache
+from services.registry.metadata import normalise_publication, search_document, validate_publication
+from services.registry.packages import PackageBlobs
+from services.registry.ports import Bus
+from services.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
+from services.registry.tasks import TaskTable, error_dict, iso_ms, now_ms
+
+log = get_logger(__name__)
+
+BUILD_METHOD = "build"
+INDEX_METHOD = "index"
+INDEX_TIMEOUT_S = 30.0
+
+
+def check_name(value: str, field: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValidationFailed(f"invalid {field} {value!r}", field=field)
+    return value
+
+
+class Servables:
+    """Everything about servable versions, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        settings: DLHubSettings,
+        store: MetadataStore,
+        bus: Bus,
+        codec: Codec,
+        tasks: TaskTable,
+        background: BackgroundTasks,
+        blobs: PackageBlobs,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._bus = bus
+        self._codec = codec
+        self._tasks = tasks
+        self._background = background
+        self._blobs = blobs
+        self.cache = VersionCache(store)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def visible_versions(self, caller: Caller, owner: str, name: str) -> list[VersionRecord]:
+        """Versions of ``owner/name`` the caller may see; 404 when there are none (hides existence)."""
+        versions = [v for v in await self.cache.get(owner, name) if caller.can_see(owner, v.visible_to)]
+        if not versions:
+            raise NotFound(f"servable {owner}/{name} not found")
+        return versions
+
+    async def describe_target(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
+        versions = await self.visible_versions(caller, owner, name)
+        if version is None:
+            return versions[-1]
+        for record in versions:
+            if record.version == version:
+                return record
+        raise NotFound(f"version {version} of {owner}/{name} not found")
+
+    async def runnable(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
+        """The version a run goes to: the pinned one or the newest ready one."""
+        versions = await self.cache.get(owner, name)
+        if version is None:
+            ready = None
+            seen = False
+            for record in reversed(versions):
+                if caller.can_see(owner, record.visible_to):
+                    seen = True
+                    if record.status == "ready":
+                        ready = record
+                        break
+            if ready is None:
+                if not seen:
+                    raise NotFound(f"servable {owner}/{name} not found")
+                raise ServableNotReady(f"servable {owner}/{name} has no ready version yet")
+            return ready
+        for record in versions:
+            if record.version == version and caller.can_see(owner, record.visible_to):
+                if record.status != "ready":
+                    raise ServableNotReady(
+                        f"version {version} of {owner}/{name} is {record.status}"
+                        + (f": {record.status_reason}" if record.status_reason else "")
+                    )
+                return record
+        raise NotFound(f"servable {owner}/{name}@{version} not found")
+
+    async def list_latest(self, caller: Caller, owner: str | None) -> list[VersionRecord]:
+        """The newest visible version of every servable (optionally of one owner)."""
+        out: list[VersionRecord] = []
+        for servable_owner, name in await self._store.list_servables(owner):
+            versions = await self.cache.get(servable_owner, name)
+            for record in reversed(versions):
+                if caller.can_see(servable_owner, record.visible_to):
+                    out.append(record)
+                    break
+        return out
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        *,
+        owner: str,
+        document: Any,
+        package: bytes | None,
+        package_format: PackageFormat,
+        expected_name: str | None = None,
+        reuse_from: VersionRecord | None = None,
+    ) -> VersionRecord:
+        """Validate and store a new version, then start its build in the background."""
+        document = validate_publication(document)
+        name = check_name(document["dlhub"]["name"], "dlhub.name")
+        if expected_name is not None and name != expected_name:
+            raise ValidationFailed(
+                f"dlhub.name {name!r} does not match the servable being updated ({expected_name!r})",
+                field="dlhub.name",
+            )
+        package_sha256 = ""
+        if package:
+            package_sha256 = await self._blobs.put(package)
+        elif reuse_from is not None and reuse_from.package_sha256:
+            package_sha256 = reuse_from.package_sha256
+            package_format = reuse_from.package_format
+        else:
+            package_format = "none"
+        published_at_ms = now_ms()
+        metadata = normalise_publication(
+            document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
+        )
+        build_task_id = new_id()
+        record = await self._store.create_version(
+            owner=owner,
+            name=name,
+            metadata=metadata,
+            published_at_ms=published_at_ms,
+            package_sha256=package_sha256,
+            package_format=package_format,
+            build_task_id=build_task_id,
+        )
+        self.cache.invalidate(owner, name)
+        await self._tasks.create(task_id=build_task_id, kind="build", servable=record.label, submitter=owner)
+        log.info("version published", servable=record.label, task_id=build_task_id)
+        self.start_build(record)
+        return record
+
+    async def update(
+        self,
+        caller: Caller,
+        *,
+        user: str,
+        owner: str,
+        name: str,
+        document: Any,
+        package: bytes | None,
+        package_format: PackageFormat,
+    ) -> VersionRecord:
+        """Publish a new version of an existing servable (owner only), reusing its files without a package."""
+        versions = await self.visible_versions(caller, owner, name)
+        if user != owner:
+            raise Forbidden(f"only {owner} may update {owner}/{name}")
+        return await self.publish(
+            owner=owner,
+            document=document,
+            package=package,
+            package_format=package_format,
+            expected_name=name,
+            reuse_from=versions[-1],
+        )
+
+    async def delete(
+        self, caller: Caller, *, user: str, owner: str, name: str, version: int | None
+    ) -> list[int]:
+        """Delete one or all versions (owner only); keep the search index on the newest ready version."""
+        versions = await self.visible_versions(caller, owner, name)
+        if user != owner:
+            raise Forbidden(f"only {owner} may delete {owner}/{name}")
+        if version is not None and all(v.version != version for v in versions):
+            raise NotFound(f"version {version} of {owner}/{name} not found")
+        deleted = await self._store.delete_versions(owner, name, None if version is None else [version])
+        self.cache.invalidate(owner, name)
+        log.info("versions deleted", servable=f"{owner}/{name}", versions=deleted)
+        for sha in {v.package_sha256 for v in versions if v.version in deleted and v.package_sha256}:
+            if await self._store.count_package_refs(sha) == 0:
+                await self._blobs.remove(sha)
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return deleted
+
+    # -- builds -----------------------------------------------------------------------------------------
+
+    def start_build(self, record: VersionRecord) -> None:
+        self._background.spawn(self._build(record), name=f"build {record.label}")
+
+    async def resume_builds(self) -> int:
+        """Resubmit builds of versions left ``building`` by a previous registry process."""
+        pending = await self._store.list_versions_with_status("building")
+        for record in pending:
+            task = await self._tasks.get(record.build_task_id)
+            if task is None:
+                await self._tasks.create(
+                    task_id=record.build_task_id or new_id(),
+                    kind="build",
+                    servable=record.label,
+                    submitter=record.owner,
+                )
+            self.start_build(record)
+        return len(pending)
+
+    async def _build(self, record: VersionRecord) -> None:
+        task = await self._tasks.get(record.build_task_id)
+        try:
+            package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
+            request = BuildRequest(
+                owner=record.owner,
+                name=record.name,
+                version=record.version,
+                metadata=record.metadata,
+                package=package,
+                package_format=record.package_format if package else "none",
+            )
+            if task is not None:
+                task = await self._tasks.mark_running(task)
+            result = await self._bus.call(
+                [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
+                self._codec.encode_value(request),
+                timeout_s=self._settings.registry.sync_timeout_s,
+                task_id=record.build_task_id or None,
+            )
+            if not result.ok:
+                error = error_dict(result.error)
+                await self._build_failed(record, task, error)
+                return
+            outcome = decode_payload(result.output, BuildOutcome)
+        except DLHubError as exc:
+            await self._build_failed(record, task, exc.to_dict())
+            return
+        except (OSError, NotImplementedError) as exc:
+            await self._build_failed(record, task, {"type": "build_failed", "message": str(exc)})
+            return
+        updated = await self._store.set_version_status(
+            record.owner,
+            record.name,
+            record.version,
+            status="ready",
+            digest=outcome.digest,
+            files=tuple(outcome.files),
+        )
+        self.cache.invalidate(record.owner, record.name)
+        if task is not None:
+            summary = {"digest": outcome.digest, "files": outcome.files, "size_bytes": outcome.size_bytes}
+            await self._tasks.complete(task, output=to_json(summary))
+        if updated is None:
+            log.info("build finished for a deleted version", servable=record.label)
+            return
+        log.info("version ready", servable=record.label, digest=outcome.digest)
+        await self.reindex(record.owner, record.name)
+
+    async def _build_failed(
+        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any]) -> None:
+        message = str(error.get("message") or "build failed")
+        log.warning("build failed", servable=record.label, error_type=error.get("type"), reason=message)
+        await self._store.set_version_status(
+            record.owner, record.name, record.version, status="failed", status_reason=message
+        )
+        self.cache.invalidate(record.owner, record.name)
+        if task is not None:
+            await self._tasks.fail(task, error=error)
+
+    # -- search index -----------------------------------------------------------------------------------
+
+    async def reindex(self, owner: str, name: str) -> None:
+        """Upsert the newest ready version into the search index, or delete the entry if there is none."""
+        versions = await self.cache.get(owner, name)
+        latest = next((v for v in reversed(versions) if v.status == "ready"), None)
+        if latest is None:
+            request = IndexRequest(op="delete", id=f"{owner}/{name}")
+        else:
+            document = search_document(
+                owner=owner,
+                name=name,
+                version=latest.version,
+                metadata=latest.metadata,
+                published_at_ms=latest.published_at_ms,
+            )
+            request = IndexRequest(op="upsert", id=document.id, document=document)
+        await self._send_index(request)
+
+    async def _send_index(self, request: IndexRequest) -> None:
+        try:
+            result = await self._bus.call(
+                [RouteStep(topic=SEARCH_INDEX_TOPIC, method=INDEX_METHOD)],
+                self._codec.encode_value(request),
+                timeout_s=INDEX_TIMEOUT_S,
+            )
+        except (DLHubError, NotImplementedError) as exc:
+            log.warning("search index update failed", id=request.id, op=request.op, error=str(exc))
+            return
+        if not result.ok:
+            log.warning(
+                "search index update failed",
+                id=request.id,
+                op=request.op,
+                error_type=result.error.code if result.error else "",
+                error=result.error.message if result.error else "",
+            )
+
+
+def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
+    """Split ``owner/name`` or ``owner/name@version``."""
+    owner, sep, rest = ref.partition("/")
+    name, at, version_text = rest.partition("@")
+    if not sep or not NAME_RE.match(owner) or not NAME_RE.match(name):
+        raise ValidationFailed(f"expected 'owner/name' or 'owner/name@version', got {ref!r}", field=field)
+    if not at:
+        return owner, name, None
+    if not version_text.isdigit() or int(version_text) < 1:
+        raise ValidationFailed(f"invalid version in {ref!r}", field=field)
+    return owner, name, int(version_text)
+
+
+def version_summaries(versions: Sequence[VersionRecord]) -> list[dict[str, Any]]:
+    return [
+        {"version": v.version, "status": v.status, "published_at": iso_ms(v.published_at_ms)} for v in versions
+    ]
+

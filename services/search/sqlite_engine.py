@@ -1,0 +1,304 @@
+"""Embedded search backend: SQLite with an FTS5 index, one connection on one dedicated thread.
+
+Free text goes to an FTS5 table (bm25 ranking, every term a quoted prefix match); exact filters use plain
+columns and an indexed (field, value) side table for the multi-valued fields (domains, authors, visibility).
+All SQLite work runs on the engine's own thread so a slow query never blocks the event loop's heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from libs.common.errors import DLHubError
+from libs.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
+from services.search.engine import SearchEngine, owner_principal, page, principals, query_terms
+
+T = TypeVar("T")
+
+SCHEMA_VERSION: Final = 1
+FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
+BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
+"""Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
+
+FIELD_DOMAIN: Final = "domain"
+FIELD_AUTHOR: Final = "author"
+FIELD_VISIBLE: Final = "visible"
+
+_SCHEMA: Final = f"""
+CREATE TABLE IF NOT EXISTS documents (
+    pk INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    model_type TEXT NOT NULL,
+    servable_type TEXT NOT NULL,
+    publication_date_s REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_owner_name ON documents (owner, name);
+CREATE INDEX IF NOT EXISTS documents_published ON documents (publication_date_s DESC, id);
+CREATE TABLE IF NOT EXISTS document_values (
+    field TEXT NOT NULL,
+    value TEXT NOT NULL,
+    doc INTEGER NOT NULL,
+    PRIMARY KEY (field, value, doc)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS document_values_doc ON document_values (doc);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
+    {", ".join(FTS_COLUMNS)},
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '2 3'
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(SearchDocument)
+
+
+def fts_match_expression(terms: Iterable[str]) -> str:
+    """All terms must match, each as a quoted prefix (terms hold only letters and digits)."""
+    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+
+
+def _fts_row(document: SearchDocument) -> tuple[str, ...]:
+    return (
+        document.title,
+        document.description,
+        document.name,
+        document.owner,
+        " ; ".join(document.authors),
+        " ; ".join(document.keywords),
+        " ; ".join(document.domains),
+        document.model_type,
+    )
+
+
+def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
+    rows = {(FIELD_DOMAIN, domain, pk) for domain in document.domains}
+    rows |= {(FIELD_AUTHOR, author.casefold(), pk) for author in document.authors}
+    rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
+    return rows
+
+
+class _Filters:
+    """WHERE clauses and their parameters, built from the query's exact filters and visibility."""
+
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.extend(params)
+
+    def has_value(self, field: str, values: list[str]) -> None:
+        marks = ", ".join("?" for _ in values)
+        self.add(
+            "EXISTS (SELECT 1 FROM document_values v WHERE v.doc = d.pk AND v.field = ? "
+            f"AND v.value IN ({marks}))",
+            field,
+            *values,
+        )
+
+    def sql(self) -> str:
+        return " AND ".join(self.clauses) if self.clauses else "1"
+
+
+def _filters(query: SearchQuery, match: str) -> _Filters:
+    filters = _Filters()
+    if match:
+        filters.add("documents_fts MATCH ?", match)
+    for column, value in (
+        ("owner", query.owner),
+        ("name", query.name),
+        ("model_type", query.model_type),
+        ("servable_type", query.servable_type),
+    ):
+        if value is not None:
+            filters.add(f"d.{column} = ?", value)
+    if query.domain is not None:
+        filters.has_value(FIELD_DOMAIN, [query.domain])
+    if query.author is not None:
+        filters.has_value(FIELD_AUTHOR, [query.author.casefold()])
+    filters.has_value(FIELD_VISIBLE, principals(query))
+    return filters
+
+
+class SqliteSearchEngine(SearchEngine):
+    """``SearchEngine`` over one SQLite file (WAL mode), driven from a single dedicated thread."""
+
+    def __init__(self, path: Path, *, max_page_size: int = 1000) -> None:
+        self.path = path
+        self.max_page_size = max_page_size
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # --- plumbing ----------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise DLHubError("search engine is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.Error as exc:
+            raise DLHubError(f"search index error: {exc}") from exc
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DLHubError("search engine is not open")
+        return self._conn
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- interface ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search-sqlite")
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._call(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def upsert(self, document: SearchDocument) -> None:
+        await self._call(self._upsert_sync, document)
+
+    async def delete(self, doc_id: str) -> bool:
+        return await self._call(self._delete_sync, doc_id)
+
+    async def query(self, query: SearchQuery) -> SearchResults:
+        limit, offset = page(query, self.max_page_size)
+        return await self._call(self._query_sync, query, limit, offset)
+
+    async def count(self) -> int:
+        return await self._call(self._count_sync)
+
+    # --- SQLite, on the engine thread --------------------------------------------------------------
+
+    def _remove(self, db: sqlite3.Connection, doc_id: str) -> bool:
+        row = db.execute("SELECT pk FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return False
+        pk = row[0]
+        db.execute("DELETE FROM documents_fts WHERE rowid = ?", (pk,))
+        db.execute("DELETE FROM document_values WHERE doc = ?", (pk,))
+        db.execute("DELETE FROM documents WHERE pk = ?", (pk,))
+        return True
+
+    def _upsert_sync(self, document: SearchDocument) -> None:
+        db = self._db
+        with _transaction(db):
+            self._remove(db, document.id)
+            cursor = db.execute(
+                "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    document.id,
+                    document.owner,
+                    document.name,
+                    document.model_type,
+                    document.servable_type,
+                    document.publication_date_s,
+                    _encoder.encode(document),
+                ),
+            )
+            pk = cursor.lastrowid
+            assert pk is not None
+            marks = ", ".join("?" for _ in FTS_COLUMNS)
+            db.execute(
+                f"INSERT INTO documents_fts (rowid, {', '.join(FTS_COLUMNS)}) VALUES (?, {marks})",
+                (pk, *_fts_row(document)),
+            )
+            db.executemany(
+                "INSERT INTO document_values (field, value, doc) VALUES (?, ?, ?)",
+                sorted(_value_rows(pk, document)),
+            )
+
+    def _delete_sync(self, doc_id: str) -> bool:
+        db = self._db
+        with _transaction(db):
+            return self._remove(db, doc_id)
+
+    def _query_sync(self, query: SearchQuery, limit: int, offset: int) -> SearchResults:
+        db = self._db
+        match = fts_match_expression(query_terms(query.q))
+        filters = _filters(query, match)
+        if match:
+            source = "documents_fts JOIN documents d ON d.pk = documents_fts.rowid"
+            weights = ", ".join(str(w) for w in BM25_WEIGHTS)
+            score = f"-bm25(documents_fts, {weights})"
+            order = "score DESC, d.id"
+        else:
+            source = "documents d"
+            score = "0.0"
+            order = "d.publication_date_s DESC, d.id"
+        where = filters.sql()
+        with _transaction(db):
+            (total,) = db.execute(f"SELECT count(*) FROM {source} WHERE {where}", filters.params).fetchone()
+            rows = (
+                db.execute(
+                    f"SELECT d.body, {score} AS score FROM {source} WHERE {where} "
+                    f"ORDER BY {order} LIMIT ? OFFSET ?",
+                    [*filters.params, limit, offset],
+                ).fetchall()
+                if limit > 0
+                else []
+            )
+        hits = [SearchHit(document=_decoder.decode(body), score=float(score)) for body, score in rows]
+        return SearchResults(total=int(total), hits=hits, limit=limit, offset=offset)
+
+    def _count_sync(self) -> int:
+        (total,) = self._db.execute("SELECT count(*) FROM documents").fetchone()
+        return int(total)
+
+
+class _transaction:
+    """BEGIN ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
