@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 import zmq
@@ -52,7 +52,7 @@ HandlerService turns the exception into a failed Result (DLHubError -> its code;
 log = get_logger(__name__)
 
 _DRAIN_BATCH: Final = 512
-"""Frames handled per wakeup before yielding to the event loop (keeps one busy socket from starving others)."""
+"""Frames handled per wakeup before yielding to the event loop (so one busy socket cannot starve others)."""
 
 
 def failed_result(task_id: str, code: str, message: str, *, step: int = 0, **error: Any) -> Result:
@@ -61,7 +61,7 @@ def failed_result(task_id: str, code: str, message: str, *, step: int = 0, **err
 
 
 class _Dealer:
-    """A DEALER socket driven by the event loop: each incoming frame goes to ``on_frame``; sends never block."""
+    """A DEALER socket driven by the event loop: frames received go to ``on_frame``; sends never block."""
 
     def __init__(
         self, *, url: str, identity: str, max_message_bytes: int, on_frame: Callable[[bytes], None]
@@ -79,7 +79,7 @@ class _Dealer:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.connect(url)
         self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = sock.fileno()
         self._loop.add_reader(self._fd, self._drain)
         self._schedule_drain()
 
@@ -118,7 +118,7 @@ class _Dealer:
             log.warning("bus send failed", error=str(exc))
             return False
         # The FD is edge-triggered: a send can consume the readiness signal for frames that already arrived.
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._schedule_drain()
         return True
 
@@ -306,7 +306,9 @@ class HandlerService:
         try:
             frame = self.codec.encode(result)
         except InvalidMessage as exc:
-            frame = self.codec.encode(failed_result(dispatch.task_id, exc.code, exc.message, step=dispatch.step))
+            frame = self.codec.encode(
+                failed_result(dispatch.task_id, exc.code, exc.message, step=dispatch.step)
+            )
         if self._dealer is None or not self._dealer.send(frame):
             self._log.warning("could not send result", task_id=dispatch.task_id)
 
@@ -338,6 +340,7 @@ class HandlerService:
 @dataclass(slots=True)
 class _PendingCall:
     future: asyncio.Future[Result]
+    sent_at: float
     on_started: Callable[[Started], None] | None = None
 
 
@@ -354,7 +357,9 @@ class BusClient:
         self.client_id = client_id or new_id()
         self._dealer: _Dealer | None = None
         self._state = _ClientState()
-        self._last_seen = 0.0
+        self._last_seen = 0.0  # liveness clock, reset on every (re)connect
+        self._last_heard = 0.0  # when the broker last sent us anything at all
+        self._heard_before = 0.0  # _last_heard as it was before the frame being handled
         self._ticker: asyncio.Task[None] | None = None
         self._heartbeat = codec.encode(Heartbeat(sender_id=self.client_id))
         self._table: dict[type[Message], Callable[[Any], None]] = {
@@ -420,7 +425,7 @@ class BusClient:
         except InvalidMessage as exc:
             return failed_result(task_id, exc.code, exc.message)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        pending[task_id] = _PendingCall(future, on_started)
+        pending[task_id] = _PendingCall(future, time.monotonic(), on_started)
         try:
             if self._dealer is None or not self._dealer.send(frame):
                 return failed_result(task_id, "broker_unavailable", "could not send the task to the broker")
@@ -483,7 +488,9 @@ class BusClient:
                 future.set_exception(BrokerUnavailable(reason))
 
     def _on_frame(self, frame: bytes) -> None:
-        self._last_seen = time.monotonic()
+        now = time.monotonic()
+        self._last_seen = now
+        self._heard_before, self._last_heard = self._last_heard, now
         try:
             message = self.codec.decode(frame)
         except InvalidMessage as exc:
@@ -517,11 +524,18 @@ class BusClient:
             future.set_result(reply)
 
     def _on_reconnect(self, message: Reconnect) -> None:
-        # The broker does not know us: it restarted, so every task we sent before is gone with it.
-        if self._state.pending:
-            self._log.warning("broker lost our tasks", reason=message.reason, pending=len(self._state.pending))
-        for task_id, call in list(self._state.pending.items()):
-            if not call.future.done():
-                call.future.set_result(
-                    failed_result(task_id, "broker_unavailable", f"broker lost the task: {message.reason}")
-                )
+        # The broker does not know us. A fresh client hears this once (nothing to fail); after a broker
+        # restart the tasks we sent while the previous broker was answering are gone with it. Tasks sent since
+        # then may have reached the new broker, so they keep waiting (bounded by their own timeout).
+        cutoff = self._heard_before
+        lost = [
+            (task_id, call)
+            for task_id, call in self._state.pending.items()
+            if call.sent_at < cutoff and not call.future.done()
+        ]
+        if lost:
+            self._log.warning("broker lost our tasks", reason=message.reason, lost=len(lost))
+        for task_id, call in lost:
+            call.future.set_result(
+                failed_result(task_id, "broker_unavailable", f"broker lost the task: {message.reason}")
+            )

@@ -22,11 +22,14 @@ log = get_logger("services.builder")
 
 
 async def _announce_ready(handler: HandlerService, settings: DLHubSettings) -> None:
+    waiting_logged = False
     while True:
         try:
             await handler.wait_registered(timeout_s=settings.bus.liveness_timeout_s)
         except (TimeoutError, DLHubError):
-            log.info("waiting for the broker", broker_url=settings.bus.broker_url)
+            if not waiting_logged:
+                log.info("waiting for the broker", broker_url=settings.bus.broker_url)
+                waiting_logged = True
             continue
         log.info("ready", topics=[BUILDER_TOPIC], servable_dir=str(settings.servable_dir))
         return

@@ -193,7 +193,11 @@ def _tar_entry(member: tarfile.TarInfo) -> Entry:
     if member.issym():
         return Entry(name, EntryKind.SYMLINK, link=member.linkname)
     if member.islnk():
-        return Entry(name, EntryKind.HARDLINK, link=normalize_member_name(member.linkname))
+        try:
+            target = normalize_member_name(member.linkname)
+        except UnsafePackage as exc:
+            raise UnsafePackage(f"hard link {member.name!r} has an unsafe target: {exc.message}") from exc
+        return Entry(name, EntryKind.HARDLINK, link=target)
     raise UnsafePackage(f"member {member.name!r} is a device, fifo or other special file")
 
 

@@ -13,7 +13,7 @@ from libs.common.codec import Codec
 from libs.common.config import DLHubSettings
 from libs.common.errors import BuildFailed, DLHubError
 from libs.common.logging import get_logger
-from libs.common.messages import Dispatch, Result, Timings
+from libs.common.messages import Dispatch, Result
 from libs.common.payloads import BuildRequest, decode_payload
 from services.builder.build import BuildLimits, build_version
 
@@ -48,11 +48,7 @@ class BuilderService:
             except Exception as exc:
                 log.exception("build crashed")
                 raise BuildFailed(f"build failed: {type(exc).__name__}: {exc}") from exc
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        log.debug("build handled", elapsed_ms=round((time.perf_counter() - started) * 1000.0, 3))
         return Result(
-            task_id=dispatch.task_id,
-            ok=True,
-            output=self.codec.encode_value(outcome),
-            step=dispatch.step,
-            timings=Timings(invocation_ms=elapsed_ms, inference_ms=elapsed_ms),
+            task_id=dispatch.task_id, ok=True, output=self.codec.encode_value(outcome), step=dispatch.step
         )

@@ -65,7 +65,7 @@ async def create_token(
     store: MetadataStore, user: str, *, label: str = "", expires_in_s: float | None = None
 ) -> str:
     """Create an API token for ``user`` in ``store`` and return the secret (shown once, never stored)."""
-    if not NAME_RE.match(user):
+    if not NAME_RE.fullmatch(user):
         raise ValidationFailed(f"invalid user name {user!r}", field="user")
     token = generate_token()
     now = _now_ms()

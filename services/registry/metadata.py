@@ -2,7 +2,8 @@
 
 The JSON Schema shipped beside this module (``schemas/dlhub-publication.schema.json``) accepts documents from
 the DLHub SDK 2.1.0 unchanged. A rejected document raises ``ValidationFailed`` whose ``field`` is the dotted
-path of the most relevant error (``datacite.creators``, ``servable.methods.run``, ``datacite.titles[0].title``).
+path of the most relevant error (``datacite.creators``, ``servable.methods.run``,
+``datacite.titles[0].title``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+from jsonschema.exceptions import ValidationError, best_match  # type: ignore[import-untyped]
 
 from libs.common.errors import ValidationFailed
 from libs.common.ids import NAME_RE
@@ -63,7 +64,9 @@ def _error_message(error: ValidationError, field: str) -> str:
     if error.validator == "required":
         return f"{field} is required"
     if error.validator == "pattern" and field == "dlhub.name":
-        return "dlhub.name must be 1-128 characters of letters, digits, '_', '.' or '-' and start alphanumeric"
+        return (
+            "dlhub.name must be 1-128 characters of letters, digits, '_', '.' or '-' and start alphanumeric"
+        )
     return f"{field}: {error.message}"
 
 
@@ -76,7 +79,7 @@ def validate_publication(document: Any) -> dict[str, Any]:
         field = _error_field(error)
         raise ValidationFailed(_error_message(error, field), field=field)
     name = document["dlhub"]["name"]
-    if not NAME_RE.match(name):  # the schema's pattern mirrors NAME_RE; keep the code authoritative
+    if not NAME_RE.fullmatch(name):  # the schema's pattern mirrors NAME_RE; keep the code authoritative
         raise ValidationFailed(f"invalid servable name {name!r}", field="dlhub.name")
     return document
 
@@ -95,12 +98,6 @@ def normalise_publication(
     dlhub.setdefault("domains", [])
     dlhub.setdefault("type", "servable")
     return doc
-
-
-def method_names(metadata: dict[str, Any]) -> frozenset[str]:
-    """Return the names of the methods a servable declares."""
-    methods = (metadata.get("servable") or {}).get("methods") or {}
-    return frozenset(methods) if isinstance(methods, dict) else frozenset()
 
 
 def _creator_name(creator: dict[str, Any]) -> str:

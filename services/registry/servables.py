@@ -40,7 +40,7 @@ INDEX_TIMEOUT_S = 30.0
 
 
 def check_name(value: str, field: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValidationFailed(f"invalid {field} {value!r}", field=field)
     return value
 
@@ -77,7 +77,9 @@ class Servables:
             raise NotFound(f"servable {owner}/{name} not found")
         return versions
 
-    async def describe_target(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
+    async def describe_target(
+        self, caller: Caller, owner: str, name: str, version: int | None
+    ) -> VersionRecord:
         versions = await self.visible_versions(caller, owner, name)
         if version is None:
             return versions[-1]
@@ -284,7 +286,8 @@ class Servables:
         await self.reindex(record.owner, record.name)
 
     async def _build_failed(
-        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any]) -> None:
+        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any]
+    ) -> None:
         message = str(error.get("message") or "build failed")
         log.warning("build failed", servable=record.label, error_type=error.get("type"), reason=message)
         await self._store.set_version_status(
@@ -337,7 +340,7 @@ def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
     """Split ``owner/name`` or ``owner/name@version``."""
     owner, sep, rest = ref.partition("/")
     name, at, version_text = rest.partition("@")
-    if not sep or not NAME_RE.match(owner) or not NAME_RE.match(name):
+    if not sep or not NAME_RE.fullmatch(owner) or not NAME_RE.fullmatch(name):
         raise ValidationFailed(f"expected 'owner/name' or 'owner/name@version', got {ref!r}", field=field)
     if not at:
         return owner, name, None
@@ -348,6 +351,6 @@ def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
 
 def version_summaries(versions: Sequence[VersionRecord]) -> list[dict[str, Any]]:
     return [
-        {"version": v.version, "status": v.status, "published_at": iso_ms(v.published_at_ms)} for v in versions
+        {"version": v.version, "status": v.status, "published_at": iso_ms(v.published_at_ms)}
+        for v in versions
     ]
-

@@ -79,7 +79,8 @@ _VERSION_COLUMNS = (
     "package_sha256, package_format, build_task_id"
 )
 _TASK_COLUMNS = (
-    "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, output, error, timings"
+    "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
+    "output, error, timings"
 )
 
 _json_encoder = msgspec.json.Encoder()
@@ -188,7 +189,8 @@ class SQLiteMetadataStore(MetadataStore):
                 )
                 version = int(next(iter(rows))[0])
                 await db.execute(
-                    f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?)",
+                    f"INSERT INTO versions ({_VERSION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?)",
                     (
                         owner,
                         name,
@@ -277,7 +279,8 @@ class SQLiteMetadataStore(MetadataStore):
             await db.execute("BEGIN IMMEDIATE")
             try:
                 rows = await db.execute_fetchall(
-                    "SELECT version FROM versions WHERE owner = ? AND name = ? ORDER BY version", (owner, name)
+                    "SELECT version FROM versions WHERE owner = ? AND name = ? ORDER BY version",
+                    (owner, name),
                 )
                 existing = [int(row[0]) for row in rows]
                 doomed = existing if versions is None else [v for v in existing if v in set(versions)]

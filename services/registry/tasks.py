@@ -134,7 +134,12 @@ class TaskTable:
     ) -> TaskRecord:
         now = now_ms()
         task = dataclasses.replace(
-            task, state="failed", updated_at_ms=now, expires_at_ms=now + self._ttl_ms, error=error, timings=timings
+            task,
+            state="failed",
+            updated_at_ms=now,
+            expires_at_ms=now + self._ttl_ms,
+            error=error,
+            timings=timings,
         )
         await self._store.save_task(task)
         return task
@@ -146,7 +151,9 @@ class TaskTable:
             try:
                 output = output_json(self._codec, result)
             except InvalidMessage as exc:
-                return await self.fail(task, error={"type": exc.code, "message": exc.message}, timings=timings)
+                return await self.fail(
+                    task, error={"type": exc.code, "message": exc.message}, timings=timings
+                )
             return await self.complete(task, output=output, timings=timings)
         return await self.fail(task, error=error_dict(result.error), timings=timings)
 

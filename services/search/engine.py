@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import re
+import unicodedata
 from types import TracebackType
 from typing import Final, Self
 
@@ -24,7 +25,8 @@ def query_terms(q: str) -> list[str]:
 
     Backends turn each term into a prefix match, so user text never reaches a query parser as syntax.
     """
-    return _TERM_RE.findall(q)[:MAX_QUERY_TERMS]
+    # NFC first: a decomposed "u" + combining diaeresis must stay one term, as the index tokenizer sees it.
+    return _TERM_RE.findall(unicodedata.normalize("NFC", q))[:MAX_QUERY_TERMS]
 
 
 def page(query: SearchQuery, max_page_size: int) -> tuple[int, int]:

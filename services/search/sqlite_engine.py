@@ -8,9 +8,10 @@ All SQLite work runs on the engine's own thread so a slow query never blocks the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -87,6 +88,18 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
     rows |= {(FIELD_AUTHOR, author.casefold(), pk) for author in document.authors}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     return rows
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class _Filters:
@@ -229,8 +242,8 @@ class SqliteSearchEngine(SearchEngine):
         with _transaction(db):
             self._remove(db, document.id)
             cursor = db.execute(
-                "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, "
+                "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     document.id,
                     document.owner,
@@ -289,16 +302,3 @@ class SqliteSearchEngine(SearchEngine):
     def _count_sync(self) -> int:
         (total,) = self._db.execute("SELECT count(*) FROM documents").fetchone()
         return int(total)
-
-
-class _transaction:
-    """BEGIN ... COMMIT (ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN")
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -106,7 +106,9 @@ class Executor:
             output = servable.invoke(request.method, inputs, parameters)
         except (Exception, SystemExit) as exc:
             inference_ms = (time.perf_counter() - start) * 1000.0
-            return self._failed(request, _error_from_exception(exc), load_ms, inference_ms)
+            # A DLHubError here is the loader refusing the inputs (e.g. autobatch without a list).
+            error = _error_from_dlhub(exc) if isinstance(exc, DLHubError) else _error_from_exception(exc)
+            return self._failed(request, error, load_ms, inference_ms)
         inference_ms = (time.perf_counter() - start) * 1000.0
 
         try:
@@ -176,6 +178,23 @@ def _private_pipes() -> tuple[IO[bytes], IO[bytes]]:
     return os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb")
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the worker dies, so a model stuck in a call is not orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.worker.executor")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
@@ -184,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # The worker decides when this process stops (closing stdin, or a kill); Ctrl-C in a terminal reaches the
     # whole process group and must not kill a task the worker will report on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     reader, writer = _private_pipes()
     # NumPy is a hard dependency of most servables and of the ndarray codec: pay its import before the first
     # task rather than during it.

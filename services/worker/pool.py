@@ -120,7 +120,7 @@ class ExecutorProcess:
         body = await self._stdout.readexactly(body_length(header, max_bytes=self.max_message_bytes))
         return decode_reply(body)
 
-    async def request(self, payload: bytes, seq: int, deadline: float | None) -> ExecReply:
+    async def request(self, payload: bytes | bytearray, seq: int, deadline: float | None) -> ExecReply:
         """Send one encoded request and await its reply until ``deadline`` (loop time)."""
         self.busy = True
         try:

@@ -1,0 +1,1 @@
+"""The broker: routes tasks from clients to registered handlers by topic, with heartbeats and deadlines."""

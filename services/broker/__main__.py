@@ -1,0 +1,25 @@
+"""``python -m services.broker [--config FILE]``: run the broker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from libs.common.config import load_settings
+from libs.common.logging import configure_logging
+from services.broker.broker import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.broker", description="Run the DLHub task broker."
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (default: $DLHUB_CONFIG)")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    configure_logging(settings.logging, service="broker")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

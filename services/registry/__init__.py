@@ -1,0 +1,1 @@
+"""The registry: DLHub's REST API (publication, discovery, runs) in front of the broker."""

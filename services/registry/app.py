@@ -1,0 +1,104 @@
+"""The registry's aiohttp application: state in AppKeys, the store and the bus opened in cleanup contexts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from libs.common.bus import BusClient
+from libs.common.codec import Codec
+from libs.common.config import DLHubSettings
+from libs.common.logging import get_logger
+from services.registry.auth import Authenticator
+from services.registry.backends import make_store
+from services.registry.background import BackgroundTasks
+from services.registry.errors import error_middleware
+from services.registry.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from services.registry.packages import PackageBlobs
+from services.registry.ports import Bus
+from services.registry.routes import setup_routes
+from services.registry.runs import Runs
+from services.registry.servables import Servables
+from services.registry.store import MetadataStore
+from services.registry.tasks import TaskTable
+
+log = get_logger(__name__)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _store_ctx(injected: MetadataStore | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = injected or make_store(app[SETTINGS])
+        await store.open()
+        app[STORE] = store
+        try:
+            yield
+        finally:
+            if injected is None:
+                await store.close()
+
+    return ctx
+
+
+def _bus_ctx(injected: Bus | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            app[BUS] = injected
+            yield
+            return
+        bus = BusClient(bus=app[SETTINGS].bus, codec=app[CODEC])
+        await bus.start()
+        app[BUS] = bus
+        try:
+            yield
+        finally:
+            await bus.close()
+
+    return ctx
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store, bus, codec = app[STORE], app[BUS], app[CODEC]
+    background = BackgroundTasks()
+    tasks = TaskTable(store, codec, ttl_s=settings.registry.task_result_ttl_s)
+    servables = Servables(
+        settings=settings,
+        store=store,
+        bus=bus,
+        codec=codec,
+        tasks=tasks,
+        background=background,
+        blobs=PackageBlobs(settings.data_dir / "packages"),
+    )
+    app[BACKGROUND] = background
+    app[TASKS] = tasks
+    app[AUTH] = Authenticator(store)
+    app[SERVABLES] = servables
+    app[RUNS] = Runs(
+        settings=settings, bus=bus, codec=codec, servables=servables, tasks=tasks, background=background
+    )
+    background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
+    resumed = await servables.resume_builds()
+    if resumed:
+        log.info("resumed builds left over from a previous run", count=resumed)
+    try:
+        yield
+    finally:
+        await background.close()
+
+
+def create_app(
+    settings: DLHubSettings, *, bus: Bus | None = None, store: MetadataStore | None = None
+) -> web.Application:
+    """Build the registry application; ``bus`` and ``store`` may be injected (tests), else from settings."""
+    app = web.Application(client_max_size=settings.registry.max_upload_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
+    setup_routes(app)
+    app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_services_ctx)
+    return app

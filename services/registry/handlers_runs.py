@@ -1,0 +1,62 @@
+"""Handlers for running servables and pipelines (the latency-critical path)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from services.registry.auth import Caller
+from services.registry.handlers_servables import API_PREFIX, caller_of
+from services.registry.http_utils import decode_json, json_response, raw_json_response, read_json_bytes
+from services.registry.keys import RUNS, SETTINGS
+from services.registry.runs import PipelineBody, RunBody, Submission
+from services.registry.store import TaskRecord
+
+
+def _accepted(task: TaskRecord) -> web.Response:
+    return json_response(
+        {"task_id": task.task_id, "state": task.state, "status_url": f"{API_PREFIX}/tasks/{task.task_id}"},
+        status=202,
+    )
+
+
+async def _execute(
+    request: web.Request, caller: Caller, submission: Submission, asynchronous: bool, started: float
+) -> web.Response:
+    runs = request.app[RUNS]
+    if asynchronous:
+        return _accepted(await runs.submit_async(caller, submission))
+    outcome = await runs.run_sync(submission)
+    return raw_json_response(runs.sync_response_body(outcome, started))
+
+
+async def _run(request: web.Request, version: int | None, started: float) -> web.Response:
+    caller = await caller_of(request)
+    body = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
+    run = decode_json(body, RunBody)
+    submission = await request.app[RUNS].prepare_run(
+        caller, request.match_info["owner"], request.match_info["name"], version, run
+    )
+    return await _execute(request, caller, submission, run.asynchronous, started)
+
+
+async def run_latest(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/run."""
+    return await _run(request, None, time.perf_counter())
+
+
+async def run_version(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/versions/{version}/run."""
+    started = time.perf_counter()
+    return await _run(request, int(request.match_info["version"]), started)
+
+
+async def run_pipeline(request: web.Request) -> web.Response:
+    """POST /pipelines/run."""
+    started = time.perf_counter()
+    caller = await caller_of(request)
+    body = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
+    pipeline = decode_json(body, PipelineBody)
+    submission = await request.app[RUNS].prepare_pipeline(caller, pipeline)
+    return await _execute(request, caller, submission, pipeline.asynchronous, started)

@@ -1,0 +1,192 @@
+"""Handlers for publishing, describing, updating and deleting servables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from libs.common.errors import ValidationFailed
+from services.registry.auth import Caller
+from services.registry.http_utils import (
+    decode_json,
+    int_query,
+    json_response,
+    read_json_bytes,
+    read_upload,
+    str_query,
+)
+from services.registry.keys import AUTH, SERVABLES, SETTINGS
+from services.registry.metadata import title_of
+from services.registry.packages import detect_format
+from services.registry.servables import version_summaries
+from services.registry.store import VersionRecord
+from services.registry.tasks import iso_ms
+
+API_PREFIX = "/api/v1"
+
+
+async def caller_of(request: web.Request) -> Caller:
+    return await request.app[AUTH].authenticate(request.headers.get("Authorization"))
+
+
+def _version_arg(request: web.Request) -> int:
+    return int(request.match_info["version"])
+
+
+def publish_response(record: VersionRecord) -> web.Response:
+    return json_response(
+        {
+            "owner": record.owner,
+            "name": record.name,
+            "version": record.version,
+            "shorthand_name": record.shorthand_name,
+            "task_id": record.build_task_id,
+            "status": record.status,
+            "status_url": f"{API_PREFIX}/tasks/{record.build_task_id}",
+        },
+        status=202,
+    )
+
+
+def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, Any]:
+    return {
+        "owner": record.owner,
+        "name": record.name,
+        "version": record.version,
+        "shorthand_name": record.shorthand_name,
+        "status": record.status,
+        "status_reason": record.status_reason,
+        "digest": record.digest,
+        "files": list(record.files),
+        "published_at": iso_ms(record.published_at_ms),
+        "metadata": record.metadata,
+        "versions": version_summaries(versions),
+    }
+
+
+def summary(record: VersionRecord) -> dict[str, Any]:
+    return {
+        "owner": record.owner,
+        "name": record.name,
+        "version": record.version,
+        "shorthand_name": record.shorthand_name,
+        "status": record.status,
+        "published_at": iso_ms(record.published_at_ms),
+        "title": title_of(record.metadata),
+    }
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /servables: multipart ``metadata`` (+ ``package``) -> 202 with the build task."""
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    settings = request.app[SETTINGS].registry
+    upload = await read_upload(
+        request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
+    )
+    package_format = detect_format(upload.filename, upload.package or b"")
+    record = await request.app[SERVABLES].publish(
+        owner=user, document=upload.metadata, package=upload.package, package_format=package_format
+    )
+    return publish_response(record)
+
+
+async def update(request: web.Request) -> web.Response:
+    """PUT /servables/{owner}/{name}: JSON metadata (same files) or multipart (new files) -> new version."""
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    settings = request.app[SETTINGS].registry
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    if request.content_type == "multipart/form-data":
+        upload = await read_upload(
+            request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
+        )
+        document, package, filename = upload.metadata, upload.package, upload.filename
+    else:
+        body = await read_json_bytes(request, max_bytes=settings.max_request_json_bytes)
+        document, package, filename = decode_json(body, dict[str, Any], what="metadata document"), None, None
+    package_format = detect_format(filename, package or b"")
+    record = await request.app[SERVABLES].update(
+        caller,
+        user=user,
+        owner=owner,
+        name=name,
+        document=document,
+        package=package,
+        package_format=package_format,
+    )
+    return publish_response(record)
+
+
+async def list_servables(request: web.Request) -> web.Response:
+    """GET /servables?owner=&limit=&offset=: the newest visible version of each servable."""
+    caller = await caller_of(request)
+    search = request.app[SETTINGS].search
+    limit = int_query(
+        request, "limit", default=search.default_page_size, minimum=1, maximum=search.max_page_size
+    )
+    offset = int_query(request, "offset", default=0, minimum=0, maximum=2**31)
+    records = await request.app[SERVABLES].list_latest(caller, str_query(request, "owner"))
+    page = records[offset : offset + limit]
+    return json_response(
+        {"total": len(records), "limit": limit, "offset": offset, "servables": [summary(r) for r in page]}
+    )
+
+
+async def describe_latest(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    servables = request.app[SERVABLES]
+    versions = await servables.visible_versions(caller, owner, name)
+    return json_response(describe(versions[-1], versions))
+
+
+async def describe_version(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    servables = request.app[SERVABLES]
+    versions = await servables.visible_versions(caller, owner, name)
+    record = await servables.describe_target(caller, owner, name, _version_arg(request))
+    return json_response(describe(record, versions))
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    versions = await request.app[SERVABLES].visible_versions(caller, owner, name)
+    return json_response(
+        {
+            "owner": owner,
+            "name": name,
+            "versions": [
+                {
+                    "version": v.version,
+                    "status": v.status,
+                    "status_reason": v.status_reason,
+                    "digest": v.digest,
+                    "published_at": iso_ms(v.published_at_ms),
+                }
+                for v in versions
+            ],
+        }
+    )
+
+
+async def _delete(request: web.Request, version: int | None) -> web.Response:
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    deleted = await request.app[SERVABLES].delete(caller, user=user, owner=owner, name=name, version=version)
+    return json_response({"deleted": deleted})
+
+
+async def delete_servable(request: web.Request) -> web.Response:
+    return await _delete(request, None)
+
+
+async def delete_version(request: web.Request) -> web.Response:
+    version = _version_arg(request)
+    if version < 1:
+        raise ValidationFailed("version numbers start at 1", field="version")
+    return await _delete(request, version)

@@ -1,0 +1,141 @@
+"""Small request/response helpers shared by the handlers: JSON bodies, multipart uploads, query values."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import BodyPartReader, web
+
+from libs.common.errors import PayloadTooLarge, ValidationFailed
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_PATH_RE = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+CHUNK_BYTES = 1024 * 1024
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=_encoder.encode(data), content_type="application/json")
+
+
+def raw_json_response(body: bytes, *, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _check_length(request: web.Request, max_bytes: int) -> None:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"the request body of {length} bytes exceeds the limit of {max_bytes} bytes")
+
+
+async def read_json_bytes(request: web.Request, *, max_bytes: int) -> bytes:
+    """Return the raw JSON body after checking its content type and size."""
+    if not _is_json(request.content_type):
+        raise ValidationFailed(
+            f"expected Content-Type application/json, got {request.content_type or 'none'}",
+            field="Content-Type",
+        )
+    _check_length(request, max_bytes)
+    body = await request.read()
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"the request body exceeds the limit of {max_bytes} bytes")
+    if not body.strip():
+        raise ValidationFailed("the request body is empty; expected a JSON object")
+    return body
+
+
+def decode_json(body: bytes, type_: type[T], *, what: str = "request body") -> T:
+    """Decode JSON into ``type_``; malformed or mistyped input raises a 400 naming the field."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        field = match.group("path") if match and match.group("path") else None
+        raise ValidationFailed(f"invalid {what}: {message}", field=field) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(f"malformed JSON in the {what}: {exc}") from None
+
+
+async def _read_part(part: BodyPartReader, *, max_bytes: int, used: int) -> bytes:
+    chunks: list[bytes] = []
+    total = used
+    while chunk := await part.read_chunk(CHUNK_BYTES):
+        total += len(chunk)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"the upload exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Upload(msgspec.Struct, kw_only=True):
+    metadata: Any
+    package: bytes | None
+    filename: str | None
+
+
+async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_bytes: int) -> Upload:
+    """Read a multipart publication: a ``metadata`` JSON part and an optional ``package`` file part."""
+    if request.content_type != "multipart/form-data":
+        raise ValidationFailed(
+            f"expected Content-Type multipart/form-data, got {request.content_type or 'none'}",
+            field="Content-Type",
+        )
+    _check_length(request, max_bytes)
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise ValidationFailed(f"malformed multipart body: {exc}") from None
+    metadata_bytes: bytes | None = None
+    package: bytes | None = None
+    filename: str | None = None
+    used = 0
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValidationFailed("nested multipart bodies are not supported")
+            if part.name == "metadata":
+                metadata_bytes = await _read_part(
+                    part, max_bytes=min(max_bytes, used + max_metadata_bytes), used=used
+                )
+                used += len(metadata_bytes)
+            elif part.name == "package":
+                package = await _read_part(part, max_bytes=max_bytes, used=used)
+                used += len(package)
+                filename = part.filename
+            else:
+                await part.release()
+    except ValueError as exc:
+        raise ValidationFailed(f"malformed multipart body: {exc}") from None
+    if metadata_bytes is None:
+        raise ValidationFailed("the multipart body has no 'metadata' part", field="metadata")
+    try:
+        metadata = msgspec.json.decode(metadata_bytes)
+    except msgspec.DecodeError as exc:
+        raise ValidationFailed(f"malformed JSON in the metadata part: {exc}", field="metadata") from None
+    return Upload(metadata=metadata, package=package, filename=filename)
+
+
+def int_query(request: web.Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an integer, got {text!r}", field=name) from None
+    if not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be between {minimum} and {maximum}", field=name)
+    return value
+
+
+def str_query(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    return value if value else None

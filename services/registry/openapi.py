@@ -1,0 +1,525 @@
+"""The OpenAPI 3.1 description of the REST API (served at ``/api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import msgspec
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _response(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = _json_content(schema)
+    return out
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _response(description, _ref("Error"))
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid input (the error names the field)",
+        401: "Missing, invalid or expired token",
+        403: "Not the owner",
+        404: "Unknown, deleted or invisible resource",
+        409: "The servable has no ready version",
+        413: "Request body too large",
+        503: "Broker or service unavailable",
+    }
+    return {str(code): _error(text[code]) for code in codes}
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str, required: bool = False
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+OWNER = _param("owner", "path", {"type": "string"}, "Owner (user name) of the servable")
+NAME = _param("name", "path", {"type": "string"}, "Servable name (dlhub.name)")
+VERSION = _param("version", "path", {"type": "integer", "minimum": 1}, "Version number")
+LIMIT = _param("limit", "query", {"type": "integer", "minimum": 1}, "Page size")
+OFFSET = _param("offset", "query", {"type": "integer", "minimum": 0}, "Number of entries to skip")
+
+TIMINGS = {
+    "type": "object",
+    "properties": {
+        k: {"type": "number"} for k in ("inference_ms", "invocation_ms", "queue_ms", "request_ms")
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {"type": "string", "description": "Stable error code, e.g. validation_error"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string", "description": "Path of the offending field"},
+                },
+            }
+        },
+    },
+    "TaskError": {
+        "type": "object",
+        "required": ["type", "message"],
+        "properties": {
+            "type": {"type": "string"},
+            "message": {"type": "string"},
+            "exception_type": {"type": "string"},
+            "traceback": {"type": "string"},
+            "step": {"type": "integer"},
+            "topic": {"type": "string"},
+        },
+    },
+    "Timings": TIMINGS,
+    "PublicationDocument": {
+        "type": "object",
+        "description": "DLHub publication document (datacite, dlhub, servable sections).",
+        "required": ["datacite", "dlhub"],
+        "properties": {
+            "datacite": {"type": "object"},
+            "dlhub": {"type": "object"},
+            "servable": {"type": "object"},
+        },
+    },
+    "PublishRequest": {
+        "type": "object",
+        "required": ["metadata"],
+        "properties": {
+            "metadata": {"type": "string", "description": "The publication document as JSON"},
+            "package": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "description": "Optional archive: .tar.gz, .tgz, .tar or .zip",
+            },
+        },
+    },
+    "PublishAccepted": {
+        "type": "object",
+        "required": ["owner", "name", "version", "shorthand_name", "task_id", "status"],
+        "properties": {
+            "owner": {"type": "string"},
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "shorthand_name": {"type": "string"},
+            "task_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["building"]},
+            "status_url": {"type": "string"},
+        },
+    },
+    "VersionStatus": {"type": "string", "enum": ["building", "ready", "failed"]},
+    "VersionSummary": {
+        "type": "object",
+        "properties": {
+            "version": {"type": "integer"},
+            "status": _ref("VersionStatus"),
+            "status_reason": {"type": "string"},
+            "digest": {"type": "string"},
+            "published_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Servable": {
+        "type": "object",
+        "required": ["owner", "name", "version", "shorthand_name", "status", "metadata", "versions"],
+        "properties": {
+            "owner": {"type": "string"},
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "shorthand_name": {"type": "string"},
+            "status": _ref("VersionStatus"),
+            "status_reason": {"type": "string"},
+            "digest": {"type": "string"},
+            "files": {"type": "array", "items": {"type": "string"}},
+            "published_at": {"type": "string", "format": "date-time"},
+            "metadata": _ref("PublicationDocument"),
+            "versions": {"type": "array", "items": _ref("VersionSummary")},
+        },
+    },
+    "ServableList": {
+        "type": "object",
+        "properties": {
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "servables": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "owner": {"type": "string"},
+                        "name": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "shorthand_name": {"type": "string"},
+                        "status": _ref("VersionStatus"),
+                        "published_at": {"type": "string", "format": "date-time"},
+                        "title": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "VersionList": {
+        "type": "object",
+        "properties": {
+            "owner": {"type": "string"},
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": _ref("VersionSummary")},
+        },
+    },
+    "Deleted": {
+        "type": "object",
+        "required": ["deleted"],
+        "properties": {"deleted": {"type": "array", "items": {"type": "integer"}}},
+    },
+    "RunRequest": {
+        "type": "object",
+        "properties": {
+            "inputs": {"description": "Any JSON value"},
+            "parameters": {"type": "object"},
+            "method": {"type": "string", "default": "run"},
+            "asynchronous": {"type": "boolean", "default": False},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        },
+    },
+    "RunResult": {
+        "type": "object",
+        "required": ["task_id", "state", "timings", "servable"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "state": {"type": "string", "enum": ["completed", "failed"]},
+            "output": {"description": "Any JSON value"},
+            "error": _ref("TaskError"),
+            "timings": _ref("Timings"),
+            "servable": {
+                "type": "string",
+                "description": "owner/name@version (comma-separated for pipelines)",
+            },
+        },
+    },
+    "TaskAccepted": {
+        "type": "object",
+        "required": ["task_id", "state", "status_url"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "state": {"type": "string", "enum": ["pending"]},
+            "status_url": {"type": "string"},
+        },
+    },
+    "PipelineRequest": {
+        "type": "object",
+        "required": ["steps"],
+        "properties": {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["servable"],
+                    "properties": {
+                        "servable": {"type": "string", "description": "owner/name or owner/name@version"},
+                        "method": {"type": "string", "default": "run"},
+                        "parameters": {"type": "object"},
+                    },
+                },
+            },
+            "inputs": {"description": "Any JSON value"},
+            "asynchronous": {"type": "boolean", "default": False},
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        },
+    },
+    "Task": {
+        "type": "object",
+        "required": ["task_id", "kind", "state", "servable", "created_at", "updated_at"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["run", "build"]},
+            "state": {"type": "string", "enum": ["pending", "running", "completed", "failed"]},
+            "servable": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "output": {"description": "Any JSON value"},
+            "error": _ref("TaskError"),
+            "timings": _ref("Timings"),
+        },
+    },
+    "SearchResults": {
+        "type": "object",
+        "required": ["total", "limit", "offset", "hits"],
+        "properties": {
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "hits": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "owner": {"type": "string"},
+                        "name": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "shorthand_name": {"type": "string"},
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "authors": {"type": "array", "items": {"type": "string"}},
+                        "domains": {"type": "array", "items": {"type": "string"}},
+                        "model_type": {"type": "string"},
+                        "servable_type": {"type": "string"},
+                        "score": {"type": "number"},
+                    },
+                },
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ok"]},
+            "broker": {
+                "type": "object",
+                "properties": {
+                    "handlers": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "handler_id": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "topics": {"type": "array", "items": {"type": "string"}},
+                                "capacity": {"type": "integer"},
+                                "inflight": {"type": "integer"},
+                            },
+                        },
+                    },
+                    "queued": {"type": "integer"},
+                    "inflight": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+
+_RUN_RESPONSES = {
+    "200": _response(
+        "Synchronous result (state completed, or failed when the servable failed)", _ref("RunResult")
+    ),
+    "202": _response("Asynchronous run accepted", _ref("TaskAccepted")),
+    **_errors(400, 401, 404, 409, 413, 503),
+}
+_PUBLISH_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": _ref("PublishRequest")}},
+}
+_SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+_OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
+
+
+def build_openapi() -> dict[str, Any]:
+    """Return the OpenAPI document as a dict."""
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Broker reachability and registered handlers",
+                "security": [{}],
+                "responses": {"200": _response("Healthy", _ref("Health")), **_errors(503)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [{}],
+                "responses": {"200": _response("The OpenAPI document", {"type": "object"})},
+            }
+        },
+        "/servables": {
+            "post": {
+                "operationId": "publish",
+                "summary": "Publish a new servable or a new version of one",
+                "security": _SECURED,
+                "requestBody": _PUBLISH_BODY,
+                "responses": {
+                    "202": _response("Accepted; building", _ref("PublishAccepted")),
+                    **_errors(400, 401, 413),
+                },
+            },
+            "get": {
+                "operationId": "listServables",
+                "summary": "The latest visible version of each servable",
+                "security": _OPTIONAL_AUTH,
+                "parameters": [
+                    _param("owner", "query", {"type": "string"}, "Only this owner's servables"),
+                    LIMIT,
+                    OFFSET,
+                ],
+                "responses": {"200": _response("Servables", _ref("ServableList")), **_errors(400, 401)},
+            },
+        },
+        "/servables/{owner}/{name}": {
+            "parameters": [OWNER, NAME],
+            "get": {
+                "operationId": "describeServable",
+                "summary": "Describe the latest version",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("The servable", _ref("Servable")), **_errors(401, 404)},
+            },
+            "put": {
+                "operationId": "updateServable",
+                "summary": "Publish a new version: JSON metadata (same files) or multipart (new files)",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": _ref("PublicationDocument")},
+                        "multipart/form-data": {"schema": _ref("PublishRequest")},
+                    },
+                },
+                "responses": {
+                    "202": _response("Accepted; building", _ref("PublishAccepted")),
+                    **_errors(400, 401, 403, 404, 413),
+                },
+            },
+            "delete": {
+                "operationId": "deleteServable",
+                "summary": "Delete every version (owner only)",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("Deleted versions", _ref("Deleted")),
+                    **_errors(401, 403, 404),
+                },
+            },
+        },
+        "/servables/{owner}/{name}/versions": {
+            "parameters": [OWNER, NAME],
+            "get": {
+                "operationId": "listVersions",
+                "summary": "Every visible version",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("Versions", _ref("VersionList")), **_errors(401, 404)},
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}": {
+            "parameters": [OWNER, NAME, VERSION],
+            "get": {
+                "operationId": "describeVersion",
+                "summary": "Describe one version",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("The version", _ref("Servable")), **_errors(401, 404)},
+            },
+            "delete": {
+                "operationId": "deleteVersion",
+                "summary": "Delete one version (owner only)",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("Deleted versions", _ref("Deleted")),
+                    **_errors(401, 403, 404),
+                },
+            },
+        },
+        "/servables/{owner}/{name}/run": {
+            "parameters": [OWNER, NAME],
+            "post": {
+                "operationId": "runServable",
+                "summary": "Run the latest ready version",
+                "security": _OPTIONAL_AUTH,
+                "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
+                "responses": _RUN_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/run": {
+            "parameters": [OWNER, NAME, VERSION],
+            "post": {
+                "operationId": "runServableVersion",
+                "summary": "Run a pinned version",
+                "security": _OPTIONAL_AUTH,
+                "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
+                "responses": _RUN_RESPONSES,
+            },
+        },
+        "/pipelines/run": {
+            "post": {
+                "operationId": "runPipeline",
+                "summary": "Run servables as a server-side pipeline (each output feeds the next step)",
+                "security": _OPTIONAL_AUTH,
+                "requestBody": {"required": True, "content": _json_content(_ref("PipelineRequest"))},
+                "responses": _RUN_RESPONSES,
+            },
+        },
+        "/tasks/{task_id}": {
+            "parameters": [_param("task_id", "path", {"type": "string"}, "Task id")],
+            "get": {
+                "operationId": "getTask",
+                "summary": "Status and result of an asynchronous run or a build",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("The task", _ref("Task")), **_errors(401, 404)},
+            },
+        },
+        "/search": {
+            "get": {
+                "operationId": "search",
+                "summary": "Free-text (prefix) and field search over visible servables",
+                "security": _OPTIONAL_AUTH,
+                "parameters": [
+                    _param("q", "query", {"type": "string"}, "Free text"),
+                    *[
+                        _param(f, "query", {"type": "string"}, f"Exact {f}")
+                        for f in ("owner", "name", "domain", "author", "model_type", "servable_type")
+                    ],
+                    LIMIT,
+                    OFFSET,
+                ],
+                "responses": {"200": _response("Hits", _ref("SearchResults")), **_errors(400, 401, 503)},
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "DLHub REST API",
+            "version": "1.0.0",
+            "description": "Publish, discover and run scientific models (servables). Errors are "
+            '{"error": {"type", "message", "field"?}} with the status of their type.',
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": _OPTIONAL_AUTH,
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Local API token from `dlhub token create <user>`",
+                }
+            },
+        },
+    }
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    return msgspec.json.encode(build_openapi())
