@@ -190,7 +190,8 @@ async def test_bm25_ranks_title_hits_first(engine: SqliteSearchEngine) -> None:
         ({"domain": "chemistry", "q": "formation"}, {"carol/formation_energy"}),
         ({"author": "jane doe"}, {"alice/iris_rf", "carol/formation_energy"}),
         ({"author": "ANA MÜLLER"}, {"carol/formation_energy"}),
-        ({"author": "Jane"}, set()),  # exact, not prefix
+        ({"author": "Doe"}, {"alice/iris_rf", "carol/formation_energy"}),  # one part of the name
+        ({"author": "Jan"}, set()),  # whole name parts, not prefixes
         ({"model_type": "SVC", "q": "iris"}, {"bob/iris_svm"}),
         ({"servable_type": "Keras Model", "q": "perovskites"}, {"carol/formation_energy"}),
         ({"q": "iris", "owner": "alice"}, {"alice/iris_rf"}),

@@ -85,7 +85,10 @@ def _fts_row(document: SearchDocument) -> tuple[str, ...]:
 
 def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
     rows = {(FIELD_DOMAIN, domain, pk) for domain in document.domains}
-    rows |= {(FIELD_AUTHOR, author.casefold(), pk) for author in document.authors}
+    # An author filter matches the full name or any single part of it ("Curie" finds "Marie Curie").
+    for author in document.authors:
+        full = author.casefold().strip()
+        rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     return rows
 
