@@ -104,7 +104,10 @@ class _Dealer:
             if len(frames) != 1:
                 log.warning("dropping frame set with unexpected frame count", frames=len(frames))
                 continue
-            self._on_frame(frames[0])
+            try:
+                self._on_frame(frames[0])
+            except Exception:  # a failing callback must not stop the drain (the FD would not fire again)
+                log.exception("bus message callback failed")
             if sock.closed:  # on_frame may close us (reconnect)
                 return
         self._schedule_drain()
@@ -470,14 +473,20 @@ class BusClient:
         interval_s = self.bus.heartbeat_interval_s
         while True:
             await asyncio.sleep(interval_s)
-            if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
-                self._log.warning("broker silent; failing pending calls and reconnecting")
-                self._fail_all("broker stopped answering heartbeats")
-                if self._dealer is not None:
-                    self._dealer.close()
-                self._connect()
-            elif self._dealer is not None:
-                self._dealer.send(self._heartbeat)
+            try:
+                self._check_broker()
+            except Exception:  # the ticker must outlive any one failure, or calls could hang
+                self._log.exception("client heartbeat tick failed")
+
+    def _check_broker(self) -> None:
+        if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
+            self._log.warning("broker silent; failing pending calls and reconnecting")
+            self._fail_all("broker stopped answering heartbeats")
+            if self._dealer is not None:
+                self._dealer.close()
+            self._connect()
+        elif self._dealer is not None:
+            self._dealer.send(self._heartbeat)
 
     def _fail_all(self, reason: str) -> None:
         for task_id, call in list(self._state.pending.items()):

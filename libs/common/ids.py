@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 BUILDER_TOPIC = "builder/build"
 SEARCH_INDEX_TOPIC = "search/index"

@@ -126,11 +126,8 @@ class Broker:
                 self._dispatch_queued()
                 if self._tick_due:
                     self._tick_due = False
-                    now = time.monotonic()
-                    self._send_heartbeats(now)
-                    self._expire_tasks(now)
-                    self._purge_silent_peers(now)
                     ticker = loop.call_later(self.tick_s, self._on_timer)
+                    self._run_timer_steps(time.monotonic())
         finally:
             ticker.cancel()
             loop.remove_reader(fd)
@@ -195,7 +192,12 @@ class Broker:
                     "dropping unexpected message", peer=peer_name(identity), type=type(message).__name__
                 )
                 continue
-            on_message(identity, message, now)
+            try:
+                on_message(identity, message, now)
+            except Exception:  # one bad message must not take the broker down
+                log.exception(
+                    "failed to handle message", peer=peer_name(identity), type=type(message).__name__
+                )
 
     # -- message handlers ------------------------------------------------------------------------------------
 
@@ -404,6 +406,13 @@ class Broker:
                     self._route(task, now)  # that handler vanished; try another or requeue
 
     # -- timer steps -----------------------------------------------------------------------------------------
+
+    def _run_timer_steps(self, now: float) -> None:
+        for step in (self._send_heartbeats, self._expire_tasks, self._purge_silent_peers):
+            try:
+                step(now)
+            except Exception:
+                log.exception("timer step failed", step=step.__name__)
 
     def _send_heartbeats(self, now: float) -> None:
         if now < self._next_heartbeat:

@@ -142,11 +142,10 @@ class Runs:
         )
 
     async def run_sync(self, submission: Submission) -> SyncOutcome:
-        task_id = new_id()
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
-        return SyncOutcome(task_id=result.task_id or task_id, result=result, servable=submission.servable)
+        return SyncOutcome(task_id=result.task_id, result=result, servable=submission.servable)
 
     def sync_response_body(self, outcome: SyncOutcome, started: float) -> bytes:
         """Encode the 200 body; ``request_ms`` is measured up to this point."""
