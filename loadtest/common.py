@@ -59,7 +59,8 @@ def embedded_stack(workers: int = 1, extra_env: dict[str, str] | None = None) ->
         env = dict(os.environ, DLHUB_HOME=str(base / "home"), **(extra_env or {}))
         cmd = [
             sys.executable, "-m", "libs.client.cli", "up", "--data-dir", str(base / "data"),
-            "--port", str(port), "--broker-port", str(broker_port), "--workers", str(workers), "--user", "bench",
+            "--port", str(port), "--broker-port", str(broker_port), "--workers", str(workers),
+            "--user", "bench",
         ]  # fmt: skip
         started = time.perf_counter()
         log = (base / "up.log").open("wb")

@@ -86,7 +86,9 @@ def measure_in_process(requests: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -100,7 +102,7 @@ def main() -> None:
             repeats.append({"startup_s": round(stack.startup_s, 3), **rest, "in_process": floor})
 
     def median(path: tuple[str, str]) -> float:
-        return round(statistics.median(r[path[0]][path[1]] for r in repeats), 4)
+        return round(float(statistics.median(r[path[0]][path[1]] for r in repeats)), 4)
 
     result = {
         "benchmark": "noop through REST (sequential)",

@@ -1,6 +1,6 @@
 """Source of the python-function servables the end-to-end tests publish (written into a package)."""
 
-FUNCTIONS = '''
+FUNCTIONS = """
 import os
 import time
 
@@ -36,4 +36,4 @@ def slow(spec):
     os.replace(spec["pidfile"] + ".tmp", spec["pidfile"])
     time.sleep(spec.get("seconds", 60))
     return "finished"
-'''
+"""

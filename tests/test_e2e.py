@@ -304,13 +304,21 @@ def test_tar_with_parent_entries_is_rejected_and_writes_nothing_outside(
     assert not (stack.data_dir / "servables" / "alice" / name / "1").exists()
 
 
-def test_malformed_bytes_to_the_broker_do_not_stop_it(stack: StackInfo, alice: DLHubClient, noop: str) -> None:
-    ctx = zmq.Context.instance()
+def test_malformed_bytes_to_the_broker_do_not_stop_it(
+    stack: StackInfo, alice: DLHubClient, noop: str
+) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(stack.broker_url)
     try:
-        for frames in ([b""], [os.urandom(64)], [b"\x01", b"\x02", b"\x03"], [b"\x07garbage"], [b"\x01\x81\xa4type\xa3bad"]):
+        for frames in (
+            [b""],
+            [os.urandom(64)],
+            [b"\x01", b"\x02", b"\x03"],
+            [b"\x07garbage"],
+            [b"\x01\x81\xa4type\xa3bad"],
+        ):
             sock.send_multipart(frames)
     finally:
         sock.close()
@@ -324,7 +332,7 @@ def test_worker_killed_during_a_task_fails_it_with_a_typed_error(
     name = publish_function(alice, pkg_dir, "slow")
     pidfile = tmp_path / "worker.pid"
     handle = alice.run_async(name, {"pidfile": str(pidfile), "seconds": 60})
-    worker_pid = int(wait_for(lambda: pidfile.is_file() and pidfile.read_text(), 20, "the task to start"))
+    worker_pid = int(wait_for(lambda: pidfile.read_text() if pidfile.is_file() else None, 20, "task start"))
     assert handle.status()["state"] == "running"
     os.kill(worker_pid, signal.SIGKILL)
 

@@ -5,6 +5,6 @@
 >>> client.run("alice/iris_rf", [[5.1, 3.5, 1.4, 0.2]])
 """
 
-from libs.client.sdk import DLHubClient, TaskHandle, TaskFailed
+from libs.client.sdk import DLHubClient, TaskFailed, TaskHandle
 
 __all__ = ["DLHubClient", "TaskFailed", "TaskHandle"]

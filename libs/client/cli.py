@@ -305,7 +305,7 @@ def ls(ctx: click.Context, owner: str | None, as_json: bool) -> None:
 @click.option("--offset", default=0)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search(ctx: click.Context, query: str, limit: int, offset: int, as_json: bool, **filters: str) -> None:
+def search(ctx: click.Context, /, query: str, limit: int, offset: int, as_json: bool, **filters: str) -> None:
     """Search servables by free text (prefix matching) and filters."""
     with _client(ctx) as client:
         result = client.search(query, limit=limit, offset=offset, **filters)

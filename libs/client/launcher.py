@@ -69,7 +69,7 @@ class Stack:
         ]
         self._stopping = threading.Event()
 
-    # -- start ------------------------------------------------------------------------------------------------
+    # -- start -----------------------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
         opts = self.options
@@ -140,9 +140,7 @@ class Stack:
 
     def _all_registered(self, health: dict[str, Any]) -> bool:
         kinds = [h.get("kind") for h in health.get("broker", {}).get("handlers", [])]
-        return (
-            "builder" in kinds and "search" in kinds and kinds.count("worker") >= self.options.workers
-        )
+        return "builder" in kinds and "search" in kinds and kinds.count("worker") >= self.options.workers
 
     def _raise_if_exited(self) -> None:
         for service in self.services:

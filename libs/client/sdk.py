@@ -84,9 +84,7 @@ class TaskHandle:
 class DLHubClient:
     """Synchronous client for the DLHub REST API."""
 
-    def __init__(
-        self, url: str | None = None, token: str | None = None, *, timeout_s: float = 330.0
-    ) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float = 330.0) -> None:
         creds = load_credentials(url, token)
         self.url = creds.url
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
@@ -224,7 +222,9 @@ class DLHubClient:
         timeout_s: float | None = None,
     ) -> Any:
         """Run synchronously and return the output; a failed task raises ``TaskFailed``."""
-        record = self.run_detailed(servable, inputs, parameters=parameters, method=method, timeout_s=timeout_s)
+        record = self.run_detailed(
+            servable, inputs, parameters=parameters, method=method, timeout_s=timeout_s
+        )
         if record["state"] == "failed":
             raise TaskFailed(record["task_id"], record.get("error") or {})
         return record["output"]

@@ -33,7 +33,7 @@ def create_local_token(data_dir: Path, user: str, config_file: Path | None = Non
 
 
 def ensure_local_token(data_dir: Path, user: str, *, config_file: Path | None = None) -> str:
-    """Reuse the token saved in ``<data_dir>/client.json`` if it is still valid for ``user``, else create one."""
+    """Reuse the token in ``<data_dir>/client.json`` if it is still valid for ``user``, else create one."""
     saved: str | None = None
     try:
         saved = json.loads((data_dir / "client.json").read_text()).get("token")

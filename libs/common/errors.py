@@ -1,7 +1,7 @@
 """Error types shared by all services.
 
-Every error has a stable ``code`` (the wire name clients match on) and an HTTP status, so that a failure raised
-deep inside a service reaches the REST caller with the same type it was raised with.
+Every error has a stable ``code`` (the wire name clients match on) and an HTTP status, so that a failure
+raised deep inside a service reaches the REST caller with the same type it was raised with.
 """
 
 from __future__ import annotations
