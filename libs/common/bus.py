@@ -75,8 +75,10 @@ class _Dealer:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 64)
+        # Retry the TCP connection every 100 ms without ZeroMQ's own backoff, so a broker that comes (back) up
+        # is reached at once; the reconnect backoff of the bus (a new socket) is ours, after a silent broker.
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
         sock.connect(url)
         self._sock = sock
         self._fd = sock.fileno()
@@ -164,6 +166,7 @@ class HandlerService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._last_seen = 0.0
+        self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
         self._tasks: set[asyncio.Task[None]] = set()
         self._table: dict[type[Message], Callable[[Any], None]] = {
@@ -235,6 +238,7 @@ class HandlerService:
         self._registered.clear()
         self._session_over.clear()
         self._last_seen = time.monotonic()
+        self._heard = False
         self._dealer = _Dealer(
             url=self.bus.broker_url,
             identity=self.handler_id,
@@ -262,6 +266,12 @@ class HandlerService:
             if self._session_over.is_set() or self._dealer is None:
                 return
             if time.monotonic() - self._last_seen > timeout_s:
+                if not self._heard:
+                    # Never reached a broker on this socket: nothing to discard, and a new socket would only
+                    # race the old one's connection. ZeroMQ keeps reconnecting; our Register is queued.
+                    self._last_seen = time.monotonic()
+                    self._log.info("waiting for the broker", broker_url=self.bus.broker_url)
+                    continue
                 self._log.warning("broker silent", silent_s=round(time.monotonic() - self._last_seen, 3))
                 return
             self._dealer.send(heartbeat)
@@ -273,6 +283,7 @@ class HandlerService:
 
     def _on_frame(self, frame: bytes) -> None:
         self._last_seen = time.monotonic()
+        self._heard = True
         try:
             message = self.codec.decode(frame)
         except InvalidMessage as exc:
@@ -363,6 +374,7 @@ class BusClient:
         self._last_seen = 0.0  # liveness clock, reset on every (re)connect
         self._last_heard = 0.0  # when the broker last sent us anything at all
         self._heard_before = 0.0  # _last_heard as it was before the frame being handled
+        self._heard = False  # has the broker sent anything on the current socket?
         self._ticker: asyncio.Task[None] | None = None
         self._heartbeat = codec.encode(Heartbeat(sender_id=self.client_id))
         self._table: dict[type[Message], Callable[[Any], None]] = {
@@ -458,6 +470,7 @@ class BusClient:
 
     def _connect(self) -> None:
         self._last_seen = time.monotonic()
+        self._heard = False
         self._dealer = _Dealer(
             url=self.bus.broker_url,
             identity=self.client_id,
@@ -480,6 +493,12 @@ class BusClient:
 
     def _check_broker(self) -> None:
         if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
+            if not self._heard and not self._state.pending:
+                # Never reached a broker on this socket and nothing to discard: keep it (ZeroMQ reconnects
+                # by itself) rather than race a new socket's connection against the old one's.
+                self._last_seen = time.monotonic()
+                self._fail_all("broker is not answering")
+                return
             self._log.warning("broker silent; failing pending calls and reconnecting")
             self._fail_all("broker stopped answering heartbeats")
             if self._dealer is not None:
@@ -499,6 +518,7 @@ class BusClient:
     def _on_frame(self, frame: bytes) -> None:
         now = time.monotonic()
         self._last_seen = now
+        self._heard = True
         self._heard_before, self._last_heard = self._last_heard, now
         try:
             message = self.codec.decode(frame)
