@@ -98,6 +98,10 @@ def up(
     """Start the whole embedded stack on this machine; Ctrl-C stops it."""
     from libs.client.launcher import Stack, StackOptions, run_foreground
     from libs.client.tokens import ensure_local_token
+    from libs.common.config import LoggingConfig
+    from libs.common.logging import configure_logging
+
+    configure_logging(LoggingConfig(format="console", level="info" if verbose else "warning"), service="up")
 
     resolved_dir = (data_dir or dlhub_home() / "data").resolve()
     options = StackOptions(
@@ -121,10 +125,11 @@ def up(
         if data_dir is None:
             save_credentials(client_file(), options.api_url, token)
             saved = client_file()
-        handlers = health.get("broker", {}).get("handlers", [])
+        kinds = [h.get("kind", "?") for h in health.get("broker", {}).get("handlers", [])]
         console.print(
             f"[green]DLHub is up[/green] in {time.monotonic() - started:.2f} s: "
-            f"API {options.api_url}/api/v1  ({len(handlers)} services registered at the broker)\n"
+            f"API {options.api_url}/api/v1\n"
+            f"registered at the broker: {', '.join(sorted(kinds))}\n"
             f"data: {resolved_dir}   logs: {resolved_dir / 'logs'}\n"
             f"token for user '{username}' saved in {saved}\n"
             "Press Ctrl-C to stop."
