@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
+import pymongo
 import pytest
+from pymongo.errors import PyMongoError
 
 T = TypeVar("T")
 HEARTBEAT_INTERVAL_S = 0.25
@@ -143,3 +145,79 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     finally:
         code = stop_stack(process)
         assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+
+
+# --- real database/search test servers (scripts/test-servers) -----------------------------------------------
+
+TEST_SERVERS_HINT = 'run `scripts/test-servers start` and `eval "$(scripts/test-servers env)"`'
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_test_server(reason: str) -> NoReturn:
+    """A missing test server fails the run in CI and skips the test locally."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI requires the test servers)", pytrace=False)
+    pytest.skip(f"{reason}; {TEST_SERVERS_HINT}")
+
+
+def mongodb_build_info(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """``buildInfo`` of the MongoDB-wire server at ``url`` (after a ``ping``); raises PyMongoError."""
+    ms = int(timeout_s * 1000)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        url, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms
+    )
+    try:
+        client.admin.command("ping")
+        info: dict[str, Any] = client.admin.command("buildInfo")
+        return info
+    finally:
+        client.close()
+
+
+_FERRETDB: dict[str, bool] = {}
+
+
+def is_ferretdb(mongodb_url: str) -> bool:
+    """Whether the server at ``mongodb_url`` is FerretDB, to skip assertions FerretDB cannot satisfy.
+
+    Asks ``buildInfo`` once per URL (FerretDB adds ``ferretdbVersion``); PyMongoError if none answers.
+    """
+    if mongodb_url not in _FERRETDB:
+        _FERRETDB[mongodb_url] = "ferretdbVersion" in mongodb_build_info(mongodb_url)
+    return _FERRETDB[mongodb_url]
+
+
+@pytest.fixture(scope="session")
+def mongodb_url() -> str:
+    """URL of the MongoDB-wire test server (``DLHUB_TEST_MONGODB_URL``), checked with a ping."""
+    url = os.environ.get("DLHUB_TEST_MONGODB_URL", "").strip()
+    if not url:
+        missing_test_server("DLHUB_TEST_MONGODB_URL is not set")
+    try:
+        mongodb_build_info(url)
+    except PyMongoError as exc:
+        missing_test_server(f"no MongoDB server answers at {url}: {type(exc).__name__}: {str(exc)[:200]}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url() -> str:
+    """URL of the Elasticsearch test server (``DLHUB_TEST_ELASTICSEARCH_URL``), cluster at least yellow."""
+    url = os.environ.get("DLHUB_TEST_ELASTICSEARCH_URL", "").strip().rstrip("/")
+    if not url:
+        missing_test_server("DLHUB_TEST_ELASTICSEARCH_URL is not set")
+    try:
+        response = httpx.get(
+            url + "/_cluster/health", params={"wait_for_status": "yellow", "timeout": "10s"}, timeout=15
+        )
+        status = response.json().get("status") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        missing_test_server(f"no Elasticsearch answers at {url}: {type(exc).__name__}: {exc}")
+    if status not in ("green", "yellow"):
+        missing_test_server(
+            f"Elasticsearch at {url} is not healthy: HTTP {response.status_code} {response.text[:200]}"
+        )
+    return url
