@@ -7,6 +7,7 @@ checked at the HTTP level; the lead's end-to-end tests cover the real processes.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 import tarfile
@@ -27,6 +28,7 @@ from libs.common.ids import (
     BUILDER_TOPIC,
     SEARCH_INDEX_TOPIC,
     SEARCH_QUERY_TOPIC,
+    SEARCH_REINDEX_TOPIC,
     new_id,
     parse_servable_topic,
 )
@@ -34,7 +36,10 @@ from libs.common.messages import ErrorInfo, HandlerInfo, Result, RouteStep, Star
 from libs.common.payloads import (
     BuildOutcome,
     BuildRequest,
+    FacetCount,
     IndexRequest,
+    ReindexOutcome,
+    ReindexRequest,
     SearchHit,
     SearchQuery,
     SearchResults,
@@ -61,6 +66,7 @@ class FakeBus:
         self.calls: list[tuple[list[RouteStep], Any]] = []
         self.index: list[IndexRequest] = []
         self.builds: list[BuildRequest] = []
+        self.reindexed: list[ReindexRequest] = []
         self.broker_up = True
         self.fail_builds = False
         self.release_runs = asyncio.Event()
@@ -101,11 +107,21 @@ class FakeBus:
         if topic == SEARCH_INDEX_TOPIC:
             self.index.append(decode_payload(inputs, IndexRequest))
             return Result(task_id=task_id, ok=True)
+        if topic == SEARCH_REINDEX_TOPIC:
+            reindex = decode_payload(inputs, ReindexRequest)
+            self.reindexed.append(reindex)
+            rebuilt = ReindexOutcome(documents=len(reindex.documents), index="idx-2")
+            return Result(task_id=task_id, ok=True, output=self.codec.encode_value(rebuilt))
         if topic == SEARCH_QUERY_TOPIC:
             query = decode_payload(inputs, SearchQuery)
             docs = [r.document for r in self.index if r.document is not None and r.op == "upsert"]
             hits = [SearchHit(document=d, score=1.0) for d in docs if query.q in d.name]
-            results = SearchResults(total=len(hits), hits=hits, limit=query.limit, offset=query.offset)
+            facets: dict[str, list[FacetCount]] = {
+                f: [FacetCount(value="x", count=len(hits))] for f in query.facets
+            }
+            results = SearchResults(
+                total=len(hits), hits=hits, limit=query.limit, offset=query.offset, facets=facets
+            )
             return Result(task_id=task_id, ok=True, output=self.codec.encode_value(results))
         await self.release_runs.wait()
         value = self.codec.decode_value(inputs)
@@ -155,12 +171,13 @@ class Env:
 
 
 def make_package() -> bytes:
+    """The same bytes on every call (gzip's header would otherwise carry the current second)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("model.pkl")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 @pytest.fixture
@@ -538,6 +555,86 @@ async def test_search(env: Env) -> None:
     assert hit["shorthand_name"] == "alice/iris_rf" and hit["authors"] == ["Jane Doe"] and hit["score"] == 1.0
     query = env.bus.calls[-1][1]
     assert query["identities"] == ["public", "user:bob"] and query["q"] == "iri"
+
+
+async def test_search_range_facets_and_sort(env: Env) -> None:
+    await env.publish("alice")
+    await env.settle()
+    params = (
+        "q=iri&published_from=2024-05-01&published_to=2024-05-31&facets=domain,owner,domain"
+        "&sort=publication_date&order=asc"
+    )
+    response = await env.client.get(f"{API}/search?{params}")
+    assert response.status == 200
+    body = await response.json()
+    assert body["facets"] == {"domain": [{"value": "x", "count": 1}], "owner": [{"value": "x", "count": 1}]}
+    query = env.bus.calls[-1][1]
+    assert query["published_from_s"] == 1714521600.0  # 2024-05-01T00:00:00Z
+    assert query["published_to_s"] == 1717199999.999  # the whole of May 31st
+    assert (query["facets"], query["sort"], query["order"]) == (
+        ["domain", "owner"],
+        "publication_date",
+        "asc",
+    )
+    for value, expected in (
+        ("1700000000", 1700000000.0),
+        ("1700000000.5", 1700000000.5),
+        ("2024-05-01T12:00:00Z", 1714564800.0),
+        ("2024-05-01T12:00:00+02:00", 1714557600.0),
+        ("2024-05-01T12:00:00", 1714564800.0),
+    ):
+        response = await env.client.get(f"{API}/search", params={"published_from": value})
+        assert response.status == 200, value
+        assert env.bus.calls[-1][1]["published_from_s"] == expected, value
+    plain = await env.client.get(f"{API}/search?q=iri")
+    assert "facets" in await plain.json() and "sort" not in env.bus.calls[-1][1]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("published_from", "yesterday"),
+        ("published_to", "2024-13-01"),
+        ("published_from", "nan"),
+        ("facets", "domain,colour"),
+        ("sort", "random"),
+        ("order", "up"),
+    ],
+)
+async def test_search_rejects_bad_parameters(env: Env, param: str, value: str) -> None:
+    response = await env.client.get(f"{API}/search", params={param: value})
+    error = await error_of(response, 400)
+    assert error["field"] == param and error["type"] == "validation_error"
+
+
+async def test_search_reindex_is_for_admins(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, registry=RegistryConfig(admin_users=["alice"]))
+    bus = FakeBus()
+    app = create_app(settings, bus=bus)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    env = Env(client, bus, settings)
+    try:
+        for user in ("alice", "bob"):
+            env.tokens[user] = await create_token(app[STORE], user)
+        await env.publish("alice")
+        await env.publish("bob")
+        await env.settle()
+        bus.fail_builds = True
+        await env.publish("bob", {**sdk_example(), "dlhub": {**sdk_example()["dlhub"], "name": "broken"}})
+        await env.settle()
+        assert (await error_of(await client.post(f"{API}/search/reindex"), 401))["type"] == "unauthorized"
+        response = await client.post(f"{API}/search/reindex", headers=env.auth("bob"))
+        assert (await error_of(response, 403))["type"] == "forbidden"
+        assert bus.reindexed == []
+        response = await client.post(f"{API}/search/reindex", headers=env.auth("alice"))
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"documents": 2, "index": "idx-2"}
+        (request,) = bus.reindexed
+        assert sorted(d.id for d in request.documents) == ["alice/iris_rf", "bob/iris_rf"]
+        assert all(d.status == "ready" for d in request.documents)
+    finally:
+        await client.close()
 
 
 async def test_anonymous_runs_can_be_disabled(tmp_path: Path) -> None:

@@ -298,7 +298,52 @@ def ls(ctx: click.Context, owner: str | None, as_json: bool) -> None:
         console.print(_servable_table(rows))
 
 
-@main.command()
+class DefaultCommandGroup(click.Group):
+    """A group that runs ``default_command`` when the first argument is not one of its subcommands.
+
+    ``dlhub search iris --owner alice`` runs ``dlhub search query iris --owner alice``, while
+    ``dlhub search reindex`` runs the subcommand (``dlhub search query reindex`` searches for the word).
+    """
+
+    default_command = "query"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("invoke_without_command", True)
+        kwargs.setdefault("no_args_is_help", False)
+        super().__init__(*args, **kwargs)
+        # Leave options and words after the group name to the default command.
+        self.context_settings.setdefault("ignore_unknown_options", True)
+        self.allow_interspersed_args = False
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        command = self.commands[self.default_command]
+        return command.name, command, args
+
+
+def _print_facets(facets: dict[str, list[dict[str, Any]]]) -> None:
+    for facet, counts in facets.items():
+        table = Table(facet, "count")
+        for entry in counts:
+            table.add_row(str(entry["value"]), str(entry["count"]))
+        console.print(table)
+
+
+@main.group(cls=DefaultCommandGroup)
+@click.pass_context
+def search(ctx: click.Context) -> None:
+    """Search servables: `dlhub search [QUERY] [filters]`; `dlhub search reindex` rebuilds the index.
+
+    Run `dlhub search query --help` for the filters.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(search_query)
+
+
+@search.command("query")
 @click.argument("query", default="")
 @click.option("--owner", default=None)
 @click.option("--name", default=None)
@@ -306,19 +351,53 @@ def ls(ctx: click.Context, owner: str | None, as_json: bool) -> None:
 @click.option("--author", default=None)
 @click.option("--model-type", default=None)
 @click.option("--servable-type", default=None)
+@click.option("--published-from", default=None, help="ISO 8601 date/date-time or epoch seconds.")
+@click.option("--published-to", default=None, help="ISO 8601 date/date-time or epoch seconds (inclusive).")
+@click.option(
+    "--facet",
+    "facets",
+    multiple=True,
+    type=click.Choice(["domain", "model_type", "servable_type", "owner"]),
+    help="Count matches by this field (repeatable).",
+)
+@click.option("--sort", type=click.Choice(["relevance", "publication_date", "name"]), default=None)
+@click.option("--order", type=click.Choice(["asc", "desc"]), default=None)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--offset", default=0)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search(ctx: click.Context, /, query: str, limit: int, offset: int, as_json: bool, **filters: str) -> None:
-    """Search servables by free text (prefix matching) and filters."""
+def search_query(
+    ctx: click.Context,
+    /,
+    query: str,
+    limit: int,
+    offset: int,
+    as_json: bool,
+    facets: tuple[str, ...],
+    **filters: str | None,
+) -> None:
+    """Search servables by free text (prefix matching), filters, date range; optional facet counts."""
     with _client(ctx) as client:
-        result = client.search(query, limit=limit, offset=offset, **filters)
+        result = client.search(query, limit=limit, offset=offset, facets=list(facets) or None, **filters)
     if as_json:
         _print_json(result)
         return
     console.print(_servable_table(result["hits"], with_score=True))
     console.print(f"{result['total']} match(es)")
+    _print_facets(result.get("facets") or {})
+
+
+@search.command("reindex")
+@click.pass_context
+def search_reindex(ctx: click.Context) -> None:
+    """Rebuild the search index from the registry without downtime (needs an admin token).
+
+    Administrators are listed in the registry configuration: `registry.admin_users = ["alice"]`
+    (or DLHUB_REGISTRY__ADMIN_USERS='["alice"]').
+    """
+    with _client(ctx) as client:
+        outcome = client.reindex_search()
+    console.print(f"reindexed {outcome['documents']} servable(s) into {outcome['index']}")
 
 
 @main.command()

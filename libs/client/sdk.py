@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,11 +204,30 @@ class DLHubClient:
         result: dict[str, Any] = self._request("DELETE", _servable_path(servable))
         return result
 
-    def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: str) -> dict[str, Any]:
-        """Free text (prefix-matched) plus filters: owner, name, domain, author, model_type, servable_type."""
+    def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
+        """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
+
+        Filters: owner, name, domain, author, model_type, servable_type; ``published_from`` /
+        ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
+        comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
+        publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.
+        """
         params: dict[str, Any] = {"q": q, "limit": limit, "offset": offset}
-        params.update({k: v for k, v in filters.items() if v is not None})
+        for key, value in filters.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, (date, datetime)):
+                value = value.isoformat()
+            params[key] = value
         result: dict[str, Any] = self._request("GET", "/search", params=params)
+        return result
+
+    def reindex_search(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Rebuild the search index from the registry (administrators only): ``{"documents", "index"}``."""
+        kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        result: dict[str, Any] = self._request("POST", "/search/reindex", **kwargs)
         return result
 
     # -- invocation ------------------------------------------------------------------------------------------

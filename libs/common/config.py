@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -48,8 +56,15 @@ class BrokerConfig(BaseModel):
 
 
 class StoreConfig(BaseModel):
-    backend: Literal["sqlite"] = "sqlite"
+    """Where the registry keeps versions, tasks and tokens: an embedded SQLite file or a MongoDB server."""
+
+    backend: Literal["sqlite", "mongodb"] = "sqlite"
     sqlite_path: Path | None = None
+    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_database: str = "dlhub"
+    mongodb_server_selection_timeout_s: PositiveFloat = 5.0
+    mongodb_connect_timeout_s: PositiveFloat = 5.0
+    mongodb_socket_timeout_s: PositiveFloat = 30.0
 
 
 class RegistryConfig(BaseModel):
@@ -62,6 +77,8 @@ class RegistryConfig(BaseModel):
     task_result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
     task_sweep_interval_s: PositiveFloat = 60.0
     allow_anonymous_run: bool = True
+    admin_users: list[str] = Field(default_factory=list)
+    """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""
 
 
 class WorkerConfig(BaseModel):
@@ -79,10 +96,28 @@ class BuilderConfig(BaseModel):
 
 
 class SearchConfig(BaseModel):
-    backend: Literal["sqlite"] = "sqlite"
+    """The search backend: embedded SQLite FTS5 (default) or Elasticsearch 8.
+
+    Elasticsearch credentials (``elasticsearch_password``, ``elasticsearch_api_key``) are secrets: they are
+    never logged or shown in a settings repr. Credentials in ``elasticsearch_url`` are stripped from logs.
+    """
+
+    backend: Literal["sqlite", "elasticsearch"] = "sqlite"
     sqlite_path: Path | None = None
     default_page_size: PositiveInt = 20
     max_page_size: PositiveInt = 1000
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+    elasticsearch_index_alias: str = Field(default="dlhub-servables", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    elasticsearch_request_timeout_s: PositiveFloat = 10.0
+    elasticsearch_startup_timeout_s: NonNegativeFloat = 30.0
+    elasticsearch_refresh: Literal["wait_for", "true", "false"] = "wait_for"
+    elasticsearch_number_of_shards: PositiveInt = 1
+    elasticsearch_number_of_replicas: NonNegativeInt = 0
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_ca_certs: Path | None = None
+    elasticsearch_verify_certs: bool = True
 
 
 class LoggingConfig(BaseModel):

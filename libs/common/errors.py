@@ -120,6 +120,13 @@ class BrokerUnavailable(DLHubError):
     http_status = 503
 
 
+class StoreUnavailable(DLHubError):
+    """The registry's metadata store (e.g. the MongoDB server) cannot be reached right now."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
 class ServableError(DLHubError):
     """The servable itself raised; ``exception_type`` carries the model's own exception class name."""
 
@@ -147,6 +154,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         HandlerLost,
         WorkerLost,
         BrokerUnavailable,
+        StoreUnavailable,
         ServableError,
     )
 }

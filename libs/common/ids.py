@@ -10,6 +10,7 @@ NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 BUILDER_TOPIC = "builder/build"
 SEARCH_INDEX_TOPIC = "search/index"
 SEARCH_QUERY_TOPIC = "search/query"
+SEARCH_REINDEX_TOPIC = "search/reindex"
 SERVABLE_PREFIX = "servable/"
 ANY_SERVABLE_TOPIC = SERVABLE_PREFIX + "*"
 

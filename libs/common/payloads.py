@@ -62,8 +62,20 @@ class IndexRequest(msgspec.Struct, kw_only=True):
     document: SearchDocument | None = None
 
 
+FacetName = Literal["domain", "model_type", "servable_type", "owner"]
+SortField = Literal["relevance", "publication_date", "name"]
+SortOrder = Literal["asc", "desc"]
+
+
 class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Free text (with prefix matching) plus exact field filters, seen by ``identities``."""
+    """Free text (with prefix matching) plus exact field filters, seen by ``identities``.
+
+    Fields after ``offset`` were added later; they are optional so older peers still decode the query.
+    ``published_from_s``/``published_to_s`` bound the publication date (epoch seconds, inclusive);
+    ``facets`` asks for value counts over every matching visible document; ``sort`` orders hits (relevance
+    falls back to publication date without free text) and ``order`` defaults to the natural direction of
+    the sort (relevance and publication_date descending, name ascending). Ties always break on ``id``.
+    """
 
     q: str = ""
     owner: str | None = None
@@ -75,6 +87,11 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     identities: list[str] = msgspec.field(default_factory=list)
     limit: int = 20
     offset: int = 0
+    published_from_s: float | None = None
+    published_to_s: float | None = None
+    facets: list[FacetName] = msgspec.field(default_factory=list)
+    sort: SortField = "relevance"
+    order: SortOrder | None = None
 
 
 class SearchHit(msgspec.Struct, kw_only=True):
@@ -82,11 +99,32 @@ class SearchHit(msgspec.Struct, kw_only=True):
     score: float
 
 
+class FacetCount(msgspec.Struct, kw_only=True):
+    value: str
+    count: int
+
+
 class SearchResults(msgspec.Struct, kw_only=True):
+    """One page of hits; ``facets`` maps each requested facet to counts sorted by count desc, value asc."""
+
     total: int
     hits: list[SearchHit]
     limit: int
     offset: int
+    facets: dict[str, list[FacetCount]] = msgspec.field(default_factory=dict)
+
+
+class ReindexRequest(msgspec.Struct, kw_only=True):
+    """Registry -> search: replace the whole index with ``documents`` (the latest ready version of each)."""
+
+    documents: list[SearchDocument]
+
+
+class ReindexOutcome(msgspec.Struct, kw_only=True):
+    """Search -> registry after a full reindex: how many documents and the index now behind the name."""
+
+    documents: int
+    index: str
 
 
 def decode_payload(raw: msgspec.Raw | bytes, type_: type[T]) -> T:

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
 from libs.common.config import DLHubSettings, load_settings
+from libs.common.errors import StoreUnavailable
 from libs.common.logging import configure_logging, get_logger
 from services.registry.app import create_app
 from services.registry.routes import API_PREFIX
@@ -50,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="registry")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StoreUnavailable as exc:  # e.g. MongoDB unreachable at start-up: say why and exit non-zero
+        log.error("registry cannot start", error=exc.message)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -12,4 +12,8 @@ def make_store(settings: DLHubSettings) -> MetadataStore:
         from services.registry.sqlite_store import SQLiteMetadataStore
 
         return SQLiteMetadataStore(settings.store_sqlite_path)
+    if settings.store.backend == "mongodb":
+        from services.registry.mongo_store import MongoMetadataStore
+
+        return MongoMetadataStore(settings.store)
     raise ValueError(f"unknown store backend {settings.store.backend!r}")

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+from typing import cast, get_args
+
 from aiohttp import web
 
-from libs.common.errors import BrokerUnavailable, DLHubError, NotFound, error_class
+from libs.common.errors import BrokerUnavailable, DLHubError, Forbidden, NotFound, error_class
 from libs.common.ids import SEARCH_QUERY_TOPIC
+from libs.common.logging import get_logger
 from libs.common.messages import RouteStep
-from libs.common.payloads import SearchQuery, SearchResults, decode_payload
+from libs.common.payloads import (
+    FacetName,
+    SearchQuery,
+    SearchResults,
+    SortField,
+    SortOrder,
+    decode_payload,
+)
 from services.registry.errors import error_response
 from services.registry.handlers_servables import caller_of
-from services.registry.http_utils import int_query, json_response, raw_json_response, str_query
-from services.registry.keys import BUS, CODEC, SETTINGS, TASKS
+from services.registry.http_utils import (
+    choice_query,
+    int_query,
+    json_response,
+    list_query,
+    raw_json_response,
+    str_query,
+    time_query,
+)
+from services.registry.keys import AUTH, BUS, CODEC, SERVABLES, SETTINGS, TASKS
 from services.registry.openapi import openapi_json
 from services.registry.tasks import task_view
 
+log = get_logger(__name__)
+
+FACETS: tuple[str, ...] = get_args(FacetName)
+SORTS: tuple[str, ...] = get_args(SortField)
+ORDERS: tuple[str, ...] = get_args(SortOrder)
 QUERY_METHOD = "query"
 HEALTH_TIMEOUT_S = 2.0
 SEARCH_TIMEOUT_S = 30.0
@@ -66,6 +89,8 @@ async def search(request: web.Request) -> web.Response:
     """GET /search: forward a SearchQuery (with the caller's identities) to the search service."""
     caller = await caller_of(request)
     settings = request.app[SETTINGS].search
+    sort = choice_query(request, "sort", SORTS)
+    order = choice_query(request, "order", ORDERS)
     query = SearchQuery(
         q=request.query.get("q", ""),
         owner=str_query(request, "owner"),
@@ -79,6 +104,11 @@ async def search(request: web.Request) -> web.Response:
             request, "limit", default=settings.default_page_size, minimum=1, maximum=settings.max_page_size
         ),
         offset=int_query(request, "offset", default=0, minimum=0, maximum=2**31),
+        published_from_s=time_query(request, "published_from"),
+        published_to_s=time_query(request, "published_to", end_of_day=True),
+        facets=cast(list[FacetName], list_query(request, "facets", FACETS)),
+        sort=cast(SortField, sort or "relevance"),
+        order=cast(SortOrder | None, order),
     )
     codec = request.app[CODEC]
     result = await request.app[BUS].call(
@@ -112,5 +142,20 @@ async def search(request: web.Request) -> web.Response:
                 }
                 for hit in results.hits
             ],
+            "facets": {
+                facet: [{"value": c.value, "count": c.count} for c in counts]
+                for facet, counts in results.facets.items()
+            },
         }
     )
+
+
+async def reindex_search(request: web.Request) -> web.Response:
+    """POST /search/reindex (admins only): rebuild the search index from the store without downtime."""
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    if user not in request.app[SETTINGS].registry.admin_users:
+        raise Forbidden(f"{user} is not an administrator (registry.admin_users)")
+    outcome = await request.app[SERVABLES].rebuild_search_index()
+    log.info("search index rebuilt", user=user, documents=outcome.documents, index=outcome.index)
+    return json_response({"documents": outcome.documents, "index": outcome.index})

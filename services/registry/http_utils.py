@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -139,3 +142,64 @@ def int_query(request: web.Request, name: str, *, default: int, minimum: int, ma
 def str_query(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
     return value if value else None
+
+
+def choice_query(request: web.Request, name: str, choices: Sequence[str]) -> str | None:
+    """One of ``choices`` or None when absent; anything else is a 400 naming the parameter."""
+    value = str_query(request, name)
+    if value is not None and value not in choices:
+        raise ValidationFailed(f"{name} must be one of {', '.join(choices)}, got {value!r}", field=name)
+    return value
+
+
+def list_query(request: web.Request, name: str, choices: Sequence[str]) -> list[str]:
+    """A comma-separated subset of ``choices`` (order kept, duplicates dropped); 400 on unknown values."""
+    text = request.query.get(name, "")
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in choices]
+    if unknown:
+        raise ValidationFailed(
+            f"{name}: unknown value(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of {', '.join(choices)}",
+            field=name,
+        )
+    return list(dict.fromkeys(values))
+
+
+def time_query(request: web.Request, name: str, *, end_of_day: bool = False) -> float | None:
+    """Epoch seconds from an ISO 8601 date or date-time (UTC unless it has an offset) or a number.
+
+    A date without a time means the start of that day (UTC), or its last millisecond with ``end_of_day``,
+    so ``published_to=2024-05-31`` includes the whole of May 31st.
+    """
+    text = (request.query.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValidationFailed(f"{name} must be finite epoch seconds, got {text!r}", field=name)
+        return seconds
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        if end_of_day:
+            start += timedelta(days=1, milliseconds=-1)
+        return start.timestamp()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationFailed(
+            f"{name} must be an ISO 8601 date or date-time (2024-05-31, 2024-05-31T12:00:00Z) or epoch "
+            f"seconds, got {text!r}",
+            field=name,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -292,6 +292,26 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+            "facets": {
+                "type": "object",
+                "description": "Requested facets: value counts over every visible match, by count then value",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["value", "count"],
+                        "properties": {"value": {"type": "string"}, "count": {"type": "integer"}},
+                    },
+                },
+            },
+        },
+    },
+    "ReindexOutcome": {
+        "type": "object",
+        "required": ["documents", "index"],
+        "properties": {
+            "documents": {"type": "integer", "description": "Documents in the new index"},
+            "index": {"type": "string", "description": "The index now serving queries"},
         },
     },
     "Health": {
@@ -489,10 +509,51 @@ def build_openapi() -> dict[str, Any]:
                         _param(f, "query", {"type": "string"}, f"Exact {f}")
                         for f in ("owner", "name", "domain", "author", "model_type", "servable_type")
                     ],
+                    _param(
+                        "published_from",
+                        "query",
+                        {"type": "string"},
+                        "Published at or after: ISO 8601 date or date-time (UTC default) or epoch seconds",
+                    ),
+                    _param(
+                        "published_to",
+                        "query",
+                        {"type": "string"},
+                        "Published at or before (a date alone includes that whole day)",
+                    ),
+                    _param(
+                        "facets",
+                        "query",
+                        {"type": "string"},
+                        "Comma-separated facets to count: domain, model_type, servable_type, owner",
+                    ),
+                    _param(
+                        "sort",
+                        "query",
+                        {"type": "string", "enum": ["relevance", "publication_date", "name"]},
+                        "Order of hits (default relevance; without q, publication date)",
+                    ),
+                    _param(
+                        "order",
+                        "query",
+                        {"type": "string", "enum": ["asc", "desc"]},
+                        "Direction (default desc for relevance and publication_date, asc for name)",
+                    ),
                     LIMIT,
                     OFFSET,
                 ],
                 "responses": {"200": _response("Hits", _ref("SearchResults")), **_errors(400, 401, 503)},
+            },
+        },
+        "/search/reindex": {
+            "post": {
+                "operationId": "reindexSearch",
+                "summary": "Rebuild the search index without downtime (registry.admin_users only)",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The new index", _ref("ReindexOutcome")),
+                    **_errors(401, 403, 503),
+                },
             },
         },
     }

@@ -29,5 +29,6 @@ def setup_routes(app: web.Application) -> None:
             web.post(API_PREFIX + "/pipelines/run", handlers_runs.run_pipeline),
             web.get(API_PREFIX + "/tasks/{task_id}", handlers_misc.get_task),
             web.get(API_PREFIX + "/search", handlers_misc.search),
+            web.post(API_PREFIX + "/search/reindex", handlers_misc.reindex_search),
         ]
     )

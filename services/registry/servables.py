@@ -18,11 +18,20 @@ from libs.common.errors import (
     NotFound,
     ServableNotReady,
     ValidationFailed,
+    error_class,
 )
-from libs.common.ids import BUILDER_TOPIC, NAME_RE, SEARCH_INDEX_TOPIC, new_id
+from libs.common.ids import BUILDER_TOPIC, NAME_RE, SEARCH_INDEX_TOPIC, SEARCH_REINDEX_TOPIC, new_id
 from libs.common.logging import get_logger
 from libs.common.messages import RouteStep
-from libs.common.payloads import BuildOutcome, BuildRequest, IndexRequest, decode_payload
+from libs.common.payloads import (
+    BuildOutcome,
+    BuildRequest,
+    IndexRequest,
+    ReindexOutcome,
+    ReindexRequest,
+    SearchDocument,
+    decode_payload,
+)
 from services.registry.auth import Caller
 from services.registry.background import BackgroundTasks
 from services.registry.cache import VersionCache
@@ -36,6 +45,7 @@ log = get_logger(__name__)
 
 BUILD_METHOD = "build"
 INDEX_METHOD = "index"
+REINDEX_METHOD = "reindex"
 INDEX_TIMEOUT_S = 30.0
 
 
@@ -299,22 +309,47 @@ class Servables:
 
     # -- search index -----------------------------------------------------------------------------------
 
-    async def reindex(self, owner: str, name: str) -> None:
-        """Upsert the newest ready version into the search index, or delete the entry if there is none."""
+    async def search_entry(self, owner: str, name: str) -> SearchDocument | None:
+        """The index entry of ``owner/name``: its newest ready version, or None when it has none."""
         versions = await self.cache.get(owner, name)
         latest = next((v for v in reversed(versions) if v.status == "ready"), None)
         if latest is None:
+            return None
+        return search_document(
+            owner=owner,
+            name=name,
+            version=latest.version,
+            metadata=latest.metadata,
+            published_at_ms=latest.published_at_ms,
+        )
+
+    async def reindex(self, owner: str, name: str) -> None:
+        """Upsert the newest ready version into the search index, or delete the entry if there is none."""
+        document = await self.search_entry(owner, name)
+        if document is None:
             request = IndexRequest(op="delete", id=f"{owner}/{name}")
         else:
-            document = search_document(
-                owner=owner,
-                name=name,
-                version=latest.version,
-                metadata=latest.metadata,
-                published_at_ms=latest.published_at_ms,
-            )
             request = IndexRequest(op="upsert", id=document.id, document=document)
         await self._send_index(request)
+
+    async def rebuild_search_index(self) -> ReindexOutcome:
+        """Send the entry of every servable to the search service, which swaps in a fresh index."""
+        documents: list[SearchDocument] = []
+        for owner, name in await self._store.list_servables():
+            document = await self.search_entry(owner, name)
+            if document is not None:
+                documents.append(document)
+        log.info("full search reindex requested", documents=len(documents))
+        result = await self._bus.call(
+            [RouteStep(topic=SEARCH_REINDEX_TOPIC, method=REINDEX_METHOD)],
+            self._codec.encode_value(ReindexRequest(documents=documents)),
+            timeout_s=self._settings.registry.sync_timeout_s,
+        )
+        if not result.ok:
+            if result.error is None:
+                raise DLHubError("the search service failed to reindex without an error description")
+            raise error_class(result.error.code)(result.error.message)
+        return decode_payload(result.output, ReindexOutcome)
 
     async def _send_index(self, request: IndexRequest) -> None:
         try:

@@ -1,4 +1,5 @@
-"""``python -m services.search [--config FILE]``: serve search/index and search/query until signalled."""
+"""``python -m services.search [--config FILE]``: serve search/index, search/query and search/reindex until
+signalled, on the backend named by ``search.backend`` (``DLHUB_SEARCH__BACKEND=elasticsearch``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from libs.common.codec import Codec
 from libs.common.config import DLHubSettings, load_settings
 from libs.common.errors import DLHubError
 from libs.common.logging import configure_logging, get_logger
+from services.search.backends import describe_engine, make_engine
 from services.search.service import SEARCH_CAPACITY, SEARCH_TOPICS, SearchService
-from services.search.sqlite_engine import SqliteSearchEngine
 
 log = get_logger("services.search")
 
@@ -30,15 +31,18 @@ async def _announce_ready(handler: HandlerService, settings: DLHubSettings) -> N
                 log.info("waiting for the broker", broker_url=settings.bus.broker_url)
                 waiting_logged = True
             continue
-        log.info("ready", topics=list(SEARCH_TOPICS), index=str(settings.search_sqlite_path))
+        log.info(
+            "ready",
+            topics=list(SEARCH_TOPICS),
+            backend=settings.search.backend,
+            index=describe_engine(settings),
+        )
         return
 
 
 async def serve(settings: DLHubSettings) -> None:
     codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
-    async with SqliteSearchEngine(
-        settings.search_sqlite_path, max_page_size=settings.search.max_page_size
-    ) as engine:
+    async with make_engine(settings) as engine:
         log.info("index open", documents=await engine.count())
         service = SearchService(engine=engine, codec=codec)
         handler = HandlerService(

@@ -1,7 +1,9 @@
-"""The search backend interface: the embedded SQLite engine and a future Elasticsearch engine share it.
+"""The search backend interface, shared by the embedded SQLite engine and the Elasticsearch engine.
 
-Every backend returns the same ``SearchResults`` shape for the same ``SearchQuery``: hits best first with a
-score where higher is better, the total number of visible matches, and the effective limit and offset.
+Every backend returns the same ``SearchResults`` shape for the same ``SearchQuery``: hits in the requested
+order (best first by default) with a score where higher is better, the total number of visible matches, the
+effective limit and offset, and the requested facet counts over every visible match. The contract suite
+(tests/test_search_contract.py) runs the same documents and queries against each backend.
 """
 
 from __future__ import annotations
@@ -9,14 +11,28 @@ from __future__ import annotations
 import abc
 import re
 import unicodedata
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Self, get_args
 
 from libs.common.errors import InvalidMessage
-from libs.common.payloads import SearchDocument, SearchQuery, SearchResults
+from libs.common.payloads import (
+    FacetCount,
+    FacetName,
+    SearchDocument,
+    SearchQuery,
+    SearchResults,
+    SortField,
+    SortOrder,
+)
 
 PUBLIC: Final = "public"
 MAX_QUERY_TERMS: Final = 32
+FACETS: Final[tuple[str, ...]] = get_args(FacetName)
+FACET_SIZE: Final = 100
+"""At most this many values per facet (the most frequent ones)."""
+SORTS: Final[tuple[str, ...]] = get_args(SortField)
+ORDERS: Final[tuple[str, ...]] = get_args(SortOrder)
 _TERM_RE: Final = re.compile(r"[^\W_]+")
 
 
@@ -36,6 +52,36 @@ def page(query: SearchQuery, max_page_size: int) -> tuple[int, int]:
     if query.offset < 0:
         raise InvalidMessage(f"offset must be >= 0, got {query.offset}", field="offset")
     return min(query.limit, max_page_size), query.offset
+
+
+def check_query(query: SearchQuery) -> None:
+    """Refuse values the wire schema would refuse too (for queries built in-process, not decoded)."""
+    for facet in query.facets:
+        if facet not in FACETS:
+            expected = ", ".join(FACETS)
+            raise InvalidMessage(f"unknown facet {facet!r}; expected some of {expected}", field="facets")
+    if query.sort not in SORTS:
+        raise InvalidMessage(f"unknown sort {query.sort!r}; expected one of {', '.join(SORTS)}", field="sort")
+    if query.order is not None and query.order not in ORDERS:
+        raise InvalidMessage(f"order must be asc or desc, got {query.order!r}", field="order")
+
+
+def sort_order(query: SearchQuery) -> str:
+    """The effective direction: explicit, else descending for relevance and date, ascending for name."""
+    if query.order is not None:
+        return query.order
+    return "asc" if query.sort == "name" else "desc"
+
+
+def requested_facets(query: SearchQuery) -> list[str]:
+    """The requested facets, de-duplicated in request order."""
+    return list(dict.fromkeys(query.facets))
+
+
+def facet_counts(pairs: Sequence[tuple[str, int]]) -> list[FacetCount]:
+    """Sort (value, count) pairs by count desc then value, drop empty values, keep the top FACET_SIZE."""
+    ordered = sorted(((v, c) for v, c in pairs if v), key=lambda vc: (-vc[1], vc[0]))
+    return [FacetCount(value=v, count=c) for v, c in ordered[:FACET_SIZE]]
 
 
 def principals(query: SearchQuery) -> list[str]:
@@ -70,6 +116,13 @@ class SearchEngine(abc.ABC):
     @abc.abstractmethod
     async def query(self, query: SearchQuery) -> SearchResults:
         """Free text with prefix matching, exact filters and visibility, one page of hits."""
+
+    @abc.abstractmethod
+    async def reindex(self, documents: Sequence[SearchDocument]) -> str:
+        """Replace the whole index with ``documents`` atomically; return the name of the new index.
+
+        Queries running meanwhile keep answering from the previous index until the swap.
+        """
 
     @abc.abstractmethod
     async def count(self) -> int:

@@ -10,21 +10,21 @@ import structlog
 
 from libs.common.codec import Codec
 from libs.common.errors import InvalidMessage
-from libs.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
+from libs.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC, SEARCH_REINDEX_TOPIC
 from libs.common.logging import get_logger
 from libs.common.messages import Dispatch, Result
-from libs.common.payloads import IndexRequest, SearchQuery, decode_payload
+from libs.common.payloads import IndexRequest, ReindexOutcome, ReindexRequest, SearchQuery, decode_payload
 from services.search.engine import SearchEngine
 
 log = get_logger(__name__)
 
-SEARCH_TOPICS: Final = (SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC)
+SEARCH_TOPICS: Final = (SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC, SEARCH_REINDEX_TOPIC)
 SEARCH_CAPACITY: Final = 8
-"""Concurrent tasks; the SQLite engine serialises them on its thread, a remote backend would not."""
+"""Concurrent tasks; the SQLite engine serialises them on its thread, Elasticsearch does not."""
 
 
 class SearchService:
-    """Handles ``search/index`` and ``search/query`` dispatches against one ``SearchEngine``."""
+    """Handles ``search/index``, ``search/query`` and ``search/reindex`` against one ``SearchEngine``."""
 
     def __init__(self, *, engine: SearchEngine, codec: Codec) -> None:
         self.engine = engine
@@ -32,6 +32,7 @@ class SearchService:
         self._routes: dict[str, Callable[[msgspec.Raw], Awaitable[Any]]] = {
             SEARCH_INDEX_TOPIC: self.index,
             SEARCH_QUERY_TOPIC: self.search,
+            SEARCH_REINDEX_TOPIC: self.reindex,
         }
 
     async def handle(self, dispatch: Dispatch) -> Result:
@@ -68,3 +69,10 @@ class SearchService:
     async def search(self, raw: msgspec.Raw) -> Any:
         query = decode_payload(raw, SearchQuery)
         return await self.engine.query(query)
+
+    async def reindex(self, raw: msgspec.Raw) -> ReindexOutcome:
+        request = decode_payload(raw, ReindexRequest)
+        index = await self.engine.reindex(request.documents)
+        count = await self.engine.count()
+        log.info("index rebuilt", documents=count, index=index)
+        return ReindexOutcome(documents=count, index=index)

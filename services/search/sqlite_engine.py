@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -20,14 +20,29 @@ import msgspec
 
 from libs.common.errors import DLHubError
 from libs.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
-from services.search.engine import SearchEngine, owner_principal, page, principals, query_terms
+from services.search.engine import (
+    PUBLIC,
+    SearchEngine,
+    check_query,
+    facet_counts,
+    owner_principal,
+    page,
+    principals,
+    query_terms,
+    requested_facets,
+    sort_order,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery."""
 FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
 BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 """Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
+
+FACET_COLUMNS: Final = {"owner": "owner", "model_type": "model_type", "servable_type": "servable_type"}
+"""Facets read from a plain column of the matching set; ``domain`` comes from the document_values table."""
 
 FIELD_DOMAIN: Final = "domain"
 FIELD_AUTHOR: Final = "author"
@@ -42,7 +57,8 @@ CREATE TABLE IF NOT EXISTS documents (
     model_type TEXT NOT NULL,
     servable_type TEXT NOT NULL,
     publication_date_s REAL NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    public INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS documents_owner_name ON documents (owner, name);
 CREATE INDEX IF NOT EXISTS documents_published ON documents (publication_date_s DESC, id);
@@ -91,6 +107,19 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
         rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     return rows
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an index file written by an older version to the current schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
+    if columns and "public" not in columns:  # schema 1
+        with _transaction(conn):
+            conn.execute("ALTER TABLE documents ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
+            conn.execute(
+                "UPDATE documents SET public = 1 WHERE pk IN "
+                "(SELECT doc FROM document_values WHERE field = ? AND value = ?)",
+                (FIELD_VISIBLE, PUBLIC),
+            )
 
 
 @contextlib.contextmanager
@@ -145,7 +174,22 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         filters.has_value(FIELD_DOMAIN, [query.domain])
     if query.author is not None:
         filters.has_value(FIELD_AUTHOR, [query.author.casefold()])
-    filters.has_value(FIELD_VISIBLE, principals(query))
+    if query.published_from_s is not None:
+        filters.add("d.publication_date_s >= ?", query.published_from_s)
+    if query.published_to_s is not None:
+        filters.add("d.publication_date_s <= ?", query.published_to_s)
+    # Everyone is "public": a flag on the row; other identities (owner, groups) via the side table.
+    others = [who for who in principals(query) if who != PUBLIC]
+    if others:
+        marks = ", ".join("?" for _ in others)
+        filters.add(
+            "(d.public = 1 OR EXISTS (SELECT 1 FROM document_values v WHERE v.doc = d.pk AND v.field = ? "
+            f"AND v.value IN ({marks})))",
+            FIELD_VISIBLE,
+            *others,
+        )
+    else:
+        filters.add("d.public = 1")
     return filters
 
 
@@ -182,6 +226,7 @@ class SqliteSearchEngine(SearchEngine):
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA busy_timeout = 5000")
+            _migrate(conn)
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
@@ -222,8 +267,13 @@ class SqliteSearchEngine(SearchEngine):
         return await self._call(self._delete_sync, doc_id)
 
     async def query(self, query: SearchQuery) -> SearchResults:
+        check_query(query)
         limit, offset = page(query, self.max_page_size)
         return await self._call(self._query_sync, query, limit, offset)
+
+    async def reindex(self, documents: Sequence[SearchDocument]) -> str:
+        await self._call(self._reindex_sync, list(documents))
+        return str(self.path)
 
     async def count(self) -> int:
         return await self._call(self._count_sync)
@@ -240,34 +290,54 @@ class SqliteSearchEngine(SearchEngine):
         db.execute("DELETE FROM documents WHERE pk = ?", (pk,))
         return True
 
+    def _insert(self, db: sqlite3.Connection, document: SearchDocument) -> None:
+        cursor = db.execute(
+            "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, "
+            "body, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                document.id,
+                document.owner,
+                document.name,
+                document.model_type,
+                document.servable_type,
+                document.publication_date_s,
+                _encoder.encode(document),
+                int(PUBLIC in document.visible_to),
+            ),
+        )
+        pk = cursor.lastrowid
+        assert pk is not None
+        marks = ", ".join("?" for _ in FTS_COLUMNS)
+        db.execute(
+            f"INSERT INTO documents_fts (rowid, {', '.join(FTS_COLUMNS)}) VALUES (?, {marks})",
+            (pk, *_fts_row(document)),
+        )
+        db.executemany(
+            "INSERT INTO document_values (field, value, doc) VALUES (?, ?, ?)",
+            sorted(_value_rows(pk, document)),
+        )
+
     def _upsert_sync(self, document: SearchDocument) -> None:
         db = self._db
         with _transaction(db):
             self._remove(db, document.id)
-            cursor = db.execute(
-                "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, "
-                "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    document.id,
-                    document.owner,
-                    document.name,
-                    document.model_type,
-                    document.servable_type,
-                    document.publication_date_s,
-                    _encoder.encode(document),
-                ),
-            )
-            pk = cursor.lastrowid
-            assert pk is not None
-            marks = ", ".join("?" for _ in FTS_COLUMNS)
-            db.execute(
-                f"INSERT INTO documents_fts (rowid, {', '.join(FTS_COLUMNS)}) VALUES (?, {marks})",
-                (pk, *_fts_row(document)),
-            )
-            db.executemany(
-                "INSERT INTO document_values (field, value, doc) VALUES (?, ?, ?)",
-                sorted(_value_rows(pk, document)),
-            )
+            self._insert(db, document)
+
+    def _reindex_sync(self, documents: list[SearchDocument]) -> None:
+        """Empty and refill every table in one transaction: readers see the old index until COMMIT.
+
+        All engine work runs on this one thread, so queries submitted meanwhile wait for the commit and then
+        answer from the new index; they never see a partial one. The last document with a given id wins.
+        """
+        latest = {document.id: document for document in documents}
+        db = self._db
+        with _transaction(db):
+            db.execute("DELETE FROM documents_fts")
+            db.execute("DELETE FROM document_values")
+            db.execute("DELETE FROM documents")
+            for document in latest.values():
+                self._insert(db, document)
+        db.execute("INSERT INTO documents_fts (documents_fts) VALUES ('optimize')")
 
     def _delete_sync(self, doc_id: str) -> bool:
         db = self._db
@@ -278,18 +348,30 @@ class SqliteSearchEngine(SearchEngine):
         db = self._db
         match = fts_match_expression(query_terms(query.q))
         filters = _filters(query, match)
+        direction = "ASC" if sort_order(query) == "asc" else "DESC"
         if match:
             source = "documents_fts JOIN documents d ON d.pk = documents_fts.rowid"
             weights = ", ".join(str(w) for w in BM25_WEIGHTS)
             score = f"-bm25(documents_fts, {weights})"
-            order = "score DESC, d.id"
         else:
             source = "documents d"
             score = "0.0"
-            order = "d.publication_date_s DESC, d.id"
+        if query.sort == "name":
+            order = f"d.name {direction}, d.id"
+        elif query.sort == "relevance" and match:
+            order = f"score {direction}, d.publication_date_s {direction}, d.id"
+        else:
+            order = f"d.publication_date_s {direction}, d.id"
         where = filters.sql()
+        facets = requested_facets(query)
         with _transaction(db):
-            (total,) = db.execute(f"SELECT count(*) FROM {source} WHERE {where}", filters.params).fetchone()
+            if facets:
+                total, counts = self._count_with_facets(db, source, where, filters.params, facets)
+            else:
+                (total,) = db.execute(
+                    f"SELECT count(*) FROM {source} WHERE {where}", filters.params
+                ).fetchone()
+                counts = {}
             rows = (
                 db.execute(
                     f"SELECT d.body, {score} AS score FROM {source} WHERE {where} "
@@ -300,7 +382,41 @@ class SqliteSearchEngine(SearchEngine):
                 else []
             )
         hits = [SearchHit(document=_decoder.decode(body), score=float(score)) for body, score in rows]
-        return SearchResults(total=int(total), hits=hits, limit=limit, offset=offset)
+        return SearchResults(
+            total=int(total),
+            hits=hits,
+            limit=limit,
+            offset=offset,
+            facets={facet: facet_counts(counts.get(facet, [])) for facet in facets},
+        )
+
+    @staticmethod
+    def _count_with_facets(
+        db: sqlite3.Connection, source: str, where: str, params: list[Any], facets: list[str]
+    ) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+        """The total and every requested facet in one statement over the matching set, computed once."""
+        parts = ["SELECT '', '', count(*) FROM m"]
+        for facet in facets:
+            if facet == "domain":
+                parts.append(
+                    "SELECT 'domain', v.value, count(*) FROM document_values v "
+                    f"WHERE v.field = '{FIELD_DOMAIN}' AND v.doc IN (SELECT pk FROM m) GROUP BY v.value"
+                )
+            else:
+                column = FACET_COLUMNS[facet]
+                parts.append(f"SELECT '{facet}', {column}, count(*) FROM m GROUP BY {column}")
+        sql = (
+            f"WITH m AS MATERIALIZED (SELECT d.pk, d.owner, d.model_type, d.servable_type FROM {source} "
+            f"WHERE {where}) " + " UNION ALL ".join(parts)
+        )
+        total = 0
+        counts: dict[str, list[tuple[str, int]]] = {}
+        for facet, value, count in db.execute(sql, params):
+            if facet == "":
+                total = int(count)
+            else:
+                counts.setdefault(facet, []).append((str(value), int(count)))
+        return total, counts
 
     def _count_sync(self) -> int:
         (total,) = self._db.execute("SELECT count(*) FROM documents").fetchone()
