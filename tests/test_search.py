@@ -517,3 +517,27 @@ async def test_search_over_the_bus(search_bus: tuple[Path, BusClient]) -> None:
     )
     assert decode_payload(result.output, SearchResults).total == 3
     assert (tmp_path / "data" / "search.sqlite3").is_file()
+
+
+async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
+    """Bodies move to their own table and the public facet counts are rebuilt from them."""
+    path = tmp_path / "search.sqlite3"
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        for doc in DOCS:
+            await eng.upsert(doc)
+        fresh = await eng.query(SearchQuery(q="iris", facets=["owner", "domain"]))
+        browse = await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"]))
+    conn = sqlite3.connect(path, isolation_level=None)  # rewrite the file into the schema 2 layout
+    conn.executescript(
+        "ALTER TABLE documents ADD COLUMN body BLOB;"
+        "UPDATE documents SET body = (SELECT body FROM document_bodies b WHERE b.pk = documents.pk);"
+        "DROP TABLE document_bodies; DROP TABLE public_facets; PRAGMA user_version = 2;"
+    )
+    conn.close()
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        assert await eng.query(SearchQuery(q="iris", facets=["owner", "domain"])) == fresh
+        assert await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"])) == browse
+    conn = sqlite3.connect(path)
+    assert "body" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
+    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    conn.close()

@@ -403,6 +403,27 @@ async def test_upsert_replaces(engine: SearchEngine) -> None:
     assert await ids(engine, q="gradient") == set()
 
 
+async def test_facets_stay_exact_through_upserts_and_deletes(engine: SearchEngine) -> None:
+    current = {d.id: d for d in DOCS}
+    changes = [
+        msgspec.structs.replace(DOCS[0], visible_to=["user:zed"], domains=["secret"]),  # public -> private
+        msgspec.structs.replace(DOCS[1], visible_to=["public"], owner=DOCS[1].owner),  # -> public
+        msgspec.structs.replace(DOCS[2], model_type="NewType", domains=["a", "a", "b"]),
+        SearchDocument(id="zoe/new", owner="zoe", name="new", version=1, domains=["botany"]),
+    ]
+    for document in changes:
+        await engine.upsert(document)
+        current[document.id] = document
+    for doc_id in (DOCS[3].id, "zoe/new"):
+        assert await engine.delete(doc_id)
+        del current[doc_id]
+    for identities in ([], ["user:zed"], ["user:dave", "user:erin"]):
+        results = await engine.query(SearchQuery(facets=ALL_FACETS, limit=0, identities=identities))
+        matching = visible(current.values(), identities)
+        assert results.total == len(matching), identities
+        assert results.facets == expected_facets(matching, ALL_FACETS), identities
+
+
 @pytest.mark.parametrize(
     "q",
     [

@@ -35,8 +35,10 @@ from services.search.engine import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
-"""2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery."""
+SCHEMA_VERSION: Final = 3
+"""2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery.
+3: bodies moved to ``document_bodies`` so that scans, counts and facets read narrow rows only;
+``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write."""
 FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
 BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 """Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
@@ -57,9 +59,18 @@ CREATE TABLE IF NOT EXISTS documents (
     model_type TEXT NOT NULL,
     servable_type TEXT NOT NULL,
     publication_date_s REAL NOT NULL,
-    body BLOB NOT NULL,
     public INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS document_bodies (
+    pk INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS public_facets (
+    facet TEXT NOT NULL,
+    value TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (facet, value)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_owner_name ON documents (owner, name);
 CREATE INDEX IF NOT EXISTS documents_published ON documents (publication_date_s DESC, id);
 CREATE TABLE IF NOT EXISTS document_values (
@@ -109,6 +120,26 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
     return rows
 
 
+def _facet_values(document: SearchDocument) -> list[tuple[str, str]]:
+    """The (facet, value) pairs a document counts under; ('', '') is the document itself (the total)."""
+    pairs = [("", ""), ("owner", document.owner), ("model_type", document.model_type)]
+    pairs.append(("servable_type", document.servable_type))
+    pairs.extend(("domain", domain) for domain in dict.fromkeys(document.domains))
+    return pairs
+
+
+def _bump_public_facets(db: sqlite3.Connection, document: SearchDocument, delta: int) -> None:
+    """Keep ``public_facets`` equal to the facet counts over all public documents."""
+    if PUBLIC not in document.visible_to:
+        return
+    db.executemany(
+        "INSERT INTO public_facets (facet, value, count) VALUES (?, ?, ?) "
+        "ON CONFLICT (facet, value) DO UPDATE SET count = count + excluded.count",
+        [(facet, value, delta) for facet, value in _facet_values(document)],
+    )
+    db.execute("DELETE FROM public_facets WHERE count <= 0")
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring an index file written by an older version to the current schema."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
@@ -120,6 +151,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 "(SELECT doc FROM document_values WHERE field = ? AND value = ?)",
                 (FIELD_VISIBLE, PUBLIC),
             )
+    if "body" in columns:  # schema 1 or 2
+        with _transaction(conn):
+            conn.execute("CREATE TABLE document_bodies (pk INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+            conn.execute("INSERT INTO document_bodies (pk, body) SELECT pk, body FROM documents")
+            conn.execute("ALTER TABLE documents DROP COLUMN body")
+            conn.execute(
+                "CREATE TABLE public_facets (facet TEXT NOT NULL, value TEXT NOT NULL, "
+                "count INTEGER NOT NULL, PRIMARY KEY (facet, value)) WITHOUT ROWID"
+            )
+            for (body,) in conn.execute("SELECT body FROM document_bodies").fetchall():
+                _bump_public_facets(conn, _decoder.decode(body), +1)
 
 
 @contextlib.contextmanager
@@ -191,6 +233,21 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
     else:
         filters.add("d.public = 1")
     return filters
+
+
+def _only_visibility(query: SearchQuery, match: str) -> bool:
+    """True when nothing but visibility narrows the result set (the maintained aggregates then apply)."""
+    narrowing = (
+        query.owner,
+        query.name,
+        query.domain,
+        query.author,
+        query.model_type,
+        query.servable_type,
+        query.published_from_s,
+        query.published_to_s,
+    )
+    return not match and all(value is None for value in narrowing)
 
 
 class SqliteSearchEngine(SearchEngine):
@@ -281,19 +338,24 @@ class SqliteSearchEngine(SearchEngine):
     # --- SQLite, on the engine thread --------------------------------------------------------------
 
     def _remove(self, db: sqlite3.Connection, doc_id: str) -> bool:
-        row = db.execute("SELECT pk FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        row = db.execute(
+            "SELECT d.pk, b.body FROM documents d JOIN document_bodies b ON b.pk = d.pk WHERE d.id = ?",
+            (doc_id,),
+        ).fetchone()
         if row is None:
             return False
         pk = row[0]
+        _bump_public_facets(db, _decoder.decode(row[1]), -1)
         db.execute("DELETE FROM documents_fts WHERE rowid = ?", (pk,))
         db.execute("DELETE FROM document_values WHERE doc = ?", (pk,))
+        db.execute("DELETE FROM document_bodies WHERE pk = ?", (pk,))
         db.execute("DELETE FROM documents WHERE pk = ?", (pk,))
         return True
 
     def _insert(self, db: sqlite3.Connection, document: SearchDocument) -> None:
         cursor = db.execute(
             "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, "
-            "body, public) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "public) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 document.id,
                 document.owner,
@@ -301,12 +363,13 @@ class SqliteSearchEngine(SearchEngine):
                 document.model_type,
                 document.servable_type,
                 document.publication_date_s,
-                _encoder.encode(document),
                 int(PUBLIC in document.visible_to),
             ),
         )
         pk = cursor.lastrowid
         assert pk is not None
+        db.execute("INSERT INTO document_bodies (pk, body) VALUES (?, ?)", (pk, _encoder.encode(document)))
+        _bump_public_facets(db, document, +1)
         marks = ", ".join("?" for _ in FTS_COLUMNS)
         db.execute(
             f"INSERT INTO documents_fts (rowid, {', '.join(FTS_COLUMNS)}) VALUES (?, {marks})",
@@ -334,6 +397,8 @@ class SqliteSearchEngine(SearchEngine):
         with _transaction(db):
             db.execute("DELETE FROM documents_fts")
             db.execute("DELETE FROM document_values")
+            db.execute("DELETE FROM document_bodies")
+            db.execute("DELETE FROM public_facets")
             db.execute("DELETE FROM documents")
             for document in latest.values():
                 self._insert(db, document)
@@ -365,23 +430,27 @@ class SqliteSearchEngine(SearchEngine):
         where = filters.sql()
         facets = requested_facets(query)
         with _transaction(db):
-            if facets:
+            if facets and _only_visibility(query, match):
+                total, counts = self._facets_from_aggregates(db, query, facets)
+            elif facets:
                 total, counts = self._count_with_facets(db, source, where, filters.params, facets)
             else:
                 (total,) = db.execute(
                     f"SELECT count(*) FROM {source} WHERE {where}", filters.params
                 ).fetchone()
                 counts = {}
-            rows = (
+            # Rank narrow rows first; read the (wide) bodies of the one page only.
+            ranked = (
                 db.execute(
-                    f"SELECT d.body, {score} AS score FROM {source} WHERE {where} "
+                    f"SELECT d.pk, {score} AS score FROM {source} WHERE {where} "
                     f"ORDER BY {order} LIMIT ? OFFSET ?",
                     [*filters.params, limit, offset],
                 ).fetchall()
                 if limit > 0
                 else []
             )
-        hits = [SearchHit(document=_decoder.decode(body), score=float(score)) for body, score in rows]
+            bodies = self._bodies(db, [pk for pk, _ in ranked])
+        hits = [SearchHit(document=_decoder.decode(bodies[pk]), score=float(score)) for pk, score in ranked]
         return SearchResults(
             total=int(total),
             hits=hits,
@@ -389,6 +458,44 @@ class SqliteSearchEngine(SearchEngine):
             offset=offset,
             facets={facet: facet_counts(counts.get(facet, [])) for facet in facets},
         )
+
+    @staticmethod
+    def _facets_from_aggregates(
+        db: sqlite3.Connection, query: SearchQuery, facets: list[str]
+    ) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+        """Browsing without filters: the maintained public counts plus the caller's own non-public rows."""
+        counts: dict[str, dict[str, int]] = {facet: {} for facet in facets}
+        total = 0
+        marks = ", ".join("?" for _ in facets)
+        rows = db.execute(
+            f"SELECT facet, value, count FROM public_facets WHERE facet = '' OR facet IN ({marks})", facets
+        ).fetchall()
+        others = [who for who in principals(query) if who != PUBLIC]
+        if others:
+            who = ", ".join("?" for _ in others)
+            private = db.execute(
+                "SELECT b.body FROM documents d JOIN document_bodies b ON b.pk = d.pk WHERE d.public = 0 "
+                "AND EXISTS (SELECT 1 FROM document_values v WHERE v.doc = d.pk AND v.field = ? "
+                f"AND v.value IN ({who}))",
+                [FIELD_VISIBLE, *others],
+            ).fetchall()
+            for (body,) in private:
+                pairs = _facet_values(_decoder.decode(body))
+                rows.extend((facet, value, 1) for facet, value in pairs if facet in counts or not facet)
+        for facet, value, count in rows:
+            if facet == "":
+                total += int(count)
+            else:
+                counts[facet][value] = counts[facet].get(value, 0) + int(count)
+        return total, {facet: list(values.items()) for facet, values in counts.items()}
+
+    @staticmethod
+    def _bodies(db: sqlite3.Connection, pks: list[int]) -> dict[int, bytes]:
+        if not pks:
+            return {}
+        marks = ", ".join("?" for _ in pks)
+        rows = db.execute(f"SELECT pk, body FROM document_bodies WHERE pk IN ({marks})", pks)
+        return {pk: body for pk, body in rows}
 
     @staticmethod
     def _count_with_facets(
