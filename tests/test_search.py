@@ -531,7 +531,8 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
     conn.executescript(
         "ALTER TABLE documents ADD COLUMN body BLOB;"
         "UPDATE documents SET body = (SELECT body FROM document_bodies b WHERE b.pk = documents.pk);"
-        "DROP TABLE document_bodies; DROP TABLE public_facets; PRAGMA user_version = 2;"
+        "DROP TABLE document_bodies; DROP TABLE public_facets; DROP INDEX documents_public;"
+        "ALTER TABLE documents DROP COLUMN domains; PRAGMA user_version = 2;"
     )
     conn.close()
     async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
