@@ -200,6 +200,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await client.close()
 
 
+IRIS_ROWS = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}  # valid for the SDK example's ndarray [null, 4] of floats
+
+
 async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
     assert response.status == status, await response.text()
     assert response.content_type == "application/json"
@@ -384,7 +387,8 @@ async def test_publish_build_describe_run(env: Env) -> None:
     assert result["timings"]["request_ms"] > 0
 
     response = await env.client.post(
-        f"{API}/servables/alice/iris_rf/versions/1/run", json={"inputs": 1, "parameters": {"fail": True}}
+        f"{API}/servables/alice/iris_rf/versions/1/run",
+        json={"inputs": [[1, 2, 3, 4]], "parameters": {"fail": True}},
     )
     failed = await response.json()
     assert response.status == 200 and failed["state"] == "failed"
@@ -393,8 +397,17 @@ async def test_publish_build_describe_run(env: Env) -> None:
     response = await env.client.post(f"{API}/servables/alice/iris_rf/run", json={"method": "nope"})
     assert (await error_of(response, 400))["field"] == "method"
 
+    calls = len(env.bus.calls)  # inputs are checked against the declared type before anything is queued
+    response = await env.client.post(f"{API}/servables/alice/iris_rf/run", json={"inputs": [[1, 2, 3]]})
+    assert (await error_of(response, 400)) == {
+        "type": "validation_error",
+        "message": "inputs[0]: expected 4 floats, got 3",
+        "field": "inputs[0]",
+    }
+    assert len(env.bus.calls) == calls
+
     env.bus.broker_up = False
-    response = await env.client.post(f"{API}/servables/alice/iris_rf/run", json={"inputs": 1})
+    response = await env.client.post(f"{API}/servables/alice/iris_rf/run", json=IRIS_ROWS)
     assert (await error_of(response, 503))["type"] == "broker_unavailable"
 
 
@@ -448,7 +461,7 @@ async def test_versions_update_and_delete(env: Env) -> None:
     await env.settle()
     last = env.bus.index[-1]
     assert last.op == "upsert" and last.document is not None and last.document.version == 2
-    run = await (await env.client.post(f"{API}/servables/alice/iris_rf/run", json={})).json()
+    run = await (await env.client.post(f"{API}/servables/alice/iris_rf/run", json=IRIS_ROWS)).json()
     assert run["servable"] == "alice/iris_rf@2"
 
     response = await env.client.delete(f"{API}/servables/alice/iris_rf", headers=env.auth("alice"))
@@ -494,7 +507,7 @@ async def test_async_run_and_task_access(env: Env) -> None:
     env.bus.release_runs.clear()
     response = await env.client.post(
         f"{API}/servables/alice/iris_rf/run",
-        json={"inputs": 5, "asynchronous": True},
+        json={"inputs": [[5, 5, 5, 5]], "asynchronous": True},
         headers=env.auth("bob"),
     )
     assert response.status == 202
@@ -510,7 +523,7 @@ async def test_async_run_and_task_access(env: Env) -> None:
     env.bus.release_runs.set()
     await env.settle()
     task = await (await env.client.get(url, headers=env.auth("bob"))).json()
-    assert task["state"] == "completed" and task["kind"] == "run" and task["output"]["echo"] == 5
+    assert task["state"] == "completed" and task["kind"] == "run" and task["output"]["echo"] == [[5] * 4]
     assert task["servable"] == "alice/iris_rf@1" and "request_ms" in task["timings"]
     assert (await env.client.get(url)).status == 404  # only the submitter reads it
     assert (await env.client.get(url, headers=env.auth("alice"))).status == 404
@@ -523,7 +536,7 @@ async def test_pipeline(env: Env) -> None:
     doc["dlhub"]["name"] = "second"
     await env.publish("alice", doc)
     await env.settle()
-    body = {"steps": [{"servable": "alice/iris_rf"}, {"servable": "alice/second@1"}], "inputs": 1}
+    body = {"steps": [{"servable": "alice/iris_rf"}, {"servable": "alice/second@1"}], **IRIS_ROWS}
     response = await env.client.post(f"{API}/pipelines/run", json=body)
     result = await response.json()
     assert response.status == 200 and result["state"] == "completed"

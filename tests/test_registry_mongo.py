@@ -264,7 +264,9 @@ async def test_registry_http_end_to_end_on_mongodb(tmp_path: Path, mongodb: tupl
         assert [v["version"] for v in versions["versions"]] == [1, 2]
         listed = await (await env.client.get(f"{API}/servables")).json()
         assert "alice/iris_rf" in str(listed)
-        run = await env.client.post(f"{API}/servables/alice/iris_rf/run", json={"inputs": 1})
+        run = await env.client.post(
+            f"{API}/servables/alice/iris_rf/run", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+        )
         assert (await run.json())["servable"] == "alice/iris_rf@2"
 
         response = await env.client.delete(

@@ -592,6 +592,149 @@ async def test_backends_agree(request: pytest.FixtureRequest, tmp_path: Path) ->
         await close_engine(es)
 
 
+# --- DOI and related identifiers ---------------------------------------------------------------------
+
+DOI_DOCS = [
+    SearchDocument(
+        id="zed/doi_model",
+        owner="zed",
+        name="doi_model",
+        version=2,
+        title="A model with a DOI",
+        authors=["Grace Hopper"],
+        doi="10.5555/DLHub.Model_1",
+        related_identifiers=["10.1000/Paper.42", "10.5281/zenodo.999", "https://example.org/data"],
+        publication_date_s=1_800_000_010.0,
+    ),
+    SearchDocument(
+        id="yan/same_paper",
+        owner="yan",
+        name="same_paper",
+        version=1,
+        title="Another model described by the same paper",
+        related_identifiers=["10.1000/paper.42"],
+        publication_date_s=1_800_000_011.0,
+    ),
+    SearchDocument(
+        id="zed/doi_private",
+        owner="zed",
+        name="doi_private",
+        version=1,
+        title="Private model with a DOI",
+        doi="10.5555/private.1",
+        related_identifiers=["10.1000/paper.42"],
+        visible_to=["user:zed"],
+        publication_date_s=1_800_000_012.0,
+    ),
+]
+
+
+@pytest.fixture
+async def doi_engine(engine: SearchEngine) -> SearchEngine:
+    for doc in DOI_DOCS:
+        await engine.upsert(doc)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"doi": "10.5555/DLHub.Model_1"}, {"zed/doi_model"}),
+        ({"doi": "10.5555/dlhub.model_1"}, {"zed/doi_model"}),  # DOIs are case-insensitive
+        ({"doi": " 10.5555/DLHUB.MODEL_1 "}, {"zed/doi_model"}),
+        ({"doi": "10.1000/PAPER.42"}, {"zed/doi_model", "yan/same_paper"}),  # related DOI
+        ({"doi": "10.5281/zenodo.999"}, {"zed/doi_model"}),  # training data
+        ({"doi": "https://example.org/data"}, {"zed/doi_model"}),  # any related identifier
+        ({"doi": "10.1000/paper.42", "identities": ["user:zed"]}, {"zed/doi_model", "yan/same_paper",
+                                                                   "zed/doi_private"}),
+        ({"doi": "10.5555/private.1"}, set()),  # invisible to the caller
+        ({"doi": "10.5555/private.1", "identities": ["user:zed"]}, {"zed/doi_private"}),
+        ({"doi": "10.5555/dlhub"}, set()),  # exact, not a prefix
+        ({"doi": "10.1000/paper.42", "owner": "yan"}, {"yan/same_paper"}),
+        ({"doi": "10.1000/paper.42", "q": "another"}, {"yan/same_paper"}),
+        ({"doi": "10.1000/paper.42", "author": "hopper"}, {"zed/doi_model"}),
+        ({"doi": "10.9999/nothing"}, set()),
+    ],
+)  # fmt: skip
+async def test_doi_filter(doi_engine: SearchEngine, query: dict[str, Any], expected: set[str]) -> None:
+    assert await ids(doi_engine, **query) == expected
+
+
+async def test_doi_fields_round_trip_and_facets(doi_engine: SearchEngine) -> None:
+    results = await doi_engine.query(SearchQuery(doi="10.1000/paper.42", facets=["owner"]))
+    assert results.total == 2
+    assert results.facets == {"owner": [FacetCount(value="yan", count=1), FacetCount(value="zed", count=1)]}
+    hit = next(h for h in results.hits if h.document.id == "zed/doi_model")
+    assert hit.document == DOI_DOCS[0]
+    # documents without DOIs (the whole older corpus) still come back unchanged
+    plain = (await doi_engine.query(SearchQuery(name="iris_rf"))).hits[0].document
+    assert plain == DOCS[45] and plain.doi == "" and plain.related_identifiers == []
+
+
+async def test_doi_filter_follows_upserts_and_deletes(doi_engine: SearchEngine) -> None:
+    await doi_engine.upsert(
+        msgspec.structs.replace(DOI_DOCS[0], doi="10.5555/renamed", related_identifiers=[])
+    )
+    assert await ids(doi_engine, doi="10.5555/DLHub.Model_1") == set()
+    assert await ids(doi_engine, doi="10.5555/RENAMED") == {"zed/doi_model"}
+    assert await ids(doi_engine, doi="10.1000/paper.42") == {"yan/same_paper"}
+    assert await doi_engine.delete("yan/same_paper")
+    assert await ids(doi_engine, doi="10.1000/paper.42") == set()
+    await doi_engine.reindex([*DOCS, *DOI_DOCS])
+    assert await ids(doi_engine, doi="10.1000/paper.42") == {"zed/doi_model", "yan/same_paper"}
+
+
+async def test_overlong_identifiers_index_but_do_not_match(doi_engine: SearchEngine) -> None:
+    long_id = "10.1000/" + "x" * 3000
+    await doi_engine.upsert(msgspec.structs.replace(DOI_DOCS[1], related_identifiers=[long_id, "10.1/short"]))
+    assert await ids(doi_engine, doi=long_id) == set()
+    assert await ids(doi_engine, doi="10.1/SHORT") == {"yan/same_paper"}
+    hit = (await doi_engine.query(SearchQuery(doi="10.1/short"))).hits[0]
+    assert hit.document.related_identifiers == [long_id, "10.1/short"]
+
+
+def test_doi_fields_are_optional_on_the_wire() -> None:
+    """Older peers neither send nor know ``doi``/``related_identifiers``; both directions still decode."""
+
+    class OldDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+        id: str
+        owner: str
+        name: str
+        version: int
+
+    class OldQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
+        q: str = ""
+
+    old = msgspec.msgpack.encode(OldDocument(id="a/b", owner="a", name="b", version=1))
+    assert decode_payload(old, SearchDocument) == SearchDocument(id="a/b", owner="a", name="b", version=1)
+    new = msgspec.msgpack.encode(DOI_DOCS[0])
+    assert decode_payload(new, OldDocument).id == "zed/doi_model"
+    assert decode_payload(msgspec.msgpack.encode(SearchQuery(doi="10.1/x", q="y")), OldQuery).q == "y"
+    assert decode_payload(msgspec.msgpack.encode(OldQuery(q="y")), SearchQuery).doi is None
+
+
+async def test_es_schema_1_index_gains_the_doi_fields(es_url: str) -> None:
+    """An index created before the DOI fields (strict mapping) is extended in place on open."""
+    from services.search import es_engine
+
+    alias = f"{MODULE_ALIAS}-schema1"
+    old_mapping = es_engine.index_mapping()
+    old_mapping["_meta"] = {"dlhub_schema": 1}
+    for field in es_engine.ADDED_IN_2:
+        del old_mapping["properties"][field]
+    engine = ElasticsearchSearchEngine(es_config(es_url, alias, elasticsearch_refresh="true"))
+    engine._es = engine._client()
+    await engine.es.indices.create(index=f"{alias}-old", mappings=old_mapping, aliases={alias: {}})
+    await engine.es.close()
+    engine._es = None
+    await engine.open()
+    try:
+        await engine.upsert(DOI_DOCS[0])
+        assert await ids(engine, doi="10.1000/paper.42") == {"zed/doi_model"}
+    finally:
+        await close_engine(engine)
+
+
 # --- Elasticsearch specifics -------------------------------------------------------------------------
 
 

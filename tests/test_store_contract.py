@@ -324,6 +324,35 @@ async def test_token_user_name_checked(store: MetadataStore) -> None:
         await create_token(store, "not a name")
 
 
+# -- memoized results ---------------------------------------------------------------------------------------
+
+
+async def test_memo_put_get_replace_expire(store: MetadataStore) -> None:
+    now = now_ms()
+    key = "ab" * 32
+    assert await store.get_memo(key, now_ms=now) is None
+    value = b'{"y":[1,2]}' + bytes(range(256))  # stored as bytes, exactly
+    await store.put_memo(key, value, expires_at_ms=now + 60_000)
+    assert await store.get_memo(key, now_ms=now) == value
+    await store.put_memo(key, b'"new"', expires_at_ms=now + 60_000)
+    assert await store.get_memo(key, now_ms=now) == b'"new"'
+    assert await store.get_memo("cd" * 32, now_ms=now) is None
+    # Expired entries read as missing at and after their expiry.
+    assert await store.get_memo(key, now_ms=now + 60_000) is None
+    await store.put_memo("ef" * 32, b"1", expires_at_ms=now - 1)
+    assert await store.get_memo("ef" * 32, now_ms=now) is None
+
+
+async def test_memo_is_shared_between_connections(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    expires = now_ms() + 60_000
+    await first.put_memo("k1", b'"shared"', expires_at_ms=expires)
+    assert await second.get_memo("k1", now_ms=now_ms()) == b'"shared"'
+    await asyncio.gather(*(second.put_memo(f"c{i}", b"%d" % i, expires_at_ms=expires) for i in range(20)))
+    got = await asyncio.gather(*(first.get_memo(f"c{i}", now_ms=now_ms()) for i in range(20)))
+    assert got == [b"%d" % i for i in range(20)]
+
+
 # -- lifecycle ----------------------------------------------------------------------------------------------
 
 

@@ -349,6 +349,7 @@ def search(ctx: click.Context) -> None:
 @click.option("--name", default=None)
 @click.option("--domain", default=None)
 @click.option("--author", default=None)
+@click.option("--doi", default=None, help="The servable's DOI or a related DOI (e.g. its paper's).")
 @click.option("--model-type", default=None)
 @click.option("--servable-type", default=None)
 @click.option("--published-from", default=None, help="ISO 8601 date/date-time or epoch seconds.")
@@ -407,6 +408,27 @@ def describe(ctx: click.Context, servable: str) -> None:
     """Show the full record of SERVABLE (owner/name or owner/name@version)."""
     with _client(ctx) as client:
         _print_json(client.describe(servable))
+
+
+@main.command()
+@click.argument("servable")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["bibtex", "datacite"]),
+    default="bibtex",
+    show_default=True,
+    help="BibTeX entry or DataCite 4.x JSON.",
+)
+@click.pass_context
+def cite(ctx: click.Context, servable: str, fmt: str) -> None:
+    """Print the citation of SERVABLE (owner/name for the latest version, or owner/name@version)."""
+    with _client(ctx) as client:
+        citation = client.citation(servable, format=fmt)
+    if isinstance(citation, str):
+        click.echo(citation, nl=False)
+    else:
+        click.echo(json.dumps(citation, indent=2, ensure_ascii=False))
 
 
 # -- invocation ----------------------------------------------------------------------------------------------

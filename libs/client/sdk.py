@@ -188,6 +188,19 @@ class DLHubClient:
         result: dict[str, Any] = self._request("GET", _servable_path(servable))
         return result
 
+    def citation(self, servable: str, format: str = "bibtex") -> str | dict[str, Any]:
+        """The citation of ``owner/name`` (latest visible version) or ``owner/name@3``.
+
+        ``format="bibtex"`` returns the BibTeX entry as text; ``format="datacite"`` the DataCite 4.x JSON.
+        """
+        response = self._http.get(_servable_path(servable) + "/citation", params={"format": format})
+        if response.status_code >= 400:
+            self._raise_for(response)
+        if format == "datacite":
+            result: dict[str, Any] = response.json()
+            return result
+        return response.text
+
     def versions(self, servable: str) -> list[dict[str, Any]]:
         owner, name, _ = parse_servable(servable)
         result: list[dict[str, Any]] = self._request("GET", f"/servables/{owner}/{name}/versions")["versions"]
@@ -207,7 +220,8 @@ class DLHubClient:
     def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
         """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
 
-        Filters: owner, name, domain, author, model_type, servable_type; ``published_from`` /
+        Filters: owner, name, domain, author, model_type, servable_type, doi (the servable's DOI or a
+        related identifier such as its paper's DOI, case-insensitive); ``published_from`` /
         ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
         comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
         publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.

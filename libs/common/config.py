@@ -79,6 +79,13 @@ class RegistryConfig(BaseModel):
     allow_anonymous_run: bool = True
     admin_users: list[str] = Field(default_factory=list)
     """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""
+    memo_enabled: bool = True
+    """Memoize results of deterministic servables at the registry (see ``services/registry/memo.py``)."""
+    memo_shared: bool = False
+    """Also keep memoized results in the metadata store, shared by every registry instance."""
+    memo_max_bytes: PositiveInt = 64 * MiB
+    memo_max_entry_bytes: PositiveInt = 1 * MiB
+    memo_ttl_s: PositiveFloat = 3600.0
 
 
 class WorkerConfig(BaseModel):

@@ -36,7 +36,12 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
 
 
 class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What the search service indexes for one servable (its latest visible version)."""
+    """What the search service indexes for one servable (its latest visible version).
+
+    ``doi`` (the version's own DOI, "" without one) and ``related_identifiers`` (the values of
+    ``datacite.relatedIdentifiers``: paper and data DOIs ...) were added later; they are optional so older
+    peers still decode the document.
+    """
 
     id: str
     owner: str
@@ -52,6 +57,8 @@ class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     visible_to: list[str] = msgspec.field(default_factory=lambda: ["public"])
     publication_date_s: float = 0.0
     status: str = "ready"
+    doi: str = ""
+    related_identifiers: list[str] = msgspec.field(default_factory=list)
 
 
 class IndexRequest(msgspec.Struct, kw_only=True):
@@ -75,6 +82,7 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``facets`` asks for value counts over every matching visible document; ``sort`` orders hits (relevance
     falls back to publication date without free text) and ``order`` defaults to the natural direction of
     the sort (relevance and publication_date descending, name ascending). Ties always break on ``id``.
+    ``doi`` matches the servable's own DOI or any of its related identifiers (case-insensitive).
     """
 
     q: str = ""
@@ -92,6 +100,8 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     facets: list[FacetName] = msgspec.field(default_factory=list)
     sort: SortField = "relevance"
     order: SortOrder | None = None
+    doi: str | None = None
+    """Matches the servable's DOI or any of its related identifiers, case-insensitively."""
 
 
 class SearchHit(msgspec.Struct, kw_only=True):

@@ -15,6 +15,7 @@ from services.registry.backends import make_store
 from services.registry.background import BackgroundTasks
 from services.registry.errors import error_middleware
 from services.registry.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from services.registry.memo import Memo
 from services.registry.packages import PackageBlobs
 from services.registry.ports import Bus
 from services.registry.routes import setup_routes
@@ -78,7 +79,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = Authenticator(store)
     app[SERVABLES] = servables
     app[RUNS] = Runs(
-        settings=settings, bus=bus, codec=codec, servables=servables, tasks=tasks, background=background
+        settings=settings,
+        bus=bus,
+        codec=codec,
+        servables=servables,
+        tasks=tasks,
+        background=background,
+        memo=Memo(settings.registry, store),
     )
     background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
     resumed = await servables.resume_builds()

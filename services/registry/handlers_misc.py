@@ -97,6 +97,7 @@ async def search(request: web.Request) -> web.Response:
         name=str_query(request, "name"),
         domain=str_query(request, "domain"),
         author=str_query(request, "author"),
+        doi=str_query(request, "doi"),
         model_type=str_query(request, "model_type"),
         servable_type=str_query(request, "servable_type"),
         identities=list(caller.identities),
@@ -138,6 +139,8 @@ async def search(request: web.Request) -> web.Response:
                     "domains": hit.document.domains,
                     "model_type": hit.document.model_type,
                     "servable_type": hit.document.servable_type,
+                    "doi": hit.document.doi,
+                    "related_identifiers": hit.document.related_identifiers,
                     "score": hit.score,
                 }
                 for hit in results.hits

@@ -15,8 +15,14 @@ from services.registry.store import TaskRecord
 
 
 def _accepted(task: TaskRecord) -> web.Response:
+    # A just-submitted task is pending unless the memo answered it (then it is already completed).
     return json_response(
-        {"task_id": task.task_id, "state": task.state, "status_url": f"{API_PREFIX}/tasks/{task.task_id}"},
+        {
+            "task_id": task.task_id,
+            "state": task.state,
+            "status_url": f"{API_PREFIX}/tasks/{task.task_id}",
+            "cached": task.state == "completed",
+        },
         status=202,
     )
 

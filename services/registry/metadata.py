@@ -21,6 +21,8 @@ from jsonschema.exceptions import ValidationError, best_match  # type: ignore[im
 from libs.common.errors import ValidationFailed
 from libs.common.ids import NAME_RE
 from libs.common.payloads import SearchDocument
+from services.registry.argtypes import check_method_types
+from services.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 
 SCHEMA_RESOURCE = "dlhub-publication.schema.json"
 
@@ -81,6 +83,8 @@ def validate_publication(document: Any) -> dict[str, Any]:
     name = document["dlhub"]["name"]
     if not NAME_RE.fullmatch(name):  # the schema's pattern mirrors NAME_RE; keep the code authoritative
         raise ValidationFailed(f"invalid servable name {name!r}", field="dlhub.name")
+    check_method_types(document)  # argument types: what the schema cannot say (shape sizes, nesting depth)
+    validate_identifiers(document)  # DOI, related DOIs and ORCID iDs (the schema only knows their shape)
     return document
 
 
@@ -147,4 +151,6 @@ def search_document(
         visible_to=visible_to,
         publication_date_s=published_at_ms / 1000.0,
         status="ready",
+        doi=doi_of(metadata),
+        related_identifiers=[str(r["relatedIdentifier"]).strip() for r in related_identifiers(metadata)],
     )

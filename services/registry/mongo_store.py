@@ -12,6 +12,8 @@ Collections (one database, ``StoreConfig.mongodb_database``):
   ``expireAfterSeconds=0`` so the server deletes expired records itself. TTL monitors run about once a
   minute, so reads still compare ``expires_at_ms`` with the caller's clock.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
+- ``memo``: memoized run results (``services/registry/memo.py``, ``registry.memo_shared``); ``_id`` is the
+  memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
 
 Records are mapped to and from documents field by field. Free-form JSON (servable metadata, task errors and
 timings) is stored as JSON text, so keys MongoDB rejects or treats specially (``$``-prefixed, dotted, empty)
@@ -28,6 +30,7 @@ import asyncio
 import datetime as dt
 import random
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -231,6 +234,18 @@ async def _create_task_indexes(tasks: AsyncCollection[Document]) -> bool:
         return False
 
 
+async def _create_memo_indexes(memo: AsyncCollection[Document]) -> bool:
+    """The same TTL index for memoized results (without it ``put_memo`` deletes expired entries itself)."""
+    try:
+        await memo.create_indexes([TASK_TTL_INDEX])
+        return True
+    except OperationFailure as exc:
+        if exc.code not in _NOT_IMPLEMENTED_CODES:
+            raise
+        await memo.create_indexes([TASK_PLAIN_INDEX])
+        return False
+
+
 class MongoMetadataStore(MetadataStore):
     """``MetadataStore`` on one MongoDB database."""
 
@@ -241,6 +256,7 @@ class MongoMetadataStore(MetadataStore):
         self._client: AsyncMongoClient[Document] | None = None
         self._db: AsyncDatabase[Document] | None = None
         self.ttl_index = False  # whether the server expires task records itself (known after ``open``)
+        self.memo_ttl_index = False  # the same for memoized results
 
     @property
     def safe_url(self) -> str:
@@ -263,6 +279,10 @@ class MongoMetadataStore(MetadataStore):
     @property
     def tasks(self) -> AsyncCollection[Document]:
         return self.db["tasks"]
+
+    @property
+    def memo(self) -> AsyncCollection[Document]:
+        return self.db["memo"]
 
     @property
     def tokens(self) -> AsyncCollection[Document]:
@@ -306,6 +326,7 @@ class MongoMetadataStore(MetadataStore):
             for index in VERSION_INDEXES:
                 await db["versions"].create_indexes([index])
             self.ttl_index = await _create_task_indexes(db["tasks"])
+            self.memo_ttl_index = await _create_memo_indexes(db["memo"])
         except ConnectionFailure as exc:
             await client.close()
             raise StoreUnavailable(
@@ -506,6 +527,27 @@ class MongoMetadataStore(MetadataStore):
             # ``expires_at`` is exact to the millisecond and carries the (TTL) index.
             result = await self.tasks.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
         return result.deleted_count
+
+    # -- memoized results (same TTL index on ``expires_at`` as tasks) ------------------------------------
+
+    async def get_memo(self, key: str, *, now_ms: int) -> bytes | None:
+        with self._errors("get_memo"):
+            doc = await self.memo.find_one({"_id": key})
+        if doc is None or int(doc["expires_at_ms"]) <= now_ms:  # the TTL monitor may not have run yet
+            return None
+        return bytes(doc["value"])
+
+    async def put_memo(self, key: str, value: bytes, *, expires_at_ms: int) -> None:
+        doc = {
+            "_id": key,
+            "value": Binary(value),
+            "expires_at_ms": expires_at_ms,
+            "expires_at": ms_to_date(expires_at_ms),
+        }
+        with self._errors("put_memo"):
+            if not self.memo_ttl_index:  # no TTL monitor: expired entries go as new ones arrive
+                await self.memo.delete_many({"expires_at": {"$lte": ms_to_date(int(time.time() * 1000))}})
+            await self.memo.replace_one({"_id": key}, doc, upsert=True)
 
     # -- tokens -----------------------------------------------------------------------------------------
 

@@ -203,6 +203,11 @@ SCHEMAS: dict[str, Any] = {
             "method": {"type": "string", "default": "run"},
             "asynchronous": {"type": "boolean", "default": False},
             "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "memoize": {
+                "type": "boolean",
+                "default": True,
+                "description": "false: skip the result cache lookup (the fresh result is still stored)",
+            },
         },
     },
     "RunResult": {
@@ -218,6 +223,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "owner/name@version (comma-separated for pipelines)",
             },
+            "cached": {"type": "boolean", "description": "answered from the result cache (memoization)"},
         },
     },
     "TaskAccepted": {
@@ -225,8 +231,9 @@ SCHEMAS: dict[str, Any] = {
         "required": ["task_id", "state", "status_url"],
         "properties": {
             "task_id": {"type": "string"},
-            "state": {"type": "string", "enum": ["pending"]},
+            "state": {"type": "string", "enum": ["pending", "completed"]},
             "status_url": {"type": "string"},
+            "cached": {"type": "boolean", "description": "completed at once from the result cache"},
         },
     },
     "PipelineRequest": {
@@ -249,6 +256,11 @@ SCHEMAS: dict[str, Any] = {
             "inputs": {"description": "Any JSON value"},
             "asynchronous": {"type": "boolean", "default": False},
             "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "memoize": {
+                "type": "boolean",
+                "default": True,
+                "description": "false: skip the result cache lookup (the fresh result is still stored)",
+            },
         },
     },
     "Task": {
@@ -288,6 +300,8 @@ SCHEMAS: dict[str, Any] = {
                         "domains": {"type": "array", "items": {"type": "string"}},
                         "model_type": {"type": "string"},
                         "servable_type": {"type": "string"},
+                        "doi": {"type": "string", "description": "The version's DOI ('' without one)"},
+                        "related_identifiers": {"type": "array", "items": {"type": "string"}},
                         "score": {"type": "number"},
                     },
                 },
@@ -304,6 +318,61 @@ SCHEMAS: dict[str, Any] = {
                     },
                 },
             },
+        },
+    },
+    "DataCite": {
+        "type": "object",
+        "description": "DataCite 4.x metadata of one version (kernel-4 field names)",
+        "required": [
+            "identifier",
+            "creators",
+            "titles",
+            "publisher",
+            "publicationYear",
+            "resourceType",
+            "version",
+            "url",
+        ],
+        "properties": {
+            "schemaVersion": {"type": "string"},
+            "identifier": {
+                "type": "object",
+                "description": "The DOI when the publisher supplied one, else the version's URL",
+                "required": ["identifier", "identifierType"],
+                "properties": {
+                    "identifier": {"type": "string"},
+                    "identifierType": {"type": "string", "enum": ["DOI", "URL"]},
+                },
+            },
+            "doi": {"type": "string"},
+            "creators": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "nameType": {"type": "string"},
+                        "givenName": {"type": "string"},
+                        "familyName": {"type": "string"},
+                        "affiliation": {"type": "array", "items": {"type": "string"}},
+                        "nameIdentifiers": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+            "titles": {"type": "array", "items": {"type": "object"}},
+            "publisher": {"type": "string"},
+            "publicationYear": {"type": "string"},
+            "resourceType": {"type": "object"},
+            "subjects": {"type": "array", "items": {"type": "object"}},
+            "contributors": {"type": "array", "items": {"type": "object"}},
+            "dates": {"type": "array", "items": {"type": "object"}},
+            "alternateIdentifiers": {"type": "array", "items": {"type": "object"}},
+            "relatedIdentifiers": {"type": "array", "items": {"type": "object"}},
+            "version": {"type": "string", "description": "The registry's version number"},
+            "rightsList": {"type": "array", "items": {"type": "object"}},
+            "descriptions": {"type": "array", "items": {"type": "object"}},
+            "fundingReferences": {"type": "array", "items": {"type": "object"}},
+            "url": {"type": "string", "description": "The version in the registry"},
         },
     },
     "ReindexOutcome": {
@@ -352,6 +421,22 @@ _RUN_RESPONSES = {
 _PUBLISH_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": _ref("PublishRequest")}},
+}
+_CITATION_FORMAT = _param(
+    "format",
+    "query",
+    {"type": "string", "enum": ["bibtex", "datacite"], "default": "bibtex"},
+    "bibtex (text/x-bibtex entry) or datacite (DataCite 4.x JSON)",
+)
+_CITATION_RESPONSES = {
+    "200": {
+        "description": "The citation: a BibTeX entry (format=bibtex) or DataCite JSON (format=datacite)",
+        "content": {
+            "application/x-bibtex": {"schema": {"type": "string"}},
+            JSON: {"schema": _ref("DataCite")},
+        },
+    },
+    **_errors(400, 401, 404),
 }
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
@@ -460,6 +545,26 @@ def build_openapi() -> dict[str, Any]:
                 },
             },
         },
+        "/servables/{owner}/{name}/citation": {
+            "parameters": [OWNER, NAME],
+            "get": {
+                "operationId": "citeServable",
+                "summary": "Citation of the latest visible version (BibTeX or DataCite JSON)",
+                "security": _OPTIONAL_AUTH,
+                "parameters": [_CITATION_FORMAT],
+                "responses": _CITATION_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/citation": {
+            "parameters": [OWNER, NAME, VERSION],
+            "get": {
+                "operationId": "citeServableVersion",
+                "summary": "Citation of one version (BibTeX or DataCite JSON)",
+                "security": _OPTIONAL_AUTH,
+                "parameters": [_CITATION_FORMAT],
+                "responses": _CITATION_RESPONSES,
+            },
+        },
         "/servables/{owner}/{name}/run": {
             "parameters": [OWNER, NAME],
             "post": {
@@ -509,6 +614,12 @@ def build_openapi() -> dict[str, Any]:
                         _param(f, "query", {"type": "string"}, f"Exact {f}")
                         for f in ("owner", "name", "domain", "author", "model_type", "servable_type")
                     ],
+                    _param(
+                        "doi",
+                        "query",
+                        {"type": "string"},
+                        "The servable's DOI or one of its related identifiers (case-insensitive)",
+                    ),
                     _param(
                         "published_from",
                         "query",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.registry import handlers_misc, handlers_runs, handlers_servables
+from services.registry import handlers_citation, handlers_misc, handlers_runs, handlers_servables
 
 API_PREFIX = handlers_servables.API_PREFIX
 SERVABLE = API_PREFIX + "/servables/{owner}/{name}"
@@ -24,6 +24,8 @@ def setup_routes(app: web.Application) -> None:
             web.get(SERVABLE + "/versions", handlers_servables.list_versions),
             web.get(VERSION, handlers_servables.describe_version),
             web.delete(VERSION, handlers_servables.delete_version),
+            web.get(SERVABLE + "/citation", handlers_citation.citation_latest),
+            web.get(VERSION + "/citation", handlers_citation.citation_version),
             web.post(SERVABLE + "/run", handlers_runs.run_latest),
             web.post(VERSION + "/run", handlers_runs.run_version),
             web.post(API_PREFIX + "/pipelines/run", handlers_runs.run_pipeline),

@@ -3,6 +3,10 @@
 Synchronous runs are the latency-critical path: cached version lookup, one msgspec decode of the body, one
 ``BusClient.call``, one JSON encode of the answer, and no database write. Asynchronous runs get a task record
 that moves pending -> running (when the broker reports the start) -> completed | failed.
+
+Results of deterministic servables are memoized (``memo.py``): a hit answers before the bus is touched
+(``"cached": true``, inference and invocation time 0); ``"memoize": false`` skips the lookup but still
+stores the fresh result.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from libs.common.config import DLHubSettings
 from libs.common.errors import BrokerUnavailable, InvalidMessage, Unauthorized, ValidationFailed
 from libs.common.ids import new_id, servable_topic
 from libs.common.logging import get_logger
-from libs.common.messages import Result, RouteStep, Started
+from libs.common.messages import Result, RouteStep, Started, Timings
+from services.registry.argtypes import UNCHECKED, check_run_inputs
 from services.registry.auth import Caller
 from services.registry.background import BackgroundTasks
+from services.registry.memo import Memo, MemoStep
 from services.registry.ports import Bus
 from services.registry.servables import Servables, parse_servable_ref
 from services.registry.store import TaskRecord, VersionRecord
@@ -39,6 +45,7 @@ class RunBody(msgspec.Struct, kw_only=True):
     method: str = "run"
     asynchronous: bool = False
     timeout_s: PositiveFloat | None = None
+    memoize: bool = True
 
 
 class PipelineStepBody(msgspec.Struct, kw_only=True):
@@ -52,6 +59,7 @@ class PipelineBody(msgspec.Struct, kw_only=True):
     inputs: Any = None
     asynchronous: bool = False
     timeout_s: PositiveFloat | None = None
+    memoize: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,10 @@ class Submission:
     inputs: msgspec.Raw
     timeout_s: float
     servable: str
+    memo_key: bytes | None = None
+    """Key of the result in the memo (None: not memoizable); the result is stored under it on success."""
+    memo_read: bool = True
+    """Whether to answer from the memo (false: the request bypasses it, the fresh result is still stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,9 @@ class SyncOutcome:
     task_id: str
     result: Result
     servable: str
+    cached: bool = False
+    output: bytes | None = None
+    """The output as JSON when already encoded (a memo hit, or a result just stored in the memo)."""
 
 
 class Runs:
@@ -81,8 +96,10 @@ class Runs:
         servables: Servables,
         tasks: TaskTable,
         background: BackgroundTasks,
+        memo: Memo | None = None,
     ) -> None:
         self._settings = settings
+        self._memo = memo
         self._bus = bus
         self._codec = codec
         self._servables = servables
@@ -98,10 +115,20 @@ class Runs:
         limit = self._settings.registry.sync_timeout_s
         return limit if requested is None else min(requested, limit)
 
-    def _step(self, record: VersionRecord, method: str, parameters: dict[str, Any], field: str) -> RouteStep:
+    def _step(
+        self,
+        record: VersionRecord,
+        method: str,
+        parameters: dict[str, Any],
+        field: str,
+        inputs: Any = UNCHECKED,
+    ) -> RouteStep:
+        """Resolve one route step; ``inputs`` (first step only) are checked against the declared type."""
         methods = (record.metadata.get("servable") or {}).get("methods") or {}
         if method not in methods:
             raise ValidationFailed(f"{record.label} has no method {method!r}", field=field)
+        if inputs is not UNCHECKED:
+            check_run_inputs(record, method, inputs)  # argtypes.py: 400 naming the path, before queueing
         return RouteStep(
             topic=servable_topic(record.owner, record.name, record.version),
             method=method,
@@ -113,12 +140,14 @@ class Runs:
     ) -> Submission:
         self.check_may_run(caller)
         record = await self._servables.runnable(caller, owner, name, version)
-        step = self._step(record, body.method, body.parameters, "method")
+        step = self._step(record, body.method, body.parameters, "method", body.inputs)
         return Submission(
             route=[step],
             inputs=self._codec.encode_value(body.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=record.label,
+            memo_key=self._memo_key([MemoStep(record, body.method, body.parameters)], body.inputs),
+            memo_read=body.memoize,
         )
 
     async def prepare_pipeline(self, caller: Caller, body: PipelineBody) -> Submission:
@@ -129,29 +158,70 @@ class Runs:
             raise ValidationFailed(f"a pipeline has at most {MAX_PIPELINE_STEPS} steps", field="steps")
         route: list[RouteStep] = []
         labels: list[str] = []
+        memo_steps: list[MemoStep] = []
         for index, step in enumerate(body.steps):
             owner, name, version = parse_servable_ref(step.servable, f"steps[{index}].servable")
             record = await self._servables.runnable(caller, owner, name, version)
-            route.append(self._step(record, step.method, step.parameters, f"steps[{index}].method"))
+            inputs = body.inputs if index == 0 else UNCHECKED
+            route.append(self._step(record, step.method, step.parameters, f"steps[{index}].method", inputs))
             labels.append(record.label)
+            memo_steps.append(MemoStep(record, step.method, step.parameters))
         return Submission(
             route=route,
             inputs=self._codec.encode_value(body.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=",".join(labels),
+            memo_key=self._memo_key(memo_steps, body.inputs),
+            memo_read=body.memoize,
         )
 
+    def _memo_key(self, steps: list[MemoStep], inputs: Any) -> bytes | None:
+        return None if self._memo is None else self._memo.key(steps, inputs)
+
+    async def _memo_lookup(self, submission: Submission) -> bytes | None:
+        if self._memo is None or submission.memo_key is None or not submission.memo_read:
+            return None
+        return await self._memo.get(submission.memo_key)
+
+    def _memo_store(self, key: bytes, output: bytes) -> None:
+        if self._memo is not None:
+            self._memo.put_local(key, output)
+            if self._memo.shared:
+                self._background.spawn(self._memo.put_shared(key, output), name="memo write")
+
     async def run_sync(self, submission: Submission) -> SyncOutcome:
+        key = submission.memo_key
+        cached = await self._memo_lookup(submission)
+        if cached is not None:
+            task_id = new_id()
+            return SyncOutcome(
+                task_id=task_id,
+                result=Result(task_id=task_id, ok=True),
+                servable=submission.servable,
+                cached=True,
+                output=cached,
+            )
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
-        return SyncOutcome(task_id=result.task_id, result=result, servable=submission.servable)
+        output: bytes | None = None
+        if result.ok and key is not None:
+            try:
+                output = output_json(self._codec, result)
+            except InvalidMessage:
+                output = None  # reported as a failure by sync_response_body; never memoized
+            else:
+                self._memo_store(key, output)
+        return SyncOutcome(task_id=result.task_id, result=result, servable=submission.servable, output=output)
 
     def sync_response_body(self, outcome: SyncOutcome, started: float) -> bytes:
         """Encode the 200 body; ``request_ms`` is measured up to this point."""
         result = outcome.result
         body: dict[str, Any] = {"task_id": outcome.task_id}
-        if result.ok:
+        if outcome.output is not None:
+            body["state"] = "completed"
+            body["output"] = msgspec.Raw(outcome.output)
+        elif result.ok:
             try:
                 body["state"] = "completed"
                 body["output"] = msgspec.Raw(output_json(self._codec, result))
@@ -163,12 +233,21 @@ class Runs:
             body["error"] = error_dict(result.error)
         body["timings"] = timings_dict(result.timings, (time.perf_counter() - started) * 1000.0)
         body["servable"] = outcome.servable
+        body["cached"] = outcome.cached
         return self._json.encode(body)
 
     async def submit_async(self, caller: Caller, submission: Submission) -> TaskRecord:
+        """Create the task and run it in the background; a memo hit returns the task already completed."""
+        started = time.perf_counter()
+        cached = await self._memo_lookup(submission)
         task = await self._tasks.create(
             task_id=new_id(), kind="run", servable=submission.servable, submitter=caller.user
         )
+        if cached is not None:
+            request_ms = (time.perf_counter() - started) * 1000.0
+            return await self._tasks.complete(
+                task, output=cached, timings=timings_dict(Timings(), request_ms)
+            )
         self._background.spawn(self._run_async(task, submission), name=f"run {task.task_id}")
         return task
 
@@ -195,4 +274,6 @@ class Runs:
             return
         # The "running" write must land before the final state so it cannot overwrite it.
         await asyncio.gather(*marking, return_exceptions=True)
-        await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
+        task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
+        if submission.memo_key is not None and task.state == "completed" and task.output_json is not None:
+            self._memo_store(submission.memo_key, task.output_json)

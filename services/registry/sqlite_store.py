@@ -9,6 +9,7 @@ processes too; ``UNIQUE(owner, name, version)`` backs it up.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -64,6 +65,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     timings TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
+CREATE TABLE IF NOT EXISTS memo (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memo_expiry ON memo (expires_at_ms);
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -84,6 +91,10 @@ _TASK_COLUMNS = (
 )
 
 _json_encoder = msgspec.json.Encoder()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _dumps(value: Any) -> str:
@@ -330,6 +341,25 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def delete_expired_tasks(self, *, now_ms: int) -> int:
         return await self._write("DELETE FROM tasks WHERE expires_at_ms <= ?", (now_ms,))
+
+    # -- memoized results -------------------------------------------------------------------------------
+
+    async def get_memo(self, key: str, *, now_ms: int) -> bytes | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT value FROM memo WHERE key = ? AND expires_at_ms > ?", (key, now_ms)
+        )
+        for row in rows:
+            return bytes(row[0])
+        return None
+
+    async def put_memo(self, key: str, value: bytes, *, expires_at_ms: int) -> None:
+        # Expired entries are removed as new ones arrive (the index on expires_at_ms keeps this cheap).
+        async with self._write_lock:
+            await self.db.execute("DELETE FROM memo WHERE expires_at_ms <= ?", (_now_ms(),))
+            await self.db.execute(
+                "INSERT OR REPLACE INTO memo (key, value, expires_at_ms) VALUES (?, ?, ?)",
+                (key, value, expires_at_ms),
+            )
 
     # -- tokens -----------------------------------------------------------------------------------------
 

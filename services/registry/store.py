@@ -161,6 +161,19 @@ class MetadataStore(abc.ABC):
     async def delete_expired_tasks(self, *, now_ms: int) -> int:
         """Delete tasks whose expiry is at or before ``now_ms``; return how many."""
 
+    # -- memoized results -------------------------------------------------------------------------------
+
+    async def get_memo(self, key: str, *, now_ms: int) -> bytes | None:
+        """Return the memoized result (JSON bytes) under ``key`` unless absent or expired at ``now_ms``.
+
+        Not abstract: a backend without a shared memo answers "absent" (the registry then uses memory only).
+        """
+        return None
+
+    async def put_memo(self, key: str, value: bytes, *, expires_at_ms: int) -> None:
+        """Insert or replace the memoized result under ``key``, kept until ``expires_at_ms``."""
+        return None
+
     # -- tokens -----------------------------------------------------------------------------------------
 
     @abc.abstractmethod

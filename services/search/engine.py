@@ -84,6 +84,21 @@ def facet_counts(pairs: Sequence[tuple[str, int]]) -> list[FacetCount]:
     return [FacetCount(value=v, count=c) for v, c in ordered[:FACET_SIZE]]
 
 
+def doi_term(value: str) -> str:
+    """How a DOI or related identifier is indexed and matched: trimmed and case-folded."""
+    return value.strip().casefold()
+
+
+MAX_IDENTIFIER_CHARS: Final = 2048
+"""Longer identifiers are stored but not matched by the ``doi`` filter (Elasticsearch caps keyword terms)."""
+
+
+def doi_terms(document: SearchDocument) -> list[str]:
+    """The values the ``doi`` filter matches: the document's DOI and every related identifier."""
+    values = (document.doi, *document.related_identifiers)
+    return sorted({doi_term(v) for v in values if v.strip() and len(v) <= MAX_IDENTIFIER_CHARS})
+
+
 def principals(query: SearchQuery) -> list[str]:
     """Who is asking: always ``public`` plus the caller's identities."""
     return sorted({PUBLIC, *query.identities})

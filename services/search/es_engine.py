@@ -42,8 +42,11 @@ from libs.common.logging import get_logger
 from libs.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from services.search.engine import (
     FACET_SIZE,
+    MAX_IDENTIFIER_CHARS,
     SearchEngine,
     check_query,
+    doi_term,
+    doi_terms,
     facet_counts,
     owner_principal,
     page,
@@ -55,7 +58,8 @@ from services.search.engine import (
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""2: ``doi``, ``related_identifiers`` and the derived ``doi_terms`` (added to older indices in place)."""
 MAX_RESULT_WINDOW: Final = 10_000
 """Elasticsearch's default ``index.max_result_window``: offset + limit may not go beyond it."""
 BULK_CHUNK: Final = 500
@@ -101,6 +105,14 @@ def _text_with_keyword() -> dict[str, Any]:
     return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
 
 
+ADDED_IN_2: Final[dict[str, Any]] = {
+    "doi": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+    "related_identifiers": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+    "doi_terms": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+}
+"""Mapping properties added by schema 2; ``open`` adds them to an index created with schema 1."""
+
+
 def index_mapping() -> dict[str, Any]:
     """The explicit mapping: display fields with ``.keyword``, folded ``fts.*`` fields, filters, dates."""
     fts_field = {
@@ -132,6 +144,7 @@ def index_mapping() -> dict[str, Any]:
             "visible_to": {"type": "keyword"},
             "visible": {"type": "keyword"},
             "author_terms": {"type": "keyword"},
+            **ADDED_IN_2,
             "publication_date": {"type": "date", "format": "epoch_millis"},
             "publication_date_s": {"type": "double", "index": False},
             "fts": {"properties": {field: fts_field for field in FTS_WEIGHTS}},
@@ -148,6 +161,7 @@ def es_source(document: SearchDocument) -> dict[str, Any]:
         authors |= {full, *full.split()}
     source["visible"] = sorted({*document.visible_to, owner_principal(document.owner)})
     source["author_terms"] = sorted(authors)
+    source["doi_terms"] = doi_terms(document)
     source["publication_date"] = round(document.publication_date_s * 1000)
     source["fts"] = {
         "title": _folded(document.title),
@@ -200,6 +214,7 @@ def filter_clauses(query: SearchQuery) -> list[dict[str, Any]]:
         ("servable_type.keyword", query.servable_type),
         ("domains.keyword", query.domain),
         ("author_terms", query.author.casefold() if query.author is not None else None),
+        ("doi_terms", doi_term(query.doi) if query.doi is not None else None),
     ):
         if value is not None:
             filters.append({"term": {field: value}})
@@ -390,6 +405,10 @@ class ElasticsearchSearchEngine(SearchEngine):
         response = await self.es.indices.get_mapping(index=self.alias)
         for index, body in response.body.items():
             version = body.get("mappings", {}).get("_meta", {}).get("dlhub_schema")
+            if version == 1:
+                # The mapping is strict: add the new (optional) fields so that new documents index; the
+                # documents already there lack them until a reindex.
+                await self.es.indices.put_mapping(index=index, properties=ADDED_IN_2)
             if version != SCHEMA_VERSION:
                 log.warning(
                     "search index has an older mapping; run `dlhub search reindex`",

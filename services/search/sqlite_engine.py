@@ -25,6 +25,8 @@ from services.search.engine import (
     PUBLIC,
     SearchEngine,
     check_query,
+    doi_term,
+    doi_terms,
     facet_counts,
     owner_principal,
     page,
@@ -49,6 +51,8 @@ BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 FIELD_DOMAIN: Final = "domain"
 FIELD_AUTHOR: Final = "author"
 FIELD_VISIBLE: Final = "visible"
+FIELD_DOI: Final = "doi"
+"""The document's own DOI and its related identifiers, case-folded (the ``doi`` filter matches any)."""
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -122,6 +126,7 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
         full = author.casefold().strip()
         rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
+    rows |= {(FIELD_DOI, value, pk) for value in doi_terms(document)}
     return rows
 
 
@@ -232,6 +237,8 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         filters.has_value(FIELD_DOMAIN, [query.domain])
     if query.author is not None:
         filters.has_value(FIELD_AUTHOR, [query.author.casefold()])
+    if query.doi is not None:
+        filters.has_value(FIELD_DOI, [doi_term(query.doi)])
     if query.published_from_s is not None:
         filters.add("d.publication_date_s >= ?", query.published_from_s)
     if query.published_to_s is not None:
@@ -258,6 +265,7 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
         query.name,
         query.domain,
         query.author,
+        query.doi,
         query.model_type,
         query.servable_type,
         query.published_from_s,
