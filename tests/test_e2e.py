@@ -172,6 +172,37 @@ def test_sklearn_joblib_predict(alice: DLHubClient, tmp_path: Path) -> None:
     assert alice.run(f"alice/{name}", iris.data[:5].tolist()) == clf.predict(iris.data[:5]).tolist()
 
 
+def test_sklearn_client_batch_of_10000_rows_is_one_model_call(alice: DLHubClient, tmp_path: Path) -> None:
+    iris = load_iris()
+    clf = RandomForestClassifier(n_estimators=10, random_state=0).fit(iris.data, iris.target)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    from libs.client.metadata import sklearn_document
+
+    name = unique("iris_batch")
+    doc = sklearn_document(
+        name=name, model_path="model.joblib", title="Iris forest, client batches", authors=AUTHORS,
+        n_input_columns=4, method="predict_proba", serialization_method="joblib",
+    )  # fmt: skip
+    alice.publish(doc, base_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    rows = np.tile(iris.data, (67, 1))[:10_000] + rng.normal(0, 0.05, (10_000, 4))
+    record = alice.run_detailed(f"alice/{name}", rows.tolist(), timeout_s=120)
+    assert record["state"] == "completed", record.get("error")
+    np.testing.assert_allclose(np.asarray(record["output"]), clf.predict_proba(rows))
+    assert record["timings"]["inference_ms"] > 0
+
+    # Concurrent single-row requests are merged at the worker (batchable by default) and split back.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> list[list[float]]:
+        output: list[list[float]] = alice.run(f"alice/{name}", [rows[i].tolist()])
+        return output
+
+    with ThreadPoolExecutor(16) as threads:
+        outputs = list(threads.map(one, range(48)))
+    np.testing.assert_allclose(np.asarray(outputs)[:, 0, :], clf.predict_proba(rows[:48]))
+
+
 def test_update_makes_a_new_version_and_delete_removes_it(alice: DLHubClient, pkg_dir: Path) -> None:
     name = unique("scalefn")
     alice.publish(function_doc(name, "scale"), base_dir=pkg_dir)

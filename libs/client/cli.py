@@ -476,6 +476,43 @@ def run(
 
 
 @main.command()
+@click.argument("servable")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+@click.pass_context
+def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
+    """Re-run the published test vectors of SERVABLE (owner/name[@version]); exit 1 if any fails."""
+    with _client(ctx) as client:
+        report = client.verify(servable)
+    if as_json:
+        _print_json(report)
+    else:
+        table = Table(title=f"test vectors of {report['servable']}")
+        table.add_column("#", justify="right")
+        table.add_column("result")
+        table.add_column("inference ms", justify="right")
+        table.add_column("message", overflow="fold")
+        for vector in report["vectors"]:
+            timings = vector.get("timings") or {}
+            table.add_row(
+                str(vector["index"]),
+                "[green]pass[/green]" if vector["passed"] else "[red]FAIL[/red]",
+                f"{timings.get('inference_ms', 0.0):.2f}",
+                str(vector.get("message", "")),
+            )
+        if report["vectors"]:
+            console.print(table)
+        failed = sum(1 for v in report["vectors"] if not v["passed"])
+        if report.get("note"):
+            console.print(f"{report['servable']}: {report['note']}")
+        elif failed:
+            console.print(f"[red]{failed} of {len(report['vectors'])} test vector(s) failed[/red]")
+        else:
+            console.print(f"[green]all {len(report['vectors'])} test vector(s) passed[/green]")
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Block until the task finishes.")
 @click.pass_context

@@ -306,6 +306,16 @@ class DLHubClient:
             raise TaskFailed(reply["task_id"], reply.get("error") or {})
         return reply["output"]
 
+    def verify(self, servable: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Re-run the published test vectors of ``owner/name`` (newest ready version) or ``owner/name@3``.
+
+        Returns ``{"servable", "passed", "vectors": [{"index", "passed", "message"?, "timings"}], "note"?}``;
+        a version that is not ready raises ``ServableNotReady``.
+        """
+        kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        result: dict[str, Any] = self._request("POST", _servable_path(servable) + "/verify", **kwargs)
+        return result
+
     def status(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/tasks/{task_id}")
         return result

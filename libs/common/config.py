@@ -93,6 +93,15 @@ class WorkerConfig(BaseModel):
     processes: PositiveInt = 1
     tasks_per_process: PositiveInt = 1
     servable_dir: Path | None = None
+    batch_enabled: bool = True
+    """Merge concurrent requests to batchable servable methods (``services/worker/batching.py``)."""
+    batch_max_size: PositiveInt = 64
+    """Rows per merged model call, unless the method's ``method_details.batch_max_size`` says otherwise."""
+    batch_max_wait_ms: NonNegativeFloat = 2.0
+    """How long a request waits for others to merge with (``method_details.batch_max_wait_ms`` overrides)."""
+    batch_capacity: NonNegativeInt | None = None
+    """Tasks accepted beyond ``processes * tasks_per_process`` so that there is something to merge; default
+    ``batch_max_size`` when batching is enabled, 0 otherwise."""
 
 
 class BuilderConfig(BaseModel):

@@ -226,6 +226,28 @@ SCHEMAS: dict[str, Any] = {
             "cached": {"type": "boolean", "description": "answered from the result cache (memoization)"},
         },
     },
+    "VerifyReport": {
+        "type": "object",
+        "required": ["servable", "passed", "vectors"],
+        "properties": {
+            "servable": {"type": "string", "description": "owner/name@version"},
+            "passed": {"type": "boolean", "description": "every test vector reproduced its expected output"},
+            "vectors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "passed", "timings"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "passed": {"type": "boolean"},
+                        "message": {"type": "string", "description": "why the vector failed"},
+                        "timings": _ref("Timings"),
+                    },
+                },
+            },
+            "note": {"type": "string", "description": "'no test vectors' when the version declares none"},
+        },
+    },
     "TaskAccepted": {
         "type": "object",
         "required": ["task_id", "state", "status_url"],
@@ -418,6 +440,10 @@ _RUN_RESPONSES = {
     "202": _response("Asynchronous run accepted", _ref("TaskAccepted")),
     **_errors(400, 401, 404, 409, 413, 503),
 }
+_VERIFY_RESPONSES = {
+    "200": _response("The verification report (passed false when a vector failed)", _ref("VerifyReport")),
+    **_errors(401, 404, 409, 503),
+}
 _PUBLISH_BODY = {
     "required": True,
     "content": {"multipart/form-data": {"schema": _ref("PublishRequest")}},
@@ -583,6 +609,24 @@ def build_openapi() -> dict[str, Any]:
                 "security": _OPTIONAL_AUTH,
                 "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
                 "responses": _RUN_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/verify": {
+            "parameters": [OWNER, NAME],
+            "post": {
+                "operationId": "verifyServable",
+                "summary": "Re-run the published test vectors of the latest ready version",
+                "security": _OPTIONAL_AUTH,
+                "responses": _VERIFY_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/verify": {
+            "parameters": [OWNER, NAME, VERSION],
+            "post": {
+                "operationId": "verifyServableVersion",
+                "summary": "Re-run the published test vectors of a pinned version (409 unless ready)",
+                "security": _OPTIONAL_AUTH,
+                "responses": _VERIFY_RESPONSES,
             },
         },
         "/pipelines/run": {

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.registry import handlers_citation, handlers_misc, handlers_runs, handlers_servables
+from services.registry import (
+    handlers_citation,
+    handlers_misc,
+    handlers_runs,
+    handlers_servables,
+    handlers_vectors,
+)
 
 API_PREFIX = handlers_servables.API_PREFIX
 SERVABLE = API_PREFIX + "/servables/{owner}/{name}"
@@ -28,6 +34,8 @@ def setup_routes(app: web.Application) -> None:
             web.get(VERSION + "/citation", handlers_citation.citation_version),
             web.post(SERVABLE + "/run", handlers_runs.run_latest),
             web.post(VERSION + "/run", handlers_runs.run_version),
+            web.post(SERVABLE + "/verify", handlers_vectors.verify_latest),
+            web.post(VERSION + "/verify", handlers_vectors.verify_version),
             web.post(API_PREFIX + "/pipelines/run", handlers_runs.run_pipeline),
             web.get(API_PREFIX + "/tasks/{task_id}", handlers_misc.get_task),
             web.get(API_PREFIX + "/search", handlers_misc.search),

@@ -40,6 +40,7 @@ from services.registry.packages import PackageBlobs
 from services.registry.ports import Bus
 from services.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
 from services.registry.tasks import TaskTable, error_dict, iso_ms, now_ms
+from services.registry.vectors import VectorRunner, declared_vectors, failure_reason
 
 log = get_logger(__name__)
 
@@ -77,6 +78,7 @@ class Servables:
         self._background = background
         self._blobs = blobs
         self.cache = VersionCache(store)
+        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -271,6 +273,13 @@ class Servables:
                 await self._build_failed(record, task, error)
                 return
             outcome = decode_payload(result.output, BuildOutcome)
+            vector_count = len(declared_vectors(record.metadata))
+            if vector_count:  # vectors.py: still "building" while they run
+                outcomes = await self.vectors.run_all(record)
+                if not all(o.passed for o in outcomes):
+                    reason = failure_reason(record, outcomes)
+                    await self._build_failed(record, task, {"type": "test_vectors_failed", "message": reason})
+                    return
         except DLHubError as exc:
             await self._build_failed(record, task, exc.to_dict())
             return
@@ -288,6 +297,8 @@ class Servables:
         self.cache.invalidate(record.owner, record.name)
         if task is not None:
             summary = {"digest": outcome.digest, "files": outcome.files, "size_bytes": outcome.size_bytes}
+            if vector_count:
+                summary["test_vectors_passed"] = vector_count
             await self._tasks.complete(task, output=to_json(summary))
         if updated is None:
             log.info("build finished for a deleted version", servable=record.label)

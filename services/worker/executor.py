@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 
@@ -35,8 +35,54 @@ from services.worker.protocol import (
     encode_frame,
 )
 from services.worker.servables import Servable, ServableLoadError, load_servable
+from services.worker.servables.scikit_learn import ScikitLearnServable
 
 DEFAULT_CACHE_SIZE = 32
+
+
+def _array_header(data: memoryview, offset: int) -> tuple[int, int] | None:
+    """``(length, header bytes)`` of the msgpack array starting at ``offset``, else ``None``."""
+    if offset >= len(data):
+        return None
+    first = data[offset]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F, 1
+    if first == 0xDC and offset + 3 <= len(data):
+        return int.from_bytes(data[offset + 1 : offset + 3], "big"), 3
+    if first == 0xDD and offset + 5 <= len(data):
+        return int.from_bytes(data[offset + 1 : offset + 5], "big"), 5
+    return None
+
+
+def decode_float_rows(raw: bytes | memoryview) -> Any:
+    """Decode a msgpack array of equal-length arrays of float64 straight into a 2-D float64 ``ndarray``.
+
+    JSON inputs (lists of lists of numbers) arrive this way; decoding them to Python lists and then calling
+    ``numpy.asarray`` costs ~1 us per value, this vectorised check-and-view a few ns. Returns ``None`` when
+    the value is anything else (ints, ragged rows, nested deeper), and the caller decodes it normally.
+    """
+    import numpy as np
+
+    data = memoryview(raw)
+    outer = _array_header(data, 0)
+    if outer is None or outer[0] == 0:
+        return None
+    rows, offset = outer
+    inner = _array_header(data, offset)
+    if inner is None or inner[0] == 0:
+        return None
+    cols, row_header = inner
+    row_bytes = row_header + 9 * cols
+    if len(data) - offset != rows * row_bytes:
+        return None
+    table = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(rows, row_bytes)
+    header = table[0, :row_header]
+    if not (table[:, :row_header] == header).all():
+        return None
+    cells = table[:, row_header:].reshape(rows, cols, 9)
+    if not (cells[:, :, 0] == 0xCB).all():  # every value a float64
+        return None
+    return np.ascontiguousarray(cells[:, :, 1:]).view(">f8").reshape(rows, cols).astype(np.float64)
 
 
 def _error_from_exception(exc: BaseException, *, message: str | None = None) -> ErrorInfo:
@@ -86,6 +132,15 @@ class Executor:
             self._cache.popitem(last=False)
         return servable, load_ms
 
+    def _decode_inputs(self, servable: Servable, raw: msgspec.Raw) -> Any:
+        """Decode the inputs; a scikit-learn model (which takes ``numpy.asarray(inputs)`` anyway) gets rows of
+        floats as an array directly."""
+        if isinstance(servable, ScikitLearnServable):
+            array = decode_float_rows(raw)
+            if array is not None:
+                return array
+        return self.codec.decode_value(raw)
+
     def handle(self, request: ExecRequest) -> ExecReply:
         load_ms = 0.0
         try:
@@ -94,7 +149,7 @@ class Executor:
             parameters = servable.merged_parameters(
                 request.method, self.codec.decode_value(request.parameters)
             )
-            inputs = self.codec.decode_value(request.inputs)
+            inputs = self._decode_inputs(servable, request.inputs)
         except DLHubError as exc:
             return self._failed(request, _error_from_dlhub(exc), load_ms)
         except Exception as exc:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -15,29 +18,84 @@ from libs.common.errors import DLHubError, NotFound, TaskTimeout, ValidationFail
 from libs.common.ids import parse_servable_topic
 from libs.common.logging import get_logger
 from libs.common.messages import Dispatch, ErrorInfo, Result, Timings
-from libs.common.servable_store import version_dir
+from libs.common.servable_store import METADATA_FILENAME, version_dir
+from services.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
 from services.worker.pool import ExecutorPool
+from services.worker.protocol import ExecReply
 
 log = get_logger(__name__)
 
+POLICY_CACHE_SIZE = 4096
+
 
 class WorkerService:
-    """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight.
+    """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
+    batching allowance.
 
     Each executor process runs one task at a time; the extra capacity (``tasks_per_process > 1``) only lets
-    tasks wait here for a free process instead of in the broker, saving a round trip between tasks.
+    tasks wait here for a free process instead of in the broker, saving a round trip between tasks. With
+    adaptive batching on, the broker must also hand this worker the concurrent requests it is to merge: the
+    allowance (``batch_capacity``, by default ``batch_max_size``) lets up to one full batch wait here while
+    the executors are busy. Requests to servables that are not batchable also use it, and then simply wait
+    here for a process rather than in the broker (as with ``tasks_per_process``); set ``batch_capacity = 0``
+    (or ``batch_enabled = false``) where several workers must share non-batchable load evenly.
     """
 
     def __init__(self, settings: DLHubSettings, *, pool: ExecutorPool | None = None) -> None:
         self.settings = settings
+        config = settings.worker
         self.codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
         self.servable_root: Path = settings.servable_dir
-        self.capacity = settings.worker.processes * settings.worker.tasks_per_process
+        self.batching = config.batch_enabled
+        allowance = 0
+        if self.batching:
+            allowance = config.batch_max_size if config.batch_capacity is None else config.batch_capacity
+        self.capacity = config.processes * config.tasks_per_process + allowance
         self.pool = pool or ExecutorPool(
-            processes=settings.worker.processes, max_message_bytes=settings.bus.max_message_bytes
+            processes=config.processes, max_message_bytes=settings.bus.max_message_bytes
         )
+        self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
+        self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
+        self._batch_ids = itertools.count(1)
         self.handler: HandlerService | None = None
         self._stopping = asyncio.Event()
+
+    def batch_policy(self, directory: Path, method: str) -> BatchPolicy | None:
+        """The batching policy of ``method`` of the servable in ``directory`` (read once per version)."""
+        if not self.batching:
+            return None
+        cache_key = (str(directory), method)
+        try:
+            return self._policies[cache_key]
+        except KeyError:
+            pass
+        try:
+            metadata: Any = json.loads((directory / METADATA_FILENAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # not cached: the executor reports the problem, and a fixed file is read next time
+        policy = None
+        if isinstance(metadata, dict):
+            policy = batch_policy(
+                metadata,
+                method,
+                default_max_size=self.settings.worker.batch_max_size,
+                default_max_wait_ms=self.settings.worker.batch_max_wait_ms,
+            )
+        if len(self._policies) >= POLICY_CACHE_SIZE:
+            self._policies.clear()
+        self._policies[cache_key] = policy
+        return policy
+
+    async def _run_batch(self, key: BatchKey, inputs: msgspec.Raw, timeout_s: float | None) -> ExecReply:
+        return await self.pool.execute(
+            task_id=f"batch-{next(self._batch_ids)}",
+            servable=key.servable,
+            version_dir=key.version_dir,
+            method=key.method,
+            inputs=inputs,
+            parameters=msgspec.Raw(key.parameters),
+            timeout_s=timeout_s,
+        )
 
     async def handle(self, dispatch: Dispatch) -> Result:
         """Run one dispatched step: resolve the servable's directory, execute in the pool, time it."""
@@ -58,16 +116,24 @@ class WorkerService:
                 return self._failure(
                     dispatch, TaskTimeout("the task reached the worker after its deadline"), start
                 )
+        queue_ms = 0.0
+        policy = self.batch_policy(directory, dispatch.method)
+        rows = peek_rows(dispatch.inputs) if policy is not None else None
         try:
-            reply = await self.pool.execute(
-                task_id=dispatch.task_id,
-                servable=servable,
-                version_dir=str(directory),
-                method=dispatch.method,
-                inputs=dispatch.inputs,
-                parameters=dispatch.parameters,
-                timeout_s=timeout_s,
-            )
+            if policy is not None and rows is not None and rows < policy.max_size:
+                key = BatchKey(servable, str(directory), dispatch.method, bytes(dispatch.parameters))
+                outcome = await self.batcher.submit(key, policy, dispatch.inputs, rows, timeout_s)
+                reply, queue_ms = outcome.reply, outcome.queue_ms
+            else:  # not batchable, or already a full batch on its own: straight to the pool, undecoded
+                reply = await self.pool.execute(
+                    task_id=dispatch.task_id,
+                    servable=servable,
+                    version_dir=str(directory),
+                    method=dispatch.method,
+                    inputs=dispatch.inputs,
+                    parameters=dispatch.parameters,
+                    timeout_s=timeout_s,
+                )
         except DLHubError as exc:
             log.warning(
                 "task failed in the executor pool",
@@ -95,7 +161,7 @@ class WorkerService:
             ok=reply.ok,
             output=reply.output,
             error=error,
-            timings=Timings(inference_ms=reply.inference_ms, invocation_ms=invocation_ms),
+            timings=Timings(inference_ms=reply.inference_ms, invocation_ms=invocation_ms, queue_ms=queue_ms),
             step=dispatch.step,
         )
 
@@ -131,6 +197,7 @@ class WorkerService:
             )
             await self.handler.run()
         finally:
+            await self.batcher.close()
             await self.pool.close()
 
     async def stop(self) -> None:

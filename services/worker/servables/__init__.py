@@ -6,11 +6,14 @@ from pathlib import Path
 
 from libs.common.errors import ValidationFailed
 from services.worker.servables.base import Servable, ServableLoadError, read_metadata, servable_section
+from services.worker.servables.onnx_model import ONNXServable
+from services.worker.servables.python_class import PythonClassMethodServable
 from services.worker.servables.python_function import PythonStaticMethodServable
 from services.worker.servables.scikit_learn import ScikitLearnServable
 
 SHIMS: dict[str, type[Servable]] = {
-    cls.shim: cls for cls in (PythonStaticMethodServable, ScikitLearnServable)
+    cls.shim: cls
+    for cls in (PythonStaticMethodServable, PythonClassMethodServable, ScikitLearnServable, ONNXServable)
 }
 
 __all__ = ["SHIMS", "Servable", "ServableLoadError", "load_servable"]

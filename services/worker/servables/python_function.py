@@ -41,50 +41,67 @@ class PythonStaticMethodServable(Servable):
                     f"{field}.method_name is required for {self.shim}", field=f"{field}.method_name"
                 )
             module = import_servable_module(module_name, self._module_roots(module_name))
-            function = _resolve_attribute(module, module_name, function_name)
+            function = resolve_attribute(module, module_name, function_name)
             self._functions[method] = (function, bool(details.get("autobatch")), bool(details.get("unpack")))
 
     def invoke(self, method: str, inputs: Any, parameters: dict[str, Any]) -> Any:
         function, autobatch, unpack = self._functions[method]
-        if autobatch:
-            if not isinstance(inputs, list | tuple):
-                raise ValidationFailed(
-                    f"method {method!r} is autobatched and expects a list of inputs, "
-                    f"got {type(inputs).__name__}",
-                    field="inputs",
-                )
-            if unpack:
-                return [function(*_as_args(x, method), **parameters) for x in inputs]
-            return [function(x, **parameters) for x in inputs]
-        if unpack:
-            return function(*_as_args(inputs, method), **parameters)
-        return function(inputs, **parameters)
+        return call_python(function, method, inputs, parameters, autobatch=autobatch, unpack=unpack)
 
     def _module_roots(self, module_name: str) -> list[Path]:
-        """Directories (inside ``files/``) that may hold ``module_name``, most likely first.
+        return module_roots(self.files_dir, self.metadata, module_name)
 
-        The files directory itself, then the directory of any ``dlhub.files`` entry that is the module's file
-        (a package may keep its code in a sub-directory, e.g. ``other: ["src/mymod.py"]``).
-        """
-        roots = [self.files_dir]
-        relative = Path(*module_name.split("."))
-        files = (self.metadata.get("dlhub") or {}).get("files") or {}
-        entries: list[str] = []
-        if isinstance(files, dict):
-            for value in files.values():
-                if isinstance(value, str):
-                    entries.append(value)
-                elif isinstance(value, list):
-                    entries.extend(v for v in value if isinstance(v, str))
-        for entry in entries:
-            path = Path(entry)
-            for candidate in (relative.with_suffix(".py"), relative / "__init__.py"):
-                n = len(candidate.parts)
-                if len(path.parts) > n and path.parts[-n:] == candidate.parts:
-                    root = self.files_dir.joinpath(*path.parts[:-n])
-                    if root not in roots:
-                        roots.append(root)
-        return roots
+
+def call_python(
+    function: Callable[..., Any],
+    method: str,
+    inputs: Any,
+    parameters: dict[str, Any],
+    *,
+    autobatch: bool,
+    unpack: bool,
+) -> Any:
+    """Call ``function`` with the DLHub conventions: ``autobatch`` maps it over a list of inputs and
+    ``unpack`` spreads each input as positional arguments; ``parameters`` are keyword arguments."""
+    if autobatch:
+        if not isinstance(inputs, list | tuple):
+            raise ValidationFailed(
+                f"method {method!r} is autobatched and expects a list of inputs, got {type(inputs).__name__}",
+                field="inputs",
+            )
+        if unpack:
+            return [function(*_as_args(x, method), **parameters) for x in inputs]
+        return [function(x, **parameters) for x in inputs]
+    if unpack:
+        return function(*_as_args(inputs, method), **parameters)
+    return function(inputs, **parameters)
+
+
+def module_roots(files_dir: Path, metadata: dict[str, Any], module_name: str) -> list[Path]:
+    """Directories (inside ``files/``) that may hold ``module_name``, most likely first.
+
+    The files directory itself, then the directory of any ``dlhub.files`` entry that is the module's file
+    (a package may keep its code in a sub-directory, e.g. ``other: ["src/mymod.py"]``).
+    """
+    roots = [files_dir]
+    relative = Path(*module_name.split("."))
+    files = (metadata.get("dlhub") or {}).get("files") or {}
+    entries: list[str] = []
+    if isinstance(files, dict):
+        for value in files.values():
+            if isinstance(value, str):
+                entries.append(value)
+            elif isinstance(value, list):
+                entries.extend(v for v in value if isinstance(v, str))
+    for entry in entries:
+        path = Path(entry)
+        for candidate in (relative.with_suffix(".py"), relative / "__init__.py"):
+            n = len(candidate.parts)
+            if len(path.parts) > n and path.parts[-n:] == candidate.parts:
+                root = files_dir.joinpath(*path.parts[:-n])
+                if root not in roots:
+                    roots.append(root)
+    return roots
 
 
 def _as_args(value: Any, method: str) -> list[Any] | tuple[Any, ...]:
@@ -97,7 +114,7 @@ def _as_args(value: Any, method: str) -> list[Any] | tuple[Any, ...]:
     return value
 
 
-def _resolve_attribute(module: ModuleType, module_name: str, path: str) -> Callable[..., Any]:
+def resolve_attribute(module: ModuleType, module_name: str, path: str) -> Callable[..., Any]:
     target: Any = module
     for part in path.split("."):
         try:
@@ -108,6 +125,12 @@ def _resolve_attribute(module: ModuleType, module_name: str, path: str) -> Calla
         raise ServableLoadError(f"{module_name}.{path} is not callable")
     function: Callable[..., Any] = target
     return function
+
+
+def shipped_root(module_name: str, roots: list[Path]) -> Path | None:
+    """The first of ``roots`` that holds the top-level package of ``module_name``, if any does."""
+    top = module_name.partition(".")[0]
+    return next((root for root in roots if _module_location(root, top) is not None), None)
 
 
 def _module_location(root: Path, top: str) -> tuple[Path, bool] | None:
@@ -132,7 +155,7 @@ def _belongs_to(module: ModuleType, root: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _first_on_sys_path(root: Path) -> Iterator[None]:
+def first_on_sys_path(root: Path) -> Iterator[None]:
     """Put ``root`` first on ``sys.path`` while importing, then last (for imports made at call time)."""
     entry = str(root)
     sys.path.insert(0, entry)
@@ -159,10 +182,10 @@ def import_servable_module(module_name: str, roots: list[Path]) -> ModuleType:
         root, (file, is_package) = found
         existing = sys.modules.get(top)
         if existing is None or _belongs_to(existing, root):
-            with _first_on_sys_path(root):
+            with first_on_sys_path(root):
                 return importlib.import_module(module_name)
         unique = f"_dlhub_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}_{top}"
-        with _first_on_sys_path(root):
+        with first_on_sys_path(root):
             if unique not in sys.modules:
                 _exec_as(unique, file, is_package)
             return importlib.import_module(f"{unique}.{rest}") if rest else sys.modules[unique]
