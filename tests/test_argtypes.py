@@ -24,6 +24,7 @@ from services.registry.metadata import validate_publication
 from services.registry.store import VersionRecord
 from tests.conftest import StackInfo
 from tests.e2e_servables import FUNCTIONS
+from tests.sdk_documents import sdk_sklearn_document
 
 FLOAT = {"type": "float"}
 
@@ -320,33 +321,6 @@ def test_publish_rejects_malformed_type_descriptions(input_type: dict[str, Any],
 
 
 # -- end to end: the real stack (`dlhub up`) rejects bad inputs before queueing ----------------------------
-
-
-def sdk_sklearn_document(name: str) -> dict[str, Any]:
-    """What DLHub SDK 2.1.0's ScikitLearnModel writes (see shared/reference/dlhub-metadata.md)."""
-    return {
-        "dlhub": {"version": "2.1.0", "domains": [], "visible_to": ["public"], "name": name,
-                  "files": {"model": "model.pkl"}, "dependencies": {"python": {"scikit-learn": "1.9.1"}},
-                  "type": "servable"},
-        "datacite": {"identifier": {"identifier": "10.datacite/placeholder", "identifierType": "DOI"},
-                     "creators": [{"nameIdentifiers": [], "affiliations": ["Argonne"], "familyName": "Doe",
-                                   "givenName": "Jane"}],
-                     "titles": [{"title": "Iris RF"}], "publisher": "DLHub", "publicationYear": "",
-                     "subjects": [], "resourceType": {"resourceTypeGeneral": "InteractiveResource"},
-                     "contributors": [], "descriptions": [], "alternateIdentifiers": [],
-                     "relatedIdentifiers": [], "rightsList": [], "fundingReferences": []},
-        "servable": {"type": "Scikit-learn estimator", "shim": "sklearn.ScikitLearnServable",
-                     "model_type": "RandomForestClassifier",
-                     "model_summary": "RandomForestClassifier(n_estimators=10, random_state=0)",
-                     "methods": {"run": {
-                        "input": {"type": "ndarray", "shape": [None, 4], "item_type": {"type": "float"},
-                                  "description": "List of records to evaluate with model."},
-                        "output": {"type": "ndarray", "shape": [None, 3], "item_type": {"type": "float"},
-                                   "description": "Probabilities for membership in each of 3 classes"},
-                        "parameters": {}, "method_details": {"method_name": "predict_proba"}}},
-                     "options": {"serialization_method": "pickle",
-                                 "classes": ["setosa", "versicolor", "virginica"], "is_classifier": True}},
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")

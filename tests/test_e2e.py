@@ -26,6 +26,7 @@ from libs.client.metadata import python_function_document
 from libs.common.errors import NotFound, PayloadTooLarge, ValidationFailed
 from tests.conftest import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, wait_for
 from tests.e2e_servables import FUNCTIONS
+from tests.sdk_documents import sdk_sklearn_document
 
 AUTHORS = ["Doe, Jane"]
 
@@ -123,30 +124,7 @@ def test_sklearn_document_from_the_original_sdk_publishes_unchanged(
     clf = RandomForestClassifier(n_estimators=10, random_state=0).fit(iris.data, iris.target)
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(clf))
     name = unique("iris_rf")
-    # Exactly what DLHub SDK 2.1.0's ScikitLearnModel writes (see shared/reference/dlhub-metadata.md).
-    doc = {
-        "dlhub": {"version": "2.1.0", "domains": [], "visible_to": ["public"], "name": name,
-                  "files": {"model": "model.pkl"}, "dependencies": {"python": {"scikit-learn": "1.9.1"}},
-                  "type": "servable"},
-        "datacite": {"identifier": {"identifier": "10.datacite/placeholder", "identifierType": "DOI"},
-                     "creators": [{"nameIdentifiers": [], "affiliations": ["Argonne"], "familyName": "Doe",
-                                   "givenName": "Jane"}],
-                     "titles": [{"title": "Iris RF"}], "publisher": "DLHub", "publicationYear": "",
-                     "subjects": [], "resourceType": {"resourceTypeGeneral": "InteractiveResource"},
-                     "contributors": [], "descriptions": [], "alternateIdentifiers": [],
-                     "relatedIdentifiers": [], "rightsList": [], "fundingReferences": []},
-        "servable": {"type": "Scikit-learn estimator", "shim": "sklearn.ScikitLearnServable",
-                     "model_type": "RandomForestClassifier",
-                     "model_summary": "RandomForestClassifier(n_estimators=10, random_state=0)",
-                     "methods": {"run": {
-                        "input": {"type": "ndarray", "shape": [None, 4], "item_type": {"type": "float"},
-                                  "description": "List of records to evaluate with model."},
-                        "output": {"type": "ndarray", "shape": [None, 3], "item_type": {"type": "float"},
-                                   "description": "Probabilities for membership in each of 3 classes"},
-                        "parameters": {}, "method_details": {"method_name": "predict_proba"}}},
-                     "options": {"serialization_method": "pickle",
-                                 "classes": ["setosa", "versicolor", "virginica"], "is_classifier": True}},
-    }  # fmt: skip
+    doc = sdk_sklearn_document(name)  # exactly what DLHub SDK 2.1.0's ScikitLearnModel writes
     alice.publish(doc, base_dir=tmp_path)
     rows = iris.data[::30].tolist()
     output = np.asarray(alice.run(f"alice/{name}", rows))

@@ -48,9 +48,9 @@ from libs.common.payloads import (
 from services.registry.app import create_app
 from services.registry.auth import create_token
 from services.registry.keys import BACKGROUND, STORE
+from tests.sdk_documents import SDK_EXAMPLE_PATH
 
 API = "/api/v1"
-SDK_EXAMPLE_PATH = Path(__file__).with_name("data") / "dlhub-sdk-2.1.0-iris_rf.json"
 
 
 def sdk_example() -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ from services.registry.metadata import (
     search_document,
     validate_publication,
 )
+from tests.sdk_documents import SDK_EXAMPLE_PATH
 
 # Verbatim from /work/shared/reference/dlhub-metadata.md: produced by the DLHub SDK 2.1.0 for scikit-learn.
-SDK_EXAMPLE_PATH = Path(__file__).with_name("data") / "dlhub-sdk-2.1.0-iris_rf.json"
 
 
 def sdk_example() -> dict[str, Any]:
