@@ -63,3 +63,15 @@ def test_cli_reports_errors_without_a_traceback(stack: StackInfo, tmp_path: Path
     )  # fmt: skip
     assert result.returncode == 1
     assert "not_found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_deprecate_and_undo(stack: StackInfo, tmp_path: Path) -> None:
+    (tmp_path / "e2efns.py").write_text(FUNCTIONS)
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+    dlhub(stack, tmp_path, "init", "--name", name, "--function", "e2efns:square", "--title", "Squares")
+    dlhub(stack, tmp_path, "publish")
+    out = json.loads(dlhub(stack, tmp_path, "deprecate", f"alice/{name}@1", "--reason", "too square"))
+    assert out["deprecated"] is True and out["deprecation_reason"] == "too square"
+    assert json.loads(dlhub(stack, tmp_path, "run", f"alice/{name}", "--input", "3")) == 9  # still runs
+    out = json.loads(dlhub(stack, tmp_path, "deprecate", f"alice/{name}@1", "--undo"))
+    assert out["deprecated"] is False

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from libs.client import DLHubClient, TaskFailed
 from libs.client.metadata import python_function_document
-from libs.common.errors import NotFound, PayloadTooLarge, ValidationFailed
+from libs.common.errors import Gone, NotFound, PayloadTooLarge, ValidationFailed
 from tests.conftest import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, wait_for
 from tests.e2e_servables import FUNCTIONS
 from tests.sdk_documents import sdk_sklearn_document
@@ -197,9 +197,10 @@ def test_update_makes_a_new_version_and_delete_removes_it(alice: DLHubClient, pk
     assert alice.describe(f"alice/{name}@1")["version"] == 1
 
     alice.delete(f"alice/{name}")
-    with pytest.raises(NotFound):
+    # Deleted versions are kept as tombstones: 410 Gone (was 404 before tombstones), see test_lifecycle.py.
+    with pytest.raises(Gone):
         alice.describe(f"alice/{name}")
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         alice.run(f"alice/{name}", [1])
     wait_for(lambda: not [h for h in alice.search(name)["hits"] if h["name"] == name], 10, "de-index")
 

@@ -468,7 +468,8 @@ async def test_versions_update_and_delete(env: Env) -> None:
     assert (await response.json()) == {"deleted": [1, 2]}
     await env.settle()
     assert [r.op for r in env.bus.index][-1] == "delete"
-    assert (await env.client.get(f"{API}/servables/alice/iris_rf")).status == 404
+    # deleted versions are kept as tombstones: 410 Gone (was 404 before tombstones)
+    assert (await error_of(await env.client.get(f"{API}/servables/alice/iris_rf"), 410))["type"] == "gone"
 
 
 async def test_update_reuses_previous_package(env: Env) -> None:

@@ -280,7 +280,8 @@ async def test_registry_http_end_to_end_on_mongodb(tmp_path: Path, mongodb: tupl
         response = await env.client.delete(f"{API}/servables/alice/iris_rf", headers=env.auth("alice"))
         assert await response.json() == {"deleted": [1]}
         await env.settle()
-        assert (await env.client.get(f"{API}/servables/alice/iris_rf")).status == 404
+        # deleted versions are kept as tombstones: 410 Gone (was 404 before tombstones)
+        assert (await env.client.get(f"{API}/servables/alice/iris_rf")).status == 410
         response = await env.publish("alice")  # numbers are never reused
         assert (await response.json())["version"] == 3
         await env.settle()

@@ -46,3 +46,29 @@ async def test_concurrent_allocations_across_connections_to_one_file(tmp_path: P
         for store in stores:
             await store.close()
     assert sorted(r.version for r in records) == list(range(1, 61))
+
+
+async def test_files_from_before_tombstones_gain_the_lifecycle_columns(tmp_path: Path) -> None:
+    import aiosqlite
+
+    path = tmp_path / "old.sqlite3"
+    async with aiosqlite.connect(str(path)) as db:  # the versions table as first released
+        await db.executescript(
+            "CREATE TABLE versions (owner TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, "
+            "status TEXT NOT NULL, status_reason TEXT NOT NULL DEFAULT '', digest TEXT NOT NULL DEFAULT '', "
+            "files TEXT NOT NULL DEFAULT '[]', metadata TEXT NOT NULL, published_at_ms INTEGER NOT NULL, "
+            "package_sha256 TEXT NOT NULL DEFAULT '', package_format TEXT NOT NULL DEFAULT 'none', "
+            "build_task_id TEXT NOT NULL DEFAULT '', UNIQUE (owner, name, version));"
+            "INSERT INTO versions (owner, name, version, status, metadata, published_at_ms) "
+            "VALUES ('alice', 'm', 1, 'ready', '{}', 5);"
+        )
+        await db.commit()
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    try:
+        old = await store.get_version("alice", "m", 1)
+        assert old is not None and not old.deprecated and not old.deleted and old.deleted_by == ""
+        assert await store.set_deprecated("alice", "m", 1, deprecated=True, reason="r") is not None
+        assert await store.mark_deleted("alice", "m", deleted_by="alice", deleted_at_ms=9) == [1]
+    finally:
+        await store.close()

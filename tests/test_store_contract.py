@@ -195,6 +195,86 @@ async def test_package_refs(store: MetadataStore) -> None:
     assert await store.count_package_refs("abc") == 2
     await store.delete_versions("alice", "m")
     assert await store.count_package_refs("abc") == 1
+    # tombstones do not hold on to their package blob
+    await store.create_version(owner="bob", name="m", metadata=META, published_at_ms=1, package_sha256="abc")
+    assert await store.count_package_refs("abc") == 2
+    assert await store.mark_deleted("bob", "m", [1], deleted_by="bob", deleted_at_ms=1) == [1]
+    assert await store.count_package_refs("abc") == 1
+    await store.mark_deleted("bob", "m", deleted_by="bob", deleted_at_ms=1)
+    assert await store.count_package_refs("abc") == 0
+
+
+async def test_tombstones_keep_the_record_and_its_number(store: MetadataStore) -> None:
+    full = {
+        "datacite": {"titles": [{"title": "M"}], "creators": [{"creatorName": "A"}]},
+        "dlhub": {"name": "m", "owner": "alice", "visible_to": ["user:alice"], "files": {"x": 1}},
+        "servable": {"methods": {"run": {}}},
+    }
+    for _ in range(3):
+        await store.create_version(
+            owner="alice", name="m", metadata=full, published_at_ms=5, package_sha256="abc", status="ready"
+        )
+    await store.set_version_status("alice", "m", 2, status="ready", digest="d2", files=("f",))
+    await store.set_deprecated("alice", "m", 2, deprecated=True, reason="old", at_ms=7)
+    assert await store.mark_deleted("alice", "m", [2, 9], deleted_by="alice", deleted_at_ms=42) == [2]
+    assert await store.mark_deleted("alice", "m", [2], deleted_by="alice", deleted_at_ms=43) == []
+    tomb = await store.get_version("alice", "m", 2)
+    assert tomb is not None and tomb.deleted and tomb.status == "deleted"
+    assert (tomb.deleted_at_ms, tomb.deleted_by, tomb.published_at_ms) == (42, "alice", 5)
+    assert tomb.metadata == {
+        "datacite": full["datacite"],
+        "dlhub": {"name": "m", "owner": "alice", "visible_to": ["user:alice"]},
+    }
+    assert tomb.visible_to == ("user:alice",)  # visibility survives, so tombstones stay hidden
+    assert tomb.files == () and tomb.digest == "d2" and tomb.package_sha256 == "abc"
+    assert not tomb.deprecated and tomb.deprecation_reason == ""
+    # a tombstone is never revived by a late build outcome, nor deprecated
+    assert await store.set_version_status("alice", "m", 2, status="ready") is None
+    assert await store.set_deprecated("alice", "m", 2, deprecated=True) is None
+    assert await store.get_version("alice", "m", 2) == tomb
+    assert [v.status for v in await store.list_versions("alice", "m")] == ["ready", "deleted", "ready"]
+    assert await store.list_versions_with_status("deleted") == [tomb]
+    assert await store.mark_deleted("alice", "m", deleted_by="alice", deleted_at_ms=50) == [1, 3]
+    assert [v.deleted_at_ms for v in await store.list_versions("alice", "m")] == [50, 42, 50]
+    assert await store.list_servables() == []  # only tombstones left
+    assert await publish(store) == 4  # numbers are never reused
+    assert await store.list_servables("alice") == [("alice", "m")]
+    assert await store.mark_deleted("bob", "ghost", deleted_by="bob", deleted_at_ms=1) == []
+
+
+async def test_concurrent_tombstoning_claims_each_version_once(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    for _ in range(10):
+        await publish(first)
+    results = await asyncio.gather(
+        *[s.mark_deleted("alice", "m", deleted_by="alice", deleted_at_ms=1) for s in (first, second) * 3]
+    )
+    claimed = [v for r in results for v in r]
+    assert sorted(claimed) == list(range(1, 11))
+
+
+async def test_deprecation(store: MetadataStore) -> None:
+    await publish(store)
+    await publish(store)
+    record = await store.set_deprecated(
+        "alice", "m", 1, deprecated=True, reason="use 2", replacement="alice/m@2", at_ms=1_700_000_000_000
+    )
+    assert record is not None and record.deprecated
+    assert (record.deprecation_reason, record.deprecation_replacement) == ("use 2", "alice/m@2")
+    assert record.deprecated_at_ms == 1_700_000_000_000 and record.status == "building"
+    assert await store.get_version("alice", "m", 1) == record
+    assert [v.deprecated for v in await store.list_versions("alice", "m")] == [True, False]
+    # a build outcome does not clear the deprecation
+    ready = await store.set_version_status("alice", "m", 1, status="ready", digest="d")
+    assert ready is not None and ready.deprecated and ready.deprecation_reason == "use 2"
+    cleared = await store.set_deprecated("alice", "m", 1, deprecated=False, reason="ignored", at_ms=5)
+    assert cleared is not None and not cleared.deprecated
+    assert (cleared.deprecation_reason, cleared.deprecation_replacement, cleared.deprecated_at_ms) == (
+        "",
+        "",
+        0,
+    )
+    assert await store.set_deprecated("alice", "m", 9, deprecated=True) is None
 
 
 # -- tasks --------------------------------------------------------------------------------------------------

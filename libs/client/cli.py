@@ -527,5 +527,20 @@ def status(ctx: click.Context, task_id: str, wait: bool) -> None:
     _print_json(record)
 
 
+@main.command()
+@click.argument("servable")
+@click.option("--reason", default="", help="Why the version is deprecated (shown in run warnings).")
+@click.option("--replacement", default=None, help="owner/name@version to use instead.")
+@click.option("--undo", is_flag=True, help="Clear the deprecation instead.")
+@click.pass_context
+def deprecate(ctx: click.Context, servable: str, reason: str, replacement: str | None, undo: bool) -> None:
+    """Deprecate SERVABLE (owner/name@version): it still runs, with a warning; "latest" skips it."""
+    with _client(ctx) as client:
+        if undo:
+            _print_json(client.undeprecate(servable))
+        else:
+            _print_json(client.deprecate(servable, reason, replacement=replacement))
+
+
 if __name__ == "__main__":
     main()

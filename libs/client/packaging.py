@@ -38,3 +38,16 @@ def build_package(base_dir: Path, paths: Iterable[str]) -> bytes:
                 raise FileNotFoundError(f"declared file {rel!r} not found under {base_dir}")
             tar.add(source, arcname=_arcname(rel), recursive=True)
     return buffer.getvalue()
+
+
+def build_package_from_bytes(files: Mapping[str, bytes]) -> bytes:
+    """Tar and gzip in-memory ``files`` (relative path -> content) into memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for rel in sorted(files):
+            content = files[rel]
+            info = tarfile.TarInfo(_arcname(rel))
+            info.size = len(content)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()

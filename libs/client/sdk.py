@@ -156,6 +156,28 @@ class DLHubClient:
             return self._maybe_wait(reply, wait, timeout_s)
         return self._send_version("PUT", path, metadata, base_dir or ".", package, wait, timeout_s)
 
+    def publish_model(
+        self,
+        model: Any,
+        *,
+        name: str,
+        title: str,
+        authors: Sequence[str],
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        **describe_options: Any,
+    ) -> dict[str, Any]:
+        """Describe a live object (a fitted scikit-learn estimator, or a type-hinted function in a module
+        file) with ``libs.client.describe.describe`` and publish it with its files.
+
+        ``describe_options``: affiliations, description, domains, visible_to, dependencies,
+        serialization_method (estimators), autobatch (functions).
+        """
+        from libs.client.describe import describe
+
+        described = describe(model, name=name, title=title, authors=authors, **describe_options)
+        return self.publish(described.metadata, package=described.package(), wait=wait, timeout_s=timeout_s)
+
     def _send_version(
         self,
         method: str,
@@ -338,3 +360,23 @@ class DLHubClient:
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         return body
+
+    def deprecate(self, servable: str, reason: str = "", *, replacement: str | None = None) -> dict[str, Any]:
+        """Deprecate ``owner/name@version`` (owner only): it still runs, with a warning, and "latest" skips
+        it while a ready version that is not deprecated exists. ``replacement``: ``owner/name@version``."""
+        body: dict[str, Any] = {"reason": reason}
+        if replacement is not None:
+            body["replacement"] = replacement
+        result: dict[str, Any] = self._request("POST", self._pinned_path(servable) + "/deprecate", json=body)
+        return result
+
+    def undeprecate(self, servable: str) -> dict[str, Any]:
+        """Clear the deprecation of ``owner/name@version`` (owner only)."""
+        result: dict[str, Any] = self._request("POST", self._pinned_path(servable) + "/undeprecate")
+        return result
+
+    @staticmethod
+    def _pinned_path(servable: str) -> str:
+        if parse_servable(servable)[2] is None:
+            raise ValueError(f"expected owner/name@version, got {servable!r}")
+        return _servable_path(servable)

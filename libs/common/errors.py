@@ -56,6 +56,13 @@ class Conflict(DLHubError):
     http_status = 409
 
 
+class Gone(DLHubError):
+    """The resource existed and was deleted; only a tombstone remains."""
+
+    code = "gone"
+    http_status = 410
+
+
 class Unauthorized(DLHubError):
     code = "unauthorized"
     http_status = 401
@@ -143,6 +150,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         ValidationFailed,
         NotFound,
         Conflict,
+        Gone,
         Unauthorized,
         Forbidden,
         PayloadTooLarge,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -14,17 +15,29 @@ from services.registry.runs import PipelineBody, RunBody, Submission
 from services.registry.store import TaskRecord
 
 
-def _accepted(task: TaskRecord) -> web.Response:
+def _accepted(task: TaskRecord, submission: Submission) -> web.Response:
     # A just-submitted task is pending unless the memo answered it (then it is already completed).
-    return json_response(
-        {
-            "task_id": task.task_id,
-            "state": task.state,
-            "status_url": f"{API_PREFIX}/tasks/{task.task_id}",
-            "cached": task.state == "completed",
-        },
-        status=202,
-    )
+    body: dict[str, Any] = {
+        "task_id": task.task_id,
+        "state": task.state,
+        "status_url": f"{API_PREFIX}/tasks/{task.task_id}",
+        "cached": task.state == "completed",
+    }
+    if submission.warnings:
+        body["warnings"] = list(submission.warnings)
+    return json_response(body, status=202)
+
+
+def _with_deprecation_headers(response: web.Response, submission: Submission) -> web.Response:
+    """``Deprecation`` (RFC 9745: ``@<epoch seconds>``) and one ``Warning: 299`` per warning."""
+    if submission.warnings:
+        at_s = submission.deprecated_at_ms // 1000
+        response.headers["Deprecation"] = f"@{at_s}" if at_s else "true"
+        for text in submission.warnings:
+            printable = "".join(c if " " <= c <= "~" else "?" for c in text)  # no CR/LF or non-ASCII
+            quoted = printable.replace("\\", "\\\\").replace('"', '\\"')
+            response.headers.add("Warning", f'299 - "{quoted}"')
+    return response
 
 
 async def _execute(
@@ -32,9 +45,11 @@ async def _execute(
 ) -> web.Response:
     runs = request.app[RUNS]
     if asynchronous:
-        return _accepted(await runs.submit_async(caller, submission))
+        return _with_deprecation_headers(
+            _accepted(await runs.submit_async(caller, submission), submission), submission
+        )
     outcome = await runs.run_sync(submission)
-    return raw_json_response(runs.sync_response_body(outcome, started))
+    return _with_deprecation_headers(raw_json_response(runs.sync_response_body(outcome, started)), submission)
 
 
 async def _run(request: web.Request, version: int | None, started: float) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from libs.common.errors import ValidationFailed
@@ -19,7 +20,7 @@ from services.registry.http_utils import (
 from services.registry.keys import AUTH, SERVABLES, SETTINGS
 from services.registry.metadata import title_of
 from services.registry.packages import detect_format
-from services.registry.servables import version_summaries
+from services.registry.servables import newest_live, version_fields, version_summaries
 from services.registry.store import VersionRecord
 from services.registry.tasks import iso_ms
 
@@ -60,6 +61,9 @@ def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, 
         "digest": record.digest,
         "files": list(record.files),
         "published_at": iso_ms(record.published_at_ms),
+        "deprecated": record.deprecated,
+        "deprecation_reason": record.deprecation_reason if record.deprecated else None,
+        "deprecation_replacement": record.deprecation_replacement or None,
         "metadata": record.metadata,
         "versions": version_summaries(versions),
     }
@@ -73,6 +77,7 @@ def summary(record: VersionRecord) -> dict[str, Any]:
         "shorthand_name": record.shorthand_name,
         "status": record.status,
         "published_at": iso_ms(record.published_at_ms),
+        "deprecated": record.deprecated,
         "title": title_of(record.metadata),
     }
 
@@ -139,7 +144,7 @@ async def describe_latest(request: web.Request) -> web.Response:
     owner, name = request.match_info["owner"], request.match_info["name"]
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
-    return json_response(describe(versions[-1], versions))
+    return json_response(describe(newest_live(versions, owner, name), versions))
 
 
 async def describe_version(request: web.Request) -> web.Response:
@@ -160,14 +165,7 @@ async def list_versions(request: web.Request) -> web.Response:
             "owner": owner,
             "name": name,
             "versions": [
-                {
-                    "version": v.version,
-                    "status": v.status,
-                    "status_reason": v.status_reason,
-                    "digest": v.digest,
-                    "published_at": iso_ms(v.published_at_ms),
-                }
-                for v in versions
+                version_fields(v) | {"status_reason": v.status_reason, "digest": v.digest} for v in versions
             ],
         }
     )
@@ -190,3 +188,47 @@ async def delete_version(request: web.Request) -> web.Response:
     if version < 1:
         raise ValidationFailed("version numbers start at 1", field="version")
     return await _delete(request, version)
+
+
+class DeprecateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: str = ""
+    replacement: str | None = None
+
+
+MAX_REASON_CHARS = 2000
+
+
+async def _set_deprecated(request: web.Request, deprecated: bool) -> web.Response:
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    body = DeprecateBody()
+    if deprecated and request.can_read_body:  # the body is optional
+        raw = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
+        body = decode_json(raw, DeprecateBody)
+        if len(body.reason) > MAX_REASON_CHARS:
+            raise ValidationFailed(f"reason is longer than {MAX_REASON_CHARS} characters", field="reason")
+    record = await request.app[SERVABLES].set_deprecated(
+        caller,
+        user=user,
+        owner=owner,
+        name=name,
+        version=_version_arg(request),
+        deprecated=deprecated,
+        reason=body.reason,
+        replacement=body.replacement or "",
+    )
+    return json_response(
+        {"owner": record.owner, "name": record.name, "shorthand_name": record.shorthand_name}
+        | version_fields(record)
+    )
+
+
+async def deprecate_version(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/versions/{version}/deprecate {"reason"?, "replacement"?} (owner)."""
+    return await _set_deprecated(request, True)
+
+
+async def undeprecate_version(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/versions/{version}/undeprecate (owner)."""
+    return await _set_deprecated(request, False)

@@ -11,6 +11,8 @@ Collections (one database, ``StoreConfig.mongodb_database``):
 - ``tasks``: ``_id`` is the task id; ``expires_at`` (a BSON date) carries a TTL index with
   ``expireAfterSeconds=0`` so the server deletes expired records itself. TTL monitors run about once a
   minute, so reads still compare ``expires_at_ms`` with the caller's clock.
+- ``deletions``: one document per tombstoned version (same ``_id``), inserted by the deletion that claimed
+  it, so concurrent deletions report each version once even where ``findAndModify`` is not atomic.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
 - ``memo``: memoized run results (``services/registry/memo.py``, ``registry.memo_shared``); ``_id`` is the
   memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
@@ -62,6 +64,7 @@ from services.registry.store import (
     TokenRecord,
     VersionRecord,
     VersionStatus,
+    tombstone_metadata,
 )
 
 log = get_logger(__name__)
@@ -108,6 +111,12 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "package_sha256": record.package_sha256,
         "package_format": record.package_format,
         "build_task_id": record.build_task_id,
+        "deprecated": record.deprecated,
+        "deprecation_reason": record.deprecation_reason,
+        "deprecation_replacement": record.deprecation_replacement,
+        "deprecated_at_ms": record.deprecated_at_ms,
+        "deleted_at_ms": record.deleted_at_ms,
+        "deleted_by": record.deleted_by,
     }
 
 
@@ -125,6 +134,12 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         package_sha256=doc.get("package_sha256", ""),
         package_format=cast(PackageFormat, doc.get("package_format", "none")),
         build_task_id=doc.get("build_task_id", ""),
+        deprecated=bool(doc.get("deprecated", False)),
+        deprecation_reason=doc.get("deprecation_reason", ""),
+        deprecation_replacement=doc.get("deprecation_replacement", ""),
+        deprecated_at_ms=int(doc.get("deprecated_at_ms", 0)),
+        deleted_at_ms=int(doc.get("deleted_at_ms", 0)),
+        deleted_by=doc.get("deleted_by", ""),
     )
 
 
@@ -283,6 +298,11 @@ class MongoMetadataStore(MetadataStore):
     @property
     def memo(self) -> AsyncCollection[Document]:
         return self.db["memo"]
+
+    @property
+    def deletions(self) -> AsyncCollection[Document]:
+        """One document per tombstoned version (``_id`` as in ``versions``): who claimed the deletion."""
+        return self.db["deletions"]
 
     @property
     def tokens(self) -> AsyncCollection[Document]:
@@ -447,9 +467,10 @@ class MongoMetadataStore(MetadataStore):
             return [_version_from_doc(doc) async for doc in cursor]
 
     async def list_servables(self, owner: str | None = None) -> list[tuple[str, str]]:
-        pipeline: list[Document] = []
+        match: Document = {"status": {"$ne": "deleted"}}
         if owner is not None:
-            pipeline.append({"$match": {"owner": owner}})
+            match["owner"] = owner
+        pipeline: list[Document] = [{"$match": match}]
         pipeline.append({"$group": {"_id": {"owner": "$owner", "name": "$name"}}})
         with self._errors("list_servables"):
             cursor = await self.versions.aggregate(pipeline)
@@ -476,7 +497,7 @@ class MongoMetadataStore(MetadataStore):
     ) -> VersionRecord | None:
         with self._errors("set_version_status"):
             doc = await self.versions.find_one_and_update(
-                {"_id": _version_id(owner, name, version)},
+                {"_id": _version_id(owner, name, version), "status": {"$ne": "deleted"}},
                 {
                     "$set": {
                         "status": status,
@@ -505,9 +526,88 @@ class MongoMetadataStore(MetadataStore):
                     deleted.append(number)
         return deleted
 
+    async def mark_deleted(
+        self,
+        owner: str,
+        name: str,
+        versions: list[int] | None = None,
+        *,
+        deleted_by: str,
+        deleted_at_ms: int,
+    ) -> list[int]:
+        query: Document = {"owner": owner, "name": name, "status": {"$ne": "deleted"}}
+        if versions is not None:
+            query["version"] = {"$in": sorted(set(versions))}
+        with self._errors("mark_deleted"):
+            cursor = self.versions.find(
+                query, projection={"version": 1, "metadata_json": 1}, sort=[("version", ASCENDING)]
+            )
+            candidates = [(doc["_id"], int(doc["version"]), doc["metadata_json"]) async for doc in cursor]
+            deleted: list[int] = []
+            for doc_id, number, metadata_json in candidates:
+                # Conditional on "not yet deleted", so two concurrent deletions never both claim a version.
+                before = await self.versions.find_one_and_update(
+                    {"_id": doc_id, "status": {"$ne": "deleted"}},
+                    {
+                        "$set": {
+                            "status": "deleted",
+                            "status_reason": "",
+                            "files": [],
+                            "metadata_json": _dumps(tombstone_metadata(msgspec.json.decode(metadata_json))),
+                            "deprecated": False,
+                            "deprecation_reason": "",
+                            "deprecation_replacement": "",
+                            "deprecated_at_ms": 0,
+                            "deleted_at_ms": deleted_at_ms,
+                            "deleted_by": deleted_by,
+                        }
+                    },
+                    return_document=ReturnDocument.BEFORE,  # no projection: FerretDB 1.x lacks it here
+                )
+                if before is None or before.get("status") == "deleted":
+                    continue
+                # findAndModify is not atomic on every server (FerretDB 1.x lets two concurrent calls both
+                # see the live document), so the version is claimed with an insert on the unique _id.
+                try:
+                    await self.deletions.insert_one({"_id": doc_id, "deleted_at_ms": deleted_at_ms})
+                except DuplicateKeyError:
+                    continue
+                deleted.append(number)
+        return deleted
+
+    async def set_deprecated(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+        at_ms: int = 0,
+    ) -> VersionRecord | None:
+        if not deprecated:
+            reason, replacement, at_ms = "", "", 0
+        with self._errors("set_deprecated"):
+            doc = await self.versions.find_one_and_update(
+                {"_id": _version_id(owner, name, version), "status": {"$ne": "deleted"}},
+                {
+                    "$set": {
+                        "deprecated": deprecated,
+                        "deprecation_reason": reason,
+                        "deprecation_replacement": replacement,
+                        "deprecated_at_ms": at_ms,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        return _version_from_doc(doc) if doc is not None else None
+
     async def count_package_refs(self, package_sha256: str) -> int:
         with self._errors("count_package_refs"):
-            return await self.versions.count_documents({"package_sha256": package_sha256})
+            return await self.versions.count_documents(
+                {"package_sha256": package_sha256, "status": {"$ne": "deleted"}}
+            )
 
     # -- tasks ------------------------------------------------------------------------------------------
 

@@ -34,12 +34,30 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Invalid input (the error names the field)",
         401: "Missing, invalid or expired token",
         403: "Not the owner",
-        404: "Unknown, deleted or invisible resource",
+        404: "Unknown or invisible resource",
+        410: "Deleted: the version (or every version) is a tombstone (error type gone)",
         409: "The servable has no ready version",
         413: "Request body too large",
         503: "Broker or service unavailable",
     }
     return {str(code): _error(text[code]) for code in codes}
+
+
+_WARNINGS = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "Present when a version run is deprecated: '<owner>/<name>@<v> is deprecated: <reason>'",
+}
+_DEPRECATION_FIELDS: dict[str, Any] = {
+    "deprecated": {"type": "boolean"},
+    "deprecation_reason": {"type": ["string", "null"]},
+    "deprecation_replacement": {"type": ["string", "null"], "description": "owner/name@version"},
+    "deprecated_at": {"type": ["string", "null"], "format": "date-time"},
+}
+_TOMBSTONE_FIELDS: dict[str, Any] = {
+    "deleted_at": {"type": ["string", "null"], "format": "date-time", "description": "tombstones only"},
+    "deleted_by": {"type": "string", "description": "tombstones only"},
+}
 
 
 def _param(
@@ -131,7 +149,7 @@ SCHEMAS: dict[str, Any] = {
             "status_url": {"type": "string"},
         },
     },
-    "VersionStatus": {"type": "string", "enum": ["building", "ready", "failed"]},
+    "VersionStatus": {"type": "string", "enum": ["building", "ready", "failed", "deleted"]},
     "VersionSummary": {
         "type": "object",
         "properties": {
@@ -140,6 +158,29 @@ SCHEMAS: dict[str, Any] = {
             "status_reason": {"type": "string"},
             "digest": {"type": "string"},
             "published_at": {"type": "string", "format": "date-time"},
+            **_DEPRECATION_FIELDS,
+            **_TOMBSTONE_FIELDS,
+        },
+    },
+    "DeprecateRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "reason": {"type": "string", "maxLength": 2000, "description": "Shown in run warnings"},
+            "replacement": {"type": ["string", "null"], "description": "owner/name@version to use instead"},
+        },
+    },
+    "Deprecation": {
+        "type": "object",
+        "required": ["owner", "name", "version", "deprecated"],
+        "properties": {
+            "owner": {"type": "string"},
+            "name": {"type": "string"},
+            "shorthand_name": {"type": "string"},
+            "version": {"type": "integer"},
+            "status": _ref("VersionStatus"),
+            "published_at": {"type": "string", "format": "date-time"},
+            **_DEPRECATION_FIELDS,
         },
     },
     "Servable": {
@@ -155,6 +196,9 @@ SCHEMAS: dict[str, Any] = {
             "digest": {"type": "string"},
             "files": {"type": "array", "items": {"type": "string"}},
             "published_at": {"type": "string", "format": "date-time"},
+            "deprecated": {"type": "boolean"},
+            "deprecation_reason": {"type": ["string", "null"]},
+            "deprecation_replacement": {"type": ["string", "null"]},
             "metadata": _ref("PublicationDocument"),
             "versions": {"type": "array", "items": _ref("VersionSummary")},
         },
@@ -176,6 +220,7 @@ SCHEMAS: dict[str, Any] = {
                         "shorthand_name": {"type": "string"},
                         "status": _ref("VersionStatus"),
                         "published_at": {"type": "string", "format": "date-time"},
+                        "deprecated": {"type": "boolean"},
                         "title": {"type": "string"},
                     },
                 },
@@ -224,6 +269,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "owner/name@version (comma-separated for pipelines)",
             },
             "cached": {"type": "boolean", "description": "answered from the result cache (memoization)"},
+            "warnings": _WARNINGS,
         },
     },
     "VerifyReport": {
@@ -256,6 +302,7 @@ SCHEMAS: dict[str, Any] = {
             "state": {"type": "string", "enum": ["pending", "completed"]},
             "status_url": {"type": "string"},
             "cached": {"type": "boolean", "description": "completed at once from the result cache"},
+            "warnings": _WARNINGS,
         },
     },
     "PipelineRequest": {
@@ -433,16 +480,31 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+_DEPRECATION_HEADERS = {
+    "Deprecation": {
+        "description": "Set when a version on the route is deprecated: '@<epoch seconds>' (RFC 9745)",
+        "schema": {"type": "string"},
+    },
+    "Warning": {
+        "description": "One '299 - \"<warning>\"' per deprecated version on the route",
+        "schema": {"type": "string"},
+    },
+}
 _RUN_RESPONSES = {
     "200": _response(
         "Synchronous result (state completed, or failed when the servable failed)", _ref("RunResult")
-    ),
-    "202": _response("Asynchronous run accepted", _ref("TaskAccepted")),
-    **_errors(400, 401, 404, 409, 413, 503),
+    )
+    | {"headers": _DEPRECATION_HEADERS},
+    "202": _response("Asynchronous run accepted", _ref("TaskAccepted")) | {"headers": _DEPRECATION_HEADERS},
+    **_errors(400, 401, 404, 409, 410, 413, 503),
 }
 _VERIFY_RESPONSES = {
     "200": _response("The verification report (passed false when a vector failed)", _ref("VerifyReport")),
-    **_errors(401, 404, 409, 503),
+    **_errors(401, 404, 409, 410, 503),
+}
+_DEPRECATE_RESPONSES = {
+    "200": _response("The version's deprecation state", _ref("Deprecation")),
+    **_errors(400, 401, 403, 404, 410),
 }
 _PUBLISH_BODY = {
     "required": True,
@@ -462,7 +524,7 @@ _CITATION_RESPONSES = {
             JSON: {"schema": _ref("DataCite")},
         },
     },
-    **_errors(400, 401, 404),
+    **_errors(400, 401, 404, 410),
 }
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
@@ -514,9 +576,9 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "get": {
                 "operationId": "describeServable",
-                "summary": "Describe the latest version",
+                "summary": "Describe the newest version that is not deleted",
                 "security": _OPTIONAL_AUTH,
-                "responses": {"200": _response("The servable", _ref("Servable")), **_errors(401, 404)},
+                "responses": {"200": _response("The servable", _ref("Servable")), **_errors(401, 404, 410)},
             },
             "put": {
                 "operationId": "updateServable",
@@ -531,16 +593,16 @@ def build_openapi() -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _response("Accepted; building", _ref("PublishAccepted")),
-                    **_errors(400, 401, 403, 404, 413),
+                    **_errors(400, 401, 403, 404, 410, 413),
                 },
             },
             "delete": {
                 "operationId": "deleteServable",
-                "summary": "Delete every version (owner only)",
+                "summary": "Delete every version (owner only); each becomes a tombstone (status deleted)",
                 "security": _SECURED,
                 "responses": {
-                    "200": _response("Deleted versions", _ref("Deleted")),
-                    **_errors(401, 403, 404),
+                    "200": _response("Versions deleted by this request", _ref("Deleted")),
+                    **_errors(401, 403, 404, 410),
                 },
             },
         },
@@ -548,7 +610,7 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "get": {
                 "operationId": "listVersions",
-                "summary": "Every visible version",
+                "summary": "Every visible version, tombstones (status deleted) included",
                 "security": _OPTIONAL_AUTH,
                 "responses": {"200": _response("Versions", _ref("VersionList")), **_errors(401, 404)},
             },
@@ -557,18 +619,37 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME, VERSION],
             "get": {
                 "operationId": "describeVersion",
-                "summary": "Describe one version",
+                "summary": "Describe one version (410 when deleted)",
                 "security": _OPTIONAL_AUTH,
-                "responses": {"200": _response("The version", _ref("Servable")), **_errors(401, 404)},
+                "responses": {"200": _response("The version", _ref("Servable")), **_errors(401, 404, 410)},
             },
             "delete": {
                 "operationId": "deleteVersion",
-                "summary": "Delete one version (owner only)",
+                "summary": "Delete one version (owner only); it becomes a tombstone (status deleted)",
                 "security": _SECURED,
                 "responses": {
-                    "200": _response("Deleted versions", _ref("Deleted")),
-                    **_errors(401, 403, 404),
+                    "200": _response("Versions deleted by this request", _ref("Deleted")),
+                    **_errors(401, 403, 404, 410),
                 },
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/deprecate": {
+            "parameters": [OWNER, NAME, VERSION],
+            "post": {
+                "operationId": "deprecateVersion",
+                "summary": "Deprecate a version (owner only): still runnable with a warning; latest skips it",
+                "security": _SECURED,
+                "requestBody": {"required": False, "content": _json_content(_ref("DeprecateRequest"))},
+                "responses": _DEPRECATE_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/undeprecate": {
+            "parameters": [OWNER, NAME, VERSION],
+            "post": {
+                "operationId": "undeprecateVersion",
+                "summary": "Clear the deprecation of a version (owner only)",
+                "security": _SECURED,
+                "responses": _DEPRECATE_RESPONSES,
             },
         },
         "/servables/{owner}/{name}/citation": {
@@ -595,7 +676,7 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "post": {
                 "operationId": "runServable",
-                "summary": "Run the latest ready version",
+                "summary": "Run the latest version (newest ready one not deprecated, else newest ready)",
                 "security": _OPTIONAL_AUTH,
                 "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
                 "responses": _RUN_RESPONSES,

@@ -30,6 +30,8 @@ def setup_routes(app: web.Application) -> None:
             web.get(SERVABLE + "/versions", handlers_servables.list_versions),
             web.get(VERSION, handlers_servables.describe_version),
             web.delete(VERSION, handlers_servables.delete_version),
+            web.post(VERSION + "/deprecate", handlers_servables.deprecate_version),
+            web.post(VERSION + "/undeprecate", handlers_servables.undeprecate_version),
             web.get(SERVABLE + "/citation", handlers_citation.citation_latest),
             web.get(VERSION + "/citation", handlers_citation.citation_version),
             web.post(SERVABLE + "/run", handlers_runs.run_latest),

@@ -29,7 +29,7 @@ from services.registry.auth import Caller
 from services.registry.background import BackgroundTasks
 from services.registry.memo import Memo, MemoStep
 from services.registry.ports import Bus
-from services.registry.servables import Servables, parse_servable_ref
+from services.registry.servables import Servables, deprecation_warning, parse_servable_ref
 from services.registry.store import TaskRecord, VersionRecord
 from services.registry.tasks import TaskTable, error_dict, output_json, timings_dict
 
@@ -74,6 +74,10 @@ class Submission:
     """Key of the result in the memo (None: not memoizable); the result is stored under it on success."""
     memo_read: bool = True
     """Whether to answer from the memo (false: the request bypasses it, the fresh result is still stored)."""
+    warnings: tuple[str, ...] = ()
+    """Human-readable warnings for the caller (one per deprecated version on the route)."""
+    deprecated_at_ms: int = 0
+    """The earliest deprecation time among the route's versions (0: none is deprecated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class SyncOutcome:
     cached: bool = False
     output: bytes | None = None
     """The output as JSON when already encoded (a memo hit, or a result just stored in the memo)."""
+    warnings: tuple[str, ...] = ()
 
 
 class Runs:
@@ -148,6 +153,7 @@ class Runs:
             servable=record.label,
             memo_key=self._memo_key([MemoStep(record, body.method, body.parameters)], body.inputs),
             memo_read=body.memoize,
+            **_deprecations([record]),
         )
 
     async def prepare_pipeline(self, caller: Caller, body: PipelineBody) -> Submission:
@@ -158,6 +164,7 @@ class Runs:
             raise ValidationFailed(f"a pipeline has at most {MAX_PIPELINE_STEPS} steps", field="steps")
         route: list[RouteStep] = []
         labels: list[str] = []
+        records: list[VersionRecord] = []
         memo_steps: list[MemoStep] = []
         for index, step in enumerate(body.steps):
             owner, name, version = parse_servable_ref(step.servable, f"steps[{index}].servable")
@@ -165,6 +172,7 @@ class Runs:
             inputs = body.inputs if index == 0 else UNCHECKED
             route.append(self._step(record, step.method, step.parameters, f"steps[{index}].method", inputs))
             labels.append(record.label)
+            records.append(record)
             memo_steps.append(MemoStep(record, step.method, step.parameters))
         return Submission(
             route=route,
@@ -173,6 +181,7 @@ class Runs:
             servable=",".join(labels),
             memo_key=self._memo_key(memo_steps, body.inputs),
             memo_read=body.memoize,
+            **_deprecations(records),
         )
 
     def _memo_key(self, steps: list[MemoStep], inputs: Any) -> bytes | None:
@@ -200,6 +209,7 @@ class Runs:
                 servable=submission.servable,
                 cached=True,
                 output=cached,
+                warnings=submission.warnings,
             )
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
@@ -212,7 +222,13 @@ class Runs:
                 output = None  # reported as a failure by sync_response_body; never memoized
             else:
                 self._memo_store(key, output)
-        return SyncOutcome(task_id=result.task_id, result=result, servable=submission.servable, output=output)
+        return SyncOutcome(
+            task_id=result.task_id,
+            result=result,
+            servable=submission.servable,
+            output=output,
+            warnings=submission.warnings,
+        )
 
     def sync_response_body(self, outcome: SyncOutcome, started: float) -> bytes:
         """Encode the 200 body; ``request_ms`` is measured up to this point."""
@@ -234,6 +250,8 @@ class Runs:
         body["timings"] = timings_dict(result.timings, (time.perf_counter() - started) * 1000.0)
         body["servable"] = outcome.servable
         body["cached"] = outcome.cached
+        if outcome.warnings:
+            body["warnings"] = list(outcome.warnings)
         return self._json.encode(body)
 
     async def submit_async(self, caller: Caller, submission: Submission) -> TaskRecord:
@@ -277,3 +295,15 @@ class Runs:
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
         if submission.memo_key is not None and task.state == "completed" and task.output_json is not None:
             self._memo_store(submission.memo_key, task.output_json)
+
+
+def _deprecations(records: list[VersionRecord]) -> dict[str, Any]:
+    """The ``warnings`` and ``deprecated_at_ms`` of a Submission routed through ``records``."""
+    deprecated = [r for r in records if r.deprecated]
+    if not deprecated:
+        return {}
+    seen: dict[str, None] = {}
+    for record in deprecated:
+        seen[deprecation_warning(record)] = None
+    times = [r.deprecated_at_ms for r in deprecated if r.deprecated_at_ms]
+    return {"warnings": tuple(seen), "deprecated_at_ms": min(times) if times else 0}

@@ -15,6 +15,7 @@ from libs.common.config import DLHubSettings
 from libs.common.errors import (
     DLHubError,
     Forbidden,
+    Gone,
     NotFound,
     ServableNotReady,
     ValidationFailed,
@@ -92,33 +93,39 @@ class Servables:
     async def describe_target(
         self, caller: Caller, owner: str, name: str, version: int | None
     ) -> VersionRecord:
+        """The version to describe: the pinned one or the newest live one; 410 for a tombstone."""
         versions = await self.visible_versions(caller, owner, name)
         if version is None:
-            return versions[-1]
+            return newest_live(versions, owner, name)
         for record in versions:
             if record.version == version:
+                if record.deleted:
+                    raise Gone(gone_message(record))
                 return record
         raise NotFound(f"version {version} of {owner}/{name} not found")
 
     async def runnable(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
-        """The version a run goes to: the pinned one or the newest ready one."""
+        """The version a run goes to: the pinned one or the "latest" one.
+
+        "Latest" is the newest ready version that is not deprecated; when every ready version is deprecated
+        it is the newest ready one (runs keep working, with a warning). Tombstones are never run (410).
+        """
         versions = await self.cache.get(owner, name)
         if version is None:
-            ready = None
-            seen = False
-            for record in reversed(versions):
-                if caller.can_see(owner, record.visible_to):
-                    seen = True
-                    if record.status == "ready":
-                        ready = record
-                        break
-            if ready is None:
-                if not seen:
-                    raise NotFound(f"servable {owner}/{name} not found")
+            visible = [r for r in versions if caller.can_see(owner, r.visible_to)]
+            if not visible:
+                raise NotFound(f"servable {owner}/{name} not found")
+            live = [r for r in visible if not r.deleted]
+            if not live:
+                raise Gone(f"servable {owner}/{name} was deleted")
+            ready = [r for r in live if r.status == "ready"]
+            if not ready:
                 raise ServableNotReady(f"servable {owner}/{name} has no ready version yet")
-            return ready
+            return preferred(ready)
         for record in versions:
             if record.version == version and caller.can_see(owner, record.visible_to):
+                if record.deleted:
+                    raise Gone(gone_message(record))
                 if record.status != "ready":
                     raise ServableNotReady(
                         f"version {version} of {owner}/{name} is {record.status}"
@@ -128,12 +135,12 @@ class Servables:
         raise NotFound(f"servable {owner}/{name}@{version} not found")
 
     async def list_latest(self, caller: Caller, owner: str | None) -> list[VersionRecord]:
-        """The newest visible version of every servable (optionally of one owner)."""
+        """The newest visible live version of every servable (optionally of one owner)."""
         out: list[VersionRecord] = []
         for servable_owner, name in await self._store.list_servables(owner):
             versions = await self.cache.get(servable_owner, name)
             for record in reversed(versions):
-                if caller.can_see(servable_owner, record.visible_to):
+                if not record.deleted and caller.can_see(servable_owner, record.visible_to):
                     out.append(record)
                     break
         return out
@@ -201,32 +208,85 @@ class Servables:
         versions = await self.visible_versions(caller, owner, name)
         if user != owner:
             raise Forbidden(f"only {owner} may update {owner}/{name}")
+        # A fully deleted servable is 410 here; publishing it anew (POST /servables) is the way back.
+        reuse_from = newest_live(versions, owner, name)
         return await self.publish(
             owner=owner,
             document=document,
             package=package,
             package_format=package_format,
             expected_name=name,
-            reuse_from=versions[-1],
+            reuse_from=reuse_from,
         )
 
     async def delete(
         self, caller: Caller, *, user: str, owner: str, name: str, version: int | None
     ) -> list[int]:
-        """Delete one or all versions (owner only); keep the search index on the newest ready version."""
+        """Tombstone one or all versions (owner only); keep the search index on the newest ready version.
+
+        The records stay (status ``deleted``) so the numbers are never reused and describe/run answer 410;
+        package blobs no live version uses any more are removed.
+        """
         versions = await self.visible_versions(caller, owner, name)
         if user != owner:
             raise Forbidden(f"only {owner} may delete {owner}/{name}")
-        if version is not None and all(v.version != version for v in versions):
-            raise NotFound(f"version {version} of {owner}/{name} not found")
-        deleted = await self._store.delete_versions(owner, name, None if version is None else [version])
+        if version is not None:
+            target = next((v for v in versions if v.version == version), None)
+            if target is None:
+                raise NotFound(f"version {version} of {owner}/{name} not found")
+            if target.deleted:
+                raise Gone(gone_message(target))
+        elif all(v.deleted for v in versions):
+            raise Gone(f"servable {owner}/{name} was deleted")
+        deleted = await self._store.mark_deleted(
+            owner, name, None if version is None else [version], deleted_by=user, deleted_at_ms=now_ms()
+        )
         self.cache.invalidate(owner, name)
-        log.info("versions deleted", servable=f"{owner}/{name}", versions=deleted)
+        log.info("versions deleted (tombstoned)", servable=f"{owner}/{name}", versions=deleted)
         for sha in {v.package_sha256 for v in versions if v.version in deleted and v.package_sha256}:
             if await self._store.count_package_refs(sha) == 0:
                 await self._blobs.remove(sha)
         self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
         return deleted
+
+    async def set_deprecated(
+        self,
+        caller: Caller,
+        *,
+        user: str,
+        owner: str,
+        name: str,
+        version: int,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+    ) -> VersionRecord:
+        """Deprecate or undeprecate one live version (owner only); the search entry follows "latest"."""
+        versions = await self.visible_versions(caller, owner, name)
+        target = next((v for v in versions if v.version == version), None)
+        if target is None:
+            raise NotFound(f"version {version} of {owner}/{name} not found")
+        if user != owner:
+            raise Forbidden(f"only {owner} may deprecate versions of {owner}/{name}")
+        if target.deleted:
+            raise Gone(gone_message(target))
+        if replacement:
+            parse_servable_ref(replacement, "replacement")
+        updated = await self._store.set_deprecated(
+            owner,
+            name,
+            version,
+            deprecated=deprecated,
+            reason=reason,
+            replacement=replacement,
+            at_ms=now_ms(),
+        )
+        self.cache.invalidate(owner, name)
+        if updated is None:  # deleted concurrently
+            raise Gone(f"version {version} of {owner}/{name} was deleted")
+        log.info("version deprecation changed", servable=updated.label, deprecated=deprecated)
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return updated
 
     # -- builds -----------------------------------------------------------------------------------------
 
@@ -321,11 +381,12 @@ class Servables:
     # -- search index -----------------------------------------------------------------------------------
 
     async def search_entry(self, owner: str, name: str) -> SearchDocument | None:
-        """The index entry of ``owner/name``: its newest ready version, or None when it has none."""
+        """The index entry of ``owner/name``: its "latest" version (see ``runnable``), or None."""
         versions = await self.cache.get(owner, name)
-        latest = next((v for v in reversed(versions) if v.status == "ready"), None)
-        if latest is None:
+        ready = [v for v in versions if v.status == "ready"]
+        if not ready:
             return None
+        latest = preferred(ready)
         return search_document(
             owner=owner,
             name=name,
@@ -395,8 +456,52 @@ def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
     return owner, name, int(version_text)
 
 
+def gone_message(record: VersionRecord) -> str:
+    return f"{record.label} was deleted" + (
+        f" at {iso_ms(record.deleted_at_ms)}" if record.deleted_at_ms else ""
+    )
+
+
+def deprecation_warning(record: VersionRecord) -> str:
+    """The warning attached to runs of a deprecated version."""
+    text = f"{record.label} is deprecated"
+    if record.deprecation_reason:
+        text += f": {record.deprecation_reason}"
+    if record.deprecation_replacement:
+        text += f" (use {record.deprecation_replacement} instead)"
+    return text
+
+
+def preferred(ready: Sequence[VersionRecord]) -> VersionRecord:
+    """Among ready versions (oldest first): the newest not deprecated, else the newest."""
+    return next((r for r in reversed(ready) if not r.deprecated), ready[-1])
+
+
+def newest_live(versions: Sequence[VersionRecord], owner: str, name: str) -> VersionRecord:
+    """The newest version that is not a tombstone; 410 when all are (``versions`` is not empty)."""
+    for record in reversed(versions):
+        if not record.deleted:
+            return record
+    raise Gone(f"servable {owner}/{name} was deleted")
+
+
+def version_fields(v: VersionRecord) -> dict[str, Any]:
+    """Lifecycle fields shared by describe and the versions list."""
+    out: dict[str, Any] = {
+        "version": v.version,
+        "status": v.status,
+        "published_at": iso_ms(v.published_at_ms),
+        "deprecated": v.deprecated,
+    }
+    if v.deprecated:
+        out["deprecation_reason"] = v.deprecation_reason
+        out["deprecation_replacement"] = v.deprecation_replacement or None
+        out["deprecated_at"] = iso_ms(v.deprecated_at_ms) if v.deprecated_at_ms else None
+    if v.deleted:
+        out["deleted_at"] = iso_ms(v.deleted_at_ms) if v.deleted_at_ms else None
+        out["deleted_by"] = v.deleted_by
+    return out
+
+
 def version_summaries(versions: Sequence[VersionRecord]) -> list[dict[str, Any]]:
-    return [
-        {"version": v.version, "status": v.status, "published_at": iso_ms(v.published_at_ms)}
-        for v in versions
-    ]
+    return [version_fields(v) for v in versions]

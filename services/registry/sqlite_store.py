@@ -25,6 +25,7 @@ from services.registry.store import (
     TokenRecord,
     VersionRecord,
     VersionStatus,
+    tombstone_metadata,
 )
 
 SCHEMA = """
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS versions (
     package_sha256 TEXT NOT NULL DEFAULT '',
     package_format TEXT NOT NULL DEFAULT 'none',
     build_task_id TEXT NOT NULL DEFAULT '',
+    deprecated INTEGER NOT NULL DEFAULT 0,
+    deprecation_reason TEXT NOT NULL DEFAULT '',
+    deprecation_replacement TEXT NOT NULL DEFAULT '',
+    deprecated_at_ms INTEGER NOT NULL DEFAULT 0,
+    deleted_at_ms INTEGER NOT NULL DEFAULT 0,
+    deleted_by TEXT NOT NULL DEFAULT '',
     UNIQUE (owner, name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
@@ -83,7 +90,17 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
-    "package_sha256, package_format, build_task_id"
+    "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
+    "deprecated_at_ms, deleted_at_ms, deleted_by"
+)
+# Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
+_ADDED_VERSION_COLUMNS = (
+    ("deprecated", "INTEGER NOT NULL DEFAULT 0"),
+    ("deprecation_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("deprecation_replacement", "TEXT NOT NULL DEFAULT ''"),
+    ("deprecated_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("deleted_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("deleted_by", "TEXT NOT NULL DEFAULT ''"),
 )
 _TASK_COLUMNS = (
     "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
@@ -115,6 +132,12 @@ def _version_from_row(row: Any) -> VersionRecord:
         package_sha256=row[9],
         package_format=cast(PackageFormat, row[10]),
         build_task_id=row[11],
+        deprecated=bool(row[12]),
+        deprecation_reason=row[13],
+        deprecation_replacement=row[14],
+        deprecated_at_ms=row[15],
+        deleted_at_ms=row[16],
+        deleted_by=row[17],
     )
 
 
@@ -159,6 +182,10 @@ class SQLiteMetadataStore(MetadataStore):
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.executescript(SCHEMA)
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(versions)")}
+        for column, declaration in _ADDED_VERSION_COLUMNS:
+            if column not in columns:
+                await db.execute(f"ALTER TABLE versions ADD COLUMN {column} {declaration}")
         self._db = db
 
     async def close(self) -> None:
@@ -201,7 +228,7 @@ class SQLiteMetadataStore(MetadataStore):
                 version = int(next(iter(rows))[0])
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '')",
                     (
                         owner,
                         name,
@@ -249,11 +276,13 @@ class SQLiteMetadataStore(MetadataStore):
     async def list_servables(self, owner: str | None = None) -> list[tuple[str, str]]:
         if owner is None:
             rows = await self.db.execute_fetchall(
-                "SELECT DISTINCT owner, name FROM versions ORDER BY owner, name"
+                "SELECT DISTINCT owner, name FROM versions WHERE status != 'deleted' ORDER BY owner, name"
             )
         else:
             rows = await self.db.execute_fetchall(
-                "SELECT DISTINCT owner, name FROM versions WHERE owner = ? ORDER BY name", (owner,)
+                "SELECT DISTINCT owner, name FROM versions WHERE owner = ? AND status != 'deleted' "
+                "ORDER BY name",
+                (owner,),
             )
         return [(row[0], row[1]) for row in rows]
 
@@ -277,7 +306,7 @@ class SQLiteMetadataStore(MetadataStore):
     ) -> VersionRecord | None:
         changed = await self._write(
             "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ? "
-            "WHERE owner = ? AND name = ? AND version = ?",
+            "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
             (status, status_reason, digest, _dumps(list(files)), owner, name, version),
         )
         if not changed:
@@ -305,9 +334,75 @@ class SQLiteMetadataStore(MetadataStore):
                 raise
         return doomed
 
+    async def mark_deleted(
+        self,
+        owner: str,
+        name: str,
+        versions: list[int] | None = None,
+        *,
+        deleted_by: str,
+        deleted_at_ms: int,
+    ) -> list[int]:
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "SELECT version, metadata FROM versions "
+                    "WHERE owner = ? AND name = ? AND status != 'deleted' ORDER BY version",
+                    (owner, name),
+                )
+                wanted = None if versions is None else set(versions)
+                doomed = [(int(r[0]), r[1]) for r in rows if wanted is None or int(r[0]) in wanted]
+                await db.executemany(
+                    "UPDATE versions SET status = 'deleted', status_reason = '', files = '[]', metadata = ?, "
+                    "deprecated = 0, deprecation_reason = '', deprecation_replacement = '', "
+                    "deprecated_at_ms = 0, deleted_at_ms = ?, deleted_by = ? "
+                    "WHERE owner = ? AND name = ? AND version = ?",
+                    [
+                        (
+                            _dumps(tombstone_metadata(msgspec.json.decode(text))),
+                            deleted_at_ms,
+                            deleted_by,
+                            owner,
+                            name,
+                            v,
+                        )
+                        for v, text in doomed
+                    ],
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return [v for v, _ in doomed]
+
+    async def set_deprecated(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+        at_ms: int = 0,
+    ) -> VersionRecord | None:
+        if not deprecated:
+            reason, replacement, at_ms = "", "", 0
+        changed = await self._write(
+            "UPDATE versions SET deprecated = ?, deprecation_reason = ?, deprecation_replacement = ?, "
+            "deprecated_at_ms = ? WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            (int(deprecated), reason, replacement, at_ms, owner, name, version),
+        )
+        if not changed:
+            return None
+        return await self.get_version(owner, name, version)
+
     async def count_package_refs(self, package_sha256: str) -> int:
         rows = await self.db.execute_fetchall(
-            "SELECT COUNT(*) FROM versions WHERE package_sha256 = ?", (package_sha256,)
+            "SELECT COUNT(*) FROM versions WHERE package_sha256 = ? AND status != 'deleted'",
+            (package_sha256,),
         )
         return int(next(iter(rows))[0])
 

@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
-VersionStatus = Literal["building", "ready", "failed"]
+VersionStatus = Literal["building", "ready", "failed", "deleted"]
 TaskKind = Literal["run", "build"]
 TaskState = Literal["pending", "running", "completed", "failed"]
 PackageFormat = Literal["tar", "zip", "none"]
@@ -33,6 +33,18 @@ class VersionRecord:
     package_sha256: str = ""
     package_format: PackageFormat = "none"
     build_task_id: str = ""
+    deprecated: bool = False
+    deprecation_reason: str = ""
+    deprecation_replacement: str = ""
+    """``owner/name@version`` suggested instead of a deprecated version ("" when none)."""
+    deprecated_at_ms: int = 0
+    deleted_at_ms: int = 0
+    deleted_by: str = ""
+
+    @property
+    def deleted(self) -> bool:
+        """Whether this record is a tombstone (the version was deleted; only its identity is kept)."""
+        return self.status == "deleted"
 
     @property
     def shorthand_name(self) -> str:
@@ -119,7 +131,7 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_servables(self, owner: str | None = None) -> list[tuple[str, str]]:
-        """Return the (owner, name) pairs that have at least one version, sorted."""
+        """Return the (owner, name) pairs that have at least one live (not deleted) version, sorted."""
 
     @abc.abstractmethod
     async def list_versions_with_status(self, status: VersionStatus) -> list[VersionRecord]:
@@ -137,15 +149,50 @@ class MetadataStore(abc.ABC):
         digest: str = "",
         files: tuple[str, ...] = (),
     ) -> VersionRecord | None:
-        """Update the build outcome of a version; return the new record or None if it no longer exists."""
+        """Update the build outcome of a live version; return the new record or None if it does not exist or
+        is a tombstone (a build finishing after deletion never revives the version)."""
 
     @abc.abstractmethod
     async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
-        """Delete the given versions (all when None); return the numbers actually deleted."""
+        """Remove the given version records outright (all when None); return the numbers actually removed.
+
+        The registry tombstones instead (``mark_deleted``); this is for administrative purges.
+        """
+
+    @abc.abstractmethod
+    async def mark_deleted(
+        self,
+        owner: str,
+        name: str,
+        versions: list[int] | None = None,
+        *,
+        deleted_by: str,
+        deleted_at_ms: int,
+    ) -> list[int]:
+        """Turn the given live versions (all when None) into tombstones; return the numbers actually changed.
+
+        A tombstone keeps owner, name, version, published_at_ms, digest and package_sha256, takes status
+        ``deleted`` with ``deleted_at_ms``/``deleted_by``, drops its files and deprecation, and keeps only the
+        citation-relevant metadata (``tombstone_metadata``). Already-deleted versions are left unchanged.
+        """
+
+    @abc.abstractmethod
+    async def set_deprecated(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+        at_ms: int = 0,
+    ) -> VersionRecord | None:
+        """Set or clear the deprecation of a live version; None if it does not exist or is a tombstone."""
 
     @abc.abstractmethod
     async def count_package_refs(self, package_sha256: str) -> int:
-        """Return how many stored versions use the package blob with this digest."""
+        """Return how many live (not deleted) versions use the package blob with this digest."""
 
     # -- tasks ------------------------------------------------------------------------------------------
 
@@ -187,3 +234,18 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def revoke_token(self, token_hash: str) -> bool:
         """Mark a token revoked; return whether it existed."""
+
+
+_TOMBSTONE_DLHUB_KEYS = ("name", "owner", "visible_to", "identifier", "id", "publication_date", "type")
+
+
+def tombstone_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a deleted version keeps of its metadata: the ``datacite`` section (for citations) and the
+    identity and visibility fields of ``dlhub`` (so a tombstone stays hidden from who could not see it)."""
+    kept: dict[str, Any] = {}
+    if "datacite" in metadata:
+        kept["datacite"] = metadata["datacite"]
+    dlhub = metadata.get("dlhub")
+    if isinstance(dlhub, dict):
+        kept["dlhub"] = {k: dlhub[k] for k in _TOMBSTONE_DLHUB_KEYS if k in dlhub}
+    return kept
