@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import httpx
 import pymongo
 import pytest
 from pymongo.errors import PyMongoError
+
+from libs.client import DLHubClient
 
 T = TypeVar("T")
 HEARTBEAT_INTERVAL_S = 0.25
@@ -221,3 +224,31 @@ def elasticsearch_url() -> str:
             f"Elasticsearch at {url} is not healthy: HTTP {response.status_code} {response.text[:200]}"
         )
     return url
+
+
+# -- shared by the end-to-end modules -----------------------------------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    """A servable name no other test uses (the session's stack is shared)."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def pkg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the e2efns.py module the end-to-end servables are published from."""
+    from tests.e2e_servables import FUNCTIONS
+
+    path = tmp_path_factory.mktemp("pkg")
+    (path / "e2efns.py").write_text(FUNCTIONS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def alice(stack: StackInfo) -> DLHubClient:
+    return DLHubClient(stack.url, stack.tokens["alice"])
+
+
+@pytest.fixture(scope="module")
+def bob(stack: StackInfo) -> DLHubClient:
+    return DLHubClient(stack.url, stack.tokens["bob"])

@@ -324,11 +324,6 @@ def test_publish_rejects_malformed_type_descriptions(input_type: dict[str, Any],
 
 
 @pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
-@pytest.fixture(scope="module")
 def iris_servable(alice: DLHubClient, tmp_path_factory: pytest.TempPathFactory) -> str:
     iris = load_iris()
     clf = RandomForestClassifier(n_estimators=10, random_state=0).fit(iris.data, iris.target)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -41,6 +39,7 @@ from libs.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging
 from services.builder.build import BuildLimits, build_version, compute_digest, sweep_staging
 from services.builder.package import ExtractLimits, extract_package
 from services.builder.service import BuilderService
+from tests.conftest import free_port
 
 MiB = 1024 * 1024
 LIMITS = BuildLimits(max_package_bytes=8 * MiB, max_extracted_bytes=4 * MiB, max_files=50)
@@ -520,24 +519,6 @@ async def test_service_turns_unexpected_errors_into_build_failed(
 # --- over the bus: real broker and builder processes ----------------------------------------------------
 
 
-def _bus_available() -> bool:
-    try:
-        BusClient(bus=BusConfig(), codec=Codec())
-    except NotImplementedError:
-        return False
-    return importlib.util.find_spec("services.broker.__main__") is not None
-
-
-requires_bus = pytest.mark.skipif(not _bus_available(), reason="bus or broker not implemented yet")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -619,7 +600,6 @@ async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[Stack, BusClient]]:
         assert codes["services.builder"] == 0, stack.log("services.builder")
 
 
-@requires_bus
 async def test_builder_over_the_bus(builder_bus: tuple[Stack, BusClient]) -> None:
     stack, client = builder_bus
     codec = Codec()

@@ -47,8 +47,7 @@ from services.registry.identifiers import (
 from services.registry.keys import SETTINGS
 from services.registry.metadata import search_document, validate_publication
 from services.registry.store import VersionRecord
-from tests.conftest import StackInfo, wait_for
-from tests.e2e_servables import FUNCTIONS
+from tests.conftest import StackInfo, unique, wait_for
 
 API = "https://dlhub.example.org/api/v1"
 ORCID = "0000-0002-1825-0097"  # ORCID's documented example iD (valid check digit)
@@ -347,27 +346,6 @@ def test_api_base(public_url: str | None, expected: str) -> None:
 
 
 # --- end to end ------------------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def pkg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pkg")
-    (path / "e2efns.py").write_text(FUNCTIONS)
-    return path
-
-
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
-@pytest.fixture(scope="module")
-def bob(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["bob"])
 
 
 def stack_document(name: str, tag: str, **dlhub: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import json
 import pickle
 import sys
 import tarfile
-import uuid
 from collections.abc import Callable, Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -34,7 +33,7 @@ from libs.client.describe import (
 )
 from libs.common.errors import ValidationFailed
 from services.registry.metadata import validate_publication
-from tests.conftest import StackInfo
+from tests.conftest import StackInfo, unique
 
 AUTHORS = ["Doe, Jane"]
 
@@ -63,10 +62,6 @@ def describe_matrix(rows: list[list[float]]) -> tuple[int, int]:
 def dumps(value: object) -> str:
     return json.dumps(value, sort_keys=True)
 '''
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture

@@ -24,32 +24,11 @@ from sklearn.linear_model import LogisticRegression
 from libs.client import DLHubClient, TaskFailed
 from libs.client.metadata import python_function_document
 from libs.common.errors import Gone, NotFound, PayloadTooLarge, ValidationFailed
-from tests.conftest import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, wait_for
+from tests.conftest import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, unique, wait_for
 from tests.e2e_servables import FUNCTIONS
 from tests.sdk_documents import sdk_sklearn_document
 
 AUTHORS = ["Doe, Jane"]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def pkg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pkg")
-    (path / "e2efns.py").write_text(FUNCTIONS)
-    return path
-
-
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
-@pytest.fixture(scope="module")
-def bob(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["bob"])
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
 from libs.client import DLHubClient
-from tests.conftest import StackInfo
+from tests.conftest import StackInfo, unique
 from tests.type_servables import (
     CLASS_SHIM,
     ONNX_SHIM,
@@ -26,15 +24,6 @@ from tests.type_servables import (
     pickled_scaler,
     two_input_model,
 )
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
 
 
 def sdk_document(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +12,7 @@ import pytest
 from libs.client import DLHubClient
 from libs.client.metadata import python_function_document
 from libs.common.errors import Forbidden, Gone, NotFound
-from tests.conftest import StackInfo, wait_for
-from tests.e2e_servables import FUNCTIONS
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def pkg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pkg")
-    (path / "e2efns.py").write_text(FUNCTIONS)
-    return path
-
-
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
-@pytest.fixture(scope="module")
-def bob(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["bob"])
+from tests.conftest import StackInfo, unique, wait_for
 
 
 def scale_doc(name: str, factor: int, **kwargs: Any) -> dict[str, Any]:

@@ -206,11 +206,6 @@ def memo_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
 def doc_for(name: str, function: str, *, deterministic: bool | None = None) -> dict[str, Any]:
     doc = python_function_document(
         name=name,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from libs.common.payloads import (
 from services.search.engine import query_terms
 from services.search.service import SearchService
 from services.search.sqlite_engine import SqliteSearchEngine
+from tests.conftest import free_port
 
 MAX_PAGE = 25
 OWNERS = ("alice", "bob", "carol")
@@ -405,24 +404,6 @@ async def test_service_rejects_malformed_payloads(tmp_path: Path, topic: str, va
 # --- over the bus: real broker and search processes -----------------------------------------------------
 
 
-def _bus_available() -> bool:
-    try:
-        BusClient(bus=BusConfig(), codec=Codec())
-    except NotImplementedError:
-        return False
-    return importlib.util.find_spec("services.broker.__main__") is not None
-
-
-requires_bus = pytest.mark.skipif(not _bus_available(), reason="bus or broker not implemented yet")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -487,7 +468,6 @@ async def search_bus(tmp_path: Path) -> AsyncIterator[tuple[Path, BusClient]]:
         assert "stopped" in logs["search"].read_text()
 
 
-@requires_bus
 async def test_search_over_the_bus(search_bus: tuple[Path, BusClient]) -> None:
     tmp_path, client = search_bus
     codec = Codec()

@@ -41,11 +41,10 @@ from libs.common.payloads import (
 from services.search.engine import FACET_SIZE, SearchEngine
 from services.search.es_engine import ElasticsearchSearchEngine, safe_url
 from services.search.sqlite_engine import SqliteSearchEngine
+from tests.conftest import free_port
 from tests.test_search import (
     DOCS,
     PUBLIC_IDS,
-    free_port,
-    requires_bus,
     spawn,
     stop_process,
     wait_until,
@@ -804,7 +803,6 @@ async def test_es_refuses_a_concrete_index_named_like_the_alias(es_url: str) -> 
 # --- the real search service with the Elasticsearch backend over the real broker ------------------------
 
 
-@requires_bus
 async def test_search_service_with_elasticsearch_over_the_bus(es_url: str, tmp_path: Path) -> None:
     url = f"tcp://127.0.0.1:{free_port()}"
     alias = f"{MODULE_ALIAS}-service"

@@ -145,11 +145,6 @@ def pkg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def alice(stack: StackInfo) -> DLHubClient:
-    return DLHubClient(stack.url, stack.tokens["alice"])
-
-
 def _publish(
     client: DLHubClient,
     pkg_dir: Path,
