@@ -95,11 +95,11 @@ def wait_healthy(url: str, timeout_s: float = 30) -> None:
 class KeepAliveClient:
     """A minimal HTTP/1.1 keep-alive client, so the client's own overhead stays far below the server's."""
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, headers: dict[str, str] | None = None) -> None:
         host_port = url.split("://", 1)[1]
         host, _, port = host_port.partition(":")
         self.conn = http.client.HTTPConnection(host, int(port or 80))
-        self.headers = {"Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 

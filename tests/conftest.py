@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -79,14 +79,21 @@ def stack_env(home: Path) -> dict[str, str]:
     return env
 
 
-def start_stack(base: Path, *, workers: int = 2) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_stack(
+    base: Path,
+    *,
+    workers: int = 2,
+    extra_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
+    ready_timeout_s: float = 60,
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     data_dir = base / "data"
     port, broker_port = free_port(), free_port()
-    env = stack_env(base / "home")
+    env = stack_env(base / "home") | (extra_env or {})
     cmd = [
         sys.executable, "-m", "libs.client.cli", "up",
         "--data-dir", str(data_dir), "--port", str(port), "--broker-port", str(broker_port),
-        "--workers", str(workers), "--user", "alice",
+        "--workers", str(workers), "--user", "alice", *extra_args,
     ]  # fmt: skip
     log = (base / "up.log").open("wb")
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -97,7 +104,7 @@ def start_stack(base: Path, *, workers: int = 2) -> tuple[subprocess.Popen[bytes
             raise AssertionError(f"dlhub up exited early: {(base / 'up.log').read_text()}")
         return client_json.is_file()
 
-    wait_for(ready, 60, "dlhub up to become ready")
+    wait_for(ready, ready_timeout_s, "dlhub up to become ready")
     info = {
         "url": f"http://127.0.0.1:{port}",
         "broker_url": f"tcp://127.0.0.1:{broker_port}",

@@ -520,3 +520,90 @@ def test_cli_cite_and_search_by_doi(stack: StackInfo, cited: tuple[str, str], tm
     assert json.loads(dlhub("cite", ref, "--format", "datacite"))["version"] == "2"
     hits = json.loads(dlhub("search", "--doi", f"10.1000/paper.{tag}", "--json"))["hits"]
     assert [h["shorthand_name"] for h in hits] == [ref]
+
+
+# --- withdrawn (deleted) versions ---------------------------------------------------------------------------
+
+DELETED_MS = 1_750_000_000_000  # 2025-06-15
+
+
+def tombstone(metadata: dict[str, Any], version: int = 3) -> VersionRecord:
+    return VersionRecord(
+        owner="alice",
+        name="cite_me",
+        version=version,
+        status="deleted",
+        metadata=metadata,
+        published_at_ms=PUBLISHED_MS,
+        deleted_at_ms=DELETED_MS,
+        deleted_by="alice",
+    )
+
+
+def test_citations_of_a_tombstone_say_withdrawn() -> None:
+    doc = cited_document()
+    text = bibtex(tombstone(doc), api_base=API)
+    note = next(line for line in text.splitlines() if line.strip().startswith("note"))
+    assert "Withdrawn: this version was deleted on 2025-06-15" in note
+    assert "IsDescribedBy doi:10.1000/paper.42" in note  # the related DOIs are still there
+    assert "{10.5555/dlhub.cite_me}" in text  # the DOI is kept: it must keep resolving
+
+    out = datacite_json(tombstone(doc), api_base=API)
+    assert out["state"] == "registered" and out["doi"] == "10.5555/dlhub.cite_me"
+    assert {"date": "2025-06-15", "dateType": "Withdrawn"} in out["dates"]
+    assert out["descriptions"][-1]["descriptionType"] == "Other"
+    assert out["descriptions"][-1]["description"].startswith("Withdrawn")
+    assert out["url"] == f"{API}/servables/alice/cite_me/versions/3/citation"
+    live = datacite_json(record(doc), api_base=API)
+    assert "state" not in live and all(d["dateType"] != "Withdrawn" for d in live["dates"])
+    assert "Withdrawn" not in bibtex(record(doc), api_base=API)
+
+
+def test_citation_of_deleted_versions_over_http(
+    stack: StackInfo, alice: DLHubClient, bob: DLHubClient, pkg_dir: Path
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    name = unique("withdrawn")
+    ref = f"alice/{name}"
+    doc = stack_document(name, tag)
+    alice.publish(doc, base_dir=pkg_dir)
+    assert alice.update(ref, doc)["version"] == 2
+    assert alice.delete(f"{ref}@2") == {"deleted": [2]}
+
+    pinned = httpx.get(f"{stack.api}/servables/{ref}/versions/2/citation", params={"format": "bibtex"})
+    assert pinned.status_code == 200, pinned.text
+    assert (
+        pinned.text.startswith(f"@misc{{alice_{name}_v2,")
+        and "Withdrawn: this version was deleted" in pinned.text
+    )
+    assert f"{{10.5555/dlhub.{tag}}}" in pinned.text
+    datacite = alice.citation(f"{ref}@2", format="datacite")
+    assert isinstance(datacite, dict) and datacite["state"] == "registered"
+    assert any(d["dateType"] == "Withdrawn" for d in datacite["dates"])
+    assert datacite["url"] == f"{stack.api}/servables/{ref}/versions/2/citation"
+    # describe and run of the deleted version stay 410; "latest" cites the live version 1
+    assert httpx.get(f"{stack.api}/servables/{ref}/versions/2").status_code == 410
+    assert httpx.post(f"{stack.api}/servables/{ref}/versions/2/run", json={"inputs": 1}).status_code == 410
+    latest = alice.citation(ref)
+    assert isinstance(latest, str) and "_v1," in latest and "Withdrawn" not in latest
+
+    # everything deleted: latest cites the newest tombstone, still withdrawn
+    alice.delete(ref)
+    latest = alice.citation(ref)
+    assert isinstance(latest, str) and "_v2," in latest and "Withdrawn" in latest
+    first = alice.citation(f"{ref}@1", format="datacite")
+    assert isinstance(first, dict) and first["state"] == "registered" and first["version"] == "1"
+    assert httpx.get(f"{stack.api}/servables/{ref}/citation").status_code == 200  # anonymous, public
+    with pytest.raises(NotFound):
+        alice.citation(f"{ref}@7")
+
+
+def test_tombstone_of_a_private_servable_is_not_citable_by_others(
+    alice: DLHubClient, bob: DLHubClient, pkg_dir: Path
+) -> None:
+    name = unique("private_withdrawn")
+    alice.publish(stack_document(name, uuid.uuid4().hex[:10], visible_to=["user:alice"]), base_dir=pkg_dir)
+    alice.delete(f"alice/{name}")
+    assert "Withdrawn" in str(alice.citation(f"alice/{name}@1"))
+    with pytest.raises(NotFound):
+        bob.citation(f"alice/{name}@1")

@@ -8,6 +8,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import StackInfo, wait_for
 from tests.e2e_servables import FUNCTIONS
 
@@ -75,3 +77,49 @@ def test_cli_deprecate_and_undo(stack: StackInfo, tmp_path: Path) -> None:
     assert json.loads(dlhub(stack, tmp_path, "run", f"alice/{name}", "--input", "3")) == 9  # still runs
     out = json.loads(dlhub(stack, tmp_path, "deprecate", f"alice/{name}@1", "--undo"))
     assert out["deprecated"] is False
+
+
+TRAINED_MODULE = """
+import numpy as np
+from sklearn.linear_model import LinearRegression
+
+X = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
+y = 2.0 * X[:, 0] + 3.0 * X[:, 1] + 1.0
+model = LinearRegression().fit(X, y)
+"""
+
+
+def test_cli_publish_model_round_trip(stack: StackInfo, tmp_path: Path) -> None:
+    (tmp_path / "trained.py").write_text(TRAINED_MODULE)
+    name = f"cli_model_{uuid.uuid4().hex[:8]}"
+    out = dlhub(
+        stack, tmp_path, "publish-model", "trained:model", "--name", name, "--title", "A linear model",
+        "--author", "Curie, Marie", "--domain", "physics",
+    )  # fmt: skip
+    assert f"alice/{name}@1 (ready)" in out
+    described = json.loads(dlhub(stack, tmp_path, "describe", f"alice/{name}"))
+    assert described["metadata"]["servable"]["shim"] == "sklearn.ScikitLearnServable"
+    assert described["metadata"]["datacite"]["titles"] == [{"title": "A linear model"}]
+    output = json.loads(dlhub(stack, tmp_path, "run", f"alice/{name}", "--input", "[[1.0, 1.0], [0.0, 0.0]]"))
+    assert output == [pytest.approx(6.0), pytest.approx(1.0)]
+
+
+def test_cli_publish_model_errors(stack: StackInfo, tmp_path: Path) -> None:
+    env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
+    (tmp_path / "trained.py").write_text("model = 1\n")
+    for ref, message in [
+        ("no_such_module:model", "cannot import no_such_module"),
+        ("trained:missing", "has no attribute 'missing'"),
+        ("trained", "expected module:attribute"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "libs.client.cli", "publish-model", ref, "--name", "x"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.client.cli", "publish-model", "trained:model", "--name", "x"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "cannot describe a builtins.int" in result.stderr
+    assert "Traceback" not in result.stderr

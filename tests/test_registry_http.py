@@ -259,6 +259,14 @@ async def test_malformed_metadata_part(env: Env) -> None:
     assert error["field"] == "metadata" and "malformed JSON" in error["message"]
 
 
+async def test_unparsable_multipart_part_header_is_a_400(env: Env) -> None:
+    headers = {**env.auth("alice"), "Content-Type": "multipart/form-data; boundary=x"}
+    response = await env.client.post(f"{API}/servables", data=b"--x\r\nnot a part header", headers=headers)
+    error = await error_of(response, 400)
+    assert error["type"] == "validation_error" and "malformed multipart" in error["message"]
+    assert (await env.client.get(f"{API}/health")).status == 200
+
+
 async def test_missing_metadata_part(env: Env) -> None:
     form = aiohttp.FormData()
     form.add_field("package", make_package(), filename="m.tar.gz")

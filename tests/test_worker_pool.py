@@ -258,9 +258,10 @@ async def test_typed_errors_for_bad_servables(pool: ExecutorPool, tmp_path: Path
         and "available methods: run" in message
     )
 
-    unknown = write_servable(tmp_path, "alice", "keras", 1, shim="keras.KerasServable", methods={"run": {}})
+    unknown = write_servable(tmp_path, "alice", "caffe", 1, shim="caffe.CaffeServable", methods={"run": {}})
     code, _, message = await error_of(unknown)
-    assert code == "validation_error" and "keras.KerasServable" in message
+    assert code == "validation_error" and "caffe.CaffeServable" in message
+    assert "keras.KerasServable" in message  # the message lists the shims this worker supports
 
     no_model = write_servable(
         tmp_path, "alice", "nomodel", 1, shim="sklearn.ScikitLearnServable", methods={"run": {}},

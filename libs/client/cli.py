@@ -3,6 +3,7 @@ delete, token and ``up`` (the embedded stack)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -79,7 +80,16 @@ def main(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", "registry_port", default=8642, show_default=True, help="REST API port.")
 @click.option("--broker-port", default=5560, show_default=True)
-@click.option("--workers", default=1, show_default=True, help="Number of worker services.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=0), help="General worker services."
+)
+@click.option(
+    "--replicas",
+    "replica_specs",
+    multiple=True,
+    metavar="OWNER/NAME=N",
+    help="N more workers serving only this servable (repeatable; adds to [[worker.replicas]]).",
+)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
 @click.option("--user", default=None, help="Local user whose token is saved for the CLI (default: $USER).")
 @click.option("--verbose", is_flag=True, help="Show the services' logs here instead of in <data-dir>/logs.")
@@ -90,16 +100,26 @@ def up(
     registry_port: int,
     broker_port: int,
     workers: int,
+    replica_specs: tuple[str, ...],
     config_file: Path | None,
     user: str | None,
     verbose: bool,
     startup_timeout_s: float,
 ) -> None:
     """Start the whole embedded stack on this machine; Ctrl-C stops it."""
-    from libs.client.launcher import Stack, StackOptions, run_foreground
+    from libs.client.launcher import Stack, StackOptions, replica_counts, run_foreground
     from libs.client.tokens import ensure_local_token
-    from libs.common.config import LoggingConfig
+    from libs.common.config import LoggingConfig, load_settings
     from libs.common.logging import configure_logging
+
+    try:
+        configured = {r.servable: r.count for r in load_settings(config_file).worker.replicas}
+    except ValueError as exc:  # pydantic's ValidationError names the bad field
+        raise click.BadParameter(str(exc), param_hint="--config") from exc
+    try:
+        replicas = replica_counts(configured, replica_specs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replicas") from exc
 
     configure_logging(LoggingConfig(format="console", level="info" if verbose else "warning"), service="up")
 
@@ -110,6 +130,7 @@ def up(
         registry_port=registry_port,
         broker_port=broker_port,
         workers=workers,
+        replicas=replicas,
         config_file=config_file,
         log_format="console" if verbose else "json",
         log_to_console=verbose,
@@ -236,6 +257,102 @@ def publish(ctx: click.Context, metadata_file: Path, no_wait: bool) -> None:
         reply = client.publish(doc, base_dir=metadata_file.parent, wait=not no_wait)
     console.print(f"published {reply['shorthand_name']}@{reply['version']} ({reply['status']})")
     console.print(f"build task: {reply['task_id']}")
+
+
+def _import_object(reference: str, search_dir: Path) -> Any:
+    """``module:attribute`` (a dotted attribute path is allowed), imported with ``search_dir`` on the path."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected module:attribute, got {reference!r}", param_hint="OBJECT")
+    sys.path.insert(0, str(search_dir.resolve()))
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # whatever the user's module raises while importing
+        raise click.BadParameter(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise click.BadParameter(f"{module_name} has no attribute {attribute!r}", param_hint="OBJECT")
+        target = getattr(target, part)
+    return target
+
+
+@main.command("publish-model")
+@click.argument("obj", metavar="OBJECT")
+@click.option("--name", required=True, help="Servable name (no whitespace).")
+@click.option("--title", default=None, help="Default: the name.")
+@click.option("--author", "authors", multiple=True, help='"Family, Given" (repeatable; default: $USER).')
+@click.option("--affiliation", "affiliations", multiple=True)
+@click.option("--description", default="")
+@click.option("--domain", "domains", multiple=True)
+@click.option("--visible-to", "visible_to", multiple=True, help='Default: "public" (repeatable).')
+@click.option("--serialization", type=click.Choice(["pickle", "joblib"]), default=None, help="Estimators.")
+@click.option("--autobatch", is_flag=True, help="Functions: call once per element of the input list.")
+@click.option(
+    "--path",
+    "search_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory the module is imported from.",
+)
+@click.option("--no-wait", is_flag=True, help="Return once uploaded, without waiting for the build.")
+@click.pass_context
+def publish_model(
+    ctx: click.Context,
+    obj: str,
+    name: str,
+    title: str | None,
+    authors: tuple[str, ...],
+    affiliations: tuple[str, ...],
+    description: str,
+    domains: tuple[str, ...],
+    visible_to: tuple[str, ...],
+    serialization: str | None,
+    autobatch: bool,
+    search_dir: Path,
+    no_wait: bool,
+) -> None:
+    """Publish a live object, OBJECT = module:attribute: a fitted scikit-learn estimator or a type-hinted
+    function defined in a module file (see DLHubClient.publish_model)."""
+    model = _import_object(obj, search_dir)
+    options: dict[str, Any] = {"description": description, "affiliations": list(affiliations)}
+    if domains:
+        options["domains"] = list(domains)
+    if visible_to:
+        options["visible_to"] = list(visible_to)
+    if serialization:
+        options["serialization_method"] = serialization
+    if autobatch:
+        options["autobatch"] = True
+    from libs.client.describe import describe
+
+    try:
+        described = describe(
+            model,
+            name=name,
+            title=title or name,
+            authors=list(authors) or [os.environ.get("USER", "Unknown") + ", "],
+            **options,
+        )
+    except (TypeError, ValueError) as exc:  # not something describe() knows how to publish
+        raise click.BadParameter(str(exc), param_hint="OBJECT") from exc
+    with _client(ctx) as client:
+        reply = client.publish(described.metadata, package=described.package(), wait=not no_wait)
+    console.print(
+        f"published {reply['shorthand_name']}@{reply['version']} ({reply.get('status', 'building')})"
+    )
+    console.print(f"build task: {reply['task_id']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def upload(ctx: click.Context, path: Path) -> None:
+    """Upload PATH as a blob for an input of type file; prints its id, size, sha256 and expiry."""
+    with _client(ctx) as client:
+        _print_json(client.upload_blob_info(path))
 
 
 @main.command()
@@ -434,9 +551,36 @@ def cite(ctx: click.Context, servable: str, fmt: str) -> None:
 # -- invocation ----------------------------------------------------------------------------------------------
 
 
+def _file_input(value: str) -> Any:
+    """An http(s) URL stays a URL; anything else is a local file, uploaded by the SDK as a blob."""
+    if value.lower().startswith(("http://", "https://")):
+        return {"url": value}
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value!r} is neither an http(s) URL nor a file", param_hint="--file")
+    return path
+
+
+def _run_inputs(input_json: str | None, files: tuple[str, ...]) -> Any:
+    if (input_json is None) == (not files):
+        raise click.UsageError("give either --input JSON or --file (repeatable), not both")
+    if input_json is not None:
+        return _load_json_arg(input_json)
+    refs = [_file_input(f) for f in files]
+    return refs[0] if len(refs) == 1 else refs
+
+
 @main.command()
 @click.argument("servable")
-@click.option("--input", "-i", "input_json", required=True, help="Inputs as JSON (or @file.json).")
+@click.option("--input", "-i", "input_json", default=None, help="Inputs as JSON (or @file.json).")
+@click.option(
+    "--file",
+    "-f",
+    "files",
+    multiple=True,
+    help="For a method whose input is a file: a local file (uploaded) or an http(s) URL. Repeat for a "
+    "list of files.",
+)
 @click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
 @click.option("--method", default="run", show_default=True)
 @click.option("--async", "asynchronous", is_flag=True, help="Submit and print the task ID.")
@@ -445,14 +589,15 @@ def cite(ctx: click.Context, servable: str, fmt: str) -> None:
 def run(
     ctx: click.Context,
     servable: str,
-    input_json: str,
+    input_json: str | None,
+    files: tuple[str, ...],
     params: tuple[str, ...],
     method: str,
     asynchronous: bool,
     timings: bool,
 ) -> None:
-    """Run SERVABLE (owner/name[@version]) on the given inputs."""
-    inputs = _load_json_arg(input_json)
+    """Run SERVABLE (owner/name[@version]) on the given inputs (--input JSON, or --file for file inputs)."""
+    inputs = _run_inputs(input_json, files)
     parameters: dict[str, Any] = {}
     for item in params:
         key, sep, value = item.partition("=")

@@ -10,8 +10,17 @@ like ``libs.client.metadata``) and the files to ship, in memory. ``DLHubClient.p
 - A Python function must live in a module file (``inspect.getsourcefile``); that file is shipped. Its type
   hints become the argument types: positional parameters without defaults are the inputs (several of them:
   a tuple, spread with ``unpack``), parameters with defaults become the method's ``parameters``.
+- A Keras model (``keras.Model``) is saved to ``model.keras``; its input and output types come from
+  ``model.inputs`` / ``model.outputs`` (several: a tuple). ``run`` calls ``predict``; a model with several
+  named outputs also gets one method per output (``method_details.output_name``).
+- A PyTorch module (``torch.nn.Module``) is compiled with ``torch.jit.script`` or, when TorchScript cannot
+  compile it, traced with ``torch.jit.trace`` on the caller's ``example`` input, and saved to ``model.pt``.
+  The input type comes from ``example`` (a tensor or array, or a tuple of them for several inputs; the first
+  axis is the batch) or from ``input_shape``/``input_dtype``; with an example the model is run once to
+  describe its output.
 - Dependencies are the installed versions (``importlib.metadata``) of scikit-learn, numpy and joblib for an
-  estimator, or of the distributions providing the top-level modules a function's module imports.
+  estimator, of torch / keras (plus its backend, e.g. tensorflow, and h5py) and numpy for a neural network,
+  or of the distributions providing the top-level modules a function's module imports.
 """
 
 from __future__ import annotations
@@ -90,11 +99,16 @@ def describe(
     dependencies: Mapping[str, str] | None = None,
     serialization_method: str = "pickle",
     autobatch: bool = False,
+    example: Any = None,
+    input_shape: Sequence[int | None] | None = None,
+    input_dtype: str = "float32",
 ) -> Described:
-    """Describe a fitted scikit-learn estimator or a Python function (see the module docstring).
+    """Describe a fitted scikit-learn estimator, a Keras model, a PyTorch module or a Python function (see
+    the module docstring).
 
     ``dependencies`` are added to (and override) the detected ones. ``serialization_method`` (``pickle``
-    or ``joblib``) applies to estimators, ``autobatch`` to functions.
+    or ``joblib``) applies to estimators, ``autobatch`` to functions, ``example``, ``input_shape`` and
+    ``input_dtype`` to PyTorch modules.
     """
     common: dict[str, Any] = {
         "name": name,
@@ -107,12 +121,17 @@ def describe(
     }
     if is_sklearn_estimator(model):
         described = _describe_sklearn(model, serialization_method, common)
+    elif is_keras_model(model):
+        described = _describe_keras(model, common)
+    elif is_torch_module(model):
+        described = _describe_torch(model, TorchInput(example, input_shape, input_dtype), common)
     elif inspect.isfunction(model):
         described = _describe_function(model, autobatch, common)
     else:
         raise TypeError(
             f"cannot describe a {type(model).__module__}.{type(model).__qualname__}: expected a fitted "
-            "scikit-learn estimator or a Python function defined in a module file"
+            "scikit-learn estimator, a Keras model, a PyTorch module or a Python function defined in a "
+            "module file"
         )
     if dependencies:
         described.metadata["dlhub"]["dependencies"]["python"].update(dependencies)
@@ -462,6 +481,220 @@ def _describe_sklearn(model: Any, serialization_method: str, common: dict[str, A
     return Described(doc, {model_path: content})
 
 
+# -- neural networks: Keras and PyTorch ---------------------------------------------------------------------
+
+SUMMARY_LIMIT = 10000
+"""Longest ``model_summary`` kept (the DLHub SDK's limit): summaries of large networks run to megabytes."""
+
+
+def _array_type(shape: Sequence[Any], dtype: Any, description: str, *, batch: bool = True) -> dict[str, Any]:
+    """An ``ndarray`` type of ``shape`` (the first axis any size when ``batch``) and the dtype's item type."""
+    dims: list[int | None] = [d if isinstance(d, int) else None for d in shape]
+    if batch and dims:
+        dims[0] = None
+    result: dict[str, Any] = {"type": "ndarray", "description": description, "shape": dims}
+    item = _dtype_item_type(dtype)
+    if item is not None:
+        result["item_type"] = item
+    return result
+
+
+def _dtype_item_type(dtype: Any) -> dict[str, Any] | None:
+    """``float`` for floating dtypes (the loaders use the model's own width), ``integer``, ``boolean``."""
+    import numpy as np
+
+    name = str(dtype).removeprefix("torch.")
+    try:
+        kind = np.dtype(name).kind
+    except TypeError:
+        return None
+    names = {"f": "float", "i": "integer", "u": "integer", "b": "boolean", "c": "complex"}
+    return {"type": names[kind]} if kind in names else None
+
+
+def _one_or_tuple(types: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    if len(types) == 1:
+        return types[0]
+    return {"type": "tuple", "description": f"Tuple of {what}", "element_types": types}
+
+
+def _nn_document(
+    common: dict[str, Any], model_file: str, modules: Sequence[str], servable: dict[str, Any]
+) -> dict[str, Any]:
+    """The document of a neural network; ``modules`` are the top-level modules it needs (``tensorflow`` may
+    be installed as the ``tensorflow-cpu`` distribution: the installed one is recorded)."""
+    mapping = importlib_metadata.packages_distributions()
+    distributions = [dist for module in modules for dist in mapping.get(module, [module])]
+    doc = base_document(files={"model": model_file}, dependencies=installed_versions(distributions), **common)
+    doc["servable"] = {"model_type": "Deep NN", **servable}
+    return doc
+
+
+def is_keras_model(model: Any) -> bool:
+    """Whether ``model`` is a Keras model instance (without importing Keras)."""
+    if isinstance(model, type) or "keras" not in sys.modules:
+        return False
+    import keras
+
+    return isinstance(model, keras.Model)
+
+
+def _keras_summary(model: Any) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(str(line)))
+    summary = "\n".join(lines)
+    return summary[:SUMMARY_LIMIT] + "<<TRUNCATED>>" if len(summary) > SUMMARY_LIMIT else summary
+
+
+def _describe_keras(model: Any, common: dict[str, Any]) -> Described:
+    import tempfile
+
+    import keras
+
+    if not model.inputs:
+        raise ValueError(
+            f"the Keras model {model.name!r} is not built: call it or build it with an Input first"
+        )
+    with tempfile.TemporaryDirectory(prefix="dlhub-describe-") as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        content = path.read_bytes()
+    inputs = [_array_type(t.shape, t.dtype, f"Input {t.name}") for t in model.inputs]
+    output_names = [str(n) for n in getattr(model, "output_names", None) or []]
+    outputs = [_array_type(t.shape, t.dtype, "Output") for t in model.outputs]
+    if len(output_names) == len(outputs):
+        for name, output in zip(output_names, outputs, strict=True):
+            output["description"] = f"Output {name}"
+    input_type = _one_or_tuple(inputs, "inputs")
+    methods: dict[str, Any] = {
+        "run": {
+            "input": input_type,
+            "output": _one_or_tuple(outputs, "outputs"),
+            "parameters": {},
+            "method_details": {"method_name": "predict"},
+        }
+    }
+    if len(outputs) > 1 and len(output_names) == len(outputs):
+        for name, output in zip(output_names, outputs, strict=True):
+            if name.isidentifier() and name not in methods:
+                methods[name] = {
+                    "input": input_type,
+                    "output": output,
+                    "parameters": {},
+                    "method_details": {"method_name": "predict", "output_name": name},
+                }
+    backend = keras.backend.backend()
+    modules = ["keras", "numpy", "h5py", backend]
+    doc = _nn_document(
+        common,
+        "model.keras",
+        modules,
+        {
+            "type": "Keras Model",
+            "shim": "keras.KerasServable",
+            "model_summary": _keras_summary(model),
+            "methods": methods,
+        },
+    )
+    return Described(doc, {"model.keras": content})
+
+
+def is_torch_module(model: Any) -> bool:
+    """Whether ``model`` is a ``torch.nn.Module`` instance (without importing PyTorch)."""
+    if isinstance(model, type) or "torch" not in sys.modules:
+        return False
+    import torch
+
+    return isinstance(model, torch.nn.Module)
+
+
+@dataclass
+class TorchInput:
+    """What the caller says about a PyTorch module's input: an example, or a shape and dtype."""
+
+    example: Any
+    shape: Sequence[int | None] | None
+    dtype: str
+
+    def tensors(self) -> tuple[Any, ...] | None:
+        """The example as a tuple of tensors (one per argument of ``forward``), if there is one."""
+        import torch
+
+        if self.example is None:
+            return None
+        parts = self.example if isinstance(self.example, tuple | list) else (self.example,)
+        return tuple(p if isinstance(p, torch.Tensor) else torch.as_tensor(p) for p in parts)
+
+
+def _torchscript(model: Any, example: tuple[Any, ...] | None) -> Any:
+    """``torch.jit.script(model)``; when TorchScript cannot compile it, ``torch.jit.trace`` on the example."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export; it is still what the worker loads.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.jit.script(model)
+        except Exception as exc:
+            if example is None:
+                reason = (str(exc).splitlines() or [""])[0]
+                raise ValueError(
+                    f"TorchScript cannot compile {type(model).__name__} ({type(exc).__name__}: {reason}); "
+                    "pass example=<input> to trace it instead"
+                ) from exc
+        return torch.jit.trace(model, example)
+
+
+def _describe_torch(model: Any, given: TorchInput, common: dict[str, Any]) -> Described:
+    import warnings
+
+    import torch
+
+    example = given.tensors()
+    if example is None and given.shape is None:
+        raise ValueError("describing a PyTorch module needs example=<input> or input_shape=[...]")
+    was_training = model.training
+    model.eval()
+    try:
+        compiled = _torchscript(model, example)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(compiled, buffer)
+        if example is not None:
+            inputs = [_array_type(t.shape, t.dtype, "Tensor") for t in example]
+            with torch.inference_mode():
+                result = model(*example)
+            results = list(result) if isinstance(result, tuple | list) else [result]
+            outputs = [_array_type(r.shape, r.dtype, "Tensor") for r in results]
+        else:
+            inputs = [_array_type(list(given.shape or ()), given.dtype, "Tensor", batch=False)]
+            outputs = [{"type": "ndarray", "description": "Tensor"}]
+    finally:
+        model.train(was_training)
+    doc = _nn_document(
+        common,
+        "model.pt",
+        ["torch", "numpy"],
+        {
+            "type": "Torch Model",
+            "shim": "torch.TorchServable",
+            "model_summary": str(model)[:SUMMARY_LIMIT],
+            "methods": {
+                "run": {
+                    "input": _one_or_tuple(inputs, "tensors"),
+                    "output": _one_or_tuple(outputs, "tensors"),
+                    "parameters": {},
+                    "method_details": {"method_name": "__call__"},
+                }
+            },
+        },
+    )
+    return Described(doc, {"model.pt": buffer.getvalue()})
+
+
 __all__ = [
     "Described",
     "argument_type",
@@ -469,6 +702,8 @@ __all__ = [
     "function_signature",
     "imported_top_level_modules",
     "installed_versions",
+    "is_keras_model",
+    "is_torch_module",
     "module_dependencies",
     "type_description",
 ]

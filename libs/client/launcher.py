@@ -3,29 +3,85 @@
 Each service is started exactly as an operator would start it alone (``python -m services.<name>``); the
 launcher only passes configuration through ``DLHUB_*`` environment variables, waits until the registry reports
 every service registered at the broker, restarts a service that dies, and stops all of them on SIGINT/SIGTERM.
+
+Besides the ``workers`` general workers (topic ``servable/*``), ``replicas`` start dedicated workers for
+single servables: ``{"alice/model": 3}`` starts three workers whose only topic is ``servable/alice/model@*``
+(every version of it). The broker balances a servable's tasks over every worker able to serve it, dedicated
+and general alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import zmq
 
+from libs.common.ids import NAME_RE, SERVABLE_PREFIX
 from libs.common.logging import get_logger
 
 log = get_logger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 10.0
+
+
+def parse_replica(spec: str) -> tuple[str, int]:
+    """``owner/name=N`` -> ``("owner/name", N)``; ValueError naming the problem otherwise."""
+    servable, sep, count = spec.rpartition("=")
+    owner, slash, name = servable.partition("/")
+    if not (sep and slash and NAME_RE.match(owner) and NAME_RE.match(name)):
+        raise ValueError(f"expected owner/name=COUNT, got {spec!r}")
+    try:
+        replicas = int(count)
+    except ValueError:
+        raise ValueError(f"the replica count in {spec!r} is not an integer") from None
+    if replicas < 1:
+        raise ValueError(f"the replica count in {spec!r} must be at least 1")
+    return servable, replicas
+
+
+def replica_counts(configured: Mapping[str, int], specs: Iterable[str]) -> dict[str, int]:
+    """Replica counts by servable: ``[[worker.replicas]]`` from the configuration, overridden per servable by
+    ``--replicas owner/name=N`` options."""
+    counts = dict(configured)
+    for spec in specs:
+        servable, count = parse_replica(spec)
+        counts[servable] = count
+    return counts
+
+
+def replica_topic(servable: str) -> str:
+    """The topic pattern of every version of ``owner/name``: topics are ``servable/<owner>/<name>@<version>``
+    and the broker matches a pattern ending in ``*`` as a prefix."""
+    return f"{SERVABLE_PREFIX}{servable}@*"
+
+
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+MAX_IPC_PATH_BYTES = 107
+
+
+def local_broker_url(data_dir: Path) -> str | None:
+    """An ``ipc://`` endpoint in the data directory for the stack's own services, where the platform has one
+    and the path fits in a Unix socket address; ``None`` means they use the TCP endpoint."""
+    if not zmq.has("ipc"):
+        return None
+    path = (data_dir / "run" / "broker.sock").resolve()
+    if len(os.fsencode(path)) > MAX_IPC_PATH_BYTES:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"ipc://{path}"
 
 
 @dataclass
@@ -35,6 +91,7 @@ class StackOptions:
     registry_port: int = 8642
     broker_port: int = 5560
     workers: int = 1
+    replicas: dict[str, int] = field(default_factory=dict)
     config_file: Path | None = None
     log_format: str = "json"
     log_to_console: bool = False
@@ -44,11 +101,16 @@ class StackOptions:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.registry_port}"
 
+    @property
+    def total_workers(self) -> int:
+        return self.workers + sum(self.replicas.values())
+
 
 @dataclass
 class ServiceProcess:
     name: str
     module: str
+    env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
     restarts: int = 0
@@ -66,20 +128,34 @@ class Stack:
             ServiceProcess("builder", "services.builder"),
             ServiceProcess("search", "services.search"),
             *(ServiceProcess(f"worker-{i}", "services.worker") for i in range(options.workers)),
+            *self._replica_services(options.replicas),
         ]
         self._stopping = threading.Event()
+
+    @staticmethod
+    def _replica_services(replicas: Mapping[str, int]) -> list[ServiceProcess]:
+        services: list[ServiceProcess] = []
+        for servable, count in replicas.items():
+            topics = {"DLHUB_WORKER__TOPICS": json.dumps([replica_topic(servable)])}
+            slug = servable.replace("/", "-")
+            services.extend(
+                ServiceProcess(f"replica-{slug}-{i}", "services.worker", env=topics) for i in range(count)
+            )
+        return services
 
     # -- start -----------------------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
         opts = self.options
         broker_url = f"tcp://{opts.host}:{opts.broker_port}"
+        local_url = local_broker_url(opts.data_dir)
         env = dict(os.environ)
         env.update(
             {
                 "DLHUB_DATA_DIR": str(opts.data_dir),
                 "DLHUB_BROKER__BIND_URL": broker_url,
-                "DLHUB_BUS__BROKER_URL": broker_url,
+                "DLHUB_BROKER__EXTRA_BIND_URLS": json.dumps([local_url] if local_url else []),
+                "DLHUB_BUS__BROKER_URL": local_url or broker_url,
                 "DLHUB_REGISTRY__HOST": opts.host,
                 "DLHUB_REGISTRY__PORT": str(opts.registry_port),
                 "DLHUB_LOGGING__FORMAT": opts.log_format,
@@ -106,7 +182,7 @@ class Stack:
             stderr = service.log_file
         service.popen = subprocess.Popen(
             [sys.executable, "-m", service.module],
-            env=env,
+            env=env | service.env,
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
@@ -140,7 +216,8 @@ class Stack:
 
     def _all_registered(self, health: dict[str, Any]) -> bool:
         kinds = [h.get("kind") for h in health.get("broker", {}).get("handlers", [])]
-        return "builder" in kinds and "search" in kinds and kinds.count("worker") >= self.options.workers
+        workers = kinds.count("worker")
+        return "builder" in kinds and "search" in kinds and workers >= self.options.total_workers
 
     def _raise_if_exited(self) -> None:
         for service in self.services:
@@ -164,6 +241,7 @@ class Stack:
             return
         now = time.monotonic()
         if service.next_restart_at == 0.0:
+            _kill_group(service.popen.pid)
             delay = min(2.0**service.restarts * 0.5, RESTART_BACKOFF_MAX_S)
             service.next_restart_at = now + delay
             log.warning(
@@ -197,9 +275,17 @@ class Stack:
                 service.popen.kill()
                 codes[service.name] = service.popen.wait()
                 log.warning("service killed after grace period", service=service.name)
+            _kill_group(service.popen.pid)
             if service.log_file is not None:
                 service.log_file.close()
         return codes
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a service that has exited: each service leads its own process group, and a
+    worker killed outright can leave helpers behind there (a Parsl interchange, for one)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def run_foreground(stack: Stack, on_ready: Callable[[dict[str, Any]], None], timeout_s: float) -> int:

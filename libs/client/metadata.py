@@ -4,7 +4,7 @@ from either tool publish the same way."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 SDK_COMPAT_VERSION = "2.1.0"
@@ -146,3 +146,33 @@ def sklearn_document(
         "options": options,
     }
     return doc
+
+
+def pipeline_document(
+    *,
+    name: str,
+    steps: Sequence[str | Mapping[str, Any]],
+    title: str,
+    authors: Sequence[str],
+    **common: Any,
+) -> dict[str, Any]:
+    """A pipeline: servable versions run in order, each output the next input, as one servable.
+
+    ``steps``: ``"owner/name[@version]"`` strings or ``{"servable", "method"?, "parameters"?}`` mappings. The
+    registry pins unpinned steps to their current version and derives ``methods.run`` (the first step's
+    input type, the last step's output type) when the pipeline is published.
+    """
+    doc = base_document(name=name, title=title, authors=authors, **common)
+    doc["dlhub"]["type"] = "pipeline"
+    doc["servable"] = {
+        "type": "pipeline",
+        "shim": "pipeline",
+        "steps": [_pipeline_step(step) for step in steps],
+    }
+    return doc
+
+
+def _pipeline_step(step: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(step, str):
+        return {"servable": step, "method": "run", "parameters": {}}
+    return {"method": "run", "parameters": {}} | dict(step)

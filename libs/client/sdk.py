@@ -13,6 +13,7 @@ import httpx
 
 from libs.client.credentials import load_credentials
 from libs.client.packaging import build_package, declared_files
+from libs.common.codec import decode_body, encode_body
 from libs.common.errors import DLHubError, error_class
 
 API_PREFIX = "/api/v1"
@@ -167,16 +168,41 @@ class DLHubClient:
         timeout_s: float = 300.0,
         **describe_options: Any,
     ) -> dict[str, Any]:
-        """Describe a live object (a fitted scikit-learn estimator, or a type-hinted function in a module
-        file) with ``libs.client.describe.describe`` and publish it with its files.
+        """Describe a live object (a fitted scikit-learn estimator, a Keras model, a PyTorch module, or a
+        type-hinted function in a module file) with ``libs.client.describe.describe`` and publish it with its
+        files.
 
         ``describe_options``: affiliations, description, domains, visible_to, dependencies,
-        serialization_method (estimators), autobatch (functions).
+        serialization_method (estimators), autobatch (functions), example / input_shape / input_dtype
+        (PyTorch modules).
         """
         from libs.client.describe import describe
 
         described = describe(model, name=name, title=title, authors=authors, **describe_options)
         return self.publish(described.metadata, package=described.package(), wait=wait, timeout_s=timeout_s)
+
+    def publish_pipeline(
+        self,
+        name: str,
+        steps: Sequence[str | Mapping[str, Any]],
+        *,
+        title: str,
+        authors: Sequence[str],
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        **document_options: Any,
+    ) -> dict[str, Any]:
+        """Publish servable versions as one pipeline servable, run like any servable (``run("owner/name")``).
+
+        ``steps``: ``"owner/name[@version]"`` or ``{"servable", "method"?, "parameters"?}``; the registry pins
+        each to the version it resolves to now. ``document_options``: affiliations, description, domains,
+        visible_to (see ``libs.client.metadata.pipeline_document``). A pipeline is ready at once.
+        """
+        from libs.client.metadata import pipeline_document
+
+        document = pipeline_document(name=name, steps=steps, title=title, authors=authors, **document_options)
+        reply: dict[str, Any] = self._request("POST", "/servables", json=document)
+        return self._maybe_wait(reply, wait, timeout_s)
 
     def _send_version(
         self,
@@ -266,6 +292,41 @@ class DLHubClient:
         result: dict[str, Any] = self._request("POST", "/search/reindex", **kwargs)
         return result
 
+    # -- file inputs -----------------------------------------------------------------------------------------
+
+    def upload_blob(self, source: str | Path | bytes, *, filename: str | None = None) -> str:
+        """Upload a file (a path, or the bytes themselves) for inputs of type file; returns the blob id.
+
+        Pass it as ``{"blob": id}``; the blob is yours alone and expires after the registry's
+        ``blob_ttl_s``. ``run`` does this by itself for ``pathlib.Path`` values in the inputs.
+        """
+        return str(self.upload_blob_info(source, filename=filename)["blob_id"])
+
+    def upload_blob_info(self, source: str | Path | bytes, *, filename: str | None = None) -> dict[str, Any]:
+        """Like ``upload_blob``; returns ``{"blob_id", "size", "sha256", "filename", "expires_at", ...}``."""
+        if isinstance(source, bytes):
+            result: dict[str, Any] = self._request(
+                "POST", "/blobs", files={"file": (filename or "blob", source, "application/octet-stream")}
+            )
+            return result
+        path = Path(source)
+        with path.open("rb") as stream:
+            result = self._request(
+                "POST", "/blobs", files={"file": (filename or path.name, stream, "application/octet-stream")}
+            )
+        return result
+
+    def with_uploaded_files(self, inputs: Any) -> Any:
+        """``inputs`` with every ``pathlib.Path`` (in lists, tuples and dicts) uploaded and replaced by
+        ``{"blob": id}``; a ``str`` is always data, never a path."""
+        if isinstance(inputs, Path):
+            return {"blob": self.upload_blob(inputs)}
+        if isinstance(inputs, (list, tuple)):
+            return [self.with_uploaded_files(item) for item in inputs]
+        if isinstance(inputs, dict):
+            return {key: self.with_uploaded_files(value) for key, value in inputs.items()}
+        return inputs
+
     # -- invocation ------------------------------------------------------------------------------------------
 
     def run(
@@ -277,7 +338,11 @@ class DLHubClient:
         method: str = "run",
         timeout_s: float | None = None,
     ) -> Any:
-        """Run synchronously and return the output; a failed task raises ``TaskFailed``."""
+        """Run synchronously and return the output; a failed task raises ``TaskFailed``.
+
+        Inputs of type file: pass ``{"url": "https://..."}``, ``{"blob": id}`` (``upload_blob``) or a
+        ``pathlib.Path``, which is uploaded first (``with_uploaded_files``); the model receives a local path.
+        """
         record = self.run_detailed(
             servable, inputs, parameters=parameters, method=method, timeout_s=timeout_s
         )
@@ -294,9 +359,24 @@ class DLHubClient:
         method: str = "run",
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
-        """Run synchronously and return the whole record (output or error, and the timings)."""
+        """Run synchronously and return the whole record (output or error, and the timings).
+
+        Inputs holding NumPy arrays travel as msgpack with the arrays as raw buffers (dtype, shape, bytes)
+        instead of JSON text, and array outputs come back as NumPy arrays.
+        """
         body = self._run_body(inputs, parameters, method, timeout_s, asynchronous=False)
-        result: dict[str, Any] = self._request("POST", _servable_path(servable) + "/run", json=body)
+        path = _servable_path(servable) + "/run"
+        if not _holds_ndarray(body["inputs"]):
+            result: dict[str, Any] = self._request("POST", path, json=body)
+            return result
+        return self._request_msgpack(path, body)
+
+    def _request_msgpack(self, path: str, body: Any) -> dict[str, Any]:
+        headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
+        response = self._http.request("POST", path, content=encode_body(body), headers=headers)
+        if response.status_code >= 400:
+            self._raise_for(response)  # errors are JSON whatever the request's format
+        result: dict[str, Any] = decode_body(response.content, dict[str, Any])
         return result
 
     def run_async(
@@ -318,7 +398,7 @@ class DLHubClient:
         """Run servables as one server-side pipeline; returns the final output (or a TaskHandle)."""
         body = {
             "steps": [{"servable": s} if isinstance(s, str) else dict(s) for s in steps],
-            "inputs": inputs,
+            "inputs": self.with_uploaded_files(inputs),
             "asynchronous": asynchronous,
         }
         reply = self._request("POST", "/pipelines/run", json=body)
@@ -342,8 +422,8 @@ class DLHubClient:
         result: dict[str, Any] = self._request("GET", f"/tasks/{task_id}")
         return result
 
-    @staticmethod
     def _run_body(
+        self,
         inputs: Any,
         parameters: Mapping[str, Any] | None,
         method: str,
@@ -352,7 +432,7 @@ class DLHubClient:
         asynchronous: bool,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "inputs": inputs,
+            "inputs": self.with_uploaded_files(inputs),
             "parameters": dict(parameters or {}),
             "method": method,
             "asynchronous": asynchronous,
@@ -380,3 +460,21 @@ class DLHubClient:
         if parse_servable(servable)[2] is None:
             raise ValueError(f"expected owner/name@version, got {servable!r}")
         return _servable_path(servable)
+
+
+MSGPACK = "application/msgpack"
+MAX_NDARRAY_PROBE_ITEMS = 64
+
+
+def _holds_ndarray(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is, or directly nests, a NumPy array (probing only a bounded part of it)."""
+    if type(value).__name__ == "ndarray" and type(value).__module__ == "numpy":
+        return True
+    if depth >= 3:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_ndarray(v, depth + 1) for v in value[:MAX_NDARRAY_PROBE_ITEMS])
+    if isinstance(value, dict):
+        items = list(value.values())[:MAX_NDARRAY_PROBE_ITEMS]
+        return any(_holds_ndarray(v, depth + 1) for v in items)
+    return False

@@ -11,7 +11,7 @@ nested lists; NumPy is imported only when such a value is met.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -45,6 +45,12 @@ def _enc_hook(obj: Any) -> Any:
     if isinstance(obj, complex):
         return {"real": obj.real, "imag": obj.imag}
     raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+def value_enc_hook(obj: Any) -> Any:
+    """The encoding hook for user values (NumPy arrays as the extension type), for other msgpack encoders
+    that must agree with this codec, such as the memo's canonical key encoder."""
+    return _enc_hook(obj)
 
 
 def _ext_hook(code: int, data: memoryview) -> Any:
@@ -113,6 +119,24 @@ class Codec:
             return self._value_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise InvalidMessage(f"undecodable value: {exc}") from exc
+
+
+T = TypeVar("T")
+_body_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+
+def decode_body(data: bytes, type_: type[T]) -> T:
+    """Decode an ``application/msgpack`` HTTP body into ``type_`` (NumPy arrays from the extension type).
+
+    Raises ``msgspec.ValidationError`` / ``msgspec.DecodeError`` like ``msgspec.json.decode`` does, so the
+    caller reports both body formats the same way.
+    """
+    return msgspec.msgpack.decode(data, type=type_, ext_hook=_ext_hook)
+
+
+def encode_body(value: Any) -> bytes:
+    """Encode an ``application/msgpack`` HTTP body; ``msgspec.Raw`` parts must already be msgpack."""
+    return _body_encoder.encode(value)
 
 
 def to_json(value: Any) -> bytes:

@@ -51,6 +51,9 @@ class BusConfig(BaseModel):
 
 class BrokerConfig(BaseModel):
     bind_url: str = "tcp://127.0.0.1:5560"
+    extra_bind_urls: list[str] = Field(default_factory=list)
+    """More endpoints on the same socket: ``dlhub up`` adds an ``ipc://`` one in the data directory, which
+    costs its local services less per message than TCP on loopback, while remote workers use ``bind_url``."""
     max_queued_tasks: PositiveInt = 100_000
     sndhwm: int = 0
 
@@ -86,6 +89,88 @@ class RegistryConfig(BaseModel):
     memo_max_bytes: PositiveInt = 64 * MiB
     memo_max_entry_bytes: PositiveInt = 1 * MiB
     memo_ttl_s: PositiveFloat = 3600.0
+    max_blob_bytes: PositiveInt = 100 * MiB
+    """Largest file accepted by ``POST /blobs`` (an input of type file uploaded to the registry)."""
+    blob_ttl_s: PositiveFloat = 24 * 3600.0
+    """How long an uploaded blob is kept; expired blobs are swept every ``blob_sweep_interval_s``."""
+    blob_sweep_interval_s: PositiveFloat = 60.0
+    blob_url_ttl_s: PositiveFloat = 3600.0
+    """Lifetime of the signed URL a ``{"blob": id}`` input becomes (must cover the task's time queued)."""
+    internal_url: str | None = None
+    """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
+    ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
+
+
+ParslProvider = Literal["local", "slurm", "pbs", "kubernetes"]
+ParslLauncher = Literal["default", "single_node", "simple", "srun", "mpiexec", "aprun"]
+
+
+class ParslConfig(BaseModel):
+    """How a worker with ``backend = "parsl"`` runs tasks: one Parsl HighThroughputExecutor (README, "Running
+    on clusters with Parsl"). Blocks are batch jobs (or pods); each block has ``nodes_per_block`` nodes with
+    ``workers_per_node`` Parsl worker processes, each keeping its servables loaded between tasks."""
+
+    provider: ParslProvider = "local"
+    """Where blocks run: this machine, a Slurm or PBS Pro batch job, or a Kubernetes pod."""
+    workers_per_node: PositiveInt = 1
+    """Parsl worker processes per node (HTEX ``max_workers_per_node``); each runs one task at a time."""
+    cores_per_worker: PositiveFloat = 1.0
+    nodes_per_block: PositiveInt = 1
+    init_blocks: NonNegativeInt = 1
+    min_blocks: NonNegativeInt = 1
+    max_blocks: PositiveInt = 1
+    walltime_s: PositiveInt = 3600
+    """Wall-clock limit of one batch job (Slurm and PBS)."""
+    partition: str | None = None
+    """Slurm partition."""
+    queue: str | None = None
+    """PBS queue."""
+    account: str | None = None
+    """Account (allocation) charged for the jobs (Slurm and PBS)."""
+    qos: str | None = None
+    """Slurm quality of service."""
+    scheduler_options: str = ""
+    """Extra lines for the job script header, e.g. ``#SBATCH --constraint=cpu`` (Slurm and PBS)."""
+    select_options: str = ""
+    """PBS Pro ``-l select`` options appended after ``ncpus``, e.g. ``ngpus=1``."""
+    cpus_per_node: PositiveInt = 1
+    """PBS Pro ``ncpus`` per node."""
+    worker_init: str = ""
+    """Shell commands run before the Parsl workers start (load modules, activate the environment that has
+    DLHub installed)."""
+    launcher: ParslLauncher = "default"
+    """How the workers are started inside a block; ``default`` is the provider's own choice (use ``srun`` or
+    ``mpiexec`` for blocks of more than one node)."""
+    image: str | None = None
+    """Kubernetes: container image with DLHub and the servables' dependencies installed (required)."""
+    namespace: str = "default"
+    """Kubernetes namespace of the worker pods."""
+    pod_max_cpu: PositiveFloat = 2.0
+    pod_max_mem: str = "500Mi"
+    """Kubernetes resource limits of one worker pod."""
+    address: str | None = None
+    """Address the Parsl workers reach the interchange at; default ``127.0.0.1`` for the local provider and
+    Parsl's auto-detection otherwise."""
+    encrypted: bool = True
+    """Encrypt the interchange <-> worker traffic with CurveZMQ."""
+    heartbeat_period_s: PositiveInt = 30
+    heartbeat_threshold_s: PositiveInt = 120
+    """A Parsl node silent for this long is lost; its tasks fail with ``worker_lost``."""
+    startup_timeout_s: PositiveFloat = 120.0
+    """Local provider: how long the worker waits for every Parsl worker to connect before it registers."""
+    run_dir: Path | None = None
+    """Parent of Parsl's run directory (submit scripts, logs); default ``<data_dir>/parsl``. Each worker
+    service uses a fresh sub-directory and removes it when it stops, unless ``keep_run_dir``."""
+    keep_run_dir: bool = False
+
+
+class ReplicaConfig(BaseModel):
+    """Dedicated workers for one servable, started by ``dlhub up`` besides the general ones."""
+
+    servable: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    """``owner/name``: the replicas serve every version of it (topic ``servable/<owner>/<name>@*``), and
+    nothing else."""
+    count: PositiveInt = 1
 
 
 class WorkerConfig(BaseModel):
@@ -102,6 +187,18 @@ class WorkerConfig(BaseModel):
     batch_capacity: NonNegativeInt | None = None
     """Tasks accepted beyond ``processes * tasks_per_process`` so that there is something to merge; default
     ``batch_max_size`` when batching is enabled, 0 otherwise."""
+    file_fetch_max_bytes: PositiveInt = 100 * MiB
+    """Largest file an input of type file may be; a bigger download is aborted and the task fails."""
+    file_fetch_timeout_s: PositiveFloat = 60.0
+    """Total time allowed to download one file input (connection, redirects and body)."""
+    file_fetch_max_redirects: NonNegativeInt = 5
+    backend: Literal["local", "parsl"] = "local"
+    """Run tasks in this worker's own executor processes (``processes`` of them) or through Parsl
+    (``[worker.parsl]``)."""
+    parsl: ParslConfig = Field(default_factory=ParslConfig)
+    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    """``[[worker.replicas]]``: per-servable dedicated workers that ``dlhub up`` starts (read by the launcher
+    only; ``dlhub up --replicas owner/name=N`` adds to these)."""
 
 
 class BuilderConfig(BaseModel):
@@ -147,6 +244,9 @@ class DLHubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DLHUB_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """uvloop roughly halves the per-request cost of the event loop; "asyncio" is the fallback where uvloop
+    is not installed (it is used automatically then)."""
     bus: BusConfig = Field(default_factory=BusConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+from libs.common import event_loop
 from libs.common.bus import HandlerService
 from libs.common.config import DLHubSettings, load_settings
 from libs.common.errors import DLHubError
@@ -73,7 +74,7 @@ def run_service(
     settings = load_settings(args.config)
     configure_logging(settings.logging, service=name)
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), settings.event_loop)
     except Exception:
         get_logger("service").exception(f"{name} failed")
         return 1

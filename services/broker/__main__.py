@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
+from libs.common import event_loop
 from libs.common.config import load_settings
 from libs.common.logging import configure_logging
 from services.broker.broker import run
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="broker")
-    asyncio.run(run(settings))
+    event_loop.run(run(settings), settings.event_loop)
 
 
 if __name__ == "__main__":

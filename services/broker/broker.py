@@ -102,7 +102,8 @@ class Broker:
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.codec.max_message_bytes + 64)
-        sock.bind(self.config.bind_url)
+        for url in (self.config.bind_url, *self.config.extra_bind_urls):
+            sock.bind(url)
         self._sock = sock
 
     def stop(self) -> None:
@@ -118,7 +119,12 @@ class Broker:
         fd = self._sock.fileno()
         loop.add_reader(fd, self._wake)
         ticker = loop.call_later(self.tick_s, self._on_timer)
-        log.info("broker ready", bind_url=self.config.bind_url, broker_id=self.broker_id)
+        log.info(
+            "broker ready",
+            bind_url=self.config.bind_url,
+            extra_bind_urls=self.config.extra_bind_urls,
+            broker_id=self.broker_id,
+        )
         try:
             while not self._stopping:
                 await self._poll()

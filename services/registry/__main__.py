@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from libs.common import event_loop
 from libs.common.config import DLHubSettings, load_settings
 from libs.common.errors import StoreUnavailable
 from libs.common.logging import configure_logging, get_logger
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="registry")
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), settings.event_loop)
     except StoreUnavailable as exc:  # e.g. MongoDB unreachable at start-up: say why and exit non-zero
         log.error("registry cannot start", error=exc.message)
         sys.exit(1)

@@ -13,6 +13,7 @@ from libs.common.logging import get_logger
 from services.registry.auth import Authenticator
 from services.registry.backends import make_store
 from services.registry.background import BackgroundTasks
+from services.registry.blobs import blob_store
 from services.registry.errors import error_middleware
 from services.registry.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
 from services.registry.memo import Memo
@@ -88,6 +89,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         memo=Memo(settings.registry, store),
     )
     background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
+    blob_sweep = blob_store(settings).sweep_forever(settings.registry.blob_sweep_interval_s)
+    background.spawn(blob_sweep, name="blob sweep")
     resumed = await servables.resume_builds()
     if resumed:
         log.info("resumed builds left over from a previous run", count=resumed)

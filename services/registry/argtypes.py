@@ -144,6 +144,15 @@ _EXACT_TYPES: Final[dict[str, frozenset[type]]] = {
     "number": _NUMBER_TYPES,
     "string": frozenset({str}),
 }
+# NumPy dtype kinds an array may have for each declared item type (ints are acceptable numbers).
+_ARRAY_KINDS: Final[dict[str, str]] = {
+    "boolean": "b",
+    "integer": "iu",
+    "float": "fiu",
+    "number": "fiu",
+    "complex": "cfiu",
+    "string": "US",
+}
 _ANY_TYPES: Final = frozenset({"python object", "object", "any"})
 _warned_unknown: set[str] = set()
 
@@ -254,6 +263,7 @@ class _NDArray:
         self.ndim = len(shape)
         self.item = item
         self.exact = _EXACT_TYPES.get(item_name or "")
+        self.singular_name = item_name
         # Items that can never be lists: deeper nesting than declared is a dimension error.
         self.scalar_items = item_name in _SCALARS and item_name != "complex"
         plural = _SCALARS[item_name][2] if item_name in _SCALARS else "items"
@@ -261,6 +271,9 @@ class _NDArray:
         self.singular = _SCALARS[item_name][1] if item_name in _SCALARS else "item"
 
     def __call__(self, value: Any) -> None:
+        if type(value).__name__ == "ndarray" and type(value).__module__ == "numpy":
+            self._check_array(value)  # a msgpack request body: checked by dtype and shape, not by item
+            return
         if self.ndim == 0:
             if self.item is not None:
                 self.item(value)
@@ -272,6 +285,17 @@ class _NDArray:
         self._check_depth(value)
         if not self._fast_ok(value):
             self._check(value, 0)  # finds and names the first mismatch
+
+    def _check_array(self, array: Any) -> None:
+        if array.ndim != self.ndim:
+            raise Mismatch(f"expected {_plural(self.ndim, 'dimension')}, got {array.ndim}")
+        for axis, (size, actual) in enumerate(zip(self.shape, array.shape, strict=True)):
+            if size is not None and size != actual:
+                noun = self.leaf_noun if axis == self.ndim - 1 else "lists"
+                raise Mismatch(f"expected {size} {noun} along axis {axis}, got {actual}")
+        kinds = _ARRAY_KINDS.get(self.singular_name or "")
+        if kinds is not None and array.dtype.kind not in kinds:
+            raise Mismatch(f"expected an array of {self.leaf_noun}, got dtype {array.dtype.str}")
 
     def _fast_ok(self, value: list[Any]) -> bool:
         """Check a whole array level by level with C-speed set operations; False: look closer."""

@@ -4,6 +4,11 @@ Both carry the version's DOI when the publisher supplied one (``identifiers.doi_
 means "no DOI"), the creators with their ORCID iDs, the related identifiers (the paper, training data ...),
 our version number and the URL of the version in the registry. Without a DOI the DataCite identifier is that
 URL (``identifierType`` "URL"). Nothing here depends on HTTP; ``handlers_citation`` serves the results.
+
+A deleted version (a tombstone, which keeps its ``datacite`` section) is still citable, since a DOI must keep
+resolving: its citation says it was withdrawn (BibTeX ``note``; DataCite ``state`` "registered", a
+``Withdrawn`` date and a description) and its DataCite ``url`` is the citation itself, the one page of the
+version that still answers.
 """
 
 from __future__ import annotations
@@ -142,7 +147,32 @@ def _dates(record: VersionRecord) -> list[dict[str, Any]]:
     dates = [dict(d) for d in _dicts(_datacite(record.metadata).get("dates"))]
     if not any(str(d.get("dateType", "")).lower() == "issued" for d in dates):
         dates.append({"date": _published(record).date().isoformat(), "dateType": "Issued"})
+    if record.deleted:
+        dates.append({"date": withdrawn_date(record), "dateType": "Withdrawn"})
     return dates
+
+
+def withdrawn_date(record: VersionRecord) -> str:
+    """The day a tombstone was deleted (ISO 8601), or "" when the store did not record it."""
+    if not record.deleted_at_ms:
+        return ""
+    return datetime.fromtimestamp(record.deleted_at_ms / 1000.0, tz=UTC).date().isoformat()
+
+
+def withdrawal_notice(record: VersionRecord) -> str:
+    when = withdrawn_date(record)
+    return f"Withdrawn: this version was deleted{' on ' + when if when else ''} and can no longer be run."
+
+
+def citation_url(api_base: str, record: VersionRecord) -> str:
+    return version_url(api_base, record.owner, record.name, record.version) + "/citation"
+
+
+def _descriptions(record: VersionRecord) -> list[dict[str, Any]]:
+    descriptions = [dict(d) for d in _dicts(_datacite(record.metadata).get("descriptions"))]
+    if record.deleted:
+        descriptions.append({"description": withdrawal_notice(record), "descriptionType": "Other"})
+    return descriptions
 
 
 def datacite_json(record: VersionRecord, *, api_base: str) -> dict[str, Any]:
@@ -178,12 +208,16 @@ def datacite_json(record: VersionRecord, *, api_base: str) -> dict[str, Any]:
         "relatedIdentifiers": related,
         "version": str(record.version),
         "rightsList": [dict(r) for r in _dicts(datacite.get("rightsList"))],
-        "descriptions": [dict(d) for d in _dicts(datacite.get("descriptions"))],
+        "descriptions": _descriptions(record),
         "fundingReferences": [dict(f) for f in _dicts(datacite.get("fundingReferences"))],
         "url": url,
     }
     if doi:
         out["doi"] = doi
+    if record.deleted:
+        # DataCite's state for a DOI that still resolves but is no longer findable (a tombstone page).
+        out["state"] = "registered"
+        out["url"] = citation_url(api_base, record)
     return out
 
 
@@ -280,7 +314,9 @@ def bibtex(record: VersionRecord, *, api_base: str) -> str:
     if doi:
         fields.append(("doi", bibtex_verbatim(doi)))
     fields.append(("url", bibtex_verbatim(version_url(api_base, record.owner, record.name, record.version))))
-    note = _related_note(record)
+    note = "; ".join(
+        n for n in (withdrawal_notice(record) if record.deleted else "", _related_note(record)) if n
+    )
     if note:
         fields.append(("note", bibtex_escape(note)))
     width = max(len(name) for name, _ in fields)

@@ -6,10 +6,13 @@ from typing import Final
 
 from aiohttp import web
 
+from libs.common.errors import NotFound
+from services.registry.auth import Caller
 from services.registry.citation import bibtex, datacite_json
 from services.registry.handlers_servables import API_PREFIX, caller_of
 from services.registry.http_utils import choice_query, json_response
 from services.registry.keys import SERVABLES, SETTINGS
+from services.registry.store import VersionRecord
 
 FORMATS: Final = ("bibtex", "datacite")
 DEFAULT_FORMAT: Final = "bibtex"
@@ -30,18 +33,35 @@ async def _citation(request: web.Request, version: int | None) -> web.Response:
     caller = await caller_of(request)
     fmt = choice_query(request, "format", FORMATS) or DEFAULT_FORMAT
     owner, name = request.match_info["owner"], request.match_info["name"]
-    record = await request.app[SERVABLES].describe_target(caller, owner, name, version)
+    record = await _cited(request, caller, owner, name, version)
     base = api_base(request)
     if fmt == "datacite":
         return json_response(datacite_json(record, api_base=base))
     return web.Response(text=bibtex(record, api_base=base), content_type=BIBTEX_CONTENT_TYPE, charset="utf-8")
 
 
+async def _cited(
+    request: web.Request, caller: Caller, owner: str, name: str, version: int | None
+) -> VersionRecord:
+    """The version to cite; unlike describe, a tombstone is citable (its citation says it was withdrawn).
+
+    Latest: the newest live version, else (everything deleted) the newest tombstone.
+    """
+    versions = await request.app[SERVABLES].visible_versions(caller, owner, name)  # 404 when none visible
+    if version is None:
+        live = [r for r in versions if not r.deleted]
+        return max(live or versions, key=lambda r: r.version)
+    for record in versions:
+        if record.version == version:
+            return record
+    raise NotFound(f"version {version} of {owner}/{name} not found")
+
+
 async def citation_latest(request: web.Request) -> web.Response:
-    """The citation of the newest version the caller may see (404 when none is visible)."""
+    """The citation of the newest live version the caller may see (404 when none is visible)."""
     return await _citation(request, None)
 
 
 async def citation_version(request: web.Request) -> web.Response:
-    """The citation of one version (404 when unknown or not visible)."""
+    """The citation of one version, deleted or not (404 when unknown or not visible)."""
     return await _citation(request, int(request.match_info["version"]))

@@ -9,7 +9,13 @@ from aiohttp import web
 
 from services.registry.auth import Caller
 from services.registry.handlers_servables import API_PREFIX, caller_of
-from services.registry.http_utils import decode_json, json_response, raw_json_response, read_json_bytes
+from services.registry.http_utils import (
+    json_response,
+    raw_json_response,
+    raw_msgpack_response,
+    read_run_body,
+    wants_msgpack,
+)
 from services.registry.keys import RUNS, SETTINGS
 from services.registry.runs import PipelineBody, RunBody, Submission
 from services.registry.store import TaskRecord
@@ -49,13 +55,17 @@ async def _execute(
             _accepted(await runs.submit_async(caller, submission), submission), submission
         )
     outcome = await runs.run_sync(submission)
+    if wants_msgpack(request):
+        body = runs.sync_response_body(outcome, started, msgpack=True)
+        return _with_deprecation_headers(raw_msgpack_response(body), submission)
     return _with_deprecation_headers(raw_json_response(runs.sync_response_body(outcome, started)), submission)
 
 
 async def _run(request: web.Request, version: int | None, started: float) -> web.Response:
     caller = await caller_of(request)
-    body = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
-    run = decode_json(body, RunBody)
+    run = await read_run_body(
+        request, RunBody, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes
+    )
     submission = await request.app[RUNS].prepare_run(
         caller, request.match_info["owner"], request.match_info["name"], version, run
     )
@@ -77,7 +87,7 @@ async def run_pipeline(request: web.Request) -> web.Response:
     """POST /pipelines/run."""
     started = time.perf_counter()
     caller = await caller_of(request)
-    body = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
-    pipeline = decode_json(body, PipelineBody)
+    max_bytes = request.app[SETTINGS].registry.max_request_json_bytes
+    pipeline = await read_run_body(request, PipelineBody, max_bytes=max_bytes)
     submission = await request.app[RUNS].prepare_pipeline(caller, pipeline)
     return await _execute(request, caller, submission, pipeline.asynchronous, started)

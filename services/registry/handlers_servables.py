@@ -20,6 +20,7 @@ from services.registry.http_utils import (
 from services.registry.keys import AUTH, SERVABLES, SETTINGS
 from services.registry.metadata import title_of
 from services.registry.packages import detect_format
+from services.registry.pipelines import PIPELINE_TYPE, is_pipeline
 from services.registry.servables import newest_live, version_fields, version_summaries
 from services.registry.store import VersionRecord
 from services.registry.tasks import iso_ms
@@ -50,8 +51,15 @@ def publish_response(record: VersionRecord) -> web.Response:
     )
 
 
+def _kind(record: VersionRecord) -> dict[str, Any]:
+    """``type`` (servable, pipeline, dataset) and, for a pipeline, its pinned ``steps``."""
+    if is_pipeline(record.metadata):
+        return {"type": PIPELINE_TYPE, "steps": list(record.metadata["servable"].get("steps") or [])}
+    return {"type": str((record.metadata.get("dlhub") or {}).get("type") or "servable")}
+
+
 def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, Any]:
-    return {
+    return _kind(record) | {
         "owner": record.owner,
         "name": record.name,
         "version": record.version,
@@ -70,7 +78,7 @@ def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, 
 
 
 def summary(record: VersionRecord) -> dict[str, Any]:
-    return {
+    return _kind(record) | {
         "owner": record.owner,
         "name": record.name,
         "version": record.version,
@@ -82,17 +90,42 @@ def summary(record: VersionRecord) -> dict[str, Any]:
     }
 
 
+async def _document_and_package(request: web.Request) -> tuple[Any, bytes | None, str | None]:
+    """The metadata document, package and file name of a multipart body, or a JSON document alone."""
+    settings = request.app[SETTINGS].registry
+    if request.content_type == "multipart/form-data":
+        upload = await read_upload(
+            request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
+        )
+        return upload.metadata, upload.package, upload.filename
+    body = await read_json_bytes(request, max_bytes=settings.max_request_json_bytes)
+    return decode_json(body, dict[str, Any], what="metadata document"), None, None
+
+
+def _names_files(document: Any) -> bool:
+    dlhub = document.get("dlhub") if isinstance(document, dict) else None
+    files = dlhub.get("files") if isinstance(dlhub, dict) else None
+    return isinstance(files, dict) and any(files.values())
+
+
 async def publish(request: web.Request) -> web.Response:
-    """POST /servables: multipart ``metadata`` (+ ``package``) -> 202 with the build task."""
+    """POST /servables: multipart ``metadata`` (+ ``package``), or a JSON document (no files, e.g. a
+    pipeline) -> 202 with the build task (a pipeline is ready at once: its task is already completed)."""
     caller = await caller_of(request)
     user = request.app[AUTH].require_user(caller)
-    settings = request.app[SETTINGS].registry
-    upload = await read_upload(
-        request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
-    )
-    package_format = detect_format(upload.filename, upload.package or b"")
+    document, package, filename = await _document_and_package(request)
+    if request.content_type != "multipart/form-data" and _names_files(document):
+        # A first version has no earlier package to reuse: its files can only come as a package part.
+        raise ValidationFailed(
+            "the document names files (dlhub.files); publish it as multipart/form-data with a 'package' part",
+            field="Content-Type",
+        )
     record = await request.app[SERVABLES].publish(
-        owner=user, document=upload.metadata, package=upload.package, package_format=package_format
+        owner=user,
+        document=document,
+        package=package,
+        package_format=detect_format(filename, package or b""),
+        caller=caller,
     )
     return publish_response(record)
 
@@ -101,16 +134,8 @@ async def update(request: web.Request) -> web.Response:
     """PUT /servables/{owner}/{name}: JSON metadata (same files) or multipart (new files) -> new version."""
     caller = await caller_of(request)
     user = request.app[AUTH].require_user(caller)
-    settings = request.app[SETTINGS].registry
     owner, name = request.match_info["owner"], request.match_info["name"]
-    if request.content_type == "multipart/form-data":
-        upload = await read_upload(
-            request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
-        )
-        document, package, filename = upload.metadata, upload.package, upload.filename
-    else:
-        body = await read_json_bytes(request, max_bytes=settings.max_request_json_bytes)
-        document, package, filename = decode_json(body, dict[str, Any], what="metadata document"), None, None
+    document, package, filename = await _document_and_package(request)
     package_format = detect_format(filename, package or b"")
     record = await request.app[SERVABLES].update(
         caller,

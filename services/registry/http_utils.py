@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from libs.common.errors import PayloadTooLarge, ValidationFailed
+from libs.common.codec import decode_body
+from libs.common.errors import DLHubError, PayloadTooLarge, ValidationFailed
 
 T = TypeVar("T")
 
@@ -26,6 +28,20 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 def raw_json_response(body: bytes, *, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, content_type="application/json")
+
+
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
+
+
+def raw_msgpack_response(body: bytes, *, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body, content_type=MSGPACK)
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    """Whether the client asked for a msgpack answer (``Accept: application/msgpack``)."""
+    accept = request.headers.get("Accept", "")
+    return "msgpack" in accept and any(kind in accept for kind in MSGPACK_TYPES)
 
 
 def _is_json(content_type: str) -> bool:
@@ -52,6 +68,30 @@ async def read_json_bytes(request: web.Request, *, max_bytes: int) -> bytes:
     if not body.strip():
         raise ValidationFailed("the request body is empty; expected a JSON object")
     return body
+
+
+async def read_run_body(request: web.Request, type_: type[T], *, max_bytes: int) -> T:
+    """A run request's body as ``type_``, from JSON or msgpack (NumPy arrays as the extension type, which
+    spares both sides converting large arrays to and from text)."""
+    if request.content_type not in MSGPACK_TYPES:
+        return decode_json(await read_json_bytes(request, max_bytes=max_bytes), type_)
+    _check_length(request, max_bytes)
+    body = await request.read()
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"the request body exceeds the limit of {max_bytes} bytes")
+    if not body:
+        raise ValidationFailed("the request body is empty; expected a msgpack map")
+    try:
+        return decode_body(body, type_)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_RE.search(message)
+        field = match.group("path") if match and match.group("path") else None
+        raise ValidationFailed(f"invalid request body: {message}", field=field) from None
+    except (msgspec.DecodeError, DLHubError) as exc:
+        raise ValidationFailed(f"malformed msgpack in the request body: {exc}") from None
+    except (ValueError, TypeError) as exc:  # an ndarray extension whose header does not fit its buffer
+        raise ValidationFailed(f"malformed ndarray in the request body: {exc}") from None
 
 
 def decode_json(body: bytes, type_: type[T], *, what: str = "request body") -> T:
@@ -94,7 +134,7 @@ async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_byte
     _check_length(request, max_bytes)
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise ValidationFailed(f"malformed multipart body: {exc}") from None
     metadata_bytes: bytes | None = None
     package: bytes | None = None
@@ -115,7 +155,7 @@ async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_byte
                 filename = part.filename
             else:
                 await part.release()
-    except ValueError as exc:
+    except (ValueError, HttpProcessingError) as exc:  # e.g. a part header aiohttp cannot parse
         raise ValidationFailed(f"malformed multipart body: {exc}") from None
     if metadata_bytes is None:
         raise ValidationFailed("the multipart body has no 'metadata' part", field="metadata")

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from libs.common.codec import value_enc_hook
 from libs.common.config import RegistryConfig
 from libs.common.logging import get_logger
 from services.registry.store import MetadataStore, VersionRecord
@@ -36,7 +37,8 @@ log = get_logger(__name__)
 ENTRY_OVERHEAD_BYTES = 160
 KEY_VERSION = b"dlhub-memo-1"
 
-_canonical = msgspec.msgpack.Encoder(order="sorted")
+# NumPy arrays (msgpack request bodies) key by dtype, shape and bytes, as the codec encodes them.
+_canonical = msgspec.msgpack.Encoder(order="sorted", enc_hook=value_enc_hook)
 
 
 def canonical(value: Any) -> bytes:

@@ -23,6 +23,7 @@ from libs.common.ids import NAME_RE
 from libs.common.payloads import SearchDocument
 from services.registry.argtypes import check_method_types
 from services.registry.identifiers import doi_of, related_identifiers, validate_identifiers
+from services.registry.pipelines import check_pipeline_document, is_pipeline
 from services.registry.vectors import check_test_vectors
 
 SCHEMA_RESOURCE = "dlhub-publication.schema.json"
@@ -86,7 +87,10 @@ def validate_publication(document: Any) -> dict[str, Any]:
         raise ValidationFailed(f"invalid servable name {name!r}", field="dlhub.name")
     check_method_types(document)  # argument types: what the schema cannot say (shape sizes, nesting depth)
     validate_identifiers(document)  # DOI, related DOIs and ORCID iDs (the schema only knows their shape)
-    check_test_vectors(document)  # each test vector names a declared method
+    if is_pipeline(document):
+        check_pipeline_document(document)  # its steps are checked against the registry at publish
+    else:
+        check_test_vectors(document)  # each test vector names a declared method
     return document
 
 

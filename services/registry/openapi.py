@@ -54,6 +54,14 @@ _DEPRECATION_FIELDS: dict[str, Any] = {
     "deprecation_replacement": {"type": ["string", "null"], "description": "owner/name@version"},
     "deprecated_at": {"type": ["string", "null"], "format": "date-time"},
 }
+_KIND_FIELDS: dict[str, Any] = {
+    "type": {"type": "string", "enum": ["servable", "pipeline", "dataset"]},
+    "steps": {
+        "type": "array",
+        "items": _ref("PipelineStep"),
+        "description": "Pipelines only: the pinned steps (servable owner/name@version, method, parameters)",
+    },
+}
 _TOMBSTONE_FIELDS: dict[str, Any] = {
     "deleted_at": {"type": ["string", "null"], "format": "date-time", "description": "tombstones only"},
     "deleted_by": {"type": "string", "description": "tombstones only"},
@@ -116,12 +124,33 @@ SCHEMAS: dict[str, Any] = {
     "Timings": TIMINGS,
     "PublicationDocument": {
         "type": "object",
-        "description": "DLHub publication document (datacite, dlhub, servable sections).",
+        "description": "DLHub publication document (datacite, dlhub, servable sections). A pipeline has "
+        'dlhub.type "pipeline" and servable {"type": "pipeline", "steps": [PipelineStep]} (see docs/api.md).',
         "required": ["datacite", "dlhub"],
         "properties": {
             "datacite": {"type": "object"},
             "dlhub": {"type": "object"},
-            "servable": {"type": "object"},
+            "servable": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "description": "'pipeline' for a pipeline"},
+                    "steps": {
+                        "type": "array",
+                        "items": _ref("PipelineStep"),
+                        "maxItems": 64,
+                        "description": "Pipelines only; pinned to owner/name@version when published",
+                    },
+                },
+            },
+        },
+    },
+    "PipelineStep": {
+        "type": "object",
+        "required": ["servable"],
+        "properties": {
+            "servable": {"type": "string", "description": "owner/name or owner/name@version"},
+            "method": {"type": "string", "default": "run"},
+            "parameters": {"type": "object"},
         },
     },
     "PublishRequest": {
@@ -187,6 +216,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["owner", "name", "version", "shorthand_name", "status", "metadata", "versions"],
         "properties": {
+            **_KIND_FIELDS,
             "owner": {"type": "string"},
             "name": {"type": "string"},
             "version": {"type": "integer"},
@@ -214,6 +244,7 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "properties": {
+                        **_KIND_FIELDS,
                         "owner": {"type": "string"},
                         "name": {"type": "string"},
                         "version": {"type": "integer"},
@@ -266,7 +297,8 @@ SCHEMAS: dict[str, Any] = {
             "timings": _ref("Timings"),
             "servable": {
                 "type": "string",
-                "description": "owner/name@version (comma-separated for pipelines)",
+                "description": "owner/name@version (a published pipeline's own; comma-separated steps for "
+                "/pipelines/run)",
             },
             "cached": {"type": "boolean", "description": "answered from the result cache (memoization)"},
             "warnings": _WARNINGS,
@@ -312,15 +344,8 @@ SCHEMAS: dict[str, Any] = {
             "steps": {
                 "type": "array",
                 "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["servable"],
-                    "properties": {
-                        "servable": {"type": "string", "description": "owner/name or owner/name@version"},
-                        "method": {"type": "string", "default": "run"},
-                        "parameters": {"type": "object"},
-                    },
-                },
+                "maxItems": 64,
+                "items": _ref("PipelineStep"),
             },
             "inputs": {"description": "Any JSON value"},
             "asynchronous": {"type": "boolean", "default": False},
@@ -414,6 +439,11 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "doi": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": ["registered"],
+                "description": "Only for a deleted (withdrawn) version: resolves, no longer findable",
+            },
             "creators": {
                 "type": "array",
                 "items": {
@@ -506,9 +536,18 @@ _DEPRECATE_RESPONSES = {
     "200": _response("The version's deprecation state", _ref("Deprecation")),
     **_errors(400, 401, 403, 404, 410),
 }
+_RUN_PIPELINE_NOTE = (
+    "A published pipeline runs here too: its pinned steps become one broker route (method 'run', no "
+    "parameters; inputs checked against the first step). A step the caller cannot see is 404, a deleted "
+    "step 410, a step not ready 409, each naming servable.steps[i]; failures carry error.step and "
+    "error.topic."
+)
 _PUBLISH_BODY = {
     "required": True,
-    "content": {"multipart/form-data": {"schema": _ref("PublishRequest")}},
+    "content": {
+        "multipart/form-data": {"schema": _ref("PublishRequest")},
+        JSON: {"schema": _ref("PublicationDocument")},  # a document without files, e.g. a pipeline
+    },
 }
 _CITATION_FORMAT = _param(
     "format",
@@ -518,14 +557,107 @@ _CITATION_FORMAT = _param(
 )
 _CITATION_RESPONSES = {
     "200": {
-        "description": "The citation: a BibTeX entry (format=bibtex) or DataCite JSON (format=datacite)",
+        "description": "The citation: a BibTeX entry (format=bibtex) or DataCite JSON (format=datacite). "
+        "A deleted version stays citable and is marked withdrawn (BibTeX note; DataCite state "
+        "'registered', a Withdrawn date and description, url = this citation)",
         "content": {
             "application/x-bibtex": {"schema": {"type": "string"}},
             JSON: {"schema": _ref("DataCite")},
         },
     },
-    **_errors(400, 401, 404, 410),
+    **_errors(400, 401, 404),
 }
+_BLOB_ID = _param("blob_id", "path", {"type": "string"}, "Blob id (from POST /blobs)")
+_BLOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["blob_id", "size", "sha256", "expires_at"],
+    "properties": {
+        "blob_id": {"type": "string", "description": 'Pass as {"blob": blob_id} for an input of type file'},
+        "size": {"type": "integer", "description": "Bytes"},
+        "sha256": {"type": "string", "description": "Hex digest of the content"},
+        "filename": {"type": "string", "description": "Sanitised upload file name (may be empty)"},
+        "content_type": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time", "description": "Swept after this time"},
+    },
+}
+_BLOB_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _blob_paths() -> dict[str, Any]:
+    return {
+        "/blobs": {
+            "post": {
+                "operationId": "uploadBlob",
+                "summary": "Upload a file for inputs of type file (raw body or multipart 'file' part)",
+                "security": _SECURED,
+                "parameters": [
+                    _param("filename", "query", {"type": "string"}, "File name of a raw-body upload")
+                ],
+                "requestBody": _BLOB_UPLOAD_BODY,
+                "responses": {
+                    "201": _response("Stored", _BLOB_SCHEMA),
+                    **_errors(400, 401, 413),
+                },
+            },
+        },
+        "/blobs/{blob_id}": {
+            "parameters": [_BLOB_ID],
+            "get": {
+                "operationId": "describeBlob",
+                "summary": "One of the caller's blobs (404 for others' blobs)",
+                "security": _SECURED,
+                "responses": {"200": _response("The blob", _BLOB_SCHEMA), **_errors(401, 404)},
+            },
+            "delete": {
+                "operationId": "deleteBlob",
+                "summary": "Delete one of the caller's blobs before it expires",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response(
+                        "Deleted", {"type": "object", "properties": {"deleted": {"type": "string"}}}
+                    ),
+                    **_errors(401, 404),
+                },
+            },
+        },
+        "/blobs/{blob_id}/content": {
+            "parameters": [_BLOB_ID],
+            "get": {
+                "operationId": "downloadBlob",
+                "summary": "The blob's bytes through a signed URL (what workers fetch); no token needed",
+                "security": [{}],
+                "parameters": [
+                    _param("expires", "query", {"type": "integer"}, "Expiry, epoch seconds", required=True),
+                    _param("sig", "query", {"type": "string"}, "HMAC-SHA256 signature", required=True),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The content",
+                        "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    "403": _error("Missing, invalid or expired signature"),
+                    "404": _error("The blob expired or was deleted"),
+                },
+            },
+        },
+    }
+
+
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
 
@@ -656,7 +788,7 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "get": {
                 "operationId": "citeServable",
-                "summary": "Citation of the latest visible version (BibTeX or DataCite JSON)",
+                "summary": "Citation of the newest live version (all deleted: the newest, withdrawn)",
                 "security": _OPTIONAL_AUTH,
                 "parameters": [_CITATION_FORMAT],
                 "responses": _CITATION_RESPONSES,
@@ -666,7 +798,7 @@ def build_openapi() -> dict[str, Any]:
             "parameters": [OWNER, NAME, VERSION],
             "get": {
                 "operationId": "citeServableVersion",
-                "summary": "Citation of one version (BibTeX or DataCite JSON)",
+                "summary": "Citation of one version, deleted ones included (marked withdrawn)",
                 "security": _OPTIONAL_AUTH,
                 "parameters": [_CITATION_FORMAT],
                 "responses": _CITATION_RESPONSES,
@@ -677,6 +809,7 @@ def build_openapi() -> dict[str, Any]:
             "post": {
                 "operationId": "runServable",
                 "summary": "Run the latest version (newest ready one not deprecated, else newest ready)",
+                "description": _RUN_PIPELINE_NOTE,
                 "security": _OPTIONAL_AUTH,
                 "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
                 "responses": _RUN_RESPONSES,
@@ -687,6 +820,7 @@ def build_openapi() -> dict[str, Any]:
             "post": {
                 "operationId": "runServableVersion",
                 "summary": "Run a pinned version",
+                "description": _RUN_PIPELINE_NOTE,
                 "security": _OPTIONAL_AUTH,
                 "requestBody": {"required": True, "content": _json_content(_ref("RunRequest"))},
                 "responses": _RUN_RESPONSES,
@@ -792,6 +926,7 @@ def build_openapi() -> dict[str, Any]:
                 },
             },
         },
+        **_blob_paths(),
     }
     return {
         "openapi": "3.1.0",

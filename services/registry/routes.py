@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.registry import (
+    handlers_blobs,
     handlers_citation,
     handlers_misc,
     handlers_runs,
@@ -15,6 +16,7 @@ from services.registry import (
 API_PREFIX = handlers_servables.API_PREFIX
 SERVABLE = API_PREFIX + "/servables/{owner}/{name}"
 VERSION = SERVABLE + r"/versions/{version:\d+}"
+BLOB = API_PREFIX + "/blobs/{blob_id}"
 
 
 def setup_routes(app: web.Application) -> None:
@@ -42,5 +44,9 @@ def setup_routes(app: web.Application) -> None:
             web.get(API_PREFIX + "/tasks/{task_id}", handlers_misc.get_task),
             web.get(API_PREFIX + "/search", handlers_misc.search),
             web.post(API_PREFIX + "/search/reindex", handlers_misc.reindex_search),
+            web.post(API_PREFIX + "/blobs", handlers_blobs.upload),
+            web.get(BLOB, handlers_blobs.describe),
+            web.delete(BLOB, handlers_blobs.delete),
+            web.get(BLOB + "/content", handlers_blobs.content),
         ]
     )

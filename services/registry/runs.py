@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
 
-from libs.common.codec import Codec
+from libs.common.codec import Codec, encode_body, from_json
 from libs.common.config import DLHubSettings
 from libs.common.errors import BrokerUnavailable, InvalidMessage, Unauthorized, ValidationFailed
 from libs.common.ids import new_id, servable_topic
@@ -27,16 +28,23 @@ from libs.common.messages import Result, RouteStep, Started, Timings
 from services.registry.argtypes import UNCHECKED, check_run_inputs
 from services.registry.auth import Caller
 from services.registry.background import BackgroundTasks
-from services.registry.memo import Memo, MemoStep
+from services.registry.blobs import resolve_file_inputs
+from services.registry.memo import Memo, MemoStep, is_deterministic
+from services.registry.pipelines import (
+    StepSpec,
+    check_step_count,
+    is_pipeline,
+    resolve_step,
+    stored_steps,
+)
 from services.registry.ports import Bus
-from services.registry.servables import Servables, deprecation_warning, parse_servable_ref
+from services.registry.servables import Servables, deprecation_warning
 from services.registry.store import TaskRecord, VersionRecord
 from services.registry.tasks import TaskTable, error_dict, output_json, timings_dict
 
 log = get_logger(__name__)
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-MAX_PIPELINE_STEPS = 64
 
 
 class RunBody(msgspec.Struct, kw_only=True):
@@ -78,6 +86,15 @@ class Submission:
     """Human-readable warnings for the caller (one per deprecated version on the route)."""
     deprecated_at_ms: int = 0
     """The earliest deprecation time among the route's versions (0: none is deprecated)."""
+
+
+@dataclass(slots=True)
+class _Expansion:
+    """Steps resolved into a broker route, with the versions they run (for memo keys and warnings)."""
+
+    route: list[RouteStep] = field(default_factory=list)
+    records: list[VersionRecord] = field(default_factory=list)
+    memo_steps: list[MemoStep] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,44 +162,84 @@ class Runs:
     ) -> Submission:
         self.check_may_run(caller)
         record = await self._servables.runnable(caller, owner, name, version)
+        if is_pipeline(record.metadata):
+            return await self._prepare_published_pipeline(caller, record, body)
         step = self._step(record, body.method, body.parameters, "method", body.inputs)
+        files = await resolve_file_inputs(self._settings, caller, record, body.method, body.inputs)
+        memo_steps = [MemoStep(record, body.method, body.parameters)]
         return Submission(
             route=[step],
-            inputs=self._codec.encode_value(body.inputs),
+            inputs=self._codec.encode_value(files.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=record.label,
-            memo_key=self._memo_key([MemoStep(record, body.method, body.parameters)], body.inputs),
+            memo_key=self._memo_key(memo_steps, body.inputs) if files.memoizable else None,
             memo_read=body.memoize,
             **_deprecations([record]),
         )
 
     async def prepare_pipeline(self, caller: Caller, body: PipelineBody) -> Submission:
         self.check_may_run(caller)
-        if not body.steps:
-            raise ValidationFailed("a pipeline needs at least one step", field="steps")
-        if len(body.steps) > MAX_PIPELINE_STEPS:
-            raise ValidationFailed(f"a pipeline has at most {MAX_PIPELINE_STEPS} steps", field="steps")
-        route: list[RouteStep] = []
-        labels: list[str] = []
-        records: list[VersionRecord] = []
-        memo_steps: list[MemoStep] = []
-        for index, step in enumerate(body.steps):
-            owner, name, version = parse_servable_ref(step.servable, f"steps[{index}].servable")
-            record = await self._servables.runnable(caller, owner, name, version)
-            inputs = body.inputs if index == 0 else UNCHECKED
-            route.append(self._step(record, step.method, step.parameters, f"steps[{index}].method", inputs))
-            labels.append(record.label)
-            records.append(record)
-            memo_steps.append(MemoStep(record, step.method, step.parameters))
+        steps = [StepSpec(s.servable, s.method, s.parameters) for s in body.steps]
+        expansion = await self._expand(caller, steps, body.inputs, "steps")
+        first = expansion.records[0]
+        files = await resolve_file_inputs(self._settings, caller, first, steps[0].method, body.inputs)
         return Submission(
-            route=route,
-            inputs=self._codec.encode_value(body.inputs),
+            route=expansion.route,
+            inputs=self._codec.encode_value(files.inputs),
             timeout_s=self._timeout(body.timeout_s),
-            servable=",".join(labels),
-            memo_key=self._memo_key(memo_steps, body.inputs),
+            servable=",".join(r.label for r in expansion.records),
+            memo_key=self._memo_key(expansion.memo_steps, body.inputs) if files.memoizable else None,
             memo_read=body.memoize,
-            **_deprecations(records),
+            **_deprecations(expansion.records),
         )
+
+    async def _prepare_published_pipeline(
+        self, caller: Caller, record: VersionRecord, body: RunBody
+    ) -> Submission:
+        """A run of a published pipeline: its pinned steps expanded into one route, like /pipelines/run."""
+        if body.method != "run":
+            raise ValidationFailed(f"{record.label} is a pipeline; its only method is 'run'", field="method")
+        if body.parameters:
+            raise ValidationFailed(
+                f"{record.label} is a pipeline; parameters are set on its steps when it is published",
+                field="parameters",
+            )
+        steps = stored_steps(record.metadata)
+        expansion = await self._expand(caller, steps, body.inputs, "servable.steps")
+        files = await resolve_file_inputs(
+            self._settings, caller, expansion.records[0], steps[0].method, body.inputs
+        )
+        deterministic = is_deterministic(record, "run") and files.memoizable
+        return Submission(
+            route=expansion.route,
+            inputs=self._codec.encode_value(files.inputs),
+            timeout_s=self._timeout(body.timeout_s),
+            servable=record.label,
+            memo_key=self._memo_key(expansion.memo_steps, body.inputs) if deterministic else None,
+            memo_read=body.memoize,
+            **_deprecations([record, *expansion.records]),
+        )
+
+    async def _expand(self, caller: Caller, steps: Sequence[StepSpec], inputs: Any, field: str) -> _Expansion:
+        """Resolve every step (as ``caller``) into the route; only the first step's inputs are checked."""
+        check_step_count(len(steps), field)
+        expansion = _Expansion()
+        for index, step in enumerate(steps):
+            step_field = f"{field}[{index}]"
+            record = await resolve_step(
+                self._servables, caller, step.servable, f"{step_field}.servable", index
+            )
+            if is_pipeline(record.metadata):
+                raise ValidationFailed(
+                    f"step {index} ({record.label}) is a pipeline; pipelines cannot be nested",
+                    field=f"{step_field}.servable",
+                )
+            checked = inputs if index == 0 else UNCHECKED
+            route_step = self._step(record, step.method, step.parameters, f"{step_field}.method", checked)
+            expansion.route.append(route_step)
+            expansion.records.append(record)
+            expansion.memo_steps.append(MemoStep(record, step.method, step.parameters))
+        return expansion
 
     def _memo_key(self, steps: list[MemoStep], inputs: Any) -> bytes | None:
         return None if self._memo is None else self._memo.key(steps, inputs)
@@ -215,7 +272,7 @@ class Runs:
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
         output: bytes | None = None
-        if result.ok and key is not None:
+        if result.ok and key is not None and self._memoizable_size(result):
             try:
                 output = output_json(self._codec, result)
             except InvalidMessage:
@@ -230,11 +287,22 @@ class Runs:
             warnings=submission.warnings,
         )
 
-    def sync_response_body(self, outcome: SyncOutcome, started: float) -> bytes:
-        """Encode the 200 body; ``request_ms`` is measured up to this point."""
+    def _memoizable_size(self, result: Result) -> bool:
+        """False when the output is too large for the memo anyway, so it is not converted to JSON for it
+        (its msgpack encoding is never larger than the JSON the memo would hold)."""
+        return self._memo is None or len(result.output) <= self._memo.max_entry_bytes
+
+    def sync_response_body(self, outcome: SyncOutcome, started: float, *, msgpack: bool = False) -> bytes:
+        """Encode the 200 body as JSON or msgpack; ``request_ms`` is measured up to this point."""
         result = outcome.result
         body: dict[str, Any] = {"task_id": outcome.task_id}
-        if outcome.output is not None:
+        if msgpack and result.ok and not outcome.cached:
+            body["state"] = "completed"
+            body["output"] = result.output  # the worker's msgpack as it came, arrays as the extension type
+        elif msgpack and outcome.output is not None:
+            body["state"] = "completed"
+            body["output"] = msgspec.Raw(encode_body(from_json(outcome.output)))
+        elif outcome.output is not None:
             body["state"] = "completed"
             body["output"] = msgspec.Raw(outcome.output)
         elif result.ok:
@@ -252,7 +320,7 @@ class Runs:
         body["cached"] = outcome.cached
         if outcome.warnings:
             body["warnings"] = list(outcome.warnings)
-        return self._json.encode(body)
+        return encode_body(body) if msgpack else self._json.encode(body)
 
     async def submit_async(self, caller: Caller, submission: Submission) -> TaskRecord:
         """Create the task and run it in the background; a memo hit returns the task already completed."""

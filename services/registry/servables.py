@@ -33,11 +33,12 @@ from libs.common.payloads import (
     SearchDocument,
     decode_payload,
 )
-from services.registry.auth import Caller
+from services.registry.auth import Caller, caller_for
 from services.registry.background import BackgroundTasks
 from services.registry.cache import VersionCache
 from services.registry.metadata import normalise_publication, search_document, validate_publication
 from services.registry.packages import PackageBlobs
+from services.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
 from services.registry.ports import Bus
 from services.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
 from services.registry.tasks import TaskTable, error_dict, iso_ms, now_ms
@@ -156,8 +157,13 @@ class Servables:
         package_format: PackageFormat,
         expected_name: str | None = None,
         reuse_from: VersionRecord | None = None,
+        caller: Caller | None = None,
     ) -> VersionRecord:
-        """Validate and store a new version, then start its build in the background."""
+        """Validate and store a new version, then start its build in the background.
+
+        A pipeline document (``pipelines.py``) is checked against what ``caller`` (default: the owner) may
+        run, stored with its steps pinned and ready at once: there is nothing to build.
+        """
         document = validate_publication(document)
         name = check_name(document["dlhub"]["name"], "dlhub.name")
         if expected_name is not None and name != expected_name:
@@ -165,6 +171,11 @@ class Servables:
                 f"dlhub.name {name!r} does not match the servable being updated ({expected_name!r})",
                 field="dlhub.name",
             )
+        if is_pipeline(document):
+            if package:
+                raise ValidationFailed("a pipeline is published without a package", field="package")
+            pinned = await pin_pipeline(self, caller or caller_for(owner), document)
+            return await self._publish_pipeline(owner, name, pinned)
         package_sha256 = ""
         if package:
             package_sha256 = await self._blobs.put(package)
@@ -193,6 +204,38 @@ class Servables:
         self.start_build(record)
         return record
 
+    async def _publish_pipeline(self, owner: str, name: str, pinned: PinnedPipeline) -> VersionRecord:
+        published_at_ms = now_ms()
+        metadata = normalise_publication(
+            pinned.document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
+        )
+        build_task_id = new_id()
+        record = await self._store.create_version(
+            owner=owner,
+            name=name,
+            metadata=metadata,
+            published_at_ms=published_at_ms,
+            build_task_id=build_task_id,
+            status="ready",
+        )
+        # The digest identifies what the pipeline runs (its pinned steps); the store sets it with the status.
+        record = (
+            await self._store.set_version_status(
+                owner, name, record.version, status="ready", digest=pinned.digest
+            )
+            or record
+        )
+        self.cache.invalidate(owner, name)
+        task = await self._tasks.create(
+            task_id=build_task_id, kind="build", servable=record.label, submitter=owner
+        )
+        await self._tasks.complete(
+            task, output=to_json({"digest": pinned.digest, "files": [], "steps": list(pinned.steps)})
+        )
+        log.info("pipeline published", servable=record.label, task_id=build_task_id, steps=len(pinned.steps))
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return record
+
     async def update(
         self,
         caller: Caller,
@@ -217,6 +260,7 @@ class Servables:
             package_format=package_format,
             expected_name=name,
             reuse_from=reuse_from,
+            caller=caller,
         )
 
     async def delete(
@@ -441,19 +485,6 @@ class Servables:
                 error_type=result.error.code if result.error else "",
                 error=result.error.message if result.error else "",
             )
-
-
-def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
-    """Split ``owner/name`` or ``owner/name@version``."""
-    owner, sep, rest = ref.partition("/")
-    name, at, version_text = rest.partition("@")
-    if not sep or not NAME_RE.fullmatch(owner) or not NAME_RE.fullmatch(name):
-        raise ValidationFailed(f"expected 'owner/name' or 'owner/name@version', got {ref!r}", field=field)
-    if not at:
-        return owner, name, None
-    if not version_text.isdigit() or int(version_text) < 1:
-        raise ValidationFailed(f"invalid version in {ref!r}", field=field)
-    return owner, name, int(version_text)
 
 
 def gone_message(record: VersionRecord) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 
+from libs.common import event_loop
 from libs.common.config import DLHubSettings, load_settings
 from libs.common.logging import configure_logging, get_logger
 from services.worker.service import WorkerService
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="worker")
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings), settings.event_loop)
     return 0
 
 

@@ -24,6 +24,7 @@ import msgspec
 from libs.common.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
 from libs.common.errors import DLHubError, MessageTooLarge
 from libs.common.messages import ErrorInfo
+from services.worker.files import FileLimits, TaskFiles
 from services.worker.protocol import (
     HEADER_BYTES,
     ExecReply,
@@ -110,8 +111,15 @@ def _error_from_dlhub(exc: DLHubError) -> ErrorInfo:
 class Executor:
     """Serve ``ExecRequest`` frames: load (once), decode, call, encode, reply."""
 
-    def __init__(self, *, max_message_bytes: int, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        file_limits: FileLimits | None = None,
+    ) -> None:
         self.max_message_bytes = max_message_bytes
+        self.file_limits = file_limits or FileLimits()
         self.codec = Codec(max_message_bytes=max_message_bytes)
         self.cache_size = cache_size
         self.loads = 0
@@ -142,14 +150,19 @@ class Executor:
         return self.codec.decode_value(raw)
 
     def handle(self, request: ExecRequest) -> ExecReply:
+        # Downloaded file inputs (files.py) live until the reply is built.
+        with TaskFiles(self.file_limits) as files:
+            return self._handle(request, files)
+
+    def _handle(self, request: ExecRequest, files: TaskFiles) -> ExecReply:
         load_ms = 0.0
         try:
             servable, load_ms = self._servable(request.version_dir)
-            servable.method_spec(request.method)
+            spec = servable.method_spec(request.method)
             parameters = servable.merged_parameters(
                 request.method, self.codec.decode_value(request.parameters)
             )
-            inputs = self._decode_inputs(servable, request.inputs)
+            inputs = files.localize(spec, self._decode_inputs(servable, request.inputs))
         except DLHubError as exc:
             return self._failed(request, _error_from_dlhub(exc), load_ms)
         except Exception as exc:
@@ -254,7 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.worker.executor")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     parser.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE)
+    defaults = FileLimits()
+    parser.add_argument("--file-fetch-max-bytes", type=int, default=defaults.max_bytes)
+    parser.add_argument("--file-fetch-timeout-s", type=float, default=defaults.timeout_s)
+    parser.add_argument("--file-fetch-max-redirects", type=int, default=defaults.max_redirects)
     args = parser.parse_args(argv)
+    file_limits = FileLimits(
+        max_bytes=args.file_fetch_max_bytes,
+        timeout_s=args.file_fetch_timeout_s,
+        max_redirects=args.file_fetch_max_redirects,
+    )
     # The worker decides when this process stops (closing stdin, or a kill); Ctrl-C in a terminal reaches the
     # whole process group and must not kill a task the worker will report on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -264,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     # task rather than during it.
     import numpy  # noqa: F401
 
-    executor = Executor(max_message_bytes=args.max_message_bytes, cache_size=args.cache_size)
+    executor = Executor(
+        max_message_bytes=args.max_message_bytes, cache_size=args.cache_size, file_limits=file_limits
+    )
     try:
         executor.serve(reader, writer)
     except (BrokenPipeError, msgspec.DecodeError, DLHubError) as exc:

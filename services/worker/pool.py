@@ -15,13 +15,14 @@ import itertools
 import signal
 import sys
 import time
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
 from libs.common.errors import DLHubError, InvalidMessage, TaskTimeout, WorkerLost
 from libs.common.logging import get_logger
 from libs.common.messages import EMPTY_MAP, NIL
+from services.worker.files import FileLimits
 from services.worker.protocol import (
     HEADER_BYTES,
     ExecReply,
@@ -39,6 +40,34 @@ STREAM_LIMIT_BYTES: Final = 1 << 20
 EXIT_GRACE_S: Final = 5.0
 RESPAWN_BACKOFF_INITIAL_S: Final = 0.1
 RESPAWN_BACKOFF_MAX_S: Final = 30.0
+
+
+class ExecutionBackend(Protocol):
+    """What the worker service needs from whatever runs its tasks: this pool, or Parsl
+    (``services.worker.parsl_backend``). Both run ``Executor.handle`` on msgpack ``ExecRequest`` frames."""
+
+    @property
+    def processes(self) -> int:
+        """How many tasks run at once (the batcher's slots and the basis of the advertised capacity)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def execute(
+        self,
+        *,
+        task_id: str,
+        servable: str,
+        version_dir: str,
+        method: str,
+        inputs: msgspec.Raw = NIL,
+        parameters: msgspec.Raw = EMPTY_MAP,
+        timeout_s: float | None = None,
+    ) -> ExecReply:
+        """Run one task; raises ``TaskTimeout``, ``WorkerLost``, ``MessageTooLarge`` or ``PoolClosed``."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class PoolClosed(DLHubError):
@@ -77,7 +106,14 @@ class ExecutorProcess:
 
     @classmethod
     async def spawn(
-        cls, *, slot: int, python: str, max_message_bytes: int, cache_size: int, startup_timeout_s: float
+        cls,
+        *,
+        slot: int,
+        python: str,
+        max_message_bytes: int,
+        cache_size: int,
+        startup_timeout_s: float,
+        file_limits: FileLimits | None = None,
     ) -> ExecutorProcess:
         process = await asyncio.create_subprocess_exec(
             python,
@@ -87,6 +123,7 @@ class ExecutorProcess:
             str(max_message_bytes),
             "--cache-size",
             str(cache_size),
+            *(file_limits or FileLimits()).as_args(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=STREAM_LIMIT_BYTES,
@@ -180,6 +217,7 @@ class ExecutorPool:
         cache_size: int = 32,
         startup_timeout_s: float = 60.0,
         python: str = sys.executable,
+        file_limits: FileLimits | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("an executor pool needs at least one process")
@@ -188,6 +226,7 @@ class ExecutorPool:
         self.cache_size = cache_size
         self.startup_timeout_s = startup_timeout_s
         self.python = python
+        self.file_limits = file_limits or FileLimits()
         self.respawns = 0
         self._slots: list[ExecutorProcess | None] = [None] * processes
         self._idle: asyncio.Queue[ExecutorProcess | None] = asyncio.Queue()
@@ -220,6 +259,7 @@ class ExecutorPool:
             max_message_bytes=self.max_message_bytes,
             cache_size=self.cache_size,
             startup_timeout_s=self.startup_timeout_s,
+            file_limits=self.file_limits,
         )
 
     def _adopt(self, child: ExecutorProcess) -> None:

@@ -20,7 +20,8 @@ from libs.common.logging import get_logger
 from libs.common.messages import Dispatch, ErrorInfo, Result, Timings
 from libs.common.servable_store import METADATA_FILENAME, version_dir
 from services.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
-from services.worker.pool import ExecutorPool
+from services.worker.files import FileLimits
+from services.worker.pool import ExecutionBackend, ExecutorPool
 from services.worker.protocol import ExecReply
 
 log = get_logger(__name__)
@@ -28,9 +29,30 @@ log = get_logger(__name__)
 POLICY_CACHE_SIZE = 4096
 
 
+def make_backend(settings: DLHubSettings) -> ExecutionBackend:
+    """The configured execution back end: local executor processes, or Parsl (imported only when used)."""
+    config = settings.worker
+    max_message_bytes = settings.bus.max_message_bytes
+    file_limits = FileLimits(
+        config.file_fetch_max_bytes, config.file_fetch_timeout_s, config.file_fetch_max_redirects
+    )
+    if config.backend == "parsl":
+        from services.worker.parsl_backend import ParslBackend
+
+        return ParslBackend(
+            config.parsl,
+            run_dir_root=settings.data_dir / "parsl",
+            max_message_bytes=max_message_bytes,
+            file_limits=file_limits,
+        )
+    return ExecutorPool(
+        processes=config.processes, max_message_bytes=max_message_bytes, file_limits=file_limits
+    )
+
+
 class WorkerService:
     """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
-    batching allowance.
+    batching allowance (with the Parsl back end, ``processes`` is the number of Parsl workers).
 
     Each executor process runs one task at a time; the extra capacity (``tasks_per_process > 1``) only lets
     tasks wait here for a free process instead of in the broker, saving a round trip between tasks. With
@@ -41,7 +63,7 @@ class WorkerService:
     (or ``batch_enabled = false``) where several workers must share non-batchable load evenly.
     """
 
-    def __init__(self, settings: DLHubSettings, *, pool: ExecutorPool | None = None) -> None:
+    def __init__(self, settings: DLHubSettings, *, pool: ExecutionBackend | None = None) -> None:
         self.settings = settings
         config = settings.worker
         self.codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
@@ -50,10 +72,8 @@ class WorkerService:
         allowance = 0
         if self.batching:
             allowance = config.batch_max_size if config.batch_capacity is None else config.batch_capacity
-        self.capacity = config.processes * config.tasks_per_process + allowance
-        self.pool = pool or ExecutorPool(
-            processes=config.processes, max_message_bytes=settings.bus.max_message_bytes
-        )
+        self.pool = pool or make_backend(settings)
+        self.capacity = self.pool.processes * config.tasks_per_process + allowance
         self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
         self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
         self._batch_ids = itertools.count(1)
@@ -176,7 +196,7 @@ class WorkerService:
         )
 
     async def run(self) -> None:
-        """Start the executor processes, register with the broker and serve until ``stop``."""
+        """Start the execution back end, register with the broker and serve until ``stop``."""
         await self.pool.start()
         try:
             if self._stopping.is_set():

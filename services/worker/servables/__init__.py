@@ -1,4 +1,9 @@
-"""Servable loaders, one per ``servable.shim``, behind the ``Servable`` base."""
+"""Servable loaders, one per ``servable.shim``, behind the ``Servable`` base.
+
+The PyTorch, Keras and TensorFlow loaders import their framework only when they load a model, so a worker
+without those libraries starts and serves every other type (and fails such a servable with a typed error
+naming the extra to install).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,25 @@ from pathlib import Path
 
 from libs.common.errors import ValidationFailed
 from services.worker.servables.base import Servable, ServableLoadError, read_metadata, servable_section
+from services.worker.servables.keras_model import KerasServable
 from services.worker.servables.onnx_model import ONNXServable
 from services.worker.servables.python_class import PythonClassMethodServable
 from services.worker.servables.python_function import PythonStaticMethodServable
 from services.worker.servables.scikit_learn import ScikitLearnServable
+from services.worker.servables.tensorflow_model import TensorFlowServable
+from services.worker.servables.torch_model import TorchServable
 
 SHIMS: dict[str, type[Servable]] = {
     cls.shim: cls
-    for cls in (PythonStaticMethodServable, PythonClassMethodServable, ScikitLearnServable, ONNXServable)
+    for cls in (
+        PythonStaticMethodServable,
+        PythonClassMethodServable,
+        ScikitLearnServable,
+        ONNXServable,
+        TorchServable,
+        KerasServable,
+        TensorFlowServable,
+    )
 }
 
 __all__ = ["SHIMS", "Servable", "ServableLoadError", "load_servable"]

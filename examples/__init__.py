@@ -1,0 +1,1 @@
+"""Runnable examples of DLHub (each sub-package has a README)."""

@@ -1,0 +1,1 @@
+"""The formation-enthalpy pipeline of the DLHub paper: composition -> Magpie features -> random forest."""

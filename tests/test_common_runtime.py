@@ -1,0 +1,57 @@
+"""libs/common pieces every service runs on: task IDs and the event loop choice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from libs.client.launcher import local_broker_url
+from libs.common import event_loop
+from libs.common.ids import new_id
+
+
+def test_new_ids_are_distinct_random_version_4_uuids() -> None:
+    ids = [new_id() for _ in range(20_000)]  # crosses many refills of the random pool
+    assert len(set(ids)) == len(ids)
+    for value in ids[:: len(ids) // 50]:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    new_id()  # the parent's pool now holds unused random bytes a child must not reuse
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next IDs, then leave without running pytest's teardown
+        os.close(read_end)
+        os.write(write_end, ",".join(new_id() for _ in range(8)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        child_ids = set(reader.read().decode().split(","))
+    os.waitpid(pid, 0)
+    parent_ids = {new_id() for _ in range(8)}
+    assert len(child_ids) == 8 and not child_ids & parent_ids
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_services_run_on_the_configured_event_loop(loop_kind: str) -> None:
+    async def loop_module() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__
+
+    module = event_loop.run(loop_module(), loop_kind)  # type: ignore[arg-type]
+    assert module.startswith("uvloop") == (loop_kind == "uvloop")
+
+
+def test_dlhub_up_gives_its_services_an_ipc_endpoint_when_the_path_fits(tmp_path: Path) -> None:
+    url = local_broker_url(tmp_path / "data")
+    assert url == f"ipc://{(tmp_path / 'data' / 'run' / 'broker.sock').resolve()}"
+    assert (tmp_path / "data" / "run").is_dir()
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    assert local_broker_url(deep) is None  # too long for a Unix socket address: the services use TCP
