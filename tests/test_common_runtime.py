@@ -6,11 +6,14 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from libs.client.launcher import local_broker_url
 from libs.common import event_loop
+from libs.common.codec import Codec, decode_body, encode_body
 from libs.common.ids import new_id
 
 
@@ -55,3 +58,26 @@ def test_dlhub_up_gives_its_services_an_ipc_endpoint_when_the_path_fits(tmp_path
     assert (tmp_path / "data" / "run").is_dir()
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     assert local_broker_url(deep) is None  # too long for a Unix socket address: the services use TCP
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array(5.0),  # 0-d stays 0-d
+        np.zeros((0, 3)),
+        np.array([True, False]),
+        np.arange(12).reshape(3, 4).T,  # not C-contiguous
+        np.arange(20)[::3],
+        np.array(["ab", "c"]),
+        np.array([b"x", b"yz"]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),  # no buffer format: copied with tobytes
+        np.array([1 + 2j]),
+        np.random.default_rng(0).random((1000, 4)).astype(np.float32),
+    ],
+)
+def test_ndarrays_round_trip_through_the_codec_with_dtype_and_shape(array: np.ndarray) -> None:
+    codec = Codec()
+    back = codec.decode_value(codec.encode_value({"x": array}))["x"]
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert np.array_equal(back, array)
+    assert np.array_equal(decode_body(encode_body([array]), list[Any])[0], array)

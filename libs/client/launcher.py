@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import httpx
 import zmq
@@ -67,6 +67,14 @@ def replica_topic(servable: str) -> str:
     and the broker matches a pattern ending in ``*`` as a prefix."""
     return f"{SERVABLE_PREFIX}{servable}@*"
 
+
+# glibc serves allocations above 128 KiB with fresh mmap()s and trims freed heap eagerly, so every large
+# message buffer (an ndarray batch, a big output) costs a page fault per 4 KiB: ~0.3 ms per 320 KB copy.
+# Keeping buffers up to 16 MiB on the heap, and up to 64 MiB of free heap untrimmed, makes them reusable.
+MALLOC_TUNING: Final = {
+    "MALLOC_MMAP_THRESHOLD_": str(16 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024),
+}
 
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_IPC_PATH_BYTES = 107
@@ -162,6 +170,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        for name, value in MALLOC_TUNING.items():
+            env.setdefault(name, value)
         if opts.config_file is not None:
             env["DLHUB_CONFIG"] = str(opts.config_file)
         env.update(opts.extra_env)

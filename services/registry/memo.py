@@ -35,7 +35,8 @@ log = get_logger(__name__)
 
 # Rough per-entry bookkeeping cost (dict slot, OrderedDict node, tuple, key object) counted in the bound.
 ENTRY_OVERHEAD_BYTES = 160
-KEY_VERSION = b"dlhub-memo-1"
+# Version 2: values are the worker's msgpack output (version 1 stored JSON); old shared entries never match.
+KEY_VERSION = b"dlhub-memo-2"
 
 # NumPy arrays (msgpack request bodies) key by dtype, shape and bytes, as the codec encodes them.
 _canonical = msgspec.msgpack.Encoder(order="sorted", enc_hook=value_enc_hook)

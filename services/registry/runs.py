@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from libs.common.codec import Codec, encode_body, from_json
+from libs.common.codec import Codec, encode_body, to_json
 from libs.common.config import DLHubSettings
 from libs.common.errors import BrokerUnavailable, InvalidMessage, Unauthorized, ValidationFailed
 from libs.common.ids import new_id, servable_topic
@@ -40,7 +40,7 @@ from services.registry.pipelines import (
 from services.registry.ports import Bus
 from services.registry.servables import Servables, deprecation_warning
 from services.registry.store import TaskRecord, VersionRecord
-from services.registry.tasks import TaskTable, error_dict, output_json, timings_dict
+from services.registry.tasks import TaskTable, error_dict, timings_dict
 
 log = get_logger(__name__)
 
@@ -104,7 +104,7 @@ class SyncOutcome:
     servable: str
     cached: bool = False
     output: bytes | None = None
-    """The output as JSON when already encoded (a memo hit, or a result just stored in the memo)."""
+    """A memo hit's output, msgpack as the worker encoded it (``result`` is then empty)."""
     warnings: tuple[str, ...] = ()
 
 
@@ -271,44 +271,30 @@ class Runs:
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
-        output: bytes | None = None
-        if result.ok and key is not None and self._memoizable_size(result):
-            try:
-                output = output_json(self._codec, result)
-            except InvalidMessage:
-                output = None  # reported as a failure by sync_response_body; never memoized
-            else:
-                self._memo_store(key, output)
+        if result.ok and key is not None:
+            self._memo_store_result(key, result)
         return SyncOutcome(
-            task_id=result.task_id,
-            result=result,
-            servable=submission.servable,
-            output=output,
-            warnings=submission.warnings,
+            task_id=result.task_id, result=result, servable=submission.servable, warnings=submission.warnings
         )
 
-    def _memoizable_size(self, result: Result) -> bool:
-        """False when the output is too large for the memo anyway, so it is not converted to JSON for it
-        (its msgpack encoding is never larger than the JSON the memo would hold)."""
-        return self._memo is None or len(result.output) <= self._memo.max_entry_bytes
+    def _memo_store_result(self, key: bytes, result: Result) -> None:
+        """Memoize the worker's msgpack output as it came: no conversion on the request path, and a hit
+        answers a msgpack request without any (a JSON one converts the usually small output)."""
+        if self._memo is not None and len(result.output) <= self._memo.max_entry_bytes:
+            self._memo_store(key, bytes(result.output))
 
     def sync_response_body(self, outcome: SyncOutcome, started: float, *, msgpack: bool = False) -> bytes:
         """Encode the 200 body as JSON or msgpack; ``request_ms`` is measured up to this point."""
         result = outcome.result
         body: dict[str, Any] = {"task_id": outcome.task_id}
-        if msgpack and result.ok and not outcome.cached:
+        output = msgspec.Raw(outcome.output) if outcome.output is not None else result.output
+        if msgpack and result.ok:
             body["state"] = "completed"
-            body["output"] = result.output  # the worker's msgpack as it came, arrays as the extension type
-        elif msgpack and outcome.output is not None:
-            body["state"] = "completed"
-            body["output"] = msgspec.Raw(encode_body(from_json(outcome.output)))
-        elif outcome.output is not None:
-            body["state"] = "completed"
-            body["output"] = msgspec.Raw(outcome.output)
+            body["output"] = output  # the worker's msgpack as it came, arrays as the extension type
         elif result.ok:
             try:
                 body["state"] = "completed"
-                body["output"] = msgspec.Raw(output_json(self._codec, result))
+                body["output"] = msgspec.Raw(to_json(self._codec.decode_value(output)))
             except InvalidMessage as exc:
                 body["state"] = "failed"
                 body["error"] = {"type": exc.code, "message": exc.message}
@@ -331,9 +317,9 @@ class Runs:
         )
         if cached is not None:
             request_ms = (time.perf_counter() - started) * 1000.0
-            return await self._tasks.complete(
-                task, output=cached, timings=timings_dict(Timings(), request_ms)
-            )
+            output = to_json(self._codec.decode_value(cached))
+            timings = timings_dict(Timings(), request_ms)
+            return await self._tasks.complete(task, output=output, timings=timings)
         self._background.spawn(self._run_async(task, submission), name=f"run {task.task_id}")
         return task
 
@@ -361,8 +347,8 @@ class Runs:
         # The "running" write must land before the final state so it cannot overwrite it.
         await asyncio.gather(*marking, return_exceptions=True)
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
-        if submission.memo_key is not None and task.state == "completed" and task.output_json is not None:
-            self._memo_store(submission.memo_key, task.output_json)
+        if submission.memo_key is not None and task.state == "completed":
+            self._memo_store_result(submission.memo_key, result)
 
 
 def _deprecations(records: list[VersionRecord]) -> dict[str, Any]:

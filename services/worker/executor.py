@@ -10,6 +10,8 @@ The process exits when its stdin closes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import signal
 import sys
@@ -39,6 +41,7 @@ from services.worker.servables import Servable, ServableLoadError, load_servable
 from services.worker.servables.scikit_learn import ScikitLearnServable
 
 DEFAULT_CACHE_SIZE = 32
+PIPE_BYTES = 1 << 20
 
 
 def _array_header(data: memoryview, offset: int) -> tuple[int, int] | None:
@@ -236,9 +239,21 @@ class Executor:
             self._write(writer, self.handle(decode_request(body)))
 
 
+def _widen_pipe(fd: int) -> None:
+    """Grow a pipe from 64 KiB to ``PIPE_BYTES`` where Linux allows it, so that a large request or reply
+    (a batch of rows, an image) crosses in one write instead of a writer/reader ping-pong per 64 KiB. Either
+    end may resize a pipe; doing it here works whatever event loop the worker runs."""
+    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_pipe_size is not None:
+        with contextlib.suppress(OSError):  # not a pipe, or above /proc/sys/fs/pipe-max-size: keep it
+            fcntl.fcntl(fd, set_pipe_size, PIPE_BYTES)
+
+
 def _private_pipes() -> tuple[IO[bytes], IO[bytes]]:
     """Move the protocol pipes off fds 0/1 so that stray prints and reads cannot touch them."""
     in_fd, out_fd = os.dup(0), os.dup(1)  # dup'd descriptors are not inherited by the model's subprocesses
+    _widen_pipe(in_fd)
+    _widen_pipe(out_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

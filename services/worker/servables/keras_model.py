@@ -17,7 +17,8 @@ and the weights are loaded into it (YAML architectures are gone from Keras 3). `
 maps names to ``module.Class`` paths, imported from the package (or installed) and handed to Keras.
 
 Methods: ``method_details.method_name`` is ``predict`` (the default; ``method_details.batch_size``, default
-Keras' 32), ``__call__`` (the model called with ``training=False``) or another method of the model, called
+Keras' 32; inputs that fit in one batch go to ``predict_on_batch``, the same computation without the
+per-call data pipeline of ``predict``), ``__call__`` (the model called with ``training=False``) or another method of the model, called
 with the inputs and the request's ``parameters``. ``method_details.output_name`` (a name in
 ``model.output_names``) or ``output_index`` selects one output of a multi-output model, so several methods
 can expose different outputs of one loaded model. ``classes`` (from the SDK) is descriptive only.
@@ -45,6 +46,8 @@ from services.worker.servables.frameworks import configure_tensorflow, require, 
 from services.worker.servables.python_function import import_servable_module, module_roots, resolve_attribute
 
 DEFAULT_MODEL_FILE = "model.keras"
+# Keras' own default batch size of predict().
+KERAS_PREDICT_BATCH = 32
 HDF5_SUFFIXES = (".h5", ".hdf5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -140,8 +143,7 @@ class KerasServable(Servable):
                 raise ValidationFailed(
                     f"{field}.batch_size must be a positive integer", field=f"{field}.batch_size"
                 )
-            predict = self.model.predict
-            return lambda x, params: pick(predict(x, **{"batch_size": batch_size, "verbose": 0, **params}))
+            return self._predictor(batch_size, pick)
         if name == "__call__":
             model = self.model
             return lambda x, params: pick(to_numpy(model(x, training=False, **params)))
@@ -149,6 +151,21 @@ class KerasServable(Servable):
         if not callable(function):
             raise ServableLoadError(f"method {method!r}: the Keras model has no method {name!r}")
         return lambda x, params: pick(to_numpy(function(x, **params)))
+
+    def _predictor(
+        self, batch_size: int | None, pick: Callable[[Any], Any]
+    ) -> Callable[[Any, dict[str, Any]], Any]:
+        """``predict``, except that inputs that fit in one of its batches go to ``predict_on_batch``: the
+        same computation without the data pipeline ``predict`` builds on every call (~90 ms on a CPU)."""
+        model = self.model
+        one_batch = batch_size or KERAS_PREDICT_BATCH
+
+        def run(x: Any, params: dict[str, Any]) -> Any:
+            if not params and _rows(x) <= one_batch:
+                return pick(to_numpy(model.predict_on_batch(x)))
+            return pick(model.predict(x, **{"batch_size": batch_size, "verbose": 0, **params}))
+
+        return run
 
     def _output_selector(self, method: str, details: dict[str, Any]) -> Callable[[Any], Any]:
         field = f"servable.methods.{method}.method_details"
@@ -237,3 +254,15 @@ def _is_hdf5(path: Path) -> bool:
             return stream.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
     except OSError:
         return False
+
+
+def _rows(x: Any) -> int:
+    """The batch size of a model input: rows of the array, or of the first array of a list or dict."""
+    if isinstance(x, dict):
+        x = next(iter(x.values()), None)
+    elif isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape"):
+        x = x[0]
+    shape = getattr(x, "shape", None)
+    if shape:
+        return int(shape[0])
+    return len(x) if isinstance(x, (list, tuple)) else 1
