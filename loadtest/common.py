@@ -103,8 +103,10 @@ class KeepAliveClient:
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        self.conn.request("POST", path, body=body, headers=self.headers)
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        self.conn.request(
+            "POST", path, body=body, headers={**self.headers, **headers} if headers else self.headers
+        )
         response = self.conn.getresponse()
         return response.status, response.read()
 

@@ -124,7 +124,7 @@ def _publish_main(stack: RunningStack, cfg: PaperConfig, shared: Shared) -> Publ
     largest = max(cfg.batch_sizes)
     batch_servables = {
         "noop": BatchServable(noop_batch, lambda n: [None] * n, largest, largest),
-        "sklearn_forest": BatchServable(forest, lambda n: rows_for(n).tolist(), largest, cfg.unbatched_max),
+        "sklearn_forest": BatchServable(forest, rows_for, largest, cfg.unbatched_max),
         "cifar10": BatchServable(
             cifar, lambda n: images(n, CIFAR_SHAPE), cfg.cifar_max_batch, cfg.cifar_unbatched_max
         ),

@@ -17,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from loadtest.common import KeepAliveClient
 from loadtest.paper.config import PaperConfig
 from loadtest.paper.measure import BenchError, post, ratio, run_body
 
-InputsFor = Callable[[int], list[Any]]
+InputsFor = Callable[[int], Any]
+"""The inputs of a batch of n: a list, or an ndarray (sent as msgpack)."""
 
 
-def _unbatched(client: KeepAliveClient, path: str, one_input: list[Any], n: int) -> dict[str, float]:
+def _unbatched(client: KeepAliveClient, path: str, one_input: Any, n: int) -> dict[str, float]:
     body = run_body(one_input)
     invocation = 0.0
     started = time.perf_counter()
@@ -37,12 +40,12 @@ def _unbatched(client: KeepAliveClient, path: str, one_input: list[Any], n: int)
     }
 
 
-def _batched(client: KeepAliveClient, path: str, inputs: list[Any]) -> dict[str, float]:
+def _batched(client: KeepAliveClient, path: str, inputs: Any) -> dict[str, float]:
     started = time.perf_counter()
     _, record = post(client, path, run_body(inputs))
     makespan_ms = (time.perf_counter() - started) * 1000
     output = record["output"]
-    if not isinstance(output, list) or len(output) != len(inputs):
+    if not isinstance(output, (list, np.ndarray)) or len(output) != len(inputs):
         raise BenchError(f"{path}: a batch of {len(inputs)} answered {str(output)[:100]}")
     return {"makespan_ms": round(makespan_ms, 3), "invocation_ms": float(record["timings"]["invocation_ms"])}
 

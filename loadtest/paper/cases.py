@@ -32,16 +32,18 @@ def run_path(servable: str) -> str:
     return f"/api/v1/servables/{name}/run"
 
 
-def images(n: int, shape: tuple[int, ...], seed: int = 0) -> list[Any]:
-    """``n`` random images as nested lists, rounded so the JSON stays near the size of 8-bit pixel data."""
-    data = np.random.default_rng(seed).random((n, *shape)).round(3)
-    result: list[Any] = data.tolist()
-    return result
+def images(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """``n`` random float32 images (sent as msgpack raw buffers, as ``DLHubClient.run`` sends arrays)."""
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
 def probabilities_of(rows: int, classes: int) -> Callable[[Any], bool]:
     def check(output: Any) -> bool:
-        return isinstance(output, list) and len(output) == rows and all(len(r) == classes for r in output)
+        return (
+            isinstance(output, (list, np.ndarray))
+            and len(output) == rows
+            and all(len(r) == classes for r in output)
+        )
 
     return check
 

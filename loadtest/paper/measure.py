@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from libs.common.codec import decode_body, encode_body
 from loadtest.common import KeepAliveClient, summary_ms
 
 TIMINGS = ("inference_ms", "invocation_ms", "request_ms")
@@ -18,20 +21,30 @@ class BenchError(RuntimeError):
     """A benchmark request failed or answered something unexpected: the run stops and says which."""
 
 
+MSGPACK_HEADERS = {"Content-Type": "application/msgpack", "Accept": "application/msgpack"}
+
+
 def post(client: KeepAliveClient, path: str, body: bytes) -> tuple[float, dict[str, Any]]:
-    """One request; returns the client round trip (ms) and the decoded reply of a completed task."""
+    """One request; returns the client round trip (ms) and the decoded reply of a completed task.
+
+    A body that is not a JSON object is msgpack (``run_body`` of NumPy inputs), answered in msgpack.
+    """
+    is_msgpack = not body.startswith(b"{")
     started = time.perf_counter()
-    status, payload = client.post(path, body)
+    status, payload = client.post(path, body, headers=MSGPACK_HEADERS if is_msgpack else None)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if status != 200:
         raise BenchError(f"POST {path}: HTTP {status}: {payload[:300]!r}")
-    record: dict[str, Any] = json.loads(payload)
+    record: dict[str, Any] = decode_body(payload, dict[str, Any]) if is_msgpack else json.loads(payload)
     if record.get("state", "completed") != "completed":
         raise BenchError(f"POST {path}: task {record.get('state')}: {json.dumps(record.get('error'))[:300]}")
     return elapsed_ms, record
 
 
 def run_body(inputs: Any, *, memoize: bool = False) -> bytes:
+    """JSON, or msgpack with the array as a raw buffer for NumPy inputs (what ``DLHubClient.run`` sends)."""
+    if isinstance(inputs, np.ndarray):
+        return encode_body({"inputs": inputs, "memoize": memoize})
     return json.dumps({"inputs": inputs, "memoize": memoize}).encode()
 
 
@@ -57,7 +70,7 @@ def sequential(
         for i in range(warmup + requests):
             elapsed_ms, record = post(client, path, body)
             if not check(record.get("output")):
-                raise BenchError(f"POST {path}: unexpected output {json.dumps(record.get('output'))[:200]}")
+                raise BenchError(f"POST {path}: unexpected output {str(record.get('output'))[:200]}")
             if i < warmup:
                 continue
             if cached is not None and record.get("cached") is not cached:
