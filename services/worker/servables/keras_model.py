@@ -18,10 +18,11 @@ maps names to ``module.Class`` paths, imported from the package (or installed) a
 
 Methods: ``method_details.method_name`` is ``predict`` (the default; ``method_details.batch_size``, default
 Keras' 32; inputs that fit in one batch go to ``predict_on_batch``, the same computation without the
-per-call data pipeline of ``predict``), ``__call__`` (the model called with ``training=False``) or another method of the model, called
-with the inputs and the request's ``parameters``. ``method_details.output_name`` (a name in
-``model.output_names``) or ``output_index`` selects one output of a multi-output model, so several methods
-can expose different outputs of one loaded model. ``classes`` (from the SDK) is descriptive only.
+per-call data pipeline of ``predict``), ``__call__`` (the model called with ``training=False``) or another
+method of the model, called with the inputs and the request's ``parameters``.
+``method_details.output_name`` (a name in ``model.output_names``) or ``output_index`` selects one output of
+a multi-output model, so several methods can expose different outputs of one loaded model. ``classes``
+(from the SDK) is descriptive only.
 
 Inputs: one array for a single-input model; a list (one array per input, in ``model.inputs`` order) or a dict
 keyed by input name for several inputs. Values become arrays of each input's dtype. Outputs: an ndarray, a
