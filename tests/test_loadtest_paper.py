@@ -115,3 +115,34 @@ def test_targets_table(quick_run: Run) -> None:
         assert row["measured"] > 0 and isinstance(row["passed"], bool), row
     table = (out / "targets.md").read_text()
     assert table.count("\n") == 2 + len(rows) and table in stdout
+
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8642/api/v1/servables/bench/noop/run
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    12.51ms    3.10ms  40.12ms   80.00%
+    Req/Sec     2.56k   150.00     2.80k    70.00%
+  Latency Distribution
+     50%   11.80ms
+     75%   13.20ms
+     90%   15.00ms
+     99%   25.00ms
+  12790 requests in 5.00s, 4.99MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2557.12
+Transfer/sec:      0.99MB
+"""
+
+
+def test_wrk_output_is_parsed_with_its_errors() -> None:
+    from loadtest.paper import wrk
+
+    assert wrk.parse(WRK_OUTPUT) == {
+        "requests": 12790,
+        "requests_per_s": 2557.1,
+        "errors": 7,
+        "latency_p50_ms": 11.8,
+    }
+    with pytest.raises(RuntimeError, match="unexpected wrk output"):
+        wrk.parse("connection refused")

@@ -23,9 +23,9 @@ from typing import Any
 
 from loadtest.batching import publish_forest, rows_for, train
 from loadtest.common import RunningStack, embedded_stack
-from loadtest.paper import matminer, plots, targets
+from loadtest.paper import matminer, plots, targets, wrk
 from loadtest.paper.batching import BatchServable, measure_batching
-from loadtest.paper.cases import Case, equals, images, probabilities_of
+from loadtest.paper.cases import Case, equals, images, probabilities_of, run_path
 from loadtest.paper.comparison import compare, measure_dlhub_sequential, measure_floor
 from loadtest.paper.config import DEFAULT_OUT, PaperConfig, make_config
 from loadtest.paper.floor import floor_server
@@ -159,6 +159,17 @@ def _main_stack(cfg: PaperConfig, shared: Shared, phase: Phases) -> dict[str, An
                 "noop_32_clients": measure_noop(url, token, pub.noop, cfg),
                 "forest_32_clients_batching_on": measure_forest(url, token, pub.forest, shared.forest, cfg),
             }
+            if wrk.available():
+                path = run_path(pub.noop)
+                for memoize, key in ((False, "noop_32_clients_wrk"), (True, "noop_32_clients_wrk_memo_on")):
+                    out["throughput"][key] = wrk.measure(
+                        url,
+                        token,
+                        path,
+                        memoize=memoize,
+                        clients=cfg.load_clients,
+                        duration_s=cfg.load_duration_s,
+                    )
     return out
 
 

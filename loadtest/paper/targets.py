@@ -21,8 +21,8 @@ TARGETS = (
            lambda r: r["servable_performance"]["noop"]["request_p50_ms"]),
     Target("memoized noop request time p50", "ms", "<=", 0.5,
            lambda r: r["memoization"]["noop"]["memo_on"]["request_p50_ms"]),
-    Target("noop throughput, 32 concurrent clients", "requests/s", ">=", 3000.0,
-           lambda r: r["throughput"]["noop_32_clients"]["requests_per_s"]),
+    Target("noop throughput, 32 clients (memo off; wrk if installed)", "requests/s", ">=", 3000.0,
+           lambda r: _noop_throughput(r["throughput"])),
     Target("10,000-row scikit-learn batch (msgpack body): round trip / predict in-process", "x", "<=", 1.3,
            lambda r: r["client_batch"]["msgpack"]["ratio_round_trip_to_in_process"]),
     Target("random forest single-row, 32 clients, adaptive batching", "requests/s", ">=", 1000.0,
@@ -54,3 +54,9 @@ def markdown(rows: list[dict[str, Any]], repeats: int) -> str:
         measured = f"{row['measured']:g} {row['unit']}"
         lines.append(f"| {row['target']} | {goal} | {measured} | {'pass' if row['passed'] else 'FAIL'} |")
     return "\n".join(lines) + "\n"
+
+
+def _noop_throughput(throughput: dict[str, Any]) -> float:
+    """wrk's figure when it ran (the Python load generator takes a large share of the 2 cores itself)."""
+    run = throughput.get("noop_32_clients_wrk") or throughput["noop_32_clients"]
+    return float(run["requests_per_s"])
