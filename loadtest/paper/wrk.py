@@ -50,7 +50,7 @@ def parse(output: str) -> dict[str, Any]:
 
 
 def measure(
-    url: str, token: str, path: str, *, memoize: bool, clients: int, duration_s: float
+    url: str, token: str, path: str, *, memoize: bool, clients: int, duration_s: float, warmup: bool = True
 ) -> dict[str, Any]:
     """wrk with ``clients`` connections for ``duration_s`` (after 1 s of warm-up) on one noop run body."""
     body = json.dumps({"inputs": None, "memoize": memoize})
@@ -58,7 +58,8 @@ def measure(
         script = Path(tmp, "post.lua")
         script.write_text(LUA.format(body=json.dumps(body), token=token))
         base = ["wrk", "-t1", f"-c{clients}", "-s", str(script), "--latency", url + path]
-        subprocess.run([*base[:3], "-d1s", *base[3:]], capture_output=True, check=True, timeout=60)
+        if warmup:
+            subprocess.run([*base[:3], "-d1s", *base[3:]], capture_output=True, check=True, timeout=60)
         done = subprocess.run(
             [*base[:3], f"-d{max(1, round(duration_s))}s", *base[3:]],
             capture_output=True, text=True, check=True, timeout=duration_s + 60,

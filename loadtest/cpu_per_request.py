@@ -1,0 +1,117 @@
+"""CPU time per noop request in each service, under 32 concurrent clients (wrk), memo off and on.
+
+    python -m loadtest.cpu_per_request [--clients 32] [--duration-s 6] [--repeats 3]
+
+Where the throughput of the serving path goes: for each process of a fresh `dlhub up` (registry, broker,
+worker, executor) the CPU seconds of each of its threads (the Python main thread, ZeroMQ's I/O thread)
+during a wrk run, divided by the requests served. On 2 cores, 2 s / (sum of CPU per request) bounds the
+throughput. Needs wrk (Debian package ``wrk``). Results go to ``loadtest/results/cpu_per_request.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loadtest.common import RunningStack, embedded_stack, write_results
+from loadtest.noop_rest import publish_noop
+from loadtest.paper import wrk
+
+SERVICES = ("services.broker", "services.registry", "services.worker.executor", "services.worker")
+
+
+def stack_processes(stack: RunningStack) -> dict[str, psutil.Process]:
+    """The stack's service processes by module name (the environment carries the stack's own home)."""
+    home = str(Path(stack.data_dir).parent)
+    found: dict[str, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        try:
+            if not process.environ().get("DLHUB_HOME", "").startswith(home):
+                continue
+        except psutil.Error:
+            continue
+        service = next((s for s in SERVICES if s in command), None)
+        if service is not None:
+            found.setdefault(service, process)
+    return found
+
+
+def thread_cpu_s(processes: dict[str, psutil.Process]) -> dict[str, dict[int, float]]:
+    return {
+        name: {t.id: t.user_time + t.system_time for t in process.threads()}
+        for name, process in processes.items()
+    }
+
+
+def measure(
+    stack: RunningStack, servable: str, *, memoize: bool, clients: int, duration_s: float
+) -> dict[str, Any]:
+    path = f"/api/v1/servables/{servable}/run"
+    processes = stack_processes(stack)
+    wrk.measure(stack.url, stack.token, path, memoize=memoize, clients=clients, duration_s=1.0)  # warm-up
+    before = thread_cpu_s(processes)
+    run = wrk.measure(
+        stack.url, stack.token, path, memoize=memoize, clients=clients, duration_s=duration_s, warmup=False
+    )
+    after = thread_cpu_s(processes)
+    requests = max(1, run["requests"])
+    per_service: dict[str, Any] = {}
+    for name in processes:
+        threads = sorted(
+            ((after[name][tid] - before[name].get(tid, 0.0)) * 1e6 / requests for tid in after[name]),
+            reverse=True,
+        )
+        per_service[name] = {
+            "total_us": round(sum(threads), 1),
+            "threads_us": [round(t, 1) for t in threads if t >= 0.5],
+        }
+    total = sum(s["total_us"] for s in per_service.values())
+    return {"throughput": run, "cpu_us_per_request": per_service, "total_us": round(total, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration-s", type=float, default=6.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not wrk.available():
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    runs: dict[str, list[dict[str, Any]]] = {"memo_off": [], "memo_on": []}
+    for _ in range(args.repeats):
+        with embedded_stack() as stack:
+            servable = publish_noop(stack.url, stack.token)
+            for key, memoize in (("memo_off", False), ("memo_on", True)):
+                run = measure(
+                    stack, servable, memoize=memoize, clients=args.clients, duration_s=args.duration_s
+                )
+                print(key, json.dumps(run))
+                runs[key].append(run)
+    summary = {
+        key: {
+            "requests_per_s": statistics.median(r["throughput"]["requests_per_s"] for r in rs),
+            "total_us": statistics.median(r["total_us"] for r in rs),
+            "per_service_us": {
+                name: statistics.median(r["cpu_us_per_request"][name]["total_us"] for r in rs)
+                for name in rs[0]["cpu_us_per_request"]
+            },
+        }
+        for key, rs in runs.items()
+    }
+    path = write_results(
+        "cpu_per_request", {"benchmark": "CPU per noop request (wrk)", "runs": runs, **summary}
+    )
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
