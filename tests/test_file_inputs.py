@@ -422,6 +422,9 @@ def test_signed_blob_urls(files_stack: FileStack) -> None:
     assert status(past, _signature(fs.stack.data_dir, blob, past)) == (403, "forbidden")  # expired
     assert status(expires + 1, _signature(fs.stack.data_dir, blob, expires)) == (403, "forbidden")  # tampered
     assert status(expires, "0" * 64) == (403, "forbidden")
+    assert status(expires, "é" * 64) == (403, "forbidden")  # non-ASCII: a 403, not a server error
+    superscript = httpx.get(content, params={"expires": "²", "sig": "0" * 64})
+    assert superscript.status_code == 403, superscript.text
     assert httpx.get(content).status_code == 403  # no signature at all
     other = fs.alice.upload_blob(b"6\n")
     assert status(expires, _signature(fs.stack.data_dir, other, expires)) == (403, "forbidden")  # other blob

@@ -39,7 +39,7 @@ def parse_servable(ref: str) -> tuple[str, str, int | None]:
     """Split ``owner/name`` or ``owner/name@3``."""
     path, _, version = ref.partition("@")
     owner, _, name = path.partition("/")
-    if not owner or not name or (version and not version.isdigit()):
+    if not owner or not name or (version and not (version.isascii() and version.isdigit())):
         raise ValueError(f"expected owner/name or owner/name@version, got {ref!r}")
     return owner, name, int(version) if version else None
 

@@ -68,7 +68,7 @@ def parse_servable_topic(topic: str) -> tuple[str, str, int]:
         raise ValueError(f"not a servable topic: {topic!r}")
     owner, _, rest = topic[len(SERVABLE_PREFIX) :].partition("/")
     name, _, version = rest.partition("@")
-    if not (NAME_RE.match(owner) and NAME_RE.match(name) and version.isdigit()):
+    if not (NAME_RE.match(owner) and NAME_RE.match(name) and version.isascii() and version.isdigit()):
         raise ValueError(f"malformed servable topic: {topic!r}")
     return owner, name, int(version)
 

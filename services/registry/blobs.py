@@ -114,9 +114,11 @@ class BlobStore:
 
     def check_signature(self, blob_id: str, expires: str | None, sig: str | None) -> None:
         """403 unless ``sig`` signs ``blob_id`` until ``expires`` and that time has not passed."""
-        if not expires or not sig or not expires.isdigit():
+        if not expires or not sig or not (expires.isascii() and expires.isdigit()):  # "²".isdigit() is True
             raise Forbidden("a blob download needs the expires and sig query parameters of a signed URL")
-        if not hmac.compare_digest(self.signature(blob_id, int(expires)), sig):
+        # Bytes, not str: compare_digest raises TypeError on non-ASCII text, and a query string can hold any.
+        expected = self.signature(blob_id, int(expires)).encode()
+        if not hmac.compare_digest(expected, sig.encode("utf-8", "replace")):
             raise Forbidden("invalid blob URL signature")
         if int(expires) <= time.time():
             raise Forbidden("the signed blob URL has expired")

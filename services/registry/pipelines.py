@@ -57,7 +57,7 @@ def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
         raise ValidationFailed(f"expected 'owner/name' or 'owner/name@version', got {ref!r}", field=field)
     if not at:
         return owner, name, None
-    if not version_text.isdigit() or int(version_text) < 1:
+    if not (version_text.isascii() and version_text.isdigit()) or int(version_text) < 1:  # not "²"
         raise ValidationFailed(f"invalid version in {ref!r}", field=field)
     return owner, name, int(version_text)
 
