@@ -21,11 +21,11 @@ serves one task at a time and a worker runs several processes) and one inter-op 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from libs.common.errors import ValidationFailed
 from services.worker.servables.base import Servable, ServableLoadError
+from services.worker.servables.frameworks import positive_int_env
 
 INTRA_OP_THREADS_ENV = "DLHUB_WORKER__ONNX_INTRA_OP_THREADS"
 DEFAULT_INTRA_OP_THREADS = 1
@@ -54,16 +54,7 @@ class OnnxRuntimeMissing(ServableLoadError):
 
 
 def intra_op_threads() -> int:
-    raw = os.environ.get(INTRA_OP_THREADS_ENV, "")
-    if not raw.strip():
-        return DEFAULT_INTRA_OP_THREADS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ServableLoadError(f"{INTRA_OP_THREADS_ENV} must be a positive integer, got {raw!r}")
-    return value
+    return positive_int_env(INTRA_OP_THREADS_ENV, DEFAULT_INTRA_OP_THREADS)
 
 
 class ONNXServable(Servable):
