@@ -29,7 +29,8 @@ def key_part(key: str) -> str:
     return f".{key}" if _IDENTIFIER.fullmatch(key) else f"[{key!r}]"
 
 
-def _type_name(description: Any) -> str | None:
+def type_name(description: Any) -> str | None:
+    """The lower-cased ``type`` of a DLHub argument-type description, if it has one."""
     if isinstance(description, dict):
         name = description.get("type")
         if isinstance(name, str):
@@ -51,7 +52,7 @@ def _children(description: dict[str, Any], name: str) -> list[Any]:
 
 def has_files(description: Any, depth: int = 0) -> bool:
     """Whether the type description declares a ``file`` anywhere (cheap: walks the description only)."""
-    name = _type_name(description)
+    name = type_name(description)
     if name is None or depth > MAX_DEPTH:
         return False
     if name == "file":
@@ -66,7 +67,7 @@ def map_files(description: Any, value: Any, visit: Visit, root: str = "inputs") 
 
 
 def _map(description: Any, value: Any, visit: Visit, path: str, depth: int) -> Any:
-    name = _type_name(description)
+    name = type_name(description)
     if name is None or depth > MAX_DEPTH:
         return value
     assert isinstance(description, dict)

@@ -28,6 +28,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
 from libs.common.errors import ValidationFailed
+from libs.common.filerefs import key_part, type_name
 from libs.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -59,13 +60,6 @@ class Mismatch(Exception):
 
     def path(self, root: str) -> str:
         return root + "".join(reversed(self.parts))
-
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _key_part(key: str) -> str:
-    return f".{key}" if _IDENTIFIER.fullmatch(key) else f"[{key!r}]"
 
 
 _JSON_NAMES: Final[dict[type, str]] = {
@@ -213,7 +207,7 @@ def _dict_check(properties: dict[str, Check | None]) -> Check:
                 try:
                     property_check(value[key])
                 except Mismatch as exc:
-                    raise exc.under(_key_part(key)) from None
+                    raise exc.under(key_part(key)) from None
 
     return check
 
@@ -237,7 +231,7 @@ def _check_file(value: Any) -> None:
                 if type(header) is not str:
                     raise (
                         Mismatch(f"expected string, got {json_type_name(header)}")
-                        .under(_key_part(key))
+                        .under(key_part(key))
                         .under(".headers")
                     )
         return
@@ -376,21 +370,13 @@ class _NDArray:
 # -- compiling ---------------------------------------------------------------------------------------------
 
 
-def _type_name(description: Any) -> str | None:
-    if isinstance(description, dict):
-        name = description.get("type")
-        if isinstance(name, str):
-            return name.strip().lower()
-    return None
-
-
 def compile_type(description: Any, *, _depth: int = 0) -> Check | None:
     """Compile a type description; ``None`` means any value is accepted (nothing to check).
 
     Malformed parts of a description (which ``check_description`` rejects at publish time) are treated as
     unconstrained, so a stored document can never make a run fail because of its own metadata.
     """
-    name = _type_name(description)
+    name = type_name(description)
     if name is None or _depth > MAX_TYPE_DEPTH or name in _ANY_TYPES:
         return None
     assert isinstance(description, dict)
@@ -402,7 +388,7 @@ def compile_type(description: Any, *, _depth: int = 0) -> Check | None:
             return _list_check(None) if shape is not None else None
         item_description = description.get("item_type")
         item = compile_type(item_description, _depth=_depth + 1)
-        return _NDArray(list(shape or ()), _type_name(item_description) if item is not None else None, item)
+        return _NDArray(list(shape or ()), type_name(item_description) if item is not None else None, item)
     if name == "list":
         return _list_check(compile_type(description.get("item_type"), _depth=_depth + 1))
     if name == "tuple":
@@ -485,7 +471,7 @@ def description_problems(description: Any, field: str, depth: int = 0) -> Iterat
         return
     if not isinstance(description, dict):
         return  # the schema reports it
-    name = _type_name(description)
+    name = type_name(description)
     if name == "ndarray":
         shape = description.get("shape")
         if shape is not None and not _valid_shape(shape):
@@ -503,7 +489,7 @@ def description_problems(description: Any, field: str, depth: int = 0) -> Iterat
     properties = description.get("properties")
     if isinstance(properties, dict):
         for key, value in properties.items():
-            yield from description_problems(value, f"{field}.properties{_key_part(str(key))}", depth + 1)
+            yield from description_problems(value, f"{field}.properties{key_part(str(key))}", depth + 1)
 
 
 def check_method_types(document: dict[str, Any]) -> None:

@@ -184,40 +184,42 @@ class Servables:
             package_format = reuse_from.package_format
         else:
             package_format = "none"
-        published_at_ms = now_ms()
-        metadata = normalise_publication(
-            document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
-        )
         build_task_id = new_id()
-        record = await self._store.create_version(
-            owner=owner,
-            name=name,
-            metadata=metadata,
-            published_at_ms=published_at_ms,
+        record = await self._create_version(
+            owner,
+            name,
+            document,
+            build_task_id,
             package_sha256=package_sha256,
             package_format=package_format,
-            build_task_id=build_task_id,
         )
-        self.cache.invalidate(owner, name)
         await self._tasks.create(task_id=build_task_id, kind="build", servable=record.label, submitter=owner)
         log.info("version published", servable=record.label, task_id=build_task_id)
         self.start_build(record)
         return record
 
-    async def _publish_pipeline(self, owner: str, name: str, pinned: PinnedPipeline) -> VersionRecord:
+    async def _create_version(
+        self, owner: str, name: str, document: dict[str, Any], build_task_id: str, **fields: Any
+    ) -> VersionRecord:
+        """Store a new version of the normalised ``document`` and forget the cached versions of the name."""
         published_at_ms = now_ms()
         metadata = normalise_publication(
-            pinned.document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
+            document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
         )
-        build_task_id = new_id()
         record = await self._store.create_version(
             owner=owner,
             name=name,
             metadata=metadata,
             published_at_ms=published_at_ms,
             build_task_id=build_task_id,
-            status="ready",
+            **fields,
         )
+        self.cache.invalidate(owner, name)
+        return record
+
+    async def _publish_pipeline(self, owner: str, name: str, pinned: PinnedPipeline) -> VersionRecord:
+        build_task_id = new_id()
+        record = await self._create_version(owner, name, pinned.document, build_task_id, status="ready")
         # The digest identifies what the pipeline runs (its pinned steps); the store sets it with the status.
         record = (
             await self._store.set_version_status(
