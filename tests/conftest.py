@@ -21,6 +21,9 @@ import pytest
 from pymongo.errors import PyMongoError
 
 from libs.client import DLHubClient
+from libs.common.config import BusConfig
+from tests import broker_helpers
+from tests.broker_helpers import BrokerProcess
 
 T = TypeVar("T")
 HEARTBEAT_INTERVAL_S = 0.25
@@ -259,3 +262,19 @@ def alice(stack: StackInfo) -> DLHubClient:
 @pytest.fixture(scope="module")
 def bob(stack: StackInfo) -> DLHubClient:
     return DLHubClient(stack.url, stack.tokens["bob"])
+
+
+# -- a broker process alone (tests/test_broker.py, tests/test_replicas.py) -----------------------------------
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(broker_helpers.free_port(), tmp_path / "broker.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def bus(broker: BrokerProcess) -> BusConfig:
+    return broker_helpers.bus_config(broker.port)

@@ -7,7 +7,6 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +43,6 @@ from tests.broker_helpers import (
 
 codec = make_codec()
 LIVENESS_S = bus_config(0).liveness_timeout_s
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(free_port(), tmp_path / "broker.log")
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def bus(broker: BrokerProcess) -> BusConfig:
-    return bus_config(broker.port)
 
 
 def route(*topics: str) -> list[RouteStep]:

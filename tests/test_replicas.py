@@ -7,7 +7,6 @@ import asyncio
 import json
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from tests.broker_helpers import (
     async_poll_until,
     bus_client,
     bus_config,
-    free_port,
     make_codec,
 )
 from tests.conftest import start_stack, stop_stack
@@ -36,19 +34,6 @@ codec = make_codec()
 LIVENESS_S = bus_config(0).liveness_timeout_s
 TOPIC = "servable/alice/model@3"
 REPLICA_PATTERN = "servable/alice/model@*"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    process = BrokerProcess(free_port(), tmp_path / "broker.log")
-    process.start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def bus(broker: BrokerProcess) -> BusConfig:
-    return bus_config(broker.port)
 
 
 def start_handlers(port: int, topics: dict[str, str]) -> dict[str, HandlerProcess]:
