@@ -52,7 +52,21 @@ HandlerService turns the exception into a failed Result (DLHubError -> its code;
 log = get_logger(__name__)
 
 _DRAIN_BATCH: Final = 512
-"""Frames handled per wakeup before yielding to the event loop (so one busy socket cannot starve others)."""
+"""Messages handled per wakeup before yielding to the event loop (so one busy socket cannot starve others)."""
+MAX_BATCH_FRAMES: Final = 256
+"""Frames sent as one multipart message at most; a fuller outbox is sent at once."""
+MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
+"""Bytes queued at most before the outbox is sent at once (large payloads need no company)."""
+ZERO_COPY_BYTES: Final = 65536
+"""Frames at least this large are handed to ZeroMQ without a copy (smaller ones are cheaper copied)."""
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = zmq.NOBLOCK) -> None:
+    """Send ``frames`` as one multipart message (each frame one bus message, or a ROUTER identity first)."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        more = zmq.SNDMORE if index < last else 0
+        sock.send(frame, flags | more, copy=len(frame) < ZERO_COPY_BYTES)
 
 
 def failed_result(task_id: str, code: str, message: str, *, step: int = 0, **error: Any) -> Result:
@@ -74,6 +88,8 @@ class _Dealer:
         self._loop = asyncio.get_running_loop()
         self._on_frame = on_frame
         self._drain_scheduled = False
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, identity.encode())
@@ -108,34 +124,51 @@ class _Dealer:
             except zmq.ZMQError as exc:
                 log.warning("bus recv failed", error=str(exc))
                 return
-            if len(frames) != 1:
-                log.warning("dropping frame set with unexpected frame count", frames=len(frames))
-                continue
-            try:
-                self._on_frame(frames[0])
-            except Exception:  # a failing callback must not stop the drain (the FD would not fire again)
-                log.exception("bus message callback failed")
-            if sock.closed:  # on_frame may close us (reconnect)
-                return
+            for frame in frames:  # one message per frame; the broker batches what it sends us at once
+                try:
+                    self._on_frame(frame)
+                except Exception:  # a failing callback must not stop the drain (the FD would not fire again)
+                    log.exception("bus message callback failed")
+                if sock.closed:  # on_frame may close us (reconnect)
+                    return
         self._schedule_drain()
 
     def send(self, frame: bytes) -> bool:
-        """Queue one frame for the broker; False if the socket refused it."""
-        sock = self._sock
-        try:
-            sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
-        except zmq.ZMQError as exc:
-            log.warning("bus send failed", error=str(exc))
+        """Queue one frame for the broker; False if the socket is closed.
+
+        Frames queued during one event-loop iteration leave together as one multipart message at the start of
+        the next (``_flush``): under load that turns many small sends, each waking ZeroMQ's I/O thread and the
+        broker, into one. Idle, a frame waits for nothing but the current iteration to end.
+        """
+        if self._sock.closed:
             return False
-        # The FD is edge-triggered: a send can consume the readiness signal for frames that already arrived.
-        # One drain per loop iteration covers every send of that iteration (cheaper than asking the socket
-        # for its events after each send).
-        self._schedule_drain()
+        outbox = self._outbox
+        outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        if len(outbox) >= MAX_BATCH_FRAMES or self._outbox_bytes >= MAX_BATCH_BYTES:
+            self._flush()
+        elif len(outbox) == 1:
+            self._loop.call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
+        if not frames or self._sock.closed:
+            return
+        try:
+            send_frames(self._sock, frames)
+        except zmq.ZMQError as exc:
+            log.warning("bus send failed", error=str(exc), frames=len(frames))
+            return
+        # The FD is edge-triggered: a send can consume the readiness signal for frames that already arrived.
+        # One drain per flush covers every frame sent (cheaper than asking the socket for its events).
+        self._schedule_drain()
 
     def close(self, *, linger_ms: int = 0) -> None:
         if self._sock.closed:
             return
+        self._flush()  # what was queued this iteration (an Unregister, a last Result) still goes out
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self._fd)
         self._sock.setsockopt(zmq.LINGER, linger_ms)

@@ -1,9 +1,10 @@
 """The broker's main loop: one ROUTER socket, a handler table, a topic table and a queue of waiting tasks.
 
 The loop waits until the socket is readable or a timer tick is due, then runs a short list of named steps:
-receive messages, dispatch queued tasks, and (on ticks) send heartbeats, expire deadlines and purge silent
-peers. Incoming messages are dispatched by type through one table. Payloads (``msgspec.Raw``) are forwarded
-without being decoded.
+receive messages, dispatch queued tasks, (on ticks) send heartbeats, expire deadlines and purge silent peers,
+and last send what the steps queued: one multipart message per peer per pass, so that under load a worker
+gets its dispatches and a client its results in one ZeroMQ message rather than one each. Incoming messages
+are dispatched by type through one table. Payloads (``msgspec.Raw``) are forwarded without being decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final, cast
 
 import zmq
 
+from libs.common.bus import send_frames
 from libs.common.codec import Codec
 from libs.common.config import BrokerConfig, BusConfig, DLHubSettings
 from libs.common.errors import InvalidMessage
@@ -91,6 +93,9 @@ class Broker:
         self._capacity_changed = False
         self._next_heartbeat = 0.0
         self._heartbeat_frame = codec.encode(Heartbeat(sender_id=self.broker_id))
+        self._outbox: dict[bytes, list[bytes]] = {}
+        # Tasks dispatched in the outbox by handler identity: routed again if that handler proves unreachable.
+        self._undelivered: dict[bytes, list[TaskRecord]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -134,8 +139,11 @@ class Broker:
                     self._tick_due = False
                     ticker = loop.call_later(self.tick_s, self._on_timer)
                     self._run_timer_steps(time.monotonic())
+                self._flush_outbox()
         finally:
             ticker.cancel()
+            with contextlib.suppress(Exception):  # best effort: results already decided still go out
+                self._flush_outbox()
             loop.remove_reader(fd)
             self._sock.close(linger=0)
             self._sock = None
@@ -169,8 +177,6 @@ class Broker:
     def _receive_messages(self) -> None:
         sock = self._sock
         assert sock is not None
-        decode = self.codec.decode
-        table = self._table
         handlers = self.handlers.by_identity
         now = time.monotonic()
         for _ in range(RECV_BATCH):
@@ -178,32 +184,30 @@ class Broker:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 2:
-                log.warning(
-                    "dropping message with bad frame count", peer=peer_name(frames[0]), frames=len(frames)
-                )
+            if len(frames) < 2:
+                log.warning("dropping message without a body", peer=peer_name(frames[0]), frames=len(frames))
                 continue
-            identity, frame = frames
+            identity = frames[0]
             handler = handlers.get(identity)
             if handler is not None:
                 handler.last_seen = now
-            try:
-                message = decode(frame)
-            except InvalidMessage as exc:
-                log.warning("dropping undecodable message", peer=peer_name(identity), error=str(exc))
-                continue
-            on_message = table.get(type(message))
-            if on_message is None:
-                log.warning(
-                    "dropping unexpected message", peer=peer_name(identity), type=type(message).__name__
-                )
-                continue
-            try:
-                on_message(identity, message, now)
-            except Exception:  # one bad message must not take the broker down
-                log.exception(
-                    "failed to handle message", peer=peer_name(identity), type=type(message).__name__
-                )
+            for frame in frames[1:]:  # a peer sends what it queued in one loop iteration together
+                self._handle_frame(identity, frame, now)
+
+    def _handle_frame(self, identity: bytes, frame: bytes, now: float) -> None:
+        try:
+            message = self.codec.decode(frame)
+        except InvalidMessage as exc:
+            log.warning("dropping undecodable message", peer=peer_name(identity), error=str(exc))
+            return
+        on_message = self._table.get(type(message))
+        if on_message is None:
+            log.warning("dropping unexpected message", peer=peer_name(identity), type=type(message).__name__)
+            return
+        try:
+            on_message(identity, message, now)
+        except Exception:  # one bad message must not take the broker down
+            log.exception("failed to handle message", peer=peer_name(identity), type=type(message).__name__)
 
     # -- message handlers ------------------------------------------------------------------------------------
 
@@ -228,9 +232,7 @@ class Broker:
         self.topics.add(handler)
         self._capacity_changed = True
         reply = Registered(handler_id=msg.handler_id, heartbeat_interval_s=self.bus.heartbeat_interval_s)
-        if not self._send(identity, self.codec.encode(reply)):
-            self._remove_handler(handler, "unreachable")
-            return
+        self._send(identity, self.codec.encode(reply))
         log.info(
             "handler registered",
             handler_id=msg.handler_id,
@@ -381,12 +383,10 @@ class Broker:
         except InvalidMessage as exc:
             self._fail(task, exc.code, exc.message)
             return False
-        if not self._send(handler.identity, frame):
-            self._remove_handler(handler, "handler unreachable")
-            return False
+        self._send(handler.identity, frame)
+        self._undelivered.setdefault(handler.identity, []).append(task)
         handler.inflight.add(task.task_id)
         task.handler = handler
-        task.inputs = NIL
         task.queue_ms += (now - task.ready_at) * 1000.0
         if task.notify_start and not task.started_sent:
             task.started_sent = True
@@ -426,8 +426,7 @@ class Broker:
         self._next_heartbeat = now + self.bus.heartbeat_interval_s
         frame = self._heartbeat_frame
         for handler in self.handlers:
-            if not self._send(handler.identity, frame):
-                self._remove_handler(handler, "handler unreachable")
+            self._send(handler.identity, frame)
 
     def _expire_tasks(self, now: float) -> None:
         for task in self.queue.expired(now):
@@ -501,21 +500,59 @@ class Broker:
             if not isinstance(message, Result):
                 raise
             frame = self.codec.encode(_failure(message.task_id, exc.code, exc.message, step=message.step))
-        if not self._send(identity, frame):
-            self.clients.pop(identity, None)
+        self._send(identity, frame)
 
-    def _send(self, identity: bytes, frame: bytes) -> bool:
-        """Send one message to a peer; False (logged) if the peer is gone or cannot take it."""
+    def _send(self, identity: bytes, frame: bytes) -> None:
+        """Queue one message for a peer; the last step of the pass sends it (``_flush_outbox``)."""
+        frames = self._outbox.get(identity)
+        if frames is None:
+            self._outbox[identity] = [frame]
+        else:
+            frames.append(frame)
+
+    # -- step: send ------------------------------------------------------------------------------------------
+
+    def _flush_outbox(self) -> None:
+        """Send each peer its queued messages as one multipart message.
+
+        A peer that cannot take them (gone: ROUTER_MANDATORY says unreachable; or over its high-water mark)
+        is dropped: a handler is removed and the tasks just dispatched to it are routed again, a client is
+        forgotten.
+        Re-routing may queue more messages, hence the loop.
+        """
+        while self._outbox:
+            identity, frames = self._outbox.popitem()
+            dispatched = self._undelivered.pop(identity, [])
+            if self._deliver(identity, frames):
+                for task in dispatched:
+                    task.inputs = NIL  # the handler has them now; free them here
+            else:
+                self._drop_peer(identity, dispatched)
+
+    def _deliver(self, identity: bytes, frames: list[bytes]) -> bool:
         sock = self._sock
         assert sock is not None
         try:
-            sock.send(identity, zmq.SNDMORE | zmq.NOBLOCK)
-            sock.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+            send_frames(sock, [identity, *frames])
         except zmq.ZMQError as exc:
             reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else str(exc)
-            log.warning("send to peer failed", peer=peer_name(identity), reason=reason)
+            log.warning("send to peer failed", peer=peer_name(identity), reason=reason, messages=len(frames))
             return False
         return True
+
+    def _drop_peer(self, identity: bytes, dispatched: list[TaskRecord]) -> None:
+        handler = self.handlers.get(identity)
+        if handler is None:
+            self.clients.pop(identity, None)
+            return
+        retry = [t for t in dispatched if t.handler is handler and self.tasks.get(t.task_id) is t]
+        for task in retry:
+            handler.inflight.discard(task.task_id)
+            task.handler = None
+        self._remove_handler(handler, "handler unreachable")
+        now = time.monotonic()
+        for task in retry:
+            self._route(task, now)
 
 
 def _failure(task_id: str, code: str, message: str, *, step: int = 0, topic: str = "") -> Result:
