@@ -313,3 +313,75 @@ async def test_tasks_run_in_parallel_on_several_processes(tmp_path: Path) -> Non
     finally:
         await executors.close()
     assert executors.pids == []
+
+
+async def test_requests_are_pipelined_and_replies_matched_by_sequence(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """Up to ``depth`` requests are written ahead to one process; each waiter gets its own reply."""
+    methods = {"run": function_method("add"), "sleep": function_method("sleep")}
+    directory = write_function_servable(tmp_path, "piped", methods=methods)
+    slow = asyncio.create_task(call(pool, directory, 0.3, method="sleep"))
+    await wait_until(lambda: sum(len(p.inflight) for p in _live(pool)) == 1, 10, "the slow task in flight")
+    quick = [asyncio.create_task(call(pool, directory, i)) for i in range(pool.depth - 1)]
+    await wait_until(lambda: sum(len(p.inflight) for p in _live(pool)) == pool.depth, 10, "a full pipe")
+    assert [output(r) for r in await asyncio.gather(*quick)] == [i + 1 for i in range(pool.depth - 1)]
+    assert output(await slow) == 0.3
+
+
+async def test_a_crash_fails_the_running_task_and_reruns_the_queued_ones(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """Only the task the process was running is lost; the requests behind it never started and run on the
+    replacement process."""
+    methods = {"run": function_method("add"), "crash": function_method("sleep_then_exit")}
+    directory = write_function_servable(tmp_path, "crash_queue", methods=methods)
+    (old_pid,) = pool.pids
+    crash = asyncio.create_task(call(pool, directory, 0.3, method="crash"))
+    await wait_until(
+        lambda: sum(len(p.inflight) for p in _live(pool)) == 1, 10, "the crashing task in flight"
+    )
+    queued = [asyncio.create_task(call(pool, directory, i)) for i in range(pool.depth - 1)]
+    with pytest.raises(WorkerLost, match="exited with code 3"):
+        await crash
+    replies = await asyncio.gather(*queued)
+    assert [output(r) for r in replies] == [i + 1 for i in range(pool.depth - 1)]
+    assert all(r.pid != old_pid for r in replies)
+    assert pool.respawns == 1
+
+
+async def test_a_queued_task_past_its_deadline_fails_alone_and_never_runs(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """The process running a slow task is not killed for a task waiting behind it, and the executor skips the
+    expired request instead of running it late."""
+    methods = {"run": function_method("sleep_with_pidfile"), "touch": function_method("touch")}
+    directory = write_function_servable(tmp_path, "queued_deadline", methods=methods)
+    pidfile = tmp_path / "slow.pid"
+    marker = tmp_path / "late.marker"
+    slow = asyncio.create_task(call(pool, directory, {"pidfile": str(pidfile), "seconds": 1.0}))
+    await wait_until(pidfile.exists, 10, "the slow task to start")
+    with pytest.raises(TaskTimeout, match="while queued"):
+        await call(pool, directory, str(marker), method="touch", timeout_s=0.2)
+    assert output(await slow) == "finished"
+    assert output(await call(pool, directory, str(tmp_path / "after.marker"), method="touch")) == "touched"
+    assert not marker.exists(), "the expired request ran"
+    assert pool.respawns == 0 and pool.pids == [int(pidfile.read_text())]
+
+
+async def test_the_running_task_past_its_deadline_kills_the_process_and_queued_tasks_rerun(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    methods = {"run": function_method("add"), "sleep": function_method("sleep")}
+    directory = write_function_servable(tmp_path, "kill_queue", methods=methods)
+    stuck = asyncio.create_task(call(pool, directory, 60, method="sleep", timeout_s=0.5))
+    await wait_until(lambda: sum(len(p.inflight) for p in _live(pool)) == 1, 10, "the stuck task in flight")
+    queued = asyncio.create_task(call(pool, directory, 41, timeout_s=30))
+    with pytest.raises(TaskTimeout, match="was killed"):
+        await stuck
+    assert output(await queued) == 42
+    assert pool.respawns == 1
+
+
+def _live(pool: ExecutorPool) -> list[Any]:
+    return [p for p in pool._slots if p is not None and not p.retired]

@@ -79,6 +79,16 @@ MYMOD = textwrap.dedent(
         return "finished"
 
 
+    def sleep_then_exit(seconds):
+        time.sleep(seconds)
+        os._exit(3)
+
+
+    def touch(path):
+        pathlib.Path(path).write_text("ran")
+        return "touched"
+
+
     def noisy(x):
         print("a model printing to stdout")
         os.write(1, b"a model writing to fd 1 directly\\n")

@@ -177,6 +177,9 @@ class WorkerConfig(BaseModel):
     topics: list[str] = Field(default_factory=lambda: ["servable/*"])
     processes: PositiveInt = 1
     tasks_per_process: PositiveInt = 1
+    pipeline_depth: PositiveInt = 4
+    """Requests written ahead to one executor process, which runs them in order: it goes from task to task
+    without waiting for the worker, at the price of a task queued behind a slow one (1: one at a time)."""
     servable_dir: Path | None = None
     batch_enabled: bool = True
     """Merge concurrent requests to batchable servable methods (``services/worker/batching.py``)."""

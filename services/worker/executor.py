@@ -24,7 +24,7 @@ from typing import IO, Any
 import msgspec
 
 from libs.common.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
-from libs.common.errors import DLHubError, MessageTooLarge
+from libs.common.errors import DLHubError, MessageTooLarge, TaskTimeout
 from libs.common.messages import ErrorInfo
 from services.worker.files import FileLimits, TaskFiles
 from services.worker.protocol import (
@@ -159,6 +159,9 @@ class Executor:
 
     def _handle(self, request: ExecRequest, files: TaskFiles) -> ExecReply:
         load_ms = 0.0
+        if request.deadline_unix_s and time.time() > request.deadline_unix_s:
+            error = ErrorInfo(code=TaskTimeout.code, message="the task passed its deadline before it started")
+            return self._failed(request, error, load_ms)
         try:
             servable, load_ms = self._servable(request.version_dir)
             spec = servable.method_spec(request.method)

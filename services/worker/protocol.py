@@ -37,6 +37,9 @@ class ExecRequest(Frame, tag="exec"):
     method: str
     inputs: msgspec.Raw = NIL
     parameters: msgspec.Raw = EMPTY_MAP
+    deadline_unix_s: float = 0.0
+    """When the worker stops waiting (0: never). Requests queue in the pipe behind the running one; one whose
+    deadline has passed by the time the executor reads it is answered as timed out without being run."""
 
 
 class ExecReply(Frame, tag="reply"):

@@ -46,7 +46,10 @@ def make_backend(settings: DLHubSettings) -> ExecutionBackend:
             file_limits=file_limits,
         )
     return ExecutorPool(
-        processes=config.processes, max_message_bytes=max_message_bytes, file_limits=file_limits
+        processes=config.processes,
+        max_message_bytes=max_message_bytes,
+        depth=config.pipeline_depth,
+        file_limits=file_limits,
     )
 
 
@@ -54,8 +57,9 @@ class WorkerService:
     """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
     batching allowance (with the Parsl back end, ``processes`` is the number of Parsl workers).
 
-    Each executor process runs one task at a time; the extra capacity (``tasks_per_process > 1``) only lets
-    tasks wait here for a free process instead of in the broker, saving a round trip between tasks. With
+    Each executor process runs one task at a time, with up to ``pipeline_depth`` requests written to it ahead
+    (``pool.py``); the extra capacity (``tasks_per_process > 1``) only lets tasks wait here for a process
+    instead of in the broker, saving a round trip between tasks. With
     adaptive batching on, the broker must also hand this worker the concurrent requests it is to merge: the
     allowance (``batch_capacity``, by default ``batch_max_size``) lets up to one full batch wait here while
     the executors are busy. Requests to servables that are not batchable also use it, and then simply wait
