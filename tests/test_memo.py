@@ -269,6 +269,12 @@ def test_a_repeated_run_is_answered_from_the_memo(
     # ... and the pinned version hits the same entry as the latest.
     pinned = run(stack, f"alice/{name}/versions/1", {"inputs": spec})
     assert pinned["cached"] is True and executions(log) == 3
+    # A bypassing run still stores its fresh result (keyed once the response is out): the next lookup hits.
+    fresh = {"log": str(log), "x": 7}
+    stored = run(stack, f"alice/{name}", {"inputs": fresh, "memoize": False})
+    assert stored["output"] == {"double": 14} and stored["cached"] is False and executions(log) == 4
+    hit = run(stack, f"alice/{name}", {"inputs": fresh})
+    assert hit["output"] == {"double": 14} and hit["cached"] is True and executions(log) == 4
 
 
 def test_asynchronous_runs_use_and_fill_the_memo(

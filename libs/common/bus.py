@@ -61,7 +61,9 @@ ZERO_COPY_BYTES: Final = 65536
 """Frames at least this large are handed to ZeroMQ without a copy (smaller ones are cheaper copied)."""
 
 
-def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = zmq.NOBLOCK) -> None:
+def send_frames(
+    sock: zmq.Socket[bytes], frames: Sequence[bytes | bytearray], flags: int = zmq.NOBLOCK
+) -> None:
     """Send ``frames`` as one multipart message (each frame one bus message, or a ROUTER identity first)."""
     last = len(frames) - 1
     for index, frame in enumerate(frames):
@@ -83,12 +85,12 @@ class _Dealer:
     """A DEALER socket driven by the event loop: frames received go to ``on_frame``; sends never block."""
 
     def __init__(
-        self, *, url: str, identity: str, max_message_bytes: int, on_frame: Callable[[bytes], None]
+        self, *, url: str, identity: str, max_message_bytes: int, on_frame: Callable[[memoryview], None]
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_frame = on_frame
         self._drain_scheduled = False
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | bytearray] = []
         self._outbox_bytes = 0
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -118,7 +120,8 @@ class _Dealer:
             return
         for _ in range(_DRAIN_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                # Uncopied: a message's payload (``msgspec.Raw``) stays a view of the frame it arrived in.
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -126,14 +129,14 @@ class _Dealer:
                 return
             for frame in frames:  # one message per frame; the broker batches what it sends us at once
                 try:
-                    self._on_frame(frame)
+                    self._on_frame(frame.buffer)
                 except Exception:  # a failing callback must not stop the drain (the FD would not fire again)
                     log.exception("bus message callback failed")
                 if sock.closed:  # on_frame may close us (reconnect)
                     return
         self._schedule_drain()
 
-    def send(self, frame: bytes) -> bool:
+    def send(self, frame: bytes | bytearray) -> bool:
         """Queue one frame for the broker; False if the socket is closed.
 
         Frames queued during one event-loop iteration leave together as one multipart message at the start of
@@ -320,7 +323,7 @@ class HandlerService:
             return False
         return self._dealer.send(self.codec.encode(message))
 
-    def _on_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: memoryview) -> None:
         self._last_seen = time.monotonic()
         self._heard = True
         try:
@@ -557,7 +560,7 @@ class BusClient:
             if not future.done():
                 future.set_exception(BrokerUnavailable(reason))
 
-    def _on_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: memoryview) -> None:
         now = time.monotonic()
         self._last_seen = now
         self._heard = True

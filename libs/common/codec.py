@@ -93,15 +93,17 @@ class Codec:
         self._value_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
         self._prefix = bytes([WIRE_VERSION])
 
-    def encode(self, message: Message) -> bytes:
-        frame = self._prefix + self._encoder.encode(message)
+    def encode(self, message: Message) -> bytearray:
+        # Encoded after the version byte in place: no second copy of a large payload to prepend it.
+        frame = bytearray(self._prefix)
+        self._encoder.encode_into(message, frame, 1)
         if len(frame) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {len(frame)} bytes exceeds the limit of {self.max_message_bytes} bytes"
             )
         return frame
 
-    def decode(self, frame: bytes | memoryview) -> AnyMessage:
+    def decode(self, frame: bytes | bytearray | memoryview) -> AnyMessage:
         if len(frame) > self.max_message_bytes:
             raise MessageTooLarge(f"frame of {len(frame)} bytes exceeds {self.max_message_bytes} bytes")
         if len(frame) < 2:

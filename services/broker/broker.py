@@ -93,7 +93,7 @@ class Broker:
         self._capacity_changed = False
         self._next_heartbeat = 0.0
         self._heartbeat_frame = codec.encode(Heartbeat(sender_id=self.broker_id))
-        self._outbox: dict[bytes, list[bytes]] = {}
+        self._outbox: dict[bytes, list[bytes | bytearray]] = {}
         # Tasks dispatched in the outbox by handler identity: routed again if that handler proves unreachable.
         self._undelivered: dict[bytes, list[TaskRecord]] = {}
 
@@ -181,20 +181,21 @@ class Broker:
         now = time.monotonic()
         for _ in range(RECV_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                # Uncopied: a payload stays a view of the frame it arrived in until it is forwarded.
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            identity = frames[0].bytes
             if len(frames) < 2:
-                log.warning("dropping message without a body", peer=peer_name(frames[0]), frames=len(frames))
+                log.warning("dropping message without a body", peer=peer_name(identity), frames=len(frames))
                 continue
-            identity = frames[0]
             handler = handlers.get(identity)
             if handler is not None:
                 handler.last_seen = now
             for frame in frames[1:]:  # a peer sends what it queued in one loop iteration together
-                self._handle_frame(identity, frame, now)
+                self._handle_frame(identity, frame.buffer, now)
 
-    def _handle_frame(self, identity: bytes, frame: bytes, now: float) -> None:
+    def _handle_frame(self, identity: bytes, frame: memoryview, now: float) -> None:
         try:
             message = self.codec.decode(frame)
         except InvalidMessage as exc:
@@ -502,7 +503,7 @@ class Broker:
             frame = self.codec.encode(_failure(message.task_id, exc.code, exc.message, step=message.step))
         self._send(identity, frame)
 
-    def _send(self, identity: bytes, frame: bytes) -> None:
+    def _send(self, identity: bytes, frame: bytes | bytearray) -> None:
         """Queue one message for a peer; the last step of the pass sends it (``_flush_outbox``)."""
         frames = self._outbox.get(identity)
         if frames is None:
@@ -529,7 +530,7 @@ class Broker:
             else:
                 self._drop_peer(identity, dispatched)
 
-    def _deliver(self, identity: bytes, frames: list[bytes]) -> bool:
+    def _deliver(self, identity: bytes, frames: list[bytes | bytearray]) -> bool:
         sock = self._sock
         assert sock is not None
         try:

@@ -6,7 +6,8 @@ that moves pending -> running (when the broker reports the start) -> completed |
 
 Results of deterministic servables are memoized (``memo.py``): a hit answers before the bus is touched
 (``"cached": true``, inference and invocation time 0); ``"memoize": false`` skips the lookup but still
-stores the fresh result.
+stores the fresh result. The key hashes the whole input, so it is computed only when needed: before the run
+to read the memo, or (``"memoize": false``) once the response has gone out, to store the result.
 """
 
 from __future__ import annotations
@@ -70,6 +71,24 @@ class PipelineBody(msgspec.Struct, kw_only=True):
     memoize: bool = True
 
 
+@dataclass(slots=True)
+class MemoPlan:
+    """What a submission's memo key covers; ``key()`` computes it once (None: not memoizable after all)."""
+
+    memo: Memo
+    steps: list[MemoStep]
+    inputs: Any
+    _key: bytes | None = None
+    _computed: bool = False
+
+    def key(self) -> bytes | None:
+        if not self._computed:
+            self._key = self.memo.key(self.steps, self.inputs)
+            self._computed = True
+            self.inputs = None  # only the key was needed
+        return self._key
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A resolved run: where it goes and what it carries, ready for the bus."""
@@ -78,8 +97,8 @@ class Submission:
     inputs: msgspec.Raw
     timeout_s: float
     servable: str
-    memo_key: bytes | None = None
-    """Key of the result in the memo (None: not memoizable); the result is stored under it on success."""
+    memo: MemoPlan | None = None
+    """How to key the result in the memo (None: not memoizable); the result is stored under it on success."""
     memo_read: bool = True
     """Whether to answer from the memo (false: the request bypasses it, the fresh result is still stored)."""
     warnings: tuple[str, ...] = ()
@@ -172,7 +191,7 @@ class Runs:
             inputs=self._codec.encode_value(files.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=record.label,
-            memo_key=self._memo_key(memo_steps, body.inputs) if files.memoizable else None,
+            memo=self._memo_plan(memo_steps, body.inputs) if files.memoizable else None,
             memo_read=body.memoize,
             **_deprecations([record]),
         )
@@ -188,7 +207,7 @@ class Runs:
             inputs=self._codec.encode_value(files.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=",".join(r.label for r in expansion.records),
-            memo_key=self._memo_key(expansion.memo_steps, body.inputs) if files.memoizable else None,
+            memo=self._memo_plan(expansion.memo_steps, body.inputs) if files.memoizable else None,
             memo_read=body.memoize,
             **_deprecations(expansion.records),
         )
@@ -215,7 +234,7 @@ class Runs:
             inputs=self._codec.encode_value(files.inputs),
             timeout_s=self._timeout(body.timeout_s),
             servable=record.label,
-            memo_key=self._memo_key(expansion.memo_steps, body.inputs) if deterministic else None,
+            memo=self._memo_plan(expansion.memo_steps, body.inputs) if deterministic else None,
             memo_read=body.memoize,
             **_deprecations([record, *expansion.records]),
         )
@@ -241,13 +260,16 @@ class Runs:
             expansion.memo_steps.append(MemoStep(record, step.method, step.parameters))
         return expansion
 
-    def _memo_key(self, steps: list[MemoStep], inputs: Any) -> bytes | None:
-        return None if self._memo is None else self._memo.key(steps, inputs)
+    def _memo_plan(self, steps: list[MemoStep], inputs: Any) -> MemoPlan | None:
+        if self._memo is None or not self._memo.enabled:
+            return None
+        return MemoPlan(self._memo, steps, inputs)
 
     async def _memo_lookup(self, submission: Submission) -> bytes | None:
-        if self._memo is None or submission.memo_key is None or not submission.memo_read:
+        if self._memo is None or submission.memo is None or not submission.memo_read:
             return None
-        return await self._memo.get(submission.memo_key)
+        key = submission.memo.key()
+        return None if key is None else await self._memo.get(key)
 
     def _memo_store(self, key: bytes, output: bytes) -> None:
         if self._memo is not None:
@@ -256,7 +278,6 @@ class Runs:
                 self._background.spawn(self._memo.put_shared(key, output), name="memo write")
 
     async def run_sync(self, submission: Submission) -> SyncOutcome:
-        key = submission.memo_key
         cached = await self._memo_lookup(submission)
         if cached is not None:
             task_id = new_id()
@@ -271,16 +292,20 @@ class Runs:
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
-        if result.ok and key is not None:
-            self._memo_store_result(key, result)
+        if result.ok and submission.memo is not None:
+            # After the response is written when the key is still to be computed (a bypassed lookup).
+            asyncio.get_running_loop().call_soon(self._memo_store_result, submission.memo, result)
         return SyncOutcome(
             task_id=result.task_id, result=result, servable=submission.servable, warnings=submission.warnings
         )
 
-    def _memo_store_result(self, key: bytes, result: Result) -> None:
+    def _memo_store_result(self, plan: MemoPlan, result: Result) -> None:
         """Memoize the worker's msgpack output as it came: no conversion on the request path, and a hit
         answers a msgpack request without any (a JSON one converts the usually small output)."""
-        if self._memo is not None and len(result.output) <= self._memo.max_entry_bytes:
+        if self._memo is None or len(result.output) > self._memo.max_entry_bytes:
+            return
+        key = plan.key()
+        if key is not None:
             self._memo_store(key, bytes(result.output))
 
     def sync_response_body(self, outcome: SyncOutcome, started: float, *, msgpack: bool = False) -> bytes:
@@ -347,8 +372,8 @@ class Runs:
         # The "running" write must land before the final state so it cannot overwrite it.
         await asyncio.gather(*marking, return_exceptions=True)
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
-        if submission.memo_key is not None and task.state == "completed":
-            self._memo_store_result(submission.memo_key, result)
+        if submission.memo is not None and task.state == "completed":
+            self._memo_store_result(submission.memo, result)
 
 
 def _deprecations(records: list[VersionRecord]) -> dict[str, Any]:
