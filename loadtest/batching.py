@@ -125,6 +125,7 @@ def measure_client_batch(
         model.predict(np.asarray(as_lists))
         from_lists.append((time.perf_counter() - started) * 1000)
     rest = statistics.median(round_trip)
+    overhead = [trip - model_ms for trip, model_ms in zip(round_trip, inference, strict=True)]
     return {
         "rows": n,
         "wire": wire,
@@ -133,6 +134,7 @@ def measure_client_batch(
         "request_time": summary_ms(request),
         "invocation_time": summary_ms(invocation),
         "inference_time": summary_ms(inference),
+        "overhead_round_trip_minus_inference": summary_ms(overhead),
         "in_process_predict": summary_ms(in_process),
         "in_process_predict_from_lists": summary_ms(from_lists),
         "ratio_round_trip_to_in_process": round(rest / statistics.median(in_process), 3),

@@ -101,10 +101,18 @@ def test_load_experiments_complete_without_errors(quick_run: Run) -> None:
     for key, value in results["comparison"]["dlhub_over_floor"].items():
         assert value > 0, key
     assert results["pipeline"]["server_side"]["p50_ms"] > 0 and results["pipeline"]["speedup_p50"] > 0
-    assert set(results["client_batch"]) == {"msgpack", "json"}
-    for wire, client_batch in results["client_batch"].items():
+    assert set(results["client_batch"]) == {"msgpack", "json", "path_overhead"}
+    for wire in ("msgpack", "json"):
+        client_batch = results["client_batch"][wire]
         assert client_batch["wire"] == wire and client_batch["rows"] == 10_000, wire
         assert client_batch["ratio_round_trip_to_in_process"] > 0, wire
+        assert client_batch["overhead_round_trip_minus_inference"]["p50_ms"] > 0, wire
+    # The reference request is calibrated to last about as long as the batch's model call.
+    reference = results["client_batch"]["path_overhead"]
+    target_ms = results["client_batch"]["msgpack"]["inference_time"]["p50_ms"]
+    assert reference["target_inference_ms"] == round(target_ms, 3)
+    assert 0.3 * target_ms < reference["inference_time"]["p50_ms"] < 3 * target_ms, reference
+    assert reference["overhead_round_trip_minus_inference"]["p50_ms"] > 0
 
 
 def test_targets_table(quick_run: Run) -> None:

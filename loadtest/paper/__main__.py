@@ -26,6 +26,7 @@ from loadtest.common import RunningStack, embedded_stack
 from loadtest.paper import matminer, plots, targets, wrk
 from loadtest.paper.batching import BatchServable, measure_batching
 from loadtest.paper.cases import Case, equals, images, probabilities_of, run_path
+from loadtest.paper.client_batch import measure_client_batch_stack
 from loadtest.paper.comparison import compare, measure_dlhub_sequential, measure_floor
 from loadtest.paper.config import DEFAULT_OUT, PaperConfig, make_config
 from loadtest.paper.floor import floor_server
@@ -42,7 +43,7 @@ from loadtest.paper.performance import measure_memoization, measure_performance
 from loadtest.paper.pipeline import measure_pipeline
 from loadtest.paper.scaling import measure_scaling
 from loadtest.paper.servables import BURN_ITERATIONS, PIPELINE_STEPS, publish_function, publish_keras
-from loadtest.paper.throughput import measure_client_batch_rows, measure_forest, measure_noop
+from loadtest.paper.throughput import measure_forest, measure_noop
 
 MiB = 1024 * 1024
 # Inception-v3's .keras file is ~96 MB, above the default 100 MiB upload limit once packaged.
@@ -149,8 +150,6 @@ def _main_stack(cfg: PaperConfig, shared: Shared, phase: Phases) -> dict[str, An
             out["pipeline"] = measure_pipeline(
                 url, token, pub.pipeline_steps, cfg.pipeline_requests, cfg.warmup_requests
             )
-        with phase("client_batch"):
-            out["client_batch"] = measure_client_batch_rows(url, token, pub.forest, shared.forest, cfg)
         with phase("throughput"):
             out["dlhub_sequential"] = measure_dlhub_sequential(
                 url, token, pub.noop, pub.forest, shared.forest, cfg
@@ -187,6 +186,8 @@ def run_repeat(cfg: PaperConfig, shared: Shared) -> dict[str, Any]:
         throughput = out["throughput"]
         with phase("throughput, batching off"):
             throughput["forest_32_clients_batching_off"] = _batching_off(cfg, shared)
+        with phase("client_batch"):
+            out["client_batch"] = measure_client_batch_stack(cfg, shared.forest, MAIN_ENV)
         with phase("floor"):
             floor = measure_floor(floor_url, shared.forest, cfg)
     throughput["adaptive_batching_speedup"] = ratio(

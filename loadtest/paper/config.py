@@ -50,5 +50,5 @@ def make_config(*, quick: bool, repeats: int | None, out: Path, skip_inception: 
         warmup_requests=20, batch_sizes=(1, 2, 5, 10, 20, 50, 100, 1000, 10_000), cifar_max_batch=1000,
         unbatched_max=1000, cifar_unbatched_max=100, replicas=(1, 2, 4), scaling_clients=8, load_clients=32,
         load_processes=2, load_warmup_s=1.0, load_duration_s=5.0, client_batch_rows=10_000,
-        client_batch_repeats=10, pipeline_requests=100, comparison_requests=1000,
+        client_batch_repeats=20, pipeline_requests=100, comparison_requests=1000,
     )  # fmt: skip
