@@ -80,6 +80,9 @@ class WorkerService:
         self.capacity = self.pool.processes * config.tasks_per_process + allowance
         self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
         self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
+        self._installed: set[Path] = set()
+        """Version directories seen to exist: versions are immutable, so one ``stat`` per version is enough (a
+        version removed later fails in the executor with a typed load error)."""
         self._batch_ids = itertools.count(1)
         self.handler: HandlerService | None = None
         self._stopping = asyncio.Event()
@@ -121,6 +124,16 @@ class WorkerService:
             timeout_s=timeout_s,
         )
 
+    def _is_installed(self, directory: Path) -> bool:
+        if directory in self._installed:
+            return True
+        if not directory.is_dir():
+            return False
+        if len(self._installed) >= POLICY_CACHE_SIZE:
+            self._installed.clear()
+        self._installed.add(directory)
+        return True
+
     async def handle(self, dispatch: Dispatch) -> Result:
         """Run one dispatched step: resolve the servable's directory, execute in the pool, time it."""
         start = time.perf_counter()
@@ -130,7 +143,7 @@ class WorkerService:
             return self._failure(dispatch, ValidationFailed(str(exc), field="topic"), start)
         servable = f"{owner}/{name}@{version}"
         directory = version_dir(self.servable_root, owner, name, version)
-        if not directory.is_dir():
+        if not self._is_installed(directory):
             missing = NotFound(f"servable {servable} is not installed on this worker")
             return self._failure(dispatch, missing, start)
         timeout_s: float | None = None
