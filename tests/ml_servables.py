@@ -3,12 +3,9 @@ no downloads), and the method descriptions the DLHub SDK's builders write for th
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -62,18 +59,6 @@ TORCH_MODULE = textwrap.dedent(
             return self.fc(self.scale(torch.relu(self.conv(x))).flatten(1))
     """
 )
-
-
-def import_module_file(directory: Path, module_name: str, source: str) -> ModuleType:
-    """Write ``<module_name>.py`` into ``directory`` and import it here (to build and save its models)."""
-    path = directory / f"{module_name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def tensor_type(shape: list[int | None], item: str = "float", description: str = "Tensor") -> dict[str, Any]:

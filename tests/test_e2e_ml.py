@@ -29,7 +29,6 @@ from tests.ml_servables import (
     TF_SLOPE,
     TORCH_MODULE,
     TORCH_SHIM,
-    import_module_file,
     keras_sequential,
     keras_two_inputs,
     keras_two_outputs,
@@ -44,6 +43,7 @@ from tests.ml_servables import (
     tuple_type,
 )
 from tests.test_e2e_types import rest_run, sdk_document
+from tests.type_servables import import_module_file
 
 # Keras' own NumPy conversion warns under NumPy 2 when the test computes reference outputs.
 pytestmark = pytest.mark.filterwarnings(

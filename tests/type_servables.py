@@ -57,16 +57,21 @@ CLASS_MODULE = textwrap.dedent(
 WEIGHTS = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
 
 
-def import_class_module(directory: Path, module_name: str, tag: str = "A") -> ModuleType:
-    """Write ``<module_name>.py`` into ``directory`` and import it in this process (to pickle its objects)."""
+def import_module_file(directory: Path, module_name: str, source: str) -> ModuleType:
+    """Write ``<module_name>.py`` into ``directory`` and import it in this process (to pickle its objects or
+    build and save its models)."""
     path = directory / f"{module_name}.py"
-    path.write_text(CLASS_MODULE.format(tag=tag))
+    path.write_text(source)
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def import_class_module(directory: Path, module_name: str, tag: str = "A") -> ModuleType:
+    return import_module_file(directory, module_name, CLASS_MODULE.format(tag=tag))
 
 
 def pickled_scaler(module: ModuleType, **init: Any) -> bytes:
