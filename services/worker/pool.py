@@ -170,10 +170,6 @@ class ExecutorProcess:
     def returncode(self) -> int | None:
         return self.process.returncode
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.inflight)
-
     async def _read(self) -> FromExecutor:
         header = await self._stdout.readexactly(HEADER_BYTES)
         body = await self._stdout.readexactly(body_length(header, max_bytes=self.max_message_bytes))
