@@ -154,3 +154,15 @@ def test_wrk_output_is_parsed_with_its_errors() -> None:
     }
     with pytest.raises(RuntimeError, match="unexpected wrk output"):
         wrk.parse("connection refused")
+
+
+def test_idle_wake_measures_both_cadences() -> None:
+    from loadtest.idle_wake import measure
+    from loadtest.paper.floor import floor_server, wait_up
+
+    with floor_server() as url:
+        wait_up(url)
+        run = measure(url, gap_ms=2.0, requests=5)
+    for cadence in ("back_to_back", "with_gaps"):
+        assert run[cadence]["n"] == 5 and run[cadence]["p50_ms"] > 0, run
+    assert run["gap_ms"] == 2.0 and run["ratio_p50"] > 0

@@ -2,9 +2,11 @@
 
     python -m loadtest.paper.floor --port PORT
 
-``POST /noop`` returns ``{"output": "hello world"}``; ``POST /sklearn`` takes ``{"inputs": [[4 floats],
-...]}`` and returns ``{"output": predict(inputs)}`` from the same random forest as the DLHub servable (trained
-here with the same data and seed, so no model file is unpickled). No queue, no broker, no worker process:
+``POST /noop`` returns ``{"output": "hello world"}``; ``POST /rows`` takes a msgpack ``{"inputs": array}``
+and returns one zero label per row (no model: only the HTTP and msgpack work of a batch request, used by
+``loadtest.idle_wake``); ``POST /sklearn`` takes ``{"inputs": [[4 floats], ...]}`` and returns
+``{"output": predict(inputs)}`` from the same random forest as the DLHub servable (trained here with the same
+data and seed, so no model file is unpickled). No queue, no broker, no worker process:
 whatever DLHub adds on top of this is its overhead.
 """
 
@@ -23,6 +25,7 @@ import httpx
 import numpy as np
 from aiohttp import web
 
+from libs.common.codec import decode_body, encode_body
 from loadtest.common import free_port
 
 _NOOP_REPLY = json.dumps({"output": "hello world"}).encode()
@@ -42,11 +45,24 @@ def make_app() -> web.Application:
         output = model.predict(np.asarray(body["inputs"], dtype=float)).tolist()
         return web.Response(body=json.dumps({"output": output}).encode(), content_type="application/json")
 
+    async def rows(request: web.Request) -> web.Response:
+        """A msgpack batch in, one int64 label per row out, no model: the HTTP part of a batch request."""
+        body = decode_body(await request.read(), dict[str, Any])
+        labels = np.zeros(len(body["inputs"]), dtype=np.int64)
+        return web.Response(body=encode_body({"output": labels}), content_type="application/msgpack")
+
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()
-    app.add_routes([web.post("/noop", noop), web.post("/sklearn", sklearn), web.get("/health", health)])
+    app.add_routes(
+        [
+            web.post("/noop", noop),
+            web.post("/sklearn", sklearn),
+            web.post("/rows", rows),
+            web.get("/health", health),
+        ]
+    )
     return app
 
 
