@@ -34,9 +34,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from libs.client import DLHubClient
-from libs.client.metadata import sklearn_document
-from libs.common.codec import decode_body, encode_body
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import sklearn_document
+from dlhub.common.codec import decode_body, encode_body
 from loadtest.common import KeepAliveClient, embedded_stack, summary_ms, write_results
 
 MSGPACK = "application/msgpack"

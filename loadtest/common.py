@@ -58,7 +58,7 @@ def embedded_stack(workers: int = 1, extra_env: dict[str, str] | None = None) ->
         port, broker_port = free_port(), free_port()
         env = dict(os.environ, DLHUB_HOME=str(base / "home"), **(extra_env or {}))
         cmd = [
-            sys.executable, "-m", "libs.client.cli", "up", "--data-dir", str(base / "data"),
+            sys.executable, "-m", "dlhub.client.cli", "up", "--data-dir", str(base / "data"),
             "--port", str(port), "--broker-port", str(broker_port), "--workers", str(workers),
             "--user", "bench",
         ]  # fmt: skip

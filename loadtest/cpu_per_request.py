@@ -22,7 +22,7 @@ from loadtest.common import RunningStack, embedded_stack, write_results
 from loadtest.noop_rest import publish_noop
 from loadtest.paper import wrk
 
-SERVICES = ("services.broker", "services.registry", "services.worker.executor", "services.worker")
+SERVICES = ("dlhub.broker", "dlhub.registry", "dlhub.worker.executor", "dlhub.worker")
 
 
 def stack_processes(stack: RunningStack) -> dict[str, psutil.Process]:

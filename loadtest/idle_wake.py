@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import Any
 
-from libs.common.codec import encode_body
+from dlhub.common.codec import encode_body
 from loadtest.batching import rows_for
 from loadtest.common import KeepAliveClient, summary_ms, write_results
 from loadtest.paper.floor import floor_server, wait_up

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
 from loadtest.common import KeepAliveClient, embedded_stack, summary_ms, write_results
 
 NOOP_SOURCE = 'def noop(x):\n    return "hello world"\n'

@@ -35,13 +35,13 @@ from typing import Any
 import aiohttp
 from pymongo import AsyncMongoClient
 
-from libs.client.metadata import python_function_document
-from libs.common.config import LoggingConfig, StoreConfig
-from libs.common.logging import configure_logging
+from dlhub.client.metadata import python_function_document
+from dlhub.common.config import LoggingConfig, StoreConfig
+from dlhub.common.logging import configure_logging
+from dlhub.registry.mongo_store import MongoMetadataStore, redact_url
+from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.store import MetadataStore
 from loadtest.common import embedded_stack, write_results
-from services.registry.mongo_store import MongoMetadataStore, redact_url
-from services.registry.sqlite_store import SQLiteMetadataStore
-from services.registry.store import MetadataStore
 
 META: dict[str, Any] = {"dlhub": {"name": "bench", "visible_to": ["public"]}, "datacite": {"titles": []}}
 SHAPES = ("distinct", "one_servable")

@@ -23,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from libs.common.config import SearchConfig
-from libs.common.payloads import SearchDocument, SearchQuery
+from dlhub.common.config import SearchConfig
+from dlhub.common.payloads import SearchDocument, SearchQuery
+from dlhub.search.engine import SearchEngine
+from dlhub.search.es_engine import ElasticsearchSearchEngine
+from dlhub.search.sqlite_engine import SqliteSearchEngine
 from loadtest.common import summary_ms, write_results
-from services.search.engine import SearchEngine
-from services.search.es_engine import ElasticsearchSearchEngine
-from services.search.sqlite_engine import SqliteSearchEngine
 
 SEED: Final = 20240531
 TARGET_P50_MS: Final = {"sqlite": 5.0, "elasticsearch": 15.0}

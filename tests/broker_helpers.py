@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from libs.common.bus import BusClient, HandlerService, TaskHandler
-from libs.common.codec import Codec
-from libs.common.config import BusConfig
-from libs.common.messages import Dispatch, Result
+from dlhub.common.bus import BusClient, HandlerService, TaskHandler
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig
+from dlhub.common.messages import Dispatch, Result
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ async def async_poll_until(
 
 
 class BrokerProcess:
-    """``python -m services.broker`` on a free port, logging to a file the tests can read."""
+    """``python -m dlhub.broker`` on a free port, logging to a file the tests can read."""
 
     def __init__(self, port: int, log_path: Path) -> None:
         self.port = port
@@ -117,7 +117,7 @@ class BrokerProcess:
         ready_before = self.log_text().count("broker ready")
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.broker"],
+                [sys.executable, "-m", "dlhub.broker"],
                 cwd=REPO,
                 env=stack_env(self.port),
                 stdout=log_file,
@@ -233,8 +233,8 @@ def _main(argv: list[str]) -> None:
     parser.add_argument("--capacity", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from libs.common.config import load_settings
-    from libs.common.logging import configure_logging
+    from dlhub.common.config import load_settings
+    from dlhub.common.logging import configure_logging
 
     settings = load_settings()
     configure_logging(settings.logging, service="test-handler")

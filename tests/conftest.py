@@ -20,8 +20,8 @@ import pymongo
 import pytest
 from pymongo.errors import PyMongoError
 
-from libs.client import DLHubClient
-from libs.common.config import BusConfig
+from dlhub.client import DLHubClient
+from dlhub.common.config import BusConfig
 from tests import broker_helpers
 from tests.broker_helpers import BrokerProcess
 
@@ -94,7 +94,7 @@ def start_stack(
     port, broker_port = free_port(), free_port()
     env = stack_env(base / "home") | (extra_env or {})
     cmd = [
-        sys.executable, "-m", "libs.client.cli", "up",
+        sys.executable, "-m", "dlhub.client.cli", "up",
         "--data-dir", str(data_dir), "--port", str(port), "--broker-port", str(broker_port),
         "--workers", str(workers), "--user", "alice", *extra_args,
     ]  # fmt: skip
@@ -131,7 +131,7 @@ def stop_stack(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
 
 def create_token(env: dict[str, str], data_dir: Path, user: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "token", "create", user, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "dlhub.client.cli", "token", "create", user, "--data-dir", str(data_dir)],
         env=env,
         check=True,
         capture_output=True,

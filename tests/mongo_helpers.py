@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from libs.common.config import StoreConfig
+from dlhub.common.config import StoreConfig
 from tests.conftest import free_port, missing_test_server
 
 

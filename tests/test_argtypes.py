@@ -15,13 +15,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
-from libs.common.errors import ValidationFailed
-from services.registry import argtypes
-from services.registry.argtypes import check_method_types, check_run_inputs, compile_type, validate
-from services.registry.metadata import validate_publication
-from services.registry.store import VersionRecord
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.common.errors import ValidationFailed
+from dlhub.registry import argtypes
+from dlhub.registry.argtypes import check_method_types, check_run_inputs, compile_type, validate
+from dlhub.registry.metadata import validate_publication
+from dlhub.registry.store import VersionRecord
 from tests.conftest import StackInfo
 from tests.e2e_servables import FUNCTIONS
 from tests.sdk_documents import sdk_sklearn_document

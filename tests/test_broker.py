@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import zmq
 
-from libs.common.bus import BusClient
-from libs.common.codec import WIRE_VERSION, Codec
-from libs.common.config import BrokerConfig, BusConfig
-from libs.common.errors import InvalidMessage, MessageTooLarge, ValidationFailed
-from libs.common.messages import (
+from dlhub.broker.broker import Broker
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import WIRE_VERSION, Codec
+from dlhub.common.config import BrokerConfig, BusConfig
+from dlhub.common.errors import InvalidMessage, MessageTooLarge, ValidationFailed
+from dlhub.common.messages import (
     Dispatch,
     Heartbeat,
     Reconnect,
@@ -31,7 +32,6 @@ from libs.common.messages import (
     Submit,
     Timings,
 )
-from services.broker.broker import Broker
 from tests.broker_helpers import (
     MAX_MESSAGE_BYTES,
     BrokerProcess,

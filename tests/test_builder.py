@@ -20,10 +20,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from libs.common.bus import BusClient
-from libs.common.codec import Codec
-from libs.common.config import BusConfig
-from libs.common.errors import (
+from dlhub.builder.build import BuildLimits, build_version, compute_digest, sweep_staging
+from dlhub.builder.package import ExtractLimits, extract_package
+from dlhub.builder.service import BuilderService
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig
+from dlhub.common.errors import (
     BuildFailed,
     Conflict,
     DLHubError,
@@ -32,13 +35,10 @@ from libs.common.errors import (
     UnsafePackage,
     ValidationFailed,
 )
-from libs.common.ids import BUILDER_TOPIC
-from libs.common.messages import Dispatch, RouteStep
-from libs.common.payloads import BuildOutcome, BuildRequest, decode_payload
-from libs.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
-from services.builder.build import BuildLimits, build_version, compute_digest, sweep_staging
-from services.builder.package import ExtractLimits, extract_package
-from services.builder.service import BuilderService
+from dlhub.common.ids import BUILDER_TOPIC
+from dlhub.common.messages import Dispatch, RouteStep
+from dlhub.common.payloads import BuildOutcome, BuildRequest, decode_payload
+from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
 from tests.conftest import free_port
 
 MiB = 1024 * 1024
@@ -285,7 +285,7 @@ def test_later_defences_hold_without_the_pre_check(
     root: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the whole-archive pre-check disabled, filter="data" and the final tree walk still refuse."""
-    monkeypatch.setattr("services.builder.package.check_entries", lambda _entries: None)
+    monkeypatch.setattr("dlhub.builder.package.check_entries", lambda _entries: None)
     build_fails(root, request(make_tar(HOSTILE_TARS[case]), metadata={}), UnsafePackage)
 
 
@@ -509,7 +509,7 @@ async def test_service_turns_unexpected_errors_into_build_failed(
     def explode(*_args: Any) -> BuildOutcome:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("services.builder.service.build_version", explode)
+    monkeypatch.setattr("dlhub.builder.service.build_version", explode)
     codec = Codec()
     service = BuilderService(root=root, limits=LIMITS, codec=codec)
     with pytest.raises(BuildFailed, match="disk on fire"):
@@ -574,8 +574,8 @@ class Stack:
 @pytest.fixture
 async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[Stack, BusClient]]:
     stack = Stack(tmp_path)
-    stack.start("services.broker")
-    stack.start("services.builder")
+    stack.start("dlhub.broker")
+    stack.start("dlhub.builder")
     client = BusClient(bus=stack.bus, codec=Codec())
     await client.start()
     try:
@@ -589,7 +589,7 @@ async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[Stack, BusClient]]:
             except DLHubError:
                 return False
             return any(h.kind == "builder" for h in stats.handlers) and '"ready"' in stack.log(
-                "services.builder"
+                "dlhub.builder"
             )
 
         await wait_until(registered, 30, "the builder to register")
@@ -597,7 +597,7 @@ async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[Stack, BusClient]]:
     finally:
         await client.close()
         codes = stack.stop()
-        assert codes["services.builder"] == 0, stack.log("services.builder")
+        assert codes["dlhub.builder"] == 0, stack.log("dlhub.builder")
 
 
 async def test_builder_over_the_bus(builder_bus: tuple[Stack, BusClient]) -> None:

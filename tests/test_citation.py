@@ -1,6 +1,6 @@
 """Citations (BibTeX, DataCite JSON), DOI and ORCID validation, and search by DOI.
 
-Unit tests of ``services.registry.citation`` / ``identifiers``, then end to end over HTTP against the real
+Unit tests of ``dlhub.registry.citation`` / ``identifiers``, then end to end over HTTP against the real
 embedded stack (``stack`` fixture), through the SDK and the CLI.
 """
 
@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
-from libs.common.config import DLHubSettings, RegistryConfig
-from libs.common.errors import NotFound, ValidationFailed
-from services.registry.citation import (
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.common.config import DLHubSettings, RegistryConfig
+from dlhub.common.errors import NotFound, ValidationFailed
+from dlhub.registry.citation import (
     bibtex,
     bibtex_author,
     bibtex_authors,
@@ -33,8 +33,8 @@ from services.registry.citation import (
     datacite_json,
     publication_year,
 )
-from services.registry.handlers_citation import api_base
-from services.registry.identifiers import (
+from dlhub.registry.handlers_citation import api_base
+from dlhub.registry.identifiers import (
     DOI_PLACEHOLDER,
     doi_of,
     is_doi,
@@ -44,9 +44,9 @@ from services.registry.identifiers import (
     related_dois,
     validate_identifiers,
 )
-from services.registry.keys import SETTINGS
-from services.registry.metadata import search_document, validate_publication
-from services.registry.store import VersionRecord
+from dlhub.registry.keys import SETTINGS
+from dlhub.registry.metadata import search_document, validate_publication
+from dlhub.registry.store import VersionRecord
 from tests.conftest import StackInfo, unique, wait_for
 
 API = "https://dlhub.example.org/api/v1"
@@ -510,7 +510,7 @@ def test_cli_cite_and_search_by_doi(stack: StackInfo, cited: tuple[str, str], tm
 
     def dlhub(*args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "libs.client.cli", *args],
+            [sys.executable, "-m", "dlhub.client.cli", *args],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ from tests.e2e_servables import FUNCTIONS
 def dlhub(stack: StackInfo, cwd: Path, *args: str, user: str = "alice") -> str:
     env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens[user])
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", *args],
+        [sys.executable, "-m", "dlhub.client.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -60,7 +60,7 @@ def test_cli_round_trip(stack: StackInfo, tmp_path: Path) -> None:
 def test_cli_reports_errors_without_a_traceback(stack: StackInfo, tmp_path: Path) -> None:
     env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "run", "alice/nope", "--input", "1"],
+        [sys.executable, "-m", "dlhub.client.cli", "run", "alice/nope", "--input", "1"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
@@ -113,12 +113,12 @@ def test_cli_publish_model_errors(stack: StackInfo, tmp_path: Path) -> None:
         ("trained", "expected module:attribute"),
     ]:
         result = subprocess.run(
-            [sys.executable, "-m", "libs.client.cli", "publish-model", ref, "--name", "x"],
+            [sys.executable, "-m", "dlhub.client.cli", "publish-model", ref, "--name", "x"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "publish-model", "trained:model", "--name", "x"],
+        [sys.executable, "-m", "dlhub.client.cli", "publish-model", "trained:model", "--name", "x"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and "cannot describe a builtins.int" in result.stderr

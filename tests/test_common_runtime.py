@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from libs.client.launcher import local_broker_url
-from libs.common import event_loop
-from libs.common.codec import Codec, decode_body, encode_body
-from libs.common.ids import new_id
+from dlhub.client.launcher import local_broker_url
+from dlhub.common import event_loop
+from dlhub.common.codec import Codec, decode_body, encode_body
+from dlhub.common.ids import new_id
 
 
 def test_new_ids_are_distinct_random_version_4_uuids() -> None:

@@ -1,4 +1,4 @@
-"""``libs.client.describe``: documents built from live objects, and ``publish_model`` end to end."""
+"""``dlhub.client.describe``: documents built from live objects, and ``publish_model`` end to end."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from libs.client import DLHubClient
-from libs.client.describe import (
+from dlhub.client import DLHubClient
+from dlhub.client.describe import (
     Described,
     argument_type,
     describe,
@@ -31,8 +31,8 @@ from libs.client.describe import (
     imported_top_level_modules,
     type_description,
 )
-from libs.common.errors import ValidationFailed
-from services.registry.metadata import validate_publication
+from dlhub.common.errors import ValidationFailed
+from dlhub.registry.metadata import validate_publication
 from tests.conftest import StackInfo, unique
 
 AUTHORS = ["Doe, Jane"]

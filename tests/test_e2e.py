@@ -21,9 +21,9 @@ from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from libs.client import DLHubClient, TaskFailed
-from libs.client.metadata import python_function_document
-from libs.common.errors import Gone, NotFound, PayloadTooLarge, ValidationFailed
+from dlhub.client import DLHubClient, TaskFailed
+from dlhub.client.metadata import python_function_document
+from dlhub.common.errors import Gone, NotFound, PayloadTooLarge, ValidationFailed
 from tests.conftest import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, unique, wait_for
 from tests.e2e_servables import FUNCTIONS
 from tests.sdk_documents import sdk_sklearn_document
@@ -118,7 +118,7 @@ def test_sklearn_joblib_predict(alice: DLHubClient, tmp_path: Path) -> None:
     iris = load_iris()
     clf = LogisticRegression(max_iter=500).fit(iris.data, iris.target)
     joblib.dump(clf, tmp_path / "model.joblib")
-    from libs.client.metadata import sklearn_document
+    from dlhub.client.metadata import sklearn_document
 
     name = unique("iris_lr")
     doc = sklearn_document(
@@ -133,7 +133,7 @@ def test_sklearn_client_batch_of_10000_rows_is_one_model_call(alice: DLHubClient
     iris = load_iris()
     clf = RandomForestClassifier(n_estimators=10, random_state=0).fit(iris.data, iris.target)
     joblib.dump(clf, tmp_path / "model.joblib")
-    from libs.client.metadata import sklearn_document
+    from dlhub.client.metadata import sklearn_document
 
     name = unique("iris_batch")
     doc = sklearn_document(

@@ -18,10 +18,10 @@ import httpx
 import numpy as np
 import pytest
 
-from libs.client import DLHubClient
-from services.worker.servables.base import ServableLoadError
-from services.worker.servables.frameworks import FrameworkMissing, require
-from services.worker.servables.torch_model import resolve_device
+from dlhub.client import DLHubClient
+from dlhub.worker.servables.base import ServableLoadError
+from dlhub.worker.servables.frameworks import FrameworkMissing, require
+from dlhub.worker.servables.torch_model import resolve_device
 from tests.conftest import StackInfo, unique
 from tests.ml_servables import (
     KERAS_SHIM,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from libs.client import DLHubClient
+from dlhub.client import DLHubClient
 from tests.conftest import StackInfo, unique
 from tests.type_servables import (
     CLASS_SHIM,

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from dlhub.client import DLHubClient
 from examples.formation_enthalpy import fe_steps
 from examples.formation_enthalpy.publish import (
     load_table,
@@ -15,7 +16,6 @@ from examples.formation_enthalpy.publish import (
     run_example,
     train_model,
 )
-from libs.client import DLHubClient
 from tests.conftest import StackInfo, unique
 
 # Spread over oxides, nitrides, halides and a sulfide of the table.

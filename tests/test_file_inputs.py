@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
-from libs.client.sdk import TaskFailed
-from libs.common.errors import Forbidden, PayloadTooLarge, Unauthorized
-from services.registry.blobs import BlobStore
-from services.worker.files import FileFetchFailed, FileLimits, TaskFiles
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.client.sdk import TaskFailed
+from dlhub.common.errors import Forbidden, PayloadTooLarge, Unauthorized
+from dlhub.registry.blobs import BlobStore
+from dlhub.worker.files import FileFetchFailed, FileLimits, TaskFiles
 from tests.conftest import StackInfo, create_token, start_stack, stop_stack, unique, wait_for
 
 FETCH_MAX_BYTES = 64 * 1024
@@ -481,7 +481,7 @@ def test_cli_run_with_files(files_stack: FileStack, files_server: FileServer, tm
     env = dict(fs.stack.env, DLHUB_URL=fs.stack.url, DLHUB_TOKEN=fs.stack.tokens["alice"])
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "libs.client.cli", *args]
+        command = [sys.executable, "-m", "dlhub.client.cli", *args]
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
     out = cli("run", fs.servables["sum"], "--file", "a.txt")
@@ -552,7 +552,7 @@ def test_logs_never_carry_signatures_or_the_signing_key(files_stack: FileStack) 
 
 
 def test_file_positions_follow_the_declared_type() -> None:
-    from libs.common.filerefs import has_files, map_files
+    from dlhub.common.filerefs import has_files, map_files
 
     file = {"type": "file"}
     description = {

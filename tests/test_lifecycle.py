@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
-from libs.common.errors import Forbidden, Gone, NotFound
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.common.errors import Forbidden, Gone, NotFound
 from tests.conftest import StackInfo, unique, wait_for
 
 

@@ -1,4 +1,4 @@
-"""Memoization of run results (``services/registry/memo.py``): the LRU, the key, and end to end."""
+"""Memoization of run results (``dlhub.registry.memo``): the LRU, the key, and end to end."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
-from libs.common.config import RegistryConfig
-from services.registry.memo import ENTRY_OVERHEAD_BYTES, Memo, MemoLRU, MemoStep, is_deterministic, memo_key
-from services.registry.sqlite_store import SQLiteMetadataStore
-from services.registry.store import VersionRecord
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.common.config import RegistryConfig
+from dlhub.registry.memo import ENTRY_OVERHEAD_BYTES, Memo, MemoLRU, MemoStep, is_deterministic, memo_key
+from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.store import VersionRecord
 from tests.conftest import StackInfo, wait_for
 
 # -- the LRU -------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 
-from libs.client import DLHubClient
-from libs.common.codec import EXT_NDARRAY, decode_body, encode_body
+from dlhub.client import DLHubClient
+from dlhub.common.codec import EXT_NDARRAY, decode_body, encode_body
 from tests.conftest import StackInfo
 from tests.sdk_documents import sdk_sklearn_document
 

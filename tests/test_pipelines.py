@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.client import DLHubClient, TaskFailed
-from libs.client.metadata import pipeline_document, python_function_document
-from libs.common.errors import Gone, NotFound, ValidationFailed
-from libs.common.ids import servable_topic
-from services.registry.pipelines import MAX_PIPELINE_STEPS, parse_servable_ref
+from dlhub.client import DLHubClient, TaskFailed
+from dlhub.client.metadata import pipeline_document, python_function_document
+from dlhub.common.errors import Gone, NotFound, ValidationFailed
+from dlhub.common.ids import servable_topic
+from dlhub.registry.pipelines import MAX_PIPELINE_STEPS, parse_servable_ref
 from tests.conftest import StackInfo, unique, wait_for
 from tests.test_cli import dlhub
 

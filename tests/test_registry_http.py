@@ -21,10 +21,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from libs.common.codec import Codec
-from libs.common.config import DLHubSettings, RegistryConfig, load_settings
-from libs.common.errors import BrokerUnavailable
-from libs.common.ids import (
+from dlhub.common.codec import Codec
+from dlhub.common.config import DLHubSettings, RegistryConfig, load_settings
+from dlhub.common.errors import BrokerUnavailable
+from dlhub.common.ids import (
     BUILDER_TOPIC,
     SEARCH_INDEX_TOPIC,
     SEARCH_QUERY_TOPIC,
@@ -32,8 +32,8 @@ from libs.common.ids import (
     new_id,
     parse_servable_topic,
 )
-from libs.common.messages import ErrorInfo, HandlerInfo, Result, RouteStep, Started, StatsReply, Timings
-from libs.common.payloads import (
+from dlhub.common.messages import ErrorInfo, HandlerInfo, Result, RouteStep, Started, StatsReply, Timings
+from dlhub.common.payloads import (
     BuildOutcome,
     BuildRequest,
     FacetCount,
@@ -45,9 +45,9 @@ from libs.common.payloads import (
     SearchResults,
     decode_payload,
 )
-from services.registry.app import create_app
-from services.registry.auth import create_token
-from services.registry.keys import BACKGROUND, STORE
+from dlhub.registry.app import create_app
+from dlhub.registry.auth import create_token
+from dlhub.registry.keys import BACKGROUND, STORE
 from tests.sdk_documents import SDK_EXAMPLE_PATH
 
 API = "/api/v1"

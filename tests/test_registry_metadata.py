@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from libs.common.errors import ValidationFailed
-from services.registry.metadata import (
+from dlhub.common.errors import ValidationFailed
+from dlhub.registry.metadata import (
     normalise_publication,
     publication_schema,
     search_document,

@@ -21,15 +21,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.config import RegistryConfig, StoreConfig, load_settings
-from libs.common.errors import ERRORS_BY_CODE, StoreUnavailable
-from services.registry.app import create_app
-from services.registry.auth import create_token, hash_token
-from services.registry.backends import make_store
-from services.registry.keys import STORE
-from services.registry.mongo_store import MongoMetadataStore, redact_url
-from services.registry.store import TaskRecord
-from services.registry.tasks import now_ms
+from dlhub.common.config import RegistryConfig, StoreConfig, load_settings
+from dlhub.common.errors import ERRORS_BY_CODE, StoreUnavailable
+from dlhub.registry.app import create_app
+from dlhub.registry.auth import create_token, hash_token
+from dlhub.registry.backends import make_store
+from dlhub.registry.keys import STORE
+from dlhub.registry.mongo_store import MongoMetadataStore, redact_url
+from dlhub.registry.store import TaskRecord
+from dlhub.registry.tasks import now_ms
 from tests.conftest import free_port, is_ferretdb
 from tests.mongo_helpers import (
     FerretDBProcess,
@@ -131,7 +131,7 @@ def test_registry_process_exits_when_mongodb_is_unreachable(tmp_path: Path) -> N
     )
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "services.registry"], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "dlhub.registry"], env=env, capture_output=True, text=True, timeout=30
     )
     elapsed = time.monotonic() - started
     log = proc.stdout + proc.stderr

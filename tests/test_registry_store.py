@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from libs.common.config import StoreConfig, load_settings
-from services.registry.backends import make_store
-from services.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.common.config import StoreConfig, load_settings
+from dlhub.registry.backends import make_store
+from dlhub.registry.sqlite_store import SQLiteMetadataStore
 
 
 async def test_default_backend_is_a_wal_file_in_the_data_dir(tmp_path: Path) -> None:

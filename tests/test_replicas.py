@@ -15,11 +15,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from libs.client.cli import main as cli
-from libs.client.launcher import Stack, StackOptions, parse_replica, replica_counts
-from libs.client.metadata import python_function_document
-from libs.common.config import BusConfig
-from libs.common.messages import Result, RouteStep
+from dlhub.client.cli import main as cli
+from dlhub.client.launcher import Stack, StackOptions, parse_replica, replica_counts
+from dlhub.client.metadata import python_function_document
+from dlhub.common.config import BusConfig
+from dlhub.common.messages import Result, RouteStep
 from tests.broker_helpers import (
     BrokerProcess,
     HandlerProcess,
@@ -121,7 +121,7 @@ def test_replica_specs_parse_and_override_the_configuration() -> None:
 
 def test_stack_starts_dedicated_workers_with_only_their_servable_topic(tmp_path: Path) -> None:
     stack = Stack(StackOptions(data_dir=tmp_path, workers=2, replicas={"alice/model": 2, "bob/x": 1}))
-    workers = {s.name: s.env for s in stack.services if s.module == "services.worker"}
+    workers = {s.name: s.env for s in stack.services if s.module == "dlhub.worker"}
     assert workers == {
         "worker-0": {},
         "worker-1": {},
@@ -181,7 +181,7 @@ def test_up_with_replicas_spreads_one_servable_over_its_dedicated_workers(tmp_pa
             authors=["Doe, Jane"],
         )  # fmt: skip
         doc["dlhub"]["deterministic"] = False
-        from libs.client import DLHubClient
+        from dlhub.client import DLHubClient
 
         assert DLHubClient(info["url"], token).publish(doc, base_dir=tmp_path / "pkg")["status"] == "ready"
 

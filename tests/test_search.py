@@ -16,22 +16,22 @@ from typing import Any
 import msgspec
 import pytest
 
-from libs.common.bus import BusClient
-from libs.common.codec import Codec
-from libs.common.config import BusConfig
-from libs.common.errors import DLHubError, InvalidMessage
-from libs.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
-from libs.common.messages import Dispatch, RouteStep
-from libs.common.payloads import (
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig
+from dlhub.common.errors import DLHubError, InvalidMessage
+from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
+from dlhub.common.messages import Dispatch, RouteStep
+from dlhub.common.payloads import (
     IndexRequest,
     SearchDocument,
     SearchQuery,
     SearchResults,
     decode_payload,
 )
-from services.search.engine import query_terms
-from services.search.service import SearchService
-from services.search.sqlite_engine import SqliteSearchEngine
+from dlhub.search.engine import query_terms
+from dlhub.search.service import SearchService
+from dlhub.search.sqlite_engine import SqliteSearchEngine
 from tests.conftest import free_port
 
 MAX_PAGE = 25
@@ -443,7 +443,7 @@ async def search_bus(tmp_path: Path) -> AsyncIterator[tuple[Path, BusClient]]:
         "DLHUB_DATA_DIR": str(tmp_path / "data"),
     }
     logs = {name: tmp_path / f"{name}.log" for name in ("broker", "search")}
-    processes = {name: spawn(f"services.{name}", env, logs[name]) for name in ("broker", "search")}
+    processes = {name: spawn(f"dlhub.{name}", env, logs[name]) for name in ("broker", "search")}
     client = BusClient(bus=BusConfig(broker_url=url, heartbeat_interval_s=0.2), codec=Codec())
     await client.start()
     try:

@@ -21,13 +21,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from libs.common.bus import BusClient
-from libs.common.codec import Codec
-from libs.common.config import BusConfig, SearchConfig
-from libs.common.errors import DLHubError, InvalidMessage
-from libs.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC, SEARCH_REINDEX_TOPIC
-from libs.common.messages import RouteStep
-from libs.common.payloads import (
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig, SearchConfig
+from dlhub.common.errors import DLHubError, InvalidMessage
+from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC, SEARCH_REINDEX_TOPIC
+from dlhub.common.messages import RouteStep
+from dlhub.common.payloads import (
     FacetCount,
     FacetName,
     IndexRequest,
@@ -38,9 +38,9 @@ from libs.common.payloads import (
     SearchResults,
     decode_payload,
 )
-from services.search.engine import FACET_SIZE, SearchEngine
-from services.search.es_engine import ElasticsearchSearchEngine, safe_url
-from services.search.sqlite_engine import SqliteSearchEngine
+from dlhub.search.engine import FACET_SIZE, SearchEngine
+from dlhub.search.es_engine import ElasticsearchSearchEngine, safe_url
+from dlhub.search.sqlite_engine import SqliteSearchEngine
 from tests.conftest import free_port
 from tests.test_search import (
     DOCS,
@@ -714,7 +714,7 @@ def test_doi_fields_are_optional_on_the_wire() -> None:
 
 async def test_es_schema_1_index_gains_the_doi_fields(es_url: str) -> None:
     """An index created before the DOI fields (strict mapping) is extended in place on open."""
-    from services.search import es_engine
+    from dlhub.search import es_engine
 
     alias = f"{MODULE_ALIAS}-schema1"
     old_mapping = es_engine.index_mapping()
@@ -817,7 +817,7 @@ async def test_search_service_with_elasticsearch_over_the_bus(es_url: str, tmp_p
         "DLHUB_SEARCH__ELASTICSEARCH_INDEX_ALIAS": alias,
     }
     logs = {name: tmp_path / f"{name}.log" for name in ("broker", "search")}
-    processes = {name: spawn(f"services.{name}", env, logs[name]) for name in ("broker", "search")}
+    processes = {name: spawn(f"dlhub.{name}", env, logs[name]) for name in ("broker", "search")}
     client = BusClient(bus=BusConfig(broker_url=url, heartbeat_interval_s=0.2), codec=Codec())
     codec = Codec()
     await client.start()

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from libs.common.codec import Codec
-from libs.common.errors import Unauthorized, ValidationFailed
-from libs.common.messages import ErrorInfo, Result, Timings
-from services.registry.auth import Authenticator, create_token, hash_token, revoke_token
-from services.registry.mongo_store import MongoMetadataStore
-from services.registry.sqlite_store import SQLiteMetadataStore
-from services.registry.store import MetadataStore, TaskRecord, TokenRecord
-from services.registry.tasks import TaskTable, now_ms
+from dlhub.common.codec import Codec
+from dlhub.common.errors import Unauthorized, ValidationFailed
+from dlhub.common.messages import ErrorInfo, Result, Timings
+from dlhub.registry.auth import Authenticator, create_token, hash_token, revoke_token
+from dlhub.registry.mongo_store import MongoMetadataStore
+from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.store import MetadataStore, TaskRecord, TokenRecord
+from dlhub.registry.tasks import TaskTable, now_ms
 from tests.mongo_helpers import drop_database, mongo_config, resolve_mongodb_url, unique_database
 
 META = {"dlhub": {"name": "m", "visible_to": ["public"]}}

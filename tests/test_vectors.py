@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from libs.client import DLHubClient, TaskFailed
-from libs.client.metadata import python_function_document
-from libs.common.errors import ServableNotReady, ValidationFailed
-from services.registry.metadata import validate_publication
-from services.registry.vectors import Tolerance, compare, declared_vectors
+from dlhub.client import DLHubClient, TaskFailed
+from dlhub.client.metadata import python_function_document
+from dlhub.common.errors import ServableNotReady, ValidationFailed
+from dlhub.registry.metadata import validate_publication
+from dlhub.registry.vectors import Tolerance, compare, declared_vectors
 from tests.conftest import StackInfo
 from tests.e2e_servables import FUNCTIONS
 
@@ -256,7 +256,7 @@ def test_verify_via_rest_sdk_and_cli(
 
     env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "verify", doubler],
+        [sys.executable, "-m", "dlhub.client.cli", "verify", doubler],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -274,7 +274,7 @@ def test_verify_without_vectors(stack: StackInfo, alice: DLHubClient, pkg_dir: P
     assert report == {"servable": f"{servable}@1", "passed": True, "vectors": [], "note": "no test vectors"}
     env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "verify", servable + "@1"],
+        [sys.executable, "-m", "dlhub.client.cli", "verify", servable + "@1"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -305,7 +305,7 @@ def test_verify_reports_a_version_that_no_longer_reproduces(
 
     env = dict(stack.env, DLHUB_URL=stack.url, DLHUB_TOKEN=stack.tokens["alice"])
     result = subprocess.run(
-        [sys.executable, "-m", "libs.client.cli", "verify", servable],
+        [sys.executable, "-m", "dlhub.client.cli", "verify", servable],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -13,14 +13,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from libs.common.bus import BusClient
-from libs.common.codec import Codec
-from libs.common.config import BusConfig, load_settings
-from libs.common.errors import BrokerUnavailable, TaskTimeout, WorkerLost
-from libs.common.ids import servable_topic
-from libs.common.messages import ErrorInfo, RouteStep
-from libs.common.servable_store import FILES_DIRNAME
-from services.worker.batching import (
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig, load_settings
+from dlhub.common.errors import BrokerUnavailable, TaskTimeout, WorkerLost
+from dlhub.common.ids import servable_topic
+from dlhub.common.messages import ErrorInfo, RouteStep
+from dlhub.common.servable_store import FILES_DIRNAME
+from dlhub.worker.batching import (
     Batcher,
     BatchKey,
     BatchPolicy,
@@ -29,8 +29,8 @@ from services.worker.batching import (
     peek_rows,
     split_output,
 )
-from services.worker.protocol import ExecReply
-from services.worker.service import WorkerService
+from dlhub.worker.protocol import ExecReply
+from dlhub.worker.service import WorkerService
 from tests.test_worker_service import HEARTBEAT_INTERVAL_S, Stack, dispatch
 from tests.worker_servables import (
     PYTHON_SHIM,
@@ -367,8 +367,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         },
         files={"recorder.py": RECORDER},
     )
-    processes.start("broker", "services.broker")
-    processes.start("worker", "services.worker")
+    processes.start("broker", "dlhub.broker")
+    processes.start("worker", "dlhub.worker")
     try:
         yield processes
     finally:
@@ -411,7 +411,7 @@ async def test_worker_process_merges_concurrent_requests(stack: Stack) -> None:
 
 
 def test_executor_decodes_rows_of_floats_straight_into_an_array() -> None:
-    from services.worker.executor import decode_float_rows
+    from dlhub.worker.executor import decode_float_rows
 
     for value in (np.random.default_rng(0).random((10_000, 4)), np.ones((1, 1)), np.ones((3, 20))):
         decoded = decode_float_rows(CODEC.encode_value(value.tolist()))

@@ -21,11 +21,11 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document, sklearn_document
-from libs.common.config import ParslConfig, load_settings
-from services.worker.parsl_backend import ParslBackend, parsl_config
-from services.worker.service import WorkerService, make_backend
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document, sklearn_document
+from dlhub.common.config import ParslConfig, load_settings
+from dlhub.worker.parsl_backend import ParslBackend, parsl_config
+from dlhub.worker.service import WorkerService, make_backend
 from tests.conftest import start_stack, stop_stack, unique, wait_for
 
 PARSL_WORKERS = 2
@@ -268,7 +268,7 @@ def worker_service_pid(stack: ParslStack) -> int:
         fields = _stat(entry.name) if entry.name.isdigit() else None
         if fields is not None and int(fields[1]) == stack.process.pid and fields[0] != "Z":
             with contextlib.suppress(OSError):
-                if b"services.worker" in (entry / "cmdline").read_bytes().split(b"\0"):
+                if b"dlhub.worker" in (entry / "cmdline").read_bytes().split(b"\0"):
                     return int(entry.name)
     return 0  # none right now (being restarted)
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from libs.common.codec import Codec
-from libs.common.errors import TaskTimeout, WorkerLost
-from libs.common.ids import new_id
-from services.worker.pool import ExecutorPool
-from services.worker.protocol import ExecReply
+from dlhub.common.codec import Codec
+from dlhub.common.errors import TaskTimeout, WorkerLost
+from dlhub.common.ids import new_id
+from dlhub.worker.pool import ExecutorPool
+from dlhub.worker.protocol import ExecReply
 from tests.worker_servables import (
     PYTHON_SHIM,
     function_method,

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from libs.common.bus import BusClient
-from libs.common.codec import Codec
-from libs.common.config import BusConfig, load_settings
-from libs.common.ids import new_id, servable_topic
-from libs.common.messages import Dispatch, Result, RouteStep
-from services.worker.service import WorkerService
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig, load_settings
+from dlhub.common.ids import new_id, servable_topic
+from dlhub.common.messages import Dispatch, Result, RouteStep
+from dlhub.worker.service import WorkerService
 from tests.conftest import free_port
 from tests.worker_servables import function_method, write_function_servable
 
@@ -185,8 +185,8 @@ class Stack:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     processes = Stack(tmp_path)
     write_function_servable(processes.servable_dir, "fn", methods=METHODS)
-    processes.start("broker", "services.broker")
-    processes.start("worker", "services.worker")
+    processes.start("broker", "dlhub.broker")
+    processes.start("worker", "dlhub.worker")
     try:
         yield processes
     finally:

@@ -13,11 +13,11 @@ import joblib
 import numpy as np
 import pytest
 
-from libs.common.errors import ServableError
-from services.worker.pool import ExecutorPool
-from services.worker.protocol import ExecReply
-from services.worker.servables import load_servable
-from services.worker.servables.onnx_model import OnnxRuntimeMissing
+from dlhub.common.errors import ServableError
+from dlhub.worker.pool import ExecutorPool
+from dlhub.worker.protocol import ExecReply
+from dlhub.worker.servables import load_servable
+from dlhub.worker.servables.onnx_model import OnnxRuntimeMissing
 from tests.test_worker_pool import MAX_MESSAGE_BYTES, call, output
 from tests.type_servables import (
     CLASS_SHIM,
@@ -314,7 +314,7 @@ def test_missing_onnxruntime_is_a_clear_typed_error(tmp_path: Path, monkeypatch:
 
 
 def test_onnx_intra_op_threads_knob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.worker.servables.onnx_model import INTRA_OP_THREADS_ENV
+    from dlhub.worker.servables.onnx_model import INTRA_OP_THREADS_ENV
 
     directory = write_onnx_servable(tmp_path, "threads", "linear", {"run": onnx_method()})
     servable: Any = load_servable(directory)

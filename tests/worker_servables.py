@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from libs.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, version_dir
+from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, version_dir
 
 PYTHON_SHIM = "python.PythonStaticMethodServable"
 SKLEARN_SHIM = "sklearn.ScikitLearnServable"

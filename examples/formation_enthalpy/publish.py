@@ -27,9 +27,9 @@ from typing import Any
 import joblib
 from sklearn.ensemble import RandomForestRegressor
 
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
 from examples.formation_enthalpy import fe_steps
-from libs.client import DLHubClient
-from libs.client.metadata import python_function_document
 
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "formation_enthalpies.csv"

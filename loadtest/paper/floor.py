@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from aiohttp import web
 
-from libs.common.codec import decode_body, encode_body
+from dlhub.common.codec import decode_body, encode_body
 from loadtest.common import free_port
 
 _NOOP_REPLY = json.dumps({"output": "hello world"}).encode()

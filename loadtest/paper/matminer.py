@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from libs.client import DLHubClient
+from dlhub.client import DLHubClient
 from loadtest.paper.cases import Case, any_output
 
 FORMULA = "NaCl"

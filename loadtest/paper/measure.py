@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from libs.common.codec import decode_body, encode_body
+from dlhub.common.codec import decode_body, encode_body
 from loadtest.common import KeepAliveClient, summary_ms
 
 TIMINGS = ("inference_ms", "invocation_ms", "request_ms")

@@ -8,8 +8,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from libs.client import DLHubClient
-from libs.client.metadata import base_document, python_function_document
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import base_document, python_function_document
 
 AUTHORS = ["Bench, Mark"]
 BENCH_MODULE = "paper_bench"

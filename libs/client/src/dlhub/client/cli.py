@@ -1,0 +1,694 @@
+"""The ``dlhub`` command line: the paper's init / update / publish / run / ls, plus search, status, describe,
+delete, token and ``up`` (the embedded stack)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dlhub.client.credentials import client_file, dlhub_home, save_credentials
+from dlhub.client.metadata import python_function_document, sklearn_document
+from dlhub.client.sdk import DLHubClient, TaskFailed
+from dlhub.common.errors import DLHubError
+
+console = Console()
+err_console = Console(stderr=True)
+DEFAULT_METADATA_FILE = "dlhub.json"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}")
+    sys.exit(code)
+
+
+def _client(ctx: click.Context) -> DLHubClient:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    return DLHubClient(obj.get("url"), obj.get("token"))
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def _load_json_arg(value: str) -> Any:
+    """Parse a JSON argument; ``@file.json`` reads it from a file."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from exc
+
+
+class DLHubGroup(click.Group):
+    """Turn DLHub errors into one readable line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TaskFailed as exc:
+            _fail(str(exc))
+        except DLHubError as exc:
+            field = f" (field: {exc.field})" if exc.field else ""
+            _fail(f"{exc.code}: {exc.message}{field}")
+        except OSError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=DLHubGroup)
+@click.option("--url", envvar="DLHUB_URL", help="Registry URL (default: from `dlhub up` or 127.0.0.1:8642).")
+@click.option("--token", envvar="DLHUB_TOKEN", help="API token (default: the one `dlhub up` saved).")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """DLHub: publish, discover and run scientific models."""
+    ctx.ensure_object(dict).update(url=url, token=token)
+
+
+# -- the embedded stack --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: $DLHUB_HOME/data.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", "registry_port", default=8642, show_default=True, help="REST API port.")
+@click.option("--broker-port", default=5560, show_default=True)
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=0), help="General worker services."
+)
+@click.option(
+    "--replicas",
+    "replica_specs",
+    multiple=True,
+    metavar="OWNER/NAME=N",
+    help="N more workers serving only this servable (repeatable; adds to [[worker.replicas]]).",
+)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
+@click.option("--user", default=None, help="Local user whose token is saved for the CLI (default: $USER).")
+@click.option("--verbose", is_flag=True, help="Show the services' logs here instead of in <data-dir>/logs.")
+@click.option("--startup-timeout-s", default=30.0, show_default=True)
+def up(
+    data_dir: Path | None,
+    host: str,
+    registry_port: int,
+    broker_port: int,
+    workers: int,
+    replica_specs: tuple[str, ...],
+    config_file: Path | None,
+    user: str | None,
+    verbose: bool,
+    startup_timeout_s: float,
+) -> None:
+    """Start the whole embedded stack on this machine; Ctrl-C stops it."""
+    from dlhub.client.tokens import require_server
+
+    require_server("`dlhub up` runs the DLHub server")
+    from dlhub.client.launcher import Stack, StackOptions, replica_counts, run_foreground
+    from dlhub.client.tokens import ensure_local_token
+    from dlhub.common.config import LoggingConfig, load_settings
+    from dlhub.common.logging import configure_logging
+
+    try:
+        configured = {r.servable: r.count for r in load_settings(config_file).worker.replicas}
+    except ValueError as exc:  # pydantic's ValidationError names the bad field
+        raise click.BadParameter(str(exc), param_hint="--config") from exc
+    try:
+        replicas = replica_counts(configured, replica_specs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--replicas") from exc
+
+    configure_logging(LoggingConfig(format="console", level="info" if verbose else "warning"), service="up")
+
+    resolved_dir = (data_dir or dlhub_home() / "data").resolve()
+    options = StackOptions(
+        data_dir=resolved_dir,
+        host=host,
+        registry_port=registry_port,
+        broker_port=broker_port,
+        workers=workers,
+        replicas=replicas,
+        config_file=config_file,
+        log_format="console" if verbose else "json",
+        log_to_console=verbose,
+    )
+    stack = Stack(options)
+    started = time.monotonic()
+
+    def on_ready(health: dict[str, Any]) -> None:
+        username = user or os.environ.get("USER") or "local"
+        token = ensure_local_token(resolved_dir, username, config_file=config_file)
+        saved = resolved_dir / "client.json"
+        save_credentials(saved, options.api_url, token)
+        if data_dir is None:
+            save_credentials(client_file(), options.api_url, token)
+            saved = client_file()
+        kinds = [h.get("kind", "?") for h in health.get("broker", {}).get("handlers", [])]
+        console.print(
+            f"[green]DLHub is up[/green] in {time.monotonic() - started:.2f} s: "
+            f"API {options.api_url}/api/v1\n"
+            f"registered at the broker: {', '.join(sorted(kinds))}\n"
+            f"data: {resolved_dir}   logs: {resolved_dir / 'logs'}\n"
+            f"token for user '{username}' saved in {saved}\n"
+            "Press Ctrl-C to stop."
+        )
+        sys.stdout.flush()
+
+    sys.exit(run_foreground(stack, on_ready, startup_timeout_s))
+
+
+@main.group()
+def token() -> None:
+    """Manage local API tokens (embedded deployments)."""
+
+
+@token.command("create")
+@click.argument("user")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: $DLHUB_HOME/data.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
+def token_create(user: str, data_dir: Path | None, config_file: Path | None) -> None:
+    """Create a new API token for USER and print it (shown once; stored hashed)."""
+    from dlhub.client.tokens import create_local_token
+
+    click.echo(create_local_token((data_dir or dlhub_home() / "data").resolve(), user, config_file))
+
+
+# -- publishing ----------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", required=True, help="Servable name (no whitespace).")
+@click.option("--title", default=None)
+@click.option("--author", "authors", multiple=True, help='"Family, Given" (repeatable).')
+@click.option("--affiliation", "affiliations", multiple=True)
+@click.option("--description", default="")
+@click.option("--domain", "domains", multiple=True)
+@click.option("--function", "function", default=None, help="module:function for a Python function servable.")
+@click.option("--file", "files", multiple=True, help="Extra file or folder to ship (repeatable).")
+@click.option("--autobatch", is_flag=True, help="Call the function once per element of the input list.")
+@click.option("--sklearn", "sklearn_model", default=None, help="Path of a pickled scikit-learn model.")
+@click.option("--method", default="predict", show_default=True, help="scikit-learn method to expose as run.")
+@click.option("--n-features", default=None, type=int, help="scikit-learn: number of input columns.")
+@click.option("--serialization", type=click.Choice(["pickle", "joblib"]), default="pickle", show_default=True)
+@click.option("--output", "output_file", default=DEFAULT_METADATA_FILE, show_default=True)
+def init(
+    name: str,
+    title: str | None,
+    authors: tuple[str, ...],
+    affiliations: tuple[str, ...],
+    description: str,
+    domains: tuple[str, ...],
+    function: str | None,
+    files: tuple[str, ...],
+    autobatch: bool,
+    sklearn_model: str | None,
+    method: str,
+    n_features: int | None,
+    serialization: str,
+    output_file: str,
+) -> None:
+    """Write a metadata document for a servable in the current directory."""
+    common: dict[str, Any] = dict(
+        name=name,
+        title=title or name,
+        authors=list(authors) or [os.environ.get("USER", "Unknown") + ", "],
+        affiliations=affiliations,
+        description=description,
+        domains=domains,
+    )
+    if (function is None) == (sklearn_model is None):
+        raise click.UsageError("give exactly one of --function module:function or --sklearn model.pkl")
+    if function is not None:
+        module, _, func = function.partition(":")
+        if not module or not func:
+            raise click.BadParameter("expected module:function", param_hint="--function")
+        shipped = list(files)
+        if Path(f"{module}.py").is_file() and f"{module}.py" not in shipped:
+            shipped.insert(0, f"{module}.py")
+        doc = python_function_document(
+            module=module, function=func, files=shipped, autobatch=autobatch, **common
+        )
+    else:
+        assert sklearn_model is not None
+        if n_features is None:
+            raise click.UsageError("--n-features is required with --sklearn")
+        doc = sklearn_document(
+            model_path=sklearn_model,
+            n_input_columns=n_features,
+            method=method,
+            serialization_method=serialization,
+            **common,
+        )
+    Path(output_file).write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"wrote {output_file}; edit it, then run `dlhub publish`")
+
+
+@main.command()
+@click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
+@click.option("--no-wait", is_flag=True, help="Return once uploaded, without waiting for the build.")
+@click.pass_context
+def publish(ctx: click.Context, metadata_file: Path, no_wait: bool) -> None:
+    """Publish the servable described by METADATA_FILE with the files it names."""
+    doc = json.loads(metadata_file.read_text())
+    with _client(ctx) as client:
+        reply = client.publish(doc, base_dir=metadata_file.parent, wait=not no_wait)
+    console.print(f"published {reply['shorthand_name']}@{reply['version']} ({reply['status']})")
+    console.print(f"build task: {reply['task_id']}")
+
+
+def _import_object(reference: str, search_dir: Path) -> Any:
+    """``module:attribute`` (a dotted attribute path is allowed), imported with ``search_dir`` on the path."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected module:attribute, got {reference!r}", param_hint="OBJECT")
+    sys.path.insert(0, str(search_dir.resolve()))
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # whatever the user's module raises while importing
+        raise click.BadParameter(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise click.BadParameter(f"{module_name} has no attribute {attribute!r}", param_hint="OBJECT")
+        target = getattr(target, part)
+    return target
+
+
+@main.command("publish-model")
+@click.argument("obj", metavar="OBJECT")
+@click.option("--name", required=True, help="Servable name (no whitespace).")
+@click.option("--title", default=None, help="Default: the name.")
+@click.option("--author", "authors", multiple=True, help='"Family, Given" (repeatable; default: $USER).')
+@click.option("--affiliation", "affiliations", multiple=True)
+@click.option("--description", default="")
+@click.option("--domain", "domains", multiple=True)
+@click.option("--visible-to", "visible_to", multiple=True, help='Default: "public" (repeatable).')
+@click.option("--serialization", type=click.Choice(["pickle", "joblib"]), default=None, help="Estimators.")
+@click.option("--autobatch", is_flag=True, help="Functions: call once per element of the input list.")
+@click.option(
+    "--path",
+    "search_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Directory the module is imported from.",
+)
+@click.option("--no-wait", is_flag=True, help="Return once uploaded, without waiting for the build.")
+@click.pass_context
+def publish_model(
+    ctx: click.Context,
+    obj: str,
+    name: str,
+    title: str | None,
+    authors: tuple[str, ...],
+    affiliations: tuple[str, ...],
+    description: str,
+    domains: tuple[str, ...],
+    visible_to: tuple[str, ...],
+    serialization: str | None,
+    autobatch: bool,
+    search_dir: Path,
+    no_wait: bool,
+) -> None:
+    """Publish a live object, OBJECT = module:attribute: a fitted scikit-learn estimator or a type-hinted
+    function defined in a module file (see DLHubClient.publish_model)."""
+    model = _import_object(obj, search_dir)
+    options: dict[str, Any] = {"description": description, "affiliations": list(affiliations)}
+    if domains:
+        options["domains"] = list(domains)
+    if visible_to:
+        options["visible_to"] = list(visible_to)
+    if serialization:
+        options["serialization_method"] = serialization
+    if autobatch:
+        options["autobatch"] = True
+    from dlhub.client.describe import describe
+
+    try:
+        described = describe(
+            model,
+            name=name,
+            title=title or name,
+            authors=list(authors) or [os.environ.get("USER", "Unknown") + ", "],
+            **options,
+        )
+    except (TypeError, ValueError) as exc:  # not something describe() knows how to publish
+        raise click.BadParameter(str(exc), param_hint="OBJECT") from exc
+    with _client(ctx) as client:
+        reply = client.publish(described.metadata, package=described.package(), wait=not no_wait)
+    console.print(
+        f"published {reply['shorthand_name']}@{reply['version']} ({reply.get('status', 'building')})"
+    )
+    console.print(f"build task: {reply['task_id']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def upload(ctx: click.Context, path: Path) -> None:
+    """Upload PATH as a blob for an input of type file; prints its id, size, sha256 and expiry."""
+    with _client(ctx) as client:
+        _print_json(client.upload_blob_info(path))
+
+
+@main.command()
+@click.argument("servable")
+@click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
+@click.option("--files/--no-files", default=False, help="Upload the files again (default: reuse).")
+@click.option("--no-wait", is_flag=True)
+@click.pass_context
+def update(ctx: click.Context, servable: str, metadata_file: Path, files: bool, no_wait: bool) -> None:
+    """Publish a new version of SERVABLE (owner/name) from METADATA_FILE."""
+    doc = json.loads(metadata_file.read_text())
+    base_dir = metadata_file.parent if files else None
+    with _client(ctx) as client:
+        reply = client.update(servable, doc, base_dir=base_dir, wait=not no_wait)
+    console.print(f"updated {reply['shorthand_name']} to version {reply['version']} ({reply['status']})")
+
+
+@main.command()
+@click.argument("servable")
+@click.confirmation_option(prompt="Delete this servable?")
+@click.pass_context
+def delete(ctx: click.Context, servable: str) -> None:
+    """Delete SERVABLE (owner/name, or owner/name@version for one version)."""
+    with _client(ctx) as client:
+        _print_json(client.delete(servable))
+
+
+# -- discovery -----------------------------------------------------------------------------------------------
+
+
+def _servable_table(rows: list[dict[str, Any]], *, with_score: bool = False) -> Table:
+    table = Table("servable", "version", "title", "type", "authors")
+    if with_score:
+        table.add_column("score")
+    for row in rows:
+        cells = [
+            row.get("shorthand_name") or f"{row.get('owner')}/{row.get('name')}",
+            str(row.get("version", "")),
+            str(row.get("title", "")),
+            str(row.get("servable_type", "")),
+            ", ".join(row.get("authors", [])),
+        ]
+        if with_score:
+            cells.append(f"{row.get('score', 0):.2f}")
+        table.add_row(*cells)
+    return table
+
+
+@main.command("ls")
+@click.option("--owner", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ls(ctx: click.Context, owner: str | None, as_json: bool) -> None:
+    """List servables (latest version of each)."""
+    with _client(ctx) as client:
+        rows = client.list(owner)
+    if as_json:
+        _print_json(rows)
+    else:
+        console.print(_servable_table(rows))
+
+
+class DefaultCommandGroup(click.Group):
+    """A group that runs ``default_command`` when the first argument is not one of its subcommands.
+
+    ``dlhub search iris --owner alice`` runs ``dlhub search query iris --owner alice``, while
+    ``dlhub search reindex`` runs the subcommand (``dlhub search query reindex`` searches for the word).
+    """
+
+    default_command = "query"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("invoke_without_command", True)
+        kwargs.setdefault("no_args_is_help", False)
+        super().__init__(*args, **kwargs)
+        # Leave options and words after the group name to the default command.
+        self.context_settings.setdefault("ignore_unknown_options", True)
+        self.allow_interspersed_args = False
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        command = self.commands[self.default_command]
+        return command.name, command, args
+
+
+def _print_facets(facets: dict[str, list[dict[str, Any]]]) -> None:
+    for facet, counts in facets.items():
+        table = Table(facet, "count")
+        for entry in counts:
+            table.add_row(str(entry["value"]), str(entry["count"]))
+        console.print(table)
+
+
+@main.group(cls=DefaultCommandGroup)
+@click.pass_context
+def search(ctx: click.Context) -> None:
+    """Search servables: `dlhub search [QUERY] [filters]`; `dlhub search reindex` rebuilds the index.
+
+    Run `dlhub search query --help` for the filters.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(search_query)
+
+
+@search.command("query")
+@click.argument("query", default="")
+@click.option("--owner", default=None)
+@click.option("--name", default=None)
+@click.option("--domain", default=None)
+@click.option("--author", default=None)
+@click.option("--doi", default=None, help="The servable's DOI or a related DOI (e.g. its paper's).")
+@click.option("--model-type", default=None)
+@click.option("--servable-type", default=None)
+@click.option("--published-from", default=None, help="ISO 8601 date/date-time or epoch seconds.")
+@click.option("--published-to", default=None, help="ISO 8601 date/date-time or epoch seconds (inclusive).")
+@click.option(
+    "--facet",
+    "facets",
+    multiple=True,
+    type=click.Choice(["domain", "model_type", "servable_type", "owner"]),
+    help="Count matches by this field (repeatable).",
+)
+@click.option("--sort", type=click.Choice(["relevance", "publication_date", "name"]), default=None)
+@click.option("--order", type=click.Choice(["asc", "desc"]), default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--offset", default=0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search_query(
+    ctx: click.Context,
+    /,
+    query: str,
+    limit: int,
+    offset: int,
+    as_json: bool,
+    facets: tuple[str, ...],
+    **filters: str | None,
+) -> None:
+    """Search servables by free text (prefix matching), filters, date range; optional facet counts."""
+    with _client(ctx) as client:
+        result = client.search(query, limit=limit, offset=offset, facets=list(facets) or None, **filters)
+    if as_json:
+        _print_json(result)
+        return
+    console.print(_servable_table(result["hits"], with_score=True))
+    console.print(f"{result['total']} match(es)")
+    _print_facets(result.get("facets") or {})
+
+
+@search.command("reindex")
+@click.pass_context
+def search_reindex(ctx: click.Context) -> None:
+    """Rebuild the search index from the registry without downtime (needs an admin token).
+
+    Administrators are listed in the registry configuration: `registry.admin_users = ["alice"]`
+    (or DLHUB_REGISTRY__ADMIN_USERS='["alice"]').
+    """
+    with _client(ctx) as client:
+        outcome = client.reindex_search()
+    console.print(f"reindexed {outcome['documents']} servable(s) into {outcome['index']}")
+
+
+@main.command()
+@click.argument("servable")
+@click.pass_context
+def describe(ctx: click.Context, servable: str) -> None:
+    """Show the full record of SERVABLE (owner/name or owner/name@version)."""
+    with _client(ctx) as client:
+        _print_json(client.describe(servable))
+
+
+@main.command()
+@click.argument("servable")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["bibtex", "datacite"]),
+    default="bibtex",
+    show_default=True,
+    help="BibTeX entry or DataCite 4.x JSON.",
+)
+@click.pass_context
+def cite(ctx: click.Context, servable: str, fmt: str) -> None:
+    """Print the citation of SERVABLE (owner/name for the latest version, or owner/name@version)."""
+    with _client(ctx) as client:
+        citation = client.citation(servable, format=fmt)
+    if isinstance(citation, str):
+        click.echo(citation, nl=False)
+    else:
+        click.echo(json.dumps(citation, indent=2, ensure_ascii=False))
+
+
+# -- invocation ----------------------------------------------------------------------------------------------
+
+
+def _file_input(value: str) -> Any:
+    """An http(s) URL stays a URL; anything else is a local file, uploaded by the SDK as a blob."""
+    if value.lower().startswith(("http://", "https://")):
+        return {"url": value}
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value!r} is neither an http(s) URL nor a file", param_hint="--file")
+    return path
+
+
+def _run_inputs(input_json: str | None, files: tuple[str, ...]) -> Any:
+    if (input_json is None) == (not files):
+        raise click.UsageError("give either --input JSON or --file (repeatable), not both")
+    if input_json is not None:
+        return _load_json_arg(input_json)
+    refs = [_file_input(f) for f in files]
+    return refs[0] if len(refs) == 1 else refs
+
+
+@main.command()
+@click.argument("servable")
+@click.option("--input", "-i", "input_json", default=None, help="Inputs as JSON (or @file.json).")
+@click.option(
+    "--file",
+    "-f",
+    "files",
+    multiple=True,
+    help="For a method whose input is a file: a local file (uploaded) or an http(s) URL. Repeat for a "
+    "list of files.",
+)
+@click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
+@click.option("--method", default="run", show_default=True)
+@click.option("--async", "asynchronous", is_flag=True, help="Submit and print the task ID.")
+@click.option("--timings", is_flag=True, help="Also print the timings.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    servable: str,
+    input_json: str | None,
+    files: tuple[str, ...],
+    params: tuple[str, ...],
+    method: str,
+    asynchronous: bool,
+    timings: bool,
+) -> None:
+    """Run SERVABLE (owner/name[@version]) on the given inputs (--input JSON, or --file for file inputs)."""
+    inputs = _run_inputs(input_json, files)
+    parameters: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    with _client(ctx) as client:
+        if asynchronous:
+            handle = client.run_async(servable, inputs, parameters=parameters, method=method)
+            click.echo(handle.task_id)
+            return
+        record = client.run_detailed(servable, inputs, parameters=parameters, method=method)
+    if record["state"] == "failed":
+        raise TaskFailed(record["task_id"], record.get("error") or {})
+    _print_json(record["output"])
+    if timings:
+        _print_json(record.get("timings", {}))
+
+
+@main.command()
+@click.argument("servable")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+@click.pass_context
+def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
+    """Re-run the published test vectors of SERVABLE (owner/name[@version]); exit 1 if any fails."""
+    with _client(ctx) as client:
+        report = client.verify(servable)
+    if as_json:
+        _print_json(report)
+    else:
+        table = Table(title=f"test vectors of {report['servable']}")
+        table.add_column("#", justify="right")
+        table.add_column("result")
+        table.add_column("inference ms", justify="right")
+        table.add_column("message", overflow="fold")
+        for vector in report["vectors"]:
+            timings = vector.get("timings") or {}
+            table.add_row(
+                str(vector["index"]),
+                "[green]pass[/green]" if vector["passed"] else "[red]FAIL[/red]",
+                f"{timings.get('inference_ms', 0.0):.2f}",
+                str(vector.get("message", "")),
+            )
+        if report["vectors"]:
+            console.print(table)
+        failed = sum(1 for v in report["vectors"] if not v["passed"])
+        if report.get("note"):
+            console.print(f"{report['servable']}: {report['note']}")
+        elif failed:
+            console.print(f"[red]{failed} of {len(report['vectors'])} test vector(s) failed[/red]")
+        else:
+            console.print(f"[green]all {len(report['vectors'])} test vector(s) passed[/green]")
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Block until the task finishes.")
+@click.pass_context
+def status(ctx: click.Context, task_id: str, wait: bool) -> None:
+    """Show the state (and result) of an asynchronous task."""
+    with _client(ctx) as client:
+        record = client.status(task_id)
+        if wait:
+            from dlhub.client.sdk import TaskHandle
+
+            record = TaskHandle(client, task_id).wait()
+    _print_json(record)
+
+
+@main.command()
+@click.argument("servable")
+@click.option("--reason", default="", help="Why the version is deprecated (shown in run warnings).")
+@click.option("--replacement", default=None, help="owner/name@version to use instead.")
+@click.option("--undo", is_flag=True, help="Clear the deprecation instead.")
+@click.pass_context
+def deprecate(ctx: click.Context, servable: str, reason: str, replacement: str | None, undo: bool) -> None:
+    """Deprecate SERVABLE (owner/name@version): it still runs, with a warning; "latest" skips it."""
+    with _client(ctx) as client:
+        if undo:
+            _print_json(client.undeprecate(servable))
+        else:
+            _print_json(client.deprecate(servable, reason, replacement=replacement))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""The DLHub Python SDK: publish, discover and run servables over the REST API."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dlhub.client.credentials import load_credentials
+from dlhub.client.packaging import build_package, declared_files
+from dlhub.common.codec import decode_body, encode_body
+from dlhub.common.errors import DLHubError, error_class
+
+API_PREFIX = "/api/v1"
+TERMINAL_STATES = frozenset({"completed", "failed"})
+
+
+class TaskFailed(DLHubError):
+    """A task ran and failed; ``error_type`` is the DLHub error code, ``exception_type`` the model's own."""
+
+    code = "task_failed"
+
+    def __init__(self, task_id: str, error: Mapping[str, Any]) -> None:
+        self.task_id = task_id
+        self.error_type = str(error.get("type", "dlhub_error"))
+        self.exception_type = str(error.get("exception_type", ""))
+        self.traceback = str(error.get("traceback", ""))
+        self.step = error.get("step")
+        detail = f"{self.exception_type}: " if self.exception_type else ""
+        super().__init__(f"task {task_id} failed ({self.error_type}): {detail}{error.get('message', '')}")
+
+
+def parse_servable(ref: str) -> tuple[str, str, int | None]:
+    """Split ``owner/name`` or ``owner/name@3``."""
+    path, _, version = ref.partition("@")
+    owner, _, name = path.partition("/")
+    if not owner or not name or (version and not (version.isascii() and version.isdigit())):
+        raise ValueError(f"expected owner/name or owner/name@version, got {ref!r}")
+    return owner, name, int(version) if version else None
+
+
+def _servable_path(ref: str) -> str:
+    owner, name, version = parse_servable(ref)
+    base = f"/servables/{owner}/{name}"
+    return f"{base}/versions/{version}" if version is not None else base
+
+
+class TaskHandle:
+    """An asynchronous task: poll ``status()`` or block on ``result()``."""
+
+    def __init__(self, client: DLHubClient, task_id: str) -> None:
+        self.client = client
+        self.task_id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.task_id!r})"
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status(self.task_id)
+
+    def wait(self, timeout_s: float = 300.0, poll_interval_s: float = 0.05) -> dict[str, Any]:
+        """Poll until the task is completed or failed; return its record."""
+        deadline = time.monotonic() + timeout_s
+        interval = poll_interval_s
+        while True:
+            record = self.status()
+            if record["state"] in TERMINAL_STATES:
+                return record
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.task_id} still {record['state']} after {timeout_s} s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, 1.0)
+
+    def result(self, timeout_s: float = 300.0) -> Any:
+        record = self.wait(timeout_s)
+        if record["state"] == "failed":
+            raise TaskFailed(self.task_id, record.get("error") or {})
+        return record.get("output")
+
+
+class DLHubClient:
+    """Synchronous client for the DLHub REST API."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float = 330.0) -> None:
+        creds = load_credentials(url, token)
+        self.url = creds.url
+        headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DLHubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport -------------------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            self._raise_for(response)
+        return response.json()
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        try:
+            error = response.json()["error"]
+            code, message, field = error["type"], error["message"], error.get("field")
+        except (ValueError, KeyError, TypeError):
+            code, message, field = "dlhub_error", f"HTTP {response.status_code}: {response.text[:200]}", None
+        raise error_class(code)(message, field=field)
+
+    # -- repository ------------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/health")
+        return result
+
+    def publish(
+        self,
+        metadata: Mapping[str, Any],
+        *,
+        base_dir: str | Path = ".",
+        package: bytes | None = None,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Publish a servable: the document plus the files it names (relative to ``base_dir``).
+
+        With ``wait`` the call returns once the build finished and raises ``TaskFailed`` if it failed.
+        """
+        return self._send_version("POST", "/servables", metadata, base_dir, package, wait, timeout_s)
+
+    def update(
+        self,
+        servable: str,
+        metadata: Mapping[str, Any],
+        *,
+        base_dir: str | Path | None = None,
+        package: bytes | None = None,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
+        """Publish a new version; without ``base_dir``/``package`` it reuses the previous version's files."""
+        owner, name, _ = parse_servable(servable)
+        path = f"/servables/{owner}/{name}"
+        if base_dir is None and package is None:
+            reply: dict[str, Any] = self._request("PUT", path, json=dict(metadata))
+            return self._maybe_wait(reply, wait, timeout_s)
+        return self._send_version("PUT", path, metadata, base_dir or ".", package, wait, timeout_s)
+
+    def publish_model(
+        self,
+        model: Any,
+        *,
+        name: str,
+        title: str,
+        authors: Sequence[str],
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        **describe_options: Any,
+    ) -> dict[str, Any]:
+        """Describe a live object (a fitted scikit-learn estimator, a Keras model, a PyTorch module, or a
+        type-hinted function in a module file) with ``dlhub.client.describe.describe`` and publish it with its
+        files.
+
+        ``describe_options``: affiliations, description, domains, visible_to, dependencies,
+        serialization_method (estimators), autobatch (functions), example / input_shape / input_dtype
+        (PyTorch modules).
+        """
+        from dlhub.client.describe import describe
+
+        described = describe(model, name=name, title=title, authors=authors, **describe_options)
+        return self.publish(described.metadata, package=described.package(), wait=wait, timeout_s=timeout_s)
+
+    def publish_pipeline(
+        self,
+        name: str,
+        steps: Sequence[str | Mapping[str, Any]],
+        *,
+        title: str,
+        authors: Sequence[str],
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        **document_options: Any,
+    ) -> dict[str, Any]:
+        """Publish servable versions as one pipeline servable, run like any servable (``run("owner/name")``).
+
+        ``steps``: ``"owner/name[@version]"`` or ``{"servable", "method"?, "parameters"?}``; the registry pins
+        each to the version it resolves to now. ``document_options``: affiliations, description, domains,
+        visible_to (see ``dlhub.client.metadata.pipeline_document``). A pipeline is ready at once.
+        """
+        from dlhub.client.metadata import pipeline_document
+
+        document = pipeline_document(name=name, steps=steps, title=title, authors=authors, **document_options)
+        reply: dict[str, Any] = self._request("POST", "/servables", json=document)
+        return self._maybe_wait(reply, wait, timeout_s)
+
+    def _send_version(
+        self,
+        method: str,
+        path: str,
+        metadata: Mapping[str, Any],
+        base_dir: str | Path,
+        package: bytes | None,
+        wait: bool,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        if package is None:
+            names = declared_files(metadata)
+            package = build_package(Path(base_dir), names) if names else None
+        files: dict[str, Any] = {"metadata": (None, json.dumps(dict(metadata)), "application/json")}
+        if package is not None:
+            files["package"] = ("package.tar.gz", package, "application/gzip")
+        reply: dict[str, Any] = self._request(method, path, files=files)
+        return self._maybe_wait(reply, wait, timeout_s)
+
+    def _maybe_wait(self, reply: dict[str, Any], wait: bool, timeout_s: float) -> dict[str, Any]:
+        if not wait:
+            return reply
+        record = TaskHandle(self, reply["task_id"]).wait(timeout_s)
+        if record["state"] == "failed":
+            raise TaskFailed(reply["task_id"], record.get("error") or {})
+        reply["status"] = "ready"
+        return reply
+
+    def describe(self, servable: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", _servable_path(servable))
+        return result
+
+    def citation(self, servable: str, format: str = "bibtex") -> str | dict[str, Any]:
+        """The citation of ``owner/name`` (latest visible version) or ``owner/name@3``.
+
+        ``format="bibtex"`` returns the BibTeX entry as text; ``format="datacite"`` the DataCite 4.x JSON.
+        """
+        response = self._http.get(_servable_path(servable) + "/citation", params={"format": format})
+        if response.status_code >= 400:
+            self._raise_for(response)
+        if format == "datacite":
+            result: dict[str, Any] = response.json()
+            return result
+        return response.text
+
+    def versions(self, servable: str) -> list[dict[str, Any]]:
+        owner, name, _ = parse_servable(servable)
+        result: list[dict[str, Any]] = self._request("GET", f"/servables/{owner}/{name}/versions")["versions"]
+        return result
+
+    def list(self, owner: str | None = None, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if owner:
+            params["owner"] = owner
+        result: list[dict[str, Any]] = self._request("GET", "/servables", params=params)["servables"]
+        return result
+
+    def delete(self, servable: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("DELETE", _servable_path(servable))
+        return result
+
+    def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
+        """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
+
+        Filters: owner, name, domain, author, model_type, servable_type, doi (the servable's DOI or a
+        related identifier such as its paper's DOI, case-insensitive); ``published_from`` /
+        ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
+        comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
+        publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.
+        """
+        params: dict[str, Any] = {"q": q, "limit": limit, "offset": offset}
+        for key, value in filters.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, (date, datetime)):
+                value = value.isoformat()
+            params[key] = value
+        result: dict[str, Any] = self._request("GET", "/search", params=params)
+        return result
+
+    def reindex_search(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Rebuild the search index from the registry (administrators only): ``{"documents", "index"}``."""
+        kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        result: dict[str, Any] = self._request("POST", "/search/reindex", **kwargs)
+        return result
+
+    # -- file inputs -----------------------------------------------------------------------------------------
+
+    def upload_blob(self, source: str | Path | bytes, *, filename: str | None = None) -> str:
+        """Upload a file (a path, or the bytes themselves) for inputs of type file; returns the blob id.
+
+        Pass it as ``{"blob": id}``; the blob is yours alone and expires after the registry's
+        ``blob_ttl_s``. ``run`` does this by itself for ``pathlib.Path`` values in the inputs.
+        """
+        return str(self.upload_blob_info(source, filename=filename)["blob_id"])
+
+    def upload_blob_info(self, source: str | Path | bytes, *, filename: str | None = None) -> dict[str, Any]:
+        """Like ``upload_blob``; returns ``{"blob_id", "size", "sha256", "filename", "expires_at", ...}``."""
+        if isinstance(source, bytes):
+            result: dict[str, Any] = self._request(
+                "POST", "/blobs", files={"file": (filename or "blob", source, "application/octet-stream")}
+            )
+            return result
+        path = Path(source)
+        with path.open("rb") as stream:
+            result = self._request(
+                "POST", "/blobs", files={"file": (filename or path.name, stream, "application/octet-stream")}
+            )
+        return result
+
+    def with_uploaded_files(self, inputs: Any) -> Any:
+        """``inputs`` with every ``pathlib.Path`` (in lists, tuples and dicts) uploaded and replaced by
+        ``{"blob": id}``; a ``str`` is always data, never a path."""
+        if isinstance(inputs, Path):
+            return {"blob": self.upload_blob(inputs)}
+        if isinstance(inputs, (list, tuple)):
+            return [self.with_uploaded_files(item) for item in inputs]
+        if isinstance(inputs, dict):
+            return {key: self.with_uploaded_files(value) for key, value in inputs.items()}
+        return inputs
+
+    # -- invocation ------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Run synchronously and return the output; a failed task raises ``TaskFailed``.
+
+        Inputs of type file: pass ``{"url": "https://..."}``, ``{"blob": id}`` (``upload_blob``) or a
+        ``pathlib.Path``, which is uploaded first (``with_uploaded_files``); the model receives a local path.
+        """
+        record = self.run_detailed(
+            servable, inputs, parameters=parameters, method=method, timeout_s=timeout_s
+        )
+        if record["state"] == "failed":
+            raise TaskFailed(record["task_id"], record.get("error") or {})
+        return record["output"]
+
+    def run_detailed(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Run synchronously and return the whole record (output or error, and the timings).
+
+        Inputs holding NumPy arrays travel as msgpack with the arrays as raw buffers (dtype, shape, bytes)
+        instead of JSON text, and array outputs come back as NumPy arrays.
+        """
+        body = self._run_body(inputs, parameters, method, timeout_s, asynchronous=False)
+        path = _servable_path(servable) + "/run"
+        if not _holds_ndarray(body["inputs"]):
+            result: dict[str, Any] = self._request("POST", path, json=body)
+            return result
+        return self._request_msgpack(path, body)
+
+    def _request_msgpack(self, path: str, body: Any) -> dict[str, Any]:
+        headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
+        response = self._http.request("POST", path, content=encode_body(body), headers=headers)
+        if response.status_code >= 400:
+            self._raise_for(response)  # errors are JSON whatever the request's format
+        result: dict[str, Any] = decode_body(response.content, dict[str, Any])
+        return result
+
+    def run_async(
+        self,
+        servable: str,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        timeout_s: float | None = None,
+    ) -> TaskHandle:
+        body = self._run_body(inputs, parameters, method, timeout_s, asynchronous=True)
+        reply = self._request("POST", _servable_path(servable) + "/run", json=body)
+        return TaskHandle(self, reply["task_id"])
+
+    def run_pipeline(
+        self, steps: Sequence[str | Mapping[str, Any]], inputs: Any, *, asynchronous: bool = False
+    ) -> Any:
+        """Run servables as one server-side pipeline; returns the final output (or a TaskHandle)."""
+        body = {
+            "steps": [{"servable": s} if isinstance(s, str) else dict(s) for s in steps],
+            "inputs": self.with_uploaded_files(inputs),
+            "asynchronous": asynchronous,
+        }
+        reply = self._request("POST", "/pipelines/run", json=body)
+        if asynchronous:
+            return TaskHandle(self, reply["task_id"])
+        if reply["state"] == "failed":
+            raise TaskFailed(reply["task_id"], reply.get("error") or {})
+        return reply["output"]
+
+    def verify(self, servable: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Re-run the published test vectors of ``owner/name`` (newest ready version) or ``owner/name@3``.
+
+        Returns ``{"servable", "passed", "vectors": [{"index", "passed", "message"?, "timings"}], "note"?}``;
+        a version that is not ready raises ``ServableNotReady``.
+        """
+        kwargs: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        result: dict[str, Any] = self._request("POST", _servable_path(servable) + "/verify", **kwargs)
+        return result
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/tasks/{task_id}")
+        return result
+
+    def _run_body(
+        self,
+        inputs: Any,
+        parameters: Mapping[str, Any] | None,
+        method: str,
+        timeout_s: float | None,
+        *,
+        asynchronous: bool,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "inputs": self.with_uploaded_files(inputs),
+            "parameters": dict(parameters or {}),
+            "method": method,
+            "asynchronous": asynchronous,
+        }
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return body
+
+    def deprecate(self, servable: str, reason: str = "", *, replacement: str | None = None) -> dict[str, Any]:
+        """Deprecate ``owner/name@version`` (owner only): it still runs, with a warning, and "latest" skips
+        it while a ready version that is not deprecated exists. ``replacement``: ``owner/name@version``."""
+        body: dict[str, Any] = {"reason": reason}
+        if replacement is not None:
+            body["replacement"] = replacement
+        result: dict[str, Any] = self._request("POST", self._pinned_path(servable) + "/deprecate", json=body)
+        return result
+
+    def undeprecate(self, servable: str) -> dict[str, Any]:
+        """Clear the deprecation of ``owner/name@version`` (owner only)."""
+        result: dict[str, Any] = self._request("POST", self._pinned_path(servable) + "/undeprecate")
+        return result
+
+    @staticmethod
+    def _pinned_path(servable: str) -> str:
+        if parse_servable(servable)[2] is None:
+            raise ValueError(f"expected owner/name@version, got {servable!r}")
+        return _servable_path(servable)
+
+
+MSGPACK = "application/msgpack"
+MAX_NDARRAY_PROBE_ITEMS = 64
+
+
+def _holds_ndarray(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is, or directly nests, a NumPy array (probing only a bounded part of it)."""
+    if type(value).__name__ == "ndarray" and type(value).__module__ == "numpy":
+        return True
+    if depth >= 3:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_ndarray(v, depth + 1) for v in value[:MAX_NDARRAY_PROBE_ITEMS])
+    if isinstance(value, dict):
+        items = list(value.values())[:MAX_NDARRAY_PROBE_ITEMS]
+        return any(_holds_ndarray(v, depth + 1) for v in items)
+    return False

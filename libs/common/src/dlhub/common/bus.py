@@ -1,0 +1,615 @@
+"""Both ends of the broker connection, shared by every service.
+
+- ``HandlerService``: the DEALER side of workers, the builder and search. Registers its topics and capacity,
+  heartbeats, reconnects with backoff when the broker goes silent (re-registering), and runs dispatched tasks
+  with at most ``capacity`` in flight.
+- ``BusClient``: the DEALER side of task submitters (the registry). ``call`` submits a task and awaits its
+  ``Result``; failures come back as ``Result(ok=False, error=...)``, never as a hang.
+
+Both drive a plain ZeroMQ socket from the event loop (``add_reader`` on the socket's FD) and drain every
+available frame per wakeup, so a message costs one decode and one callback, not a future per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import zmq
+
+from dlhub.common.codec import Codec
+from dlhub.common.config import BusConfig
+from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage
+from dlhub.common.ids import new_id
+from dlhub.common.logging import get_logger
+from dlhub.common.messages import (
+    Dispatch,
+    ErrorInfo,
+    Heartbeat,
+    Message,
+    Reconnect,
+    Register,
+    Registered,
+    Result,
+    RouteStep,
+    Started,
+    StatsReply,
+    StatsRequest,
+    Submit,
+    Unregister,
+)
+
+TaskHandler = Callable[[Dispatch], Awaitable[Result]]
+"""Runs one dispatched step. Must return a Result with the dispatch's task_id and step; if it raises, the
+HandlerService turns the exception into a failed Result (DLHubError -> its code; others -> servable_error)."""
+
+log = get_logger(__name__)
+
+_DRAIN_BATCH: Final = 512
+"""Messages handled per wakeup before yielding to the event loop (so one busy socket cannot starve others)."""
+MAX_BATCH_FRAMES: Final = 256
+"""Frames sent as one multipart message at most; a fuller outbox is sent at once."""
+MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
+"""Bytes queued at most before the outbox is sent at once (large payloads need no company)."""
+ZERO_COPY_BYTES: Final = 65536
+"""Frames at least this large are handed to ZeroMQ without a copy (smaller ones are cheaper copied)."""
+
+
+def send_frames(
+    sock: zmq.Socket[bytes], frames: Sequence[bytes | bytearray], flags: int = zmq.NOBLOCK
+) -> None:
+    """Send ``frames`` as one multipart message (each frame one bus message, or a ROUTER identity first)."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        more = zmq.SNDMORE if index < last else 0
+        sock.send(frame, flags | more, copy=len(frame) < ZERO_COPY_BYTES)
+
+
+def failed_result(task_id: str, code: str, message: str, *, step: int = 0, **error: Any) -> Result:
+    """Build a failed Result carrying a typed error."""
+    return Result(task_id=task_id, ok=False, step=step, error=ErrorInfo(code=code, message=message, **error))
+
+
+def _expire(future: asyncio.Future[Result], task_id: str, timeout_s: float) -> None:
+    if not future.done():
+        future.set_result(failed_result(task_id, "task_timeout", f"no result within {timeout_s} s"))
+
+
+class _Dealer:
+    """A DEALER socket driven by the event loop: frames received go to ``on_frame``; sends never block."""
+
+    def __init__(
+        self, *, url: str, identity: str, max_message_bytes: int, on_frame: Callable[[memoryview], None]
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_frame = on_frame
+        self._drain_scheduled = False
+        self._outbox: list[bytes | bytearray] = []
+        self._outbox_bytes = 0
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 64)
+        # Retry the TCP connection every 100 ms without ZeroMQ's own backoff, so a broker that comes (back) up
+        # is reached at once; the reconnect backoff of the bus (a new socket) is ours, after a silent broker.
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
+        sock.connect(url)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop.add_reader(self._fd, self._drain)
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock.closed:
+            return
+        for _ in range(_DRAIN_BATCH):
+            try:
+                # Uncopied: a message's payload (``msgspec.Raw``) stays a view of the frame it arrived in.
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                log.warning("bus recv failed", error=str(exc))
+                return
+            for frame in frames:  # one message per frame; the broker batches what it sends us at once
+                try:
+                    self._on_frame(frame.buffer)
+                except Exception:  # a failing callback must not stop the drain (the FD would not fire again)
+                    log.exception("bus message callback failed")
+                if sock.closed:  # on_frame may close us (reconnect)
+                    return
+        self._schedule_drain()
+
+    def send(self, frame: bytes | bytearray) -> bool:
+        """Queue one frame for the broker; False if the socket is closed.
+
+        Frames queued during one event-loop iteration leave together as one multipart message at the start of
+        the next (``_flush``): under load that turns many small sends, each waking ZeroMQ's I/O thread and the
+        broker, into one. Idle, a frame waits for nothing but the current iteration to end.
+        """
+        if self._sock.closed:
+            return False
+        outbox = self._outbox
+        outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        if len(outbox) >= MAX_BATCH_FRAMES or self._outbox_bytes >= MAX_BATCH_BYTES:
+            self._flush()
+        elif len(outbox) == 1:
+            self._loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
+        if not frames or self._sock.closed:
+            return
+        try:
+            send_frames(self._sock, frames)
+        except zmq.ZMQError as exc:
+            log.warning("bus send failed", error=str(exc), frames=len(frames))
+            return
+        # The FD is edge-triggered: a send can consume the readiness signal for frames that already arrived.
+        # One drain per flush covers every frame sent (cheaper than asking the socket for its events).
+        self._schedule_drain()
+
+    def close(self, *, linger_ms: int = 0) -> None:
+        if self._sock.closed:
+            return
+        self._flush()  # what was queued this iteration (an Unregister, a last Result) still goes out
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._fd)
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.close()
+
+
+class HandlerService:
+    stop_drain_timeout_s: float = 10.0
+    """How long ``stop`` waits for in-flight tasks before cancelling them."""
+
+    def __init__(
+        self,
+        *,
+        bus: BusConfig,
+        codec: Codec,
+        kind: str,
+        topics: Sequence[str],
+        capacity: int,
+        handle: TaskHandler,
+        handler_id: str | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.bus = bus
+        self.codec = codec
+        self.kind = kind
+        self.topics = list(topics)
+        self.capacity = capacity
+        self.handler_id = handler_id or new_id()
+        self._handle = handle
+        self._dealer: _Dealer | None = None
+        self._registered = asyncio.Event()
+        self._session_over = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._last_seen = 0.0
+        self._heard = False  # has the broker sent anything on the current socket?
+        self._slots = asyncio.Semaphore(capacity)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._table: dict[type[Message], Callable[[Any], None]] = {
+            Dispatch: self._on_dispatch,
+            Registered: self._on_registered,
+            Heartbeat: lambda _msg: None,
+            Reconnect: self._on_reconnect,
+        }
+        self._log = log.bind(handler_id=self.handler_id, kind=kind)
+
+    @property
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Connect, register and serve until ``stop`` is called."""
+        backoff_s = self.bus.reconnect_initial_s
+        try:
+            while not self._stopping:
+                self._open_session()
+                await self._session()
+                was_registered = self._registered.is_set()
+                self._close_session()
+                if self._stopping:
+                    break
+                if was_registered:
+                    backoff_s = self.bus.reconnect_initial_s
+                self._log.warning("reconnecting to broker", backoff_s=backoff_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), backoff_s)
+                backoff_s = min(backoff_s * 2, self.bus.reconnect_max_s)
+        finally:
+            self._close_session()
+            self._stopped.set()
+
+    async def wait_registered(self, timeout_s: float) -> None:
+        """Return once the broker has acknowledged the registration."""
+        try:
+            await asyncio.wait_for(self._registered.wait(), timeout_s)
+        except TimeoutError:
+            raise BrokerUnavailable(f"broker did not acknowledge registration within {timeout_s} s") from None
+
+    async def stop(self) -> None:
+        """Unregister, let in-flight tasks finish (bounded), close the socket."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.stop_drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._dealer is not None and self._registered.is_set():
+            self._send(Unregister(handler_id=self.handler_id))
+            self._dealer.close(linger_ms=500)
+        self._session_over.set()
+        self._stopped.set()
+        self._close_session()
+
+    # -- session -------------------------------------------------------------------------------------------
+
+    def _open_session(self) -> None:
+        self._registered.clear()
+        self._session_over.clear()
+        self._last_seen = time.monotonic()
+        self._heard = False
+        self._dealer = _Dealer(
+            url=self.bus.broker_url,
+            identity=self.handler_id,
+            max_message_bytes=self.codec.max_message_bytes,
+            on_frame=self._on_frame,
+        )
+        self._send(
+            Register(handler_id=self.handler_id, kind=self.kind, topics=self.topics, capacity=self.capacity)
+        )
+
+    def _close_session(self) -> None:
+        self._registered.clear()
+        if self._dealer is not None:
+            self._dealer.close()
+            self._dealer = None
+
+    async def _session(self) -> None:
+        """Heartbeat until the broker goes silent, asks us to reconnect, or we stop."""
+        interval_s = self.bus.heartbeat_interval_s
+        timeout_s = self.bus.liveness_timeout_s
+        heartbeat = self.codec.encode(Heartbeat(sender_id=self.handler_id))
+        while not self._session_over.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._session_over.wait(), interval_s)
+            if self._session_over.is_set() or self._dealer is None:
+                return
+            if time.monotonic() - self._last_seen > timeout_s:
+                if not self._heard:
+                    # Never reached a broker on this socket: nothing to discard, and a new socket would only
+                    # race the old one's connection. ZeroMQ keeps reconnecting; our Register is queued.
+                    self._last_seen = time.monotonic()
+                    self._log.info("waiting for the broker", broker_url=self.bus.broker_url)
+                    continue
+                self._log.warning("broker silent", silent_s=round(time.monotonic() - self._last_seen, 3))
+                return
+            self._dealer.send(heartbeat)
+
+    def _send(self, message: Message) -> bool:
+        if self._dealer is None:
+            return False
+        return self._dealer.send(self.codec.encode(message))
+
+    def _on_frame(self, frame: memoryview) -> None:
+        self._last_seen = time.monotonic()
+        self._heard = True
+        try:
+            message = self.codec.decode(frame)
+        except InvalidMessage as exc:
+            self._log.warning("dropping undecodable frame", error=str(exc))
+            return
+        handler = self._table.get(type(message))
+        if handler is None:
+            self._log.warning("dropping unexpected message", type=type(message).__name__)
+            return
+        handler(message)
+
+    def _on_registered(self, message: Registered) -> None:
+        self._log.info("registered with broker", topics=self.topics, capacity=self.capacity)
+        self._registered.set()
+
+    def _on_reconnect(self, message: Reconnect) -> None:
+        self._log.warning("broker asked us to reconnect", reason=message.reason)
+        self._session_over.set()
+
+    def _on_dispatch(self, dispatch: Dispatch) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_task(dispatch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_task(self, dispatch: Dispatch) -> None:
+        if self._stopping:
+            result = failed_result(
+                dispatch.task_id, "handler_lost", "handler is shutting down", step=dispatch.step
+            )
+        else:
+            async with self._slots:
+                result = await self._invoke(dispatch)
+        result.handler_id = self.handler_id
+        try:
+            frame = self.codec.encode(result)
+        except InvalidMessage as exc:
+            frame = self.codec.encode(
+                failed_result(dispatch.task_id, exc.code, exc.message, step=dispatch.step)
+            )
+        if self._dealer is None or not self._dealer.send(frame):
+            self._log.warning("could not send result", task_id=dispatch.task_id)
+
+    async def _invoke(self, dispatch: Dispatch) -> Result:
+        started = time.perf_counter()
+        try:
+            result = await self._handle(dispatch)
+        except asyncio.CancelledError:
+            raise
+        except DLHubError as exc:
+            result = failed_result(dispatch.task_id, exc.code, exc.message, step=dispatch.step)
+        except Exception as exc:
+            self._log.info("servable raised", task_id=dispatch.task_id, exception_type=type(exc).__name__)
+            result = failed_result(
+                dispatch.task_id,
+                "servable_error",
+                str(exc),
+                step=dispatch.step,
+                exception_type=type(exc).__name__,
+                traceback=traceback.format_exc(),
+            )
+        result.task_id = dispatch.task_id
+        result.step = dispatch.step
+        if not result.timings.invocation_ms:
+            result.timings.invocation_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    future: asyncio.Future[Result]
+    sent_at: float
+    on_started: Callable[[Started], None] | None = None
+
+
+@dataclass(slots=True)
+class _ClientState:
+    pending: dict[str, _PendingCall] = field(default_factory=dict)
+    stats: dict[str, asyncio.Future[StatsReply]] = field(default_factory=dict)
+
+
+class BusClient:
+    def __init__(self, *, bus: BusConfig, codec: Codec, client_id: str | None = None) -> None:
+        self.bus = bus
+        self.codec = codec
+        self.client_id = client_id or new_id()
+        self._dealer: _Dealer | None = None
+        self._state = _ClientState()
+        self._last_seen = 0.0  # liveness clock, reset on every (re)connect
+        self._last_heard = 0.0  # when the broker last sent us anything at all
+        self._heard_before = 0.0  # _last_heard as it was before the frame being handled
+        self._heard = False  # has the broker sent anything on the current socket?
+        self._ticker: asyncio.Task[None] | None = None
+        self._heartbeat = codec.encode(Heartbeat(sender_id=self.client_id))
+        self._table: dict[type[Message], Callable[[Any], None]] = {
+            Result: self._on_result,
+            Started: self._on_started,
+            StatsReply: self._on_stats,
+            Heartbeat: lambda _msg: None,
+            Reconnect: self._on_reconnect,
+        }
+        self._log = log.bind(client_id=self.client_id)
+
+    @property
+    def grace_s(self) -> float:
+        """Extra time a call waits past its own timeout for the broker's answer."""
+        return self.bus.liveness_timeout_s
+
+    async def start(self) -> None:
+        if self._dealer is not None:
+            return
+        self._connect()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        self._fail_all("client closed")
+        if self._dealer is not None:
+            self._dealer.close()
+            self._dealer = None
+
+    async def call(
+        self,
+        route: Sequence[RouteStep],
+        inputs: msgspec.Raw,
+        *,
+        timeout_s: float,
+        task_id: str | None = None,
+        on_started: Callable[[Started], None] | None = None,
+    ) -> Result:
+        """Submit ``inputs`` along ``route`` and await the final Result.
+
+        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``.
+        """
+        if self._dealer is None:
+            await self.start()
+        task_id = task_id or new_id()
+        pending = self._state.pending
+        if task_id in pending:
+            return failed_result(task_id, "conflict", f"task {task_id} is already pending on this client")
+        try:
+            frame = self.codec.encode(
+                Submit(
+                    task_id=task_id,
+                    route=list(route),
+                    inputs=inputs,
+                    timeout_s=timeout_s,
+                    notify_start=on_started is not None,
+                )
+            )
+        except InvalidMessage as exc:
+            return failed_result(task_id, exc.code, exc.message)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        pending[task_id] = _PendingCall(future, time.monotonic(), on_started)
+        # A plain timer on the future rather than asyncio.wait_for: the same deadline for less work on the
+        # request path (no waiter future, no extra callbacks).
+        timer = loop.call_later(timeout_s + self.grace_s, _expire, future, task_id, timeout_s)
+        try:
+            if self._dealer is None or not self._dealer.send(frame):
+                return failed_result(task_id, "broker_unavailable", "could not send the task to the broker")
+            return await future
+        finally:
+            timer.cancel()
+            pending.pop(task_id, None)
+
+    async def stats(self, *, timeout_s: float = 2.0) -> StatsReply:
+        """Ask the broker for its handler table and queue depth; raise BrokerUnavailable on no answer."""
+        if self._dealer is None:
+            await self.start()
+        request_id = new_id()
+        future: asyncio.Future[StatsReply] = asyncio.get_running_loop().create_future()
+        self._state.stats[request_id] = future
+        try:
+            if self._dealer is None or not self._send(StatsRequest(request_id=request_id)):
+                raise BrokerUnavailable("could not reach the broker")
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise BrokerUnavailable(f"broker did not answer within {timeout_s} s") from None
+        finally:
+            self._state.stats.pop(request_id, None)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._last_seen = time.monotonic()
+        self._heard = False
+        self._dealer = _Dealer(
+            url=self.bus.broker_url,
+            identity=self.client_id,
+            max_message_bytes=self.codec.max_message_bytes,
+            on_frame=self._on_frame,
+        )
+        self._dealer.send(self._heartbeat)
+
+    def _send(self, message: Message) -> bool:
+        return self._dealer is not None and self._dealer.send(self.codec.encode(message))
+
+    async def _tick(self) -> None:
+        interval_s = self.bus.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self._check_broker()
+            except Exception:  # the ticker must outlive any one failure, or calls could hang
+                self._log.exception("client heartbeat tick failed")
+
+    def _check_broker(self) -> None:
+        if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
+            if not self._heard and not self._state.pending:
+                # Never reached a broker on this socket and nothing to discard: keep it (ZeroMQ reconnects
+                # by itself) rather than race a new socket's connection against the old one's.
+                self._last_seen = time.monotonic()
+                self._fail_all("broker is not answering")
+                return
+            self._log.warning("broker silent; failing pending calls and reconnecting")
+            self._fail_all("broker stopped answering heartbeats")
+            if self._dealer is not None:
+                self._dealer.close()
+            self._connect()
+        elif self._dealer is not None:
+            self._dealer.send(self._heartbeat)
+
+    def _fail_all(self, reason: str) -> None:
+        for task_id, call in list(self._state.pending.items()):
+            if not call.future.done():
+                call.future.set_result(failed_result(task_id, "broker_unavailable", reason))
+        for future in self._state.stats.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable(reason))
+
+    def _on_frame(self, frame: memoryview) -> None:
+        now = time.monotonic()
+        self._last_seen = now
+        self._heard = True
+        self._heard_before, self._last_heard = self._last_heard, now
+        try:
+            message = self.codec.decode(frame)
+        except InvalidMessage as exc:
+            self._log.warning("dropping undecodable frame", error=str(exc))
+            return
+        handler = self._table.get(type(message))
+        if handler is None:
+            self._log.warning("dropping unexpected message", type=type(message).__name__)
+            return
+        handler(message)
+
+    def _on_result(self, result: Result) -> None:
+        call = self._state.pending.get(result.task_id)
+        if call is None or call.future.done():
+            self._log.debug("result for unknown or finished task", task_id=result.task_id)
+            return
+        call.future.set_result(result)
+
+    def _on_started(self, started: Started) -> None:
+        call = self._state.pending.get(started.task_id)
+        if call is None or call.on_started is None:
+            return
+        try:
+            call.on_started(started)
+        except Exception:
+            self._log.exception("on_started callback failed", task_id=started.task_id)
+
+    def _on_stats(self, reply: StatsReply) -> None:
+        future = self._state.stats.get(reply.request_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _on_reconnect(self, message: Reconnect) -> None:
+        # The broker does not know us. A fresh client hears this once (nothing to fail); after a broker
+        # restart the tasks we sent while the previous broker was answering are gone with it. Tasks sent since
+        # then may have reached the new broker, so they keep waiting (bounded by their own timeout).
+        cutoff = self._heard_before
+        lost = [
+            (task_id, call)
+            for task_id, call in self._state.pending.items()
+            if call.sent_at < cutoff and not call.future.done()
+        ]
+        if lost:
+            self._log.warning("broker lost our tasks", reason=message.reason, lost=len(lost))
+        for task_id, call in lost:
+            call.future.set_result(
+                failed_result(task_id, "broker_unavailable", f"broker lost the task: {message.reason}")
+            )

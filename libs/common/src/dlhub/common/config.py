@@ -1,0 +1,296 @@
+"""Typed configuration for every service.
+
+Sources, highest priority first: explicit keyword arguments, environment variables (``DLHUB_`` prefix, ``__``
+between nesting levels, e.g. ``DLHUB_BUS__HEARTBEAT_INTERVAL_S=0.5``), then the TOML file named by
+``--config`` or ``DLHUB_CONFIG``. Every duration and size carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DLHUB_HOME", Path.home() / ".dlhub")) / "data"
+
+
+class BusConfig(BaseModel):
+    """How a service reaches the broker and how liveness is judged on both sides."""
+
+    broker_url: str = "tcp://127.0.0.1:5560"
+    heartbeat_interval_s: PositiveFloat = 1.0
+    heartbeat_liveness: PositiveInt = 3
+    reconnect_initial_s: PositiveFloat = 0.25
+    reconnect_max_s: PositiveFloat = 32.0
+    max_message_bytes: PositiveInt = 256 * MiB
+
+    @property
+    def liveness_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_liveness
+
+
+class BrokerConfig(BaseModel):
+    bind_url: str = "tcp://127.0.0.1:5560"
+    extra_bind_urls: list[str] = Field(default_factory=list)
+    """More endpoints on the same socket: ``dlhub up`` adds an ``ipc://`` one in the data directory, which
+    costs its local services less per message than TCP on loopback, while remote workers use ``bind_url``."""
+    max_queued_tasks: PositiveInt = 100_000
+    sndhwm: int = 0
+
+
+class StoreConfig(BaseModel):
+    """Where the registry keeps versions, tasks and tokens: an embedded SQLite file or a MongoDB server."""
+
+    backend: Literal["sqlite", "mongodb"] = "sqlite"
+    sqlite_path: Path | None = None
+    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_database: str = "dlhub"
+    mongodb_server_selection_timeout_s: PositiveFloat = 5.0
+    mongodb_connect_timeout_s: PositiveFloat = 5.0
+    mongodb_socket_timeout_s: PositiveFloat = 30.0
+
+
+class RegistryConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8642, ge=0, le=65535)
+    public_url: str | None = None
+    max_upload_bytes: PositiveInt = 100 * MiB
+    max_request_json_bytes: PositiveInt = 64 * MiB
+    sync_timeout_s: PositiveFloat = 300.0
+    task_result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    task_sweep_interval_s: PositiveFloat = 60.0
+    allow_anonymous_run: bool = True
+    admin_users: list[str] = Field(default_factory=list)
+    """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""
+    memo_enabled: bool = True
+    """Memoize results of deterministic servables at the registry (see ``dlhub.registry.memo``)."""
+    memo_shared: bool = False
+    """Also keep memoized results in the metadata store, shared by every registry instance."""
+    memo_max_bytes: PositiveInt = 64 * MiB
+    memo_max_entry_bytes: PositiveInt = 1 * MiB
+    memo_ttl_s: PositiveFloat = 3600.0
+    max_blob_bytes: PositiveInt = 100 * MiB
+    """Largest file accepted by ``POST /blobs`` (an input of type file uploaded to the registry)."""
+    blob_ttl_s: PositiveFloat = 24 * 3600.0
+    """How long an uploaded blob is kept; expired blobs are swept every ``blob_sweep_interval_s``."""
+    blob_sweep_interval_s: PositiveFloat = 60.0
+    blob_url_ttl_s: PositiveFloat = 3600.0
+    """Lifetime of the signed URL a ``{"blob": id}`` input becomes (must cover the task's time queued)."""
+    internal_url: str | None = None
+    """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
+    ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
+
+
+ParslProvider = Literal["local", "slurm", "pbs", "kubernetes"]
+ParslLauncher = Literal["default", "single_node", "simple", "srun", "mpiexec", "aprun"]
+
+
+class ParslConfig(BaseModel):
+    """How a worker with ``backend = "parsl"`` runs tasks: one Parsl HighThroughputExecutor (README, "Running
+    on clusters with Parsl"). Blocks are batch jobs (or pods); each block has ``nodes_per_block`` nodes with
+    ``workers_per_node`` Parsl worker processes, each keeping its servables loaded between tasks."""
+
+    provider: ParslProvider = "local"
+    """Where blocks run: this machine, a Slurm or PBS Pro batch job, or a Kubernetes pod."""
+    workers_per_node: PositiveInt = 1
+    """Parsl worker processes per node (HTEX ``max_workers_per_node``); each runs one task at a time."""
+    cores_per_worker: PositiveFloat = 1.0
+    nodes_per_block: PositiveInt = 1
+    init_blocks: NonNegativeInt = 1
+    min_blocks: NonNegativeInt = 1
+    max_blocks: PositiveInt = 1
+    walltime_s: PositiveInt = 3600
+    """Wall-clock limit of one batch job (Slurm and PBS)."""
+    partition: str | None = None
+    """Slurm partition."""
+    queue: str | None = None
+    """PBS queue."""
+    account: str | None = None
+    """Account (allocation) charged for the jobs (Slurm and PBS)."""
+    qos: str | None = None
+    """Slurm quality of service."""
+    scheduler_options: str = ""
+    """Extra lines for the job script header, e.g. ``#SBATCH --constraint=cpu`` (Slurm and PBS)."""
+    select_options: str = ""
+    """PBS Pro ``-l select`` options appended after ``ncpus``, e.g. ``ngpus=1``."""
+    cpus_per_node: PositiveInt = 1
+    """PBS Pro ``ncpus`` per node."""
+    worker_init: str = ""
+    """Shell commands run before the Parsl workers start (load modules, activate the environment that has
+    DLHub installed)."""
+    launcher: ParslLauncher = "default"
+    """How the workers are started inside a block; ``default`` is the provider's own choice (use ``srun`` or
+    ``mpiexec`` for blocks of more than one node)."""
+    image: str | None = None
+    """Kubernetes: container image with DLHub and the servables' dependencies installed (required)."""
+    namespace: str = "default"
+    """Kubernetes namespace of the worker pods."""
+    pod_max_cpu: PositiveFloat = 2.0
+    pod_max_mem: str = "500Mi"
+    """Kubernetes resource limits of one worker pod."""
+    address: str | None = None
+    """Address the Parsl workers reach the interchange at; default ``127.0.0.1`` for the local provider and
+    Parsl's auto-detection otherwise."""
+    encrypted: bool = True
+    """Encrypt the interchange <-> worker traffic with CurveZMQ."""
+    heartbeat_period_s: PositiveInt = 30
+    heartbeat_threshold_s: PositiveInt = 120
+    """A Parsl node silent for this long is lost; its tasks fail with ``worker_lost``."""
+    startup_timeout_s: PositiveFloat = 120.0
+    """Local provider: how long the worker waits for every Parsl worker to connect before it registers."""
+    run_dir: Path | None = None
+    """Parent of Parsl's run directory (submit scripts, logs); default ``<data_dir>/parsl``. Each worker
+    service uses a fresh sub-directory and removes it when it stops, unless ``keep_run_dir``."""
+    keep_run_dir: bool = False
+
+
+class ReplicaConfig(BaseModel):
+    """Dedicated workers for one servable, started by ``dlhub up`` besides the general ones."""
+
+    servable: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    """``owner/name``: the replicas serve every version of it (topic ``servable/<owner>/<name>@*``), and
+    nothing else."""
+    count: PositiveInt = 1
+
+
+class WorkerConfig(BaseModel):
+    topics: list[str] = Field(default_factory=lambda: ["servable/*"])
+    processes: PositiveInt = 1
+    tasks_per_process: PositiveInt = 1
+    pipeline_depth: PositiveInt = 4
+    """Requests written ahead to one executor process, which runs them in order: it goes from task to task
+    without waiting for the worker, at the price of a task queued behind a slow one (1: one at a time)."""
+    servable_dir: Path | None = None
+    batch_enabled: bool = True
+    """Merge concurrent requests to batchable servable methods (``dlhub.worker.batching``)."""
+    batch_max_size: PositiveInt = 64
+    """Rows per merged model call, unless the method's ``method_details.batch_max_size`` says otherwise."""
+    batch_max_wait_ms: NonNegativeFloat = 2.0
+    """How long a request waits for others to merge with (``method_details.batch_max_wait_ms`` overrides)."""
+    batch_capacity: NonNegativeInt | None = None
+    """Tasks accepted beyond ``processes * tasks_per_process`` so that there is something to merge; default
+    ``batch_max_size`` when batching is enabled, 0 otherwise."""
+    file_fetch_max_bytes: PositiveInt = 100 * MiB
+    """Largest file an input of type file may be; a bigger download is aborted and the task fails."""
+    file_fetch_timeout_s: PositiveFloat = 60.0
+    """Total time allowed to download one file input (connection, redirects and body)."""
+    file_fetch_max_redirects: NonNegativeInt = 5
+    backend: Literal["local", "parsl"] = "local"
+    """Run tasks in this worker's own executor processes (``processes`` of them) or through Parsl
+    (``[worker.parsl]``)."""
+    parsl: ParslConfig = Field(default_factory=ParslConfig)
+    replicas: list[ReplicaConfig] = Field(default_factory=list)
+    """``[[worker.replicas]]``: per-servable dedicated workers that ``dlhub up`` starts (read by the launcher
+    only; ``dlhub up --replicas owner/name=N`` adds to these)."""
+
+
+class BuilderConfig(BaseModel):
+    servable_dir: Path | None = None
+    max_package_bytes: PositiveInt = 100 * MiB
+    max_extracted_bytes: PositiveInt = 1024 * MiB
+    max_files: PositiveInt = 10_000
+
+
+class SearchConfig(BaseModel):
+    """The search backend: embedded SQLite FTS5 (default) or Elasticsearch 8.
+
+    Elasticsearch credentials (``elasticsearch_password``, ``elasticsearch_api_key``) are secrets: they are
+    never logged or shown in a settings repr. Credentials in ``elasticsearch_url`` are stripped from logs.
+    """
+
+    backend: Literal["sqlite", "elasticsearch"] = "sqlite"
+    sqlite_path: Path | None = None
+    default_page_size: PositiveInt = 20
+    max_page_size: PositiveInt = 1000
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+    elasticsearch_index_alias: str = Field(default="dlhub-servables", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    elasticsearch_request_timeout_s: PositiveFloat = 10.0
+    elasticsearch_startup_timeout_s: NonNegativeFloat = 30.0
+    elasticsearch_refresh: Literal["wait_for", "true", "false"] = "wait_for"
+    elasticsearch_number_of_shards: PositiveInt = 1
+    elasticsearch_number_of_replicas: NonNegativeInt = 0
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_ca_certs: Path | None = None
+    elasticsearch_verify_certs: bool = True
+
+
+class LoggingConfig(BaseModel):
+    format: Literal["json", "console"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DLHubSettings(BaseSettings):
+    """Configuration of the whole stack; each service reads the sections it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="DLHUB_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """uvloop roughly halves the per-request cost of the event loop; "asyncio" is the fallback where uvloop
+    is not installed (it is used automatically then)."""
+    bus: BusConfig = Field(default_factory=BusConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    builder: BuilderConfig = Field(default_factory=BuilderConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    # Derived locations inside the one data directory, unless configured explicitly.
+    @property
+    def store_sqlite_path(self) -> Path:
+        return self.store.sqlite_path or self.data_dir / "registry.sqlite3"
+
+    @property
+    def search_sqlite_path(self) -> Path:
+        return self.search.sqlite_path or self.data_dir / "search.sqlite3"
+
+    @property
+    def servable_dir(self) -> Path:
+        """Where the builder extracts packages and the workers load them from."""
+        return self.builder.servable_dir or self.worker.servable_dir or self.data_dir / "servables"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> DLHubSettings:
+    """Load settings from keyword overrides, the environment and an optional TOML file."""
+    path = config_file or os.environ.get("DLHUB_CONFIG")
+
+    class _FileSettings(DLHubSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            return tuple(sources)
+
+    return _FileSettings(**overrides)

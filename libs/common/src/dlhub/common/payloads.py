@@ -1,0 +1,145 @@
+"""Typed bodies of the service-to-service tasks (build, index, query).
+
+They travel inside ``Submit.inputs`` / ``Result.output`` (encoded with ``Codec.encode_value`` and decoded with
+``decode_payload``), so the registry, builder and search services agree on one schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from dlhub.common.errors import InvalidMessage
+
+T = TypeVar("T")
+
+
+class BuildRequest(msgspec.Struct, kw_only=True):
+    """Registry -> builder: install ``package`` (a .tar.gz/.tgz/.tar or .zip, may be empty) as a version."""
+
+    owner: str
+    name: str
+    version: int
+    metadata: dict[str, Any]
+    package: bytes = b""
+    package_format: Literal["tar", "zip", "none"] = "tar"
+
+
+class BuildOutcome(msgspec.Struct, kw_only=True):
+    """Builder -> registry on success: where the version lives and what it holds."""
+
+    digest: str
+    files: list[str]
+    size_bytes: int
+    path: str
+
+
+class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the search service indexes for one servable (its latest visible version).
+
+    ``doi`` (the version's own DOI, "" without one) and ``related_identifiers`` (the values of
+    ``datacite.relatedIdentifiers``: paper and data DOIs ...) were added later; they are optional so older
+    peers still decode the document.
+    """
+
+    id: str
+    owner: str
+    name: str
+    version: int
+    title: str = ""
+    description: str = ""
+    authors: list[str] = msgspec.field(default_factory=list)
+    domains: list[str] = msgspec.field(default_factory=list)
+    keywords: list[str] = msgspec.field(default_factory=list)
+    model_type: str = ""
+    servable_type: str = ""
+    visible_to: list[str] = msgspec.field(default_factory=lambda: ["public"])
+    publication_date_s: float = 0.0
+    status: str = "ready"
+    doi: str = ""
+    related_identifiers: list[str] = msgspec.field(default_factory=list)
+
+
+class IndexRequest(msgspec.Struct, kw_only=True):
+    """Registry -> search: upsert or delete the document with ``id`` (``owner/name``)."""
+
+    op: Literal["upsert", "delete"]
+    id: str
+    document: SearchDocument | None = None
+
+
+FacetName = Literal["domain", "model_type", "servable_type", "owner"]
+SortField = Literal["relevance", "publication_date", "name"]
+SortOrder = Literal["asc", "desc"]
+
+
+class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Free text (with prefix matching) plus exact field filters, seen by ``identities``.
+
+    Fields after ``offset`` were added later; they are optional so older peers still decode the query.
+    ``published_from_s``/``published_to_s`` bound the publication date (epoch seconds, inclusive);
+    ``facets`` asks for value counts over every matching visible document; ``sort`` orders hits (relevance
+    falls back to publication date without free text) and ``order`` defaults to the natural direction of
+    the sort (relevance and publication_date descending, name ascending). Ties always break on ``id``.
+    ``doi`` matches the servable's own DOI or any of its related identifiers (case-insensitive).
+    """
+
+    q: str = ""
+    owner: str | None = None
+    name: str | None = None
+    domain: str | None = None
+    author: str | None = None
+    model_type: str | None = None
+    servable_type: str | None = None
+    identities: list[str] = msgspec.field(default_factory=list)
+    limit: int = 20
+    offset: int = 0
+    published_from_s: float | None = None
+    published_to_s: float | None = None
+    facets: list[FacetName] = msgspec.field(default_factory=list)
+    sort: SortField = "relevance"
+    order: SortOrder | None = None
+    doi: str | None = None
+    """Matches the servable's DOI or any of its related identifiers, case-insensitively."""
+
+
+class SearchHit(msgspec.Struct, kw_only=True):
+    document: SearchDocument
+    score: float
+
+
+class FacetCount(msgspec.Struct, kw_only=True):
+    value: str
+    count: int
+
+
+class SearchResults(msgspec.Struct, kw_only=True):
+    """One page of hits; ``facets`` maps each requested facet to counts sorted by count desc, value asc."""
+
+    total: int
+    hits: list[SearchHit]
+    limit: int
+    offset: int
+    facets: dict[str, list[FacetCount]] = msgspec.field(default_factory=dict)
+
+
+class ReindexRequest(msgspec.Struct, kw_only=True):
+    """Registry -> search: replace the whole index with ``documents`` (the latest ready version of each)."""
+
+    documents: list[SearchDocument]
+
+
+class ReindexOutcome(msgspec.Struct, kw_only=True):
+    """Search -> registry after a full reindex: how many documents and the index now behind the name."""
+
+    documents: int
+    index: str
+
+
+def decode_payload(raw: msgspec.Raw | bytes, type_: type[T]) -> T:
+    """Decode a task body into its struct, turning schema errors into ``InvalidMessage``."""
+    try:
+        return msgspec.msgpack.decode(raw, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidMessage(f"invalid {type_.__name__}: {exc}") from exc

@@ -1,0 +1,580 @@
+"""The broker's main loop: one ROUTER socket, a handler table, a topic table and a queue of waiting tasks.
+
+The loop waits until the socket is readable or a timer tick is due, then runs a short list of named steps:
+receive messages, dispatch queued tasks, (on ticks) send heartbeats, expire deadlines and purge silent peers,
+and last send what the steps queued: one multipart message per peer per pass, so that under load a worker
+gets its dispatches and a client its results in one ZeroMQ message rather than one each. Incoming messages
+are dispatched by type through one table. Payloads (``msgspec.Raw``) are forwarded without being decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import zmq
+
+from dlhub.broker.handlers import HandlerRecord, HandlerTable
+from dlhub.broker.queue import PendingQueue
+from dlhub.broker.routing import TopicTable
+from dlhub.broker.tasks import TaskRecord
+from dlhub.common.bus import send_frames
+from dlhub.common.codec import Codec
+from dlhub.common.config import BrokerConfig, BusConfig, DLHubSettings
+from dlhub.common.errors import InvalidMessage
+from dlhub.common.ids import new_id
+from dlhub.common.logging import get_logger
+from dlhub.common.messages import (
+    NIL,
+    Dispatch,
+    ErrorInfo,
+    HandlerInfo,
+    Heartbeat,
+    Message,
+    Reconnect,
+    Register,
+    Registered,
+    Result,
+    Started,
+    StatsReply,
+    StatsRequest,
+    Submit,
+    Timings,
+    Unregister,
+)
+
+log = get_logger(__name__)
+
+RECV_BATCH: Final = 1024
+"""Messages handled per wakeup before the timer steps get a turn."""
+
+MessageHandler = Callable[[bytes, Any, float], None]
+
+
+def peer_name(identity: bytes) -> str:
+    """A printable form of a ROUTER identity (our peers use their UUIDs; others get hex)."""
+    try:
+        text = identity.decode()
+    except UnicodeDecodeError:
+        return identity.hex()
+    return text if text.isprintable() else identity.hex()
+
+
+class Broker:
+    def __init__(self, *, bus: BusConfig, config: BrokerConfig, codec: Codec) -> None:
+        self.bus = bus
+        self.config = config
+        self.codec = codec
+        self.broker_id = f"broker-{new_id()}"
+        self.handlers = HandlerTable()
+        self.topics = TopicTable()
+        self.queue = PendingQueue(max_tasks=config.max_queued_tasks)
+        self.tasks: dict[str, TaskRecord] = {}
+        self.clients: dict[bytes, float] = {}  # client identity -> last seen (monotonic)
+        self.tick_s = min(0.1, bus.heartbeat_interval_s / 2)
+        self.client_timeout_s = max(60.0, 10 * bus.liveness_timeout_s)
+        self._table: dict[type[Message], MessageHandler] = {
+            Submit: self._on_submit,
+            Result: self._on_result,
+            Heartbeat: self._on_heartbeat,
+            Register: self._on_register,
+            Unregister: self._on_unregister,
+            StatsRequest: self._on_stats_request,
+        }
+        self._sock: zmq.Socket[bytes] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._tick_due = False
+        self._capacity_changed = False
+        self._next_heartbeat = 0.0
+        self._heartbeat_frame = codec.encode(Heartbeat(sender_id=self.broker_id))
+        self._outbox: dict[bytes, list[bytes | bytearray]] = {}
+        # Tasks dispatched in the outbox by handler identity: routed again if that handler proves unreachable.
+        self._undelivered: dict[bytes, list[TaskRecord]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting handler takes over its identity
+        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.codec.max_message_bytes + 64)
+        for url in (self.config.bind_url, *self.config.extra_bind_urls):
+            sock.bind(url)
+        self._sock = sock
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+
+    async def serve(self) -> None:
+        """Bind and run the main loop until ``stop``."""
+        if self._sock is None:
+            self.bind()
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        fd = self._sock.fileno()
+        loop.add_reader(fd, self._wake)
+        ticker = loop.call_later(self.tick_s, self._on_timer)
+        log.info(
+            "broker ready",
+            bind_url=self.config.bind_url,
+            extra_bind_urls=self.config.extra_bind_urls,
+            broker_id=self.broker_id,
+        )
+        try:
+            while not self._stopping:
+                await self._poll()
+                self._receive_messages()
+                self._dispatch_queued()
+                if self._tick_due:
+                    self._tick_due = False
+                    ticker = loop.call_later(self.tick_s, self._on_timer)
+                    self._run_timer_steps(time.monotonic())
+                self._flush_outbox()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(Exception):  # best effort: results already decided still go out
+                self._flush_outbox()
+            loop.remove_reader(fd)
+            self._sock.close(linger=0)
+            self._sock = None
+            log.info("broker stopped", queued=len(self.queue), tasks=len(self.tasks))
+
+    # -- waiting ---------------------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._tick_due = True
+        self._wake()
+
+    async def _poll(self) -> None:
+        """Wait until a frame may be readable, a tick is due or we are stopping."""
+        assert self._sock is not None
+        # The FD is edge-triggered; sends made since the last drain may have swallowed its signal.
+        if self._tick_due or self._stopping or cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # -- step: receive ---------------------------------------------------------------------------------------
+
+    def _receive_messages(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        handlers = self.handlers.by_identity
+        now = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                # Uncopied: a payload stays a view of the frame it arrived in until it is forwarded.
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity = frames[0].bytes
+            if len(frames) < 2:
+                log.warning("dropping message without a body", peer=peer_name(identity), frames=len(frames))
+                continue
+            handler = handlers.get(identity)
+            if handler is not None:
+                handler.last_seen = now
+            for frame in frames[1:]:  # a peer sends what it queued in one loop iteration together
+                self._handle_frame(identity, frame.buffer, now)
+
+    def _handle_frame(self, identity: bytes, frame: memoryview, now: float) -> None:
+        try:
+            message = self.codec.decode(frame)
+        except InvalidMessage as exc:
+            log.warning("dropping undecodable message", peer=peer_name(identity), error=str(exc))
+            return
+        on_message = self._table.get(type(message))
+        if on_message is None:
+            log.warning("dropping unexpected message", peer=peer_name(identity), type=type(message).__name__)
+            return
+        try:
+            on_message(identity, message, now)
+        except Exception:  # one bad message must not take the broker down
+            log.exception("failed to handle message", peer=peer_name(identity), type=type(message).__name__)
+
+    # -- message handlers ------------------------------------------------------------------------------------
+
+    def _on_register(self, identity: bytes, msg: Register, now: float) -> None:
+        if msg.capacity < 1 or not msg.topics:
+            log.warning("rejecting registration", handler_id=msg.handler_id, capacity=msg.capacity)
+            return
+        old = self.handlers.get(identity)
+        if old is not None:
+            # A new registration is a new session: whatever the old one held is not coming back through it.
+            self._remove_handler(old, "handler re-registered")
+        self.clients.pop(identity, None)
+        handler = HandlerRecord(
+            handler_id=msg.handler_id,
+            identity=identity,
+            kind=msg.kind,
+            topics=list(msg.topics),
+            capacity=msg.capacity,
+            last_seen=now,
+        )
+        self.handlers.add(handler)
+        self.topics.add(handler)
+        self._capacity_changed = True
+        reply = Registered(handler_id=msg.handler_id, heartbeat_interval_s=self.bus.heartbeat_interval_s)
+        self._send(identity, self.codec.encode(reply))
+        log.info(
+            "handler registered",
+            handler_id=msg.handler_id,
+            kind=msg.kind,
+            topics=msg.topics,
+            capacity=msg.capacity,
+        )
+
+    def _on_unregister(self, identity: bytes, msg: Unregister, now: float) -> None:
+        handler = self.handlers.get(identity)
+        if handler is None:
+            log.info("unregister from unknown peer", peer=peer_name(identity))
+            return
+        self._remove_handler(handler, "handler unregistered")
+        log.info("handler unregistered", handler_id=handler.handler_id)
+
+    def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
+        if identity in self.handlers.by_identity:
+            return  # last_seen already refreshed
+        if identity in self.clients:
+            self.clients[identity] = now
+            self._send(identity, self._heartbeat_frame)
+            return
+        # Unknown: a handler or client of a previous broker life. Ask it to re-register; a client hears this
+        # once and is known from then on.
+        self.clients[identity] = now
+        log.info("heartbeat from unknown peer", peer=peer_name(identity))
+        self._send(identity, self.codec.encode(Reconnect(reason="unknown peer")))
+
+    def _on_stats_request(self, identity: bytes, msg: StatsRequest, now: float) -> None:
+        if identity not in self.handlers.by_identity:
+            self.clients[identity] = now
+        handlers = [
+            HandlerInfo(
+                handler_id=h.handler_id,
+                kind=h.kind,
+                topics=h.topics,
+                capacity=h.capacity,
+                inflight=len(h.inflight),
+            )
+            for h in self.handlers
+        ]
+        reply = StatsReply(
+            request_id=msg.request_id,
+            handlers=handlers,
+            queued=len(self.queue),
+            inflight=self.handlers.total_inflight(),
+        )
+        self._send(identity, self.codec.encode(reply))
+
+    def _on_submit(self, identity: bytes, msg: Submit, now: float) -> None:
+        self.clients[identity] = now
+        if msg.task_id in self.tasks:
+            log.warning("ignoring duplicate submit", task_id=msg.task_id)
+            return
+        if not msg.route:
+            self._reply(identity, _failure(msg.task_id, "validation_error", "route is empty"))
+            return
+        task = TaskRecord(
+            task_id=msg.task_id,
+            client=identity,
+            route=msg.route,
+            deadline=now + msg.timeout_s,
+            deadline_unix_s=time.time() + msg.timeout_s,
+            notify_start=msg.notify_start,
+            inputs=msg.inputs,
+            ready_at=now,
+        )
+        self.tasks[msg.task_id] = task
+        self._route(task, now)
+
+    def _on_result(self, identity: bytes, msg: Result, now: float) -> None:
+        handler = self.handlers.get(identity)
+        if handler is None:
+            log.warning("result from unknown peer", peer=peer_name(identity), task_id=msg.task_id)
+            self._send(identity, self.codec.encode(Reconnect(reason="unknown handler")))
+            return
+        if msg.task_id in handler.inflight:
+            handler.inflight.discard(msg.task_id)
+            self._capacity_changed = True
+        task = self.tasks.get(msg.task_id)
+        if task is None or task.handler is not handler or task.step != msg.step:
+            log.info(
+                "dropping result for unknown or finished task",
+                task_id=msg.task_id,
+                handler_id=handler.handler_id,
+            )
+            return
+        task.handler = None
+        task.inference_ms += msg.timings.inference_ms
+        task.invocation_ms += msg.timings.invocation_ms
+        task.queue_ms += msg.timings.queue_ms
+        if msg.ok and task.step + 1 < len(task.route):
+            task.step += 1
+            task.inputs = msg.output
+            task.ready_at = now
+            self._route(task, now)
+            return
+        error = msg.error
+        if not msg.ok:
+            if error is None:
+                error = ErrorInfo(code="servable_error", message="handler reported failure without an error")
+            error.step = task.step
+            error.topic = task.topic
+        self._finish(
+            task,
+            Result(
+                task_id=task.task_id,
+                ok=msg.ok,
+                output=msg.output,
+                error=error,
+                timings=self._timings(task),
+                step=task.step,
+                handler_id=handler.handler_id,
+            ),
+        )
+
+    # -- routing ---------------------------------------------------------------------------------------------
+
+    def _route(self, task: TaskRecord, now: float) -> None:
+        """Hand the task's current step to a handler with free capacity, or queue it."""
+        topic = task.topic
+        while True:
+            handler = self.topics.choose(topic)
+            if handler is None:
+                break
+            if self._dispatch(task, handler, now):
+                return
+            if task.task_id not in self.tasks:  # failed while dispatching
+                return
+        if not self.queue.push(task):
+            self._fail(task, "broker_unavailable", f"broker queue is full ({self.queue.max_tasks} tasks)")
+
+    def _dispatch(self, task: TaskRecord, handler: HandlerRecord, now: float) -> bool:
+        step = task.route[task.step]
+        try:
+            frame = self.codec.encode(
+                Dispatch(
+                    task_id=task.task_id,
+                    step=task.step,
+                    topic=step.topic,
+                    method=step.method,
+                    inputs=task.inputs,
+                    parameters=step.parameters,
+                    deadline_unix_s=task.deadline_unix_s,
+                )
+            )
+        except InvalidMessage as exc:
+            self._fail(task, exc.code, exc.message)
+            return False
+        self._send(handler.identity, frame)
+        self._undelivered.setdefault(handler.identity, []).append(task)
+        handler.inflight.add(task.task_id)
+        task.handler = handler
+        task.queue_ms += (now - task.ready_at) * 1000.0
+        if task.notify_start and not task.started_sent:
+            task.started_sent = True
+            self._reply(task.client, Started(task_id=task.task_id, handler_id=handler.handler_id))
+        return True
+
+    # -- step: dispatch queued tasks -------------------------------------------------------------------------
+
+    def _dispatch_queued(self) -> None:
+        if not self._capacity_changed or not len(self.queue):
+            self._capacity_changed = False
+            return
+        self._capacity_changed = False
+        now = time.monotonic()
+        queue = self.queue
+        for topic in queue.topics():
+            while (task := queue.peek(topic)) is not None:
+                handler = self.topics.choose(topic)
+                if handler is None:
+                    break
+                queue.take(task)
+                if not self._dispatch(task, handler, now) and task.task_id in self.tasks:
+                    self._route(task, now)  # that handler vanished; try another or requeue
+
+    # -- timer steps -----------------------------------------------------------------------------------------
+
+    def _run_timer_steps(self, now: float) -> None:
+        for step in (self._send_heartbeats, self._expire_tasks, self._purge_silent_peers):
+            try:
+                step(now)
+            except Exception:
+                log.exception("timer step failed", step=step.__name__)
+
+    def _send_heartbeats(self, now: float) -> None:
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.bus.heartbeat_interval_s
+        frame = self._heartbeat_frame
+        for handler in self.handlers:
+            self._send(handler.identity, frame)
+
+    def _expire_tasks(self, now: float) -> None:
+        for task in self.queue.expired(now):
+            if self.topics.ever_served(task.topic):
+                self._fail(task, "task_timeout", "deadline passed while waiting for a free handler")
+            else:
+                self._fail(task, "no_handler", f"no handler is registered for topic {task.topic!r}")
+        for handler in self.handlers:
+            for task_id in list(handler.inflight):
+                running = self.tasks.get(task_id)
+                if running is not None and running.handler is handler and running.deadline <= now:
+                    # The handler stays busy until it answers; the client hears now.
+                    self._fail(running, "task_timeout", "deadline passed while the task was running")
+
+    def _purge_silent_peers(self, now: float) -> None:
+        for handler in self.handlers.silent_since(now - self.bus.liveness_timeout_s):
+            log.warning(
+                "handler silent; dropping it",
+                handler_id=handler.handler_id,
+                silent_s=round(now - handler.last_seen, 3),
+                inflight=len(handler.inflight),
+            )
+            self._remove_handler(handler, "handler stopped heartbeating")
+        cutoff = now - self.client_timeout_s
+        for identity in [i for i, seen in self.clients.items() if seen < cutoff]:
+            del self.clients[identity]
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _remove_handler(self, handler: HandlerRecord, reason: str) -> None:
+        """Forget a handler and fail (typed) every task it still held."""
+        self.handlers.remove(handler)
+        self.topics.remove(handler)
+        held = list(handler.inflight)
+        handler.inflight.clear()
+        for task_id in held:
+            task = self.tasks.get(task_id)
+            if task is not None and task.handler is handler:
+                self._fail(task, "handler_lost", f"{reason} ({handler.handler_id})")
+        if held:
+            log.warning(
+                "failed tasks of lost handler", handler_id=handler.handler_id, tasks=len(held), reason=reason
+            )
+
+    def _fail(self, task: TaskRecord, code: str, message: str) -> None:
+        result = _failure(task.task_id, code, message, step=task.step, topic=task.topic)
+        result.timings = self._timings(task)
+        self._finish(task, result)
+
+    def _finish(self, task: TaskRecord, result: Result) -> None:
+        self.tasks.pop(task.task_id, None)
+        if task.queued:
+            self.queue.take(task)
+        task.handler = None
+        self._reply(task.client, result)
+        if not result.ok and result.error is not None:
+            log.info(
+                "task failed", task_id=task.task_id, code=result.error.code, step=task.step, topic=task.topic
+            )
+
+    @staticmethod
+    def _timings(task: TaskRecord) -> Timings:
+        return Timings(
+            inference_ms=task.inference_ms, invocation_ms=task.invocation_ms, queue_ms=task.queue_ms
+        )
+
+    def _reply(self, identity: bytes, message: Message) -> None:
+        try:
+            frame = self.codec.encode(message)
+        except InvalidMessage as exc:
+            if not isinstance(message, Result):
+                raise
+            frame = self.codec.encode(_failure(message.task_id, exc.code, exc.message, step=message.step))
+        self._send(identity, frame)
+
+    def _send(self, identity: bytes, frame: bytes | bytearray) -> None:
+        """Queue one message for a peer; the last step of the pass sends it (``_flush_outbox``)."""
+        frames = self._outbox.get(identity)
+        if frames is None:
+            self._outbox[identity] = [frame]
+        else:
+            frames.append(frame)
+
+    # -- step: send ------------------------------------------------------------------------------------------
+
+    def _flush_outbox(self) -> None:
+        """Send each peer its queued messages as one multipart message.
+
+        A peer that cannot take them (gone: ROUTER_MANDATORY says unreachable; or over its high-water mark)
+        is dropped: a handler is removed and the tasks just dispatched to it are routed again, a client is
+        forgotten.
+        Re-routing may queue more messages, hence the loop.
+        """
+        while self._outbox:
+            identity, frames = self._outbox.popitem()
+            dispatched = self._undelivered.pop(identity, [])
+            if self._deliver(identity, frames):
+                for task in dispatched:
+                    task.inputs = NIL  # the handler has them now; free them here
+            else:
+                self._drop_peer(identity, dispatched)
+
+    def _deliver(self, identity: bytes, frames: list[bytes | bytearray]) -> bool:
+        sock = self._sock
+        assert sock is not None
+        try:
+            send_frames(sock, [identity, *frames])
+        except zmq.ZMQError as exc:
+            reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else str(exc)
+            log.warning("send to peer failed", peer=peer_name(identity), reason=reason, messages=len(frames))
+            return False
+        return True
+
+    def _drop_peer(self, identity: bytes, dispatched: list[TaskRecord]) -> None:
+        handler = self.handlers.get(identity)
+        if handler is None:
+            self.clients.pop(identity, None)
+            return
+        retry = [t for t in dispatched if t.handler is handler and self.tasks.get(t.task_id) is t]
+        for task in retry:
+            handler.inflight.discard(task.task_id)
+            task.handler = None
+        self._remove_handler(handler, "handler unreachable")
+        now = time.monotonic()
+        for task in retry:
+            self._route(task, now)
+
+
+def _failure(task_id: str, code: str, message: str, *, step: int = 0, topic: str = "") -> Result:
+    return Result(
+        task_id=task_id,
+        ok=False,
+        step=step,
+        error=ErrorInfo(code=code, message=message, step=step, topic=topic),
+    )
+
+
+async def run(settings: DLHubSettings) -> None:
+    """Run one broker until SIGTERM or SIGINT."""
+    broker = Broker(
+        bus=settings.bus,
+        config=settings.broker,
+        codec=Codec(max_message_bytes=settings.bus.max_message_bytes),
+    )
+    broker.bind()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, broker.stop)
+    await broker.serve()

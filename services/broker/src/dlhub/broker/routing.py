@@ -1,0 +1,73 @@
+"""Topic table: which handlers serve a topic, and which one gets the next task.
+
+Handlers register exact topics (``builder/build``) or prefix patterns ending in ``*`` (``servable/*``). The
+matching handler with the most free capacity wins; ties rotate round-robin so equal handlers share the load.
+"""
+
+from __future__ import annotations
+
+from dlhub.broker.handlers import HandlerRecord
+
+
+class TopicTable:
+    def __init__(self) -> None:
+        self._exact: dict[str, list[HandlerRecord]] = {}
+        self._prefixes: dict[str, list[HandlerRecord]] = {}
+        self._matches: dict[str, list[HandlerRecord]] = {}  # topic -> matching handlers, rebuilt on change
+        self._ever: set[str] = set()  # every pattern ever registered, to tell no_handler from task_timeout
+        self._rr = 0
+
+    def add(self, handler: HandlerRecord) -> None:
+        for pattern in handler.topics:
+            table = self._prefixes if pattern.endswith("*") else self._exact
+            key = pattern[:-1] if pattern.endswith("*") else pattern
+            table.setdefault(key, []).append(handler)
+            self._ever.add(pattern)
+        self._matches.clear()
+
+    def remove(self, handler: HandlerRecord) -> None:
+        for pattern in handler.topics:
+            table = self._prefixes if pattern.endswith("*") else self._exact
+            key = pattern[:-1] if pattern.endswith("*") else pattern
+            handlers = table.get(key)
+            if handlers is None:
+                continue
+            handlers[:] = [h for h in handlers if h is not handler]
+            if not handlers:
+                del table[key]
+        self._matches.clear()
+
+    def matching(self, topic: str) -> list[HandlerRecord]:
+        """Handlers serving ``topic`` (cached until the table changes)."""
+        handlers = self._matches.get(topic)
+        if handlers is None:
+            found = list(self._exact.get(topic, ()))
+            for prefix, serving in self._prefixes.items():
+                if topic.startswith(prefix):
+                    found.extend(h for h in serving if h not in found)
+            self._matches[topic] = handlers = found
+        return handlers
+
+    def choose(self, topic: str) -> HandlerRecord | None:
+        """The matching handler with the most free capacity, or None if all are full (or none exist)."""
+        handlers = self.matching(topic)
+        count = len(handlers)
+        if count == 0:
+            return None
+        if count == 1:
+            only = handlers[0]
+            return only if len(only.inflight) < only.capacity else None
+        self._rr += 1
+        start = self._rr % count
+        best: HandlerRecord | None = None
+        best_free = 0
+        for i in range(count):
+            handler = handlers[(start + i) % count]
+            free = handler.capacity - len(handler.inflight)
+            if free > best_free:
+                best, best_free = handler, free
+        return best
+
+    def ever_served(self, topic: str) -> bool:
+        """True if any handler registered for ``topic`` since the broker started."""
+        return any(topic.startswith(p[:-1]) if p.endswith("*") else p == topic for p in self._ever)

@@ -1,0 +1,234 @@
+"""Turn a ``BuildRequest`` into an immutable version folder of the servable store.
+
+Steps: validate the request, extract the package into a fresh staging folder, check the files the metadata
+declares, write ``metadata.json``, digest the files, then rename the staging folder into place in one step.
+A version is immutable: rebuilding it with the same files and document succeeds, anything else is a
+``Conflict``. The staging folder is removed on every failure, and nothing is written outside the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
+from dlhub.common.config import DLHubSettings
+from dlhub.common.errors import BuildFailed, Conflict, PayloadTooLarge, UnsafePackage, ValidationFailed
+from dlhub.common.ids import NAME_RE
+from dlhub.common.logging import get_logger
+from dlhub.common.payloads import BuildOutcome, BuildRequest
+from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
+
+log = get_logger(__name__)
+
+DIGEST_PREFIX: Final = "sha256:"
+HASH_CHUNK_BYTES: Final = 1024 * 1024
+STALE_STAGING_S: Final = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLimits:
+    max_package_bytes: int
+    max_extracted_bytes: int
+    max_files: int
+
+    @classmethod
+    def from_settings(cls, settings: DLHubSettings) -> BuildLimits:
+        config = settings.builder
+        return cls(
+            max_package_bytes=config.max_package_bytes,
+            max_extracted_bytes=config.max_extracted_bytes,
+            max_files=config.max_files,
+        )
+
+
+def validate_request(request: BuildRequest, limits: BuildLimits) -> None:
+    """Reject names that are not safe path components, bad versions and oversize packages."""
+    for field, value in (("owner", request.owner), ("name", request.name)):
+        if not NAME_RE.match(value):
+            raise ValidationFailed(f"{field} {value!r} is not a valid name", field=field)
+    if request.version < 1:
+        raise ValidationFailed(f"version must be >= 1, got {request.version}", field="version")
+    if len(request.package) > limits.max_package_bytes:
+        raise PayloadTooLarge(
+            f"package of {len(request.package)} bytes exceeds the limit of {limits.max_package_bytes} bytes"
+        )
+
+
+def declared_files(metadata: Mapping[str, Any]) -> list[str]:
+    """Return the package paths named in ``dlhub.files`` (role -> path or list of paths)."""
+    dlhub = metadata.get("dlhub", {})
+    if not isinstance(dlhub, Mapping):
+        raise BuildFailed("metadata field 'dlhub' must be an object")
+    files = dlhub.get("files", {})
+    if files is None:
+        return []
+    if not isinstance(files, Mapping):
+        raise BuildFailed("metadata field 'dlhub.files' must map roles to paths")
+    paths: list[str] = []
+    for role, value in files.items():
+        values = value if isinstance(value, list) else [value]
+        for path in values:
+            if not isinstance(path, str) or not path:
+                raise BuildFailed(f"dlhub.files.{role} must be a path or a list of paths")
+            paths.append(path)
+    return paths
+
+
+def check_declared_files(files_dir: Path, paths: list[str]) -> None:
+    """Fail unless every declared path exists (as a file or folder) in the extracted package."""
+    missing: list[str] = []
+    for path in paths:
+        try:
+            rel = normalize_member_name(path)
+        except UnsafePackage as exc:
+            raise BuildFailed(f"declared file {path!r} is not a relative path inside the package") from exc
+        if not rel or not (files_dir / rel).exists():
+            missing.append(path)
+    if missing:
+        raise BuildFailed(f"files declared in dlhub.files are missing from the package: {', '.join(missing)}")
+
+
+def list_files(files_dir: Path) -> list[str]:
+    """Relative POSIX paths of every file and link under ``files_dir``, sorted."""
+    found: list[str] = []
+    for folder, dirnames, filenames in os.walk(files_dir):
+        base = Path(folder)
+        for name in filenames:
+            found.append((base / name).relative_to(files_dir).as_posix())
+        for name in dirnames:
+            if (base / name).is_symlink():
+                found.append((base / name).relative_to(files_dir).as_posix())
+    return sorted(found)
+
+
+def compute_digest(files_dir: Path) -> tuple[str, list[str], int]:
+    """Digest the package: sha256 over sorted relative paths and their bytes (a link's target instead)."""
+    digest = hashlib.sha256()
+    files = list_files(files_dir) if files_dir.exists() else []
+    total = 0
+    for rel in files:
+        path = files_dir / rel
+        if path.is_symlink():
+            target = os.readlink(path).encode()
+            digest.update(b"L" + rel.encode() + b"\0" + len(target).to_bytes(8, "big") + target)
+            continue
+        size = path.stat().st_size
+        total += size
+        digest.update(b"F" + rel.encode() + b"\0" + size.to_bytes(8, "big"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    return DIGEST_PREFIX + digest.hexdigest(), files, total
+
+
+def write_metadata(version_staging: Path, metadata: Mapping[str, Any]) -> None:
+    try:
+        text = json.dumps(metadata, indent=2, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise BuildFailed(f"metadata cannot be written as JSON: {exc}") from exc
+    (version_staging / METADATA_FILENAME).write_text(text + "\n", encoding="utf-8")
+
+
+def _read_metadata(version: Path) -> Any:
+    try:
+        return json.loads((version / METADATA_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _same_version(existing: Path, digest: str, metadata: Mapping[str, Any]) -> bool:
+    existing_digest, _, _ = compute_digest(existing / FILES_DIRNAME)
+    return existing_digest == digest and _read_metadata(existing) == json.loads(json.dumps(metadata))
+
+
+def publish(staged: Path, target: Path, digest: str, metadata: Mapping[str, Any]) -> bool:
+    """Rename ``staged`` to ``target`` atomically; return False if an identical version is already there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        try:
+            os.rename(staged, target)
+            return True
+        except OSError:
+            if not target.exists():
+                raise
+            # Lost a race with a concurrent build of the same version: compare with the winner below.
+    if _same_version(target, digest, metadata):
+        return False
+    raise Conflict(f"version {target.name} already exists with different content")
+
+
+def _log_dependencies(request: BuildRequest) -> None:
+    dlhub = request.metadata.get("dlhub")
+    dependencies = dlhub.get("dependencies") if isinstance(dlhub, Mapping) else None
+    if dependencies:
+        # Per-servable environments come later; the worker's own environment is used for now.
+        log.info(
+            "declared dependencies not installed; using the worker environment",
+            servable=f"{request.owner}/{request.name}@{request.version}",
+            dependencies=dependencies,
+        )
+
+
+def build_version(request: BuildRequest, root: Path, limits: BuildLimits) -> BuildOutcome:
+    """Validate, extract, check, digest and publish one version; blocking (run it off the event loop)."""
+    validate_request(request, limits)
+    paths = declared_files(request.metadata)
+    _log_dependencies(request)
+    staging_root = staging_dir(root)
+    staging_root.mkdir(parents=True, exist_ok=True)
+    prefix = f"{request.owner}.{request.name}.{request.version}."
+    staged = Path(tempfile.mkdtemp(prefix=prefix, dir=staging_root))
+    try:
+        files_dir = staged / FILES_DIRNAME
+        files_dir.mkdir()
+        extract_package(
+            request.package,
+            request.package_format,
+            files_dir,
+            ExtractLimits(max_extracted_bytes=limits.max_extracted_bytes, max_files=limits.max_files),
+        )
+        check_declared_files(files_dir, paths)
+        write_metadata(staged, request.metadata)
+        digest, files, size_bytes = compute_digest(files_dir)
+        target = version_dir(root, request.owner, request.name, request.version)
+        created = publish(staged, target, digest, request.metadata)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    log.info(
+        "version built" if created else "version already built",
+        servable=f"{request.owner}/{request.name}@{request.version}",
+        digest=digest,
+        files=len(files),
+        size_bytes=size_bytes,
+    )
+    return BuildOutcome(digest=digest, files=files, size_bytes=size_bytes, path=str(target))
+
+
+def sweep_staging(root: Path, *, older_than_s: float = STALE_STAGING_S) -> int:
+    """Remove staging folders left behind by a crashed build; return how many were removed."""
+    staging_root = staging_dir(root)
+    if not staging_root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for child in staging_root.iterdir():
+        try:
+            if child.lstat().st_mtime < cutoff:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed

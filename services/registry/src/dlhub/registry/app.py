@@ -1,0 +1,114 @@
+"""The registry's aiohttp application: state in AppKeys, the store and the bus opened in cleanup contexts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from dlhub.common.bus import BusClient
+from dlhub.common.codec import Codec
+from dlhub.common.config import DLHubSettings
+from dlhub.common.logging import get_logger
+from dlhub.registry.auth import Authenticator
+from dlhub.registry.backends import make_store
+from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.blobs import blob_store
+from dlhub.registry.errors import error_middleware
+from dlhub.registry.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from dlhub.registry.memo import Memo
+from dlhub.registry.packages import PackageBlobs
+from dlhub.registry.ports import Bus
+from dlhub.registry.routes import setup_routes
+from dlhub.registry.runs import Runs
+from dlhub.registry.servables import Servables
+from dlhub.registry.store import MetadataStore
+from dlhub.registry.tasks import TaskTable
+
+log = get_logger(__name__)
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def _store_ctx(injected: MetadataStore | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = injected or make_store(app[SETTINGS])
+        await store.open()
+        app[STORE] = store
+        try:
+            yield
+        finally:
+            if injected is None:
+                await store.close()
+
+    return ctx
+
+
+def _bus_ctx(injected: Bus | None) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            app[BUS] = injected
+            yield
+            return
+        bus = BusClient(bus=app[SETTINGS].bus, codec=app[CODEC])
+        await bus.start()
+        app[BUS] = bus
+        try:
+            yield
+        finally:
+            await bus.close()
+
+    return ctx
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store, bus, codec = app[STORE], app[BUS], app[CODEC]
+    background = BackgroundTasks()
+    tasks = TaskTable(store, codec, ttl_s=settings.registry.task_result_ttl_s)
+    servables = Servables(
+        settings=settings,
+        store=store,
+        bus=bus,
+        codec=codec,
+        tasks=tasks,
+        background=background,
+        blobs=PackageBlobs(settings.data_dir / "packages"),
+    )
+    app[BACKGROUND] = background
+    app[TASKS] = tasks
+    app[AUTH] = Authenticator(store)
+    app[SERVABLES] = servables
+    app[RUNS] = Runs(
+        settings=settings,
+        bus=bus,
+        codec=codec,
+        servables=servables,
+        tasks=tasks,
+        background=background,
+        memo=Memo(settings.registry, store),
+    )
+    background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
+    blob_sweep = blob_store(settings).sweep_forever(settings.registry.blob_sweep_interval_s)
+    background.spawn(blob_sweep, name="blob sweep")
+    resumed = await servables.resume_builds()
+    if resumed:
+        log.info("resumed builds left over from a previous run", count=resumed)
+    try:
+        yield
+    finally:
+        await background.close()
+
+
+def create_app(
+    settings: DLHubSettings, *, bus: Bus | None = None, store: MetadataStore | None = None
+) -> web.Application:
+    """Build the registry application; ``bus`` and ``store`` may be injected (tests), else from settings."""
+    app = web.Application(client_max_size=settings.registry.max_upload_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
+    setup_routes(app)
+    app.cleanup_ctx.append(_store_ctx(store))
+    app.cleanup_ctx.append(_bus_ctx(bus))
+    app.cleanup_ctx.append(_services_ctx)
+    return app

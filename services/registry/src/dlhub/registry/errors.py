@@ -1,0 +1,84 @@
+"""Turn every failure into the JSON error shape of docs/api.md.
+
+``DLHubError`` keeps its code and status; aiohttp's own HTTP errors (unknown route, wrong method, body over
+``client_max_size``) get a code from their status; anything unexpected becomes a 500 that names a request id
+and is logged with it, without leaking internals to the caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from dlhub.common.errors import DLHubError
+from dlhub.common.ids import new_id
+from dlhub.common.logging import get_logger
+
+log = get_logger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+HTTP_ERROR_TYPES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    431: "request_header_fields_too_large",
+}
+
+
+def error_response(
+    status: int, error: dict[str, Any], *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_encoder.encode({"error": error}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    error_type = HTTP_ERROR_TYPES.get(exc.status, "http_error")
+    if exc.status == 413:
+        message = "the request body is larger than this registry accepts"
+    elif exc.status == 404:
+        message = "no such resource"
+    elif exc.status == 405:
+        message = "method not allowed on this resource"
+    else:
+        message = exc.reason
+    headers: dict[str, str] = {}
+    if "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    return error_response(exc.status, {"type": error_type, "message": message}, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DLHubError as exc:
+        return error_response(exc.http_status, exc.to_dict())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except Exception:
+        request_id = new_id()
+        log.exception("unhandled error", request_id=request_id, method=request.method, path=request.path)
+        return error_response(
+            500,
+            {"type": "internal_error", "message": f"internal server error (request id {request_id})"},
+            headers={"X-Request-ID": request_id},
+        )

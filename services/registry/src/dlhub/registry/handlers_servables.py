@@ -1,0 +1,259 @@
+"""Handlers for publishing, describing, updating and deleting servables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from dlhub.common.errors import ValidationFailed
+from dlhub.registry.auth import Caller
+from dlhub.registry.http_utils import (
+    decode_json,
+    int_query,
+    json_response,
+    read_json_bytes,
+    read_upload,
+    str_query,
+)
+from dlhub.registry.keys import AUTH, SERVABLES, SETTINGS
+from dlhub.registry.metadata import title_of
+from dlhub.registry.packages import detect_format
+from dlhub.registry.pipelines import PIPELINE_TYPE, is_pipeline
+from dlhub.registry.servables import newest_live, version_fields, version_summaries
+from dlhub.registry.store import VersionRecord
+from dlhub.registry.tasks import iso_ms
+
+API_PREFIX = "/api/v1"
+
+
+async def caller_of(request: web.Request) -> Caller:
+    return await request.app[AUTH].authenticate(request.headers.get("Authorization"))
+
+
+def _version_arg(request: web.Request) -> int:
+    return int(request.match_info["version"])
+
+
+def publish_response(record: VersionRecord) -> web.Response:
+    return json_response(
+        {
+            "owner": record.owner,
+            "name": record.name,
+            "version": record.version,
+            "shorthand_name": record.shorthand_name,
+            "task_id": record.build_task_id,
+            "status": record.status,
+            "status_url": f"{API_PREFIX}/tasks/{record.build_task_id}",
+        },
+        status=202,
+    )
+
+
+def _kind(record: VersionRecord) -> dict[str, Any]:
+    """``type`` (servable, pipeline, dataset) and, for a pipeline, its pinned ``steps``."""
+    if is_pipeline(record.metadata):
+        return {"type": PIPELINE_TYPE, "steps": list(record.metadata["servable"].get("steps") or [])}
+    return {"type": str((record.metadata.get("dlhub") or {}).get("type") or "servable")}
+
+
+def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, Any]:
+    return _kind(record) | {
+        "owner": record.owner,
+        "name": record.name,
+        "version": record.version,
+        "shorthand_name": record.shorthand_name,
+        "status": record.status,
+        "status_reason": record.status_reason,
+        "digest": record.digest,
+        "files": list(record.files),
+        "published_at": iso_ms(record.published_at_ms),
+        "deprecated": record.deprecated,
+        "deprecation_reason": record.deprecation_reason if record.deprecated else None,
+        "deprecation_replacement": record.deprecation_replacement or None,
+        "metadata": record.metadata,
+        "versions": version_summaries(versions),
+    }
+
+
+def summary(record: VersionRecord) -> dict[str, Any]:
+    return _kind(record) | {
+        "owner": record.owner,
+        "name": record.name,
+        "version": record.version,
+        "shorthand_name": record.shorthand_name,
+        "status": record.status,
+        "published_at": iso_ms(record.published_at_ms),
+        "deprecated": record.deprecated,
+        "title": title_of(record.metadata),
+    }
+
+
+async def _document_and_package(request: web.Request) -> tuple[Any, bytes | None, str | None]:
+    """The metadata document, package and file name of a multipart body, or a JSON document alone."""
+    settings = request.app[SETTINGS].registry
+    if request.content_type == "multipart/form-data":
+        upload = await read_upload(
+            request, max_bytes=settings.max_upload_bytes, max_metadata_bytes=settings.max_request_json_bytes
+        )
+        return upload.metadata, upload.package, upload.filename
+    body = await read_json_bytes(request, max_bytes=settings.max_request_json_bytes)
+    return decode_json(body, dict[str, Any], what="metadata document"), None, None
+
+
+def _names_files(document: Any) -> bool:
+    dlhub = document.get("dlhub") if isinstance(document, dict) else None
+    files = dlhub.get("files") if isinstance(dlhub, dict) else None
+    return isinstance(files, dict) and any(files.values())
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /servables: multipart ``metadata`` (+ ``package``), or a JSON document (no files, e.g. a
+    pipeline) -> 202 with the build task (a pipeline is ready at once: its task is already completed)."""
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    document, package, filename = await _document_and_package(request)
+    if request.content_type != "multipart/form-data" and _names_files(document):
+        # A first version has no earlier package to reuse: its files can only come as a package part.
+        raise ValidationFailed(
+            "the document names files (dlhub.files); publish it as multipart/form-data with a 'package' part",
+            field="Content-Type",
+        )
+    record = await request.app[SERVABLES].publish(
+        owner=user,
+        document=document,
+        package=package,
+        package_format=detect_format(filename, package or b""),
+        caller=caller,
+    )
+    return publish_response(record)
+
+
+async def update(request: web.Request) -> web.Response:
+    """PUT /servables/{owner}/{name}: JSON metadata (same files) or multipart (new files) -> new version."""
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    document, package, filename = await _document_and_package(request)
+    package_format = detect_format(filename, package or b"")
+    record = await request.app[SERVABLES].update(
+        caller,
+        user=user,
+        owner=owner,
+        name=name,
+        document=document,
+        package=package,
+        package_format=package_format,
+    )
+    return publish_response(record)
+
+
+async def list_servables(request: web.Request) -> web.Response:
+    """GET /servables?owner=&limit=&offset=: the newest visible version of each servable."""
+    caller = await caller_of(request)
+    search = request.app[SETTINGS].search
+    limit = int_query(
+        request, "limit", default=search.default_page_size, minimum=1, maximum=search.max_page_size
+    )
+    offset = int_query(request, "offset", default=0, minimum=0, maximum=2**31)
+    records = await request.app[SERVABLES].list_latest(caller, str_query(request, "owner"))
+    page = records[offset : offset + limit]
+    return json_response(
+        {"total": len(records), "limit": limit, "offset": offset, "servables": [summary(r) for r in page]}
+    )
+
+
+async def describe_latest(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    servables = request.app[SERVABLES]
+    versions = await servables.visible_versions(caller, owner, name)
+    return json_response(describe(newest_live(versions, owner, name), versions))
+
+
+async def describe_version(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    servables = request.app[SERVABLES]
+    versions = await servables.visible_versions(caller, owner, name)
+    record = await servables.describe_target(caller, owner, name, _version_arg(request))
+    return json_response(describe(record, versions))
+
+
+async def list_versions(request: web.Request) -> web.Response:
+    caller = await caller_of(request)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    versions = await request.app[SERVABLES].visible_versions(caller, owner, name)
+    return json_response(
+        {
+            "owner": owner,
+            "name": name,
+            "versions": [
+                version_fields(v) | {"status_reason": v.status_reason, "digest": v.digest} for v in versions
+            ],
+        }
+    )
+
+
+async def _delete(request: web.Request, version: int | None) -> web.Response:
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    deleted = await request.app[SERVABLES].delete(caller, user=user, owner=owner, name=name, version=version)
+    return json_response({"deleted": deleted})
+
+
+async def delete_servable(request: web.Request) -> web.Response:
+    return await _delete(request, None)
+
+
+async def delete_version(request: web.Request) -> web.Response:
+    version = _version_arg(request)
+    if version < 1:
+        raise ValidationFailed("version numbers start at 1", field="version")
+    return await _delete(request, version)
+
+
+class DeprecateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: str = ""
+    replacement: str | None = None
+
+
+MAX_REASON_CHARS = 2000
+
+
+async def _set_deprecated(request: web.Request, deprecated: bool) -> web.Response:
+    caller = await caller_of(request)
+    user = request.app[AUTH].require_user(caller)
+    owner, name = request.match_info["owner"], request.match_info["name"]
+    body = DeprecateBody()
+    if deprecated and request.can_read_body:  # the body is optional
+        raw = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
+        body = decode_json(raw, DeprecateBody)
+        if len(body.reason) > MAX_REASON_CHARS:
+            raise ValidationFailed(f"reason is longer than {MAX_REASON_CHARS} characters", field="reason")
+    record = await request.app[SERVABLES].set_deprecated(
+        caller,
+        user=user,
+        owner=owner,
+        name=name,
+        version=_version_arg(request),
+        deprecated=deprecated,
+        reason=body.reason,
+        replacement=body.replacement or "",
+    )
+    return json_response(
+        {"owner": record.owner, "name": record.name, "shorthand_name": record.shorthand_name}
+        | version_fields(record)
+    )
+
+
+async def deprecate_version(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/versions/{version}/deprecate {"reason"?, "replacement"?} (owner)."""
+    return await _set_deprecated(request, True)
+
+
+async def undeprecate_version(request: web.Request) -> web.Response:
+    """POST /servables/{owner}/{name}/versions/{version}/undeprecate (owner)."""
+    return await _set_deprecated(request, False)

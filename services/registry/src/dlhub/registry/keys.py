@@ -1,0 +1,25 @@
+"""Typed application state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from dlhub.common.codec import Codec
+from dlhub.common.config import DLHubSettings
+from dlhub.registry.auth import Authenticator
+from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.ports import Bus
+from dlhub.registry.runs import Runs
+from dlhub.registry.servables import Servables
+from dlhub.registry.store import MetadataStore
+from dlhub.registry.tasks import TaskTable
+
+SETTINGS = web.AppKey("settings", DLHubSettings)
+CODEC = web.AppKey("codec", Codec)
+STORE = web.AppKey("store", MetadataStore)
+BUS = web.AppKey("bus", Bus)
+AUTH = web.AppKey("auth", Authenticator)
+TASKS = web.AppKey("tasks", TaskTable)
+BACKGROUND = web.AppKey("background", BackgroundTasks)
+SERVABLES = web.AppKey("servables", Servables)
+RUNS = web.AppKey("runs", Runs)

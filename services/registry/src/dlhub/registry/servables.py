@@ -1,0 +1,540 @@
+"""Servable versions: publish, update, delete, look up, build and index.
+
+Publishing stores a ``building`` version and submits a ``BuildRequest`` to the builder in the background; the
+build Result makes the version ``ready`` or ``failed`` and, when ready, the newest ready version is sent to
+the search index as the servable's entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dlhub.common.codec import Codec, to_json
+from dlhub.common.config import DLHubSettings
+from dlhub.common.errors import (
+    DLHubError,
+    Forbidden,
+    Gone,
+    NotFound,
+    ServableNotReady,
+    ValidationFailed,
+    error_class,
+)
+from dlhub.common.ids import BUILDER_TOPIC, NAME_RE, SEARCH_INDEX_TOPIC, SEARCH_REINDEX_TOPIC, new_id
+from dlhub.common.logging import get_logger
+from dlhub.common.messages import RouteStep
+from dlhub.common.payloads import (
+    BuildOutcome,
+    BuildRequest,
+    IndexRequest,
+    ReindexOutcome,
+    ReindexRequest,
+    SearchDocument,
+    decode_payload,
+)
+from dlhub.registry.auth import Caller, caller_for
+from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.cache import VersionCache
+from dlhub.registry.metadata import normalise_publication, search_document, validate_publication
+from dlhub.registry.packages import PackageBlobs
+from dlhub.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
+from dlhub.registry.ports import Bus
+from dlhub.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
+from dlhub.registry.tasks import TaskTable, error_dict, iso_ms, now_ms
+from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
+
+log = get_logger(__name__)
+
+BUILD_METHOD = "build"
+INDEX_METHOD = "index"
+REINDEX_METHOD = "reindex"
+INDEX_TIMEOUT_S = 30.0
+
+
+def check_name(value: str, field: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise ValidationFailed(f"invalid {field} {value!r}", field=field)
+    return value
+
+
+class Servables:
+    """Everything about servable versions, independent of HTTP."""
+
+    def __init__(
+        self,
+        *,
+        settings: DLHubSettings,
+        store: MetadataStore,
+        bus: Bus,
+        codec: Codec,
+        tasks: TaskTable,
+        background: BackgroundTasks,
+        blobs: PackageBlobs,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._bus = bus
+        self._codec = codec
+        self._tasks = tasks
+        self._background = background
+        self._blobs = blobs
+        self.cache = VersionCache(store)
+        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def visible_versions(self, caller: Caller, owner: str, name: str) -> list[VersionRecord]:
+        """Versions of ``owner/name`` the caller may see; 404 when there are none (hides existence)."""
+        versions = [v for v in await self.cache.get(owner, name) if caller.can_see(owner, v.visible_to)]
+        if not versions:
+            raise NotFound(f"servable {owner}/{name} not found")
+        return versions
+
+    async def describe_target(
+        self, caller: Caller, owner: str, name: str, version: int | None
+    ) -> VersionRecord:
+        """The version to describe: the pinned one or the newest live one; 410 for a tombstone."""
+        versions = await self.visible_versions(caller, owner, name)
+        if version is None:
+            return newest_live(versions, owner, name)
+        for record in versions:
+            if record.version == version:
+                if record.deleted:
+                    raise Gone(gone_message(record))
+                return record
+        raise NotFound(f"version {version} of {owner}/{name} not found")
+
+    async def runnable(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
+        """The version a run goes to: the pinned one or the "latest" one.
+
+        "Latest" is the newest ready version that is not deprecated; when every ready version is deprecated
+        it is the newest ready one (runs keep working, with a warning). Tombstones are never run (410).
+        """
+        versions = await self.cache.get(owner, name)
+        if version is None:
+            visible = [r for r in versions if caller.can_see(owner, r.visible_to)]
+            if not visible:
+                raise NotFound(f"servable {owner}/{name} not found")
+            live = [r for r in visible if not r.deleted]
+            if not live:
+                raise Gone(f"servable {owner}/{name} was deleted")
+            ready = [r for r in live if r.status == "ready"]
+            if not ready:
+                raise ServableNotReady(f"servable {owner}/{name} has no ready version yet")
+            return preferred(ready)
+        for record in versions:
+            if record.version == version and caller.can_see(owner, record.visible_to):
+                if record.deleted:
+                    raise Gone(gone_message(record))
+                if record.status != "ready":
+                    raise ServableNotReady(
+                        f"version {version} of {owner}/{name} is {record.status}"
+                        + (f": {record.status_reason}" if record.status_reason else "")
+                    )
+                return record
+        raise NotFound(f"servable {owner}/{name}@{version} not found")
+
+    async def list_latest(self, caller: Caller, owner: str | None) -> list[VersionRecord]:
+        """The newest visible live version of every servable (optionally of one owner)."""
+        out: list[VersionRecord] = []
+        for servable_owner, name in await self._store.list_servables(owner):
+            versions = await self.cache.get(servable_owner, name)
+            for record in reversed(versions):
+                if not record.deleted and caller.can_see(servable_owner, record.visible_to):
+                    out.append(record)
+                    break
+        return out
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        *,
+        owner: str,
+        document: Any,
+        package: bytes | None,
+        package_format: PackageFormat,
+        expected_name: str | None = None,
+        reuse_from: VersionRecord | None = None,
+        caller: Caller | None = None,
+    ) -> VersionRecord:
+        """Validate and store a new version, then start its build in the background.
+
+        A pipeline document (``pipelines.py``) is checked against what ``caller`` (default: the owner) may
+        run, stored with its steps pinned and ready at once: there is nothing to build.
+        """
+        document = validate_publication(document)
+        name = check_name(document["dlhub"]["name"], "dlhub.name")
+        if expected_name is not None and name != expected_name:
+            raise ValidationFailed(
+                f"dlhub.name {name!r} does not match the servable being updated ({expected_name!r})",
+                field="dlhub.name",
+            )
+        if is_pipeline(document):
+            if package:
+                raise ValidationFailed("a pipeline is published without a package", field="package")
+            pinned = await pin_pipeline(self, caller or caller_for(owner), document)
+            return await self._publish_pipeline(owner, name, pinned)
+        package_sha256 = ""
+        if package:
+            package_sha256 = await self._blobs.put(package)
+        elif reuse_from is not None and reuse_from.package_sha256:
+            package_sha256 = reuse_from.package_sha256
+            package_format = reuse_from.package_format
+        else:
+            package_format = "none"
+        build_task_id = new_id()
+        record = await self._create_version(
+            owner,
+            name,
+            document,
+            build_task_id,
+            package_sha256=package_sha256,
+            package_format=package_format,
+        )
+        await self._tasks.create(task_id=build_task_id, kind="build", servable=record.label, submitter=owner)
+        log.info("version published", servable=record.label, task_id=build_task_id)
+        self.start_build(record)
+        return record
+
+    async def _create_version(
+        self, owner: str, name: str, document: dict[str, Any], build_task_id: str, **fields: Any
+    ) -> VersionRecord:
+        """Store a new version of the normalised ``document`` and forget the cached versions of the name."""
+        published_at_ms = now_ms()
+        metadata = normalise_publication(
+            document, owner=owner, document_id=new_id(), published_at_ms=published_at_ms
+        )
+        record = await self._store.create_version(
+            owner=owner,
+            name=name,
+            metadata=metadata,
+            published_at_ms=published_at_ms,
+            build_task_id=build_task_id,
+            **fields,
+        )
+        self.cache.invalidate(owner, name)
+        return record
+
+    async def _publish_pipeline(self, owner: str, name: str, pinned: PinnedPipeline) -> VersionRecord:
+        build_task_id = new_id()
+        record = await self._create_version(owner, name, pinned.document, build_task_id, status="ready")
+        # The digest identifies what the pipeline runs (its pinned steps); the store sets it with the status.
+        record = (
+            await self._store.set_version_status(
+                owner, name, record.version, status="ready", digest=pinned.digest
+            )
+            or record
+        )
+        self.cache.invalidate(owner, name)
+        task = await self._tasks.create(
+            task_id=build_task_id, kind="build", servable=record.label, submitter=owner
+        )
+        await self._tasks.complete(
+            task, output=to_json({"digest": pinned.digest, "files": [], "steps": list(pinned.steps)})
+        )
+        log.info("pipeline published", servable=record.label, task_id=build_task_id, steps=len(pinned.steps))
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return record
+
+    async def update(
+        self,
+        caller: Caller,
+        *,
+        user: str,
+        owner: str,
+        name: str,
+        document: Any,
+        package: bytes | None,
+        package_format: PackageFormat,
+    ) -> VersionRecord:
+        """Publish a new version of an existing servable (owner only), reusing its files without a package."""
+        versions = await self.visible_versions(caller, owner, name)
+        if user != owner:
+            raise Forbidden(f"only {owner} may update {owner}/{name}")
+        # A fully deleted servable is 410 here; publishing it anew (POST /servables) is the way back.
+        reuse_from = newest_live(versions, owner, name)
+        return await self.publish(
+            owner=owner,
+            document=document,
+            package=package,
+            package_format=package_format,
+            expected_name=name,
+            reuse_from=reuse_from,
+            caller=caller,
+        )
+
+    async def delete(
+        self, caller: Caller, *, user: str, owner: str, name: str, version: int | None
+    ) -> list[int]:
+        """Tombstone one or all versions (owner only); keep the search index on the newest ready version.
+
+        The records stay (status ``deleted``) so the numbers are never reused and describe/run answer 410;
+        package blobs no live version uses any more are removed.
+        """
+        versions = await self.visible_versions(caller, owner, name)
+        if user != owner:
+            raise Forbidden(f"only {owner} may delete {owner}/{name}")
+        if version is not None:
+            target = next((v for v in versions if v.version == version), None)
+            if target is None:
+                raise NotFound(f"version {version} of {owner}/{name} not found")
+            if target.deleted:
+                raise Gone(gone_message(target))
+        elif all(v.deleted for v in versions):
+            raise Gone(f"servable {owner}/{name} was deleted")
+        deleted = await self._store.mark_deleted(
+            owner, name, None if version is None else [version], deleted_by=user, deleted_at_ms=now_ms()
+        )
+        self.cache.invalidate(owner, name)
+        log.info("versions deleted (tombstoned)", servable=f"{owner}/{name}", versions=deleted)
+        for sha in {v.package_sha256 for v in versions if v.version in deleted and v.package_sha256}:
+            if await self._store.count_package_refs(sha) == 0:
+                await self._blobs.remove(sha)
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return deleted
+
+    async def set_deprecated(
+        self,
+        caller: Caller,
+        *,
+        user: str,
+        owner: str,
+        name: str,
+        version: int,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+    ) -> VersionRecord:
+        """Deprecate or undeprecate one live version (owner only); the search entry follows "latest"."""
+        versions = await self.visible_versions(caller, owner, name)
+        target = next((v for v in versions if v.version == version), None)
+        if target is None:
+            raise NotFound(f"version {version} of {owner}/{name} not found")
+        if user != owner:
+            raise Forbidden(f"only {owner} may deprecate versions of {owner}/{name}")
+        if target.deleted:
+            raise Gone(gone_message(target))
+        if replacement:
+            parse_servable_ref(replacement, "replacement")
+        updated = await self._store.set_deprecated(
+            owner,
+            name,
+            version,
+            deprecated=deprecated,
+            reason=reason,
+            replacement=replacement,
+            at_ms=now_ms(),
+        )
+        self.cache.invalidate(owner, name)
+        if updated is None:  # deleted concurrently
+            raise Gone(f"version {version} of {owner}/{name} was deleted")
+        log.info("version deprecation changed", servable=updated.label, deprecated=deprecated)
+        self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
+        return updated
+
+    # -- builds -----------------------------------------------------------------------------------------
+
+    def start_build(self, record: VersionRecord) -> None:
+        self._background.spawn(self._build(record), name=f"build {record.label}")
+
+    async def resume_builds(self) -> int:
+        """Resubmit builds of versions left ``building`` by a previous registry process."""
+        pending = await self._store.list_versions_with_status("building")
+        for record in pending:
+            task = await self._tasks.get(record.build_task_id)
+            if task is None:
+                await self._tasks.create(
+                    task_id=record.build_task_id or new_id(),
+                    kind="build",
+                    servable=record.label,
+                    submitter=record.owner,
+                )
+            self.start_build(record)
+        return len(pending)
+
+    async def _build(self, record: VersionRecord) -> None:
+        task = await self._tasks.get(record.build_task_id)
+        try:
+            package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
+            request = BuildRequest(
+                owner=record.owner,
+                name=record.name,
+                version=record.version,
+                metadata=record.metadata,
+                package=package,
+                package_format=record.package_format if package else "none",
+            )
+            if task is not None:
+                task = await self._tasks.mark_running(task)
+            result = await self._bus.call(
+                [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
+                self._codec.encode_value(request),
+                timeout_s=self._settings.registry.sync_timeout_s,
+                task_id=record.build_task_id or None,
+            )
+            if not result.ok:
+                error = error_dict(result.error)
+                await self._build_failed(record, task, error)
+                return
+            outcome = decode_payload(result.output, BuildOutcome)
+            vector_count = len(declared_vectors(record.metadata))
+            if vector_count:  # vectors.py: still "building" while they run
+                outcomes = await self.vectors.run_all(record)
+                if not all(o.passed for o in outcomes):
+                    reason = failure_reason(record, outcomes)
+                    await self._build_failed(record, task, {"type": "test_vectors_failed", "message": reason})
+                    return
+        except DLHubError as exc:
+            await self._build_failed(record, task, exc.to_dict())
+            return
+        except (OSError, NotImplementedError) as exc:
+            await self._build_failed(record, task, {"type": "build_failed", "message": str(exc)})
+            return
+        updated = await self._store.set_version_status(
+            record.owner,
+            record.name,
+            record.version,
+            status="ready",
+            digest=outcome.digest,
+            files=tuple(outcome.files),
+        )
+        self.cache.invalidate(record.owner, record.name)
+        if task is not None:
+            summary = {"digest": outcome.digest, "files": outcome.files, "size_bytes": outcome.size_bytes}
+            if vector_count:
+                summary["test_vectors_passed"] = vector_count
+            await self._tasks.complete(task, output=to_json(summary))
+        if updated is None:
+            log.info("build finished for a deleted version", servable=record.label)
+            return
+        log.info("version ready", servable=record.label, digest=outcome.digest)
+        await self.reindex(record.owner, record.name)
+
+    async def _build_failed(
+        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any]
+    ) -> None:
+        message = str(error.get("message") or "build failed")
+        log.warning("build failed", servable=record.label, error_type=error.get("type"), reason=message)
+        await self._store.set_version_status(
+            record.owner, record.name, record.version, status="failed", status_reason=message
+        )
+        self.cache.invalidate(record.owner, record.name)
+        if task is not None:
+            await self._tasks.fail(task, error=error)
+
+    # -- search index -----------------------------------------------------------------------------------
+
+    async def search_entry(self, owner: str, name: str) -> SearchDocument | None:
+        """The index entry of ``owner/name``: its "latest" version (see ``runnable``), or None."""
+        versions = await self.cache.get(owner, name)
+        ready = [v for v in versions if v.status == "ready"]
+        if not ready:
+            return None
+        latest = preferred(ready)
+        return search_document(
+            owner=owner,
+            name=name,
+            version=latest.version,
+            metadata=latest.metadata,
+            published_at_ms=latest.published_at_ms,
+        )
+
+    async def reindex(self, owner: str, name: str) -> None:
+        """Upsert the newest ready version into the search index, or delete the entry if there is none."""
+        document = await self.search_entry(owner, name)
+        if document is None:
+            request = IndexRequest(op="delete", id=f"{owner}/{name}")
+        else:
+            request = IndexRequest(op="upsert", id=document.id, document=document)
+        await self._send_index(request)
+
+    async def rebuild_search_index(self) -> ReindexOutcome:
+        """Send the entry of every servable to the search service, which swaps in a fresh index."""
+        documents: list[SearchDocument] = []
+        for owner, name in await self._store.list_servables():
+            document = await self.search_entry(owner, name)
+            if document is not None:
+                documents.append(document)
+        log.info("full search reindex requested", documents=len(documents))
+        result = await self._bus.call(
+            [RouteStep(topic=SEARCH_REINDEX_TOPIC, method=REINDEX_METHOD)],
+            self._codec.encode_value(ReindexRequest(documents=documents)),
+            timeout_s=self._settings.registry.sync_timeout_s,
+        )
+        if not result.ok:
+            if result.error is None:
+                raise DLHubError("the search service failed to reindex without an error description")
+            raise error_class(result.error.code)(result.error.message)
+        return decode_payload(result.output, ReindexOutcome)
+
+    async def _send_index(self, request: IndexRequest) -> None:
+        try:
+            result = await self._bus.call(
+                [RouteStep(topic=SEARCH_INDEX_TOPIC, method=INDEX_METHOD)],
+                self._codec.encode_value(request),
+                timeout_s=INDEX_TIMEOUT_S,
+            )
+        except (DLHubError, NotImplementedError) as exc:
+            log.warning("search index update failed", id=request.id, op=request.op, error=str(exc))
+            return
+        if not result.ok:
+            log.warning(
+                "search index update failed",
+                id=request.id,
+                op=request.op,
+                error_type=result.error.code if result.error else "",
+                error=result.error.message if result.error else "",
+            )
+
+
+def gone_message(record: VersionRecord) -> str:
+    return f"{record.label} was deleted" + (
+        f" at {iso_ms(record.deleted_at_ms)}" if record.deleted_at_ms else ""
+    )
+
+
+def deprecation_warning(record: VersionRecord) -> str:
+    """The warning attached to runs of a deprecated version."""
+    text = f"{record.label} is deprecated"
+    if record.deprecation_reason:
+        text += f": {record.deprecation_reason}"
+    if record.deprecation_replacement:
+        text += f" (use {record.deprecation_replacement} instead)"
+    return text
+
+
+def preferred(ready: Sequence[VersionRecord]) -> VersionRecord:
+    """Among ready versions (oldest first): the newest not deprecated, else the newest."""
+    return next((r for r in reversed(ready) if not r.deprecated), ready[-1])
+
+
+def newest_live(versions: Sequence[VersionRecord], owner: str, name: str) -> VersionRecord:
+    """The newest version that is not a tombstone; 410 when all are (``versions`` is not empty)."""
+    for record in reversed(versions):
+        if not record.deleted:
+            return record
+    raise Gone(f"servable {owner}/{name} was deleted")
+
+
+def version_fields(v: VersionRecord) -> dict[str, Any]:
+    """Lifecycle fields shared by describe and the versions list."""
+    out: dict[str, Any] = {
+        "version": v.version,
+        "status": v.status,
+        "published_at": iso_ms(v.published_at_ms),
+        "deprecated": v.deprecated,
+    }
+    if v.deprecated:
+        out["deprecation_reason"] = v.deprecation_reason
+        out["deprecation_replacement"] = v.deprecation_replacement or None
+        out["deprecated_at"] = iso_ms(v.deprecated_at_ms) if v.deprecated_at_ms else None
+    if v.deleted:
+        out["deleted_at"] = iso_ms(v.deleted_at_ms) if v.deleted_at_ms else None
+        out["deleted_by"] = v.deleted_by
+    return out
+
+
+def version_summaries(versions: Sequence[VersionRecord]) -> list[dict[str, Any]]:
+    return [version_fields(v) for v in versions]

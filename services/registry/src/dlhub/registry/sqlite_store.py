@@ -1,0 +1,493 @@
+"""SQLite backend of ``MetadataStore`` (aiosqlite, WAL).
+
+One connection per store; every write runs under one asyncio lock so statements of concurrent coroutines
+never interleave inside a transaction. Version numbers come from a per-servable counter row bumped with an
+``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``, which is atomic across
+processes too; ``UNIQUE(owner, name, version)`` backs it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import aiosqlite
+import msgspec
+
+from dlhub.registry.store import (
+    MetadataStore,
+    PackageFormat,
+    TaskKind,
+    TaskRecord,
+    TaskState,
+    TokenRecord,
+    VersionRecord,
+    VersionStatus,
+    tombstone_metadata,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS servables (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    last_version INTEGER NOT NULL,
+    PRIMARY KEY (owner, name)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_reason TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT '',
+    files TEXT NOT NULL DEFAULT '[]',
+    metadata TEXT NOT NULL,
+    published_at_ms INTEGER NOT NULL,
+    package_sha256 TEXT NOT NULL DEFAULT '',
+    package_format TEXT NOT NULL DEFAULT 'none',
+    build_task_id TEXT NOT NULL DEFAULT '',
+    deprecated INTEGER NOT NULL DEFAULT 0,
+    deprecation_reason TEXT NOT NULL DEFAULT '',
+    deprecation_replacement TEXT NOT NULL DEFAULT '',
+    deprecated_at_ms INTEGER NOT NULL DEFAULT 0,
+    deleted_at_ms INTEGER NOT NULL DEFAULT 0,
+    deleted_by TEXT NOT NULL DEFAULT '',
+    UNIQUE (owner, name, version)
+);
+CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
+CREATE INDEX IF NOT EXISTS versions_package ON versions (package_sha256);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    servable TEXT NOT NULL,
+    submitter TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    output BLOB,
+    error TEXT,
+    timings TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
+CREATE TABLE IF NOT EXISTS memo (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memo_expiry ON memo (expires_at_ms);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_VERSION_COLUMNS = (
+    "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
+    "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
+    "deprecated_at_ms, deleted_at_ms, deleted_by"
+)
+# Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
+_ADDED_VERSION_COLUMNS = (
+    ("deprecated", "INTEGER NOT NULL DEFAULT 0"),
+    ("deprecation_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("deprecation_replacement", "TEXT NOT NULL DEFAULT ''"),
+    ("deprecated_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("deleted_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("deleted_by", "TEXT NOT NULL DEFAULT ''"),
+)
+_TASK_COLUMNS = (
+    "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
+    "output, error, timings"
+)
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: Any) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+def _version_from_row(row: Any) -> VersionRecord:
+    return VersionRecord(
+        owner=row[0],
+        name=row[1],
+        version=row[2],
+        status=cast(VersionStatus, row[3]),
+        status_reason=row[4],
+        digest=row[5],
+        files=tuple(msgspec.json.decode(row[6])),
+        metadata=msgspec.json.decode(row[7]),
+        published_at_ms=row[8],
+        package_sha256=row[9],
+        package_format=cast(PackageFormat, row[10]),
+        build_task_id=row[11],
+        deprecated=bool(row[12]),
+        deprecation_reason=row[13],
+        deprecation_replacement=row[14],
+        deprecated_at_ms=row[15],
+        deleted_at_ms=row[16],
+        deleted_by=row[17],
+    )
+
+
+def _task_from_row(row: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=row[0],
+        kind=cast(TaskKind, row[1]),
+        state=cast(TaskState, row[2]),
+        servable=row[3],
+        submitter=row[4],
+        created_at_ms=row[5],
+        updated_at_ms=row[6],
+        expires_at_ms=row[7],
+        output_json=bytes(row[8]) if row[8] is not None else None,
+        error=msgspec.json.decode(row[9]) if row[9] is not None else None,
+        timings=msgspec.json.decode(row[10]) if row[10] is not None else None,
+    )
+
+
+class SQLiteMetadataStore(MetadataStore):
+    """``MetadataStore`` on one SQLite file."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(self.path), isolation_level=None)
+        await db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.executescript(SCHEMA)
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(versions)")}
+        for column, declaration in _ADDED_VERSION_COLUMNS:
+            if column not in columns:
+                await db.execute(f"ALTER TABLE versions ADD COLUMN {column} {declaration}")
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        async with self._write_lock:
+            cursor = await self.db.execute(sql, params)
+            count = cursor.rowcount
+            await cursor.close()
+            return count
+
+    # -- versions ---------------------------------------------------------------------------------------
+
+    async def create_version(
+        self,
+        *,
+        owner: str,
+        name: str,
+        metadata: dict[str, Any],
+        published_at_ms: int,
+        package_sha256: str = "",
+        package_format: PackageFormat = "none",
+        build_task_id: str = "",
+        status: VersionStatus = "building",
+    ) -> VersionRecord:
+        metadata_text = _dumps(metadata)
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "INSERT INTO servables (owner, name, last_version) VALUES (?, ?, 1) "
+                    "ON CONFLICT (owner, name) DO UPDATE SET last_version = last_version + 1 "
+                    "RETURNING last_version",
+                    (owner, name),
+                )
+                version = int(next(iter(rows))[0])
+                await db.execute(
+                    f"INSERT INTO versions ({_VERSION_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '')",
+                    (
+                        owner,
+                        name,
+                        version,
+                        status,
+                        metadata_text,
+                        published_at_ms,
+                        package_sha256,
+                        package_format,
+                        build_task_id,
+                    ),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return VersionRecord(
+            owner=owner,
+            name=name,
+            version=version,
+            status=status,
+            metadata=metadata,
+            published_at_ms=published_at_ms,
+            package_sha256=package_sha256,
+            package_format=package_format,
+            build_task_id=build_task_id,
+        )
+
+    async def get_version(self, owner: str, name: str, version: int) -> VersionRecord | None:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE owner = ? AND name = ? AND version = ?",
+            (owner, name, version),
+        )
+        for row in rows:
+            return _version_from_row(row)
+        return None
+
+    async def list_versions(self, owner: str, name: str) -> list[VersionRecord]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE owner = ? AND name = ? ORDER BY version",
+            (owner, name),
+        )
+        return [_version_from_row(row) for row in rows]
+
+    async def list_servables(self, owner: str | None = None) -> list[tuple[str, str]]:
+        if owner is None:
+            rows = await self.db.execute_fetchall(
+                "SELECT DISTINCT owner, name FROM versions WHERE status != 'deleted' ORDER BY owner, name"
+            )
+        else:
+            rows = await self.db.execute_fetchall(
+                "SELECT DISTINCT owner, name FROM versions WHERE owner = ? AND status != 'deleted' "
+                "ORDER BY name",
+                (owner,),
+            )
+        return [(row[0], row[1]) for row in rows]
+
+    async def list_versions_with_status(self, status: VersionStatus) -> list[VersionRecord]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE status = ? ORDER BY owner, name, version",
+            (status,),
+        )
+        return [_version_from_row(row) for row in rows]
+
+    async def set_version_status(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        status: VersionStatus,
+        status_reason: str = "",
+        digest: str = "",
+        files: tuple[str, ...] = (),
+    ) -> VersionRecord | None:
+        changed = await self._write(
+            "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ? "
+            "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            (status, status_reason, digest, _dumps(list(files)), owner, name, version),
+        )
+        if not changed:
+            return None
+        return await self.get_version(owner, name, version)
+
+    async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "SELECT version FROM versions WHERE owner = ? AND name = ? ORDER BY version",
+                    (owner, name),
+                )
+                existing = [int(row[0]) for row in rows]
+                doomed = existing if versions is None else [v for v in existing if v in set(versions)]
+                await db.executemany(
+                    "DELETE FROM versions WHERE owner = ? AND name = ? AND version = ?",
+                    [(owner, name, v) for v in doomed],
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return doomed
+
+    async def mark_deleted(
+        self,
+        owner: str,
+        name: str,
+        versions: list[int] | None = None,
+        *,
+        deleted_by: str,
+        deleted_at_ms: int,
+    ) -> list[int]:
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "SELECT version, metadata FROM versions "
+                    "WHERE owner = ? AND name = ? AND status != 'deleted' ORDER BY version",
+                    (owner, name),
+                )
+                wanted = None if versions is None else set(versions)
+                doomed = [(int(r[0]), r[1]) for r in rows if wanted is None or int(r[0]) in wanted]
+                await db.executemany(
+                    "UPDATE versions SET status = 'deleted', status_reason = '', files = '[]', metadata = ?, "
+                    "deprecated = 0, deprecation_reason = '', deprecation_replacement = '', "
+                    "deprecated_at_ms = 0, deleted_at_ms = ?, deleted_by = ? "
+                    "WHERE owner = ? AND name = ? AND version = ?",
+                    [
+                        (
+                            _dumps(tombstone_metadata(msgspec.json.decode(text))),
+                            deleted_at_ms,
+                            deleted_by,
+                            owner,
+                            name,
+                            v,
+                        )
+                        for v, text in doomed
+                    ],
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return [v for v, _ in doomed]
+
+    async def set_deprecated(
+        self,
+        owner: str,
+        name: str,
+        version: int,
+        *,
+        deprecated: bool,
+        reason: str = "",
+        replacement: str = "",
+        at_ms: int = 0,
+    ) -> VersionRecord | None:
+        if not deprecated:
+            reason, replacement, at_ms = "", "", 0
+        changed = await self._write(
+            "UPDATE versions SET deprecated = ?, deprecation_reason = ?, deprecation_replacement = ?, "
+            "deprecated_at_ms = ? WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            (int(deprecated), reason, replacement, at_ms, owner, name, version),
+        )
+        if not changed:
+            return None
+        return await self.get_version(owner, name, version)
+
+    async def count_package_refs(self, package_sha256: str) -> int:
+        rows = await self.db.execute_fetchall(
+            "SELECT COUNT(*) FROM versions WHERE package_sha256 = ? AND status != 'deleted'",
+            (package_sha256,),
+        )
+        return int(next(iter(rows))[0])
+
+    # -- tasks ------------------------------------------------------------------------------------------
+
+    async def save_task(self, task: TaskRecord) -> None:
+        await self._write(
+            f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task.task_id,
+                task.kind,
+                task.state,
+                task.servable,
+                task.submitter,
+                task.created_at_ms,
+                task.updated_at_ms,
+                task.expires_at_ms,
+                task.output_json,
+                _dumps(task.error) if task.error is not None else None,
+                _dumps(task.timings) if task.timings is not None else None,
+            ),
+        )
+
+    async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ? AND expires_at_ms > ?", (task_id, now_ms)
+        )
+        for row in rows:
+            return _task_from_row(row)
+        return None
+
+    async def delete_expired_tasks(self, *, now_ms: int) -> int:
+        return await self._write("DELETE FROM tasks WHERE expires_at_ms <= ?", (now_ms,))
+
+    # -- memoized results -------------------------------------------------------------------------------
+
+    async def get_memo(self, key: str, *, now_ms: int) -> bytes | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT value FROM memo WHERE key = ? AND expires_at_ms > ?", (key, now_ms)
+        )
+        for row in rows:
+            return bytes(row[0])
+        return None
+
+    async def put_memo(self, key: str, value: bytes, *, expires_at_ms: int) -> None:
+        # Expired entries are removed as new ones arrive (the index on expires_at_ms keeps this cheap).
+        async with self._write_lock:
+            await self.db.execute("DELETE FROM memo WHERE expires_at_ms <= ?", (_now_ms(),))
+            await self.db.execute(
+                "INSERT OR REPLACE INTO memo (key, value, expires_at_ms) VALUES (?, ?, ?)",
+                (key, value, expires_at_ms),
+            )
+
+    # -- tokens -----------------------------------------------------------------------------------------
+
+    async def add_token(self, token: TokenRecord) -> None:
+        await self._write(
+            "INSERT INTO tokens (token_hash, user, label, created_at_ms, expires_at_ms, revoked) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                token.token_hash,
+                token.user,
+                token.label,
+                token.created_at_ms,
+                token.expires_at_ms,
+                int(token.revoked),
+            ),
+        )
+
+    async def get_token(self, token_hash: str) -> TokenRecord | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT token_hash, user, label, created_at_ms, expires_at_ms, revoked FROM tokens "
+            "WHERE token_hash = ?",
+            (token_hash,),
+        )
+        for row in rows:
+            return TokenRecord(
+                token_hash=row[0],
+                user=row[1],
+                label=row[2],
+                created_at_ms=row[3],
+                expires_at_ms=row[4],
+                revoked=bool(row[5]),
+            )
+        return None
+
+    async def revoke_token(self, token_hash: str) -> bool:
+        return bool(await self._write("UPDATE tokens SET revoked = 1 WHERE token_hash = ?", (token_hash,)))

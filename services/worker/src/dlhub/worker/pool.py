@@ -1,0 +1,473 @@
+"""A pool of executor OS processes, so that a crashing model cannot take the worker down.
+
+Each executor is ``python -m dlhub.worker.executor`` talking length-prefixed msgpack frames over its
+stdin/stdout pipes (asyncio streams: no thread hop, no pickling). A process runs one task at a time, in the
+order it reads them; up to ``depth`` requests are written to it ahead (pipelined), so that it goes from one
+task to the next without waiting for the worker, and under load the worker reads several replies per wakeup.
+A new task goes to the live process with the fewest requests outstanding; one reader task per process matches
+replies to requests by sequence number.
+
+When a process dies, the task it was running (the oldest outstanding request: it runs them in order) fails
+with ``WorkerLost`` (the message names the exit code or signal); the requests queued behind it never started
+and run on another process or the replacement, which is spawned in the background. When the running task
+passes its deadline, its process is killed and the task fails with ``TaskTimeout``; a queued task that
+passes its deadline fails at once, and the executor skips its request (``ExecRequest.deadline_unix_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from dlhub.common.errors import DLHubError, InvalidMessage, TaskTimeout, WorkerLost
+from dlhub.common.logging import get_logger
+from dlhub.common.messages import EMPTY_MAP, NIL
+from dlhub.worker.files import FileLimits
+from dlhub.worker.protocol import (
+    HEADER_BYTES,
+    ExecReply,
+    ExecRequest,
+    FromExecutor,
+    Ready,
+    body_length,
+    decode_reply,
+    encode_frame,
+)
+
+log = get_logger(__name__)
+
+STREAM_LIMIT_BYTES: Final = 1 << 20
+EXIT_GRACE_S: Final = 5.0
+RESPAWN_BACKOFF_INITIAL_S: Final = 0.1
+RESPAWN_BACKOFF_MAX_S: Final = 30.0
+DEFAULT_DEPTH: Final = 4
+"""Requests written ahead to one executor process (1: the next is written only after the reply)."""
+
+
+class ExecutionBackend(Protocol):
+    """What the worker service needs from whatever runs its tasks: this pool, or Parsl
+    (``dlhub.worker.parsl_backend``). Both run ``Executor.handle`` on msgpack ``ExecRequest`` frames."""
+
+    @property
+    def processes(self) -> int:
+        """How many tasks run at once (the batcher's slots and the basis of the advertised capacity)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def execute(
+        self,
+        *,
+        task_id: str,
+        servable: str,
+        version_dir: str,
+        method: str,
+        inputs: msgspec.Raw = NIL,
+        parameters: msgspec.Raw = EMPTY_MAP,
+        timeout_s: float | None = None,
+    ) -> ExecReply:
+        """Run one task; raises ``TaskTimeout``, ``WorkerLost``, ``MessageTooLarge`` or ``PoolClosed``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class PoolClosed(DLHubError):
+    """The worker is shutting down and accepts no more tasks."""
+
+    code = "handler_lost"
+    http_status = 503
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Say how a process ended: ``exited with code 3`` or ``was killed by signal SIGKILL``."""
+    if returncode is None:
+        return "stopped responding"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"was killed by signal {name}"
+    return f"exited with code {returncode}"
+
+
+class NotStarted(Exception):
+    """The executor process ended before it read this request, so it can safely run elsewhere."""
+
+
+class ExecutorProcess:
+    """One executor child, its two pipes and the requests written to it that await a reply."""
+
+    def __init__(self, *, slot: int, process: asyncio.subprocess.Process, max_message_bytes: int) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.slot = slot
+        self.process = process
+        self.pid = process.pid
+        self.max_message_bytes = max_message_bytes
+        self.retired = False
+        self.killed_running = False
+        """Killed because the task it was running passed its deadline (that task has already failed)."""
+        self.inflight: dict[int, asyncio.Future[ExecReply]] = {}
+        """Outstanding requests by sequence number, oldest first (dicts keep insertion order)."""
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+
+    @classmethod
+    async def spawn(
+        cls,
+        *,
+        slot: int,
+        python: str,
+        max_message_bytes: int,
+        cache_size: int,
+        startup_timeout_s: float,
+        file_limits: FileLimits | None = None,
+    ) -> ExecutorProcess:
+        process = await asyncio.create_subprocess_exec(
+            python,
+            "-m",
+            "dlhub.worker.executor",
+            "--max-message-bytes",
+            str(max_message_bytes),
+            "--cache-size",
+            str(cache_size),
+            *(file_limits or FileLimits()).as_args(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=STREAM_LIMIT_BYTES,
+        )
+        child = cls(slot=slot, process=process, max_message_bytes=max_message_bytes)
+        try:
+            async with asyncio.timeout(startup_timeout_s):
+                frame = await child._read()
+            if not isinstance(frame, Ready):
+                raise InvalidMessage(f"expected a ready frame, got {type(frame).__name__}")
+        except TimeoutError:
+            await child.kill()
+            raise WorkerLost(
+                f"executor process {child.pid} did not start within {startup_timeout_s} s"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, InvalidMessage) as exc:
+            returncode = await child.wait_exit(EXIT_GRACE_S)
+            raise WorkerLost(f"executor process {child.pid} {describe_exit(returncode)} at start-up") from exc
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
+        return child
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def _read(self) -> FromExecutor:
+        header = await self._stdout.readexactly(HEADER_BYTES)
+        body = await self._stdout.readexactly(body_length(header, max_bytes=self.max_message_bytes))
+        return decode_reply(body)
+
+    async def read_replies(self) -> tuple[str, int]:
+        """Hand each reply to the request with its sequence number until the process ends; then fail the
+        outstanding requests and return how it ended and how many there were."""
+        try:
+            while True:
+                frame = await self._read()
+                if isinstance(frame, ExecReply):
+                    future = self.inflight.pop(frame.seq, None)
+                    # None: a request whose waiter gave up (deadline, cancellation); its reply is dropped.
+                    if future is not None and not future.done():
+                        future.set_result(frame)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            ending = describe_exit(await self.wait_exit(EXIT_GRACE_S))
+        except InvalidMessage as exc:
+            await self.kill()
+            ending = f"sent a corrupt reply ({exc.message})"
+        outstanding = len(self.inflight)
+        self._fail_inflight(ending)
+        return ending, outstanding
+
+    def _fail_inflight(self, ending: str) -> None:
+        """The oldest outstanding request was running (unless its deadline is why the process was killed): it
+        is lost. The others were never read."""
+        for index, future in enumerate(self.inflight.values()):
+            if future.done():
+                continue
+            if index == 0 and not self.killed_running:
+                future.set_exception(
+                    WorkerLost(f"executor process {self.pid} {ending} while running the task")
+                )
+            else:
+                future.set_exception(NotStarted())
+        self.inflight.clear()
+
+    async def request(self, payload: bytes | bytearray, seq: int, deadline: float | None) -> ExecReply:
+        """Write one encoded request and await its reply until ``deadline`` (loop time).
+
+        Raises ``NotStarted`` if the process ended before reading it, ``WorkerLost`` if it ended while running
+        it and ``TaskTimeout`` past the deadline (killing the process if the task was running).
+        """
+        future: asyncio.Future[ExecReply] = asyncio.get_running_loop().create_future()
+        self.inflight[seq] = future
+        try:
+            self._stdin.write(payload)
+            async with asyncio.timeout_at(deadline):
+                with contextlib.suppress(ConnectionError):  # a dead process: the reader fails the future
+                    await self._stdin.drain()
+                return await future
+        except TimeoutError:
+            running = next(iter(self.inflight), None) == seq
+            self.inflight.pop(seq, None)
+            if not running:
+                raise TaskTimeout(
+                    f"the task passed its deadline while queued for executor process {self.pid}"
+                ) from None
+            self.killed_running = True
+            await self.kill()
+            raise TaskTimeout(
+                f"the task passed its deadline; executor process {self.pid} was killed"
+            ) from None
+        finally:
+            if future.cancelled():  # the waiter was cancelled: the reply, if it comes, is dropped
+                self.inflight.pop(seq, None)
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+
+    async def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit status once the process has ended (killing it if it lingers past ``timeout_s``)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.process.wait()
+        except TimeoutError:
+            await self.kill()
+            return self.process.returncode
+
+    async def close(self, grace_s: float = EXIT_GRACE_S) -> None:
+        """Close stdin (the executor finishes its current task and exits), then kill it after ``grace_s``."""
+        if self.process.returncode is None:
+            self._stdin.close()
+        await self.wait_exit(grace_s)
+
+
+class ExecutorPool:
+    """``processes`` executor children, each running one task at a time with up to ``depth`` requests
+    written to it ahead."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        max_message_bytes: int,
+        depth: int = DEFAULT_DEPTH,
+        cache_size: int = 32,
+        startup_timeout_s: float = 60.0,
+        python: str = sys.executable,
+        file_limits: FileLimits | None = None,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("an executor pool needs at least one process")
+        if depth < 1:
+            raise ValueError("the pipeline depth must be at least 1")
+        self.processes = processes
+        self.depth = depth
+        self.max_message_bytes = max_message_bytes
+        self.cache_size = cache_size
+        self.startup_timeout_s = startup_timeout_s
+        self.python = python
+        self.file_limits = file_limits or FileLimits()
+        self.respawns = 0
+        self._slots: list[ExecutorProcess | None] = [None] * processes
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._seq = itertools.count(1)
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the live executor processes (a slot being respawned is left out)."""
+        return [p.pid for p in self._slots if p is not None and not p.retired]
+
+    async def start(self) -> None:
+        children = await asyncio.gather(
+            *(self._spawn(slot) for slot in range(self.processes)), return_exceptions=True
+        )
+        failures = [c for c in children if isinstance(c, BaseException)]
+        for child in children:
+            if isinstance(child, ExecutorProcess):
+                self._adopt(child)
+        if failures:
+            await self.close()
+            raise failures[0]
+        log.info("executor pool started", processes=self.processes, depth=self.depth, pids=self.pids)
+
+    async def _spawn(self, slot: int) -> ExecutorProcess:
+        return await ExecutorProcess.spawn(
+            slot=slot,
+            python=self.python,
+            max_message_bytes=self.max_message_bytes,
+            cache_size=self.cache_size,
+            startup_timeout_s=self.startup_timeout_s,
+            file_limits=self.file_limits,
+        )
+
+    def _adopt(self, child: ExecutorProcess) -> None:
+        self._slots[child.slot] = child
+        self._spawn_background(self._watch(child))
+        self._wake_waiters(self.depth)
+
+    def _spawn_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watch(self, child: ExecutorProcess) -> None:
+        """Deliver the process's replies; when it ends, replace it (unless we are closing or already are)."""
+        ending, outstanding = await child.read_replies()
+        if child.retired or self._closing:
+            return
+        if outstanding:
+            log.warning("executor process died", pid=child.pid, exit=ending, outstanding=outstanding)
+        else:
+            log.warning("executor process died while idle", pid=child.pid, exit=ending)
+        self._retire(child)
+
+    def _retire(self, child: ExecutorProcess) -> None:
+        """Take ``child`` out of service (once) and spawn its replacement in the background."""
+        if child.retired:
+            return
+        child.retired = True
+        if self._slots[child.slot] is child:
+            self._slots[child.slot] = None
+        if not self._closing:
+            self._spawn_background(self._respawn(child))
+
+    async def _respawn(self, old: ExecutorProcess) -> None:
+        await old.kill()
+        delay = RESPAWN_BACKOFF_INITIAL_S
+        while not self._closing:
+            try:
+                child = await self._spawn(old.slot)
+            except Exception as exc:
+                log.error("executor process failed to start", slot=old.slot, error=str(exc), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESPAWN_BACKOFF_MAX_S)
+                continue
+            if self._closing:
+                await child.close()
+                return
+            self.respawns += 1
+            log.info("executor process respawned", slot=old.slot, old_pid=old.pid, pid=child.pid)
+            self._adopt(child)
+            return
+
+    async def execute(
+        self,
+        *,
+        task_id: str,
+        servable: str,
+        version_dir: str,
+        method: str,
+        inputs: msgspec.Raw = NIL,
+        parameters: msgspec.Raw = EMPTY_MAP,
+        timeout_s: float | None = None,
+    ) -> ExecReply:
+        """Run one task on the least-loaded executor process and return its reply.
+
+        Raises ``TaskTimeout`` past ``timeout_s``, ``WorkerLost`` when the process dies during the task,
+        ``MessageTooLarge`` for an oversize request and ``PoolClosed`` during shutdown.
+        """
+        seq = next(self._seq)
+        request = ExecRequest(
+            seq=seq,
+            task_id=task_id,
+            servable=servable,
+            version_dir=version_dir,
+            method=method,
+            inputs=inputs,
+            parameters=parameters,
+            deadline_unix_s=0.0 if timeout_s is None else time.time() + timeout_s,
+        )
+        payload = encode_frame(request, max_bytes=self.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            child = await self._acquire(deadline)
+            try:
+                return await child.request(payload, seq, deadline)
+            except NotStarted:
+                continue  # its process ended before reading it: run it on another one (or the replacement)
+            except (WorkerLost, TaskTimeout):
+                if child.returncode is not None:
+                    self._retire(child)  # killed for this task, or dead: replace it now
+                raise
+            finally:
+                self._wake_waiters(1)
+
+    def _least_loaded(self) -> ExecutorProcess | None:
+        best: ExecutorProcess | None = None
+        for child in self._slots:
+            if child is None or child.retired or child.returncode is not None:
+                continue
+            load = len(child.inflight)
+            if load < self.depth and (best is None or load < len(best.inflight)):
+                best = child
+        return best
+
+    async def _acquire(self, deadline: float | None) -> ExecutorProcess:
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closing:
+                raise PoolClosed("the worker is shutting down")
+            child = self._least_loaded()
+            if child is not None:
+                return child
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                waited = time.monotonic() - start
+                raise TaskTimeout(
+                    f"the task passed its deadline after waiting {waited:.3f} s for a free executor process"
+                ) from None
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+
+    def _wake_waiters(self, count: int) -> None:
+        while count > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                count -= 1
+
+    async def close(self) -> None:
+        """Stop every executor process (they finish what they were sent within ``EXIT_GRACE_S``, then are
+        killed) and fail whatever still waits."""
+        self._closing = True
+        self._wake_waiters(len(self._waiters))
+        children = [c for c in self._slots if c is not None]
+        await asyncio.gather(*(c.close() for c in children), return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for child in children:
+            for future in child.inflight.values():
+                if not future.done():
+                    future.set_exception(PoolClosed("the worker is shutting down"))
+            child.inflight.clear()
+        self._slots = [None] * self.processes

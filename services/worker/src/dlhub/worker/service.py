@@ -1,0 +1,244 @@
+"""The worker's glue: a ``HandlerService`` for ``servable/*`` topics whose handler runs tasks in the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from dlhub.common.bus import HandlerService
+from dlhub.common.codec import Codec
+from dlhub.common.config import DLHubSettings
+from dlhub.common.errors import DLHubError, NotFound, TaskTimeout, ValidationFailed
+from dlhub.common.ids import parse_servable_topic
+from dlhub.common.logging import get_logger
+from dlhub.common.messages import Dispatch, ErrorInfo, Result, Timings
+from dlhub.common.servable_store import METADATA_FILENAME, version_dir
+from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
+from dlhub.worker.files import FileLimits
+from dlhub.worker.pool import ExecutionBackend, ExecutorPool
+from dlhub.worker.protocol import ExecReply
+
+log = get_logger(__name__)
+
+POLICY_CACHE_SIZE = 4096
+
+
+def make_backend(settings: DLHubSettings) -> ExecutionBackend:
+    """The configured execution back end: local executor processes, or Parsl (imported only when used)."""
+    config = settings.worker
+    max_message_bytes = settings.bus.max_message_bytes
+    file_limits = FileLimits(
+        config.file_fetch_max_bytes, config.file_fetch_timeout_s, config.file_fetch_max_redirects
+    )
+    if config.backend == "parsl":
+        from dlhub.worker.parsl_backend import ParslBackend
+
+        return ParslBackend(
+            config.parsl,
+            run_dir_root=settings.data_dir / "parsl",
+            max_message_bytes=max_message_bytes,
+            file_limits=file_limits,
+        )
+    return ExecutorPool(
+        processes=config.processes,
+        max_message_bytes=max_message_bytes,
+        depth=config.pipeline_depth,
+        file_limits=file_limits,
+    )
+
+
+class WorkerService:
+    """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
+    batching allowance (with the Parsl back end, ``processes`` is the number of Parsl workers).
+
+    Each executor process runs one task at a time, with up to ``pipeline_depth`` requests written to it ahead
+    (``pool.py``); the extra capacity (``tasks_per_process > 1``) only lets tasks wait here for a process
+    instead of in the broker, saving a round trip between tasks. With
+    adaptive batching on, the broker must also hand this worker the concurrent requests it is to merge: the
+    allowance (``batch_capacity``, by default ``batch_max_size``) lets up to one full batch wait here while
+    the executors are busy. Requests to servables that are not batchable also use it, and then simply wait
+    here for a process rather than in the broker (as with ``tasks_per_process``); set ``batch_capacity = 0``
+    (or ``batch_enabled = false``) where several workers must share non-batchable load evenly.
+    """
+
+    def __init__(self, settings: DLHubSettings, *, pool: ExecutionBackend | None = None) -> None:
+        self.settings = settings
+        config = settings.worker
+        self.codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
+        self.servable_root: Path = settings.servable_dir
+        self.batching = config.batch_enabled
+        allowance = 0
+        if self.batching:
+            allowance = config.batch_max_size if config.batch_capacity is None else config.batch_capacity
+        self.pool = pool or make_backend(settings)
+        self.capacity = self.pool.processes * config.tasks_per_process + allowance
+        self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
+        self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
+        self._installed: set[Path] = set()
+        """Version directories seen to exist: versions are immutable, so one ``stat`` per version is enough (a
+        version removed later fails in the executor with a typed load error)."""
+        self._batch_ids = itertools.count(1)
+        self.handler: HandlerService | None = None
+        self._stopping = asyncio.Event()
+
+    def batch_policy(self, directory: Path, method: str) -> BatchPolicy | None:
+        """The batching policy of ``method`` of the servable in ``directory`` (read once per version)."""
+        if not self.batching:
+            return None
+        cache_key = (str(directory), method)
+        try:
+            return self._policies[cache_key]
+        except KeyError:
+            pass
+        try:
+            metadata: Any = json.loads((directory / METADATA_FILENAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # not cached: the executor reports the problem, and a fixed file is read next time
+        policy = None
+        if isinstance(metadata, dict):
+            policy = batch_policy(
+                metadata,
+                method,
+                default_max_size=self.settings.worker.batch_max_size,
+                default_max_wait_ms=self.settings.worker.batch_max_wait_ms,
+            )
+        if len(self._policies) >= POLICY_CACHE_SIZE:
+            self._policies.clear()
+        self._policies[cache_key] = policy
+        return policy
+
+    async def _run_batch(self, key: BatchKey, inputs: msgspec.Raw, timeout_s: float | None) -> ExecReply:
+        return await self.pool.execute(
+            task_id=f"batch-{next(self._batch_ids)}",
+            servable=key.servable,
+            version_dir=key.version_dir,
+            method=key.method,
+            inputs=inputs,
+            parameters=msgspec.Raw(key.parameters),
+            timeout_s=timeout_s,
+        )
+
+    def _is_installed(self, directory: Path) -> bool:
+        if directory in self._installed:
+            return True
+        if not directory.is_dir():
+            return False
+        if len(self._installed) >= POLICY_CACHE_SIZE:
+            self._installed.clear()
+        self._installed.add(directory)
+        return True
+
+    async def handle(self, dispatch: Dispatch) -> Result:
+        """Run one dispatched step: resolve the servable's directory, execute in the pool, time it."""
+        start = time.perf_counter()
+        try:
+            owner, name, version = parse_servable_topic(dispatch.topic)
+        except ValueError as exc:
+            return self._failure(dispatch, ValidationFailed(str(exc), field="topic"), start)
+        servable = f"{owner}/{name}@{version}"
+        directory = version_dir(self.servable_root, owner, name, version)
+        if not self._is_installed(directory):
+            missing = NotFound(f"servable {servable} is not installed on this worker")
+            return self._failure(dispatch, missing, start)
+        timeout_s: float | None = None
+        if dispatch.deadline_unix_s > 0:
+            timeout_s = dispatch.deadline_unix_s - time.time()
+            if timeout_s <= 0:
+                return self._failure(
+                    dispatch, TaskTimeout("the task reached the worker after its deadline"), start
+                )
+        queue_ms = 0.0
+        policy = self.batch_policy(directory, dispatch.method)
+        rows = peek_rows(dispatch.inputs) if policy is not None else None
+        try:
+            if policy is not None and rows is not None and rows < policy.max_size:
+                key = BatchKey(servable, str(directory), dispatch.method, bytes(dispatch.parameters))
+                outcome = await self.batcher.submit(key, policy, dispatch.inputs, rows, timeout_s)
+                reply, queue_ms = outcome.reply, outcome.queue_ms
+            else:  # not batchable, or already a full batch on its own: straight to the pool, undecoded
+                reply = await self.pool.execute(
+                    task_id=dispatch.task_id,
+                    servable=servable,
+                    version_dir=str(directory),
+                    method=dispatch.method,
+                    inputs=dispatch.inputs,
+                    parameters=dispatch.parameters,
+                    timeout_s=timeout_s,
+                )
+        except DLHubError as exc:
+            log.warning(
+                "task failed in the executor pool",
+                task_id=dispatch.task_id,
+                servable=servable,
+                code=exc.code,
+                error=exc.message,
+            )
+            return self._failure(dispatch, exc, start)
+        invocation_ms = (time.perf_counter() - start) * 1000.0
+        error = reply.error
+        if error is not None:
+            error = msgspec.structs.replace(error, step=dispatch.step, topic=dispatch.topic)
+            log.info(
+                "servable failed",
+                task_id=dispatch.task_id,
+                servable=servable,
+                code=error.code,
+                exception_type=error.exception_type,
+            )
+        elif reply.load_ms:
+            log.info("servable loaded", servable=servable, pid=reply.pid, load_ms=round(reply.load_ms, 3))
+        return Result(
+            task_id=dispatch.task_id,
+            ok=reply.ok,
+            output=reply.output,
+            error=error,
+            timings=Timings(inference_ms=reply.inference_ms, invocation_ms=invocation_ms, queue_ms=queue_ms),
+            step=dispatch.step,
+        )
+
+    @staticmethod
+    def _failure(dispatch: Dispatch, exc: DLHubError, start: float) -> Result:
+        return Result(
+            task_id=dispatch.task_id,
+            ok=False,
+            error=ErrorInfo(code=exc.code, message=exc.message, step=dispatch.step, topic=dispatch.topic),
+            timings=Timings(invocation_ms=(time.perf_counter() - start) * 1000.0),
+            step=dispatch.step,
+        )
+
+    async def run(self) -> None:
+        """Start the execution back end, register with the broker and serve until ``stop``."""
+        await self.pool.start()
+        try:
+            if self._stopping.is_set():
+                return
+            self.handler = HandlerService(
+                bus=self.settings.bus,
+                codec=self.codec,
+                kind="worker",
+                topics=self.settings.worker.topics,
+                capacity=self.capacity,
+                handle=self.handle,
+            )
+            log.info(
+                "worker serving",
+                topics=self.settings.worker.topics,
+                capacity=self.capacity,
+                servable_dir=str(self.servable_root),
+            )
+            await self.handler.run()
+        finally:
+            await self.batcher.close()
+            await self.pool.close()
+
+    async def stop(self) -> None:
+        """Unregister and drain (bounded, by the HandlerService); ``run`` then stops the executors."""
+        self._stopping.set()
+        if self.handler is not None:
+            await self.handler.stop()
