@@ -26,7 +26,7 @@ def require_server(what: str) -> None:
     if importlib.util.find_spec("dlhub.registry") is None:
         raise ServerNotInstalled(
             f"{what}, which is not installed here (this is the SDK-only dlhub-client): "
-            "install the server with `pip install dlhub`, or use a DLHub server's URL and a token from it"
+            "install the full server (the `dlhub` distribution; from a checkout, `./scripts/up` does it), or use a DLHub server's URL and a token from it"
         )
 
 
