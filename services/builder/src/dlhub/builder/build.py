@@ -244,6 +244,9 @@ def build_version(
                     (staged / ENVIRONMENT_FILENAME).write_bytes(record_json(environment))
                 build_log.set_state("ready")
                 (staged / BUILD_RECORD_FILENAME).write_bytes(record_json(build_log.record))
+            # mkdtemp made it 0700: a version is readable by whoever can reach the store, including the
+            # unprivileged user of a docker environment's containers (which mount the store read-only).
+            os.chmod(staged, 0o755)
             created = publish(staged, target, digest, request.metadata)
     except Exception as exc:
         if build_log is not None:
