@@ -73,14 +73,16 @@ class EnvironmentPools:
         return backend
 
     async def _pool(self, record: EnvironmentRecord) -> ExecutorPool:
-        pool = self._pools.get(record.id)
+        # Network access is a property of the running container, not of the environment's contents.
+        key = f"{record.id}+net" if record.network else record.id
+        pool = self._pools.get(key)
         if pool is not None:
             return pool
-        task = self._starting.get(record.id)
+        task = self._starting.get(key)
         if task is None:  # concurrent first calls of one environment share one start
-            task = asyncio.create_task(self._start_pool(record))
-            self._starting[record.id] = task
-            task.add_done_callback(lambda _: self._starting.pop(record.id, None))
+            task = asyncio.create_task(self._start_pool(record, key))
+            self._starting[key] = task
+            task.add_done_callback(lambda _: self._starting.pop(key, None))
         return await asyncio.shield(task)
 
     def _docker_backend(self) -> Any:
@@ -108,7 +110,7 @@ class EnvironmentPools:
         env["PYTHONPATH"] = str(runtime)
         return [str(python), "-m", "dlhub.worker.executor"], env, runtime
 
-    async def _start_pool(self, record: EnvironmentRecord) -> ExecutorPool:
+    async def _start_pool(self, record: EnvironmentRecord, key: str) -> ExecutorPool:
         if record.backend not in ("venv", "docker"):
             raise EnvironmentUnavailable(f"unknown environment backend {record.backend!r}")
         prefix, env, runtime = await asyncio.to_thread(self._prepare, record)
@@ -143,7 +145,7 @@ class EnvironmentPools:
             raise EnvironmentUnavailable(
                 f"executor processes of environment {record.id} did not start: {exc.message}"
             ) from exc
-        self._pools[record.id] = pool
+        self._pools[key] = pool
         return pool
 
     async def close(self) -> None:
