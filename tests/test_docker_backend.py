@@ -67,7 +67,11 @@ def docker_stack(docker_url: str) -> Iterator[tuple[DLHubClient, Path]]:
     base = Path(tempfile.mkdtemp(prefix="dlhub-docker-test-"))
     base.chmod(0o755)
     image = os.environ.get("DLHUB_TEST_DOCKER_BASE_IMAGE", "dlhub-base:bookworm")
-    env = {"DLHUB_ENVIRONMENTS__DOCKER_URL": docker_url, "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": image}
+    env = {
+        "DLHUB_ENVIRONMENTS__MODE": "auto",
+        "DLHUB_ENVIRONMENTS__DOCKER_URL": docker_url,
+        "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": image,
+    }
     process, info = start_stack(base, workers=1, extra_env=env)
     try:
         yield DLHubClient(info["url"], info["alice"]), info["data_dir"]

@@ -82,6 +82,9 @@ def test_dependencies_installed_at_that_version_are_shared_and_others_are_not() 
     assert other.requirements == ["six==1.16.0", "msgspec>=0.18,<1"]
     # A publisher's msgspec pin wins: nothing is added next to it.
     assert plan(declared({"msgspec": "0.18.6"}), None, config).requirements == ["msgspec==0.18.6"]
+    in_range = plan(declared({"msgspec": ">=0.18"}), None, config)
+    assert in_range.shared is not None
+    assert plan(declared({"msgspec": "<0.18"}), None, config).shared is None
     always = plan(declared({"msgspec": installed}), None, EnvironmentsConfig(mode="always"))
     assert always.shared is None
     shared = plan(declared({"six": "1.16.0"}), None, EnvironmentsConfig(mode="shared"))
@@ -149,7 +152,7 @@ def test_venv_builds_once_and_concurrent_builds_coalesce(tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def env_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DLHubClient, Path]]:
     base = tmp_path_factory.mktemp("envstack")
-    process, info = start_stack(base, workers=1)
+    process, info = start_stack(base, workers=1, extra_env={"DLHUB_ENVIRONMENTS__MODE": "auto"})
     try:
         yield DLHubClient(info["url"], info["alice"]), info["data_dir"]
     finally:
@@ -249,7 +252,7 @@ def test_a_missing_environment_is_rebuilt_from_its_lock(tmp_path: Path, env_pkg:
     """A worker that lacks a version's environment (another machine built it) rebuilds it from the lock."""
     base = tmp_path / "stack"
     base.mkdir()
-    process, info = start_stack(base, workers=1)
+    process, info = start_stack(base, workers=1, extra_env={"DLHUB_ENVIRONMENTS__MODE": "auto"})
     try:
         client = DLHubClient(info["url"], info["alice"])
         reply = client.publish(function_doc("six_version", {"six": "1.16.0"}), base_dir=env_pkg)

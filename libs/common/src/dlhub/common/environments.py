@@ -252,10 +252,24 @@ def _satisfied_here(decl: Declaration) -> bool:
         if wanted in ("", "*"):
             continue
         if wanted.startswith(_OPERATORS):
-            return False  # a range: resolve it properly rather than guess
-        if _canonical_version(installed) != _canonical_version(wanted):
+            if not _in_range(installed, wanted):
+                return False
+        elif _canonical_version(installed) != _canonical_version(wanted):
             return False
     return True
+
+
+def _in_range(installed: str, specifier: str) -> bool:
+    """Whether ``installed`` satisfies ``specifier`` (PEP 440, with ``packaging``); unknown: no."""
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        return False
+    try:
+        return Version(installed) in SpecifierSet(specifier)
+    except (InvalidSpecifier, InvalidVersion):
+        return False
 
 
 def _canonical_version(text: str) -> str:
