@@ -55,7 +55,10 @@ FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 FERRETDB_VERSION = "v1.24.2"
 FERRETDB_START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-SERVERS = ("mongodb", "elasticsearch")
+DOCKER_BASE_IMAGE = "dlhub-base:bookworm"
+DOCKER_BASE_SUITE = "bookworm"
+DOCKER_START_TIMEOUT_S = 60.0
+SERVERS = ("mongodb", "elasticsearch", "docker")
 
 
 class SetupError(Exception):
@@ -109,6 +112,14 @@ class Layout:
     @property
     def ferretdb_dir(self) -> Path:
         return self.run / "ferretdb"
+
+    @property
+    def docker_socket(self) -> Path:
+        return self.run / "docker.sock"
+
+    @property
+    def docker_url(self) -> str:
+        return f"unix://{self.docker_socket}"
 
     @property
     def es_zip(self) -> Path:
@@ -799,6 +810,119 @@ def _unzip(archive: Path, target: Path) -> None:
         os.chmod(dirpath, 0o755)
 
 
+class DockerServer(Server):
+    """Debian's docker.io engine on its own socket, data root (cached: images survive restarts) and pid file,
+    with no bridge and no iptables: containers get host or no networking only. Once it answers, the base
+    image for servable environments (``DOCKER_BASE_IMAGE``: a minimal Debian with python3 and venv, made with
+    debootstrap and ``docker import``) is built unless the data root already has it."""
+
+    name = "docker"
+    label = "Docker engine (docker.io)"
+
+    @property
+    def port(self) -> int:
+        return 0  # a unix socket
+
+    @property
+    def url(self) -> str:
+        return self.layout.docker_url
+
+    def _docker(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str] | None:
+        docker = shutil.which("docker")
+        if docker is None or not self.layout.docker_socket.exists():
+            return None
+        try:
+            return subprocess.run(
+                [docker, "-H", self.url, *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    def probe(self) -> str | None:
+        proc = self._docker("version", "--format", "{{.Server.Version}}", timeout_s=5.0)
+        if proc is None or proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        return f"Docker {proc.stdout.strip()}"
+
+    def install(self) -> None:
+        missing = [tool for tool in ("dockerd", "docker", "debootstrap") if shutil.which(tool) is None]
+        if not missing:
+            return
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise SetupError(
+                f"{', '.join(missing)} missing; install Debian's docker.io and debootstrap packages"
+            )
+        log("docker: installing docker.io and debootstrap with apt-get (first run only)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run_checked(["apt-get", "update", "-qq"], "apt-get update", env=env)
+        run_checked(
+            ["apt-get", "install", "-y", "-qq", "docker.io", "debootstrap"], "installing docker.io", env=env
+        )
+
+    def launch(self) -> PidState:
+        data_root = self.layout.cache / "docker"
+        exec_root = self.layout.run / "docker-exec"
+        data_root.mkdir(parents=True, exist_ok=True)
+        exec_root.mkdir(parents=True, exist_ok=True)
+        self.layout.docker_socket.unlink(missing_ok=True)
+        cmd = [
+            require_tool("dockerd", "run the Docker engine"),
+            f"--data-root={data_root}",
+            f"--exec-root={exec_root}",
+            f"--pidfile={self.layout.run / 'dockerd.pid'}",
+            f"--host={self.url}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--storage-driver=overlay2",
+        ]
+        return self.spawn(cmd, dict(os.environ), self.layout.run, [exec_root])
+
+    def wait_ready(self, state: PidState) -> str:
+        return self._wait(state, DOCKER_START_TIMEOUT_S, self.probe)
+
+    def start(self) -> bool:
+        started = super().start()
+        self.ensure_base_image()
+        return started
+
+    def ensure_base_image(self) -> None:
+        inspect = self._docker("image", "inspect", DOCKER_BASE_IMAGE, "--format", "{{.Id}}")
+        if inspect is not None and inspect.returncode == 0:
+            return
+        debootstrap = require_tool("debootstrap", "make the servable base image")
+        root = self.layout.cache / "debootstrap"
+        shutil.rmtree(root, ignore_errors=True)
+        log(f"docker: making {DOCKER_BASE_IMAGE} with debootstrap (first run only, ~1 min)")
+        began = time.monotonic()
+        run_checked(
+            [
+                debootstrap,
+                "--variant=minbase",
+                "--include=python3,python3-venv",
+                DOCKER_BASE_SUITE,
+                str(root),
+            ],
+            "debootstrap",
+        )
+        docker = require_tool("docker", "import the base image")
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            run_checked(
+                [docker, "-H", self.url, "import", "-", DOCKER_BASE_IMAGE], "docker import", stdin=tar.stdout
+            )
+        finally:
+            if tar.stdout is not None:
+                tar.stdout.close()
+            tar.wait()
+        shutil.rmtree(root, ignore_errors=True)
+        log(f"docker: {DOCKER_BASE_IMAGE} made in {time.monotonic() - began:.0f} s")
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -807,6 +931,7 @@ def servers(layout: Layout, only: Sequence[str] | None, record: Path | None = No
     table: dict[str, Server] = {
         "mongodb": MongoDBServer(layout, record),
         "elasticsearch": ElasticsearchServer(layout, record),
+        "docker": DockerServer(layout, record),
     }
     return [table[name] for name in SERVERS if name in chosen]
 
@@ -860,6 +985,8 @@ def cmd_status(layout: Layout) -> int:
 def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_MONGODB_URL={layout.mongodb_url}")
     print(f"export DLHUB_TEST_ELASTICSEARCH_URL={layout.es_url}")
+    print(f"export DLHUB_TEST_DOCKER_URL={layout.docker_url}")
+    print(f"export DLHUB_TEST_DOCKER_BASE_IMAGE={DOCKER_BASE_IMAGE}")
     return 0
 
 
@@ -880,11 +1007,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the servers that are not already answering")
     start.add_argument(
-        "--only", action="append", metavar="NAME", help="mongodb or elasticsearch (repeatable)"
+        "--only", action="append", metavar="NAME", help="mongodb, elasticsearch or docker (repeatable)"
     )
     start.add_argument("--record", type=Path, metavar="FILE", help="append the names of the servers started")
     stop = sub.add_parser("stop", help="stop the servers this tooling started and remove their runtime dirs")
-    stop.add_argument("--only", action="append", metavar="NAME", help="mongodb or elasticsearch (repeatable)")
+    stop.add_argument(
+        "--only", action="append", metavar="NAME", help="mongodb, elasticsearch or docker (repeatable)"
+    )
     sub.add_parser("status", help="show each server and whether it answers (exit 3 if one is down)")
     sub.add_parser("env", help='print export lines for the test URLs (eval "$(scripts/test-servers env)")')
     args = parser.parse_args(argv)

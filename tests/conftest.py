@@ -75,6 +75,11 @@ def stack_env(home: Path) -> dict[str, str]:
             "DLHUB_HOME": str(home),
             "DLHUB_BUS__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
             "DLHUB_REGISTRY__MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            # The SDK-layout documents of the ML tests pin framework versions other than the installed ones
+            # (torch 2.4.0 ...); with per-servable environments those would each build a multi-GB venv. The
+            # shared stacks run them in the worker environment on purpose (recorded in environment.json);
+            # tests/test_environments.py and test_docker_backend.py start stacks with mode "auto".
+            "DLHUB_ENVIRONMENTS__MODE": "shared",
         }
     )
     env.pop("DLHUB_URL", None)

@@ -211,6 +211,64 @@ class BuilderConfig(BaseModel):
     max_files: PositiveInt = 10_000
 
 
+EnvironmentBackend = Literal["venv", "docker"]
+
+
+def _all_backends() -> list[EnvironmentBackend]:
+    return ["venv", "docker"]
+
+
+class EnvironmentsConfig(BaseModel):
+    """Per-servable environments (``dlhub.common.environments``): which servables get one, how they are built
+    (builder) and where they run (worker).
+
+    The rule (``mode = "auto"``): a servable that declares no dependencies (no ``dlhub.dependencies.python``
+    entry, no requirements.txt/pyproject.toml, no ``python_version``), or whose declared dependencies are all
+    installed at exactly the declared versions in the DLHub server's own environment, runs in the shared
+    worker environment as before (no build, no extra process, same latency); any other declaration gets its
+    own locked environment. ``"always"`` gives every servable its own environment; ``"shared"`` never does
+    (an explicit deployment choice for trusted, pre-provisioned workers: the declaration is still recorded in
+    the version's ``environment.json`` with the reason, and logged, never silently dropped).
+    """
+
+    mode: Literal["auto", "always", "shared"] = "auto"
+    backend: EnvironmentBackend = "venv"
+    """The deployment's backend for new environments; a servable may ask for another one with
+    ``dlhub.environment.backend`` when it is in ``allowed_backends``."""
+    allowed_backends: list[EnvironmentBackend] = Field(default_factory=_all_backends)
+    dir: Path | None = None
+    """Environment store (content-addressed by backend, Python version and lock); default
+    ``<data_dir>/envs``."""
+    interpreters: dict[str, str] = Field(default_factory=dict)
+    """Python ``"X.Y"`` -> interpreter path available to venv environments; default: the DLHub interpreter
+    only. A requested version not listed fails the build."""
+    installer: Literal["uv", "pip"] = "uv"
+    """uv locks and installs; ``pip`` installs an existing lock only (uv is still needed to lock)."""
+    index_url: str | None = None
+    """Package index; default pip's configuration (``PIP_INDEX_URL``, pip.conf), else PyPI."""
+    extra_index_urls: list[str] = Field(default_factory=list)
+    ca_bundle: Path | None = None
+    """Extra CA certificates for the index (proxies); default ``SSL_CERT_FILE`` or pip.conf's ``cert``."""
+    build_timeout_s: PositiveFloat = 900.0
+    """Whole environment build (lock + install, or image build); the registry's ``sync_timeout_s`` also
+    bounds a publish."""
+    max_env_bytes: PositiveInt = 4096 * MiB
+    """Disk quota of one environment (venv folder, or image size)."""
+    processes_per_environment: PositiveInt = 1
+    """Executor processes a worker keeps warm for each environment it serves."""
+    docker_url: str | None = None
+    """Docker engine; default ``DOCKER_HOST`` or the local socket."""
+    docker_base_image: str = "dlhub-base:bookworm"
+    docker_base_python: str = "3.11"
+    """The base image's ``python3`` version (a servable asking for another one fails to build)."""
+    docker_registry: str | None = None
+    """Push built images to this registry (``host:port/prefix``); workers pull from it when missing."""
+    docker_build_network: Literal["host", "none"] = "host"
+    """Network of the image build (pip reaches the index); never a bridge."""
+    docker_tmpfs_bytes: PositiveInt = 256 * MiB
+    docker_user: str = "65534:65534"
+
+
 class SearchConfig(BaseModel):
     """The search backend: embedded SQLite FTS5 (default) or Elasticsearch 8.
 
@@ -256,6 +314,7 @@ class DLHubSettings(BaseSettings):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
+    environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
@@ -272,6 +331,11 @@ class DLHubSettings(BaseSettings):
     def servable_dir(self) -> Path:
         """Where the builder extracts packages and the workers load them from."""
         return self.builder.servable_dir or self.worker.servable_dir or self.data_dir / "servables"
+
+    @property
+    def environments_dir(self) -> Path:
+        """Where per-servable environments are built (venvs) and recorded."""
+        return self.environments.dir or self.data_dir / "envs"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> DLHubSettings:

@@ -90,6 +90,14 @@ class BuildFailed(DLHubError):
     http_status = 422
 
 
+class EnvironmentUnavailable(DLHubError):
+    """The servable's environment cannot run here (no Docker engine, a missing interpreter, a failed
+    rebuild from its lock)."""
+
+    code = "environment_unavailable"
+    http_status = 503
+
+
 class ServableNotReady(DLHubError):
     code = "servable_not_ready"
     http_status = 409
@@ -156,6 +164,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         PayloadTooLarge,
         UnsafePackage,
         BuildFailed,
+        EnvironmentUnavailable,
         ServableNotReady,
         TaskTimeout,
         NoHandler,

@@ -33,6 +33,9 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     files: list[str]
     size_bytes: int
     path: str
+    environment: str = ""
+    """The environment id the version runs in ("" for the shared worker environment); added later, so
+    optional."""
 
 
 class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):

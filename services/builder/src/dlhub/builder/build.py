@@ -17,15 +17,38 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
 from dlhub.common.config import DLHubSettings
-from dlhub.common.errors import BuildFailed, Conflict, PayloadTooLarge, UnsafePackage, ValidationFailed
+from dlhub.common.environments import (
+    BUILD_RECORD_FILENAME,
+    ENVIRONMENT_FILENAME,
+    BuildLog,
+    EnvironmentRecord,
+    record_json,
+)
+from dlhub.common.errors import (
+    BuildFailed,
+    Conflict,
+    DLHubError,
+    PayloadTooLarge,
+    UnsafePackage,
+    ValidationFailed,
+)
 from dlhub.common.ids import NAME_RE
 from dlhub.common.logging import get_logger
 from dlhub.common.payloads import BuildOutcome, BuildRequest
-from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
+from dlhub.common.servable_store import (
+    FILES_DIRNAME,
+    METADATA_FILENAME,
+    build_record_path,
+    staging_dir,
+    version_dir,
+)
+
+if TYPE_CHECKING:
+    from dlhub.builder.environments import EnvironmentBuilder
 
 log = get_logger(__name__)
 
@@ -170,23 +193,35 @@ def _log_dependencies(request: BuildRequest) -> None:
     dlhub = request.metadata.get("dlhub")
     dependencies = dlhub.get("dependencies") if isinstance(dlhub, Mapping) else None
     if dependencies:
-        # Per-servable environments come later; the worker's own environment is used for now.
+        # Only without an EnvironmentBuilder (library use, unit tests): the service always has one.
         log.info(
-            "declared dependencies not installed; using the worker environment",
+            "no environment builder: declared dependencies not installed; using the worker environment",
             servable=f"{request.owner}/{request.name}@{request.version}",
             dependencies=dependencies,
         )
 
 
-def build_version(request: BuildRequest, root: Path, limits: BuildLimits) -> BuildOutcome:
-    """Validate, extract, check, digest and publish one version; blocking (run it off the event loop)."""
+def build_version(
+    request: BuildRequest,
+    root: Path,
+    limits: BuildLimits,
+    environments: EnvironmentBuilder | None = None,
+) -> BuildOutcome:
+    """Validate, extract, check, digest, build the environment and publish one version; blocking (run it
+    off the event loop). The build record (``build_record_path``) follows the states and keeps the log."""
     validate_request(request, limits)
     paths = declared_files(request.metadata)
-    _log_dependencies(request)
+    servable = f"{request.owner}/{request.name}@{request.version}"
+    build_log: BuildLog | None = None
+    if environments is None:
+        _log_dependencies(request)
+    else:
+        build_log = BuildLog(servable, build_record_path(root, request.owner, request.name, request.version))
     staging_root = staging_dir(root)
     staging_root.mkdir(parents=True, exist_ok=True)
     prefix = f"{request.owner}.{request.name}.{request.version}."
     staged = Path(tempfile.mkdtemp(prefix=prefix, dir=staging_root))
+    environment: EnvironmentRecord | None = None
     try:
         files_dir = staged / FILES_DIRNAME
         files_dir.mkdir()
@@ -200,18 +235,42 @@ def build_version(request: BuildRequest, root: Path, limits: BuildLimits) -> Bui
         write_metadata(staged, request.metadata)
         digest, files, size_bytes = compute_digest(files_dir)
         target = version_dir(root, request.owner, request.name, request.version)
-        created = publish(staged, target, digest, request.metadata)
+        if target.exists() and _same_version(target, digest, request.metadata):
+            created = False  # an identical rebuild: its environment was built with it
+        else:
+            if environments is not None and build_log is not None:
+                environment = environments.prepare(request.metadata, files_dir, build_log)
+                if environment.kind == "isolated":
+                    (staged / ENVIRONMENT_FILENAME).write_bytes(record_json(environment))
+                build_log.set_state("ready")
+                (staged / BUILD_RECORD_FILENAME).write_bytes(record_json(build_log.record))
+            # mkdtemp made it 0700: a version is readable by whoever can reach the store, including the
+            # unprivileged user of a docker environment's containers (which mount the store read-only).
+            os.chmod(staged, 0o755)
+            created = publish(staged, target, digest, request.metadata)
+    except Exception as exc:
+        if build_log is not None:
+            message = exc.message if isinstance(exc, DLHubError) else f"{type(exc).__name__}: {exc}"
+            build_log.set_state("failed", error=message)
+        raise
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
     log.info(
         "version built" if created else "version already built",
-        servable=f"{request.owner}/{request.name}@{request.version}",
+        servable=servable,
         digest=digest,
         files=len(files),
         size_bytes=size_bytes,
+        environment=environment.id if environment is not None and environment.id else "shared",
     )
-    return BuildOutcome(digest=digest, files=files, size_bytes=size_bytes, path=str(target))
+    return BuildOutcome(
+        digest=digest,
+        files=files,
+        size_bytes=size_bytes,
+        path=str(target),
+        environment=environment.id if environment is not None else "",
+    )
 
 
 def sweep_staging(root: Path, *, older_than_s: float = STALE_STAGING_S) -> int:

@@ -10,6 +10,7 @@ from typing import Final
 import structlog
 
 from dlhub.builder.build import BuildLimits, build_version
+from dlhub.builder.environments import EnvironmentBuilder
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.common.errors import BuildFailed, DLHubError
@@ -26,14 +27,27 @@ BUILD_CAPACITY: Final = 2
 class BuilderService:
     """Handles ``builder/build`` dispatches; errors are raised as typed ``DLHubError``s."""
 
-    def __init__(self, *, root: Path, limits: BuildLimits, codec: Codec) -> None:
+    def __init__(
+        self,
+        *,
+        root: Path,
+        limits: BuildLimits,
+        codec: Codec,
+        environments: EnvironmentBuilder | None = None,
+    ) -> None:
         self.root = root
         self.limits = limits
         self.codec = codec
+        self.environments = environments
 
     @classmethod
     def from_settings(cls, settings: DLHubSettings, codec: Codec) -> BuilderService:
-        return cls(root=settings.servable_dir, limits=BuildLimits.from_settings(settings), codec=codec)
+        return cls(
+            root=settings.servable_dir,
+            limits=BuildLimits.from_settings(settings),
+            codec=codec,
+            environments=EnvironmentBuilder.from_settings(settings),
+        )
 
     async def handle(self, dispatch: Dispatch) -> Result:
         request = decode_payload(dispatch.inputs, BuildRequest)
@@ -41,7 +55,9 @@ class BuilderService:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(task_id=dispatch.task_id, servable=servable):
             try:
-                outcome = await asyncio.to_thread(build_version, request, self.root, self.limits)
+                outcome = await asyncio.to_thread(
+                    build_version, request, self.root, self.limits, self.environments
+                )
             except DLHubError as exc:
                 log.warning("build failed", code=exc.code, reason=exc.message)
                 raise

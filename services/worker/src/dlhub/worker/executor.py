@@ -300,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     reader, writer = _private_pipes()
-    # NumPy is a hard dependency of most servables and of the ndarray codec: pay its import before the first
-    # task rather than during it.
-    import numpy  # noqa: F401
+    # NumPy is a dependency of most servables and of the ndarray codec: pay its import before the first task
+    # rather than during it. A servable's own environment may not have it (nor need it).
+    with contextlib.suppress(ImportError):
+        import numpy  # noqa: F401
 
     executor = Executor(
         max_message_bytes=args.max_message_bytes, cache_size=args.cache_size, file_limits=file_limits

@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
-
-import httpx
 
 from dlhub.common.errors import DLHubError
 from dlhub.common.filerefs import has_files, map_files
+
+if TYPE_CHECKING:
+    import httpx
 
 CHUNK_BYTES: Final = 256 * 1024
 ALLOWED_SCHEMES: Final = frozenset({"http", "https"})
@@ -89,6 +90,12 @@ class TaskFiles:
         description = method_spec.get("input")
         if not has_files(description):
             return inputs
+        try:
+            # Imported here: the executor also runs in servables' own environments, which need httpx only
+            # for file inputs.
+            import httpx
+        except ImportError as exc:
+            raise FileFetchFailed("file inputs need httpx in the servable's environment") from exc
         with httpx.Client(follow_redirects=True, max_redirects=self.limits.max_redirects) as client:
             return map_files(description, inputs, lambda path, value: self._fetch(client, path, value))
 
@@ -98,6 +105,8 @@ class TaskFiles:
         return self._directory
 
     def _fetch(self, client: httpx.Client, path: str, value: Any) -> str:
+        import httpx
+
         url = value.get("url") if isinstance(value, dict) else None
         if not isinstance(url, str):
             raise FileFetchFailed(f'{path}: expected a file reference {{"url": ...}}', field=path)
@@ -132,6 +141,8 @@ class TaskFiles:
     def _download(
         self, client: httpx.Client, url: str, headers: dict[str, str], path: str, host: str
     ) -> Path:
+        import httpx
+
         limits = self.limits
         deadline = time.monotonic() + limits.timeout_s
         with client.stream("GET", url, headers=headers, timeout=limits.timeout_s) as response:

@@ -23,7 +23,7 @@ import itertools
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -101,6 +101,11 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+ExecutorCommand = Callable[[list[str]], list[str]]
+"""Executor arguments -> the full command line of one executor process (its environment's interpreter, or a
+``docker run``); default ``python -m dlhub.worker.executor ARGS``."""
+
+
 class NotStarted(Exception):
     """The executor process ended before it read this request, so it can safely run elsewhere."""
 
@@ -132,19 +137,23 @@ class ExecutorProcess:
         cache_size: int,
         startup_timeout_s: float,
         file_limits: FileLimits | None = None,
+        command: ExecutorCommand | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ExecutorProcess:
-        process = await asyncio.create_subprocess_exec(
-            python,
-            "-m",
-            "dlhub.worker.executor",
+        args = [
             "--max-message-bytes",
             str(max_message_bytes),
             "--cache-size",
             str(cache_size),
             *(file_limits or FileLimits()).as_args(),
+        ]
+        argv = command(args) if command is not None else [python, "-m", "dlhub.worker.executor", *args]
+        process = await asyncio.create_subprocess_exec(
+            *argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=STREAM_LIMIT_BYTES,
+            env=dict(env) if env is not None else None,
         )
         child = cls(slot=slot, process=process, max_message_bytes=max_message_bytes)
         try:
@@ -275,6 +284,9 @@ class ExecutorPool:
         startup_timeout_s: float = 60.0,
         python: str = sys.executable,
         file_limits: FileLimits | None = None,
+        command: ExecutorCommand | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str = "shared",
     ) -> None:
         if processes < 1:
             raise ValueError("an executor pool needs at least one process")
@@ -287,6 +299,10 @@ class ExecutorPool:
         self.startup_timeout_s = startup_timeout_s
         self.python = python
         self.file_limits = file_limits or FileLimits()
+        self.command = command
+        self.env = env
+        self.name = name
+        """The environment this pool's processes run in (logs)."""
         self.respawns = 0
         self._slots: list[ExecutorProcess | None] = [None] * processes
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -310,7 +326,13 @@ class ExecutorPool:
         if failures:
             await self.close()
             raise failures[0]
-        log.info("executor pool started", processes=self.processes, depth=self.depth, pids=self.pids)
+        log.info(
+            "executor pool started",
+            environment=self.name,
+            processes=self.processes,
+            depth=self.depth,
+            pids=self.pids,
+        )
 
     async def _spawn(self, slot: int) -> ExecutorProcess:
         return await ExecutorProcess.spawn(
@@ -320,6 +342,8 @@ class ExecutorPool:
             cache_size=self.cache_size,
             startup_timeout_s=self.startup_timeout_s,
             file_limits=self.file_limits,
+            command=self.command,
+            env=self.env,
         )
 
     def _adopt(self, child: ExecutorProcess) -> None:

@@ -20,6 +20,7 @@ from dlhub.common.logging import get_logger
 from dlhub.common.messages import Dispatch, ErrorInfo, Result, Timings
 from dlhub.common.servable_store import METADATA_FILENAME, version_dir
 from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
+from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutionBackend, ExecutorPool
 from dlhub.worker.protocol import ExecReply
@@ -29,13 +30,18 @@ log = get_logger(__name__)
 POLICY_CACHE_SIZE = 4096
 
 
+def file_limits_of(settings: DLHubSettings) -> FileLimits:
+    config = settings.worker
+    return FileLimits(
+        config.file_fetch_max_bytes, config.file_fetch_timeout_s, config.file_fetch_max_redirects
+    )
+
+
 def make_backend(settings: DLHubSettings) -> ExecutionBackend:
     """The configured execution back end: local executor processes, or Parsl (imported only when used)."""
     config = settings.worker
     max_message_bytes = settings.bus.max_message_bytes
-    file_limits = FileLimits(
-        config.file_fetch_max_bytes, config.file_fetch_timeout_s, config.file_fetch_max_redirects
-    )
+    file_limits = file_limits_of(settings)
     if config.backend == "parsl":
         from dlhub.worker.parsl_backend import ParslBackend
 
@@ -77,6 +83,9 @@ class WorkerService:
         if self.batching:
             allowance = config.batch_max_size if config.batch_capacity is None else config.batch_capacity
         self.pool = pool or make_backend(settings)
+        self.environments = EnvironmentPools(settings, shared=self.pool, file_limits=file_limits_of(settings))
+        """Versions with their own environment run in its pool (``environments.py``); the others in
+        ``self.pool``."""
         self.capacity = self.pool.processes * config.tasks_per_process + allowance
         self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
         self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
@@ -114,7 +123,8 @@ class WorkerService:
         return policy
 
     async def _run_batch(self, key: BatchKey, inputs: msgspec.Raw, timeout_s: float | None) -> ExecReply:
-        return await self.pool.execute(
+        backend = self.environments.cached(key.version_dir) or self.pool
+        return await backend.execute(
             task_id=f"batch-{next(self._batch_ids)}",
             servable=key.servable,
             version_dir=key.version_dir,
@@ -154,6 +164,13 @@ class WorkerService:
                     dispatch, TaskTimeout("the task reached the worker after its deadline"), start
                 )
         queue_ms = 0.0
+        backend = self.environments.cached(str(directory))
+        if backend is None:
+            try:
+                backend = await self.environments.backend_for(directory)
+            except DLHubError as exc:
+                log.warning("environment unavailable", servable=servable, code=exc.code, error=exc.message)
+                return self._failure(dispatch, exc, start)
         policy = self.batch_policy(directory, dispatch.method)
         rows = peek_rows(dispatch.inputs) if policy is not None else None
         try:
@@ -162,7 +179,7 @@ class WorkerService:
                 outcome = await self.batcher.submit(key, policy, dispatch.inputs, rows, timeout_s)
                 reply, queue_ms = outcome.reply, outcome.queue_ms
             else:  # not batchable, or already a full batch on its own: straight to the pool, undecoded
-                reply = await self.pool.execute(
+                reply = await backend.execute(
                     task_id=dispatch.task_id,
                     servable=servable,
                     version_dir=str(directory),
@@ -235,6 +252,7 @@ class WorkerService:
             await self.handler.run()
         finally:
             await self.batcher.close()
+            await self.environments.close()
             await self.pool.close()
 
     async def stop(self) -> None:
