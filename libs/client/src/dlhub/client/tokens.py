@@ -25,8 +25,9 @@ def require_server(what: str) -> None:
     """Raise ServerNotInstalled unless the server distributions are importable here."""
     if importlib.util.find_spec("dlhub.registry") is None:
         raise ServerNotInstalled(
-            f"{what}, which is not installed here (this is the SDK-only dlhub-client): "
-            "install the full server (the `dlhub` distribution; from a checkout, `./scripts/up` does it), or use a DLHub server's URL and a token from it"
+            f"{what}, which is not installed here (this is the SDK-only dlhub-client): install the full "
+            "server (the `dlhub` distribution; from a checkout, `./scripts/up` does it), or use a DLHub "
+            "server's URL and a token from it"
         )
 
 
