@@ -33,6 +33,7 @@ from dlhub.common.messages import (
     ErrorInfo,
     Heartbeat,
     Message,
+    Progress,
     Reconnect,
     Register,
     Registered,
@@ -337,6 +338,17 @@ class HandlerService:
             return
         handler(message)
 
+    def report(self, task_id: str, step: int, payload: msgspec.Raw) -> bool:
+        """Send a ``Progress`` report for a task this handler is running (event-loop thread only).
+
+        Best effort: False when there is no connection or the report cannot be encoded."""
+        try:
+            frame = self.codec.encode(Progress(task_id=task_id, step=step, payload=payload))
+        except InvalidMessage as exc:
+            self._log.warning("progress report not sent", task_id=task_id, reason=exc.message)
+            return False
+        return self._dealer is not None and self._dealer.send(frame)
+
     def _on_registered(self, message: Registered) -> None:
         self._log.info("registered with broker", topics=self.topics, capacity=self.capacity)
         self._registered.set()
@@ -398,6 +410,7 @@ class _PendingCall:
     future: asyncio.Future[Result]
     sent_at: float
     on_started: Callable[[Started], None] | None = None
+    on_progress: Callable[[Progress], None] | None = None
 
 
 @dataclass(slots=True)
@@ -422,6 +435,7 @@ class BusClient:
         self._table: dict[type[Message], Callable[[Any], None]] = {
             Result: self._on_result,
             Started: self._on_started,
+            Progress: self._on_progress,
             StatsReply: self._on_stats,
             Heartbeat: lambda _msg: None,
             Reconnect: self._on_reconnect,
@@ -458,8 +472,10 @@ class BusClient:
         timeout_s: float,
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> Result:
-        """Submit ``inputs`` along ``route`` and await the final Result.
+        """Submit ``inputs`` along ``route`` and await the final Result; ``on_progress`` gets the handlers'
+        ``Progress`` reports while the task runs.
 
         A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``.
         """
@@ -483,7 +499,7 @@ class BusClient:
             return failed_result(task_id, exc.code, exc.message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        pending[task_id] = _PendingCall(future, time.monotonic(), on_started)
+        pending[task_id] = _PendingCall(future, time.monotonic(), on_started, on_progress)
         # A plain timer on the future rather than asyncio.wait_for: the same deadline for less work on the
         # request path (no waiter future, no extra callbacks).
         timer = loop.call_later(timeout_s + self.grace_s, _expire, future, task_id, timeout_s)
@@ -591,6 +607,15 @@ class BusClient:
             call.on_started(started)
         except Exception:
             self._log.exception("on_started callback failed", task_id=started.task_id)
+
+    def _on_progress(self, progress: Progress) -> None:
+        call = self._state.pending.get(progress.task_id)
+        if call is None or call.on_progress is None:
+            return
+        try:
+            call.on_progress(progress)
+        except Exception:
+            self._log.exception("on_progress callback failed", task_id=progress.task_id)
 
     def _on_stats(self, reply: StatsReply) -> None:
         future = self._state.stats.get(reply.request_id)

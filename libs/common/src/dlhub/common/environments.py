@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -50,6 +50,7 @@ import msgspec
 
 from dlhub.common.config import EnvironmentsConfig
 from dlhub.common.errors import BuildFailed, EnvironmentUnavailable
+from dlhub.common.payloads import BuildEvent, BuildRecord, BuildState, StateChange
 
 ENVIRONMENT_FILENAME: Final = "environment.json"
 BUILD_RECORD_FILENAME: Final = "build.json"
@@ -59,8 +60,6 @@ MAX_MESSAGE_CHARS: Final = 6000
 _NAME_NORMALIZE: Final = re.compile(r"[-_.]+")
 _OPERATORS: Final = ("==", "!=", "<=", ">=", "~=", "<", ">", "===")
 _REQUIREMENT_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._ -]*\])?\s*([<>=!~;].*)?$")
-
-BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]
 
 
 def normalize_name(name: str) -> str:
@@ -82,39 +81,36 @@ class EnvironmentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     base_image: str = ""
 
 
-class StateChange(msgspec.Struct, kw_only=True):
-    state: BuildState
-    at_unix_s: float
-
-
-class BuildRecord(msgspec.Struct, kw_only=True):
-    """The build of one version: its states with timestamps and the full log (resolver/installer output)."""
-
-    servable: str
-    state: BuildState = "queued"
-    states: list[StateChange] = msgspec.field(default_factory=list)
-    environment: str = ""
-    error: str = ""
-    log: list[str] = msgspec.field(default_factory=list)
+BuildListener = Callable[[BuildEvent], None]
+"""Told of every state change and log line as it happens (the builder relays them to the registry)."""
 
 
 class BuildLog:
     """Appends to a ``BuildRecord`` and saves it (atomically) after every state change."""
 
-    def __init__(self, servable: str, path: Path | None = None) -> None:
+    def __init__(
+        self, servable: str, path: Path | None = None, listener: BuildListener | None = None
+    ) -> None:
         self.record = BuildRecord(servable=servable)
         self.path = path
+        self.listener = listener
         self.set_state("queued")
 
     def set_state(self, state: BuildState, error: str = "") -> None:
+        at_unix_s = time.time()
         self.record.state = state
-        self.record.states.append(StateChange(state=state, at_unix_s=time.time()))
+        self.record.states.append(StateChange(state=state, at_unix_s=at_unix_s))
         if error:
             self.record.error = error
         self.save()
+        if self.listener is not None:
+            self.listener(BuildEvent(state=state, at_unix_s=at_unix_s, error=error))
 
     def line(self, text: str) -> None:
-        self.record.log.extend(text.rstrip("\n").splitlines() or [""])
+        lines = text.rstrip("\n").splitlines() or [""]
+        self.record.log.extend(lines)
+        if self.listener is not None:
+            self.listener(BuildEvent(lines=lines))
 
     def save(self) -> None:
         if self.path is None:

@@ -98,6 +98,17 @@ class Started(Message, tag="started"):
     handler_id: str
 
 
+class Progress(Message, tag="progress"):
+    """Handler -> broker -> client: a partial report of a running task (a build's states and log lines).
+
+    Best effort and ordered per task; the broker forwards it only while the task is running on the handler
+    that sends it. Never a substitute for the task's ``Result``."""
+
+    task_id: str
+    step: int = 0
+    payload: msgspec.Raw = NIL
+
+
 class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A typed failure: ``code`` is a DLHub error code; ``exception_type`` the servable's own exception."""
 
@@ -160,6 +171,7 @@ AnyMessage = (
     | Submit
     | Dispatch
     | Started
+    | Progress
     | Result
     | StatsRequest
     | StatsReply

@@ -38,6 +38,34 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     optional."""
 
 
+BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]
+
+
+class StateChange(msgspec.Struct, kw_only=True):
+    state: BuildState
+    at_unix_s: float
+
+
+class BuildRecord(msgspec.Struct, kw_only=True):
+    """The build of one version: its states with timestamps and the full log (resolver/installer output)."""
+
+    servable: str
+    state: BuildState = "queued"
+    states: list[StateChange] = msgspec.field(default_factory=list)
+    environment: str = ""
+    error: str = ""
+    log: list[str] = msgspec.field(default_factory=list)
+
+
+class BuildEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Builder -> registry, a list of them per ``Progress`` report: a state change or new log lines."""
+
+    state: BuildState | None = None
+    at_unix_s: float = 0.0
+    error: str = ""
+    lines: list[str] = msgspec.field(default_factory=list)
+
+
 class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What the search service indexes for one servable (its latest visible version).
 

@@ -36,6 +36,7 @@ from dlhub.common.messages import (
     HandlerInfo,
     Heartbeat,
     Message,
+    Progress,
     Reconnect,
     Register,
     Registered,
@@ -81,6 +82,7 @@ class Broker:
         self._table: dict[type[Message], MessageHandler] = {
             Submit: self._on_submit,
             Result: self._on_result,
+            Progress: self._on_progress,
             Heartbeat: self._on_heartbeat,
             Register: self._on_register,
             Unregister: self._on_unregister,
@@ -304,6 +306,15 @@ class Broker:
         )
         self.tasks[msg.task_id] = task
         self._route(task, now)
+
+    def _on_progress(self, identity: bytes, msg: Progress, now: float) -> None:
+        """Forward a running task's progress to its client; stale or foreign reports are dropped."""
+        handler = self.handlers.get(identity)
+        task = self.tasks.get(msg.task_id)
+        if handler is None or task is None or task.handler is not handler or task.step != msg.step:
+            log.debug("dropping progress for unknown or finished task", task_id=msg.task_id)
+            return
+        self._reply(task.client, msg)
 
     def _on_result(self, identity: bytes, msg: Result, now: float) -> None:
         handler = self.handlers.get(identity)

@@ -33,6 +33,7 @@ async def serve(settings: DLHubSettings) -> None:
         capacity=BUILD_CAPACITY,
         handle=builder.handle,
     )
+    builder.reporter = handler.report
     ready = {"topics": [BUILDER_TOPIC], "servable_dir": str(settings.servable_dir)}
     await serve_until_signalled(handler, settings, ready_fields=ready)
 

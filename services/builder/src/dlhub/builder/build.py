@@ -24,6 +24,7 @@ from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
     BUILD_RECORD_FILENAME,
     ENVIRONMENT_FILENAME,
+    BuildListener,
     BuildLog,
     EnvironmentRecord,
     record_json,
@@ -206,17 +207,19 @@ def build_version(
     root: Path,
     limits: BuildLimits,
     environments: EnvironmentBuilder | None = None,
+    listener: BuildListener | None = None,
 ) -> BuildOutcome:
     """Validate, extract, check, digest, build the environment and publish one version; blocking (run it
-    off the event loop). The build record (``build_record_path``) follows the states and keeps the log."""
+    off the event loop). The build record (``build_record_path``) follows the states and keeps the log;
+    ``listener`` hears each state change and log line as it happens."""
+    # Names become paths: they are checked before anything (the build record included) is written.
     validate_request(request, limits)
-    paths = declared_files(request.metadata)
     servable = f"{request.owner}/{request.name}@{request.version}"
-    build_log: BuildLog | None = None
+    record_path = build_record_path(root, request.owner, request.name, request.version)
+    build_log = BuildLog(servable, record_path, listener)
+    paths = declared_files(request.metadata)
     if environments is None:
         _log_dependencies(request)
-    else:
-        build_log = BuildLog(servable, build_record_path(root, request.owner, request.name, request.version))
     staging_root = staging_dir(root)
     staging_root.mkdir(parents=True, exist_ok=True)
     prefix = f"{request.owner}.{request.name}.{request.version}."
@@ -231,6 +234,7 @@ def build_version(
             files_dir,
             ExtractLimits(max_extracted_bytes=limits.max_extracted_bytes, max_files=limits.max_files),
         )
+        build_log.line(f"extracted the package ({len(request.package)} bytes, {request.package_format})")
         check_declared_files(files_dir, paths)
         write_metadata(staged, request.metadata)
         digest, files, size_bytes = compute_digest(files_dir)
@@ -238,20 +242,21 @@ def build_version(
         if target.exists() and _same_version(target, digest, request.metadata):
             created = False  # an identical rebuild: its environment was built with it
         else:
-            if environments is not None and build_log is not None:
+            if environments is not None:
                 environment = environments.prepare(request.metadata, files_dir, build_log)
                 if environment.kind == "isolated":
                     (staged / ENVIRONMENT_FILENAME).write_bytes(record_json(environment))
-                build_log.set_state("ready")
-                (staged / BUILD_RECORD_FILENAME).write_bytes(record_json(build_log.record))
+            else:
+                build_log.line("no environment builder: the version runs in the worker environment")
+            build_log.set_state("ready")
+            (staged / BUILD_RECORD_FILENAME).write_bytes(record_json(build_log.record))
             # mkdtemp made it 0700: a version is readable by whoever can reach the store, including the
             # unprivileged user of a docker environment's containers (which mount the store read-only).
             os.chmod(staged, 0o755)
             created = publish(staged, target, digest, request.metadata)
     except Exception as exc:
-        if build_log is not None:
-            message = exc.message if isinstance(exc, DLHubError) else f"{type(exc).__name__}: {exc}"
-            build_log.set_state("failed", error=message)
+        message = exc.message if isinstance(exc, DLHubError) else f"{type(exc).__name__}: {exc}"
+        build_log.set_state("failed", error=message)
         raise
     finally:
         if staged.exists():
