@@ -3,8 +3,8 @@
 Handlers parse into and answer with these; ``openapi`` generates the document's components from them
 (``msgspec.json.schema_components``), so the schema cannot drift from the code. A field that is sometimes
 absent from an answer is ``X | UnsetType`` (left out when unset); fields that are always present but may
-be null are ``X | None``. Structs named ``*Document`` describe free-form JSON the registry passes through
-(publication documents, DataCite records): they exist for the schema only.
+be null are ``X | None``. ``PublicationDocument`` and ``DataCite`` describe free-form JSON the registry
+passes through (publication documents, DataCite records): they exist for the schema only.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ class DataCiteCreator(Struct, kw_only=True):
 Objects = list[dict[str, Any]]
 
 
-class DataCiteDocument(Struct, kw_only=True, rename={"schema_version": "schemaVersion"}):
+class DataCite(Struct, kw_only=True, rename={"schema_version": "schemaVersion"}):
     """DataCite 4.x metadata of one version (kernel-4 field names)."""
 
     schema_version: str | UnsetType = UNSET
@@ -443,7 +443,7 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Timings,
     VerifyReport,
     SearchResults,
-    DataCiteDocument,
+    DataCite,
     ReindexOutcome,
     Health,
     Blob,

@@ -139,7 +139,7 @@ _CITATION_RESPONSES = {
         "'registered', a Withdrawn date and description, url = this citation)",
         "content": {
             "application/x-bibtex": {"schema": {"type": "string"}},
-            JSON: {"schema": _ref(c.DataCiteDocument)},
+            JSON: {"schema": _ref(c.DataCite)},
         },
     },
     **_errors(400, 401, 404),
@@ -300,7 +300,10 @@ def build_openapi() -> dict[str, Any]:
                 "operationId": "describeVersion",
                 "summary": "Describe one version (410 when deleted)",
                 "security": _OPTIONAL_AUTH,
-                "responses": {"200": _response("The version", _ref(c.Servable)), **_errors(401, 404, 410)},
+                "responses": {
+                    "200": _response("The version", _ref(c.Servable)),
+                    **_errors(400, 401, 404, 410),
+                },
             },
             "delete": {
                 "operationId": "deleteVersion",
@@ -308,7 +311,7 @@ def build_openapi() -> dict[str, Any]:
                 "security": _SECURED,
                 "responses": {
                     "200": _response("Versions deleted by this request", _ref(c.Deleted)),
-                    **_errors(401, 403, 404, 410),
+                    **_errors(400, 401, 403, 404, 410),
                 },
             },
         },
@@ -388,7 +391,7 @@ def build_openapi() -> dict[str, Any]:
                 "operationId": "verifyServableVersion",
                 "summary": "Re-run the published test vectors of a pinned version (409 unless ready)",
                 "security": _OPTIONAL_AUTH,
-                "responses": _VERIFY_RESPONSES,
+                "responses": {**_VERIFY_RESPONSES, **_errors(400)},
             },
         },
         "/pipelines/run": {
