@@ -213,9 +213,9 @@ _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _OPTIONAL_AUTH: list[dict[str, list[str]]] = [{}, {"bearerAuth": []}]
 
 
-def build_openapi() -> dict[str, Any]:
-    """Return the OpenAPI document as a dict."""
-    paths: dict[str, Any] = {
+def _service_paths() -> dict[str, Any]:
+    """Health and this document."""
+    return {
         "/health": {
             "get": {
                 "operationId": "health",
@@ -232,6 +232,12 @@ def build_openapi() -> dict[str, Any]:
                 "responses": {"200": _response("The OpenAPI document", {"type": "object"})},
             }
         },
+    }
+
+
+def _servable_paths() -> dict[str, Any]:
+    """Publishing, listing, describing, updating and deleting servables."""
+    return {
         "/servables": {
             "post": {
                 "operationId": "publish",
@@ -294,6 +300,12 @@ def build_openapi() -> dict[str, Any]:
                 "responses": {"200": _response("Versions", _ref(c.VersionList)), **_errors(401, 404)},
             },
         },
+    }
+
+
+def _version_paths() -> dict[str, Any]:
+    """One version: describe, delete, (un)deprecate, and citations."""
+    return {
         "/servables/{owner}/{name}/versions/{version}": {
             "parameters": [OWNER, NAME, VERSION],
             "get": {
@@ -354,6 +366,12 @@ def build_openapi() -> dict[str, Any]:
                 "responses": _CITATION_RESPONSES,
             },
         },
+    }
+
+
+def _run_paths() -> dict[str, Any]:
+    """Runs, verification and pipelines."""
+    return {
         "/servables/{owner}/{name}/run": {
             "parameters": [OWNER, NAME],
             "post": {
@@ -403,6 +421,12 @@ def build_openapi() -> dict[str, Any]:
                 "responses": _RUN_RESPONSES,
             },
         },
+    }
+
+
+def _task_and_search_paths() -> dict[str, Any]:
+    """Tasks and search."""
+    return {
         "/tasks/{task_id}": {
             "parameters": [_param("task_id", "path", {"type": "string"}, "Task id")],
             "get": {
@@ -432,6 +456,17 @@ def build_openapi() -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """Return the OpenAPI document as a dict."""
+    paths: dict[str, Any] = {
+        **_service_paths(),
+        **_servable_paths(),
+        **_version_paths(),
+        **_run_paths(),
+        **_task_and_search_paths(),
         **_blob_paths(),
     }
     return {
