@@ -203,6 +203,25 @@ def test_servable_answers_match_the_schema(stack: StackInfo, published: str) -> 
     )
 
 
+def test_verify_update_and_delete_answers_match_the_schema(stack: StackInfo, published: str) -> None:
+    base = f"{stack.api}/servables/{published}"
+    report = answer(httpx.post(f"{base}/verify", timeout=60), "/servables/{owner}/{name}/verify", "post", 200)
+    assert report["passed"] is True
+    described = httpx.get(base, timeout=10).json()
+    update = httpx.put(base, json=described["metadata"], headers=auth(stack), timeout=30)
+    accepted = answer(update, "/servables/{owner}/{name}", "put", 202)
+    assert accepted["version"] == 2
+    wait_for(
+        lambda: (
+            httpx.get(stack.url + accepted["status_url"], headers=auth(stack)).json()["state"] == "completed"
+        ),
+        120,
+        "the second build",
+    )
+    deleted = httpx.delete(f"{base}/versions/2", headers=auth(stack), timeout=30)
+    assert answer(deleted, "/servables/{owner}/{name}/versions/{version}", "delete", 200) == {"deleted": [2]}
+
+
 def test_run_answers_match_the_schema(stack: StackInfo, published: str) -> None:
     run = f"{stack.api}/servables/{published}/run"
     body = {"inputs": [1, 2, 3]}
