@@ -38,9 +38,9 @@ from pymongo import AsyncMongoClient
 from dlhub.client.metadata import python_function_document
 from dlhub.common.config import LoggingConfig, StoreConfig
 from dlhub.common.logging import configure_logging
-from dlhub.registry.mongo_store import MongoMetadataStore, redact_url
-from dlhub.registry.sqlite_store import SQLiteMetadataStore
 from dlhub.registry.store import MetadataStore
+from dlhub.registry.store.mongo import MongoMetadataStore, redact_url
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
 from loadtest.common import embedded_stack, write_results
 
 META: dict[str, Any] = {"dlhub": {"name": "bench", "visible_to": ["public"]}, "datacite": {"titles": []}}

@@ -33,7 +33,8 @@ from dlhub.registry.citation import (
     datacite_json,
     publication_year,
 )
-from dlhub.registry.handlers_citation import api_base
+from dlhub.registry.http.citations import api_base
+from dlhub.registry.http.keys import SETTINGS
 from dlhub.registry.identifiers import (
     DOI_PLACEHOLDER,
     doi_of,
@@ -44,7 +45,6 @@ from dlhub.registry.identifiers import (
     related_dois,
     validate_identifiers,
 )
-from dlhub.registry.keys import SETTINGS
 from dlhub.registry.metadata import search_document, validate_publication
 from dlhub.registry.store import VersionRecord
 from tests.conftest import StackInfo, unique, wait_for

@@ -14,8 +14,8 @@ from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from dlhub.common.config import RegistryConfig
 from dlhub.registry.memo import ENTRY_OVERHEAD_BYTES, Memo, MemoLRU, MemoStep, is_deterministic, memo_key
-from dlhub.registry.sqlite_store import SQLiteMetadataStore
 from dlhub.registry.store import VersionRecord
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
 from tests.conftest import StackInfo, wait_for
 
 # -- the LRU -------------------------------------------------------------------------------------------------

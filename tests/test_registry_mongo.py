@@ -23,13 +23,13 @@ from pymongo.errors import DuplicateKeyError
 
 from dlhub.common.config import RegistryConfig, StoreConfig, load_settings
 from dlhub.common.errors import ERRORS_BY_CODE, StoreUnavailable
-from dlhub.registry.app import create_app
 from dlhub.registry.auth import create_token, hash_token
-from dlhub.registry.backends import make_store
-from dlhub.registry.keys import STORE
-from dlhub.registry.mongo_store import MongoMetadataStore, redact_url
+from dlhub.registry.clock import now_ms
+from dlhub.registry.http.app import create_app
+from dlhub.registry.http.keys import STORE
 from dlhub.registry.store import TaskRecord
-from dlhub.registry.tasks import now_ms
+from dlhub.registry.store.factory import make_store
+from dlhub.registry.store.mongo import MongoMetadataStore, redact_url
 from tests.conftest import free_port, is_ferretdb
 from tests.mongo_helpers import (
     FerretDBProcess,

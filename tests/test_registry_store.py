@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from dlhub.common.config import StoreConfig, load_settings
-from dlhub.registry.backends import make_store
-from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.store.factory import make_store
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
 
 
 async def test_default_backend_is_a_wal_file_in_the_data_dir(tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from dlhub.common.codec import Codec
 from dlhub.common.errors import Unauthorized, ValidationFailed
 from dlhub.common.messages import ErrorInfo, Result, Timings
 from dlhub.registry.auth import Authenticator, create_token, hash_token, revoke_token
-from dlhub.registry.mongo_store import MongoMetadataStore
-from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.clock import now_ms
 from dlhub.registry.store import MetadataStore, TaskRecord, TokenRecord
-from dlhub.registry.tasks import TaskTable, now_ms
+from dlhub.registry.store.mongo import MongoMetadataStore
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
+from dlhub.registry.tasks import TaskTable
 from tests.mongo_helpers import drop_database, mongo_config, resolve_mongodb_url, unique_database
 
 META = {"dlhub": {"name": "m", "visible_to": ["public"]}}

@@ -15,9 +15,9 @@ from dlhub.common import event_loop
 from dlhub.common.config import DLHubSettings, load_settings
 from dlhub.common.errors import DLHubError, StoreUnavailable
 from dlhub.common.logging import configure_logging, get_logger
-from dlhub.registry.app import create_app
 from dlhub.registry.auth import create_or_reuse_token
-from dlhub.registry.routes import API_PREFIX
+from dlhub.registry.http.app import create_app
+from dlhub.registry.urls import API_PREFIX
 
 log = get_logger("dlhub.registry")
 

@@ -101,7 +101,7 @@ async def create_or_reuse_token(
 
     ``python -m dlhub.registry token create`` runs this; the CLI (``dlhub token create``, ``dlhub up``) calls
     that entry point rather than importing the registry, so the SDK installs without the server."""
-    from dlhub.registry.backends import make_store
+    from dlhub.registry.store.factory import make_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(settings)

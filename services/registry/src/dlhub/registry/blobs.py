@@ -33,11 +33,12 @@ from dlhub.common.errors import Forbidden, NotFound, PayloadTooLarge, Unauthoriz
 from dlhub.common.filerefs import has_files, map_files
 from dlhub.common.logging import get_logger
 from dlhub.registry.auth import Caller
+from dlhub.registry.clock import now_ms
 from dlhub.registry.store import VersionRecord
+from dlhub.registry.urls import API_PREFIX
 
 log = get_logger(__name__)
 
-API_PREFIX: Final = "/api/v1"
 KEY_FILENAME: Final = ".signing-key"
 STALE_TEMP_S: Final = 3600.0
 _BLOB_ID = re.compile(r"\A[0-9a-f]{32}\Z")
@@ -56,10 +57,6 @@ class BlobInfo(msgspec.Struct, kw_only=True):
 
     def expired(self, now_ms: int) -> bool:
         return now_ms >= self.expires_at_ms
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def safe_filename(name: str | None) -> str:

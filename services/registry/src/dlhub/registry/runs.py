@@ -16,22 +16,26 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
+from dlhub.common import messages
 from dlhub.common.codec import Codec, encode_body, to_json
 from dlhub.common.config import DLHubSettings
 from dlhub.common.errors import BrokerUnavailable, InvalidMessage, Unauthorized, ValidationFailed
 from dlhub.common.ids import new_id, servable_topic
 from dlhub.common.logging import get_logger
-from dlhub.common.messages import Result, RouteStep, Started, Timings
+from dlhub.common.messages import Result, RouteStep, Started
 from dlhub.registry.argtypes import UNCHECKED, check_run_inputs
 from dlhub.registry.auth import Caller
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.blobs import resolve_file_inputs
 from dlhub.registry.memo import Memo, MemoStep, is_deterministic
+from dlhub.registry.outcomes import TaskError, Timings, error_dict, task_error, timings_dict
 from dlhub.registry.pipelines import (
+    MAX_PIPELINE_STEPS,
     StepSpec,
     check_step_count,
     is_pipeline,
@@ -41,34 +45,73 @@ from dlhub.registry.pipelines import (
 from dlhub.registry.ports import Bus
 from dlhub.registry.servables import Servables, deprecation_warning
 from dlhub.registry.store import TaskRecord, VersionRecord
-from dlhub.registry.tasks import TaskTable, error_dict, timings_dict
+from dlhub.registry.tasks import TaskTable
 
 log = get_logger(__name__)
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
-class RunBody(msgspec.Struct, kw_only=True):
-    inputs: Any = None
+Inputs = Annotated[Any, msgspec.Meta(description="Any JSON value (msgpack: NumPy arrays as the extension)")]
+Memoize = Annotated[
+    bool, msgspec.Meta(description="false: skip the result cache lookup (the fresh result is still stored)")
+]
+
+
+class RunRequest(msgspec.Struct, kw_only=True):
+    """The body of ``POST .../run``; ``inputs`` is required (``null`` is a value)."""
+
+    inputs: Inputs
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     method: str = "run"
     asynchronous: bool = False
     timeout_s: PositiveFloat | None = None
-    memoize: bool = True
+    memoize: Memoize = True
 
 
-class PipelineStepBody(msgspec.Struct, kw_only=True):
-    servable: str
+class PipelineStep(msgspec.Struct, kw_only=True):
+    servable: Annotated[str, msgspec.Meta(description="owner/name or owner/name@version")]
     method: str = "run"
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class PipelineBody(msgspec.Struct, kw_only=True):
-    steps: list[PipelineStepBody]
-    inputs: Any = None
+class PipelineRequest(msgspec.Struct, kw_only=True):
+    """The body of ``POST /pipelines/run``: each step's output feeds the next."""
+
+    steps: Annotated[
+        list[PipelineStep], msgspec.Meta(extra_json_schema={"minItems": 1, "maxItems": MAX_PIPELINE_STEPS})
+    ]
+    inputs: Inputs = None
     asynchronous: bool = False
     timeout_s: PositiveFloat | None = None
-    memoize: bool = True
+    memoize: Memoize = True
+
+
+Warnings = Annotated[
+    list[str],
+    msgspec.Meta(
+        description="Present when a version run is deprecated: '<owner>/<name>@<v> is deprecated: <reason>'"
+    ),
+]
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    """The 200 answer of a synchronous run (JSON, or msgpack when asked for)."""
+
+    task_id: str
+    state: Literal["completed", "failed"]
+    output: msgspec.Raw | UnsetType = UNSET
+    error: TaskError | UnsetType = UNSET
+    timings: Timings
+    servable: Annotated[
+        str,
+        msgspec.Meta(
+            description="owner/name@version (a published pipeline's own; comma-separated steps for "
+            "/pipelines/run)"
+        ),
+    ]
+    cached: Annotated[bool, msgspec.Meta(description="answered from the result cache (memoization)")]
+    warnings: Warnings | UnsetType = UNSET
 
 
 @dataclass(slots=True)
@@ -177,9 +220,9 @@ class Runs:
         )
 
     async def prepare_run(
-        self, caller: Caller, owner: str, name: str, version: int | None, body: RunBody
+        self, caller: Caller, owner: str, name: str, version: int | None, body: RunRequest
     ) -> Submission:
-        self.check_may_run(caller)
+        """Validate a run of ``owner/name`` (``check_may_run`` has passed) into a Submission."""
         record = await self._servables.runnable(caller, owner, name, version)
         if is_pipeline(record.metadata):
             return await self._prepare_published_pipeline(caller, record, body)
@@ -196,8 +239,8 @@ class Runs:
             **_deprecations([record]),
         )
 
-    async def prepare_pipeline(self, caller: Caller, body: PipelineBody) -> Submission:
-        self.check_may_run(caller)
+    async def prepare_pipeline(self, caller: Caller, body: PipelineRequest) -> Submission:
+        """Validate an ad-hoc pipeline (``check_may_run`` has passed) into a Submission."""
         steps = [StepSpec(s.servable, s.method, s.parameters) for s in body.steps]
         expansion = await self._expand(caller, steps, body.inputs, "steps")
         first = expansion.records[0]
@@ -213,7 +256,7 @@ class Runs:
         )
 
     async def _prepare_published_pipeline(
-        self, caller: Caller, record: VersionRecord, body: RunBody
+        self, caller: Caller, record: VersionRecord, body: RunRequest
     ) -> Submission:
         """A run of a published pipeline: its pinned steps expanded into one route, like /pipelines/run."""
         if body.method != "run":
@@ -311,27 +354,32 @@ class Runs:
     def sync_response_body(self, outcome: SyncOutcome, started: float, *, msgpack: bool = False) -> bytes:
         """Encode the 200 body as JSON or msgpack; ``request_ms`` is measured up to this point."""
         result = outcome.result
-        body: dict[str, Any] = {"task_id": outcome.task_id}
         output = msgspec.Raw(outcome.output) if outcome.output is not None else result.output
-        if msgpack and result.ok:
-            body["state"] = "completed"
-            body["output"] = output  # the worker's msgpack as it came, arrays as the extension type
-        elif result.ok:
-            try:
-                body["state"] = "completed"
-                body["output"] = msgspec.Raw(to_json(self._codec.decode_value(output)))
-            except InvalidMessage as exc:
-                body["state"] = "failed"
-                body["error"] = {"type": exc.code, "message": exc.message}
+        answer = RunResult(
+            task_id=outcome.task_id,
+            state="completed" if result.ok else "failed",
+            timings=Timings(
+                inference_ms=result.timings.inference_ms,
+                invocation_ms=result.timings.invocation_ms,
+                queue_ms=result.timings.queue_ms,
+                request_ms=0.0,
+            ),
+            servable=outcome.servable,
+            cached=outcome.cached,
+            warnings=list(outcome.warnings) if outcome.warnings else UNSET,
+        )
+        if not result.ok:
+            answer.error = task_error(error_dict(result.error))
+        elif msgpack:
+            answer.output = output  # the worker's msgpack as it came, arrays as the extension type
         else:
-            body["state"] = "failed"
-            body["error"] = error_dict(result.error)
-        body["timings"] = timings_dict(result.timings, (time.perf_counter() - started) * 1000.0)
-        body["servable"] = outcome.servable
-        body["cached"] = outcome.cached
-        if outcome.warnings:
-            body["warnings"] = list(outcome.warnings)
-        return encode_body(body) if msgpack else self._json.encode(body)
+            try:
+                answer.output = msgspec.Raw(to_json(self._codec.decode_value(output)))
+            except InvalidMessage as exc:
+                answer.state = "failed"
+                answer.error = TaskError(type=exc.code, message=exc.message)
+        answer.timings.request_ms = (time.perf_counter() - started) * 1000.0
+        return encode_body(answer) if msgpack else self._json.encode(answer)
 
     async def submit_async(self, caller: Caller, submission: Submission) -> TaskRecord:
         """Create the task and run it in the background; a memo hit returns the task already completed."""
@@ -343,7 +391,7 @@ class Runs:
         if cached is not None:
             request_ms = (time.perf_counter() - started) * 1000.0
             output = to_json(self._codec.decode_value(cached))
-            timings = timings_dict(Timings(), request_ms)
+            timings = timings_dict(messages.Timings(), request_ms)
             return await self._tasks.complete(task, output=output, timings=timings)
         self._background.spawn(self._run_async(task, submission), name=f"run {task.task_id}")
         return task

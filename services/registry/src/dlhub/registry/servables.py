@@ -35,13 +35,15 @@ from dlhub.common.payloads import (
 )
 from dlhub.registry.auth import Caller, caller_for
 from dlhub.registry.background import BackgroundTasks
-from dlhub.registry.cache import VersionCache
+from dlhub.registry.clock import iso_ms, now_ms
 from dlhub.registry.metadata import normalise_publication, search_document, validate_publication
+from dlhub.registry.outcomes import error_dict
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
 from dlhub.registry.ports import Bus
 from dlhub.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
-from dlhub.registry.tasks import TaskTable, error_dict, iso_ms, now_ms
+from dlhub.registry.store.cache import VersionCache
+from dlhub.registry.tasks import TaskTable
 from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
 
 log = get_logger(__name__)
@@ -516,25 +518,3 @@ def newest_live(versions: Sequence[VersionRecord], owner: str, name: str) -> Ver
         if not record.deleted:
             return record
     raise Gone(f"servable {owner}/{name} was deleted")
-
-
-def version_fields(v: VersionRecord) -> dict[str, Any]:
-    """Lifecycle fields shared by describe and the versions list."""
-    out: dict[str, Any] = {
-        "version": v.version,
-        "status": v.status,
-        "published_at": iso_ms(v.published_at_ms),
-        "deprecated": v.deprecated,
-    }
-    if v.deprecated:
-        out["deprecation_reason"] = v.deprecation_reason
-        out["deprecation_replacement"] = v.deprecation_replacement or None
-        out["deprecated_at"] = iso_ms(v.deprecated_at_ms) if v.deprecated_at_ms else None
-    if v.deleted:
-        out["deleted_at"] = iso_ms(v.deleted_at_ms) if v.deleted_at_ms else None
-        out["deleted_by"] = v.deleted_by
-    return out
-
-
-def version_summaries(versions: Sequence[VersionRecord]) -> list[dict[str, Any]]:
-    return [version_fields(v) for v in versions]

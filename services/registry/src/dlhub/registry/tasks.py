@@ -9,78 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
-import time
 from typing import Any
 
-import msgspec
-
-from dlhub.common.codec import Codec, to_json
+from dlhub.common.codec import Codec
 from dlhub.common.errors import InvalidMessage
 from dlhub.common.logging import get_logger
-from dlhub.common.messages import ErrorInfo, Result, Timings
+from dlhub.common.messages import Result
+from dlhub.registry.clock import now_ms
+from dlhub.registry.outcomes import error_dict, output_json, timings_dict
 from dlhub.registry.store import MetadataStore, TaskKind, TaskRecord
 
 log = get_logger(__name__)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def iso_ms(epoch_ms: int) -> str:
-    """Render epoch milliseconds as an ISO 8601 UTC timestamp."""
-    return dt.datetime.fromtimestamp(epoch_ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
-
-
-def error_dict(error: ErrorInfo | None) -> dict[str, Any]:
-    """The JSON shape of a task failure (``error.type`` is the DLHub error code)."""
-    if error is None:
-        return {"type": "dlhub_error", "message": "the task failed without an error description"}
-    out: dict[str, Any] = {
-        "type": error.code,
-        "message": error.message,
-        "exception_type": error.exception_type,
-        "traceback": error.traceback,
-    }
-    if error.step >= 0:
-        out["step"] = error.step
-    if error.topic:
-        out["topic"] = error.topic
-    return out
-
-
-def timings_dict(timings: Timings, request_ms: float) -> dict[str, float]:
-    return {
-        "inference_ms": timings.inference_ms,
-        "invocation_ms": timings.invocation_ms,
-        "queue_ms": timings.queue_ms,
-        "request_ms": request_ms,
-    }
-
-
-def output_json(codec: Codec, result: Result) -> bytes:
-    """Convert a Result's msgpack output to JSON bytes (NumPy arrays become nested lists)."""
-    return to_json(codec.decode_value(result.output))
-
-
-def task_view(task: TaskRecord) -> dict[str, Any]:
-    """The JSON shape of ``GET /tasks/{id}`` (output embedded as already-encoded JSON)."""
-    view: dict[str, Any] = {
-        "task_id": task.task_id,
-        "kind": task.kind,
-        "state": task.state,
-        "servable": task.servable,
-        "created_at": iso_ms(task.created_at_ms),
-        "updated_at": iso_ms(task.updated_at_ms),
-    }
-    if task.output_json is not None:
-        view["output"] = msgspec.Raw(task.output_json)
-    if task.error is not None:
-        view["error"] = task.error
-    if task.timings is not None:
-        view["timings"] = task.timings
-    return view
 
 
 class TaskTable:

@@ -27,9 +27,9 @@ from dlhub.common.ids import servable_topic
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import RouteStep, Timings
 from dlhub.registry.argtypes import check_run_inputs
+from dlhub.registry.outcomes import output_json, timings_dict
 from dlhub.registry.ports import Bus
 from dlhub.registry.store import VersionRecord
-from dlhub.registry.tasks import output_json, timings_dict
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiosqlite
 import msgspec
 
-from dlhub.registry.store import (
+from dlhub.registry.store.interface import (
     MetadataStore,
     PackageFormat,
     TaskKind,

@@ -9,11 +9,11 @@ from dlhub.registry.store import MetadataStore
 def make_store(settings: DLHubSettings) -> MetadataStore:
     """Return an unopened store for ``settings.store.backend``."""
     if settings.store.backend == "sqlite":
-        from dlhub.registry.sqlite_store import SQLiteMetadataStore
+        from dlhub.registry.store.sqlite import SQLiteMetadataStore
 
         return SQLiteMetadataStore(settings.store_sqlite_path)
     if settings.store.backend == "mongodb":
-        from dlhub.registry.mongo_store import MongoMetadataStore
+        from dlhub.registry.store.mongo import MongoMetadataStore
 
         return MongoMetadataStore(settings.store)
     raise ValueError(f"unknown store backend {settings.store.backend!r}")

@@ -9,13 +9,14 @@ from aiohttp import web
 from dlhub.common.errors import NotFound
 from dlhub.registry.auth import Caller
 from dlhub.registry.citation import bibtex, datacite_json
-from dlhub.registry.handlers_servables import API_PREFIX, caller_of
-from dlhub.registry.http_utils import choice_query, json_response
-from dlhub.registry.keys import SERVABLES, SETTINGS
+from dlhub.registry.http.contract import CitationQuery
+from dlhub.registry.http.keys import SERVABLES, SETTINGS
+from dlhub.registry.http.query import parse_query
+from dlhub.registry.http.request import caller_of, version_of
+from dlhub.registry.http.response import json_response
 from dlhub.registry.store import VersionRecord
+from dlhub.registry.urls import API_PREFIX
 
-FORMATS: Final = ("bibtex", "datacite")
-DEFAULT_FORMAT: Final = "bibtex"
 BIBTEX_CONTENT_TYPE: Final = "application/x-bibtex"
 
 
@@ -31,7 +32,7 @@ def api_base(request: web.Request) -> str:
 
 async def _citation(request: web.Request, version: int | None) -> web.Response:
     caller = await caller_of(request)
-    fmt = choice_query(request, "format", FORMATS) or DEFAULT_FORMAT
+    fmt = parse_query(request, CitationQuery).format
     owner, name = request.match_info["owner"], request.match_info["name"]
     record = await _cited(request, caller, owner, name, version)
     base = api_base(request)
@@ -64,4 +65,4 @@ async def citation_latest(request: web.Request) -> web.Response:
 
 async def citation_version(request: web.Request) -> web.Response:
     """The citation of one version, deleted or not (404 when unknown or not visible)."""
-    return await _citation(request, int(request.match_info["version"]))
+    return await _citation(request, version_of(request))

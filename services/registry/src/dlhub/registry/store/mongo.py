@@ -55,7 +55,7 @@ from pymongo.errors import (
 from dlhub.common.config import StoreConfig
 from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
-from dlhub.registry.store import (
+from dlhub.registry.store.interface import (
     MetadataStore,
     PackageFormat,
     TaskKind,

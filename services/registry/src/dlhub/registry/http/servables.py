@@ -1,54 +1,51 @@
-"""Handlers for publishing, describing, updating and deleting servables."""
+"""Servables: publish, list, describe, update, delete and (un)deprecate versions."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from dlhub.common.errors import ValidationFailed
-from dlhub.registry.auth import Caller
-from dlhub.registry.http_utils import (
-    decode_json,
-    int_query,
-    json_response,
-    read_json_bytes,
-    read_upload,
-    str_query,
+from dlhub.registry.clock import iso_ms
+from dlhub.registry.http.contract import (
+    MAX_REASON_CHARS,
+    Deleted,
+    DeprecateRequest,
+    Deprecation,
+    PublishAccepted,
+    Servable,
+    ServableList,
+    ServablesQuery,
+    ServableSummary,
+    VersionList,
+    VersionSummary,
 )
-from dlhub.registry.keys import AUTH, SERVABLES, SETTINGS
+from dlhub.registry.http.keys import AUTH, SERVABLES, SETTINGS
+from dlhub.registry.http.query import page_size, parse_query
+from dlhub.registry.http.request import caller_of, decode_json, read_json_bytes, read_upload, version_of
+from dlhub.registry.http.response import json_response
 from dlhub.registry.metadata import title_of
 from dlhub.registry.packages import detect_format
 from dlhub.registry.pipelines import PIPELINE_TYPE, is_pipeline
-from dlhub.registry.servables import newest_live, version_fields, version_summaries
+from dlhub.registry.servables import newest_live
 from dlhub.registry.store import VersionRecord
-from dlhub.registry.tasks import iso_ms
-
-API_PREFIX = "/api/v1"
-
-
-async def caller_of(request: web.Request) -> Caller:
-    return await request.app[AUTH].authenticate(request.headers.get("Authorization"))
-
-
-def _version_arg(request: web.Request) -> int:
-    return int(request.match_info["version"])
+from dlhub.registry.urls import task_url
 
 
 def publish_response(record: VersionRecord) -> web.Response:
-    return json_response(
-        {
-            "owner": record.owner,
-            "name": record.name,
-            "version": record.version,
-            "shorthand_name": record.shorthand_name,
-            "task_id": record.build_task_id,
-            "status": record.status,
-            "status_url": f"{API_PREFIX}/tasks/{record.build_task_id}",
-        },
-        status=202,
+    accepted = PublishAccepted(
+        owner=record.owner,
+        name=record.name,
+        version=record.version,
+        shorthand_name=record.shorthand_name,
+        task_id=record.build_task_id,
+        status=record.status,
+        status_url=task_url(record.build_task_id),
     )
+    return json_response(accepted, status=202)
 
 
 def _kind(record: VersionRecord) -> dict[str, Any]:
@@ -58,36 +55,55 @@ def _kind(record: VersionRecord) -> dict[str, Any]:
     return {"type": str((record.metadata.get("dlhub") or {}).get("type") or "servable")}
 
 
-def describe(record: VersionRecord, versions: list[VersionRecord]) -> dict[str, Any]:
-    return _kind(record) | {
-        "owner": record.owner,
-        "name": record.name,
-        "version": record.version,
-        "shorthand_name": record.shorthand_name,
-        "status": record.status,
-        "status_reason": record.status_reason,
-        "digest": record.digest,
-        "files": list(record.files),
-        "published_at": iso_ms(record.published_at_ms),
-        "deprecated": record.deprecated,
-        "deprecation_reason": record.deprecation_reason if record.deprecated else None,
-        "deprecation_replacement": record.deprecation_replacement or None,
-        "metadata": record.metadata,
-        "versions": version_summaries(versions),
-    }
+def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary:
+    """Lifecycle fields shared by describe and the versions list (``detail``: with reason and digest)."""
+    summary = VersionSummary(
+        version=v.version, status=v.status, published_at=iso_ms(v.published_at_ms), deprecated=v.deprecated
+    )
+    if detail:
+        summary.status_reason, summary.digest = v.status_reason, v.digest
+    if v.deprecated:
+        summary.deprecation_reason = v.deprecation_reason
+        summary.deprecation_replacement = v.deprecation_replacement or None
+        summary.deprecated_at = iso_ms(v.deprecated_at_ms) if v.deprecated_at_ms else None
+    if v.deleted:
+        summary.deleted_at = iso_ms(v.deleted_at_ms) if v.deleted_at_ms else None
+        summary.deleted_by = v.deleted_by
+    return summary
 
 
-def summary(record: VersionRecord) -> dict[str, Any]:
-    return _kind(record) | {
-        "owner": record.owner,
-        "name": record.name,
-        "version": record.version,
-        "shorthand_name": record.shorthand_name,
-        "status": record.status,
-        "published_at": iso_ms(record.published_at_ms),
-        "deprecated": record.deprecated,
-        "title": title_of(record.metadata),
-    }
+def describe(record: VersionRecord, versions: Sequence[VersionRecord]) -> Servable:
+    return Servable(
+        **_kind(record),
+        owner=record.owner,
+        name=record.name,
+        version=record.version,
+        shorthand_name=record.shorthand_name,
+        status=record.status,
+        status_reason=record.status_reason,
+        digest=record.digest,
+        files=list(record.files),
+        published_at=iso_ms(record.published_at_ms),
+        deprecated=record.deprecated,
+        deprecation_reason=record.deprecation_reason if record.deprecated else None,
+        deprecation_replacement=record.deprecation_replacement or None,
+        metadata=record.metadata,
+        versions=[version_summary(v) for v in versions],
+    )
+
+
+def summary(record: VersionRecord) -> ServableSummary:
+    return ServableSummary(
+        **_kind(record),
+        owner=record.owner,
+        name=record.name,
+        version=record.version,
+        shorthand_name=record.shorthand_name,
+        status=record.status,
+        published_at=iso_ms(record.published_at_ms),
+        deprecated=record.deprecated,
+        title=title_of(record.metadata),
+    )
 
 
 async def _document_and_package(request: web.Request) -> tuple[Any, bytes | None, str | None]:
@@ -152,16 +168,15 @@ async def update(request: web.Request) -> web.Response:
 async def list_servables(request: web.Request) -> web.Response:
     """GET /servables?owner=&limit=&offset=: the newest visible version of each servable."""
     caller = await caller_of(request)
-    search = request.app[SETTINGS].search
-    limit = int_query(
-        request, "limit", default=search.default_page_size, minimum=1, maximum=search.max_page_size
+    query = parse_query(request, ServablesQuery)
+    limit = page_size(request, query.limit)
+    owner = query.owner or None
+    records = await request.app[SERVABLES].list_latest(caller, owner)
+    page = records[query.offset : query.offset + limit]
+    listing = ServableList(
+        total=len(records), limit=limit, offset=query.offset, servables=[summary(r) for r in page]
     )
-    offset = int_query(request, "offset", default=0, minimum=0, maximum=2**31)
-    records = await request.app[SERVABLES].list_latest(caller, str_query(request, "owner"))
-    page = records[offset : offset + limit]
-    return json_response(
-        {"total": len(records), "limit": limit, "offset": offset, "servables": [summary(r) for r in page]}
-    )
+    return json_response(listing)
 
 
 async def describe_latest(request: web.Request) -> web.Response:
@@ -177,7 +192,7 @@ async def describe_version(request: web.Request) -> web.Response:
     owner, name = request.match_info["owner"], request.match_info["name"]
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
-    record = await servables.describe_target(caller, owner, name, _version_arg(request))
+    record = await servables.describe_target(caller, owner, name, version_of(request))
     return json_response(describe(record, versions))
 
 
@@ -185,15 +200,10 @@ async def list_versions(request: web.Request) -> web.Response:
     caller = await caller_of(request)
     owner, name = request.match_info["owner"], request.match_info["name"]
     versions = await request.app[SERVABLES].visible_versions(caller, owner, name)
-    return json_response(
-        {
-            "owner": owner,
-            "name": name,
-            "versions": [
-                version_fields(v) | {"status_reason": v.status_reason, "digest": v.digest} for v in versions
-            ],
-        }
+    listing = VersionList(
+        owner=owner, name=name, versions=[version_summary(v, detail=True) for v in versions]
     )
+    return json_response(listing)
 
 
 async def _delete(request: web.Request, version: int | None) -> web.Response:
@@ -201,7 +211,7 @@ async def _delete(request: web.Request, version: int | None) -> web.Response:
     user = request.app[AUTH].require_user(caller)
     owner, name = request.match_info["owner"], request.match_info["name"]
     deleted = await request.app[SERVABLES].delete(caller, user=user, owner=owner, name=name, version=version)
-    return json_response({"deleted": deleted})
+    return json_response(Deleted(deleted=deleted))
 
 
 async def delete_servable(request: web.Request) -> web.Response:
@@ -209,28 +219,17 @@ async def delete_servable(request: web.Request) -> web.Response:
 
 
 async def delete_version(request: web.Request) -> web.Response:
-    version = _version_arg(request)
-    if version < 1:
-        raise ValidationFailed("version numbers start at 1", field="version")
-    return await _delete(request, version)
-
-
-class DeprecateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    reason: str = ""
-    replacement: str | None = None
-
-
-MAX_REASON_CHARS = 2000
+    return await _delete(request, version_of(request))
 
 
 async def _set_deprecated(request: web.Request, deprecated: bool) -> web.Response:
     caller = await caller_of(request)
     user = request.app[AUTH].require_user(caller)
     owner, name = request.match_info["owner"], request.match_info["name"]
-    body = DeprecateBody()
+    body = DeprecateRequest()
     if deprecated and request.can_read_body:  # the body is optional
         raw = await read_json_bytes(request, max_bytes=request.app[SETTINGS].registry.max_request_json_bytes)
-        body = decode_json(raw, DeprecateBody)
+        body = decode_json(raw, DeprecateRequest)
         if len(body.reason) > MAX_REASON_CHARS:
             raise ValidationFailed(f"reason is longer than {MAX_REASON_CHARS} characters", field="reason")
     record = await request.app[SERVABLES].set_deprecated(
@@ -238,15 +237,16 @@ async def _set_deprecated(request: web.Request, deprecated: bool) -> web.Respons
         user=user,
         owner=owner,
         name=name,
-        version=_version_arg(request),
+        version=version_of(request),
         deprecated=deprecated,
         reason=body.reason,
         replacement=body.replacement or "",
     )
-    return json_response(
-        {"owner": record.owner, "name": record.name, "shorthand_name": record.shorthand_name}
-        | version_fields(record)
+    fields = msgspec.structs.asdict(version_summary(record))
+    deprecation = Deprecation(
+        owner=record.owner, name=record.name, shorthand_name=record.shorthand_name, **fields
     )
+    return json_response(deprecation)
 
 
 async def deprecate_version(request: web.Request) -> web.Response:

@@ -1,11 +1,8 @@
-"""Small request/response helpers shared by the handlers: JSON bodies, multipart uploads, query values."""
+"""Reading requests: the caller, path arguments, JSON and msgpack bodies, multipart uploads."""
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -14,34 +11,42 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from dlhub.common.codec import decode_body
 from dlhub.common.errors import DLHubError, PayloadTooLarge, ValidationFailed
+from dlhub.registry.auth import Caller
+from dlhub.registry.http.keys import AUTH
+from dlhub.registry.http.response import MSGPACK_TYPES
 
 T = TypeVar("T")
 
-_encoder = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING_RE = re.compile(
+    r"^Object missing required field `(?P<name>[^`]*)`(?: - at `\$\.?(?P<path>[^`]*)`)?$"
+)
 CHUNK_BYTES = 1024 * 1024
+FORM = "application/x-www-form-urlencoded"
 
 
-def json_response(data: Any, *, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=_encoder.encode(data), content_type="application/json")
+async def caller_of(request: web.Request) -> Caller:
+    """Who is asking, from the ``Authorization`` header (anonymous without one; 401 when it is invalid)."""
+    return await request.app[AUTH].authenticate(request.headers.get("Authorization"))
 
 
-def raw_json_response(body: bytes, *, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, content_type="application/json")
+def version_of(request: web.Request) -> int:
+    """The ``{version}`` path argument: the route only matches digits, and numbering starts at 1."""
+    version = int(request.match_info["version"])
+    if version < 1:
+        raise ValidationFailed("version numbers start at 1", field="version")
+    return version
 
 
-MSGPACK = "application/msgpack"
-MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
-
-
-def raw_msgpack_response(body: bytes, *, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body, content_type=MSGPACK)
-
-
-def wants_msgpack(request: web.Request) -> bool:
-    """Whether the client asked for a msgpack answer (``Accept: application/msgpack``)."""
-    accept = request.headers.get("Accept", "")
-    return "msgpack" in accept and any(kind in accept for kind in MSGPACK_TYPES)
+def field_of(error: msgspec.ValidationError) -> str | None:
+    """The path msgspec names in a validation error (``inputs``, ``steps[0].servable``), if any."""
+    message = str(error)
+    missing = _MISSING_RE.match(message)
+    if missing:
+        prefix = missing.group("path")
+        return f"{prefix}.{missing.group('name')}" if prefix else missing.group("name")
+    match = _PATH_RE.search(message)
+    return match.group("path") if match and match.group("path") else None
 
 
 def _is_json(content_type: str) -> bool:
@@ -55,8 +60,13 @@ def _check_length(request: web.Request, max_bytes: int) -> None:
 
 
 async def read_json_bytes(request: web.Request, *, max_bytes: int) -> bytes:
-    """Return the raw JSON body after checking its content type and size."""
-    if not _is_json(request.content_type):
+    """Return the raw JSON body after checking its content type and size.
+
+    ``curl -d`` labels a body ``application/x-www-form-urlencoded`` unless told otherwise; such a body is
+    taken as JSON when it parses as JSON, since a JSON endpoint has no use for form fields.
+    """
+    form = request.content_type == FORM
+    if not (form or _is_json(request.content_type)):
         raise ValidationFailed(
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
             field="Content-Type",
@@ -67,7 +77,20 @@ async def read_json_bytes(request: web.Request, *, max_bytes: int) -> bytes:
         raise PayloadTooLarge(f"the request body exceeds the limit of {max_bytes} bytes")
     if not body.strip():
         raise ValidationFailed("the request body is empty; expected a JSON object")
+    if form and not _parses_as_json(body):
+        raise ValidationFailed(
+            f"expected Content-Type application/json, got {FORM} with a body that is not JSON",
+            field="Content-Type",
+        )
     return body
+
+
+def _parses_as_json(body: bytes) -> bool:
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 async def read_run_body(request: web.Request, type_: type[T], *, max_bytes: int) -> T:
@@ -84,10 +107,7 @@ async def read_run_body(request: web.Request, type_: type[T], *, max_bytes: int)
     try:
         return decode_body(body, type_)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH_RE.search(message)
-        field = match.group("path") if match and match.group("path") else None
-        raise ValidationFailed(f"invalid request body: {message}", field=field) from None
+        raise ValidationFailed(f"invalid request body: {exc}", field=field_of(exc)) from None
     except (msgspec.DecodeError, DLHubError) as exc:
         raise ValidationFailed(f"malformed msgpack in the request body: {exc}") from None
     except (ValueError, TypeError) as exc:  # an ndarray extension whose header does not fit its buffer
@@ -99,10 +119,7 @@ def decode_json(body: bytes, type_: type[T], *, what: str = "request body") -> T
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH_RE.search(message)
-        field = match.group("path") if match and match.group("path") else None
-        raise ValidationFailed(f"invalid {what}: {message}", field=field) from None
+        raise ValidationFailed(f"invalid {what}: {exc}", field=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"malformed JSON in the {what}: {exc}") from None
 
@@ -164,82 +181,3 @@ async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_byte
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"malformed JSON in the metadata part: {exc}", field="metadata") from None
     return Upload(metadata=metadata, package=package, filename=filename)
-
-
-def int_query(request: web.Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer, got {text!r}", field=name) from None
-    if not minimum <= value <= maximum:
-        raise ValidationFailed(f"{name} must be between {minimum} and {maximum}", field=name)
-    return value
-
-
-def str_query(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
-    return value if value else None
-
-
-def choice_query(request: web.Request, name: str, choices: Sequence[str]) -> str | None:
-    """One of ``choices`` or None when absent; anything else is a 400 naming the parameter."""
-    value = str_query(request, name)
-    if value is not None and value not in choices:
-        raise ValidationFailed(f"{name} must be one of {', '.join(choices)}, got {value!r}", field=name)
-    return value
-
-
-def list_query(request: web.Request, name: str, choices: Sequence[str]) -> list[str]:
-    """A comma-separated subset of ``choices`` (order kept, duplicates dropped); 400 on unknown values."""
-    text = request.query.get(name, "")
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in choices]
-    if unknown:
-        raise ValidationFailed(
-            f"{name}: unknown value(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of {', '.join(choices)}",
-            field=name,
-        )
-    return list(dict.fromkeys(values))
-
-
-def time_query(request: web.Request, name: str, *, end_of_day: bool = False) -> float | None:
-    """Epoch seconds from an ISO 8601 date or date-time (UTC unless it has an offset) or a number.
-
-    A date without a time means the start of that day (UTC), or its last millisecond with ``end_of_day``,
-    so ``published_to=2024-05-31`` includes the whole of May 31st.
-    """
-    text = (request.query.get(name) or "").strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise ValidationFailed(f"{name} must be finite epoch seconds, got {text!r}", field=name)
-        return seconds
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        if end_of_day:
-            start += timedelta(days=1, milliseconds=-1)
-        return start.timestamp()
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or date-time (2024-05-31, 2024-05-31T12:00:00Z) or epoch "
-            f"seconds, got {text!r}",
-            field=name,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

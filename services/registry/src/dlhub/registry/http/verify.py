@@ -1,12 +1,14 @@
-"""Handler of ``POST .../verify``: re-run a version's test vectors (``vectors.py``)."""
+"""``POST .../verify``: re-run a version's test vectors (``dlhub.registry.vectors``)."""
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
-from dlhub.registry.handlers_servables import caller_of
-from dlhub.registry.http_utils import json_response
-from dlhub.registry.keys import RUNS, SERVABLES
+from dlhub.registry.http.contract import VerifyReport
+from dlhub.registry.http.keys import RUNS, SERVABLES
+from dlhub.registry.http.request import caller_of, version_of
+from dlhub.registry.http.response import json_response
 
 
 async def _verify(request: web.Request, version: int | None) -> web.Response:
@@ -16,7 +18,8 @@ async def _verify(request: web.Request, version: int | None) -> web.Response:
     record = await servables.runnable(  # 404 when invisible, 409 when not ready
         caller, request.match_info["owner"], request.match_info["name"], version
     )
-    return json_response(await servables.vectors.verify(record))
+    report = await servables.vectors.verify(record)
+    return json_response(msgspec.convert(report, VerifyReport))
 
 
 async def verify_latest(request: web.Request) -> web.Response:
@@ -26,4 +29,4 @@ async def verify_latest(request: web.Request) -> web.Response:
 
 async def verify_version(request: web.Request) -> web.Response:
     """POST /servables/{owner}/{name}/versions/{version}/verify."""
-    return await _verify(request, int(request.match_info["version"]))
+    return await _verify(request, version_of(request))

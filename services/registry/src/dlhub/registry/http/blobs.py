@@ -4,18 +4,20 @@ download workers use (``dlhub.registry.blobs``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from msgspec import UNSET
 
 from dlhub.common.errors import PayloadTooLarge, ValidationFailed
-from dlhub.registry.auth import Caller
 from dlhub.registry.blobs import BlobInfo, BlobStore, blob_store
-from dlhub.registry.handlers_servables import caller_of
-from dlhub.registry.http_utils import CHUNK_BYTES, json_response, str_query
-from dlhub.registry.keys import AUTH, SETTINGS
-from dlhub.registry.tasks import iso_ms
+from dlhub.registry.clock import iso_ms
+from dlhub.registry.http.contract import Blob, BlobDeleted, BlobUploadQuery
+from dlhub.registry.http.keys import AUTH, SETTINGS
+from dlhub.registry.http.query import parse_query
+from dlhub.registry.http.request import CHUNK_BYTES, caller_of
+from dlhub.registry.http.response import json_response
 
 MULTIPART_OVERHEAD_BYTES: Final = 64 * 1024
 
@@ -24,16 +26,16 @@ def _store(request: web.Request) -> BlobStore:
     return blob_store(request.app[SETTINGS])
 
 
-def blob_body(info: BlobInfo) -> dict[str, Any]:
-    return {
-        "blob_id": info.blob_id,
-        "size": info.size,
-        "sha256": info.sha256,
-        "filename": info.filename,
-        "content_type": info.content_type,
-        "created_at": iso_ms(info.created_at_ms),
-        "expires_at": iso_ms(info.expires_at_ms),
-    }
+def blob_body(info: BlobInfo) -> Blob:
+    return Blob(
+        blob_id=info.blob_id,
+        size=info.size,
+        sha256=info.sha256,
+        filename=info.filename,
+        content_type=info.content_type,
+        created_at=iso_ms(info.created_at_ms),
+        expires_at=iso_ms(info.expires_at_ms),
+    )
 
 
 async def _chunks_of(source: web.Request | BodyPartReader) -> AsyncIterator[bytes]:
@@ -62,9 +64,13 @@ async def _file_part(request: web.Request) -> BodyPartReader:
 async def upload(request: web.Request) -> web.Response:
     """POST /blobs: the raw body (``?filename=`` optional) or a multipart ``file`` part -> 201."""
     user = await _uploader(request)
+    query = parse_query(request, BlobUploadQuery)
     store = _store(request)
     multipart = request.content_type == "multipart/form-data"
     length = request.content_length
+    if not multipart and not request.body_exists:
+        # The body is required: an upload with none is a mistake, not an empty file.
+        raise ValidationFailed("the request body is empty; expected the file's bytes", field="body")
     # Fail before reading when the body is surely too large; the stream is counted exactly in any case.
     if length is not None and length > store.max_bytes + (MULTIPART_OVERHEAD_BYTES if multipart else 0):
         raise PayloadTooLarge(f"the blob of {length} bytes exceeds the limit of {store.max_bytes} bytes")
@@ -74,7 +80,7 @@ async def upload(request: web.Request) -> web.Response:
             filename, content_type = part.filename, part.headers.get("Content-Type")
             info = await store.save(user, _chunks_of(part), filename=filename, content_type=content_type)
         else:
-            filename, content_type = str_query(request, "filename"), request.content_type
+            filename, content_type = None if query.filename is UNSET else query.filename, request.content_type
             info = await store.save(user, _chunks_of(request), filename=filename, content_type=content_type)
     except (ValueError, HttpProcessingError) as exc:  # a part that breaks off, a malformed chunked body
         raise ValidationFailed(f"malformed upload body: {exc}") from None
@@ -82,7 +88,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _uploader(request: web.Request) -> str:
-    caller: Caller = await caller_of(request)
+    caller = await caller_of(request)
     return request.app[AUTH].require_user(caller)
 
 
@@ -101,13 +107,14 @@ async def delete(request: web.Request) -> web.Response:
     store = _store(request)
     info = await store.owned(caller, request.match_info["blob_id"])
     await store.remove(info.blob_id)
-    return json_response({"deleted": info.blob_id})
+    return json_response(BlobDeleted(deleted=info.blob_id))
 
 
 async def content(request: web.Request) -> web.StreamResponse:
     """GET /blobs/{blob_id}/content?expires=&sig=: the bytes, for whoever holds the signed URL (no token)."""
     store = _store(request)
     blob_id = request.match_info["blob_id"]
+    # The signature check names what is wrong (403); the typed parse only documents the parameters.
     store.check_signature(blob_id, request.query.get("expires"), request.query.get("sig"))
     info = await store.existing(blob_id)
     headers = {"Content-Type": info.content_type}

@@ -11,18 +11,18 @@ from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.common.logging import get_logger
 from dlhub.registry.auth import Authenticator
-from dlhub.registry.backends import make_store
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.blobs import blob_store
-from dlhub.registry.errors import error_middleware
-from dlhub.registry.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from dlhub.registry.http.errors import error_middleware
+from dlhub.registry.http.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from dlhub.registry.http.routes import setup_routes
 from dlhub.registry.memo import Memo
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
-from dlhub.registry.routes import setup_routes
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
 from dlhub.registry.store import MetadataStore
+from dlhub.registry.store.factory import make_store
 from dlhub.registry.tasks import TaskTable
 
 log = get_logger(__name__)

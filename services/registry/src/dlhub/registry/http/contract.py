@@ -1,0 +1,459 @@
+"""The typed HTTP contract: query parameters, request bodies and responses as msgspec structs.
+
+Handlers parse into and answer with these; ``openapi`` generates the document's components from them
+(``msgspec.json.schema_components``), so the schema cannot drift from the code. A field that is sometimes
+absent from an answer is ``X | UnsetType`` (left out when unset); fields that are always present but may
+be null are ``X | None``. ``PublicationDocument`` and ``DataCite`` describe free-form JSON the registry
+passes through (publication documents, DataCite records): they exist for the schema only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from dlhub.common.payloads import FacetName, SortField, SortOrder
+from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
+from dlhub.registry.outcomes import TaskError as TaskError
+from dlhub.registry.outcomes import Timings as Timings
+from dlhub.registry.runs import PipelineRequest as PipelineRequest
+from dlhub.registry.runs import PipelineStep as PipelineStep
+from dlhub.registry.runs import RunRequest as RunRequest
+from dlhub.registry.runs import RunResult as RunResult
+from dlhub.registry.runs import Warnings
+from dlhub.registry.store import TaskKind, TaskState, VersionStatus
+
+REF: Final = "#/components/schemas/{name}"
+PAGE_SIZE_CAP: Final = 1000
+"""The largest page the registry serves; ``search.max_page_size`` may lower it (never raise it)."""
+MAX_OFFSET: Final = 2**31
+MAX_REASON_CHARS: Final = 2000
+
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
+Limit = Annotated[
+    int, Meta(ge=1, le=PAGE_SIZE_CAP, description="Page size (default search.default_page_size)")
+]
+Offset = Annotated[int, Meta(ge=0, le=MAX_OFFSET, description="Number of entries to skip")]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(name=name)}
+
+
+Document = Annotated[dict[str, Any], Meta(extra_json_schema=_ref("PublicationDocument"))]
+Steps = Annotated[
+    list[dict[str, Any]],
+    Meta(
+        description="Pipelines only: the pinned steps (servable owner/name@version, method, parameters)",
+        extra_json_schema={"items": _ref("PipelineStep")},
+    ),
+]
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(Struct, kw_only=True):
+    type: Annotated[str, Meta(description="Stable error code, e.g. validation_error")]
+    message: str
+    field: Annotated[str, Meta(description="Path of the offending field or parameter")] | UnsetType = UNSET
+
+
+class Error(Struct, kw_only=True):
+    error: ErrorDetail
+
+
+# ---- query parameters ---------------------------------------------------------------------------------
+
+
+class ServablesQuery(Struct, kw_only=True):
+    owner: Annotated[str, Meta(description="Only this owner's servables")] | UnsetType = UNSET
+    limit: Limit | UnsetType = UNSET
+    offset: Offset = 0
+
+
+class SearchQueryParams(Struct, kw_only=True):
+    q: Annotated[str, Meta(description="Free text (prefix matching)")] = ""
+    owner: Annotated[str, Meta(description="Exact owner")] | UnsetType = UNSET
+    name: Annotated[str, Meta(description="Exact name")] | UnsetType = UNSET
+    domain: Annotated[str, Meta(description="Exact domain")] | UnsetType = UNSET
+    author: Annotated[str, Meta(description="Exact author")] | UnsetType = UNSET
+    doi: (
+        Annotated[str, Meta(description="The servable's DOI or one of its related identifiers (any case)")]
+        | UnsetType
+    ) = UNSET
+    model_type: Annotated[str, Meta(description="Exact model_type")] | UnsetType = UNSET
+    servable_type: Annotated[str, Meta(description="Exact servable_type")] | UnsetType = UNSET
+    published_from: (
+        Annotated[
+            str,
+            Meta(
+                description="Published at or after: ISO 8601 date or date-time (UTC default) or epoch seconds"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    published_to: (
+        Annotated[str, Meta(description="Published at or before (a date alone includes that whole day)")]
+        | UnsetType
+    ) = UNSET
+    facets: Annotated[list[FacetName], Meta(description="Comma-separated facets to count")] = msgspec.field(
+        default_factory=list
+    )
+    sort: Annotated[
+        SortField, Meta(description="Order of hits (without q, relevance is publication date)")
+    ] = "relevance"
+    order: (
+        Annotated[
+            SortOrder,
+            Meta(description="Direction (default desc for relevance and publication_date, asc for name)"),
+        ]
+        | UnsetType
+    ) = UNSET
+    limit: Limit | UnsetType = UNSET
+    offset: Offset = 0
+
+
+class CitationQuery(Struct, kw_only=True):
+    format: Annotated[
+        Literal["bibtex", "datacite"],
+        Meta(description="bibtex (application/x-bibtex entry) or datacite (DataCite 4.x JSON); empty is 400"),
+    ] = "bibtex"
+
+
+class BlobUploadQuery(Struct, kw_only=True):
+    filename: Annotated[str, Meta(description="File name of a raw-body upload")] | UnsetType = UNSET
+
+
+class BlobContentQuery(Struct, kw_only=True):
+    expires: Annotated[int, Meta(description="Expiry, epoch seconds")]
+    sig: Annotated[str, Meta(description="HMAC-SHA256 signature")]
+
+
+# ---- request bodies -----------------------------------------------------------------------------------
+
+
+class DeprecateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: Annotated[
+        str, Meta(description="Shown in run warnings", extra_json_schema={"maxLength": 2000})
+    ] = ""
+    replacement: Annotated[str | None, Meta(description="owner/name@version to use instead")] = None
+
+
+class PublicationServable(Struct, kw_only=True):
+    type: Annotated[str, Meta(description="'pipeline' for a pipeline")] | UnsetType = UNSET
+    steps: (
+        Annotated[
+            list[PipelineStep],
+            Meta(max_length=64, description="Pipelines only; pinned to owner/name@version when published"),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class PublicationDocument(Struct, kw_only=True):
+    """DLHub publication document (datacite, dlhub, servable sections). A pipeline has dlhub.type
+    "pipeline" and servable {"type": "pipeline", "steps": [PipelineStep]} (see docs/api.md)."""
+
+    datacite: dict[str, Any]
+    dlhub: dict[str, Any]
+    servable: PublicationServable | UnsetType = UNSET
+
+
+class PublishRequest(Struct, kw_only=True):
+    """The multipart form of a publication."""
+
+    metadata: Annotated[str, Meta(description="The publication document as JSON")]
+    package: (
+        Annotated[
+            str,
+            Meta(
+                description="Optional archive: .tar.gz, .tgz, .tar or .zip",
+                extra_json_schema={"contentMediaType": "application/octet-stream"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class BlobUploadForm(Struct, kw_only=True):
+    file: Annotated[str, Meta(extra_json_schema={"format": "binary"})]
+
+
+# ---- responses ----------------------------------------------------------------------------------------
+
+
+class PublishAccepted(Struct, kw_only=True):
+    owner: str
+    name: str
+    version: int
+    shorthand_name: str
+    task_id: str
+    status: VersionStatus
+    status_url: str
+
+
+class VersionSummary(Struct, kw_only=True):
+    """Lifecycle fields of one version; the deprecation fields only when deprecated, the deletion fields
+    only for tombstones, status_reason and digest only in the versions list."""
+
+    version: int
+    status: VersionStatus
+    published_at: Timestamp
+    deprecated: bool
+    status_reason: str | UnsetType = UNSET
+    digest: str | UnsetType = UNSET
+    deprecation_reason: str | UnsetType = UNSET
+    deprecation_replacement: Annotated[str | None, Meta(description="owner/name@version")] | UnsetType = UNSET
+    deprecated_at: Timestamp | UnsetType | None = UNSET
+    deleted_at: Timestamp | UnsetType | None = UNSET
+    deleted_by: str | UnsetType = UNSET
+
+
+class Deprecation(VersionSummary, kw_only=True):
+    owner: str
+    name: str
+    shorthand_name: str
+
+
+class Servable(Struct, kw_only=True):
+    type: Annotated[str, Meta(description="servable, pipeline or dataset")]
+    steps: Steps | UnsetType = UNSET
+    owner: str
+    name: str
+    version: int
+    shorthand_name: str
+    status: VersionStatus
+    status_reason: str
+    digest: str
+    files: list[str]
+    published_at: Timestamp
+    deprecated: bool
+    deprecation_reason: str | None
+    deprecation_replacement: str | None
+    metadata: Document
+    versions: list[VersionSummary]
+
+
+class ServableSummary(Struct, kw_only=True):
+    type: Annotated[str, Meta(description="servable, pipeline or dataset")]
+    steps: Steps | UnsetType = UNSET
+    owner: str
+    name: str
+    version: int
+    shorthand_name: str
+    status: VersionStatus
+    published_at: Timestamp
+    deprecated: bool
+    title: str
+
+
+class ServableList(Struct, kw_only=True):
+    total: int
+    limit: int
+    offset: int
+    servables: list[ServableSummary]
+
+
+class VersionList(Struct, kw_only=True):
+    owner: str
+    name: str
+    versions: list[VersionSummary]
+
+
+class Deleted(Struct, kw_only=True):
+    deleted: Annotated[list[int], Meta(description="Versions deleted by this request")]
+
+
+class TaskAccepted(Struct, kw_only=True):
+    task_id: str
+    state: Literal["pending", "completed"]
+    status_url: str
+    cached: Annotated[bool, Meta(description="completed at once from the result cache")]
+    warnings: Warnings | UnsetType = UNSET
+
+
+class Task(Struct, kw_only=True):
+    task_id: str
+    kind: TaskKind
+    state: TaskState
+    servable: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    output: Annotated[msgspec.Raw, Meta(description="Any JSON value")] | UnsetType = UNSET
+    error: TaskError | UnsetType = UNSET
+    timings: Timings | UnsetType = UNSET
+
+
+class VectorReport(Struct, kw_only=True):
+    index: Annotated[int, Meta(ge=0)]
+    passed: bool
+    message: Annotated[str, Meta(description="why the vector failed")] | UnsetType = UNSET
+    timings: Timings
+
+
+class VerifyReport(Struct, kw_only=True):
+    servable: Annotated[str, Meta(description="owner/name@version")]
+    passed: Annotated[bool, Meta(description="every test vector reproduced its expected output")]
+    vectors: list[VectorReport]
+    note: Annotated[str, Meta(description="'no test vectors' when the version declares none")] | UnsetType = (
+        UNSET
+    )
+
+
+class SearchHit(Struct, kw_only=True):
+    owner: str
+    name: str
+    version: int
+    shorthand_name: str
+    title: str
+    description: str
+    authors: list[str]
+    domains: list[str]
+    model_type: str
+    servable_type: str
+    doi: Annotated[str, Meta(description="The version's DOI ('' without one)")]
+    related_identifiers: list[str]
+    score: float
+
+
+class FacetCount(Struct, kw_only=True):
+    value: str
+    count: int
+
+
+class SearchResults(Struct, kw_only=True):
+    total: int
+    limit: int
+    offset: int
+    hits: list[SearchHit]
+    facets: Annotated[
+        dict[str, list[FacetCount]],
+        Meta(description="Requested facets: value counts over every visible match, by count then value"),
+    ]
+
+
+class DataCiteIdentifier(Struct, kw_only=True):
+    identifier: str
+    identifierType: Literal["DOI", "URL"]
+
+
+class DataCiteCreator(Struct, kw_only=True):
+    name: str | UnsetType = UNSET
+    nameType: str | UnsetType = UNSET
+    givenName: str | UnsetType = UNSET
+    familyName: str | UnsetType = UNSET
+    affiliation: list[str] | UnsetType = UNSET
+    nameIdentifiers: list[dict[str, Any]] | UnsetType = UNSET
+
+
+Objects = list[dict[str, Any]]
+
+
+class DataCite(Struct, kw_only=True, rename={"schema_version": "schemaVersion"}):
+    """DataCite 4.x metadata of one version (kernel-4 field names)."""
+
+    schema_version: str | UnsetType = UNSET
+    identifier: Annotated[
+        DataCiteIdentifier,
+        Meta(description="The DOI when the publisher supplied one, else the version's URL"),
+    ]
+    doi: str | UnsetType = UNSET
+    state: (
+        Annotated[
+            Literal["registered"],
+            Meta(description="Only for a deleted (withdrawn) version: resolves, no longer findable"),
+        ]
+        | UnsetType
+    ) = UNSET
+    creators: list[DataCiteCreator]
+    titles: Objects
+    publisher: str
+    publicationYear: str
+    resourceType: dict[str, Any]
+    subjects: Objects | UnsetType = UNSET
+    contributors: Objects | UnsetType = UNSET
+    dates: Objects | UnsetType = UNSET
+    alternateIdentifiers: Objects | UnsetType = UNSET
+    relatedIdentifiers: Objects | UnsetType = UNSET
+    version: Annotated[str, Meta(description="The registry's version number")]
+    rightsList: Objects | UnsetType = UNSET
+    descriptions: Objects | UnsetType = UNSET
+    fundingReferences: Objects | UnsetType = UNSET
+    url: Annotated[str, Meta(description="The version in the registry")]
+
+
+class HandlerStats(Struct, kw_only=True):
+    handler_id: str
+    kind: str
+    topics: list[str]
+    capacity: int
+    inflight: int
+
+
+class BrokerStats(Struct, kw_only=True):
+    handlers: list[HandlerStats]
+    queued: int
+    inflight: int
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok"]
+    broker: BrokerStats
+
+
+class Blob(Struct, kw_only=True):
+    blob_id: Annotated[str, Meta(description='Pass as {"blob": blob_id} for an input of type file')]
+    size: Annotated[int, Meta(description="Bytes")]
+    sha256: Annotated[str, Meta(description="Hex digest of the content")]
+    filename: Annotated[str, Meta(description="Sanitised upload file name (may be empty)")]
+    content_type: str
+    created_at: Timestamp
+    expires_at: Annotated[
+        str, Meta(description="Swept after this time", extra_json_schema={"format": "date-time"})
+    ]
+
+
+class BlobDeleted(Struct, kw_only=True):
+    deleted: Annotated[str, Meta(description="The blob id")]
+
+
+SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
+    Error,
+    PublicationDocument,
+    PublishRequest,
+    BlobUploadForm,
+    DeprecateRequest,
+    RunRequest,
+    PipelineRequest,
+    PipelineStep,
+    PublishAccepted,
+    VersionSummary,
+    Deprecation,
+    Servable,
+    ServableList,
+    VersionList,
+    Deleted,
+    RunResult,
+    TaskAccepted,
+    Task,
+    TaskError,
+    Timings,
+    VerifyReport,
+    SearchResults,
+    DataCite,
+    ReindexOutcome,
+    Health,
+    Blob,
+    BlobDeleted,
+)
+"""Every struct the document names; the rest (hits, facets, handler stats ...) come in as their parts."""
+QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
+    ServablesQuery,
+    SearchQueryParams,
+    CitationQuery,
+    BlobUploadQuery,
+    BlobContentQuery,
+)

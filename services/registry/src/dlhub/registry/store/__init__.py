@@ -1,0 +1,27 @@
+"""Where the registry keeps versions, tasks and tokens: the ``MetadataStore`` interface and its records
+(``interface``), the SQLite and MongoDB backends, the version cache, and ``factory.make_store``.
+
+The interface is re-exported here because every domain module speaks it; backends are imported by name.
+"""
+
+from dlhub.registry.store.interface import (
+    MetadataStore,
+    PackageFormat,
+    TaskKind,
+    TaskRecord,
+    TaskState,
+    TokenRecord,
+    VersionRecord,
+    VersionStatus,
+)
+
+__all__ = [
+    "MetadataStore",
+    "PackageFormat",
+    "TaskKind",
+    "TaskRecord",
+    "TaskState",
+    "TokenRecord",
+    "VersionRecord",
+    "VersionStatus",
+]
