@@ -10,7 +10,7 @@ from pathlib import Path
 from dlhub.client.tokens import create_local_token, ensure_local_token
 from dlhub.common.config import load_settings
 from dlhub.registry.auth import hash_token
-from dlhub.registry.backends import make_store
+from dlhub.registry.store.factory import make_store
 
 
 def _token_create(data_dir: Path, user: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
