@@ -1,0 +1,419 @@
+"""The Parsl back end end to end: `dlhub up` whose worker runs tasks on a HighThroughputExecutor with the
+local provider and 2 Parsl workers, driven through REST."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document, sklearn_document
+from dlhub.common.config import ParslConfig, load_settings
+from dlhub.worker.parsl_backend import ParslBackend, parsl_config
+from dlhub.worker.service import WorkerService, make_backend
+from tests.support.polling import wait_until
+from tests.support.stack import start_stack, stop_stack, unique
+
+PARSL_WORKERS = 2
+PARSL_HEARTBEAT_PERIOD_S = 1
+PARSL_HEARTBEAT_THRESHOLD_S = 3
+
+FUNCTIONS = """
+import os
+import time
+
+CALLS = 0
+
+
+def whoami(seconds):
+    # The Parsl worker's pid and how many calls this loaded copy has served: a warm servable counts up.
+    global CALLS
+    CALLS += 1
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "calls": CALLS}
+
+
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def pid_then_sleep(spec):
+    with open(spec["pidfile"] + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(spec["pidfile"] + ".tmp", spec["pidfile"])
+    time.sleep(spec["seconds"])
+    return "finished"
+"""
+
+
+# -- parsl_config: the Parsl objects [worker.parsl] builds (pure constructors, no cluster) ------------------
+
+
+def test_local_provider_config_runs_this_interpreter_on_loopback(tmp_path: Path) -> None:
+    from parsl.providers import LocalProvider
+
+    config = parsl_config(ParslConfig(workers_per_node=3), run_dir=str(tmp_path))
+    (executor,) = config.executors
+    assert isinstance(executor.provider, LocalProvider)
+    assert executor.label == "dlhub" and executor.max_workers_per_node == 3
+    assert executor.address == "127.0.0.1" and executor.encrypted
+    assert executor.launch_cmd.startswith(f"{sys.executable} -m parsl.executors.high_throughput.")
+    assert config.run_dir == str(tmp_path) and config.initialize_logging is False
+
+
+def test_slurm_provider_config(tmp_path: Path) -> None:
+    from parsl.launchers import SrunLauncher
+    from parsl.providers import SlurmProvider
+
+    settings = load_settings(
+        worker={
+            "backend": "parsl",
+            "parsl": {
+                "provider": "slurm", "partition": "debug", "account": "sci42", "qos": "normal",
+                "walltime_s": 5400, "nodes_per_block": 2, "min_blocks": 0, "max_blocks": 4,
+                "workers_per_node": 8, "scheduler_options": "#SBATCH --constraint=cpu",
+                "worker_init": "source ~/dlhub-env/bin/activate", "launcher": "srun",
+            },
+        }
+    )  # fmt: skip
+    (executor,) = parsl_config(settings.worker.parsl, run_dir=str(tmp_path)).executors
+    provider = executor.provider
+    assert isinstance(provider, SlurmProvider) and isinstance(provider.launcher, SrunLauncher)
+    assert (provider.partition, provider.account, provider.qos) == ("debug", "sci42", "normal")
+    assert provider.walltime == "01:30:00" and provider.nodes_per_block == 2
+    assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 0, 4)
+    assert provider.scheduler_options.startswith("#SBATCH --constraint=cpu\n")
+    assert provider.worker_init.startswith("source ~/dlhub-env/bin/activate")
+    assert executor.max_workers_per_node == 8 and executor.address is None  # auto-detected on clusters
+    assert executor.launch_cmd.startswith("process_worker_pool.py")
+
+
+def test_pbs_provider_config(tmp_path: Path) -> None:
+    from parsl.launchers import MpiExecLauncher
+    from parsl.providers import PBSProProvider
+
+    config = ParslConfig(
+        provider="pbs", queue="workq", account="sci42", walltime_s=600, cpus_per_node=64,
+        select_options="ngpus=4", scheduler_options="#PBS -l filesystems=home", launcher="mpiexec",
+        address="10.0.0.5",
+    )  # fmt: skip
+    (executor,) = parsl_config(config, run_dir=str(tmp_path)).executors
+    provider = executor.provider
+    assert isinstance(provider, PBSProProvider) and isinstance(provider.launcher, MpiExecLauncher)
+    assert (provider.queue, provider.account, provider.walltime) == ("workq", "sci42", "00:10:00")
+    assert provider.cpus_per_node == 64 and provider.select_options == "ngpus=4"
+    assert provider.scheduler_options == "#PBS -l filesystems=home"
+    assert executor.address == "10.0.0.5"
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: not-a-secret}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_kubernetes_provider_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kube_config = pytest.importorskip(
+        "kubernetes.config.kube_config", reason="the kubernetes provider needs the kubernetes client package"
+    )
+    from parsl.providers import KubernetesProvider
+
+    # The provider reads a kube config when constructed (it does not connect): give it a local one. The
+    # client read $KUBECONFIG when it was imported, so point its default location at the file instead.
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "kubeconfig"))
+    config = ParslConfig(
+        provider="kubernetes", image="registry.example/dlhub-worker:1", namespace="dlhub", pod_max_cpu=4,
+        pod_max_mem="8Gi", max_blocks=5, worker_init="pip list", launcher="srun",
+    )  # fmt: skip
+    (executor,) = parsl_config(config, run_dir=str(tmp_path)).executors
+    provider = executor.provider
+    assert isinstance(provider, KubernetesProvider)
+    assert (provider.image, provider.namespace) == ("registry.example/dlhub-worker:1", "dlhub")
+    assert (provider.max_cpu, provider.max_mem, provider.max_blocks) == (4, "8Gi", 5)
+    assert provider.worker_init == "pip list"
+
+
+def test_kubernetes_without_an_image_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"worker\.parsl\.image"):
+        parsl_config(ParslConfig(provider="kubernetes"), run_dir=str(tmp_path))
+
+
+def test_parsl_worker_count_sets_the_advertised_capacity() -> None:
+    settings = load_settings(
+        worker={"backend": "parsl", "tasks_per_process": 2, "batch_capacity": 3,
+                "parsl": {"workers_per_node": 4, "nodes_per_block": 2, "max_blocks": 3}},
+    )  # fmt: skip
+    backend = make_backend(settings)
+    assert isinstance(backend, ParslBackend) and backend.processes == 24
+    assert WorkerService(settings, pool=backend).capacity == 24 * 2 + 3
+
+
+@dataclass
+class ParslStack:
+    url: str
+    data_dir: Path
+    token: str
+    process: subprocess.Popen[bytes]
+    base: Path
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def parsl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParslStack]:
+    base = tmp_path_factory.mktemp("parsl_stack")
+    env = {
+        "DLHUB_WORKER__BACKEND": "parsl",
+        "DLHUB_WORKER__PARSL__WORKERS_PER_NODE": str(PARSL_WORKERS),
+        "DLHUB_WORKER__PARSL__HEARTBEAT_PERIOD_S": str(PARSL_HEARTBEAT_PERIOD_S),
+        "DLHUB_WORKER__PARSL__HEARTBEAT_THRESHOLD_S": str(PARSL_HEARTBEAT_THRESHOLD_S),
+        "DLHUB_WORKER__PARSL__STARTUP_TIMEOUT_S": "90",
+    }
+    process, info = start_stack(
+        base,
+        workers=1,
+        extra_args=["--startup-timeout-s", "120"],
+        extra_env=env,
+        ready_timeout_s=130,
+    )
+    try:
+        yield ParslStack(info["url"], info["data_dir"], info["alice"], process, base)
+    finally:
+        code = stop_stack(process)
+        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def alice(parsl_stack: ParslStack) -> DLHubClient:
+    return DLHubClient(parsl_stack.url, parsl_stack.token)
+
+
+@pytest.fixture(scope="module")
+def functions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("parslfns")
+    (path / "parslfns.py").write_text(FUNCTIONS)
+    return path
+
+
+def publish(alice: DLHubClient, functions_dir: Path, function: str) -> str:
+    name = unique(function)
+    doc = python_function_document(
+        name=name, module="parslfns", function=function, files=["parslfns.py"],
+        title=f"{function} on Parsl", authors=["Doe, Jane"],
+    )  # fmt: skip
+    doc["dlhub"]["deterministic"] = False  # they report where they ran: the registry must not memoize them
+    assert alice.publish(doc, base_dir=functions_dir)["status"] == "ready"
+    return f"alice/{name}"
+
+
+def rest_run(stack: ParslStack, servable: str, inputs: Any, *, timeout_s: float = 60) -> dict[str, Any]:
+    response = httpx.post(
+        f"{stack.api}/servables/{servable}/run",
+        json={"inputs": inputs},
+        headers={"Authorization": f"Bearer {stack.token}"},
+        timeout=timeout_s,
+    )
+    assert response.status_code == 200, response.text
+    record: dict[str, Any] = response.json()
+    return record
+
+
+def output(record: dict[str, Any]) -> Any:
+    assert record["state"] == "completed", record
+    return record["output"]
+
+
+def load_lines(stack: ParslStack, servable: str) -> int:
+    """How often the worker logged a cold load of ``servable`` (``load_ms`` > 0 in the executor's reply)."""
+    owner, name = servable.split("/")
+    text = (stack.data_dir / "logs" / "worker-0.log").read_text()
+    return sum(1 for line in text.splitlines() if "servable loaded" in line and f"{owner}/{name}@" in line)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def worker_service_pid(stack: ParslStack) -> int:
+    for entry in Path("/proc").iterdir():
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None and int(fields[1]) == stack.process.pid and fields[0] != "Z":
+            with contextlib.suppress(OSError):
+                if b"dlhub.worker" in (entry / "cmdline").read_bytes().split(b"\0"):
+                    return int(entry.name)
+    return 0  # none right now (being restarted)
+
+
+def parsl_processes(stack: ParslStack) -> list[int]:
+    """Live processes the worker service started for Parsl: its interchange and, although the local provider
+    detaches the block from the process tree, the worker pool and its workers, all in the service's session
+    (`dlhub up` starts each service in a session of its own)."""
+    service = worker_service_pid(stack)
+    if not service:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None and int(fields[3]) == service and int(entry.name) != service:
+            found.append(int(entry.name))
+    return [pid for pid in found if _alive(pid)]
+
+
+# -- tests (in order: the last one stops the stack) ---------------------------------------------------------
+
+
+def test_concurrent_requests_land_on_both_parsl_workers_and_stay_warm(
+    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path
+) -> None:
+    servable = publish(alice, functions_dir, "whoami")
+    with ThreadPoolExecutor(6) as threads:
+        replies = [output(r) for r in threads.map(lambda _: rest_run(parsl_stack, servable, 0.5), range(6))]
+    pids = {reply["pid"] for reply in replies}
+    assert len(pids) == PARSL_WORKERS, replies
+    assert pids <= set(parsl_processes(parsl_stack))
+
+    # Warm: each Parsl worker loaded the servable once; later calls reuse the loaded copy (its counter grows).
+    later = [output(rest_run(parsl_stack, servable, 0)) for _ in range(6)]
+    assert {reply["pid"] for reply in later} <= pids
+    assert max(reply["calls"] for reply in later) > 3
+    assert load_lines(parsl_stack, servable) == PARSL_WORKERS
+
+
+def test_scikit_learn_servable_runs_on_parsl(
+    parsl_stack: ParslStack, alice: DLHubClient, tmp_path: Path
+) -> None:
+    iris = load_iris()
+    clf = LogisticRegression(max_iter=500).fit(iris.data, iris.target)
+    joblib.dump(clf, tmp_path / "model.joblib")
+    name = unique("parsl_iris")
+    doc = sklearn_document(
+        name=name, model_path="model.joblib", title="Iris on Parsl", authors=["Doe, Jane"],
+        n_input_columns=4, method="predict_proba", serialization_method="joblib",
+    )  # fmt: skip
+    alice.publish(doc, base_dir=tmp_path)
+    rows = iris.data[::10]
+    record = rest_run(parsl_stack, f"alice/{name}", rows.tolist())
+    np.testing.assert_allclose(np.asarray(output(record)), clf.predict_proba(rows))
+    assert record["timings"]["inference_ms"] > 0
+
+    # Concurrent single rows are merged by the worker's batcher and the batch runs on Parsl.
+    with ThreadPoolExecutor(8) as threads:
+        records = list(
+            threads.map(lambda i: rest_run(parsl_stack, f"alice/{name}", [rows[i].tolist()]), range(8))
+        )
+    merged = np.asarray([output(r)[0] for r in records])
+    np.testing.assert_allclose(merged, clf.predict_proba(rows[:8]))
+
+
+def test_servable_exception_fails_the_task_with_its_type(
+    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path
+) -> None:
+    servable = publish(alice, functions_dir, "boom")
+    record = rest_run(parsl_stack, servable, 7)
+    assert record["state"] == "failed", record
+    assert record["error"]["type"] == "servable_error"
+    assert record["error"]["exception_type"] == "ValueError"
+    assert "boom 7" in record["error"]["message"]
+
+
+def test_killed_parsl_worker_fails_the_task_typed_and_later_tasks_succeed(
+    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path, tmp_path: Path
+) -> None:
+    sleeper = publish(alice, functions_dir, "pid_then_sleep")
+    whoami = publish(alice, functions_dir, "whoami")
+    pidfile = tmp_path / "parsl-worker.pid"
+    handle = alice.run_async(sleeper, {"pidfile": str(pidfile), "seconds": 60})
+    victim = int(
+        wait_until(
+            lambda: pidfile.read_text() if pidfile.is_file() else None,
+            timeout_s=30,
+            message="the task to start",
+        )
+    )
+    assert victim in parsl_processes(parsl_stack)
+    os.kill(victim, signal.SIGKILL)
+
+    record = wait_until(
+        lambda: (r := alice.status(handle.task_id))["state"] == "failed" and r,
+        timeout_s=30,
+        message="the failure",
+    )
+    assert record["error"]["type"] == "worker_lost"
+    assert "Parsl worker" in record["error"]["message"]
+    # Parsl replaces the dead worker; the service kept going and both workers serve again.
+    wait_until(
+        lambda: len({output(r)["pid"] for r in _burst(parsl_stack, whoami)}) == PARSL_WORKERS,
+        timeout_s=60,
+        message="two Parsl workers serving again",
+    )
+
+
+def _burst(stack: ParslStack, servable: str) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(4) as threads:
+        return list(threads.map(lambda _: rest_run(stack, servable, 0.3), range(4)))
+
+
+def test_killed_worker_service_leaves_no_parsl_process_and_its_successor_serves(
+    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path
+) -> None:
+    service = worker_service_pid(parsl_stack)
+    orphans = parsl_processes(parsl_stack)
+    os.kill(service, signal.SIGKILL)
+    # The launcher clears the dead service's process group (the interchange); the worker pool, cut off from
+    # its interchange, exits after the Parsl heartbeat threshold.
+    wait_until(
+        lambda: not [pid for pid in orphans if _alive(pid)],
+        timeout_s=PARSL_HEARTBEAT_THRESHOLD_S + 30,
+        message="orphans",
+    )
+    whoami = publish(alice, functions_dir, "whoami")
+    wait_until(
+        lambda: worker_service_pid(parsl_stack) != service and len(parsl_processes(parsl_stack)) >= 4,
+        timeout_s=90,
+        message="the restarted worker service and its Parsl workers",
+    )
+    assert output(rest_run(parsl_stack, whoami, 0))["pid"] in parsl_processes(parsl_stack)
+    # The successor removed the run directory its killed predecessor could not.
+    assert len(list((parsl_stack.data_dir / "parsl").iterdir())) == 1
+
+
+def test_stopping_the_stack_leaves_no_parsl_process_and_no_run_dir(parsl_stack: ParslStack) -> None:
+    found = parsl_processes(parsl_stack)
+    assert len(found) >= PARSL_WORKERS + 2, found  # interchange, worker pool, its workers
+    run_dirs = list((parsl_stack.data_dir / "parsl").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    assert stop_stack(parsl_stack.process) == 0
+    wait_until(
+        lambda: not [pid for pid in found if _alive(pid)], timeout_s=30, message="every Parsl process to exit"
+    )
+    assert not list((parsl_stack.data_dir / "parsl").iterdir())

@@ -1,0 +1,372 @@
+"""Memoization of run results (``dlhub.registry.memo``): the LRU, the key, and end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
+from dlhub.common.config import RegistryConfig
+from dlhub.registry.memo import ENTRY_OVERHEAD_BYTES, Memo, MemoLRU, MemoStep, is_deterministic, memo_key
+from dlhub.registry.sqlite_store import SQLiteMetadataStore
+from dlhub.registry.store import VersionRecord
+from tests.support.polling import wait_until
+from tests.support.stack import StackInfo
+
+# -- the LRU -------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry_cost(key: bytes, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+
+
+def test_lru_is_bounded_in_bytes_and_evicts_least_recently_used_first() -> None:
+    value = b"v" * 100
+    cost = entry_cost(b"k1", value)
+    lru = MemoLRU(max_bytes=3 * cost, max_entry_bytes=1000, ttl_s=60)
+    for key in (b"k1", b"k2", b"k3"):
+        assert lru.put(key, value)
+    assert lru.size_bytes == 3 * cost and len(lru) == 3
+    assert lru.get(b"k1") == value  # k1 is now the most recently used; k2 the least
+    assert lru.put(b"k4", value)
+    assert b"k2" not in lru and {b"k1", b"k3", b"k4"} == {k for k in (b"k1", b"k3", b"k4") if k in lru}
+    assert lru.size_bytes <= lru.max_bytes
+    # A bigger entry evicts as many old ones as it needs, oldest first.
+    big = b"b" * (2 * cost - ENTRY_OVERHEAD_BYTES - 2)
+    assert lru.put(b"kb", big)
+    assert b"k3" not in lru and b"k1" not in lru and b"k4" in lru and b"kb" in lru
+    assert lru.size_bytes == entry_cost(b"k4", value) + entry_cost(b"kb", big) <= lru.max_bytes
+
+
+def test_lru_replacing_a_key_keeps_the_size_exact() -> None:
+    lru = MemoLRU(max_bytes=10_000, max_entry_bytes=1000, ttl_s=60)
+    lru.put(b"k", b"x" * 10)
+    lru.put(b"k", b"y" * 20)
+    assert len(lru) == 1 and lru.size_bytes == entry_cost(b"k", b"y" * 20) and lru.get(b"k") == b"y" * 20
+
+
+def test_lru_entries_expire_after_the_ttl() -> None:
+    clock = FakeClock()
+    lru = MemoLRU(max_bytes=10_000, max_entry_bytes=1000, ttl_s=5, clock=clock)
+    lru.put(b"k", b"value")
+    clock.now += 4.9
+    assert lru.get(b"k") == b"value"
+    clock.now += 0.2
+    assert lru.get(b"k") is None
+    assert len(lru) == 0 and lru.size_bytes == 0
+
+
+def test_lru_does_not_store_an_oversize_entry() -> None:
+    lru = MemoLRU(max_bytes=10_000, max_entry_bytes=100, ttl_s=60)
+    lru.put(b"k", b"small")
+    assert not lru.put(b"big", b"x" * 101)
+    assert b"big" not in lru and lru.get(b"k") == b"small"
+    # Replacing a key by an oversize value drops the stale value rather than keep serving it.
+    assert not lru.put(b"k", b"x" * 101)
+    assert b"k" not in lru and lru.size_bytes == 0
+    tiny = MemoLRU(max_bytes=ENTRY_OVERHEAD_BYTES + 10, max_entry_bytes=1000, ttl_s=60)
+    assert not tiny.put(b"k", b"x" * 50)  # larger than the whole cache
+
+
+# -- the key -------------------------------------------------------------------------------------------------
+
+
+def record(
+    *, version: int = 1, digest: str = "d1", deterministic: bool | None = None, where: str = "options"
+) -> VersionRecord:
+    servable: dict[str, Any] = {
+        "methods": {
+            "run": {"parameters": {"factor": 2}, "method_details": {}},
+            "other": {"parameters": {}},
+        },
+        "options": {},
+    }
+    metadata: dict[str, Any] = {"dlhub": {"name": "f"}, "servable": servable}
+    if deterministic is not None:
+        if where == "options":
+            servable["options"]["deterministic"] = deterministic
+        elif where == "method":
+            servable["methods"]["run"]["method_details"]["deterministic"] = deterministic
+        else:
+            metadata["dlhub"]["deterministic"] = deterministic
+    return VersionRecord(
+        owner="alice",
+        name="f",
+        version=version,
+        status="ready",
+        metadata=metadata,
+        published_at_ms=0,
+        digest=digest,
+    )
+
+
+def key_of(inputs: Any, parameters: dict[str, Any] | None = None, method: str = "run", **kw: Any) -> bytes:
+    key = memo_key([MemoStep(record(**kw), method, parameters or {})], inputs)
+    assert key is not None
+    return key
+
+
+def test_key_ignores_dict_key_order_at_every_depth() -> None:
+    a = {"x": 1, "y": {"b": [1, {"q": 1, "p": 2}], "a": None}}
+    b = {"y": {"a": None, "b": [1, {"p": 2, "q": 1}]}, "x": 1}
+    assert key_of(a) == key_of(b)
+    assert key_of(1, {"s": 1, "t": 2}) == key_of(1, {"t": 2, "s": 1})
+
+
+def test_key_distinguishes_inputs_parameters_method_version_and_digest() -> None:
+    base = key_of([1, 2])
+    assert key_of([2, 1]) != base
+    assert key_of([1, 2.0]) != base  # floats as they are: 2 and 2.0 are different inputs
+    assert key_of([1, 2], {"factor": 3}) != base
+    assert key_of([1, 2], method="other") != base
+    assert key_of([1, 2], version=2) != base
+    assert key_of([1, 2], digest="d2") != base
+    assert key_of([1, 2], digest="") != key_of([1, 2], digest="", version=2)
+
+
+def test_key_merges_the_method_defaults() -> None:
+    # The method's default ``factor`` is 2: asking for it explicitly is the same request.
+    assert key_of([1], {"factor": 2}) == key_of([1])
+    assert key_of([1], {"factor": 2, "extra": None}) != key_of([1])
+
+
+def test_pipeline_key_covers_every_step() -> None:
+    one = [MemoStep(record(), "run", {})]
+    two = [MemoStep(record(), "run", {}), MemoStep(record(version=2), "run", {})]
+    assert memo_key(one, 1) != memo_key(two, 1)
+    nondet = [MemoStep(record(), "run", {}), MemoStep(record(deterministic=False), "run", {})]
+    assert memo_key(nondet, 1) is None
+
+
+@pytest.mark.parametrize("where", ["options", "method", "dlhub"])
+def test_non_deterministic_servables_have_no_key(where: str) -> None:
+    assert not is_deterministic(record(deterministic=False, where=where), "run")
+    assert memo_key([MemoStep(record(deterministic=False, where=where), "run", {})], 1) is None
+    assert is_deterministic(record(deterministic=True, where=where), "run")
+    assert is_deterministic(record(), "run")
+
+
+async def test_shared_layer_serves_a_second_registry_and_expires(tmp_path: Path) -> None:
+    store = SQLiteMetadataStore(tmp_path / "registry.sqlite3")
+    await store.open()
+    try:
+        config = RegistryConfig(memo_shared=True, memo_ttl_s=0.5)
+        first, second = Memo(config, store), Memo(config, store)
+        key = key_of({"a": 1})
+        await first.put_shared(key, b'"out"')
+        assert second.get_local(key) is None
+        assert await second.get(key) == b'"out"'
+        assert second.get_local(key) == b'"out"'  # a store hit is kept in memory
+        await asyncio.sleep(0.6)
+        assert await first.get(key) is None
+        not_shared = Memo(RegistryConfig(), store)
+        assert await not_shared.get_shared(key) is None
+    finally:
+        await store.close()
+
+
+# -- end to end through the real stack -----------------------------------------------------------------------
+
+COUNTED = """
+import random
+
+
+def counted(spec):
+    with open(spec["log"], "a") as fh:
+        fh.write("run\\n")
+    if spec.get("fail"):
+        raise ValueError("asked to fail")
+    return {"double": 2 * spec["x"]}
+
+
+def noisy(spec):
+    with open(spec["log"], "a") as fh:
+        fh.write("run\\n")
+    return random.random()
+"""
+
+
+@pytest.fixture(scope="module")
+def memo_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("memo_pkg")
+    (path / "memofns.py").write_text(COUNTED)
+    return path
+
+
+def doc_for(name: str, function: str, *, deterministic: bool | None = None) -> dict[str, Any]:
+    doc = python_function_document(
+        name=name,
+        module="memofns",
+        function=function,
+        files=["memofns.py"],
+        title=f"{function} (memo test)",
+        authors=["Doe, Jane"],
+    )
+    if deterministic is not None:
+        doc["servable"]["options"] = {"deterministic": deterministic}
+    return doc
+
+
+def publish(alice: DLHubClient, pkg: Path, function: str, *, deterministic: bool | None = None) -> str:
+    name = f"{function}_{uuid.uuid4().hex[:8]}"
+    reply = alice.publish(doc_for(name, function, deterministic=deterministic), base_dir=pkg)
+    assert reply["status"] == "ready"
+    return name
+
+
+def run(stack: StackInfo, servable: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(
+        f"{stack.api}/servables/{servable}/run",
+        json=body,
+        headers={"Authorization": f"Bearer {stack.tokens['alice']}"},
+        timeout=60,
+    )
+    assert response.status_code in (200, 202), response.text
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+def executions(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_repeated_run_is_answered_from_the_memo(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    name = publish(alice, memo_pkg, "counted")
+    log = tmp_path / "runs.log"
+    spec = {"log": str(log), "x": 21}
+
+    first = run(stack, f"alice/{name}", {"inputs": spec})
+    assert first["state"] == "completed" and first["output"] == {"double": 42}
+    assert first["cached"] is False and executions(log) == 1
+    second = run(stack, f"alice/{name}", {"inputs": dict(reversed(list(spec.items())))})
+    assert second["state"] == "completed" and second["output"] == {"double": 42}
+    assert second["cached"] is True and executions(log) == 1
+    assert second["task_id"] != first["task_id"] and second["servable"] == f"alice/{name}@1"
+    timings = second["timings"]
+    assert timings["inference_ms"] == 0 and timings["invocation_ms"] == 0 and timings["request_ms"] > 0
+
+    other = run(stack, f"alice/{name}", {"inputs": {"log": str(log), "x": 1}})
+    assert other["output"] == {"double": 2} and other["cached"] is False and executions(log) == 2
+
+    # memoize: false skips the lookup (the function runs again) ...
+    bypass = run(stack, f"alice/{name}", {"inputs": spec, "memoize": False})
+    assert bypass["output"] == {"double": 42} and bypass["cached"] is False and executions(log) == 3
+    # ... and the pinned version hits the same entry as the latest.
+    pinned = run(stack, f"alice/{name}/versions/1", {"inputs": spec})
+    assert pinned["cached"] is True and executions(log) == 3
+    # A bypassing run still stores its fresh result (keyed once the response is out): the next lookup hits.
+    fresh = {"log": str(log), "x": 7}
+    stored = run(stack, f"alice/{name}", {"inputs": fresh, "memoize": False})
+    assert stored["output"] == {"double": 14} and stored["cached"] is False and executions(log) == 4
+    hit = run(stack, f"alice/{name}", {"inputs": fresh})
+    assert hit["output"] == {"double": 14} and hit["cached"] is True and executions(log) == 4
+
+
+def test_asynchronous_runs_use_and_fill_the_memo(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    name = publish(alice, memo_pkg, "counted")
+    log = tmp_path / "runs.log"
+    spec = {"log": str(log), "x": 5}
+
+    accepted = run(stack, f"alice/{name}", {"inputs": spec, "asynchronous": True})
+    assert accepted["cached"] is False
+    assert alice.status(accepted["task_id"]) is not None
+    wait_until(
+        lambda: alice.status(accepted["task_id"])["state"] == "completed",
+        timeout_s=30,
+        message="the async run",
+    )
+    assert executions(log) == 1
+
+    hit = run(stack, f"alice/{name}", {"inputs": spec, "asynchronous": True})
+    assert hit["state"] == "completed" and hit["cached"] is True
+    task = alice.status(hit["task_id"])
+    assert task["state"] == "completed" and task["output"] == {"double": 10}
+    assert task["timings"]["invocation_ms"] == 0
+    sync = run(stack, f"alice/{name}", {"inputs": spec})
+    assert sync["cached"] is True and executions(log) == 1
+
+
+def test_a_non_deterministic_servable_is_never_memoized(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    name = publish(alice, memo_pkg, "noisy", deterministic=False)
+    log = tmp_path / "runs.log"
+    replies = [run(stack, f"alice/{name}", {"inputs": {"log": str(log)}}) for _ in range(3)]
+    assert [r["cached"] for r in replies] == [False, False, False]
+    assert executions(log) == 3
+    assert len({r["output"] for r in replies}) == 3
+
+
+def test_a_new_version_never_hits_the_old_versions_entries(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    name = publish(alice, memo_pkg, "counted")
+    log = tmp_path / "runs.log"
+    spec = {"log": str(log), "x": 3}
+    assert run(stack, f"alice/{name}", {"inputs": spec})["cached"] is False
+    assert run(stack, f"alice/{name}", {"inputs": spec})["cached"] is True
+    assert executions(log) == 1
+
+    reply = alice.update(f"alice/{name}", doc_for(name, "counted"), base_dir=memo_pkg)
+    assert reply["version"] == 2
+    fresh = run(stack, f"alice/{name}", {"inputs": spec})
+    assert fresh["servable"] == f"alice/{name}@2" and fresh["cached"] is False and executions(log) == 2
+    assert run(stack, f"alice/{name}", {"inputs": spec})["cached"] is True
+    assert run(stack, f"alice/{name}/versions/1", {"inputs": spec})["cached"] is True
+    assert executions(log) == 2
+
+    # Deleted and re-published under the same name: a new version number, so a fresh run.
+    alice.delete(f"alice/{name}")
+    alice.publish(doc_for(name, "counted"), base_dir=memo_pkg)
+    again = run(stack, f"alice/{name}", {"inputs": spec})
+    assert again["servable"] == f"alice/{name}@3" and again["cached"] is False and executions(log) == 3
+
+
+def test_a_failure_is_never_memoized(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    name = publish(alice, memo_pkg, "counted")
+    log = tmp_path / "runs.log"
+    spec = {"log": str(log), "x": 1, "fail": True}
+    for expected in (1, 2):
+        reply = run(stack, f"alice/{name}", {"inputs": spec})
+        assert reply["state"] == "failed" and reply["cached"] is False
+        assert reply["error"]["exception_type"].endswith("ValueError")
+        assert executions(log) == expected
+
+
+def test_a_pipeline_result_is_memoized_as_a_whole(
+    stack: StackInfo, alice: DLHubClient, memo_pkg: Path, tmp_path: Path
+) -> None:
+    first = publish(alice, memo_pkg, "counted")
+    log = tmp_path / "runs.log"
+    body: dict[str, Any] = {
+        "steps": [{"servable": f"alice/{first}"}],
+        "inputs": {"log": str(log), "x": 4},
+    }
+    headers = {"Authorization": f"Bearer {stack.tokens['alice']}"}
+    replies = [httpx.post(f"{stack.api}/pipelines/run", json=body, headers=headers, timeout=60).json()]
+    replies.append(httpx.post(f"{stack.api}/pipelines/run", json=body, headers=headers, timeout=60).json())
+    assert [r["output"] for r in replies] == [{"double": 8}, {"double": 8}]
+    assert [r["cached"] for r in replies] == [False, True] and executions(log) == 1
+    body["memoize"] = False
+    bypass = httpx.post(f"{stack.api}/pipelines/run", json=body, headers=headers, timeout=60).json()
+    assert bypass["cached"] is False and executions(log) == 2
