@@ -6,9 +6,12 @@ the external test servers; the helpers behind them are in tests/support/.
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,11 +19,13 @@ from pymongo.errors import PyMongoError
 
 from dlhub.client import DLHubClient
 from dlhub.common.config import BusConfig
+from dlhub.worker.pool import ExecutorPool
 from tests.support import broker as broker_helpers
 from tests.support.broker import BrokerProcess
 from tests.support.net import free_port
 from tests.support.servers import missing_test_server, mongodb_build_info
-from tests.support.stack import StackInfo, create_token, start_stack, stop_stack
+from tests.support.stack import StackInfo, create_token, start_stack, stop_stack, unique
+from tests.support.worker_servables import EXECUTOR_MAX_MESSAGE_BYTES
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "stack", "contract", "fault")
@@ -130,3 +135,36 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
 @pytest.fixture
 def bus(broker: BrokerProcess) -> BusConfig:
     return broker_helpers.bus_config(broker.port)
+
+
+# -- importable modules and an executor pool (unit and stack tests) ------------------------------------------
+
+
+@pytest.fixture
+def module_factory(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
+    """Write ``FUNCTIONS``-like source to a uniquely named module in tmp_path and import it."""
+    names: list[str] = []
+    sys.path.insert(0, str(tmp_path))
+
+    def make(source: str) -> Any:
+        name = unique("descfns")
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return importlib.import_module(name)
+
+    try:
+        yield make
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ExecutorPool]:
+    executors = ExecutorPool(processes=1, max_message_bytes=EXECUTOR_MAX_MESSAGE_BYTES)
+    await executors.start()
+    try:
+        yield executors
+    finally:
+        await executors.close()

@@ -1,17 +1,15 @@
-"""MongoDB-specific behaviour of the registry: start-up errors, indexes, TTL, outages, REST end to end.
+"""MongoDB-specific behaviour of the registry against a real server: indexes, TTL, REST end to end.
 
-The backend-neutral behaviour lives in tests/test_store_contract.py. Tests that need a server use the shared
-``mongodb_url`` fixture (``DLHUB_TEST_MONGODB_URL``); the outage test runs its own FerretDB process so it
-can kill and restart it without disturbing other tests.
+The backend-neutral behaviour lives in tests/contract/test_store_contract.py; the configuration tests without
+a server in tests/unit/test_registry_mongo_config.py; the start-up error and the outage (its own FerretDB
+process, killed and restarted) in tests/fault/test_registry_mongo_faults.py. Tests that need a server use the
+shared ``mongodb_url`` fixture (``DLHUB_TEST_MONGODB_URL``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,25 +20,20 @@ from aiohttp.test_utils import TestClient, TestServer
 from pymongo.errors import DuplicateKeyError
 
 from dlhub.common.config import RegistryConfig, StoreConfig, load_settings
-from dlhub.common.errors import ERRORS_BY_CODE, StoreUnavailable
 from dlhub.registry.app import create_app
-from dlhub.registry.auth import create_token, hash_token
-from dlhub.registry.backends import make_store
+from dlhub.registry.auth import create_token
 from dlhub.registry.keys import STORE
-from dlhub.registry.mongo_store import MongoMetadataStore, redact_url
+from dlhub.registry.mongo_store import MongoMetadataStore
 from dlhub.registry.store import TaskRecord
 from dlhub.registry.tasks import now_ms
 from tests.support.mongo import (
-    FerretDBProcess,
     drop_database,
-    ferretdb_binary,
     mongo_config,
     resolve_mongodb_url,
     unique_database,
 )
-from tests.support.net import free_port
 from tests.support.servers import is_ferretdb
-from tests.unit.test_registry_http import API, Env, FakeBus, error_of, make_package, sdk_example
+from tests.unit.test_registry_http import API, Env, FakeBus, make_package, sdk_example
 
 META = {"dlhub": {"name": "m", "visible_to": ["public"]}}
 FERRETDB_NO_TTL = (
@@ -69,78 +62,6 @@ async def mongo_store(mongodb: tuple[str, bool]) -> AsyncIterator[MongoMetadataS
 
 
 # -- configuration and start-up -------------------------------------------------------------------------
-
-
-def test_store_unavailable_is_a_registered_503() -> None:
-    assert ERRORS_BY_CODE["store_unavailable"] is StoreUnavailable
-    assert StoreUnavailable.http_status == 503
-
-
-def test_redact_url() -> None:
-    assert redact_url("mongodb://bob:s3cr%40t@db1:27017,db2/x?authSource=admin") == (
-        "mongodb://bob:***@db1:27017,db2/x?authSource=admin"
-    )
-    assert (
-        redact_url("mongodb+srv://bob:pw@cluster.example.org/")
-        == "mongodb+srv://bob:***@cluster.example.org/"
-    )
-    assert redact_url("mongodb://bob@host/") == "mongodb://bob@host/"
-    assert redact_url("mongodb://127.0.0.1:27017/") == "mongodb://127.0.0.1:27017/"
-
-
-def test_backend_is_chosen_by_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load_settings(data_dir=tmp_path, store=StoreConfig(backend="mongodb", mongodb_database="x"))
-    store = make_store(settings)
-    assert isinstance(store, MongoMetadataStore) and store.database_name == "x"
-    monkeypatch.setenv("DLHUB_STORE__BACKEND", "mongodb")
-    monkeypatch.setenv("DLHUB_STORE__MONGODB_SERVER_SELECTION_TIMEOUT_S", "1.5")
-    from_env = load_settings(data_dir=tmp_path).store
-    assert from_env.backend == "mongodb" and from_env.mongodb_server_selection_timeout_s == 1.5
-
-
-async def test_unreachable_server_is_a_typed_error_naming_the_url() -> None:
-    port = free_port()  # nothing listens here
-    config = StoreConfig(
-        backend="mongodb",
-        mongodb_url=f"mongodb://alice:hunter2@127.0.0.1:{port}/",
-        mongodb_server_selection_timeout_s=0.5,
-    )
-    store = MongoMetadataStore(config)
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailable) as info:
-        await store.open()
-    assert time.monotonic() - started < 5
-    message = info.value.message
-    assert f"mongodb://alice:***@127.0.0.1:{port}/" in message and "hunter2" not in message
-    assert "cannot reach MongoDB" in message and ("refused" in message or "failed" in message)
-    with pytest.raises(RuntimeError):  # not open
-        await store.get_version("a", "b", 1)
-
-
-def test_registry_process_exits_when_mongodb_is_unreachable(tmp_path: Path) -> None:
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "DLHUB_HOME": str(tmp_path / "home"),
-            "DLHUB_DATA_DIR": str(tmp_path / "data"),
-            "DLHUB_REGISTRY__PORT": "0",
-            "DLHUB_STORE__BACKEND": "mongodb",
-            "DLHUB_STORE__MONGODB_URL": f"mongodb://dlhub:topsecret@127.0.0.1:{port}/",
-            "DLHUB_STORE__MONGODB_SERVER_SELECTION_TIMEOUT_S": "1",
-        }
-    )
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "dlhub.registry"], env=env, capture_output=True, text=True, timeout=30
-    )
-    elapsed = time.monotonic() - started
-    log = proc.stdout + proc.stderr
-    assert proc.returncode != 0, log
-    assert elapsed < 10, f"took {elapsed:.1f} s"
-    assert "registry cannot start" in log and "cannot reach MongoDB" in log, log
-    assert f"mongodb://dlhub:***@127.0.0.1:{port}/" in log and "topsecret" not in log, log
-    assert "Traceback" not in log, log
 
 
 # -- schema -----------------------------------------------------------------------------------------------
@@ -289,57 +210,3 @@ async def test_registry_http_end_to_end_on_mongodb(tmp_path: Path, mongodb: tupl
     finally:
         await env.client.close()
         await asyncio.to_thread(drop_database, url, database)
-
-
-async def test_server_restart_keeps_accepted_publishes(tmp_path: Path) -> None:
-    server = FerretDBProcess(ferretdb_binary(), tmp_path / "ferretdb")
-    server.start()
-    env: Env | None = None
-    try:
-        config = mongo_config(server.url, "dlhub_restart", timeout_s=1.0)
-        env = await start_env(tmp_path / "registry", config)
-        store = env.client.app[STORE]
-        for expected in (1, 2):
-            response = await env.publish("alice")
-            assert response.status == 202 and (await response.json())["version"] == expected
-        await env.settle()
-        before = [v.version for v in await store.list_versions("alice", "iris_rf")]
-        assert before == [1, 2]
-
-        server.kill()
-        with pytest.raises(StoreUnavailable) as info:
-            await store.create_version(owner="alice", name="iris_rf", metadata=META, published_at_ms=1)
-        assert server.url in info.value.message
-        with pytest.raises(StoreUnavailable):
-            await store.list_versions("alice", "iris_rf")
-        # the registry stays up and answers with a typed 503, for writes, reads and token look-ups
-        response = await env.publish("alice")
-        assert (await error_of(response, 503))["type"] == "store_unavailable"
-        response = await env.client.get(f"{API}/servables/bob/uncached/versions")
-        assert (await error_of(response, 503))["type"] == "store_unavailable"
-        response = await env.client.get(f"{API}/servables", headers={"Authorization": "Bearer dlh_uncached"})
-        assert (await error_of(response, 503))["type"] == "store_unavailable"
-
-        server.start()  # same port, same data directory
-        deadline = time.monotonic() + 30
-        while True:  # PyMongo reconnects by itself; the first operations may still see the old state
-            try:
-                record = await store.create_version(
-                    owner="alice", name="iris_rf", metadata=META, published_at_ms=now_ms()
-                )
-                break
-            except StoreUnavailable:
-                assert time.monotonic() < deadline, "no reconnect after the restart"
-        assert record.version == 3
-        response = await env.publish("alice")
-        assert response.status == 202, await response.text()
-        assert (await response.json())["version"] == 4
-        await env.settle()
-        after = await store.list_versions("alice", "iris_rf")
-        assert [v.version for v in after] == [1, 2, 3, 4]
-        assert after[0].metadata["dlhub"]["owner"] == "alice" and after[0].status == "ready"
-        assert await store.get_token(hash_token(env.tokens["bob"])) is not None
-    finally:
-        if env is not None:
-            await env.client.close()
-        server.kill()

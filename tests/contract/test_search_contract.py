@@ -41,13 +41,12 @@ from dlhub.common.payloads import (
 from dlhub.search.engine import FACET_SIZE, SearchEngine
 from dlhub.search.es_engine import ElasticsearchSearchEngine, safe_url
 from dlhub.search.sqlite_engine import SqliteSearchEngine
+from tests.stack.test_search_bus import spawn, stop_process
 from tests.support.net import free_port
 from tests.support.polling import await_until
 from tests.unit.test_search import (
     DOCS,
     PUBLIC_IDS,
-    spawn,
-    stop_process,
 )
 
 MAX_PAGE = 25

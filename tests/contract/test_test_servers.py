@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.servers import is_ferretdb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "test_servers.py"
 
 

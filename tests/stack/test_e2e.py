@@ -6,7 +6,6 @@ import io
 import json
 import os
 import pickle
-import signal
 import tarfile
 import uuid
 from pathlib import Path
@@ -16,7 +15,6 @@ import httpx
 import joblib
 import numpy as np
 import pytest
-import zmq
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -27,7 +25,7 @@ from dlhub.common.errors import Gone, NotFound, PayloadTooLarge, ValidationFaile
 from tests.support.e2e_servables import FUNCTIONS
 from tests.support.polling import wait_until
 from tests.support.sdk_documents import sdk_sklearn_document
-from tests.support.stack import HEARTBEAT_INTERVAL_S, MAX_UPLOAD_BYTES, StackInfo, unique
+from tests.support.stack import MAX_UPLOAD_BYTES, StackInfo, unique
 
 AUTHORS = ["Doe, Jane"]
 
@@ -304,55 +302,6 @@ def test_tar_with_parent_entries_is_rejected_and_writes_nothing_outside(
     root = stack.data_dir.parent
     assert not list(root.rglob(f"{marker}*")), "an archive member escaped the servable store"
     assert not (stack.data_dir / "servables" / "alice" / name / "1").exists()
-
-
-def test_malformed_bytes_to_the_broker_do_not_stop_it(
-    stack: StackInfo, alice: DLHubClient, noop: str
-) -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(stack.broker_url)
-    try:
-        for frames in (
-            [b""],
-            [os.urandom(64)],
-            [b"\x01", b"\x02", b"\x03"],
-            [b"\x07garbage"],
-            [b"\x01\x81\xa4type\xa3bad"],
-        ):
-            sock.send_multipart(frames)
-    finally:
-        sock.close()
-    assert alice.run(noop, None) == "hello world"
-    assert alice.health()["status"] == "ok"
-
-
-def test_worker_killed_during_a_task_fails_it_with_a_typed_error(
-    stack: StackInfo, alice: DLHubClient, pkg_dir: Path, tmp_path: Path, noop: str
-) -> None:
-    name = publish_function(alice, pkg_dir, "slow")
-    pidfile = tmp_path / "worker.pid"
-    handle = alice.run_async(name, {"pidfile": str(pidfile), "seconds": 60})
-    worker_pid = int(
-        wait_until(
-            lambda: pidfile.read_text() if pidfile.is_file() else None, timeout_s=20, message="task start"
-        )
-    )
-    assert handle.status()["state"] == "running"
-    os.kill(worker_pid, signal.SIGKILL)
-
-    liveness_s = HEARTBEAT_INTERVAL_S * 3
-    record = wait_until(
-        lambda: (r := alice.status(handle.task_id))["state"] == "failed" and r,
-        timeout_s=6 * liveness_s + 2,
-        message="failure",
-    )
-    assert record["error"]["type"] in {"handler_lost", "worker_lost"}
-    assert alice.run(noop, None) == "hello world"
-    wait_until(
-        lambda: stack.worker_count() >= 2, timeout_s=30, message="the launcher to restart the killed worker"
-    )
 
 
 # -- pipelines and the rest of the surface -----------------------------------------------------------------

@@ -19,9 +19,6 @@ import numpy as np
 import pytest
 
 from dlhub.client import DLHubClient
-from dlhub.worker.servables.base import ServableLoadError
-from dlhub.worker.servables.frameworks import FrameworkMissing, require
-from dlhub.worker.servables.torch_model import resolve_device
 from tests.stack.test_e2e_types import rest_run, sdk_document
 from tests.support.ml_servables import (
     KERAS_SHIM,
@@ -401,21 +398,3 @@ def test_tensorflow_v1_saved_model_sdk_document(stack: StackInfo, alice: DLHubCl
     assert_close(rest_run(stack, token, servable, x.tolist()), x + 1)
     assert_close(rest_run(stack, token, servable, x.tolist(), method="length"), float(x.size))
     assert_close(rest_run(stack, token, servable, [x.tolist(), 3.0], method="scalar_multiply"), 3 * x)
-
-
-def test_missing_framework_is_a_typed_load_error() -> None:
-    with pytest.raises(FrameworkMissing) as excinfo:
-        require("dlhub_no_such_framework", "torch", TORCH_SHIM)
-    assert "pip install 'dlhub[torch]'" in excinfo.value.message
-    assert isinstance(excinfo.value.__cause__, ImportError)
-
-
-def test_torch_device_falls_back_to_cpu_when_absent() -> None:
-    import torch
-
-    assert resolve_device(torch, "") == ("cpu", None)
-    missing = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device, reason = resolve_device(torch, f"cuda:{missing}")
-    assert device == "cpu" and reason is not None and f"cuda:{missing}" in reason
-    with pytest.raises(ServableLoadError):
-        resolve_device(torch, "not-a-device")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("servable_performance", "memoization", "batching", "scaling", "comparison")
 SERVABLES = ("noop", "cifar10", "matminer_util", "matminer_featurize", "matminer_model")

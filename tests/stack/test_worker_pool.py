@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +11,13 @@ import numpy as np
 import pytest
 
 from dlhub.common.codec import Codec
-from dlhub.common.errors import TaskTimeout, WorkerLost
+from dlhub.common.errors import TaskTimeout
 from dlhub.common.ids import new_id
 from dlhub.worker.pool import ExecutorPool
 from dlhub.worker.protocol import ExecReply
 from tests.support.polling import await_until
 from tests.support.worker_servables import (
+    EXECUTOR_MAX_MESSAGE_BYTES,
     PYTHON_SHIM,
     function_method,
     load_count,
@@ -30,17 +28,7 @@ from tests.support.worker_servables import (
 )
 
 CODEC = Codec()
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ExecutorPool]:
-    executors = ExecutorPool(processes=1, max_message_bytes=MAX_MESSAGE_BYTES)
-    await executors.start()
-    try:
-        yield executors
-    finally:
-        await executors.close()
+MAX_MESSAGE_BYTES = EXECUTOR_MAX_MESSAGE_BYTES
 
 
 async def call(
@@ -124,49 +112,6 @@ async def test_servable_exception_is_a_typed_error_and_the_process_survives(
     again = await call(pool, directory, None, method="noop")
     assert output(again) == "hello world"
     assert again.pid == reply.pid and pool.respawns == 0
-
-
-@pytest.mark.parametrize(
-    ("function", "expected"), [("exit_hard", "exited with code 3"), ("sigkill", "killed by signal SIGKILL")]
-)
-async def test_child_crash_fails_the_task_with_worker_lost_and_is_respawned(
-    pool: ExecutorPool, tmp_path: Path, function: str, expected: str
-) -> None:
-    methods = {"run": function_method("add"), "crash": function_method(function)}
-    directory = write_function_servable(tmp_path, "crashy", methods=methods)
-    before = await call(pool, directory, 1)
-    with pytest.raises(WorkerLost) as caught:
-        await call(pool, directory, None, method="crash")
-    assert caught.value.code == "worker_lost"
-    assert expected in caught.value.message
-    after = await call(pool, directory, 1)
-    assert output(after) == 2
-    assert after.pid != before.pid
-    assert pool.respawns == 1
-
-
-async def test_process_dying_while_idle_is_replaced_before_the_next_task(
-    pool: ExecutorPool, tmp_path: Path
-) -> None:
-    directory = write_function_servable(tmp_path, "idle")
-    (old_pid,) = pool.pids
-    os.kill(old_pid, signal.SIGKILL)
-    await await_until(
-        lambda: pool.pids not in ([], [old_pid]), timeout_s=30, message="a replacement executor process"
-    )
-    reply = await call(pool, directory, 1)
-    assert output(reply) == 2 and reply.pid != old_pid
-
-
-async def test_timeout_kills_the_process_and_the_next_task_runs(pool: ExecutorPool, tmp_path: Path) -> None:
-    methods = {"run": function_method("add"), "sleep": function_method("sleep")}
-    directory = write_function_servable(tmp_path, "sleepy", methods=methods)
-    started = time.monotonic()
-    with pytest.raises(TaskTimeout) as caught:
-        await call(pool, directory, 60, method="sleep", timeout_s=0.5)
-    assert time.monotonic() - started < 10
-    assert caught.value.code == "task_timeout"
-    assert output(await call(pool, directory, 1)) == 2
 
 
 async def test_two_servables_shipping_the_same_module_name_do_not_collide(
@@ -330,29 +275,6 @@ async def test_requests_are_pipelined_and_replies_matched_by_sequence(
     assert output(await slow) == 0.3
 
 
-async def test_a_crash_fails_the_running_task_and_reruns_the_queued_ones(
-    pool: ExecutorPool, tmp_path: Path
-) -> None:
-    """Only the task the process was running is lost; the requests behind it never started and run on the
-    replacement process."""
-    methods = {"run": function_method("add"), "crash": function_method("sleep_then_exit")}
-    directory = write_function_servable(tmp_path, "crash_queue", methods=methods)
-    (old_pid,) = pool.pids
-    crash = asyncio.create_task(call(pool, directory, 0.3, method="crash"))
-    await await_until(
-        lambda: sum(len(p.inflight) for p in _live(pool)) == 1,
-        timeout_s=10,
-        message="the crashing task in flight",
-    )
-    queued = [asyncio.create_task(call(pool, directory, i)) for i in range(pool.depth - 1)]
-    with pytest.raises(WorkerLost, match="exited with code 3"):
-        await crash
-    replies = await asyncio.gather(*queued)
-    assert [output(r) for r in replies] == [i + 1 for i in range(pool.depth - 1)]
-    assert all(r.pid != old_pid for r in replies)
-    assert pool.respawns == 1
-
-
 async def test_a_queued_task_past_its_deadline_fails_alone_and_never_runs(
     pool: ExecutorPool, tmp_path: Path
 ) -> None:
@@ -370,24 +292,6 @@ async def test_a_queued_task_past_its_deadline_fails_alone_and_never_runs(
     assert output(await call(pool, directory, str(tmp_path / "after.marker"), method="touch")) == "touched"
     assert not marker.exists(), "the expired request ran"
     assert pool.respawns == 0 and pool.pids == [int(pidfile.read_text())]
-
-
-async def test_the_running_task_past_its_deadline_kills_the_process_and_queued_tasks_rerun(
-    pool: ExecutorPool, tmp_path: Path
-) -> None:
-    methods = {"run": function_method("add"), "sleep": function_method("sleep")}
-    directory = write_function_servable(tmp_path, "kill_queue", methods=methods)
-    stuck = asyncio.create_task(call(pool, directory, 60, method="sleep", timeout_s=0.5))
-    await await_until(
-        lambda: sum(len(p.inflight) for p in _live(pool)) == 1,
-        timeout_s=10,
-        message="the stuck task in flight",
-    )
-    queued = asyncio.create_task(call(pool, directory, 41, timeout_s=30))
-    with pytest.raises(TaskTimeout, match="was killed"):
-        await stuck
-    assert output(await queued) == 42
-    assert pool.respawns == 1
 
 
 def _live(pool: ExecutorPool) -> list[Any]:

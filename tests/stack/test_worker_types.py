@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from dlhub.worker.pool import ExecutorPool
 from dlhub.worker.protocol import ExecReply
 from dlhub.worker.servables import load_servable
 from dlhub.worker.servables.onnx_model import OnnxRuntimeMissing
-from tests.stack.test_worker_pool import MAX_MESSAGE_BYTES, call, output
+from tests.stack.test_worker_pool import call, output
 from tests.support.type_servables import (
     CLASS_SHIM,
     ONNX_SHIM,
@@ -33,16 +32,6 @@ from tests.support.type_servables import (
     two_input_model,
 )
 from tests.support.worker_servables import write_servable
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[ExecutorPool]:
-    executors = ExecutorPool(processes=1, max_message_bytes=MAX_MESSAGE_BYTES)
-    await executors.start()
-    try:
-        yield executors
-    finally:
-        await executors.close()
 
 
 def unique_module() -> str:

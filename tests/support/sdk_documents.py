@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SDK_EXAMPLE_PATH = Path(__file__).with_name("data") / "dlhub-sdk-2.1.0-iris_rf.json"
+SDK_EXAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "dlhub-sdk-2.1.0-iris_rf.json"
 
 
 def sdk_sklearn_document(name: str = "iris_rf") -> dict[str, Any]:

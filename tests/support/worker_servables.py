@@ -13,6 +13,9 @@ from typing import Any
 
 from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, version_dir
 
+# The message limit of the executor pools the tests start (tests/conftest.py `pool` and the pool tests).
+EXECUTOR_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 PYTHON_SHIM = "python.PythonStaticMethodServable"
 SKLEARN_SHIM = "sklearn.ScikitLearnServable"
 

@@ -1,4 +1,4 @@
-"""Behaviour specific to the SQLite store; the shared contract is in tests/test_store_contract.py."""
+"""Behaviour specific to the SQLite store; the shared contract is in tests/contract/test_store_contract.py."""
 
 from __future__ import annotations
 
