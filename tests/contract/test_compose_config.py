@@ -4,11 +4,14 @@ tests/unit/test_compose.py)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from tests.unit.test_compose import (
     COMPOSE_FILE,
@@ -19,9 +22,33 @@ from tests.unit.test_compose import (
     OVERLAY_FILE,
     ROOT,
     VOLUMES,
-    _version,
-    run_compose_config,
 )
+
+
+def _version(command: list[str]) -> tuple[int, ...] | None:
+    try:
+        result = subprocess.run(
+            [*command, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError:
+        return None
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", result.stdout)
+    return tuple(int(part) for part in match.groups()) if result.returncode == 0 and match else None
+
+
+def run_compose_config(command: tuple[list[str], list[str]], *files: Path) -> dict[str, Any]:
+    before, after = command
+    args = [*before, *(part for path in files for part in ("-f", str(path))), *after]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in {"PATH", "HOME", "DOCKER_CONFIG", "DOCKER_HOST"}
+    }
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
+    model = yaml.safe_load(result.stdout)
+    assert isinstance(model, dict)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from tests.support.mongo import (
     resolve_mongodb_url,
     unique_database,
 )
+from tests.support.polling import await_until
 from tests.support.servers import is_ferretdb
 from tests.unit.test_registry_http import API, Env, FakeBus, make_package, sdk_example
 
@@ -59,9 +59,6 @@ async def mongo_store(mongodb: tuple[str, bool]) -> AsyncIterator[MongoMetadataS
     finally:
         await store.close()
         await asyncio.to_thread(drop_database, url, database)
-
-
-# -- configuration and start-up -------------------------------------------------------------------------
 
 
 # -- schema -----------------------------------------------------------------------------------------------
@@ -119,10 +116,13 @@ async def test_ttl_monitor_deletes_expired_tasks(
     )  # fmt: skip
     await mongo_store.save_task(expired)
     assert await mongo_store.get_task("old", now_ms=now_ms()) is None  # expired on read at once
-    deadline = time.monotonic() + 90
-    while await mongo_store.tasks.find_one({"_id": "old"}) is not None:  # then deleted by the server
-        assert time.monotonic() < deadline, "the TTL monitor did not delete the expired task"
-        await asyncio.sleep(0.5)
+
+    async def deleted() -> bool:  # then deleted by the server
+        return await mongo_store.tasks.find_one({"_id": "old"}) is None
+
+    await await_until(
+        deleted, timeout_s=90, interval_s=0.5, message="the TTL monitor to delete the expired task"
+    )
 
 
 async def test_unique_index_is_the_last_line_of_defence(mongo_store: MongoMetadataStore) -> None:

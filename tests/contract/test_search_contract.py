@@ -23,7 +23,7 @@ import pytest
 
 from dlhub.common.bus import BusClient
 from dlhub.common.codec import Codec
-from dlhub.common.config import BusConfig, SearchConfig
+from dlhub.common.config import SearchConfig
 from dlhub.common.errors import DLHubError, InvalidMessage
 from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC, SEARCH_REINDEX_TOPIC
 from dlhub.common.messages import RouteStep
@@ -41,9 +41,9 @@ from dlhub.common.payloads import (
 from dlhub.search.engine import FACET_SIZE, SearchEngine
 from dlhub.search.es_engine import ElasticsearchSearchEngine, safe_url
 from dlhub.search.sqlite_engine import SqliteSearchEngine
-from tests.stack.test_search_bus import spawn, stop_process
 from tests.support.net import free_port
 from tests.support.polling import await_until
+from tests.support.services import ServiceProcesses
 from tests.unit.test_search import (
     DOCS,
     PUBLIC_IDS,
@@ -521,13 +521,18 @@ async def test_reindex_swaps_atomically_under_concurrent_queries(empty_engine: S
             totals.append(results.total)
             assert len(results.hits) == 5
             assert sum(c.count for c in results.facets["domain"]) == results.total
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # lets the other loops and the reindex run: nothing is waited for
 
     loops = [asyncio.create_task(query_loop()) for _ in range(4)]
     try:
-        await asyncio.sleep(0.05)
+        await await_until(
+            lambda: failures or len(totals) >= 8, timeout_s=10, message="queries on the old index"
+        )
         await engine.reindex(new)
-        await asyncio.sleep(0.05)
+        swapped = len(totals)
+        await await_until(
+            lambda: failures or len(totals) >= swapped + 8, timeout_s=10, message="queries on the new index"
+        )
     finally:
         done.set()
         await asyncio.gather(*loops)
@@ -543,6 +548,7 @@ async def test_writes_during_a_reindex_are_kept(empty_engine: SearchEngine) -> N
     await engine.reindex(synthetic(500, "old"))
     late = synthetic(1, "late")[0]
     reindex = asyncio.create_task(engine.reindex([*synthetic(1500, "new"), DOCS[45]]))
+    # Under test: the writes land 10 ms into the reindex (either side of its snapshot is correct, see below).
     await asyncio.sleep(0.01)
     await engine.upsert(late)
     await engine.delete("alice/iris_rf")
@@ -803,37 +809,21 @@ async def test_es_refuses_a_concrete_index_named_like_the_alias(es_url: str) -> 
 
 
 async def test_search_service_with_elasticsearch_over_the_bus(es_url: str, tmp_path: Path) -> None:
-    url = f"tcp://127.0.0.1:{free_port()}"
     alias = f"{MODULE_ALIAS}-service"
     env = {
-        **os.environ,
-        "DLHUB_BROKER__BIND_URL": url,
-        "DLHUB_BUS__BROKER_URL": url,
-        "DLHUB_BUS__HEARTBEAT_INTERVAL_S": "0.2",
-        "DLHUB_DATA_DIR": str(tmp_path / "data"),
         "DLHUB_SEARCH__BACKEND": "elasticsearch",
         "DLHUB_SEARCH__ELASTICSEARCH_URL": es_url,
         "DLHUB_SEARCH__ELASTICSEARCH_INDEX_ALIAS": alias,
     }
-    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "search")}
-    processes = {name: spawn(f"dlhub.{name}", env, logs[name]) for name in ("broker", "search")}
-    client = BusClient(bus=BusConfig(broker_url=url, heartbeat_interval_s=0.2), codec=Codec())
+    processes = ServiceProcesses(tmp_path, env=env)
+    processes.start("broker")
+    processes.start("search")
+    client = BusClient(bus=processes.bus, codec=Codec())
     codec = Codec()
     await client.start()
     try:
-
-        async def registered() -> bool:
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    raise AssertionError(f"{name} exited early:\n{logs[name].read_text()}")
-            try:
-                stats = await client.stats(timeout_s=0.5)
-            except DLHubError:
-                return False
-            return any(h.kind == "search" for h in stats.handlers) and "ready" in logs["search"].read_text()
-
-        await await_until(registered, timeout_s=60, message="the search service to register")
-        assert "elasticsearch" in logs["search"].read_text()
+        await processes.wait_registered(client, "search", timeout_s=60, ready="ready")
+        assert "elasticsearch" in processes.log("search")
         index = [RouteStep(topic=SEARCH_INDEX_TOPIC, method="index")]
         query = [RouteStep(topic=SEARCH_QUERY_TOPIC, method="query")]
         for doc in DOCS[45:]:
@@ -861,10 +851,10 @@ async def test_search_service_with_elasticsearch_over_the_bus(es_url: str, tmp_p
         assert not bad.ok and bad.error is not None and bad.error.code == "invalid_message"
     finally:
         await client.close()
-        search_code = stop_process(processes["search"])
-        stop_process(processes["broker"])
+        search_code = processes.stop("search")
+        processes.stop("broker")
         cleanup = ElasticsearchSearchEngine(es_config(es_url, alias))
         async with cleanup:
             await drop_alias_indices(cleanup)
-    assert search_code == 0, logs["search"].read_text()
-    assert "stopped" in logs["search"].read_text()
+    assert search_code == 0, processes.log("search")
+    assert "stopped" in processes.log("search")

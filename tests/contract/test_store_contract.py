@@ -8,7 +8,6 @@ more independent connection to the same data, for the concurrency checks.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from dlhub.registry.sqlite_store import SQLiteMetadataStore
 from dlhub.registry.store import MetadataStore, TaskRecord, TokenRecord
 from dlhub.registry.tasks import TaskTable, now_ms
 from tests.support.mongo import drop_database, mongo_config, resolve_mongodb_url, unique_database
+from tests.support.polling import await_until
 
 META = {"dlhub": {"name": "m", "visible_to": ["public"]}}
 
@@ -336,10 +336,11 @@ async def test_task_ttl_expiry(store: MetadataStore) -> None:
     got = await table.get("t1")
     assert got is not None and got.state == "completed" and got.output_json == b'{"y":[1,2]}'
     assert got.timings is not None and got.timings["request_ms"] == 3.0
-    deadline = time.monotonic() + 5
-    while await table.get("t1") is not None:  # expires on read, even before the sweep
-        assert time.monotonic() < deadline, "task did not expire"
-        await asyncio.sleep(0.02)
+
+    async def expired() -> bool:  # expires on read, even before the sweep
+        return await table.get("t1") is None
+
+    await await_until(expired, timeout_s=5, message="the task to expire")
     assert await table.sweep() == 1
     assert await table.sweep() == 0
 

@@ -180,22 +180,28 @@ async def test_a_dispatch_to_a_vanished_handler_is_routed_to_another(tmp_path: P
             sock.setsockopt(zmq.IDENTITY, name.encode())
             sock.connect(url)
             sock.send(codec.encode(Register(handler_id=name, kind="test", topics=["t/x"], capacity=capacity)))
-        deadline = time.monotonic() + 10
-        while len(broker.handlers) < 2:
-            assert time.monotonic() < deadline, "handlers did not register"
+        broker_sock = broker._sock
+
+        def registered() -> bool:
             broker._receive_messages()
             broker._flush_outbox()
-            await asyncio.sleep(0.005)
+            return len(broker.handlers) >= 2
+
+        await await_until(registered, timeout_s=10, interval_s=0.005, message="the handlers to register")
         sockets.pop("ghost").close(linger=0)
         probe = codec.encode(Heartbeat(sender_id="probe"))
-        while True:  # until ZeroMQ has detached the ghost: then a send to its identity is refused
-            assert time.monotonic() < deadline, "the ghost's disconnection was never noticed"
+
+        def ghost_detached() -> bool:  # once ZeroMQ has detached the ghost a send to its identity is refused
             try:
-                broker._sock.send_multipart([b"ghost", probe], zmq.NOBLOCK)
+                broker_sock.send_multipart([b"ghost", probe], zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 assert exc.errno == errno.EHOSTUNREACH
-                break
-            await asyncio.sleep(0.005)
+                return True
+            return False
+
+        await await_until(
+            ghost_detached, timeout_s=10, interval_s=0.005, message="the ghost's disconnection to be noticed"
+        )
         task = Submit(task_id="t1", route=route("t/x"), inputs=codec.encode_value(1))
         broker._on_submit(b"client", task, time.monotonic())
         assert broker.tasks["t1"].handler is not None
@@ -205,13 +211,15 @@ async def test_a_dispatch_to_a_vanished_handler_is_routed_to_another(tmp_path: P
         record = broker.tasks["t1"]
         assert record.handler is not None and record.handler.handler_id == "live"
         live = sockets["live"]
-        dispatches: list[Dispatch] = []
-        while not dispatches:
-            assert time.monotonic() < deadline, "the task never reached the live handler"
+
+        def dispatched() -> list[Dispatch]:
             if not live.poll(0):
-                await asyncio.sleep(0.005)
-                continue
-            dispatches = [m for f in live.recv_multipart() if isinstance(m := codec.decode(f), Dispatch)]
+                return []
+            return [m for f in live.recv_multipart() if isinstance(m := codec.decode(f), Dispatch)]
+
+        dispatches = await await_until(
+            dispatched, timeout_s=10, interval_s=0.005, message="the task to reach the live handler"
+        )
         assert dispatches[0].task_id == "t1" and codec.decode_value(dispatches[0].inputs) == 1
     finally:
         for sock in sockets.values():

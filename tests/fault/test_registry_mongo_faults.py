@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.support.mongo import (
     mongo_config,
 )
 from tests.support.net import free_port
+from tests.support.polling import await_until
 from tests.unit.test_registry_http import API, Env, error_of
 
 
@@ -81,15 +83,19 @@ async def test_server_restart_keeps_accepted_publishes(tmp_path: Path) -> None:
         assert (await error_of(response, 503))["type"] == "store_unavailable"
 
         server.start()  # same port, same data directory
-        deadline = time.monotonic() + 30
-        while True:  # PyMongo reconnects by itself; the first operations may still see the old state
+
+        async def reconnected() -> Any:
+            # PyMongo reconnects by itself; the first operations may still see the old state
             try:
-                record = await store.create_version(
+                return await store.create_version(
                     owner="alice", name="iris_rf", metadata=META, published_at_ms=now_ms()
                 )
-                break
             except StoreUnavailable:
-                assert time.monotonic() < deadline, "no reconnect after the restart"
+                return None
+
+        record = await await_until(
+            reconnected, timeout_s=30, interval_s=0, message="a reconnect after the restart"
+        )
         assert record.version == 3
         response = await env.publish("alice")
         assert response.status == 202, await response.text()

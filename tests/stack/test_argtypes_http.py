@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +19,11 @@ from dlhub.client.metadata import python_function_document
 from tests.support.e2e_servables import FUNCTIONS
 from tests.support.sdk_documents import sdk_sklearn_document
 from tests.support.stack import StackInfo
-from tests.unit.test_argtypes import post_run
+
+
+def post_run(stack: StackInfo, servable: str, body: dict[str, Any]) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {stack.tokens['alice']}"}
+    return httpx.post(f"{stack.api}/servables/{servable}/run", json=body, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="module")

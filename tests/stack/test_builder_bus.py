@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,16 +9,11 @@ import pytest
 
 from dlhub.common.bus import BusClient
 from dlhub.common.codec import Codec
-from dlhub.common.config import BusConfig
-from dlhub.common.errors import (
-    DLHubError,
-)
 from dlhub.common.ids import BUILDER_TOPIC
 from dlhub.common.messages import RouteStep
 from dlhub.common.payloads import BuildOutcome, decode_payload
 from dlhub.common.servable_store import FILES_DIRNAME, version_dir
-from tests.support.net import free_port
-from tests.support.polling import await_until
+from tests.support.services import ServiceProcesses
 from tests.unit.test_builder import (
     GOOD_FILES,
     MiB,
@@ -35,77 +26,26 @@ from tests.unit.test_builder import (
 )
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            return None
-    return process.returncode
-
-
-class Stack:
-    def __init__(self, tmp: Path) -> None:
-        url = f"tcp://127.0.0.1:{free_port()}"
-        self.tmp = tmp
-        self.env = {
-            **os.environ,
-            "DLHUB_BROKER__BIND_URL": url,
-            "DLHUB_BUS__BROKER_URL": url,
-            "DLHUB_BUS__HEARTBEAT_INTERVAL_S": "0.2",
-            "DLHUB_DATA_DIR": str(tmp / "data"),
-            "DLHUB_BUILDER__MAX_EXTRACTED_BYTES": str(4 * MiB),
-            "DLHUB_LOGGING__FORMAT": "json",
-        }
-        self.bus = BusConfig(broker_url=url, heartbeat_interval_s=0.2)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, module: str) -> None:
-        log = (self.tmp / f"{module}.log").open("wb")
-        self.processes[module] = subprocess.Popen(
-            [sys.executable, "-m", module], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-    def log(self, module: str) -> str:
-        return (self.tmp / f"{module}.log").read_text(errors="replace")
-
-    def stop(self) -> dict[str, int | None]:
-        return {name: stop_process(p) for name, p in reversed(list(self.processes.items()))}
-
-
 @pytest.fixture
-async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[Stack, BusClient]]:
-    stack = Stack(tmp_path)
-    stack.start("dlhub.broker")
-    stack.start("dlhub.builder")
+async def builder_bus(tmp_path: Path) -> AsyncIterator[tuple[ServiceProcesses, BusClient]]:
+    stack = ServiceProcesses(
+        tmp_path,
+        env={"DLHUB_BUILDER__MAX_EXTRACTED_BYTES": str(4 * MiB), "DLHUB_LOGGING__FORMAT": "json"},
+    )
+    stack.start("broker")
+    stack.start("builder")
     client = BusClient(bus=stack.bus, codec=Codec())
     await client.start()
     try:
-
-        async def registered() -> bool:
-            for name, process in stack.processes.items():
-                if process.poll() is not None:
-                    raise AssertionError(f"{name} exited early:\n{stack.log(name)}")
-            try:
-                stats = await client.stats(timeout_s=0.5)
-            except DLHubError:
-                return False
-            return any(h.kind == "builder" for h in stats.handlers) and '"ready"' in stack.log(
-                "dlhub.builder"
-            )
-
-        await await_until(registered, timeout_s=30, message="the builder to register")
+        await stack.wait_registered(client, "builder", timeout_s=30, ready='"ready"')
         yield stack, client
     finally:
         await client.close()
-        codes = stack.stop()
-        assert codes["dlhub.builder"] == 0, stack.log("dlhub.builder")
+        codes = stack.stop_all()
+        assert codes["builder"] == 0, stack.log("builder")
 
 
-async def test_builder_over_the_bus(builder_bus: tuple[Stack, BusClient]) -> None:
+async def test_builder_over_the_bus(builder_bus: tuple[ServiceProcesses, BusClient]) -> None:
     stack, client = builder_bus
     codec = Codec()
     route = [RouteStep(topic=BUILDER_TOPIC, method="build")]
@@ -121,7 +61,7 @@ async def test_builder_over_the_bus(builder_bus: tuple[Stack, BusClient]) -> Non
     good = await client.call(route, codec.encode_value(request(files_tar(GOOD_FILES))), timeout_s=10)
     assert good.ok, good.error
     outcome = decode_payload(good.output, BuildOutcome)
-    assert Path(outcome.path) == version_dir(stack.tmp / "data" / "servables", "alice", "iris_rf", 1)
+    assert Path(outcome.path) == version_dir(stack.base / "data" / "servables", "alice", "iris_rf", 1)
     assert (Path(outcome.path) / FILES_DIRNAME / "model.pkl").read_bytes() == GOOD_FILES["model.pkl"]
 
     bomb = make_zip([zip_entry("bomb.bin", bytes(20 * MiB))])

@@ -3,6 +3,7 @@ non-deterministic servables (split from tests/unit/test_memo.py)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,64 @@ import httpx
 import pytest
 
 from dlhub.client import DLHubClient
+from dlhub.client.metadata import python_function_document
 from tests.support.polling import wait_until
 from tests.support.stack import StackInfo
-from tests.unit.test_memo import COUNTED, doc_for, executions, publish, run
+
+COUNTED = """
+import random
+
+
+def counted(spec):
+    with open(spec["log"], "a") as fh:
+        fh.write("run\\n")
+    if spec.get("fail"):
+        raise ValueError("asked to fail")
+    return {"double": 2 * spec["x"]}
+
+
+def noisy(spec):
+    with open(spec["log"], "a") as fh:
+        fh.write("run\\n")
+    return random.random()
+"""
+
+
+def doc_for(name: str, function: str, *, deterministic: bool | None = None) -> dict[str, Any]:
+    doc = python_function_document(
+        name=name,
+        module="memofns",
+        function=function,
+        files=["memofns.py"],
+        title=f"{function} (memo test)",
+        authors=["Doe, Jane"],
+    )
+    if deterministic is not None:
+        doc["servable"]["options"] = {"deterministic": deterministic}
+    return doc
+
+
+def publish(alice: DLHubClient, pkg: Path, function: str, *, deterministic: bool | None = None) -> str:
+    name = f"{function}_{uuid.uuid4().hex[:8]}"
+    reply = alice.publish(doc_for(name, function, deterministic=deterministic), base_dir=pkg)
+    assert reply["status"] == "ready"
+    return name
+
+
+def run(stack: StackInfo, servable: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(
+        f"{stack.api}/servables/{servable}/run",
+        json=body,
+        headers={"Authorization": f"Bearer {stack.tokens['alice']}"},
+        timeout=60,
+    )
+    assert response.status_code in (200, 202), response.text
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+def executions(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
 
 
 @pytest.fixture(scope="module")

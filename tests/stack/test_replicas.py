@@ -108,7 +108,7 @@ import time
 
 
 def where(seconds):
-    time.sleep(seconds)
+    time.sleep(seconds)  # a slow servable: keeps its replica busy, the condition under test
     return os.getppid()  # the executor's parent: the worker service that ran the task
 """
 

@@ -3,10 +3,6 @@ tests/unit/test_search.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +10,6 @@ import pytest
 
 from dlhub.common.bus import BusClient
 from dlhub.common.codec import Codec
-from dlhub.common.config import BusConfig
-from dlhub.common.errors import DLHubError
 from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
 from dlhub.common.messages import RouteStep
 from dlhub.common.payloads import (
@@ -24,62 +18,26 @@ from dlhub.common.payloads import (
     SearchResults,
     decode_payload,
 )
-from tests.support.net import free_port
-from tests.support.polling import await_until
+from tests.support.services import ServiceProcesses
 from tests.unit.test_search import DOCS
-
-
-def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            return None
-    return process.returncode
 
 
 @pytest.fixture
 async def search_bus(tmp_path: Path) -> AsyncIterator[tuple[Path, BusClient]]:
-    url = f"tcp://127.0.0.1:{free_port()}"
-    env = {
-        **os.environ,
-        "DLHUB_BROKER__BIND_URL": url,
-        "DLHUB_BUS__BROKER_URL": url,
-        "DLHUB_BUS__HEARTBEAT_INTERVAL_S": "0.2",
-        "DLHUB_DATA_DIR": str(tmp_path / "data"),
-    }
-    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "search")}
-    processes = {name: spawn(f"dlhub.{name}", env, logs[name]) for name in ("broker", "search")}
-    client = BusClient(bus=BusConfig(broker_url=url, heartbeat_interval_s=0.2), codec=Codec())
+    processes = ServiceProcesses(tmp_path)
+    processes.start("broker")
+    processes.start("search")
+    client = BusClient(bus=processes.bus, codec=Codec())
     await client.start()
     try:
-
-        async def registered() -> bool:
-            for name, process in processes.items():
-                if process.poll() is not None:
-                    raise AssertionError(f"{name} exited early:\n{logs[name].read_text()}")
-            try:
-                stats = await client.stats(timeout_s=0.5)
-            except DLHubError:
-                return False
-            return any(h.kind == "search" for h in stats.handlers) and "ready" in logs["search"].read_text()
-
-        await await_until(registered, timeout_s=30, message="the search service to register")
+        await processes.wait_registered(client, "search", timeout_s=30, ready="ready")
         yield tmp_path, client
     finally:
         await client.close()
-        search_code = stop_process(processes["search"])
-        stop_process(processes["broker"])
-        assert search_code == 0, logs["search"].read_text()
-        assert "stopped" in logs["search"].read_text()
+        search_code = processes.stop("search")
+        processes.stop("broker")
+        assert search_code == 0, processes.log("search")
+        assert "stopped" in processes.log("search")
 
 
 async def test_search_over_the_bus(search_bus: tuple[Path, BusClient]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 
 from dlhub.common.bus import BusClient
 from dlhub.common.config import BusConfig, load_settings
-from dlhub.common.errors import BrokerUnavailable
 from dlhub.common.ids import servable_topic
 from dlhub.common.messages import RouteStep
 from dlhub.common.servable_store import FILES_DIRNAME
@@ -92,7 +90,7 @@ RECORDER = textwrap.dedent(
     def times_ten(rows):
         with LOG.open("a") as log:
             log.write(f"{len(rows)}\\n")
-        time.sleep(0.01)
+        time.sleep(0.01)  # a slow model call, so that concurrent requests queue and merge (under test)
         return [[v * 10 for v in row] for row in rows]
     """
 )
@@ -117,14 +115,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         },
         files={"recorder.py": RECORDER},
     )
-    processes.start("broker", "dlhub.broker")
-    processes.start("worker", "dlhub.worker")
+    processes.start("broker")
+    processes.start("worker")
     try:
         yield processes
     finally:
         for name in ("worker", "broker"):
-            if processes.processes[name].poll() is None:
-                processes.stop(name)
+            assert processes.stop(name) is not None, f"{name} ignored SIGTERM:\n{processes.log(name)}"
 
 
 async def test_worker_process_merges_concurrent_requests(stack: Stack) -> None:
@@ -133,17 +130,9 @@ async def test_worker_process_merges_concurrent_requests(stack: Stack) -> None:
     )
     await bus.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                stats = await bus.stats(timeout_s=1.0)
-                if any(h.kind == "worker" for h in stats.handlers):
-                    assert [h.capacity for h in stats.handlers if h.kind == "worker"] == [1 + 64]
-                    break
-            except (TimeoutError, BrokerUnavailable):
-                pass
-            assert time.monotonic() < deadline, stack.log("worker")
-            await asyncio.sleep(0.05)
+        await stack.wait_registered(bus, "worker", timeout_s=60)
+        stats = await bus.stats(timeout_s=1.0)
+        assert [h.capacity for h in stats.handlers if h.kind == "worker"] == [1 + 64]
         step = RouteStep(topic=servable_topic("alice", "rec", 1))
         results = await asyncio.gather(
             *(bus.call([step], CODEC.encode_value([[i, -i]]), timeout_s=30) for i in range(32))

@@ -4,8 +4,6 @@ local provider and 2 Parsl workers, driven through REST."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +38,7 @@ def whoami(seconds):
     # The Parsl worker's pid and how many calls this loaded copy has served: a warm servable counts up.
     global CALLS
     CALLS += 1
-    time.sleep(seconds)
+    time.sleep(seconds)  # a slow servable keeps a Parsl worker busy (the condition under test)
     return {"pid": os.getpid(), "calls": CALLS}
 
 
@@ -52,12 +50,12 @@ def pid_then_sleep(spec):
     with open(spec["pidfile"] + ".tmp", "w") as fh:
         fh.write(str(os.getpid()))
     os.replace(spec["pidfile"] + ".tmp", spec["pidfile"])
-    time.sleep(spec["seconds"])
+    time.sleep(spec["seconds"])  # still running when the test kills its worker
     return "finished"
 """
 
 
-# -- parsl_config: the Parsl objects [worker.parsl] builds (pure constructors, no cluster) ------------------
+# -- a stack whose worker runs its servables on Parsl (the provider configurations: tests/unit/) ----------
 
 
 @dataclass
@@ -73,9 +71,9 @@ class ParslStack:
         return self.url + "/api/v1"
 
 
-@pytest.fixture(scope="module")
-def parsl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParslStack]:
-    base = tmp_path_factory.mktemp("parsl_stack")
+@contextlib.contextmanager
+def running_parsl_stack(base: Path) -> Iterator[ParslStack]:
+    """`dlhub up`, one worker on the Parsl backend (shared with tests/fault/test_worker_parsl_faults.py)."""
     env = {
         "DLHUB_WORKER__BACKEND": "parsl",
         "DLHUB_WORKER__PARSL__WORKERS_PER_NODE": str(PARSL_WORKERS),
@@ -95,6 +93,12 @@ def parsl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParslStack
     finally:
         code = stop_stack(process)
         assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def parsl_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ParslStack]:
+    with running_parsl_stack(tmp_path_factory.mktemp("parsl_stack")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -239,65 +243,9 @@ def test_servable_exception_fails_the_task_with_its_type(
     assert "boom 7" in record["error"]["message"]
 
 
-def test_killed_parsl_worker_fails_the_task_typed_and_later_tasks_succeed(
-    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path, tmp_path: Path
-) -> None:
-    sleeper = publish(alice, functions_dir, "pid_then_sleep")
-    whoami = publish(alice, functions_dir, "whoami")
-    pidfile = tmp_path / "parsl-worker.pid"
-    handle = alice.run_async(sleeper, {"pidfile": str(pidfile), "seconds": 60})
-    victim = int(
-        wait_until(
-            lambda: pidfile.read_text() if pidfile.is_file() else None,
-            timeout_s=30,
-            message="the task to start",
-        )
-    )
-    assert victim in parsl_processes(parsl_stack)
-    os.kill(victim, signal.SIGKILL)
-
-    record = wait_until(
-        lambda: (r := alice.status(handle.task_id))["state"] == "failed" and r,
-        timeout_s=30,
-        message="the failure",
-    )
-    assert record["error"]["type"] == "worker_lost"
-    assert "Parsl worker" in record["error"]["message"]
-    # Parsl replaces the dead worker; the service kept going and both workers serve again.
-    wait_until(
-        lambda: len({output(r)["pid"] for r in _burst(parsl_stack, whoami)}) == PARSL_WORKERS,
-        timeout_s=60,
-        message="two Parsl workers serving again",
-    )
-
-
 def _burst(stack: ParslStack, servable: str) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(4) as threads:
         return list(threads.map(lambda _: rest_run(stack, servable, 0.3), range(4)))
-
-
-def test_killed_worker_service_leaves_no_parsl_process_and_its_successor_serves(
-    parsl_stack: ParslStack, alice: DLHubClient, functions_dir: Path
-) -> None:
-    service = worker_service_pid(parsl_stack)
-    orphans = parsl_processes(parsl_stack)
-    os.kill(service, signal.SIGKILL)
-    # The launcher clears the dead service's process group (the interchange); the worker pool, cut off from
-    # its interchange, exits after the Parsl heartbeat threshold.
-    wait_until(
-        lambda: not [pid for pid in orphans if _alive(pid)],
-        timeout_s=PARSL_HEARTBEAT_THRESHOLD_S + 30,
-        message="orphans",
-    )
-    whoami = publish(alice, functions_dir, "whoami")
-    wait_until(
-        lambda: worker_service_pid(parsl_stack) != service and len(parsl_processes(parsl_stack)) >= 4,
-        timeout_s=90,
-        message="the restarted worker service and its Parsl workers",
-    )
-    assert output(rest_run(parsl_stack, whoami, 0))["pid"] in parsl_processes(parsl_stack)
-    # The successor removed the run directory its killed predecessor could not.
-    assert len(list((parsl_stack.data_dir / "parsl").iterdir())) == 1
 
 
 def test_stopping_the_stack_leaves_no_parsl_process_and_no_run_dir(parsl_stack: ParslStack) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,8 +18,8 @@ from dlhub.common.config import BusConfig, load_settings
 from dlhub.common.ids import new_id, servable_topic
 from dlhub.common.messages import Dispatch, Result, RouteStep
 from dlhub.worker.service import WorkerService
-from tests.support.net import free_port
 from tests.support.polling import await_until
+from tests.support.services import ServiceProcesses
 from tests.support.worker_servables import function_method, write_function_servable
 
 CODEC = Codec()
@@ -131,86 +128,57 @@ async def test_handle_times_out_from_the_dispatch_deadline(service: WorkerServic
 # -- broker and worker as real processes ------------------------------------------------------------------
 
 
-class Stack:
+class Stack(ServiceProcesses):
+    """A broker and a worker process serving the servables in ``base/servables``."""
+
     def __init__(self, base: Path) -> None:
-        self.base = base
         self.servable_dir = base / "servables"
-        self.broker_url = f"tcp://127.0.0.1:{free_port()}"
-        self.env = dict(os.environ)
-        self.env.update(
-            {
-                "DLHUB_DATA_DIR": str(base / "data"),
-                "DLHUB_WORKER__SERVABLE_DIR": str(self.servable_dir),
-                "DLHUB_BROKER__BIND_URL": self.broker_url,
-                "DLHUB_BUS__BROKER_URL": self.broker_url,
-                "DLHUB_BUS__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
-                "DLHUB_WORKER__PROCESSES": "1",
-            }
+        super().__init__(
+            base,
+            heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+            env={"DLHUB_WORKER__SERVABLE_DIR": str(self.servable_dir), "DLHUB_WORKER__PROCESSES": "1"},
         )
         self.env.pop("DLHUB_CONFIG", None)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, module: str) -> subprocess.Popen[bytes]:
-        log = (self.base / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module], env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
-        )
-        self.processes[name] = process
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.base / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def stop(self, name: str, timeout_s: float = 20.0) -> int:
-        process = self.processes[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"{name} ignored SIGTERM:\n{self.log(name)}") from None
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    processes = Stack(tmp_path)
+@contextlib.contextmanager
+def running_worker(base: Path) -> Iterator[Stack]:
+    """A broker and a worker process serving ``fn`` (also for tests/fault/test_worker_service_faults.py)."""
+    processes = Stack(base)
     write_function_servable(processes.servable_dir, "fn", methods=METHODS)
-    processes.start("broker", "dlhub.broker")
-    processes.start("worker", "dlhub.worker")
+    processes.start("broker")
+    processes.start("worker")
     try:
         yield processes
     finally:
         for name in ("worker", "broker"):
-            if processes.processes[name].poll() is None:
-                processes.stop(name)
+            assert processes.stop(name) is not None, f"{name} ignored SIGTERM:\n{processes.log(name)}"
 
 
-@pytest.fixture
-async def client(stack: Stack) -> AsyncIterator[BusClient]:
+@contextlib.asynccontextmanager
+async def worker_client(stack: Stack) -> AsyncIterator[BusClient]:
+    """A bus client, once the worker has registered with the broker."""
     bus = BusClient(
         bus=BusConfig(broker_url=stack.broker_url, heartbeat_interval_s=HEARTBEAT_INTERVAL_S), codec=CODEC
     )
     await bus.start()
     try:
-
-        async def worker_registered() -> bool:
-            try:
-                stats = await bus.stats(timeout_s=1.0)
-            except Exception:
-                return False
-            return any(h.kind == "worker" for h in stats.handlers)
-
-        deadline = time.monotonic() + 60
-        while not await worker_registered():
-            for name, process in stack.processes.items():
-                assert process.poll() is None, f"{name} exited early:\n{stack.log(name)}"
-            assert time.monotonic() < deadline, f"the worker never registered:\n{stack.log('worker')}"
-            await asyncio.sleep(0.05)
+        await stack.wait_registered(bus, "worker", timeout_s=60)
         yield bus
     finally:
         await bus.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running_worker(tmp_path) as processes:
+        yield processes
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[BusClient]:
+    async with worker_client(stack) as bus:
+        yield bus
 
 
 async def run(
@@ -252,32 +220,3 @@ async def test_worker_process_serves_tasks_over_the_bus(stack: Stack, client: Bu
     p50 = statistics.median(latencies_ms)
     print(f"client->broker->worker->executor round trip: p50 {p50:.3f} ms, max {max(latencies_ms):.3f} ms")
     assert p50 < 20, f"p50 round trip {p50:.3f} ms"
-
-
-async def test_killing_the_executor_mid_task_fails_it_with_worker_lost(
-    stack: Stack, client: BusClient, tmp_path: Path
-) -> None:
-    pidfile = tmp_path / "executor.pid"
-    slow = asyncio.create_task(run(client, {"pidfile": str(pidfile), "seconds": 60}, method="slow"))
-    child = int(
-        await await_until(
-            lambda: pidfile.is_file() and pidfile.read_text(), timeout_s=30, message="the task to start"
-        )
-    )
-    os.kill(child, signal.SIGKILL)
-    result = await asyncio.wait_for(slow, 30)
-    assert not result.ok and result.error is not None
-    assert result.error.code == "worker_lost"
-    assert "SIGKILL" in result.error.message
-    assert stack.processes["worker"].poll() is None
-
-    after = await run(client, None, method="whoami")
-    assert after.ok, after.error
-    new_child = CODEC.decode_value(after.output)["pid"]
-    assert new_child != child
-
-    assert stack.stop("worker") == 0
-    await await_until(
-        lambda: not pid_alive(new_child), timeout_s=10, message="the executor process to stop with the worker"
-    )
-    assert "worker stopped" in stack.log("worker")

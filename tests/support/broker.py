@@ -207,7 +207,7 @@ def _main(argv: list[str]) -> None:
 
     async def sleep_then_echo(dispatch: Dispatch) -> Result:
         seconds: Any = codec.decode_value(dispatch.inputs)
-        await asyncio.sleep(float(seconds))
+        await asyncio.sleep(float(seconds))  # a slow handler: the condition the tests need
         return Result(task_id=dispatch.task_id, ok=True, output=dispatch.inputs)
 
     async def serve() -> None:

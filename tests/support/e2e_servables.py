@@ -34,6 +34,6 @@ def slow(spec):
     with open(spec["pidfile"] + ".tmp", "w") as fh:
         fh.write(str(os.getppid()))
     os.replace(spec["pidfile"] + ".tmp", spec["pidfile"])
-    time.sleep(spec.get("seconds", 60))
+    time.sleep(spec.get("seconds", 60))  # still running when the test kills its worker
     return "finished"
 """

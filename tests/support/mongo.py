@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from pymongo import MongoClient
 
 from dlhub.common.config import StoreConfig
 from tests.support.net import free_port
+from tests.support.polling import wait_until
 from tests.support.servers import missing_test_server
 
 
@@ -93,18 +93,23 @@ class FerretDBProcess:
             f"--state-dir={self.base}", "--telemetry=disable", "--log-level=warn",
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def listening() -> bool:
+            if process.poll() is not None:
                 raise AssertionError(f"FerretDB exited early: {self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
+                    return True
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"FerretDB did not listen within {timeout_s} s: {self.log_tail()}")
-            time.sleep(0.05)
+                return False
+
+        try:
+            wait_until(listening, timeout_s=timeout_s, interval_s=0.05, message="FerretDB to listen")
+        except AssertionError:
+            if process.poll() is not None:
+                raise
+            raise AssertionError(f"FerretDB did not listen within {timeout_s} s: {self.log_tail()}") from None
         client: MongoClient[dict[str, Any]] = MongoClient(self.url, serverSelectionTimeoutMS=10_000)
         try:
             client.admin.command("ping")

@@ -72,18 +72,18 @@ MYMOD = textwrap.dedent(
 
 
     def sleep(seconds):
-        time.sleep(seconds)
+        time.sleep(seconds)  # a slow servable (timeouts, pipelining: under test)
         return seconds
 
 
     def sleep_with_pidfile(spec):
         pathlib.Path(spec["pidfile"]).write_text(str(os.getpid()))
-        time.sleep(spec["seconds"])
+        time.sleep(spec["seconds"])  # still running when the test kills or times it out
         return "finished"
 
 
     def sleep_then_exit(seconds):
-        time.sleep(seconds)
+        time.sleep(seconds)  # runs a while, then exits the executor process (under test)
         os._exit(3)
 
 

@@ -6,7 +6,6 @@ import copy
 import time
 from typing import Any
 
-import httpx
 import pytest
 
 from dlhub.common.errors import ValidationFailed
@@ -14,7 +13,6 @@ from dlhub.registry import argtypes
 from dlhub.registry.argtypes import check_method_types, check_run_inputs, compile_type, validate
 from dlhub.registry.metadata import validate_publication
 from dlhub.registry.store import VersionRecord
-from tests.support.stack import StackInfo
 
 FLOAT = {"type": "float"}
 
@@ -308,11 +306,3 @@ def test_publish_rejects_malformed_type_descriptions(input_type: dict[str, Any],
     with pytest.raises(ValidationFailed) as excinfo:
         validate_publication(publication(input_type))
     assert excinfo.value.field == field, excinfo.value.message
-
-
-# -- end to end: the real stack (`dlhub up`) rejects bad inputs before queueing ----------------------------
-
-
-def post_run(stack: StackInfo, servable: str, body: dict[str, Any]) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {stack.tokens['alice']}"}
-    return httpx.post(f"{stack.api}/servables/{servable}/run", json=body, headers=headers, timeout=60)

@@ -507,6 +507,3 @@ async def test_service_turns_unexpected_errors_into_build_failed(
     service = BuilderService(root=root, limits=LIMITS, codec=codec)
     with pytest.raises(BuildFailed, match="disk on fire"):
         await service.handle(dispatch(codec.encode_value(request(b"", "none"))))
-
-
-# --- over the bus: real broker and builder processes ----------------------------------------------------

@@ -45,7 +45,7 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
 @pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
 def test_services_run_on_the_configured_event_loop(loop_kind: str) -> None:
     async def loop_module() -> str:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # runs one step on the loop: nothing is waited for
         return type(asyncio.get_running_loop()).__module__
 
     module = event_loop.run(loop_module(), loop_kind)  # type: ignore[arg-type]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -461,32 +460,3 @@ def test_external_datastores_overlay(services: dict[str, dict[str, Any]]) -> Non
     assert active == set(DLHUB_SERVICES)
     for name in active:
         assert set(merged[name].get("depends_on", {})) <= active, name
-
-
-# -- validation by a real Compose loader ---------------------------------------------------------------------
-
-
-def _version(command: list[str]) -> tuple[int, ...] | None:
-    try:
-        result = subprocess.run(
-            [*command, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except OSError:
-        return None
-    match = re.search(r"(\d+)\.(\d+)\.(\d+)", result.stdout)
-    return tuple(int(part) for part in match.groups()) if result.returncode == 0 and match else None
-
-
-def run_compose_config(command: tuple[list[str], list[str]], *files: Path) -> dict[str, Any]:
-    before, after = command
-    args = [*before, *(part for path in files for part in ("-f", str(path))), *after]
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key in {"PATH", "HOME", "DOCKER_CONFIG", "DOCKER_HOST"}
-    }
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=False)
-    assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
-    model = yaml.safe_load(result.stdout)
-    assert isinstance(model, dict)
-    return model

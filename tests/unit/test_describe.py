@@ -281,6 +281,3 @@ def test_unfitted_estimator_and_unknown_serialization_are_refused() -> None:
     iris = load_iris()
     with pytest.raises(ValueError, match="serialization_method"):
         _describe(LinearRegression().fit(iris.data, iris.target), serialization_method="cloudpickle")
-
-
-# -- end to end --------------------------------------------------------------------------------------------

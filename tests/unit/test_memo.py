@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from dlhub.client import DLHubClient
-from dlhub.client.metadata import python_function_document
 from dlhub.common.config import RegistryConfig
 from dlhub.registry.memo import ENTRY_OVERHEAD_BYTES, Memo, MemoLRU, MemoStep, is_deterministic, memo_key
 from dlhub.registry.sqlite_store import SQLiteMetadataStore
 from dlhub.registry.store import VersionRecord
-from tests.support.stack import StackInfo
+from tests.support.polling import await_until
 
 # -- the LRU -------------------------------------------------------------------------------------------------
 
@@ -170,67 +165,12 @@ async def test_shared_layer_serves_a_second_registry_and_expires(tmp_path: Path)
         assert second.get_local(key) is None
         assert await second.get(key) == b'"out"'
         assert second.get_local(key) == b'"out"'  # a store hit is kept in memory
-        await asyncio.sleep(0.6)
-        assert await first.get(key) is None
+
+        async def expired() -> bool:  # the entry's TTL is 0.5 s, in the store and in memory
+            return await first.get(key) is None
+
+        await await_until(expired, timeout_s=5, interval_s=0.05, message="the memo entry to expire")
         not_shared = Memo(RegistryConfig(), store)
         assert await not_shared.get_shared(key) is None
     finally:
         await store.close()
-
-
-# -- end to end through the real stack -----------------------------------------------------------------------
-
-COUNTED = """
-import random
-
-
-def counted(spec):
-    with open(spec["log"], "a") as fh:
-        fh.write("run\\n")
-    if spec.get("fail"):
-        raise ValueError("asked to fail")
-    return {"double": 2 * spec["x"]}
-
-
-def noisy(spec):
-    with open(spec["log"], "a") as fh:
-        fh.write("run\\n")
-    return random.random()
-"""
-
-
-def doc_for(name: str, function: str, *, deterministic: bool | None = None) -> dict[str, Any]:
-    doc = python_function_document(
-        name=name,
-        module="memofns",
-        function=function,
-        files=["memofns.py"],
-        title=f"{function} (memo test)",
-        authors=["Doe, Jane"],
-    )
-    if deterministic is not None:
-        doc["servable"]["options"] = {"deterministic": deterministic}
-    return doc
-
-
-def publish(alice: DLHubClient, pkg: Path, function: str, *, deterministic: bool | None = None) -> str:
-    name = f"{function}_{uuid.uuid4().hex[:8]}"
-    reply = alice.publish(doc_for(name, function, deterministic=deterministic), base_dir=pkg)
-    assert reply["status"] == "ready"
-    return name
-
-
-def run(stack: StackInfo, servable: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(
-        f"{stack.api}/servables/{servable}/run",
-        json=body,
-        headers={"Authorization": f"Bearer {stack.tokens['alice']}"},
-        timeout=60,
-    )
-    assert response.status_code in (200, 202), response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
-def executions(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0

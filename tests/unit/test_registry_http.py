@@ -48,6 +48,7 @@ from dlhub.common.payloads import (
 from dlhub.registry.app import create_app
 from dlhub.registry.auth import create_token
 from dlhub.registry.keys import BACKGROUND, STORE
+from tests.support.polling import await_until
 from tests.support.sdk_documents import SDK_EXAMPLE_PATH
 
 API = "/api/v1"
@@ -155,10 +156,10 @@ class Env:
     async def settle(self) -> None:
         """Wait for background builds, index updates and async runs to finish."""
         background = self.client.app[BACKGROUND]
-        for _ in range(100):
-            if len(background) <= 1:  # only the periodic task sweep left
-                return
-            await asyncio.sleep(0.01)
+        # until only the two periodic sweeps (tasks, blobs) are left
+        await await_until(
+            lambda: len(background) <= 2, timeout_s=10, interval_s=0.01, message="background work to finish"
+        )
 
     async def publish(
         self, user: str, doc: dict[str, Any] | None = None, package: bytes | None = None
@@ -523,12 +524,12 @@ async def test_async_run_and_task_access(env: Env) -> None:
     accepted = await response.json()
     assert accepted["state"] == "pending" and accepted["status_url"] == f"{API}/tasks/{accepted['task_id']}"
     url = accepted["status_url"]
-    for _ in range(100):
+
+    async def running() -> bool:
         task = await (await env.client.get(url, headers=env.auth("bob"))).json()
-        if task["state"] == "running":
-            break
-        await asyncio.sleep(0.01)
-    assert task["state"] == "running"
+        return bool(task["state"] == "running")
+
+    await await_until(running, timeout_s=10, interval_s=0.01, message="the task to be running")
     env.bus.release_runs.set()
     await env.settle()
     task = await (await env.client.get(url, headers=env.auth("bob"))).json()

@@ -23,6 +23,7 @@ from dlhub.worker.batching import (
     split_output,
 )
 from dlhub.worker.protocol import ExecReply
+from tests.support.polling import await_until
 from tests.support.worker_servables import (
     PYTHON_SHIM,
 )
@@ -47,7 +48,7 @@ class FakeExecutor:
     async def __call__(self, key: BatchKey, inputs: msgspec.Raw, timeout_s: float | None) -> ExecReply:
         value = CODEC.decode_value(inputs)
         self.calls.append(value)
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delay_s)  # a slow executor is the condition under test
         if self.fail is not None:
             raise self.fail
         if self.error is not None:
@@ -169,7 +170,7 @@ async def test_a_lone_request_waits_at_most_max_wait() -> None:
     assert time.perf_counter() - started < 0.04
     # Requests arriving within the window join it.
     first = asyncio.create_task(submit(batcher, [[1]], p=policy(64, 100)))
-    await asyncio.sleep(0.03)
+    await asyncio.sleep(0.03)  # under test: the second request arrives 30 ms into the 100 ms window
     second = asyncio.create_task(submit(batcher, [[2]], p=policy(64, 100)))
     assert [(await first).tolist(), (await second).tolist()] == [[[10]], [[20]]]
     assert executor.sizes[-1] == 2
@@ -179,9 +180,9 @@ async def test_batches_keep_growing_while_the_executors_are_busy() -> None:
     executor = FakeExecutor(delay_s=0.2)
     batcher = Batcher(run=executor, codec=CODEC, slots=1)
     first = asyncio.create_task(submit(batcher, [[0]], p=policy(64, 1)))
-    await asyncio.sleep(0.05)  # the first batch is running
+    await await_until(lambda: executor.sizes == [1], timeout_s=5, message="the first batch to be running")
     rest = [asyncio.create_task(submit(batcher, [[i]], p=policy(64, 1))) for i in range(1, 6)]
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # under test: 20 ms pass, far beyond the 1 ms window, and nothing may run
     assert executor.sizes == [1]  # the window closed, but the only slot is busy: still collecting
     await asyncio.gather(first, *rest)
     assert executor.sizes == [1, 5]
@@ -198,7 +199,7 @@ async def test_each_request_reports_its_own_queue_wait() -> None:
         return (await batcher.submit(KEY, p, raw, 1, None)).queue_ms
 
     first = asyncio.create_task(one(1))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # under test: the second request arrives 50 ms later, so it waits 50 ms less
     second = asyncio.create_task(one(2))
     first_ms, second_ms = await first, await second
     assert executor.sizes == [2]
@@ -260,12 +261,6 @@ async def test_a_request_times_out_on_its_own_deadline() -> None:
         await short
     assert (await long).reply.ok
     await batcher.close()
-
-
-# -- the worker service in-process: a scikit-learn servable is batched by default --------------------------
-
-
-# -- broker and worker as real processes -------------------------------------------------------------------
 
 
 def test_executor_decodes_rows_of_floats_straight_into_an_array() -> None:
