@@ -233,6 +233,22 @@ def declaration(metadata: Mapping[str, Any], files_dir: Path | None) -> Declarat
     )
 
 
+# Builds of one project published under other names: the original SDK writes "tensorflow" while a CPU-only
+# worker has tensorflow-cpu installed, which provides the same import package at the same version.
+DISTRIBUTION_ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "tensorflow": ("tensorflow-cpu", "tensorflow-intel", "tensorflow-macos"),
+}
+
+
+def _installed_version(name: str) -> str | None:
+    for candidate in (name, *DISTRIBUTION_ALIASES.get(name.lower(), ())):
+        try:
+            return importlib_metadata.version(candidate)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _satisfied_here(decl: Declaration) -> bool:
     """Whether this (the DLHub server's) environment already has every declared pin, exactly."""
     if decl.python and decl.python != current_python():
@@ -240,9 +256,8 @@ def _satisfied_here(decl: Declaration) -> bool:
     if len(decl.requirements) != len(decl.pins):  # requirement files: always their own environment
         return False
     for name, wanted in decl.pins.items():
-        try:
-            installed = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
+        installed = _installed_version(name)
+        if installed is None:
             return False
         wanted = wanted.strip()
         if wanted in ("", "*"):

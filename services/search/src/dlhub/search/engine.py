@@ -3,7 +3,7 @@
 Every backend returns the same ``SearchResults`` shape for the same ``SearchQuery``: hits in the requested
 order (best first by default) with a score where higher is better, the total number of visible matches, the
 effective limit and offset, and the requested facet counts over every visible match. The contract suite
-(tests/test_search_contract.py) runs the same documents and queries against each backend.
+(tests/contract/test_search_contract.py) runs the same documents and queries against each backend.
 """
 
 from __future__ import annotations

@@ -1,0 +1,450 @@
+"""One contract for every ``MetadataStore`` backend: same inputs, same answers.
+
+The ``backend`` fixture is parametrized over SQLite (a file in tmp_path) and MongoDB (the shared test server,
+real MongoDB or FerretDB, one fresh database per test, dropped afterwards). ``backend.connect()`` opens one
+more independent connection to the same data, for the concurrency checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dlhub.common.codec import Codec
+from dlhub.common.errors import Unauthorized, ValidationFailed
+from dlhub.common.messages import ErrorInfo, Result, Timings
+from dlhub.registry.auth import Authenticator, create_token, hash_token, revoke_token
+from dlhub.registry.clock import now_ms
+from dlhub.registry.store import MetadataStore, TaskRecord, TokenRecord
+from dlhub.registry.store.mongo import MongoMetadataStore
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
+from dlhub.registry.tasks import TaskTable
+from tests.support.mongo import drop_database, mongo_config, resolve_mongodb_url, unique_database
+from tests.support.polling import await_until
+
+META = {"dlhub": {"name": "m", "visible_to": ["public"]}}
+
+# Keys MongoDB rejects or interprets in stored documents, plus values whose JSON type must survive exactly.
+ODD_METADATA: dict[str, Any] = {
+    "dlhub": {"name": "m", "visible_to": ["public", "user:alice"]},
+    "$set": {"x": 1},
+    "$": "dollar alone",
+    "a.b.c": {"$in": [1, 2], "inner.dot": {"$$deep": None}},
+    "": "empty key",
+    "_id": "not an id",
+    "unicodé ключ 键": ["ü", "\u0000nul", "\U0001f600"],
+    "numbers": {"int": 1, "float": 1.0, "neg": -0.5, "big": 2**62, "exp": 1e300},
+    "nested": [[{"$k": [{"a.b": True}]}], {}, []],
+    "order": {"z": 1, "a": 2, "m": 3},
+}
+
+
+@dataclass
+class Backend:
+    name: str
+    connect: Callable[[], MetadataStore]
+    opened: list[MetadataStore] = field(default_factory=list)
+
+    async def open(self) -> MetadataStore:
+        store = self.connect()
+        await store.open()
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "registry.sqlite3"
+        b = Backend("sqlite", lambda: SQLiteMetadataStore(path))
+        try:
+            yield b
+        finally:
+            for store in b.opened:
+                await store.close()
+        return
+    url = resolve_mongodb_url(request)
+    database = unique_database()
+    b = Backend("mongodb", lambda: MongoMetadataStore(mongo_config(url, database)))
+    try:
+        yield b
+    finally:
+        for store in b.opened:
+            await store.close()
+        await asyncio.to_thread(drop_database, url, database)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> MetadataStore:
+    return await backend.open()
+
+
+async def publish(store: MetadataStore, owner: str = "alice", name: str = "m") -> int:
+    record = await store.create_version(owner=owner, name=name, metadata=META, published_at_ms=now_ms())
+    return record.version
+
+
+# -- versions -----------------------------------------------------------------------------------------------
+
+
+async def test_versions_allocate_1_2_3(store: MetadataStore) -> None:
+    assert [await publish(store) for _ in range(3)] == [1, 2, 3]
+    assert await publish(store, name="other") == 1
+    assert await publish(store, owner="bob") == 1
+    versions = await store.list_versions("alice", "m")
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert all(v.status == "building" for v in versions)
+    assert versions[0].metadata == META
+    assert await store.list_servables() == [("alice", "m"), ("alice", "other"), ("bob", "m")]
+    assert await store.list_servables("bob") == [("bob", "m")]
+    assert await store.list_servables("carol") == []
+    assert await store.list_versions("carol", "m") == []
+
+
+async def test_concurrent_allocations_never_collide(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()  # two independent connections
+    numbers = await asyncio.gather(*[publish(s) for _ in range(40) for s in (first, second)])
+    assert sorted(numbers) == list(range(1, 81))
+    stored = [v.version for v in await first.list_versions("alice", "m")]
+    assert stored == list(range(1, 81))
+    # different servables allocate independently, also concurrently
+    others = await asyncio.gather(*[publish(first, name=f"n{i % 4}") for i in range(20)])
+    assert sorted(others) == sorted(list(range(1, 6)) * 4)
+
+
+async def test_record_round_trip(store: MetadataStore) -> None:
+    created = await store.create_version(
+        owner="alice",
+        name="m",
+        metadata=META,
+        published_at_ms=1_700_000_000_123,
+        package_sha256="f" * 64,
+        package_format="zip",
+        build_task_id="task-1",
+        status="ready",
+    )
+    got = await store.get_version("alice", "m", 1)
+    assert got == created
+    assert got.package_format == "zip" and got.status == "ready" and got.published_at_ms == 1_700_000_000_123
+    assert got.label == "alice/m@1" and got.visible_to == ("public",)
+    assert await store.get_version("alice", "m", 2) is None
+    assert await store.get_version("alice", "nope", 1) is None
+
+
+async def test_metadata_with_odd_keys_round_trips(store: MetadataStore) -> None:
+    created = await store.create_version(owner="alice", name="m", metadata=ODD_METADATA, published_at_ms=1)
+    assert created.metadata == ODD_METADATA
+    (listed,) = await store.list_versions("alice", "m")
+    for record in (listed, await store.get_version("alice", "m", 1)):
+        assert record is not None and record.metadata == ODD_METADATA
+        assert list(record.metadata["order"]) == ["z", "a", "m"]  # key order is kept
+        assert type(record.metadata["numbers"]["int"]) is int
+        assert type(record.metadata["numbers"]["float"]) is float
+        assert record.visible_to == ("public", "user:alice")
+
+
+async def test_numbers_are_not_reused_after_delete(store: MetadataStore) -> None:
+    for _ in range(3):
+        await publish(store)
+    assert await store.delete_versions("alice", "m", [3]) == [3]
+    assert await store.delete_versions("alice", "m", [3]) == []
+    assert await publish(store) == 4
+    assert await store.delete_versions("alice", "m", [9, 1]) == [1]
+    assert await store.delete_versions("alice", "m") == [2, 4]
+    assert await store.list_versions("alice", "m") == []
+    assert await store.list_servables() == []
+    assert await publish(store) == 5
+    assert await store.delete_versions("bob", "ghost") == []
+
+
+async def test_status_updates(store: MetadataStore) -> None:
+    await publish(store)
+    await publish(store)
+    building = await store.list_versions_with_status("building")
+    assert [v.label for v in building] == ["alice/m@1", "alice/m@2"]
+    ready = await store.set_version_status("alice", "m", 1, status="ready", digest="d", files=("a", "b"))
+    assert ready is not None and ready.status == "ready" and ready.files == ("a", "b") and ready.digest == "d"
+    assert ready.metadata == META and ready.status_reason == ""
+    failed = await store.set_version_status("alice", "m", 2, status="failed", status_reason="no model.pkl")
+    assert failed is not None and failed.status_reason == "no model.pkl" and failed.files == ()
+    assert await store.get_version("alice", "m", 1) == ready
+    assert await store.list_versions_with_status("building") == []
+    assert [v.version for v in await store.list_versions_with_status("ready")] == [1]
+    assert [v.version for v in await store.list_versions_with_status("failed")] == [2]
+    assert await store.set_version_status("alice", "m", 9, status="ready") is None
+
+
+async def test_package_refs(store: MetadataStore) -> None:
+    for _ in range(2):
+        await store.create_version(
+            owner="alice",
+            name="m",
+            metadata=META,
+            published_at_ms=1,
+            package_sha256="abc",
+            package_format="tar",
+        )
+    await store.create_version(owner="bob", name="m", metadata=META, published_at_ms=1, package_sha256="abc")
+    assert await store.count_package_refs("abc") == 3
+    assert await store.count_package_refs("nope") == 0
+    await store.delete_versions("alice", "m", [1])
+    assert await store.count_package_refs("abc") == 2
+    await store.delete_versions("alice", "m")
+    assert await store.count_package_refs("abc") == 1
+    # tombstones do not hold on to their package blob
+    await store.create_version(owner="bob", name="m", metadata=META, published_at_ms=1, package_sha256="abc")
+    assert await store.count_package_refs("abc") == 2
+    assert await store.mark_deleted("bob", "m", [1], deleted_by="bob", deleted_at_ms=1) == [1]
+    assert await store.count_package_refs("abc") == 1
+    await store.mark_deleted("bob", "m", deleted_by="bob", deleted_at_ms=1)
+    assert await store.count_package_refs("abc") == 0
+
+
+async def test_tombstones_keep_the_record_and_its_number(store: MetadataStore) -> None:
+    full = {
+        "datacite": {"titles": [{"title": "M"}], "creators": [{"creatorName": "A"}]},
+        "dlhub": {"name": "m", "owner": "alice", "visible_to": ["user:alice"], "files": {"x": 1}},
+        "servable": {"methods": {"run": {}}},
+    }
+    for _ in range(3):
+        await store.create_version(
+            owner="alice", name="m", metadata=full, published_at_ms=5, package_sha256="abc", status="ready"
+        )
+    await store.set_version_status("alice", "m", 2, status="ready", digest="d2", files=("f",))
+    await store.set_deprecated("alice", "m", 2, deprecated=True, reason="old", at_ms=7)
+    assert await store.mark_deleted("alice", "m", [2, 9], deleted_by="alice", deleted_at_ms=42) == [2]
+    assert await store.mark_deleted("alice", "m", [2], deleted_by="alice", deleted_at_ms=43) == []
+    tomb = await store.get_version("alice", "m", 2)
+    assert tomb is not None and tomb.deleted and tomb.status == "deleted"
+    assert (tomb.deleted_at_ms, tomb.deleted_by, tomb.published_at_ms) == (42, "alice", 5)
+    assert tomb.metadata == {
+        "datacite": full["datacite"],
+        "dlhub": {"name": "m", "owner": "alice", "visible_to": ["user:alice"]},
+    }
+    assert tomb.visible_to == ("user:alice",)  # visibility survives, so tombstones stay hidden
+    assert tomb.files == () and tomb.digest == "d2" and tomb.package_sha256 == "abc"
+    assert not tomb.deprecated and tomb.deprecation_reason == ""
+    # a tombstone is never revived by a late build outcome, nor deprecated
+    assert await store.set_version_status("alice", "m", 2, status="ready") is None
+    assert await store.set_deprecated("alice", "m", 2, deprecated=True) is None
+    assert await store.get_version("alice", "m", 2) == tomb
+    assert [v.status for v in await store.list_versions("alice", "m")] == ["ready", "deleted", "ready"]
+    assert await store.list_versions_with_status("deleted") == [tomb]
+    assert await store.mark_deleted("alice", "m", deleted_by="alice", deleted_at_ms=50) == [1, 3]
+    assert [v.deleted_at_ms for v in await store.list_versions("alice", "m")] == [50, 42, 50]
+    assert await store.list_servables() == []  # only tombstones left
+    assert await publish(store) == 4  # numbers are never reused
+    assert await store.list_servables("alice") == [("alice", "m")]
+    assert await store.mark_deleted("bob", "ghost", deleted_by="bob", deleted_at_ms=1) == []
+
+
+async def test_concurrent_tombstoning_claims_each_version_once(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    for _ in range(10):
+        await publish(first)
+    results = await asyncio.gather(
+        *[s.mark_deleted("alice", "m", deleted_by="alice", deleted_at_ms=1) for s in (first, second) * 3]
+    )
+    claimed = [v for r in results for v in r]
+    assert sorted(claimed) == list(range(1, 11))
+
+
+async def test_deprecation(store: MetadataStore) -> None:
+    await publish(store)
+    await publish(store)
+    record = await store.set_deprecated(
+        "alice", "m", 1, deprecated=True, reason="use 2", replacement="alice/m@2", at_ms=1_700_000_000_000
+    )
+    assert record is not None and record.deprecated
+    assert (record.deprecation_reason, record.deprecation_replacement) == ("use 2", "alice/m@2")
+    assert record.deprecated_at_ms == 1_700_000_000_000 and record.status == "building"
+    assert await store.get_version("alice", "m", 1) == record
+    assert [v.deprecated for v in await store.list_versions("alice", "m")] == [True, False]
+    # a build outcome does not clear the deprecation
+    ready = await store.set_version_status("alice", "m", 1, status="ready", digest="d")
+    assert ready is not None and ready.deprecated and ready.deprecation_reason == "use 2"
+    cleared = await store.set_deprecated("alice", "m", 1, deprecated=False, reason="ignored", at_ms=5)
+    assert cleared is not None and not cleared.deprecated
+    assert (cleared.deprecation_reason, cleared.deprecation_replacement, cleared.deprecated_at_ms) == (
+        "",
+        "",
+        0,
+    )
+    assert await store.set_deprecated("alice", "m", 9, deprecated=True) is None
+
+
+# -- tasks --------------------------------------------------------------------------------------------------
+
+
+def task(task_id: str, *, expires_at_ms: int, **changes: Any) -> TaskRecord:
+    values: dict[str, Any] = {
+        "task_id": task_id,
+        "kind": "run",
+        "state": "pending",
+        "servable": "alice/m@1",
+        "created_at_ms": 1000,
+        "updated_at_ms": 1000,
+        "expires_at_ms": expires_at_ms,
+    }
+    values.update(changes)
+    return TaskRecord(**values)
+
+
+async def test_task_save_get_replace_expire(store: MetadataStore) -> None:
+    now = 1_700_000_000_000
+    full = task(
+        "t1",
+        expires_at_ms=now + 1000,
+        state="completed",
+        submitter="alice",
+        output_json=b'{"y":[1,2],"$k":{"a.b":1}}',
+        error={"type": "x", "$odd": {"a.b": 1}},
+        timings={"request_ms": 1.5, "queue_ms": 0.0},
+    )
+    await store.save_task(full)
+    assert await store.get_task("t1", now_ms=now) == full
+    assert await store.get_task("t1", now_ms=now + 999) == full
+    assert await store.get_task("t1", now_ms=now + 1000) is None  # expired at its expiry instant
+    assert await store.get_task("nope", now_ms=now) is None
+
+    replaced = task("t1", expires_at_ms=now + 5000, state="running")
+    await store.save_task(replaced)
+    assert await store.get_task("t1", now_ms=now + 1000) == replaced
+
+    await store.save_task(task("t2", expires_at_ms=now - 1))
+    await store.save_task(task("t3", expires_at_ms=now))
+    assert await store.get_task("t2", now_ms=now) is None  # expired records read as missing
+    assert await store.delete_expired_tasks(now_ms=now) == 2
+    assert await store.delete_expired_tasks(now_ms=now) == 0
+    assert await store.get_task("t1", now_ms=now) == replaced
+    assert await store.delete_expired_tasks(now_ms=now + 5000) == 1
+
+
+async def test_task_ttl_expiry(store: MetadataStore) -> None:
+    table = TaskTable(store, Codec(), ttl_s=0.2)
+    task = await table.create(task_id="t1", kind="run", servable="alice/m@1", submitter=None)
+    task = await table.mark_running(task)
+    codec = Codec()
+    result = Result(
+        task_id="t1", ok=True, output=codec.encode_value({"y": [1, 2]}), timings=Timings(queue_ms=1)
+    )
+    await table.finish_run(task, result, request_ms=3.0)
+    got = await table.get("t1")
+    assert got is not None and got.state == "completed" and got.output_json == b'{"y":[1,2]}'
+    assert got.timings is not None and got.timings["request_ms"] == 3.0
+
+    async def expired() -> bool:  # expires on read, even before the sweep
+        return await table.get("t1") is None
+
+    await await_until(expired, timeout_s=5, message="the task to expire")
+    assert await table.sweep() == 1
+    assert await table.sweep() == 0
+
+
+async def test_failed_task_keeps_error(store: MetadataStore) -> None:
+    table = TaskTable(store, Codec(), ttl_s=60)
+    task = await table.create(task_id="t2", kind="run", servable="alice/m@1", submitter="alice")
+    error = ErrorInfo(code="servable_error", message="boom", exception_type="ValueError", step=0, topic="x")
+    await table.finish_run(task, Result(task_id="t2", ok=False, error=error), request_ms=1.0)
+    got = await store.get_task("t2", now_ms=now_ms())
+    assert isinstance(got, TaskRecord)
+    assert got.state == "failed" and got.submitter == "alice" and got.output_json is None
+    assert got.error is not None and got.error["type"] == "servable_error" and got.error["step"] == 0
+
+
+# -- tokens -------------------------------------------------------------------------------------------------
+
+
+async def test_token_records(store: MetadataStore) -> None:
+    plain = TokenRecord(token_hash="a" * 64, user="alice", created_at_ms=5)
+    full = TokenRecord(token_hash="b" * 64, user="bob", created_at_ms=6, label="ci", expires_at_ms=99)
+    await store.add_token(plain)
+    await store.add_token(full)
+    assert await store.get_token("a" * 64) == plain
+    assert await store.get_token("b" * 64) == full
+    assert await store.get_token("c" * 64) is None
+    assert await store.revoke_token("a" * 64)
+    assert await store.revoke_token("a" * 64)  # revoking twice still reports an existing token
+    assert not await store.revoke_token("c" * 64)
+    revoked = await store.get_token("a" * 64)
+    assert revoked is not None and revoked.revoked and revoked.user == "alice"
+
+
+async def test_token_create_and_lookup_by_hash(store: MetadataStore) -> None:
+    token = await create_token(store, "alice", label="laptop")
+    assert token.startswith("dlh_") and len(token) > 40
+    record = await store.get_token(hash_token(token))
+    assert record is not None and record.user == "alice" and record.label == "laptop" and not record.revoked
+    assert await store.get_token(token) is None  # the secret itself is never stored
+
+    auth = Authenticator(store, cache_ttl_s=0.0)
+    caller = await auth.authenticate(f"Bearer {token}")
+    assert caller.user == "alice" and caller.identities == ("public", "user:alice")
+    assert (await auth.authenticate(None)).identities == ("public",)
+    with pytest.raises(Unauthorized):
+        await auth.authenticate("Bearer nope")
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(f"Basic {token}")
+    assert await revoke_token(store, token)
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(f"Bearer {token}")
+
+
+async def test_expired_token(store: MetadataStore) -> None:
+    token = await create_token(store, "alice", expires_in_s=-1)
+    with pytest.raises(Unauthorized):
+        await Authenticator(store).authenticate(f"Bearer {token}")
+
+
+async def test_token_user_name_checked(store: MetadataStore) -> None:
+    with pytest.raises(ValidationFailed):
+        await create_token(store, "not a name")
+
+
+# -- memoized results ---------------------------------------------------------------------------------------
+
+
+async def test_memo_put_get_replace_expire(store: MetadataStore) -> None:
+    now = now_ms()
+    key = "ab" * 32
+    assert await store.get_memo(key, now_ms=now) is None
+    value = b'{"y":[1,2]}' + bytes(range(256))  # stored as bytes, exactly
+    await store.put_memo(key, value, expires_at_ms=now + 60_000)
+    assert await store.get_memo(key, now_ms=now) == value
+    await store.put_memo(key, b'"new"', expires_at_ms=now + 60_000)
+    assert await store.get_memo(key, now_ms=now) == b'"new"'
+    assert await store.get_memo("cd" * 32, now_ms=now) is None
+    # Expired entries read as missing at and after their expiry.
+    assert await store.get_memo(key, now_ms=now + 60_000) is None
+    await store.put_memo("ef" * 32, b"1", expires_at_ms=now - 1)
+    assert await store.get_memo("ef" * 32, now_ms=now) is None
+
+
+async def test_memo_is_shared_between_connections(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    expires = now_ms() + 60_000
+    await first.put_memo("k1", b'"shared"', expires_at_ms=expires)
+    assert await second.get_memo("k1", now_ms=now_ms()) == b'"shared"'
+    await asyncio.gather(*(second.put_memo(f"c{i}", b"%d" % i, expires_at_ms=expires) for i in range(20)))
+    got = await asyncio.gather(*(first.get_memo(f"c{i}", now_ms=now_ms()) for i in range(20)))
+    assert got == [b"%d" % i for i in range(20)]
+
+
+# -- lifecycle ----------------------------------------------------------------------------------------------
+
+
+async def test_data_survives_reopen(backend: Backend) -> None:
+    store = await backend.open()
+    await publish(store)
+    await store.add_token(TokenRecord(token_hash="a" * 64, user="alice", created_at_ms=1))
+    await store.close()
+    await store.close()  # closing twice is harmless
+    again = await backend.open()
+    assert [v.version for v in await again.list_versions("alice", "m")] == [1]
+    assert await publish(again) == 2
+    assert await again.get_token("a" * 64) is not None

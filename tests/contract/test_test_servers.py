@@ -1,0 +1,86 @@
+"""The real test servers of scripts/test-servers answer, and starting them again is a quick no-op."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pymongo
+import pytest
+
+from tests.support.servers import is_ferretdb
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "test_servers.py"
+
+
+def test_mongodb_answers(mongodb_url: str) -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        mongodb_url, serverSelectionTimeoutMS=5000
+    )
+    database = "dlhub_test_servers_" + uuid.uuid4().hex[:12]
+    try:
+        assert client.admin.command("ping")["ok"] == 1
+        collection = client[database]["probe"]
+        collection.insert_one({"_id": "a", "n": 1})
+        assert collection.find_one({"_id": "a"}) == {"_id": "a", "n": 1}
+    finally:
+        client.drop_database(database)
+        client.close()
+    assert isinstance(is_ferretdb(mongodb_url), bool)
+
+
+def test_elasticsearch_answers(elasticsearch_url: str) -> None:
+    health = httpx.get(f"{elasticsearch_url}/_cluster/health", params={"wait_for_status": "yellow"}).json()
+    assert health["status"] in ("green", "yellow")
+    index = f"{elasticsearch_url}/dlhub-test-servers-{uuid.uuid4().hex[:12]}"
+    try:
+        assert httpx.put(index, json={"settings": {"number_of_replicas": 0}}).status_code == 200
+        doc = {"title": "Arithmetic mean", "owner": "jane"}
+        assert httpx.put(f"{index}/_doc/1", params={"refresh": "true"}, json=doc).status_code == 201
+        hits = httpx.post(f"{index}/_search", json={"query": {"match": {"title": "arithmetic"}}}).json()
+        assert [hit["_source"] for hit in hits["hits"]["hits"]] == [doc]
+    finally:
+        httpx.delete(index)
+
+
+def _local_port(url: str) -> int:
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+        pytest.skip(
+            f"{url} is not a loopback server with an explicit port: not one scripts/test-servers runs"
+        )
+    return parts.port
+
+
+def test_start_again_is_a_quick_noop(mongodb_url: str, elasticsearch_url: str) -> None:
+    env = dict(
+        os.environ,
+        DLHUB_TEST_MONGODB_PORT=str(_local_port(mongodb_url)),
+        DLHUB_TEST_ELASTICSEARCH_PORT=str(_local_port(elasticsearch_url)),
+    )
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - began
+    assert proc.returncode == 0, proc.stderr
+    assert "starting" not in proc.stderr, proc.stderr
+    for name in ("mongodb", "elasticsearch"):
+        assert f"{name}: already" in proc.stderr, proc.stderr
+    assert elapsed < 15, f"a no-op start took {elapsed:.1f} s"
+
+    status = subprocess.run([sys.executable, str(SCRIPT), "status"], env=env, capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout + status.stderr
+    exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
+    assert f"export DLHUB_TEST_MONGODB_URL=mongodb://127.0.0.1:{_local_port(mongodb_url)}/" in exports.stdout
+    assert f"export DLHUB_TEST_ELASTICSEARCH_URL=http://127.0.0.1:{_local_port(elasticsearch_url)}" in (
+        exports.stdout
+    )
