@@ -400,7 +400,9 @@ class ExecutorPool:
         ending, outstanding = await child.read_replies()
         if child.retired or self._closing:
             return
-        if outstanding:
+        if child.killed_running:
+            log.info("executor process killed at its task's deadline", pid=child.pid)
+        elif outstanding:
             log.warning("executor process died", pid=child.pid, exit=ending, outstanding=outstanding)
         else:
             log.warning("executor process died while idle", pid=child.pid, exit=ending)
