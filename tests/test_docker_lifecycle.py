@@ -307,7 +307,9 @@ def test_containers_of_a_killed_worker_are_removed_by_the_next_one(
         pools = EnvironmentPools(settings, shared=shared, file_limits=FileLimits())
         other = EnvironmentPools(settings, shared=shared, file_limits=FileLimits())
         try:
-            await pools.start()
+            cleanup = pools.start()
+            assert cleanup is not None
+            await cleanup
             assert not names(engine, **{LABEL_HOME: home}), "the stale container was not removed"
             # A live worker's containers are not stale: a worker starting next to it leaves them alone.
             assert await run(pools, directory, "run", None, 60) == "hello world"

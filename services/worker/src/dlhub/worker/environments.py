@@ -139,6 +139,7 @@ class EnvironmentPools:
         self._stopping: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._instance_lock: IO[str] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
 
     @property
     def warm(self) -> list[str]:
@@ -149,10 +150,15 @@ class EnvironmentPools:
         """The backend already resolved for ``version_dir`` (the per-task fast path)."""
         return self._by_dir.get(version_dir)
 
-    async def start(self) -> None:
-        """Remove the executor containers a previous worker process of this data directory left behind."""
-        if "docker" not in self.config.allowed_backends:
-            return
+    def start(self) -> asyncio.Task[None] | None:
+        """Remove, in the background, the executor containers a previous worker process of this data
+        directory left behind (this worker's own containers are never stale, so nothing waits for it)."""
+        if "docker" not in self.config.allowed_backends or self._cleanup is not None:
+            return self._cleanup
+        self._cleanup = asyncio.create_task(self._remove_stale())
+        return self._cleanup
+
+    async def _remove_stale(self) -> None:
         try:
             removed = await asyncio.to_thread(self.remove_stale_containers)
         except Exception as exc:  # no engine here: nothing of ours can be running in it either
@@ -370,6 +376,9 @@ class EnvironmentPools:
         return False
 
     async def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

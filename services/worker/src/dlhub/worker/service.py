@@ -235,7 +235,7 @@ class WorkerService:
         """Start the execution back end, register with the broker and serve until ``stop``."""
         await self.pool.start()
         try:
-            await self.environments.start()
+            self.environments.start()
             if self._stopping.is_set():
                 return
             self.handler = HandlerService(
