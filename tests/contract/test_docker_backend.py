@@ -125,10 +125,10 @@ def test_docker_servable_runs_end_to_end_in_a_locked_down_container(
     assert mounts and all(m["RW"] is False for m in mounts)
     assert not any("docker.sock" in m["Source"] for m in mounts)
 
-    # Same lock, same image and pool: the second servable's task runs in the same container.
+    # Same lock, same image; a container of its own, since a container mounts only its version's directory.
     other = client.publish(docker_document("prefix", {"six": "1.16.0"}), base_dir=tmp_path)
     assert client.run(other["shorthand_name"], None) == "/opt/env"
-    assert len(engine.containers.list(filters={"label": f"{LABEL_ENV}={record.id}"})) == 1
+    assert len(engine.containers.list(filters={"label": f"{LABEL_ENV}={record.id}"})) == 2
 
 
 def test_docker_network_is_opt_in(

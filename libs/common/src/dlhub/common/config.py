@@ -256,6 +256,13 @@ class EnvironmentsConfig(BaseModel):
     """Disk quota of one environment (venv folder, or image size)."""
     processes_per_environment: PositiveInt = 1
     """Executor processes a worker keeps warm for each environment it serves."""
+    max_warm_environments: PositiveInt = 8
+    """Environment pools a worker keeps warm at once (a venv environment, or a docker environment for one
+    version); starting another one first stops the least recently used idle one. A pool still running a task
+    is never stopped, so the bound may be passed briefly while every warm pool is busy."""
+    environment_idle_s: PositiveFloat = 600.0
+    """A warm environment pool that has run no task for this long is stopped (started again on the next
+    request)."""
     docker_url: str | None = None
     """Docker engine; default ``DOCKER_HOST`` or the local socket."""
     docker_base_image: str = "dlhub-base:bookworm"
@@ -267,6 +274,12 @@ class EnvironmentsConfig(BaseModel):
     """Network of the image build (pip reaches the index); never a bridge."""
     docker_tmpfs_bytes: PositiveInt = 256 * MiB
     docker_user: str = "65534:65534"
+    docker_memory_bytes: PositiveInt = 2048 * MiB
+    """Memory limit of one executor container (cgroup; swap is not allowed beyond it)."""
+    docker_cpus: PositiveFloat = 1.0
+    """CPU limit of one executor container (``docker run --cpus``)."""
+    docker_pids_limit: PositiveInt = 256
+    """Processes and threads one executor container may have."""
 
 
 class SearchConfig(BaseModel):

@@ -1,23 +1,38 @@
 """The docker backend of per-servable environments: one image per environment, built with the ``docker`` SDK.
 
-The image is ``FROM <docker_base_image>`` with a venv at ``/opt/env`` holding the lock, installed by the
-base image's ``python3 -m venv`` pip with ``--require-hashes --no-deps`` (the lock is complete), tagged
+The image is the ``docker_base_image`` plus a venv at ``/opt/env`` holding the lock, installed by the base
+image's ``python3 -m venv`` pip with ``--require-hashes --no-deps`` (the lock is complete), tagged
 ``dlhub-env:<environment id>`` (the id digests backend, Python, base image and lock) and optionally pushed to
-``docker_registry``. The build runs on the host network or none (never a bridge); the index URL and CA
-bundle of the deployment are passed in as build files (CA) and build arguments (index URLs).
+``docker_registry``.
+
+The build leaves no trace of the deployment's index settings: instead of a Dockerfile (whose build
+arguments show in ``docker history`` and whose ``COPY`` layers keep every copied file, and whose BuildKit
+secrets need a BuildKit-enabled engine, which Debian's docker.io 20.10 daemon behind the SDK is not), a
+build container of the base image runs the install with a temporary read-only bind mount holding the lock,
+a ``pip.conf`` (index URLs, ``cert``) and the CA bundle; the container is then committed (bind mounts and
+tmpfs are never part of a commit) with only the environment label. The container runs on the host network
+or none (``docker_build_network``), never a bridge, and is removed afterwards.
 
 Executors run as ``docker run -i`` children of the worker: the executor protocol travels over the
 container's stdin/stdout exactly as with a local process, so the pool needs no other transport. (The CLI is
-used to run because it turns the attach stream into plain pipes; the SDK builds, inspects and pulls.)
-Every container runs as a non-root user with all capabilities dropped, ``no-new-privileges``, a read-only
-root filesystem, a private ``/tmp`` tmpfs, no Docker socket, the DLHub runtime and servable store mounted
-read-only, and no network unless the servable declares ``dlhub.environment.network``.
+used to run because it turns the attach stream into plain pipes; the SDK builds, inspects, pulls, kills and
+removes.) Every container has a unique name and the labels of its environment, its worker process and its
+worker's data directory; it runs with ``--rm``, as a non-root user with all capabilities dropped,
+``no-new-privileges``, a read-only root filesystem, a private ``/tmp`` tmpfs, no Docker socket, memory, CPU
+and process limits, read-only mounts of only the DLHub runtime and the one version directory it serves, and
+no network unless the servable declares ``dlhub.environment.network``. When the worker kills an executor
+(deadline, crash, eviction, shutdown) it also removes its container through the engine; a worker starting up
+removes the containers of a previous worker process of its data directory that is no longer running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,7 +43,13 @@ from dlhub.common.errors import BuildFailed, EnvironmentUnavailable
 IMAGE_REPOSITORY: Final = "dlhub-env"
 ENV_PREFIX: Final = "/opt/env"
 RUNTIME_MOUNT: Final = "/opt/dlhub-runtime"
+BUILD_MOUNT: Final = "/run/dlhub-build"
 LABEL_ENV: Final = "org.dlhub.environment"
+LABEL_WORKER: Final = "org.dlhub.worker"
+"""The worker process (instance id) an executor container belongs to."""
+LABEL_HOME: Final = "org.dlhub.worker.home"
+"""Digest of the worker's data directory: the containers a restarted worker may have to clean up."""
+LABEL_BUILD: Final = "org.dlhub.build"
 
 
 def image_tag(record: EnvironmentRecord, config: EnvironmentsConfig) -> str:
@@ -38,21 +59,32 @@ def image_tag(record: EnvironmentRecord, config: EnvironmentsConfig) -> str:
     return local
 
 
-def dockerfile(base_image: str, has_ca: bool) -> str:
-    cert = "ENV PIP_CERT=/tmp/dlhub-build/ca.pem\n" if has_ca else ""
+def home_label(data_dir: Path) -> str:
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:24]
+
+
+def install_script(has_conf: bool) -> str:
+    """What the build container runs (from the temporary mount, so nothing of it stays in the image)."""
+    conf = f"export PIP_CONFIG_FILE={BUILD_MOUNT}/pip.conf\n" if has_conf else "unset PIP_CONFIG_FILE\n"
     return (
-        f"FROM {base_image}\n"
-        "ARG PIP_INDEX_URL\n"
-        "ARG PIP_EXTRA_INDEX_URL\n"
-        f"{cert}"
-        "COPY . /tmp/dlhub-build/\n"
-        f"RUN python3 -m venv {ENV_PREFIX} \\\n"
-        f" && {ENV_PREFIX}/bin/python -m pip install --no-cache-dir --no-input --disable-pip-version-check"
-        " --require-hashes --no-deps -r /tmp/dlhub-build/requirements.lock \\\n"
-        " && rm -rf /tmp/dlhub-build\n"
-        "ENV PIP_CERT=\n"
-        f'LABEL {LABEL_ENV}="{{env_id}}"\n'
+        "set -eu\n"
+        "export HOME=/tmp/dlhub-home PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1\n"
+        f"{conf}"
+        f"python3 -m venv {ENV_PREFIX}\n"
+        f"{ENV_PREFIX}/bin/python -m pip install --no-cache-dir --no-input --require-hashes --no-deps"
+        f" -r {BUILD_MOUNT}/requirements.lock\n"
     )
+
+
+def pip_conf(index_url: str | None, extra_index_urls: list[str], has_ca: bool) -> str:
+    lines = ["[global]"]
+    if index_url:
+        lines.append(f"index-url = {index_url}")
+    if extra_index_urls:
+        lines.append("extra-index-url = " + " ".join(extra_index_urls))
+    if has_ca:
+        lines.append(f"cert = {BUILD_MOUNT}/ca.pem")
+    return "\n".join(lines) + "\n"
 
 
 class DockerBackend:
@@ -134,77 +166,134 @@ class DockerBackend:
     def _build(
         self, record: EnvironmentRecord, tag: str, context: Path, log: BuildLog, deadline: Deadline
     ) -> None:
+        """Install the lock in a build container of the base image, then commit it as ``tag``."""
+        import docker.errors
+
         index = index_settings(self.config)
         has_ca = index.ca_bundle is not None and index.ca_bundle.is_file()
         if has_ca and index.ca_bundle is not None:
             shutil.copyfile(index.ca_bundle, context / "ca.pem")
-        (context / "requirements.lock").write_text(record.lock, encoding="utf-8")
-        text = dockerfile(self.config.docker_base_image, has_ca).replace("{env_id}", record.id)
-        (context / "Dockerfile").write_text(text, encoding="utf-8")
-        buildargs = {}
-        if index.index_url:
-            buildargs["PIP_INDEX_URL"] = index.index_url
-        if index.extra_index_urls:
-            buildargs["PIP_EXTRA_INDEX_URL"] = " ".join(index.extra_index_urls)
-        api = self.client().api
-        api.timeout = max(1.0, deadline.remaining("building the image"))
-        error = ""
-        try:
-            stream = api.build(
-                path=str(context),
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                network_mode=self.config.docker_build_network,
-                buildargs=buildargs,
-                decode=True,
-                labels={LABEL_ENV: record.id},
+        has_conf = bool(index.index_url or index.extra_index_urls or has_ca)
+        if has_conf:
+            (context / "pip.conf").write_text(
+                pip_conf(index.index_url, index.extra_index_urls, has_ca), encoding="utf-8"
             )
-            for chunk in stream:
-                if "stream" in chunk:
-                    log.line(str(chunk["stream"]))
-                if "error" in chunk:
-                    error = str(chunk["error"])
+        (context / "requirements.lock").write_text(record.lock, encoding="utf-8")
+        (context / "install.sh").write_text(install_script(has_conf), encoding="utf-8")
+        context.chmod(0o755)
+        for path in context.iterdir():
+            path.chmod(0o644)
+        client = self.client()
+        base = client.images.get(self.config.docker_base_image)
+        base_cmd = base.attrs.get("Config", {}).get("Cmd")
+        container: Any = None
+        killer: threading.Timer | None = None
+        timed_out = threading.Event()
+        try:
+            container = client.containers.create(
+                self.config.docker_base_image,
+                command=["sh", f"{BUILD_MOUNT}/install.sh"],
+                volumes={str(context): {"bind": BUILD_MOUNT, "mode": "ro"}},
+                tmpfs={"/tmp": "rw"},
+                network_mode=self.config.docker_build_network,
+                labels={LABEL_ENV: record.id, LABEL_BUILD: "1"},
+                user="0:0",
+            )
+
+            def kill() -> None:
+                timed_out.set()
+                with contextlib.suppress(Exception):
+                    container.kill()
+
+            killer = threading.Timer(deadline.remaining("building the image"), kill)
+            killer.daemon = True
+            killer.start()
+            container.start()
+            for chunk in container.logs(stream=True, follow=True):
+                log.line(chunk.decode("utf-8", "replace"))
+            status = container.wait()
+            if timed_out.is_set():
                 deadline.remaining("building the image")
-        except Exception as exc:
-            if isinstance(exc, BuildFailed):
-                raise
+                raise BuildFailed(
+                    f"environment build timed out after {deadline.total:g} s (building the image)"
+                )
+            code = int(status.get("StatusCode", -1))
+            if code != 0:
+                tail = "\n".join(log.record.log[-40:])
+                raise BuildFailed(f"building the image failed: the install exited with code {code}\n{tail}")
+            repository, _, name = tag.rpartition(":")
+            changes = [f"LABEL {LABEL_ENV}={record.id}"]
+            changes.append(f"CMD {json.dumps(base_cmd)}" if base_cmd else 'CMD ["python3"]')
+            container.commit(
+                repository=repository, tag=name, changes=changes, message=f"dlhub environment {record.id}"
+            )
+        except docker.errors.DockerException as exc:
             raise BuildFailed(f"building the image failed: {exc}") from exc
-        if error:
-            tail = "\n".join(log.record.log[-40:])
-            raise BuildFailed(f"building the image failed: {error}\n{tail}")
+        finally:
+            if killer is not None:
+                killer.cancel()
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
 
     def run_argv(
         self,
         record: EnvironmentRecord,
         *,
         runtime: Path,
-        servable_root: Path,
+        version_dir: Path,
         executor_args: list[str],
         name: str,
+        labels: dict[str, str],
     ) -> list[str]:
-        """``docker run`` for one executor process of this environment (stdin/stdout are the protocol)."""
+        """``docker run`` for one executor process of this environment serving one version (stdin/stdout are
+        the protocol); only that version's directory and the runtime are mounted, both read-only."""
         docker_cli = shutil.which("docker")
         if docker_cli is None:
             raise EnvironmentUnavailable("the docker CLI is not installed on this worker")
         host = ["-H", self.config.docker_url] if self.config.docker_url else []
-        root = str(servable_root.resolve())
+        served = str(version_dir.resolve())
+        label_args: list[str] = []
+        for key, value in {LABEL_ENV: record.id, **labels}.items():
+            label_args += ["--label", f"{key}={value}"]
+        config = self.config
         return [
             docker_cli, *host, "run", "--rm", "-i", "--init",
             "--name", name,
-            "--label", f"{LABEL_ENV}={record.id}",
-            "--user", self.config.docker_user,
+            *label_args,
+            "--user", config.docker_user,
             "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges",
             "--read-only",
-            "--tmpfs", f"/tmp:rw,nosuid,nodev,size={self.config.docker_tmpfs_bytes}",
+            "--tmpfs", f"/tmp:rw,nosuid,nodev,size={config.docker_tmpfs_bytes}",
+            "--memory", str(config.docker_memory_bytes),
+            "--memory-swap", str(config.docker_memory_bytes),
+            "--cpus", f"{config.docker_cpus:g}",
+            "--pids-limit", str(config.docker_pids_limit),
             "--network", "host" if record.network else "none",
             "--env", f"PYTHONPATH={RUNTIME_MOUNT}",
             "--env", "PYTHONDONTWRITEBYTECODE=1",
             "--env", "HOME=/tmp",
             "--volume", f"{runtime.resolve()}:{RUNTIME_MOUNT}:ro",
-            "--volume", f"{root}:{root}:ro",
-            image_tag(record, self.config),
+            "--volume", f"{served}:{served}:ro",
+            image_tag(record, config),
             f"{ENV_PREFIX}/bin/python", "-m", "dlhub.worker.executor", *executor_args,
         ]  # fmt: skip
+
+    def remove_container(self, name: str) -> None:
+        """Kill and remove one executor container (blocking); one that is already gone is fine."""
+        import docker.errors
+
+        try:
+            self.client().api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: its removal (--rm) is already under way
+                raise
+
+    def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Every container (running or not) with all of ``labels``, as the engine lists them."""
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        found: list[dict[str, Any]] = self.client().api.containers(all=True, filters=filters)
+        return found

@@ -1,4 +1,7 @@
-"""``python -m dlhub.builder [--config FILE]``: serve ``builder/build`` until SIGTERM or SIGINT."""
+"""``python -m dlhub.builder [--config FILE]``: serve ``builder/build`` until SIGTERM or SIGINT.
+
+``python -m dlhub.builder gc-environments --older-than-days N [--dry-run]``: remove environments no version
+references (``dlhub.builder.gc``)."""
 
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ async def serve(settings: DLHubSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["gc-environments"]:
+        from dlhub.builder.gc import main as gc_main
+
+        return gc_main(args[1:])
     return run_service("builder", serve, argv, __doc__)
 
 

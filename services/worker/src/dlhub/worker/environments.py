@@ -5,19 +5,35 @@ per task once its directory has been seen). A version with its own environment r
 ``environments.processes_per_environment`` warm executor processes started inside that environment (its
 venv's interpreter with only the DLHub runtime copy on ``PYTHONPATH``, or ``docker run -i`` of its image),
 made the first time one of its versions is called, so new environments are picked up without a restart.
-An environment missing on this worker (another machine built it, or it was removed) is rebuilt from the
-lock stored with the version; without a Docker engine a docker version fails with
-``EnvironmentUnavailable`` while everything else keeps running.
+A venv pool serves every version of its environment; a docker pool serves one version, since its
+containers mount only that version's directory. An environment missing on this worker (another machine
+built it, or it was removed) is rebuilt from the lock stored with the version; without a Docker engine a
+docker version fails with ``EnvironmentUnavailable`` while everything else keeps running.
+
+Warm pools are bounded: at most ``max_warm_environments`` (the least recently used idle pool is stopped to
+make room for a new one) and none idle for longer than ``environment_idle_s``. A stopped pool starts again
+on the next request for it. Docker executors are labelled with this worker process's instance id and its
+data directory; ``start`` removes the containers of a previous worker process of the same data directory
+that is no longer running (each running worker holds a lock file, ``<envs>/workers/<instance>.lock``).
+
+With ``worker.backend = "parsl"`` tasks run on Parsl's blocks, which may be other machines: a version with
+its own environment fails there with ``EnvironmentUnavailable`` rather than silently running on the worker's
+own host outside the Parsl resources.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import collections
+import contextlib
+import fcntl
 import os
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import msgspec
 
 from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
@@ -30,12 +46,78 @@ from dlhub.common.environments import (
 )
 from dlhub.common.errors import BuildFailed, DLHubError, EnvironmentUnavailable
 from dlhub.common.logging import get_logger
+from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
-from dlhub.worker.pool import ExecutionBackend, ExecutorPool
+from dlhub.worker.pool import ExecutionBackend, ExecutorPool, Launch
+from dlhub.worker.protocol import ExecReply
 
 log = get_logger(__name__)
 
 MAX_RECORDS = 4096
+SWEEP_MAX_INTERVAL_S = 30.0
+
+
+class WarmPool:
+    """One environment's executor pool, with what the LRU and the idle sweep need (tasks running, last use).
+
+    A task routed here after the pool was evicted (it was looked up just before) is sent to the environment's
+    new pool, which it starts if needed."""
+
+    def __init__(self, owner: EnvironmentPools, key: str, pool: ExecutorPool) -> None:
+        self.owner = owner
+        self.key = key
+        self.pool = pool
+        self.active = 0
+        self.last_used = time.monotonic()
+        self.evicted = False
+
+    @property
+    def processes(self) -> int:
+        return self.pool.processes
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def execute(
+        self,
+        *,
+        task_id: str,
+        servable: str,
+        version_dir: str,
+        method: str,
+        inputs: msgspec.Raw = NIL,
+        parameters: msgspec.Raw = EMPTY_MAP,
+        timeout_s: float | None = None,
+    ) -> ExecReply:
+        if self.evicted:
+            backend = await self.owner.backend_for(Path(version_dir))
+            return await backend.execute(
+                task_id=task_id,
+                servable=servable,
+                version_dir=version_dir,
+                method=method,
+                inputs=inputs,
+                parameters=parameters,
+                timeout_s=timeout_s,
+            )
+        self.active += 1
+        self.owner.touch(self)
+        try:
+            return await self.pool.execute(
+                task_id=task_id,
+                servable=servable,
+                version_dir=version_dir,
+                method=method,
+                inputs=inputs,
+                parameters=parameters,
+                timeout_s=timeout_s,
+            )
+        finally:
+            self.active -= 1
+            self.last_used = time.monotonic()
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 class EnvironmentPools:
@@ -46,15 +128,44 @@ class EnvironmentPools:
         self.shared = shared
         self.file_limits = file_limits
         self.venv = VenvBackend(self.config, self.root)
+        self.instance = uuid.uuid4().hex[:16]
+        """This worker process (label of its containers)."""
+        self.evictions = 0
         self._docker: Any = None
         self._by_dir: dict[str, ExecutionBackend] = {}
-        self._pools: dict[str, ExecutorPool] = {}
-        self._starting: dict[str, asyncio.Task[ExecutorPool]] = {}
-        self._names = itertools.count(1)
+        self._pools: collections.OrderedDict[str, WarmPool] = collections.OrderedDict()
+        """Warm pools, least recently used first."""
+        self._starting: dict[str, asyncio.Task[WarmPool]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._instance_lock: IO[str] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
+
+    @property
+    def warm(self) -> list[str]:
+        """Keys of the warm environment pools, least recently used first."""
+        return list(self._pools)
 
     def cached(self, version_dir: str) -> ExecutionBackend | None:
         """The backend already resolved for ``version_dir`` (the per-task fast path)."""
         return self._by_dir.get(version_dir)
+
+    def start(self) -> asyncio.Task[None] | None:
+        """Remove, in the background, the executor containers a previous worker process of this data
+        directory left behind (this worker's own containers are never stale, so nothing waits for it)."""
+        if "docker" not in self.config.allowed_backends or self._cleanup is not None:
+            return self._cleanup
+        self._cleanup = asyncio.create_task(self._remove_stale())
+        return self._cleanup
+
+    async def _remove_stale(self) -> None:
+        try:
+            removed = await asyncio.to_thread(self.remove_stale_containers)
+        except Exception as exc:  # no engine here: nothing of ours can be running in it either
+            log.debug("no stale containers checked", error=str(exc))
+            return
+        if removed:
+            log.info("removed containers of a previous worker process", containers=removed)
 
     async def backend_for(self, version_dir: Path) -> ExecutionBackend:
         key = str(version_dir)
@@ -66,21 +177,37 @@ class EnvironmentPools:
         if record is None or record.kind == "shared":
             backend = self.shared
         else:
-            backend = await self._pool(record)
+            if self.settings.worker.backend == "parsl":
+                raise EnvironmentUnavailable(
+                    f"this worker runs tasks through Parsl, which does not run per-servable environments "
+                    f"(this version needs {record.backend} environment {record.id}); serve it from a "
+                    'worker with worker.backend = "local"'
+                )
+            backend = await self._pool(record, version_dir)
         if len(self._by_dir) >= MAX_RECORDS:
             self._by_dir.clear()
         self._by_dir[key] = backend
         return backend
 
-    async def _pool(self, record: EnvironmentRecord) -> ExecutorPool:
-        # Network access is a property of the running container, not of the environment's contents.
-        key = f"{record.id}+net" if record.network else record.id
-        pool = self._pools.get(key)
-        if pool is not None:
-            return pool
+    def touch(self, warm: WarmPool) -> None:
+        if not warm.evicted:
+            self._pools.move_to_end(warm.key)
+
+    async def _pool(self, record: EnvironmentRecord, version_dir: Path) -> WarmPool:
+        # Network access is a property of the running container, not of the environment's contents; a
+        # container mounts only the version directory it serves.
+        key = f"{record.backend}:{record.id}"
+        if record.network:
+            key += "+net"
+        if record.backend == "docker":
+            key += f":{version_dir}"
+        warm = self._pools.get(key)
+        if warm is not None:
+            self._pools.move_to_end(key)
+            return warm
         task = self._starting.get(key)
         if task is None:  # concurrent first calls of one environment share one start
-            task = asyncio.create_task(self._start_pool(record, key))
+            task = asyncio.create_task(self._start_pool(record, key, version_dir))
             self._starting[key] = task
             task.add_done_callback(lambda _: self._starting.pop(key, None))
         return await asyncio.shield(task)
@@ -100,6 +227,7 @@ class EnvironmentPools:
         try:
             if record.backend == "docker":
                 self._docker_backend().ensure(record, build_log, deadline)
+                self._hold_instance_lock()
                 return None, None, runtime
             if not self.venv.is_built(record.id):
                 log.info("rebuilding a missing environment from its lock", environment=record.id)
@@ -110,26 +238,38 @@ class EnvironmentPools:
         env["PYTHONPATH"] = str(runtime)
         return [str(python), "-m", "dlhub.worker.executor"], env, runtime
 
-    async def _start_pool(self, record: EnvironmentRecord, key: str) -> ExecutorPool:
+    async def _start_pool(self, record: EnvironmentRecord, key: str, version_dir: Path) -> WarmPool:
         if record.backend not in ("venv", "docker"):
             raise EnvironmentUnavailable(f"unknown environment backend {record.backend!r}")
         prefix, env, runtime = await asyncio.to_thread(self._prepare, record)
         if record.backend == "docker":
-            docker = self._docker_backend()
-            servable_root = self.settings.servable_dir
+            from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, home_label
 
-            def command(args: list[str]) -> list[str]:
-                name = f"dlhub-exec-{record.id[:12]}-{uuid.uuid4().hex[:8]}"
+            docker = self._docker_backend()
+            labels = {LABEL_WORKER: self.instance, LABEL_HOME: home_label(self.settings.data_dir)}
+
+            def command(args: list[str]) -> list[str] | Launch:
+                name = f"dlhub-exec-{record.id[:12]}-{uuid.uuid4().hex[:12]}"
                 argv: list[str] = docker.run_argv(
-                    record, runtime=runtime, servable_root=servable_root, executor_args=args, name=name
+                    record,
+                    runtime=runtime,
+                    version_dir=version_dir,
+                    executor_args=args,
+                    name=name,
+                    labels=labels,
                 )
-                return argv
+
+                async def reap() -> None:
+                    await asyncio.to_thread(docker.remove_container, name)
+
+                return Launch(argv=argv, reap=reap)
         else:
             assert prefix is not None
 
-            def command(args: list[str]) -> list[str]:
+            def command(args: list[str]) -> list[str] | Launch:
                 return [*prefix, *args]
 
+        self._make_room(self.config.max_warm_environments - 1)
         pool = ExecutorPool(
             processes=self.config.processes_per_environment,
             max_message_bytes=self.settings.bus.max_message_bytes,
@@ -145,14 +285,113 @@ class EnvironmentPools:
             raise EnvironmentUnavailable(
                 f"executor processes of environment {record.id} did not start: {exc.message}"
             ) from exc
-        self._pools[key] = pool
-        return pool
+        warm = WarmPool(self, key, pool)
+        self._pools[key] = warm
+        self._make_room(self.config.max_warm_environments, keep=warm)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep())
+        return warm
+
+    def _make_room(self, limit: int, keep: WarmPool | None = None) -> None:
+        """Stop least recently used idle pools (never ``keep``) until at most ``limit`` are warm."""
+        for warm in list(self._pools.values()):
+            if len(self._pools) <= limit:
+                return
+            if warm is not keep and warm.active == 0:
+                self._evict(warm, "the most warm environments are running")
+
+    def _evict(self, warm: WarmPool, reason: str) -> None:
+        if self._pools.get(warm.key) is not warm:
+            return
+        del self._pools[warm.key]
+        warm.evicted = True
+        self.evictions += 1
+        for directory in [d for d, backend in self._by_dir.items() if backend is warm]:
+            del self._by_dir[directory]
+        log.info("environment pool stopped", environment=warm.key, reason=reason)
+        task = asyncio.create_task(warm.close())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _sweep(self) -> None:
+        """Stop pools idle for longer than ``environment_idle_s``."""
+        idle_s = self.config.environment_idle_s
+        interval = min(max(idle_s / 4, 0.05), SWEEP_MAX_INTERVAL_S)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for warm in list(self._pools.values()):
+                if warm.active == 0 and now - warm.last_used >= idle_s:
+                    self._evict(warm, f"idle for {idle_s:g} s")
+            self._make_room(self.config.max_warm_environments)
+
+    # -- containers of dead worker processes ------------------------------------------------------------
+
+    def _lock_path(self, instance: str) -> Path:
+        return self.root / "workers" / f"{instance}.lock"
+
+    def _hold_instance_lock(self) -> None:
+        """Hold ``<envs>/workers/<instance>.lock`` while this process lives: proof it still runs."""
+        if self._instance_lock is not None:
+            return
+        path = self._lock_path(self.instance)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._instance_lock = handle
+
+    def remove_stale_containers(self) -> list[str]:
+        """Blocking: remove the executor containers of this data directory whose worker process is gone (its
+        lock file is free); return their names."""
+        from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, home_label
+
+        docker = self._docker_backend()
+        found = docker.containers({LABEL_HOME: home_label(self.settings.data_dir)})
+        by_instance: dict[str, list[str]] = collections.defaultdict(list)
+        for container in found:
+            instance = str((container.get("Labels") or {}).get(LABEL_WORKER, ""))
+            names = container.get("Names") or [container["Id"]]
+            by_instance[instance].append(str(names[0]).lstrip("/"))
+        removed: list[str] = []
+        for instance, names in by_instance.items():
+            if instance == self.instance or (instance and self._alive(instance)):
+                continue
+            for name in names:
+                docker.remove_container(name)
+                removed.append(name)
+            with contextlib.suppress(OSError):
+                self._lock_path(instance).unlink()
+        return removed
+
+    def _alive(self, instance: str) -> bool:
+        path = self._lock_path(instance)
+        if not path.exists():
+            return False
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
     async def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            await asyncio.gather(self._cleanup, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for task in list(self._starting.values()):
             task.cancel()
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
         pools = list(self._pools.values())
         self._pools.clear()
         self._by_dir.clear()
-        await asyncio.gather(*(pool.close() for pool in pools), return_exceptions=True)
+        await asyncio.gather(*(warm.close() for warm in pools), return_exceptions=True)
+        await asyncio.gather(*self._stopping, return_exceptions=True)
+        if self._instance_lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock_path(self.instance).unlink()
+            self._instance_lock.close()
+            self._instance_lock = None

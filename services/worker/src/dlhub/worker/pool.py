@@ -23,7 +23,8 @@ import itertools
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -101,9 +102,20 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-ExecutorCommand = Callable[[list[str]], list[str]]
-"""Executor arguments -> the full command line of one executor process (its environment's interpreter, or a
-``docker run``); default ``python -m dlhub.worker.executor ARGS``."""
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start one executor process whose work also lives outside the worker's process tree."""
+
+    argv: list[str]
+    reap: Callable[[], Awaitable[None]]
+    """Called (once) when the process has been killed or has ended: stops and removes what it started
+    elsewhere (its container, through the engine), since killing a ``docker run`` client does not."""
+
+
+ExecutorCommand = Callable[[list[str]], list[str] | Launch]
+"""Executor arguments -> the full command line of one executor process (its environment's interpreter), or a
+``Launch`` (a ``docker run`` and how to remove its container); default ``python -m dlhub.worker.executor
+ARGS``."""
 
 
 class NotStarted(Exception):
@@ -113,9 +125,17 @@ class NotStarted(Exception):
 class ExecutorProcess:
     """One executor child, its two pipes and the requests written to it that await a reply."""
 
-    def __init__(self, *, slot: int, process: asyncio.subprocess.Process, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        slot: int,
+        process: asyncio.subprocess.Process,
+        max_message_bytes: int,
+        reap: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         assert process.stdin is not None and process.stdout is not None
         self.slot = slot
+        self._reap = reap
         self.process = process
         self.pid = process.pid
         self.max_message_bytes = max_message_bytes
@@ -147,15 +167,21 @@ class ExecutorProcess:
             str(cache_size),
             *(file_limits or FileLimits()).as_args(),
         ]
-        argv = command(args) if command is not None else [python, "-m", "dlhub.worker.executor", *args]
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=STREAM_LIMIT_BYTES,
-            env=dict(env) if env is not None else None,
-        )
-        child = cls(slot=slot, process=process, max_message_bytes=max_message_bytes)
+        launch = command(args) if command is not None else [python, "-m", "dlhub.worker.executor", *args]
+        argv, reap = (launch.argv, launch.reap) if isinstance(launch, Launch) else (launch, None)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=STREAM_LIMIT_BYTES,
+                env=dict(env) if env is not None else None,
+            )
+        except BaseException:
+            if reap is not None:
+                await reap()
+            raise
+        child = cls(slot=slot, process=process, max_message_bytes=max_message_bytes, reap=reap)
         try:
             async with asyncio.timeout(startup_timeout_s):
                 frame = await child._read()
@@ -172,6 +198,7 @@ class ExecutorProcess:
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+            await child.reap()
             raise
         return child
 
@@ -253,15 +280,27 @@ class ExecutorProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
         await self.process.wait()
+        await self.reap()
+
+    async def reap(self) -> None:
+        """Remove what the process started outside the worker (its container), once; no-op otherwise."""
+        reap, self._reap = self._reap, None
+        if reap is not None:
+            try:
+                await reap()
+            except Exception as exc:
+                log.error("could not remove the executor's container", pid=self.pid, error=str(exc))
 
     async def wait_exit(self, timeout_s: float) -> int | None:
         """The exit status once the process has ended (killing it if it lingers past ``timeout_s``)."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.process.wait()
+                returncode = await self.process.wait()
         except TimeoutError:
             await self.kill()
             return self.process.returncode
+        await self.reap()
+        return returncode
 
     async def close(self, grace_s: float = EXIT_GRACE_S) -> None:
         """Close stdin (the executor finishes its current task and exits), then kill it after ``grace_s``."""
@@ -361,7 +400,9 @@ class ExecutorPool:
         ending, outstanding = await child.read_replies()
         if child.retired or self._closing:
             return
-        if outstanding:
+        if child.killed_running:
+            log.info("executor process killed at its task's deadline", pid=child.pid)
+        elif outstanding:
             log.warning("executor process died", pid=child.pid, exit=ending, outstanding=outstanding)
         else:
             log.warning("executor process died while idle", pid=child.pid, exit=ending)

@@ -123,7 +123,9 @@ class WorkerService:
         return policy
 
     async def _run_batch(self, key: BatchKey, inputs: msgspec.Raw, timeout_s: float | None) -> ExecReply:
-        backend = self.environments.cached(key.version_dir) or self.pool
+        backend = self.environments.cached(key.version_dir)
+        if backend is None:  # its environment's pool was stopped (evicted) meanwhile: start it again
+            backend = await self.environments.backend_for(Path(key.version_dir))
         return await backend.execute(
             task_id=f"batch-{next(self._batch_ids)}",
             servable=key.servable,
@@ -233,6 +235,7 @@ class WorkerService:
         """Start the execution back end, register with the broker and serve until ``stop``."""
         await self.pool.start()
         try:
+            self.environments.start()
             if self._stopping.is_set():
                 return
             self.handler = HandlerService(
