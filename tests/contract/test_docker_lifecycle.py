@@ -48,8 +48,9 @@ from dlhub.common.ids import new_id
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool
-from tests.conftest import missing_test_server
-from tests.worker_servables import PYTHON_SHIM, function_method, write_servable
+from tests.support.polling import await_until
+from tests.support.servers import missing_test_server
+from tests.support.worker_servables import PYTHON_SHIM, function_method, write_servable
 
 CODEC = Codec()
 MARKER = f"dlhub-secret-marker-{uuid.uuid4().hex}"
@@ -197,11 +198,12 @@ def names(engine: Any, **labels: str) -> set[str]:
 
 
 async def wait_gone(engine: Any, name: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while name in {c.name for c in engine.containers.list(all=True)}:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"container {name} still exists after {timeout_s} s")
-        await asyncio.sleep(0.1)
+    await await_until(
+        lambda: name not in {c.name for c in engine.containers.list(all=True)},
+        timeout_s=timeout_s,
+        interval_s=0.1,
+        message=f"container {name} to be removed",
+    )
 
 
 def test_timeout_kills_the_container_and_limits_and_mounts_are_least_privilege(

@@ -26,7 +26,8 @@ from dlhub.common.ids import new_id
 from dlhub.worker.environments import EnvironmentPools, WarmPool
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool
-from tests.worker_servables import function_method, write_function_servable
+from tests.support.polling import await_until
+from tests.support.worker_servables import function_method, write_function_servable
 
 CODEC = Codec()
 ENV_A = "a" * 32
@@ -79,14 +80,6 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def warm_pool(pools: EnvironmentPools, env_id: str) -> WarmPool:
     (found,) = [w for w in pools._pools.values() if env_id in w.key]
     return found
@@ -105,7 +98,9 @@ async def test_the_least_recently_used_environment_is_evicted_and_starts_again(t
         assert first["pid"] == pid_a
         assert (await run(pools, b))["pid"] != pid_a
         assert pools.warm == [f"venv:{ENV_B}"] and pools.evictions == 1
-        await wait_until(lambda: not alive(pid_a), 15, "the evicted environment's executor to stop")
+        await await_until(
+            lambda: not alive(pid_a), timeout_s=15, message="the evicted environment's executor to stop"
+        )
         # The evicted environment starts again on its next request (and evicts the other one).
         again = await run(pools, a)
         assert again["pid"] != pid_a
@@ -124,12 +119,14 @@ async def test_a_busy_environment_is_not_evicted_and_the_bound_is_restored(tmp_p
     try:
         await run(pools, a)
         slow = asyncio.create_task(run(pools, a, "sleep", 1.0))
-        await wait_until(lambda: warm_pool(pools, ENV_A).active == 1, 10, "the slow task to start")
+        await await_until(
+            lambda: warm_pool(pools, ENV_A).active == 1, timeout_s=10, message="the slow task to start"
+        )
         await run(pools, b)  # A is busy: both stay warm for now
         assert sorted(pools.warm) == [f"venv:{ENV_A}", f"venv:{ENV_B}"]
         assert await slow == 1.0
         # Idle for longer than environment_idle_s: both are stopped by the sweep.
-        await wait_until(lambda: pools.warm == [], 15, "idle environments to be stopped")
+        await await_until(lambda: pools.warm == [], timeout_s=15, message="idle environments to be stopped")
         assert (await run(pools, b))["tag"] == "A"
         assert pools.warm == [f"venv:{ENV_B}"]
     finally:
