@@ -20,7 +20,7 @@ from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from tests.support.stack import StackInfo, unique
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = {
     "common": ROOT / "libs" / "common",
     "client": ROOT / "libs" / "client",

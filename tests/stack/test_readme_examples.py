@@ -24,7 +24,7 @@ from tests.support.net import free_port
 from tests.support.polling import wait_until
 from tests.support.stack import HEARTBEAT_INTERVAL_S
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<body>.*?)\n```", re.S)
 CLAIM = re.compile(r"^(?P<expr>[^\s#=][^#]*?)\s+# -> (?P<value>[^;]+?)(?:;.*)?$")
 DEFAULT_PORT = "127.0.0.1:8642"
