@@ -354,6 +354,18 @@ class Servables:
         record = await self.describe_target(caller, owner, name, version)
         return await self.stored_build(record)
 
+    async def export_parts(
+        self, caller: Caller, owner: str, name: str, version: int
+    ) -> tuple[VersionRecord, StoredBuild, bytes]:
+        """What an export of a version the caller may see is made of: its record, build and package."""
+        record = await self.describe_target(caller, owner, name, version)
+        if is_pipeline(record.metadata):
+            raise ValidationFailed("a pipeline has no files or environment to export", field="version")
+        if record.status != "ready":
+            raise ServableNotReady(f"{record.label} is {record.status}; only ready versions can be exported")
+        package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
+        return record, await self.stored_build(record), package
+
     async def stored_build(self, record: VersionRecord) -> StoredBuild:
         """The stored build record, or the one implied by the version's status when it has none."""
         return await self._store.get_build(record.owner, record.name, record.version) or implied_build(record)
