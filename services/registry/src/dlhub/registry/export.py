@@ -14,8 +14,8 @@ The archive (one top folder ``<owner>-<name>-<version>/``) holds:
   ``msgspec``, which every lock contains), so ``run.py`` loads the servable with the exact loader the server
   uses, for every servable type, instead of a re-implementation that could drift;
 - ``run.py``: loads the servable with that runtime and prints the JSON output of one call;
-- ``README.txt``: the commands; and for a docker-backend version a ``Dockerfile`` rebuilding the image from
-  the lock (the same recipe as the builder's).
+- ``README.txt``: the commands (``export.json`` lists them for tools: ``dlhub export --run``);
+- for a docker-backend version a ``Dockerfile`` rebuilding the image from the lock (the builder's recipe).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from dlhub.registry.store import StoredBuild, VersionRecord
 
 LOCK_NAME: Final = "requirements.lock"
 REQUIREMENTS_NAME: Final = "requirements.txt"
+MANIFEST_NAME: Final = "export.json"
 ENV_PREFIX: Final = "/opt/env"
 
 _SHIM_PACKAGES: Final[dict[str, tuple[str, ...]]] = {
@@ -234,6 +235,15 @@ def export_archive(record: VersionRecord, build: StoredBuild, package: bytes) ->
             add(LOCK_NAME, build.lock.encode() + (b"" if build.lock.endswith("\n") else b"\n"))
         else:
             add(REQUIREMENTS_NAME, ("\n".join(shared_requirements(record.metadata)) + "\n").encode())
+        manifest = {
+            "servable": record.label,
+            "environment": build.environment,
+            "backend": build.backend,
+            "python": build.python,
+            "requirements": LOCK_NAME if build.lock else REQUIREMENTS_NAME,
+            "commands": run_commands(record, build),
+        }
+        add(MANIFEST_NAME, json.dumps(manifest, indent=2).encode() + b"\n")
         add("run.py", RUN_PY.format(label=record.label).encode(), 0o755)
         add("README.txt", readme(record, build).encode())
         if build.backend == "docker" and build.base_image:
