@@ -747,10 +747,6 @@ def deprecate(ctx: click.Context, servable: str, reason: str, replacement: str |
             _print_json(client.deprecate(servable, reason, replacement=replacement))
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command("build-log")
 @click.argument("servable")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the build is ready or failed.")
@@ -831,3 +827,7 @@ def export_commands(path: Path) -> list[str]:
     if commands and commands[0].startswith("tar xzf "):
         commands[0] = f"tar xzf {shlex.quote(str(path.resolve()))}"
     return commands
+
+
+if __name__ == "__main__":
+    main()

@@ -460,7 +460,7 @@ class BuildRecord(Struct, kw_only=True):
     updated_at: Timestamp
 
 
-class BuildEvent(Struct, kw_only=True):
+class BuildEvent(Struct, kw_only=True, forbid_unknown_fields=True):
     """One line of a followed build after the record: a state change, or new log lines."""
 
     state: BuildState | UnsetType = UNSET
