@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import jsonschema  # type: ignore[import-untyped]
 
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
+from dlhub.client.sdk import TaskHandle
 from dlhub.common.config import StoreConfig
 from dlhub.common.payloads import BuildEvent, BuildOutcome, StateChange
 from dlhub.registry.builds import BuildTracker, CappedLog, marker, new_build
@@ -327,3 +330,103 @@ def test_cli_publish_shows_progress_and_build_log_prints_the_record(stack: Stack
     assert "extracted the package" in shown.stdout and f"alice/{name}@1: ready" in shown.stderr
     followed = cli(stack, "build-log", "--follow", "--json", f"alice/{name}")
     assert followed.returncode == 0 and json.loads(followed.stdout.splitlines()[0])["state"] == "ready"
+
+
+# -- a registry restart mid-build ----------------------------------------------------------------------------
+
+
+class Services:
+    """Broker, registry and builder as separate processes on one data directory (no `dlhub up`), so that the
+    registry can be restarted while the broker keeps its queue."""
+
+    def __init__(self, tmp: Path) -> None:
+        from tests.conftest import free_port
+
+        broker = f"tcp://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        self.tmp = tmp
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DLHUB_")} | {
+            "DLHUB_HOME": str(tmp / "home"),
+            "DLHUB_DATA_DIR": str(tmp / "data"),
+            "DLHUB_BROKER__BIND_URL": broker,
+            "DLHUB_BUS__BROKER_URL": broker,
+            "DLHUB_BUS__HEARTBEAT_INTERVAL_S": "0.25",
+            "DLHUB_REGISTRY__PORT": str(self.port),
+            "DLHUB_ENVIRONMENTS__MODE": "shared",
+            "DLHUB_LOGGING__FORMAT": "json",
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def start(self, module: str) -> None:
+        log = (self.tmp / f"{module}.log").open("ab")
+        self.processes[module] = subprocess.Popen(
+            [sys.executable, "-m", module], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def log(self, module: str) -> str:
+        return (self.tmp / f"{module}.log").read_text(errors="replace")
+
+    def stop(self, module: str) -> int:
+        process = self.processes.pop(module)
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def wait_registry(self) -> None:
+        def up() -> bool:
+            process = self.processes["dlhub.registry"]
+            assert process.poll() is None, self.log("dlhub.registry")
+            try:
+                return httpx.get(self.api + "/openapi.json", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 30, "the registry")
+
+    def token(self, user: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "dlhub.registry", "token", "create", user],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+
+def test_a_registry_restart_mid_build_requeues_the_record_and_the_build_finishes(
+    tmp_path: Path, pkg_dir: Path
+) -> None:
+    services = Services(tmp_path)
+    try:
+        services.start("dlhub.broker")
+        services.start("dlhub.registry")  # no builder yet: the build waits in the broker's queue
+        services.wait_registry()
+        client = DLHubClient(f"http://127.0.0.1:{services.port}", services.token("alice"))
+        name = unique("restart")
+        reply = client.publish(function_doc(name, "noop"), base_dir=pkg_dir, wait=False)
+        ref = f"alice/{name}@{reply['version']}"
+        assert client.build_log(ref)["state"] == "queued"
+        assert services.stop("dlhub.registry") == 0
+        services.start("dlhub.registry")  # resumes the build it left
+        services.wait_registry()
+        record = client.build_log(ref)
+        assert record["state"] == "queued"
+        assert any("the registry restarted during this build" in line for line in record["log"])
+        services.start("dlhub.builder")
+        done = wait_for(
+            lambda: (r := client.build_log(ref))["state"] in ("ready", "failed") and r, 60, "build"
+        )
+        assert done["state"] == "ready", done
+        assert any("extracted the package" in line for line in done["log"])
+        assert TaskHandle(client, reply["task_id"]).wait(30)["state"] == "completed"
+    finally:
+        for module in list(services.processes)[::-1]:
+            services.stop(module)

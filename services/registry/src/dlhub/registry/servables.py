@@ -409,12 +409,12 @@ class Servables:
         tracker = await self._tracker(record, resumed)
         tracker.start()
         try:
-            await self._build_tracked(record, task, tracker)
+            await self._build_tracked(record, task, tracker, resumed=resumed)
         finally:
             await tracker.close()  # no-op when a branch below closed it already
 
     async def _build_tracked(
-        self, record: VersionRecord, task: TaskRecord | None, tracker: BuildTracker
+        self, record: VersionRecord, task: TaskRecord | None, tracker: BuildTracker, *, resumed: bool
     ) -> None:
         try:
             package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
@@ -432,7 +432,9 @@ class Servables:
                 [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
                 self._codec.encode_value(request),
                 timeout_s=self._settings.registry.sync_timeout_s,
-                task_id=record.build_task_id or None,
+                # A resumed build is a new bus task: a broker that outlived the previous registry process
+                # still holds the old one (answering the dead process) and would ignore a duplicate id.
+                task_id=None if resumed else record.build_task_id or None,
                 on_progress=tracker.on_progress,
             )
             if not result.ok:
