@@ -280,9 +280,8 @@ def test_a_failed_build_records_the_same_error_as_the_version(
     document["dlhub"]["files"] = {"other": ["e2efns.py"]}
     package = _tar({"other.py": b"x = 1\n"})  # the declared e2efns.py is missing
     alice.publish(document, package=package, wait=False)
-    record = wait_for(
-        lambda: (r := alice.build_log(f"alice/{name}@1"))["state"] == "failed" and r, 60, "the failed build"
-    )
+    record = wait_for(lambda: finished(alice, f"alice/{name}@1"), 60, "the failed build")
+    assert record["state"] == "failed"
     validate(record, BUILD_PATH)
     version = wait_for(
         lambda: (v := alice.versions(f"alice/{name}")[0])["status"] == "failed" and v, 30, "failed version"
@@ -290,6 +289,11 @@ def test_a_failed_build_records_the_same_error_as_the_version(
     assert record["error"] and record["error"] == version["status_reason"]
     assert "e2efns.py" in record["error"]
     assert version["build_state"] == "failed"
+
+
+def finished(client: DLHubClient, ref: str) -> dict[str, Any] | None:
+    record = client.build_log(ref)
+    return record if record["state"] in ("ready", "failed") else None
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -421,9 +425,7 @@ def test_a_registry_restart_mid_build_requeues_the_record_and_the_build_finishes
         assert record["state"] == "queued"
         assert any("the registry restarted during this build" in line for line in record["log"])
         services.start("dlhub.builder")
-        done = wait_for(
-            lambda: (r := client.build_log(ref))["state"] in ("ready", "failed") and r, 60, "build"
-        )
+        done = wait_for(lambda: finished(client, ref), 60, "the resumed build")
         assert done["state"] == "ready", done
         assert any("extracted the package" in line for line in done["log"])
         assert TaskHandle(client, reply["task_id"]).wait(30)["state"] == "completed"
