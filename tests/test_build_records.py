@@ -251,6 +251,12 @@ def test_a_published_version_has_a_build_record(stack: StackInfo, alice: DLHubCl
     assert len(lines) == 1 and lines[0]["state"] == "ready"
     validate(lines[0], BUILD_PATH, content_type="application/x-ndjson")
     assert list(alice.build_log(f"alice/{name}@1", follow=True)) == lines
+    # A pipeline has nothing to build: its record is ready at once.
+    pipeline = alice.publish_pipeline(unique("pipe"), [f"alice/{name}@1"], title="p", authors=["Doe, Jane"])
+    piped = alice.build_log(f"{pipeline['shorthand_name']}@1")
+    validate(piped, BUILD_PATH)
+    assert piped["state"] == "ready" and "nothing to build" in piped["log"][0]
+    assert http_get(stack, f"/servables/{pipeline['shorthand_name']}/versions/1/export").status_code == 400
 
 
 def test_build_record_visibility_follows_describe(

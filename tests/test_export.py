@@ -9,6 +9,7 @@ pure-Python wheels (iniconfig, msgspec), cached after the first run.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -235,3 +236,45 @@ def test_export_answers_follow_the_document(env_stack: EnvStack, env_pkg: Path) 
     missing = env_stack.get(f"/servables/alice/{name}/versions/9/export")
     assert missing.status_code == 404
     validate(missing.json(), VERSION_PATH + "/export", 404)
+
+
+def test_a_docker_environment_export_has_a_dockerfile_that_installs_the_lock() -> None:
+    from dlhub.registry.export import export_archive, shared_requirements
+    from dlhub.registry.store import StoredBuild, VersionRecord
+
+    record = VersionRecord(
+        owner="alice",
+        name="img",
+        version=2,
+        status="ready",
+        metadata={"dlhub": {"name": "img"}, "servable": {"shim": "python.PythonStaticMethodServable"}},
+        published_at_ms=0,
+        environment="docker-abc",
+    )
+    lock = "iniconfig==1.1.1 \\\n    --hash=sha256:0123\n"
+    build = StoredBuild(
+        servable=record.label,
+        state="ready",
+        environment="docker-abc",
+        backend="docker",
+        python="3.11",
+        lock=lock,
+        base_image="dlhub-base:bookworm",
+    )
+    archive = export_archive(record, build, b"")
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        names = {m.name for m in tar.getmembers()}
+        dockerfile = tar.extractfile("alice-img-2/Dockerfile").read().decode()  # type: ignore[union-attr]
+        manifest = json.loads(tar.extractfile("alice-img-2/export.json").read())  # type: ignore[union-attr]
+    assert (
+        "alice-img-2/requirements.lock" in names and "alice-img-2/runtime/dlhub/worker/executor.py" in names
+    )
+    assert dockerfile.startswith("# Rebuilds") and "FROM dlhub-base:bookworm" in dockerfile
+    assert "--require-hashes --no-deps -r /tmp/requirements.lock" in dockerfile
+    assert manifest["backend"] == "docker" and manifest["commands"][2] == "python3.11 -m venv env"
+    # A shared scikit-learn version pins its framework to what is installed here.
+    import importlib.metadata
+
+    pinned = shared_requirements({"servable": {"shim": "sklearn.ScikitLearnServable"}})
+    assert f"scikit-learn=={importlib.metadata.version('scikit-learn')}" in pinned
+    assert f"msgspec=={importlib.metadata.version('msgspec')}" in pinned
