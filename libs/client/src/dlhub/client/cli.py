@@ -280,7 +280,9 @@ def _watch_build(client: DLHubClient, reply: dict[str, Any], timeout_s: float = 
 
     def show(status: Any | None) -> None:
         if status is not None:
-            status.update(f"building {ref}: [bold]{state}[/bold] {escape(latest[-120:])}")
+            width = max(20, err_console.width - len(ref) - len(state) - 16)
+            line = latest if len(latest) <= width else latest[: width - 1] + "…"
+            status.update(f"building {ref}: [bold]{state}[/bold] {escape(line)}")
 
     try:
         with err_console.status(f"building {ref}") if live else _no_status() as status:
