@@ -98,7 +98,9 @@ def new_build(record: VersionRecord, state: BuildState = "queued") -> StoredBuil
 
 def implied_build(record: VersionRecord) -> StoredBuild:
     """The record of a version published before the registry kept build records, from its status."""
-    state: BuildState = {"ready": "ready", "failed": "failed"}.get(record.status, "queued")  # type: ignore[assignment]
+    state: BuildState = (
+        "ready" if record.status == "ready" else "failed" if record.status == "failed" else "queued"
+    )
     at = record.published_at_ms / 1000.0
     return StoredBuild(
         servable=record.label,

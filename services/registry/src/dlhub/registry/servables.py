@@ -349,11 +349,6 @@ class Servables:
     def start_build(self, record: VersionRecord, *, resumed: bool = False) -> None:
         self._background.spawn(self._build(record, resumed=resumed), name=f"build {record.label}")
 
-    async def build_record(self, caller: Caller, owner: str, name: str, version: int) -> StoredBuild:
-        """The build record of a version the caller may see (the describe rule: 404 hidden, 410 deleted)."""
-        record = await self.describe_target(caller, owner, name, version)
-        return await self.stored_build(record)
-
     async def export_parts(
         self, caller: Caller, owner: str, name: str, version: int
     ) -> tuple[VersionRecord, StoredBuild, bytes]:
