@@ -3,21 +3,24 @@ delete, token and ``up`` (the embedded stack)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dlhub.client.credentials import client_file, dlhub_home, save_credentials
 from dlhub.client.metadata import python_function_document, sklearn_document
-from dlhub.client.sdk import DLHubClient, TaskFailed
+from dlhub.client.sdk import DLHubClient, TaskFailed, TaskHandle
 from dlhub.common.errors import DLHubError
 
 console = Console()
@@ -257,9 +260,65 @@ def publish(ctx: click.Context, metadata_file: Path, no_wait: bool) -> None:
     """Publish the servable described by METADATA_FILE with the files it names."""
     doc = json.loads(metadata_file.read_text())
     with _client(ctx) as client:
-        reply = client.publish(doc, base_dir=metadata_file.parent, wait=not no_wait)
+        reply = client.publish(doc, base_dir=metadata_file.parent, wait=False)
+        if not no_wait:
+            _watch_build(client, reply)
     console.print(f"published {reply['shorthand_name']}@{reply['version']} ({reply['status']})")
     console.print(f"build task: {reply['task_id']}")
+
+
+LOG_TAIL_LINES = 20
+
+
+def _watch_build(client: DLHubClient, reply: dict[str, Any], timeout_s: float = 3600.0) -> None:
+    """Show the build of a just-published version as it runs, then wait for its task; on failure print the
+    log's tail and the error and exit 1. A live status line on a terminal, plain lines otherwise."""
+    ref = f"{reply['shorthand_name']}@{reply['version']}"
+    state, latest = reply.get("status", "queued"), ""
+    tail: list[str] = []
+    live = err_console.is_terminal
+
+    def show(status: Any | None) -> None:
+        if status is not None:
+            width = max(20, err_console.width - len(ref) - len(state) - 16)
+            line = latest if len(latest) <= width else latest[: width - 1] + "…"
+            status.update(f"building {ref}: [bold]{state}[/bold] {escape(line)}")
+
+    try:
+        with err_console.status(f"building {ref}") if live else _no_status() as status:
+            for event in client.build_log(ref, follow=True, timeout_s=timeout_s):
+                if "servable" in event:  # the record so far
+                    state, tail = event["state"], list(event.get("log") or [])[-LOG_TAIL_LINES:]
+                    latest = tail[-1] if tail else ""
+                    if not live:
+                        err_console.print(f"{ref}: {state}", highlight=False)
+                if event.get("state"):
+                    state = event["state"]
+                    if not live:
+                        err_console.print(f"{ref}: {state}", highlight=False)
+                for line in event.get("lines") or []:
+                    tail = [*tail, line][-LOG_TAIL_LINES:]
+                    latest = line
+                    if not live:
+                        err_console.print(f"  {line}", highlight=False, markup=False)
+                show(status)
+    except DLHubError as exc:  # e.g. a registry without build records: just wait for the task
+        err_console.print(f"(no build progress: {exc.message})", highlight=False)
+    task = TaskHandle(client, reply["task_id"]).wait(timeout_s)
+    if task["state"] == "failed":
+        with contextlib.suppress(DLHubError):
+            record = client.build_log(ref)
+            tail = list(record.get("log") or [])[-LOG_TAIL_LINES:]
+        err_console.print(f"[red]build of {ref} failed[/red]; last {len(tail)} log lines:")
+        for line in tail:
+            err_console.print(f"  {line}", highlight=False, markup=False)
+        _fail(str((task.get("error") or {}).get("message") or "build failed"))
+    reply["status"] = "ready"
+
+
+@contextlib.contextmanager
+def _no_status() -> Iterator[None]:
+    yield None
 
 
 def _import_object(reference: str, search_dir: Path) -> Any:
@@ -688,6 +747,88 @@ def deprecate(ctx: click.Context, servable: str, reason: str, replacement: str |
             _print_json(client.undeprecate(servable))
         else:
             _print_json(client.deprecate(servable, reason, replacement=replacement))
+
+
+@main.command("build-log")
+@click.argument("servable")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the build is ready or failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record (or, following, the events) as JSON.")
+@click.pass_context
+def build_log(ctx: click.Context, servable: str, follow: bool, as_json: bool) -> None:
+    """Print the build record of SERVABLE (owner/name[@version]; default the newest version)."""
+    with _client(ctx) as client:
+        if not follow:
+            record = client.build_log(servable)
+            if as_json:
+                _print_json(record)
+                return
+            _print_build_header(record)
+            for line in record.get("log") or []:
+                click.echo(line)
+            if record.get("error"):
+                _fail(str(record["error"]))
+            return
+        state = ""
+        for event in client.build_log(servable, follow=True):
+            if as_json:
+                click.echo(json.dumps(event))
+                continue
+            if "servable" in event:
+                _print_build_header(event)
+                for line in event.get("log") or []:
+                    click.echo(line)
+                state = event["state"]
+                continue
+            if event.get("state"):
+                state = event["state"]
+                err_console.print(f"-- {state} at {event.get('at', '')}", highlight=False)
+            for line in event.get("lines") or []:
+                click.echo(line)
+            if event.get("error"):
+                err_console.print(f"[red]error:[/red] {escape(event['error'])}")
+        if state == "failed":
+            sys.exit(1)
+
+
+def _print_build_header(record: dict[str, Any]) -> None:
+    states = ", ".join(f"{s['state']} {s['at']}" for s in record.get("states") or [])
+    environment = record.get("environment") or "shared"
+    err_console.print(
+        f"{record['servable']}: {record['state']} (environment {environment}); {states}", highlight=False
+    )
+
+
+@main.command()
+@click.argument("servable")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive file to write."
+)
+@click.option("--run", "show_run", is_flag=True, help="Also print the commands that run it elsewhere.")
+@click.pass_context
+def export(ctx: click.Context, servable: str, output: Path | None, show_run: bool) -> None:
+    """Download SERVABLE (owner/name[@version]) as a .tar.gz that runs with a plain Python venv."""
+    with _client(ctx) as client:
+        path = client.export(servable, output)
+    err_console.print(f"wrote {path}", highlight=False)
+    if show_run:
+        for command in export_commands(path):
+            click.echo(command)
+
+
+def export_commands(path: Path) -> list[str]:
+    """The commands in the archive's ``export.json``, unpacking this very file."""
+    import shlex
+    import tarfile
+
+    with tarfile.open(path, "r:gz") as archive:
+        member = next((m for m in archive.getmembers() if m.name.endswith("/export.json")), None)
+        handle = archive.extractfile(member) if member is not None else None
+        if handle is None:
+            _fail(f"{path} has no export.json")
+        commands: list[str] = json.loads(handle.read())["commands"]
+    if commands and commands[0].startswith("tar xzf "):
+        commands[0] = f"tar xzf {shlex.quote(str(path.resolve()))}"
+    return commands
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import httpx
 
@@ -253,6 +253,65 @@ class DLHubClient:
         owner, name, _ = parse_servable(servable)
         result: list[dict[str, Any]] = self._request("GET", f"/servables/{owner}/{name}/versions")["versions"]
         return result
+
+    def _version_path(self, servable: str) -> str:
+        """``/servables/o/n/versions/v`` of ``owner/name@v``, or of the newest version not deleted."""
+        owner, name, version = parse_servable(servable)
+        if version is None:
+            live = [v for v in self.versions(servable) if v["status"] != "deleted"]
+            if not live:
+                raise error_class("gone")(f"servable {owner}/{name} was deleted")
+            version = int(live[-1]["version"])
+        return f"/servables/{owner}/{name}/versions/{version}"
+
+    @overload
+    def build_log(
+        self, servable: str, follow: Literal[False] = False, *, timeout_s: float | None = None
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def build_log(
+        self, servable: str, follow: Literal[True], *, timeout_s: float | None = None
+    ) -> Iterator[dict[str, Any]]: ...
+
+    def build_log(
+        self, servable: str, follow: bool = False, *, timeout_s: float | None = None
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """The build record of ``owner/name@v`` (default: the newest version): states, environment, error and
+        log. With ``follow`` an iterator instead: the record so far, then one event per state change
+        (``{"state", "at", "error"?}``) or batch of new log lines (``{"lines"}``) until the build ends."""
+        path = self._version_path(servable) + "/build"
+        if not follow:
+            result: dict[str, Any] = self._request("GET", path)
+            return result
+        return self._follow_build(path, timeout_s)
+
+    def _follow_build(self, path: str, timeout_s: float | None) -> Iterator[dict[str, Any]]:
+        timeout = httpx.Timeout(10.0, read=timeout_s or 3600.0)
+        with self._http.stream("GET", path, params={"follow": "true"}, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
+    def export(self, servable: str, path: str | Path | None = None) -> Path:
+        """Download the export of ``owner/name@v`` (a .tar.gz that runs without DLHub, see docs/api.md) to
+        ``path`` (default: ``<owner>-<name>-<version>.tar.gz`` here); return where it was written."""
+        url = self._version_path(servable) + "/export"
+        response = self._http.get(url)
+        if response.status_code >= 400:
+            self._raise_for(response)
+        disposition = response.headers.get("Content-Disposition", "")
+        default = (
+            disposition.split('filename="', 1)[1].rstrip('"')
+            if 'filename="' in disposition
+            else "export.tar.gz"
+        )
+        target = Path(path) if path is not None else Path(default)
+        target.write_bytes(response.content)
+        return target
 
     def list(self, owner: str | None = None, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}

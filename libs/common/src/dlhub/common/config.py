@@ -96,6 +96,15 @@ class RegistryConfig(BaseModel):
     blob_sweep_interval_s: PositiveFloat = 60.0
     blob_url_ttl_s: PositiveFloat = 3600.0
     """Lifetime of the signed URL a ``{"blob": id}`` input becomes (must cover the task's time queued)."""
+    max_build_log_bytes: PositiveInt = 1 * MiB
+    """Cap of a build record's stored log: past it the head and the tail are kept (half each) around a
+    marker line saying how many lines were dropped."""
+    build_log_save_interval_s: PositiveFloat = 0.5
+    """A running build's record is saved on every state change and at most this often for log lines."""
+    build_follow_poll_interval_s: PositiveFloat = 0.25
+    """How often ``GET .../build?follow=true`` polls the store (works across several registries)."""
+    build_follow_timeout_s: PositiveFloat = 3600.0
+    """A followed build's stream ends after this long even if the build has not finished."""
     internal_url: str | None = None
     """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""

@@ -36,6 +36,12 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     environment: str = ""
     """The environment id the version runs in ("" for the shared worker environment); added later, so
     optional."""
+    backend: str = ""
+    """The environment's backend (venv, docker; "" when shared); the fields below were added for exports."""
+    python: str = ""
+    lock: str = ""
+    """The environment's hash-pinned lock (``uv pip compile --generate-hashes`` output; "" when shared)."""
+    base_image: str = ""
 
 
 BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]

@@ -27,6 +27,7 @@ from dlhub.common.environments import (
     BuildListener,
     BuildLog,
     EnvironmentRecord,
+    read_environment,
     record_json,
 )
 from dlhub.common.errors import (
@@ -241,6 +242,7 @@ def build_version(
         target = version_dir(root, request.owner, request.name, request.version)
         if target.exists() and _same_version(target, digest, request.metadata):
             created = False  # an identical rebuild: its environment was built with it
+            environment = read_environment(target)
         else:
             if environments is not None:
                 environment = environments.prepare(request.metadata, files_dir, build_log)
@@ -269,12 +271,17 @@ def build_version(
         size_bytes=size_bytes,
         environment=environment.id if environment is not None and environment.id else "shared",
     )
+    isolated = environment if environment is not None and environment.kind == "isolated" else None
     return BuildOutcome(
         digest=digest,
         files=files,
         size_bytes=size_bytes,
         path=str(target),
         environment=environment.id if environment is not None else "",
+        backend=isolated.backend if isolated is not None else "",
+        python=isolated.python if isolated is not None else "",
+        lock=isolated.lock if isolated is not None else "",
+        base_image=isolated.base_image if isolated is not None else "",
     )
 
 

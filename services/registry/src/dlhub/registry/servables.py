@@ -35,13 +35,14 @@ from dlhub.common.payloads import (
 )
 from dlhub.registry.auth import Caller, caller_for
 from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.builds import BuildTracker, implied_build, new_build
 from dlhub.registry.clock import iso_ms, now_ms
 from dlhub.registry.metadata import normalise_publication, search_document, validate_publication
 from dlhub.registry.outcomes import error_dict
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
 from dlhub.registry.ports import Bus
-from dlhub.registry.store import MetadataStore, PackageFormat, TaskRecord, VersionRecord
+from dlhub.registry.store import MetadataStore, PackageFormat, StoredBuild, TaskRecord, VersionRecord
 from dlhub.registry.store.cache import VersionCache
 from dlhub.registry.tasks import TaskTable
 from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
@@ -196,6 +197,10 @@ class Servables:
             package_format=package_format,
         )
         await self._tasks.create(task_id=build_task_id, kind="build", servable=record.label, submitter=owner)
+        build = new_build(record)
+        build.log.append(f"published; queued for the builder ({package_format} package)")
+        await self._store.save_build(owner, name, record.version, build)
+        self.cache.invalidate(owner, name)
         log.info("version published", servable=record.label, task_id=build_task_id)
         self.start_build(record)
         return record
@@ -229,6 +234,9 @@ class Servables:
             )
             or record
         )
+        build = new_build(record, "ready")
+        build.log.append(f"a pipeline of {len(pinned.steps)} pinned steps: nothing to build")
+        await self._store.save_build(owner, name, record.version, build)
         self.cache.invalidate(owner, name)
         task = await self._tasks.create(
             task_id=build_task_id, kind="build", servable=record.label, submitter=owner
@@ -338,8 +346,24 @@ class Servables:
 
     # -- builds -----------------------------------------------------------------------------------------
 
-    def start_build(self, record: VersionRecord) -> None:
-        self._background.spawn(self._build(record), name=f"build {record.label}")
+    def start_build(self, record: VersionRecord, *, resumed: bool = False) -> None:
+        self._background.spawn(self._build(record, resumed=resumed), name=f"build {record.label}")
+
+    async def export_parts(
+        self, caller: Caller, owner: str, name: str, version: int
+    ) -> tuple[VersionRecord, StoredBuild, bytes]:
+        """What an export of a version the caller may see is made of: its record, build and package."""
+        record = await self.describe_target(caller, owner, name, version)
+        if is_pipeline(record.metadata):
+            raise ValidationFailed("a pipeline has no files or environment to export", field="version")
+        if record.status != "ready":
+            raise ServableNotReady(f"{record.label} is {record.status}; only ready versions can be exported")
+        package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
+        return record, await self.stored_build(record), package
+
+    async def stored_build(self, record: VersionRecord) -> StoredBuild:
+        """The stored build record, or the one implied by the version's status when it has none."""
+        return await self._store.get_build(record.owner, record.name, record.version) or implied_build(record)
 
     async def resume_builds(self) -> int:
         """Resubmit builds of versions left ``building`` by a previous registry process."""
@@ -353,11 +377,40 @@ class Servables:
                     servable=record.label,
                     submitter=record.owner,
                 )
-            self.start_build(record)
+            self.start_build(record, resumed=True)
         return len(pending)
 
-    async def _build(self, record: VersionRecord) -> None:
+    async def _tracker(self, record: VersionRecord, resumed: bool) -> BuildTracker:
+        build = await self._store.get_build(record.owner, record.name, record.version)
+        if build is None:
+            build = new_build(record)
+        config = self._settings.registry
+        tracker = BuildTracker(
+            self._store,
+            record,
+            build,
+            max_log_bytes=config.max_build_log_bytes,
+            save_interval_s=config.build_log_save_interval_s,
+            on_state_saved=lambda: self.cache.invalidate(record.owner, record.name),
+        )
+        if resumed:
+            tracker.set_state("queued")
+            tracker.line("the registry restarted during this build; it was submitted to the builder again")
+        await tracker.save()
+        return tracker
+
+    async def _build(self, record: VersionRecord, *, resumed: bool = False) -> None:
         task = await self._tasks.get(record.build_task_id)
+        tracker = await self._tracker(record, resumed)
+        tracker.start()
+        try:
+            await self._build_tracked(record, task, tracker, resumed=resumed)
+        finally:
+            await tracker.close()  # no-op when a branch below closed it already
+
+    async def _build_tracked(
+        self, record: VersionRecord, task: TaskRecord | None, tracker: BuildTracker, *, resumed: bool
+    ) -> None:
         try:
             package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
             request = BuildRequest(
@@ -374,26 +427,39 @@ class Servables:
                 [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
                 self._codec.encode_value(request),
                 timeout_s=self._settings.registry.sync_timeout_s,
-                task_id=record.build_task_id or None,
+                # A resumed build is a new bus task: a broker that outlived the previous registry process
+                # still holds the old one (answering the dead process) and would ignore a duplicate id.
+                task_id=None if resumed else record.build_task_id or None,
+                on_progress=tracker.on_progress,
             )
             if not result.ok:
                 error = error_dict(result.error)
-                await self._build_failed(record, task, error)
+                await self._build_failed(record, task, error, tracker)
                 return
             outcome = decode_payload(result.output, BuildOutcome)
+            tracker.environment(outcome)
+            tracker.line(
+                f"built: {len(outcome.files)} files, digest {outcome.digest}, environment "
+                + (f"{outcome.environment} ({outcome.backend})" if outcome.environment else "shared")
+            )
             vector_count = len(declared_vectors(record.metadata))
             if vector_count:  # vectors.py: still "building" while they run
+                tracker.line(f"running {vector_count} test vectors")
                 outcomes = await self.vectors.run_all(record)
                 if not all(o.passed for o in outcomes):
                     reason = failure_reason(record, outcomes)
-                    await self._build_failed(record, task, {"type": "test_vectors_failed", "message": reason})
+                    error = {"type": "test_vectors_failed", "message": reason}
+                    await self._build_failed(record, task, error, tracker)
                     return
+                tracker.line(f"{vector_count} test vectors passed")
         except DLHubError as exc:
-            await self._build_failed(record, task, exc.to_dict())
+            await self._build_failed(record, task, exc.to_dict(), tracker)
             return
         except (OSError, NotImplementedError) as exc:
-            await self._build_failed(record, task, {"type": "build_failed", "message": str(exc)})
+            await self._build_failed(record, task, {"type": "build_failed", "message": str(exc)}, tracker)
             return
+        tracker.set_state("ready")
+        await tracker.close()
         updated = await self._store.set_version_status(
             record.owner,
             record.name,
@@ -415,10 +481,12 @@ class Servables:
         await self.reindex(record.owner, record.name)
 
     async def _build_failed(
-        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any]
+        self, record: VersionRecord, task: TaskRecord | None, error: dict[str, Any], tracker: BuildTracker
     ) -> None:
         message = str(error.get("message") or "build failed")
         log.warning("build failed", servable=record.label, error_type=error.get("type"), reason=message)
+        tracker.set_state("failed", error=message)  # the record's error is the version's status_reason
+        await tracker.close()
         await self._store.set_version_status(
             record.owner, record.name, record.version, status="failed", status_reason=message
         )

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from dlhub.common.payloads import FacetName, SortField, SortOrder
+from dlhub.common.payloads import BuildState, FacetName, SortField, SortOrder
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.outcomes import TaskError as TaskError
 from dlhub.registry.outcomes import Timings as Timings
@@ -127,6 +127,16 @@ class BlobUploadQuery(Struct, kw_only=True):
     filename: Annotated[str, Meta(description="File name of a raw-body upload")] | UnsetType = UNSET
 
 
+class BuildQuery(Struct, kw_only=True):
+    follow: Annotated[
+        bool,
+        Meta(
+            description="Stream the record as application/x-ndjson: the record so far, then one line per "
+            "event until the build is ready or failed (or registry.build_follow_timeout_s passes)"
+        ),
+    ] = False
+
+
 class BlobContentQuery(Struct, kw_only=True):
     expires: Annotated[int, Meta(description="Expiry, epoch seconds")]
     sig: Annotated[str, Meta(description="HMAC-SHA256 signature")]
@@ -210,6 +220,14 @@ class VersionSummary(Struct, kw_only=True):
     deprecated_at: Timestamp | UnsetType | None = UNSET
     deleted_at: Timestamp | UnsetType | None = UNSET
     deleted_by: str | UnsetType = UNSET
+    environment: (
+        Annotated[str, Meta(description="Environment id the version runs in ('' for the shared one)")]
+        | UnsetType
+    ) = UNSET
+    build_state: (
+        Annotated[BuildState | None, Meta(description="State of its build (null: published before records)")]
+        | UnsetType
+    ) = UNSET
 
 
 class Deprecation(VersionSummary, kw_only=True):
@@ -235,6 +253,12 @@ class Servable(Struct, kw_only=True):
     deprecation_replacement: str | None
     metadata: Document
     versions: list[VersionSummary]
+    environment: Annotated[
+        str, Meta(description="Environment id the version runs in ('' for the shared one)")
+    ]
+    build_state: Annotated[
+        BuildState | None, Meta(description="State of its build (null: published before build records)")
+    ]
 
 
 class ServableSummary(Struct, kw_only=True):
@@ -416,6 +440,35 @@ class Blob(Struct, kw_only=True):
     ]
 
 
+class BuildStateChange(Struct, kw_only=True):
+    state: BuildState
+    at: Timestamp
+
+
+class BuildRecord(Struct, kw_only=True):
+    """The build of one version: its states with timestamps and its log (the resolver's and installer's
+    output), capped at registry.max_build_log_bytes around a marker line."""
+
+    servable: Annotated[str, Meta(description="owner/name@version")]
+    state: BuildState
+    states: list[BuildStateChange]
+    environment: Annotated[str, Meta(description="Environment id ('' for the shared one or not yet known)")]
+    backend: Annotated[str, Meta(description="venv or docker ('' for the shared environment)")]
+    error: Annotated[str, Meta(description="Why it failed (the version's status_reason); '' otherwise")]
+    log: list[str]
+    dropped_lines: Annotated[int, Meta(ge=0, description="Log lines left out at the marker line")]
+    updated_at: Timestamp
+
+
+class BuildEvent(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One line of a followed build after the record: a state change, or new log lines."""
+
+    state: BuildState | UnsetType = UNSET
+    at: Timestamp | UnsetType = UNSET
+    error: Annotated[str, Meta(description="With state failed")] | UnsetType = UNSET
+    lines: list[str] | UnsetType = UNSET
+
+
 class BlobDeleted(Struct, kw_only=True):
     deleted: Annotated[str, Meta(description="The blob id")]
 
@@ -448,6 +501,8 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Health,
     Blob,
     BlobDeleted,
+    BuildRecord,
+    BuildEvent,
 )
 """Every struct the document names; the rest (hits, facets, handler stats ...) come in as their parts."""
 QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
@@ -456,4 +511,5 @@ QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
     CitationQuery,
     BlobUploadQuery,
     BlobContentQuery,
+    BuildQuery,
 )

@@ -16,6 +16,7 @@ import msgspec
 from dlhub.registry.http import contract as c
 
 JSON = "application/json"
+NDJSON = "application/x-ndjson"
 
 
 def _ref(type_: type[msgspec.Struct] | str) -> dict[str, str]:
@@ -144,6 +145,18 @@ _CITATION_RESPONSES = {
     },
     **_errors(400, 401, 404),
 }
+_BUILD_NOTE = (
+    "Visible like describe (404 hidden, 410 deleted). With follow=true the answer is application/x-ndjson: "
+    "the record so far (BuildRecord) on the first line, then one BuildEvent per line (a state change, or "
+    "new log lines) as they happen, ending when the build is ready or failed. Versions published before "
+    "build records get one implied from their status."
+)
+_EXPORT_NOTE = (
+    "files/ (the package), dlhub.json (metadata), requirements.lock (its own environment's hash-pinned "
+    "lock) or requirements.txt (shared environment: pinned, no hashes), run.py, README.txt with the "
+    "commands, runtime/ (the executor's loader) and, for a docker environment, a Dockerfile. Visible like "
+    "describe; 409 unless ready; 400 for a pipeline."
+)
 _BLOB_ID = _param("blob_id", "path", {"type": "string"}, "Blob id (from POST /blobs)")
 _BLOB_UPLOAD_BODY = {
     "required": True,
@@ -344,6 +357,45 @@ def _version_paths() -> dict[str, Any]:
                 "summary": "Clear the deprecation of a version (owner only)",
                 "security": _SECURED,
                 "responses": _DEPRECATE_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/build": {
+            "parameters": [OWNER, NAME, VERSION],
+            "get": {
+                "operationId": "getBuild",
+                "summary": "The version's build record: states with timestamps, environment, error and log",
+                "description": _BUILD_NOTE,
+                "security": _OPTIONAL_AUTH,
+                "parameters": _query(c.BuildQuery),
+                "responses": {
+                    "200": {
+                        "description": "The record, or (follow=true) a stream of JSON lines",
+                        "content": {
+                            JSON: {"schema": _ref(c.BuildRecord)},
+                            NDJSON: {
+                                "schema": {"oneOf": [_ref(c.BuildRecord), _ref(c.BuildEvent)]},
+                                "x-ndjson-lines": "first BuildRecord, then BuildEvent",
+                            },
+                        },
+                    },
+                    **_errors(400, 401, 404, 410),
+                },
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/export": {
+            "parameters": [OWNER, NAME, VERSION],
+            "get": {
+                "operationId": "exportVersion",
+                "summary": "The version as a .tar.gz that runs with a plain Python venv (no DLHub server)",
+                "description": _EXPORT_NOTE,
+                "security": _OPTIONAL_AUTH,
+                "responses": {
+                    "200": {
+                        "description": "The archive (named <owner>-<name>-<version>.tar.gz)",
+                        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **_errors(400, 401, 404, 409, 410, 503),
+                },
             },
         },
         "/servables/{owner}/{name}/citation": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dlhub.registry.http import blobs, citations, health, runs, search, servables, tasks, verify
+from dlhub.registry.http import blobs, builds, citations, health, runs, search, servables, tasks, verify
 from dlhub.registry.urls import API_PREFIX, BLOB, SERVABLE, VERSION
 
 
@@ -23,6 +23,8 @@ def setup_routes(app: web.Application) -> None:
             web.delete(VERSION, servables.delete_version),
             web.post(VERSION + "/deprecate", servables.deprecate_version),
             web.post(VERSION + "/undeprecate", servables.undeprecate_version),
+            web.get(VERSION + "/build", builds.get_build),
+            web.get(VERSION + "/export", builds.export_version),
             web.get(SERVABLE + "/citation", citations.citation_latest),
             web.get(VERSION + "/citation", citations.citation_version),
             web.post(SERVABLE + "/run", runs.run_latest),

@@ -58,7 +58,12 @@ def _kind(record: VersionRecord) -> dict[str, Any]:
 def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary:
     """Lifecycle fields shared by describe and the versions list (``detail``: with reason and digest)."""
     summary = VersionSummary(
-        version=v.version, status=v.status, published_at=iso_ms(v.published_at_ms), deprecated=v.deprecated
+        version=v.version,
+        status=v.status,
+        published_at=iso_ms(v.published_at_ms),
+        deprecated=v.deprecated,
+        environment=v.environment,
+        build_state=v.build_state or None,
     )
     if detail:
         summary.status_reason, summary.digest = v.status_reason, v.digest
@@ -89,6 +94,8 @@ def describe(record: VersionRecord, versions: Sequence[VersionRecord]) -> Servab
         deprecation_replacement=record.deprecation_replacement or None,
         metadata=record.metadata,
         versions=[version_summary(v) for v in versions],
+        environment=record.environment,
+        build_state=record.build_state or None,
     )
 
 

@@ -5,8 +5,10 @@ The interface is re-exported here because every domain module speaks it; backend
 """
 
 from dlhub.registry.store.interface import (
+    BuildStateValue,
     MetadataStore,
     PackageFormat,
+    StoredBuild,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -16,8 +18,10 @@ from dlhub.registry.store.interface import (
 )
 
 __all__ = [
+    "BuildStateValue",
     "MetadataStore",
     "PackageFormat",
+    "StoredBuild",
     "TaskKind",
     "TaskRecord",
     "TaskState",

@@ -11,7 +11,11 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dlhub.common.payloads import BuildRecord
+
 VersionStatus = Literal["building", "ready", "failed", "deleted"]
+BuildStateValue = Literal["", "queued", "resolving", "installing", "ready", "failed"]
+"""A version's build state; "" for versions stored before builds had records."""
 TaskKind = Literal["run", "build"]
 TaskState = Literal["pending", "running", "completed", "failed"]
 PackageFormat = Literal["tar", "zip", "none"]
@@ -40,6 +44,10 @@ class VersionRecord:
     deprecated_at_ms: int = 0
     deleted_at_ms: int = 0
     deleted_by: str = ""
+    environment: str = ""
+    """The environment id the version runs in ("" for the shared worker environment)."""
+    build_state: BuildStateValue = ""
+    """The state of its build record (``save_build`` keeps it in step; "" for versions without a record)."""
 
     @property
     def deleted(self) -> bool:
@@ -59,6 +67,26 @@ class VersionRecord:
         dlhub = self.metadata.get("dlhub") or {}
         value = dlhub.get("visible_to")
         return tuple(value) if isinstance(value, list) else ("public",)
+
+
+class StoredBuild(BuildRecord, kw_only=True):
+    """The registry's build record of one version (``BuildRecord`` plus what exports and follows need).
+
+    ``log`` is capped (``registry.max_build_log_bytes``): the head, a marker line saying how many lines
+    were dropped, and the tail; ``dropped_lines`` counts them, so ``total_lines`` is every line ever logged.
+    ``backend``/``python``/``lock``/``base_image`` describe the version's own environment ("" when shared).
+    """
+
+    dropped_lines: int = 0
+    updated_at_unix_s: float = 0.0
+    backend: str = ""
+    python: str = ""
+    lock: str = ""
+    base_image: str = ""
+
+    @property
+    def total_lines(self) -> int:
+        return len(self.log) - (1 if self.dropped_lines else 0) + self.dropped_lines
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +221,17 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def count_package_refs(self, package_sha256: str) -> int:
         """Return how many live (not deleted) versions use the package blob with this digest."""
+
+    # -- build records ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_build(self, owner: str, name: str, version: int, build: StoredBuild) -> None:
+        """Insert or replace the build record of a version, and copy its state (and its environment id, when
+        not empty) onto the version record (``build_state``/``environment``)."""
+
+    @abc.abstractmethod
+    async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
+        """The build record of a version, or None (versions published before build records existed)."""
 
     # -- tasks ------------------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ Collections (one database, ``StoreConfig.mongodb_database``):
   minute, so reads still compare ``expires_at_ms`` with the caller's clock.
 - ``deletions``: one document per tombstoned version (same ``_id``), inserted by the deletion that claimed
   it, so concurrent deletions report each version once even where ``findAndModify`` is not atomic.
+- ``builds``: one document per version's build record (same ``_id`` as in ``versions``), the record as JSON
+  text; saving one also copies its state and environment id onto the version document.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
 - ``memo``: memoized run results (``dlhub.registry.memo``, ``registry.memo_shared``); ``_id`` is the
   memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
@@ -56,8 +58,10 @@ from dlhub.common.config import StoreConfig
 from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
 from dlhub.registry.store.interface import (
+    BuildStateValue,
     MetadataStore,
     PackageFormat,
+    StoredBuild,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -117,6 +121,8 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "deprecated_at_ms": record.deprecated_at_ms,
         "deleted_at_ms": record.deleted_at_ms,
         "deleted_by": record.deleted_by,
+        "environment": record.environment,
+        "build_state": record.build_state,
     }
 
 
@@ -140,6 +146,8 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         deprecated_at_ms=int(doc.get("deprecated_at_ms", 0)),
         deleted_at_ms=int(doc.get("deleted_at_ms", 0)),
         deleted_by=doc.get("deleted_by", ""),
+        environment=doc.get("environment", ""),
+        build_state=cast(BuildStateValue, doc.get("build_state", "")),
     )
 
 
@@ -298,6 +306,11 @@ class MongoMetadataStore(MetadataStore):
     @property
     def memo(self) -> AsyncCollection[Document]:
         return self.db["memo"]
+
+    @property
+    def builds(self) -> AsyncCollection[Document]:
+        """One document per version's build record (``_id`` as in ``versions``), the record as JSON text."""
+        return self.db["builds"]
 
     @property
     def deletions(self) -> AsyncCollection[Document]:
@@ -608,6 +621,24 @@ class MongoMetadataStore(MetadataStore):
             return await self.versions.count_documents(
                 {"package_sha256": package_sha256, "status": {"$ne": "deleted"}}
             )
+
+    # -- build records ----------------------------------------------------------------------------------
+
+    async def save_build(self, owner: str, name: str, version: int, build: StoredBuild) -> None:
+        doc_id = _version_id(owner, name, version)
+        fields: Document = {"build_state": build.state}
+        if build.environment:
+            fields["environment"] = build.environment
+        with self._errors("save_build"):
+            await self.builds.replace_one(
+                {"_id": doc_id}, {"_id": doc_id, "record_json": _dumps(build)}, upsert=True
+            )
+            await self.versions.update_one({"_id": doc_id}, {"$set": fields})
+
+    async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
+        with self._errors("get_build"):
+            doc = await self.builds.find_one({"_id": _version_id(owner, name, version)})
+        return msgspec.json.decode(doc["record_json"], type=StoredBuild) if doc is not None else None
 
     # -- tasks ------------------------------------------------------------------------------------------
 

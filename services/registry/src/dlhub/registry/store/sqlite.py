@@ -17,8 +17,10 @@ import aiosqlite
 import msgspec
 
 from dlhub.registry.store.interface import (
+    BuildStateValue,
     MetadataStore,
     PackageFormat,
+    StoredBuild,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -54,10 +56,19 @@ CREATE TABLE IF NOT EXISTS versions (
     deprecated_at_ms INTEGER NOT NULL DEFAULT 0,
     deleted_at_ms INTEGER NOT NULL DEFAULT 0,
     deleted_by TEXT NOT NULL DEFAULT '',
+    environment TEXT NOT NULL DEFAULT '',
+    build_state TEXT NOT NULL DEFAULT '',
     UNIQUE (owner, name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
 CREATE INDEX IF NOT EXISTS versions_package ON versions (package_sha256);
+CREATE TABLE IF NOT EXISTS builds (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (owner, name, version)
+);
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -91,7 +102,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
     "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
-    "deprecated_at_ms, deleted_at_ms, deleted_by"
+    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state"
 )
 # Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
 _ADDED_VERSION_COLUMNS = (
@@ -101,6 +112,8 @@ _ADDED_VERSION_COLUMNS = (
     ("deprecated_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("deleted_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("deleted_by", "TEXT NOT NULL DEFAULT ''"),
+    ("environment", "TEXT NOT NULL DEFAULT ''"),
+    ("build_state", "TEXT NOT NULL DEFAULT ''"),
 )
 _TASK_COLUMNS = (
     "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
@@ -138,6 +151,8 @@ def _version_from_row(row: Any) -> VersionRecord:
         deprecated_at_ms=row[15],
         deleted_at_ms=row[16],
         deleted_by=row[17],
+        environment=row[18],
+        build_state=cast(BuildStateValue, row[19]),
     )
 
 
@@ -228,7 +243,7 @@ class SQLiteMetadataStore(MetadataStore):
                 version = int(next(iter(rows))[0])
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '')",
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '')",
                     (
                         owner,
                         name,
@@ -405,6 +420,36 @@ class SQLiteMetadataStore(MetadataStore):
             (package_sha256,),
         )
         return int(next(iter(rows))[0])
+
+    # -- build records ----------------------------------------------------------------------------------
+
+    async def save_build(self, owner: str, name: str, version: int, build: StoredBuild) -> None:
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    "INSERT OR REPLACE INTO builds (owner, name, version, record) VALUES (?, ?, ?, ?)",
+                    (owner, name, version, _dumps(build)),
+                )
+                await db.execute(
+                    "UPDATE versions SET build_state = ?, "
+                    "environment = CASE WHEN ? != '' THEN ? ELSE environment END "
+                    "WHERE owner = ? AND name = ? AND version = ?",
+                    (build.state, build.environment, build.environment, owner, name, version),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT record FROM builds WHERE owner = ? AND name = ? AND version = ?", (owner, name, version)
+        )
+        for row in rows:
+            return msgspec.json.decode(row[0], type=StoredBuild)
+        return None
 
     # -- tasks ------------------------------------------------------------------------------------------
 
