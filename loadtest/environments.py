@@ -1,7 +1,7 @@
 """Per-servable environments (issue 11): what an own environment costs, on the real embedded stack.
 
-    python -m loadtest.environments [--repeats 3] [--duration 8] [--clients 4] [--backends venv,docker]
-                                    [--no-cold] [--out loadtest/results]
+    python -m loadtest.environments [--repeats 3] [--duration 10] [--rounds 2] [--clients 4]
+                                    [--backends venv,docker] [--no-cold] [--out loadtest/results]
 
 Every repeat starts a fresh ``dlhub up`` (separate processes, empty data directory and environment store) and
 measures, for the venv backend and the docker backend (``DLHUB_ENVIRONMENTS__DOCKER_URL``/``DOCKER_HOST``
@@ -17,9 +17,9 @@ or ``DLHUB_TEST_DOCKER_URL``; no engine: the docker rows say "skipped: no engine
    environment's executor is already running: model load only); the shared-environment servable's first
    request is the baseline;
 3. warm p50 latency and throughput of a noop and a single-row scikit-learn prediction, ``--clients``
-   keep-alive clients for ``--duration`` seconds each, with the servable in the shared worker environment,
-   in its own venv and in a container, all in the same stack (the order rotates between repeats); ratios to
-   shared are taken within each repeat, then the median over repeats.
+   keep-alive clients for ``--duration`` seconds each (in ``--rounds`` interleaved slices), with the servable
+   in the shared worker environment, in its own venv and in a container, all in the same stack (the order
+   rotates between repeats); ratios to shared are taken within each repeat, then the median over repeats.
 
 Results: ``<out>/environments.json`` (commit, load average, per-repeat values, medians, targets with
 pass/fail) and ``<out>/environments.png``; a short table is printed. The machine's speed drifts (2 cores
@@ -48,6 +48,7 @@ from typing import Any
 
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document, sklearn_document
+from dlhub.common.environments import dir_size
 from loadtest.common import KeepAliveClient, free_port, percentile, wait_healthy
 from loadtest.paper.machine import describe_machine
 
@@ -250,15 +251,15 @@ def first_request(stack: Stack, servable: str, workload: str) -> dict[str, float
     }
 
 
-def load(stack: Stack, servable: str, workload: str, clients: int, duration_s: float) -> dict[str, float]:
+def load(stack: Stack, servable: str, workload: str, clients: int, duration_s: float) -> Samples:
     """``clients`` keep-alive clients in a closed loop for ``duration_s`` (after a short warm-up)."""
     path, payload_body = f"/api/v1/servables/{servable}/run", body(workload)
-    warm = KeepAliveClient(stack.url, stack.token)
+    warmup = KeepAliveClient(stack.url, stack.token)
     try:
-        for _ in range(30):
-            check(workload, *warm.post(path, payload_body))
+        for _ in range(20):
+            check(workload, *warmup.post(path, payload_body))
     finally:
-        warm.close()
+        warmup.close()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     invocations: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
@@ -291,15 +292,76 @@ def load(stack: Stack, servable: str, workload: str, clients: int, duration_s: f
     elapsed = time.perf_counter() - started
     if errors:
         raise RuntimeError(f"load on {servable} failed: {errors[0]!r}")
-    flat = [v for values in latencies for v in values]
-    flat_inv = [v for values in invocations for v in values]
-    return {
-        "p50_ms": round(percentile(flat, 50), 3),
-        "p99_ms": round(percentile(flat, 99), 3),
-        "invocation_p50_ms": round(percentile(flat_inv, 50), 3),
-        "throughput_rps": round(len(flat) / elapsed, 1),
-        "requests": len(flat),
-    }
+    return Samples(
+        [v for values in latencies for v in values], [v for values in invocations for v in values], elapsed
+    )
+
+
+@dataclass
+class Samples:
+    latency_ms: list[float]
+    invocation_ms: list[float]
+    elapsed_s: float
+
+    def add(self, other: Samples) -> None:
+        self.latency_ms += other.latency_ms
+        self.invocation_ms += other.invocation_ms
+        self.elapsed_s += other.elapsed_s
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "p50_ms": round(percentile(self.latency_ms, 50), 3),
+            "p99_ms": round(percentile(self.latency_ms, 99), 3),
+            "invocation_p50_ms": round(percentile(self.invocation_ms, 50), 3),
+            "throughput_rps": round(len(self.latency_ms) / self.elapsed_s, 1),
+            "requests": len(self.latency_ms),
+        }
+
+
+def warm(
+    stack: Stack, servables: dict[str, str], workload: str, order: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """``args.rounds`` rounds of ``duration / rounds`` seconds per configuration, interleaved (drift hits all
+    configurations alike), pooled per configuration."""
+    pooled: dict[str, Samples] = {config: Samples([], [], 0.0) for config in order}
+    plumbing: dict[str, float] = dict.fromkeys(order, 0.0)
+    for _ in range(args.rounds):
+        for config in order:
+            before = docker_plumbing_cpu_s()
+            pooled[config].add(
+                load(stack, servables[config], workload, args.clients, args.duration / args.rounds)
+            )
+            plumbing[config] += docker_plumbing_cpu_s() - before
+    rows = {config: pooled[config].summary() for config in order}
+    for config, row in rows.items():
+        # What the docker CLI, dockerd and containerd(-shim) burn per request relaying `docker run -i`'s
+        # stdin/stdout (machine-wide: other jobs' containers count too; ~0 when they are idle).
+        row["docker_plumbing_cpu_ms_per_request"] = round(
+            plumbing[config] * 1000 / max(1, row["requests"]), 4
+        )
+    return rows
+
+
+DOCKER_PLUMBING = frozenset(
+    {"docker", "dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-init"}
+)
+
+
+def docker_plumbing_cpu_s() -> float:
+    """User + system CPU seconds of the processes that relay a container's stdin/stdout (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if comm in DOCKER_PLUMBING:
+            total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
 
 
 # -- docker image housekeeping -----------------------------------------------------------------------------
@@ -358,6 +420,8 @@ def run_repeat(
             cold_name, cold_s, cold_phases = publish(
                 running, sklearn_doc(f"forest_{backend}_1", backend), package
             )
+            if backend == "venv" and args.cold:  # evidence that the cold build downloaded everything
+                repeat["fresh_uv_cache_bytes_after_cold_build"] = dir_size(running.base / "cache" / "uv")
             first = first_request(running, cold_name, "sklearn")
             cached_name, cached_s, cached_phases = publish(
                 running, sklearn_doc(f"forest_{backend}_2", backend), package
@@ -380,10 +444,7 @@ def run_repeat(
         order = configs[shift:] + configs[:shift]  # rotate: no configuration always goes first
         repeat["warm_order"] = order
         for workload in WORKLOADS:
-            repeat["warm"][workload] = {
-                config: load(running, servables[workload][config], workload, args.clients, args.duration)
-                for config in order
-            }
+            repeat["warm"][workload] = warm(running, servables[workload], workload, order, args)
         for workload in WORKLOADS:
             shared = repeat["warm"][workload]["shared"]
             for config in backends:
@@ -438,7 +499,13 @@ def summarize(repeats: list[dict[str, Any]], args: argparse.Namespace, skipped: 
                 continue
             rows[config] = {
                 key: median_of(repeats, "warm", workload, config, key)
-                for key in ("p50_ms", "p99_ms", "invocation_p50_ms", "throughput_rps")
+                for key in (
+                    "p50_ms",
+                    "p99_ms",
+                    "invocation_p50_ms",
+                    "throughput_rps",
+                    "docker_plumbing_cpu_ms_per_request",
+                )
             }
             if config != "shared":
                 for key in ("p50_over_shared", "throughput_over_shared"):
@@ -534,6 +601,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ys = [medians["warm"][w][backend][key] or 0 for w in WORKLOADS]
         ax.bar(xs, ys, width, label=f"{backend} {key.replace('_over_shared', '')}")
     ax.axhline(1.0, color="k", lw=1)
+    ax.set_ylim(0.5, 1.6)
     ax.axhspan(
         1 / TARGETS["warm_ratio"], TARGETS["warm_ratio"], color="tab:green", alpha=0.12, label="±10% target"
     )
@@ -555,7 +623,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{row['what']:<48} {value:>10} {target:>8}  {row['result']}")
     medians = result["median"]
     lines.append("")
-    lines.append(f"{'warm (median)':<22} {'p50 ms':>9} {'p99 ms':>9} {'inv p50':>9} {'req/s':>8}")
+    lines.append(
+        f"{'warm (median)':<22} {'p50 ms':>9} {'p99 ms':>9} {'inv p50':>9} {'req/s':>8}"
+        f" {'docker CPU ms/req':>18}"
+    )
     for workload in WORKLOADS:
         for config, row in medians["warm"][workload].items():
             if isinstance(row, str):
@@ -563,7 +634,8 @@ def table(result: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"{workload + ' ' + config:<22} {row['p50_ms']:>9.2f} {row['p99_ms']:>9.2f} "
-                f"{row['invocation_p50_ms']:>9.2f} {row['throughput_rps']:>8.1f}"
+                f"{row['invocation_p50_ms']:>9.2f} {row['throughput_rps']:>8.1f} "
+                f"{row['docker_plumbing_cpu_ms_per_request']:>19.3f}"
             )
     return "\n".join(lines)
 
@@ -576,7 +648,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per configuration")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per configuration")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--backends", default="venv,docker", help="comma-separated: venv, docker")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="keep the uv cache and images")
@@ -610,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
         "config": {
             "repeats": args.repeats,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "clients": args.clients,
             "backends": args.backends,
             "cold": args.cold,
