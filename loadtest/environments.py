@@ -1,6 +1,6 @@
 """Per-servable environments (issue 11): what an own environment costs, on the real embedded stack.
 
-    python -m loadtest.environments [--repeats 3] [--duration 10] [--rounds 2] [--clients 4]
+    python -m loadtest.environments [--repeats 3] [--duration 10] [--rounds 4] [--clients 4]
                                     [--backends venv,docker] [--no-cold] [--out loadtest/results]
 
 Every repeat starts a fresh ``dlhub up`` (separate processes, empty data directory and environment store) and
@@ -585,7 +585,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax = axes[1]
     names = ["shared", *backends, *[f"{b}_pool_running" for b in backends]]
     ax.bar(
-        [n.replace("_pool_running", "\n(pool running)") for n in names],
+        [n.replace("_pool_running", "\n(pool up)") for n in names],
         [medians["first_request"][n] or 0 for n in names],
     )
     ax.axhline(TARGETS["first_request_s"], color="k", ls="--", lw=1, label="target 3 s")
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per configuration")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per configuration")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--backends", default="venv,docker", help="comma-separated: venv, docker")
     parser.add_argument("--no-cold", dest="cold", action="store_false", help="keep the uv cache and images")

@@ -192,6 +192,9 @@ class DockerBackend:
         root = str(servable_root.resolve())
         return [
             docker_cli, *host, "run", "--rm", "-i", "--init",
+            # The protocol on stdout is not a log: json-file would copy every response into a file that
+            # grows for the container's life and costs dockerd CPU per request; attach works without it.
+            "--log-driver", "none",
             "--name", name,
             "--label", f"{LABEL_ENV}={record.id}",
             "--user", self.config.docker_user,
