@@ -119,6 +119,7 @@ def test_docker_servable_runs_end_to_end_in_a_locked_down_container(
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
     assert "/tmp" in host["Tmpfs"]
+    assert host["LogConfig"]["Type"] == "none"  # the protocol on stdout is not logged by dockerd
     assert host["NetworkMode"] == "none"
     assert set(attrs["NetworkSettings"]["Networks"]) == {"none"}
     mounts = attrs["Mounts"]

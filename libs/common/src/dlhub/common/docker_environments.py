@@ -259,6 +259,9 @@ class DockerBackend:
         config = self.config
         return [
             docker_cli, *host, "run", "--rm", "-i", "--init",
+            # The protocol on stdout is not a log: json-file would copy every response into a file that
+            # grows for the container's life and costs dockerd CPU per request; attach works without it.
+            "--log-driver", "none",
             "--name", name,
             *label_args,
             "--user", config.docker_user,
