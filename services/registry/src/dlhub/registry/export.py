@@ -16,6 +16,9 @@ The archive (one top folder ``<owner>-<name>-<version>/``) holds:
 - ``run.py``: loads the servable with that runtime and prints the JSON output of one call;
 - ``README.txt``: the commands (``export.json`` lists them for tools: ``dlhub export --run``);
 - for a docker-backend version a ``Dockerfile`` rebuilding the image from the lock (the builder's recipe).
+
+A docker-backend version also exports as an image (``dlhub.registry.image_export``): the built environment
+image plus ``servable_members``, as a ``docker save`` tarball.
 """
 
 from __future__ import annotations
@@ -177,7 +180,11 @@ def readme(record: VersionRecord, build: StoredBuild) -> str:
             "declared and its framework to the versions installed next to the registry that exported it.",
         ]
     if build.backend == "docker":
-        lines += ["", f"Dockerfile rebuilds its image: docker build -t {record.name}:{record.version} ."]
+        lines += [
+            "",
+            f"Dockerfile rebuilds its image: docker build -t {record.name}:{record.version} .",
+            f"The built image itself: dlhub export {record.label} --image --run (docker load, docker run).",
+        ]
     lines += ["", "files/ holds the package, dlhub.json the metadata, runtime/ the DLHub executor's loader."]
     return "\n".join(lines) + "\n"
 
