@@ -226,6 +226,7 @@ def test_an_exported_image_runs_the_version_outside_dlhub(
     output = run_printed(commands, docker_url, engine, "null")
     assert json.loads(output) == served
     assert engine.images.get(tag).attrs["Config"]["User"] == IMAGE_USER
+    engine.images.remove(tag)  # the test's own image: not left on the shared engine
 
 
 def test_only_docker_environment_versions_export_images(image_stack: ImageStack, tmp_path: Path) -> None:
