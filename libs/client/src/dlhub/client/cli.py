@@ -803,16 +803,38 @@ def _print_build_header(record: dict[str, Any]) -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Archive file to write."
 )
+@click.option(
+    "--image",
+    is_flag=True,
+    help="A docker save tarball of a self-contained image instead (docker-environment versions).",
+)
 @click.option("--run", "show_run", is_flag=True, help="Also print the commands that run it elsewhere.")
 @click.pass_context
-def export(ctx: click.Context, servable: str, output: Path | None, show_run: bool) -> None:
-    """Download SERVABLE (owner/name[@version]) as a .tar.gz that runs with a plain Python venv."""
+def export(ctx: click.Context, servable: str, output: Path | None, image: bool, show_run: bool) -> None:
+    """Download SERVABLE (owner/name[@version]) as a .tar.gz that runs with a plain Python venv, or with
+    --image as an image (docker load -i FILE; docker run --rm -i --network none TAG '<json input>')."""
     with _client(ctx) as client:
-        path = client.export(servable, output)
+        path = client.export(servable, output, image=image)
     err_console.print(f"wrote {path}", highlight=False)
     if show_run:
-        for command in export_commands(path):
+        for command in image_commands(path) if image else export_commands(path):
             click.echo(command)
+
+
+def image_commands(path: Path) -> list[str]:
+    """``docker load`` of this very file, then ``docker run`` of the image it holds."""
+    import shlex
+
+    from dlhub.client.sdk import image_tag
+
+    try:
+        tag = image_tag(path)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"{path} is not an image export: {exc}")
+    return [
+        f"docker load -i {shlex.quote(str(path.resolve()))}",
+        f"docker run --rm -i --network none {shlex.quote(tag)} '<json input>'",
+    ]
 
 
 def export_commands(path: Path) -> list[str]:

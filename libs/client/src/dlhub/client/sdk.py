@@ -296,21 +296,43 @@ class DLHubClient:
                 if line.strip():
                     yield json.loads(line)
 
-    def export(self, servable: str, path: str | Path | None = None) -> Path:
-        """Download the export of ``owner/name@v`` (a .tar.gz that runs without DLHub, see docs/api.md) to
-        ``path`` (default: ``<owner>-<name>-<version>.tar.gz`` here); return where it was written."""
+    def export(
+        self,
+        servable: str,
+        path: str | Path | None = None,
+        *,
+        image: bool = False,
+        timeout_s: float = 1800.0,
+    ) -> Path:
+        """Download the export of ``owner/name@v`` (see docs/api.md, "Export") to ``path`` and return
+        where it was written: a .tar.gz that runs with a plain Python venv (default name
+        ``<owner>-<name>-<version>.tar.gz``), or with ``image`` (docker-environment versions) a
+        ``docker save`` tarball of a self-contained image (``<owner>-<name>-<version>.image.tar``;
+        ``docker load -i`` it, then ``docker run --rm -i --network none <tag> '<json input>'``, the tag
+        from :func:`image_tag`). The body is streamed to a ``.part`` file next to ``path``, renamed when
+        complete."""
         url = self._version_path(servable) + "/export"
-        response = self._http.get(url)
-        if response.status_code >= 400:
-            self._raise_for(response)
-        disposition = response.headers.get("Content-Disposition", "")
-        default = (
-            disposition.split('filename="', 1)[1].rstrip('"')
-            if 'filename="' in disposition
-            else "export.tar.gz"
-        )
-        target = Path(path) if path is not None else Path(default)
-        target.write_bytes(response.content)
+        params = {"format": "image"} if image else {}
+        timeout = httpx.Timeout(30.0, read=timeout_s)
+        with self._http.stream("GET", url, params=params, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            disposition = response.headers.get("Content-Disposition", "")
+            default = (
+                disposition.split('filename="', 1)[1].rstrip('"')
+                if 'filename="' in disposition
+                else ("export.image.tar" if image else "export.tar.gz")
+            )
+            target = Path(path) if path is not None else Path(default)
+            partial = target.with_name(target.name + ".part")
+            try:
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
         return target
 
     def list(self, owner: str | None = None, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
@@ -537,3 +559,18 @@ def _holds_ndarray(value: Any, depth: int = 0) -> bool:
         items = list(value.values())[:MAX_NDARRAY_PROBE_ITEMS]
         return any(_holds_ndarray(v, depth + 1) for v in items)
     return False
+
+
+def image_tag(path: str | Path) -> str:
+    """The tag ``docker load -i path`` gives the image of an image export (from the tarball's manifest)."""
+    import tarfile
+
+    with tarfile.open(path, "r:") as archive:
+        member = archive.extractfile("manifest.json")
+        if member is None:
+            raise ValueError(f"{path} is not a docker save tarball (no manifest.json)")
+        manifest = json.loads(member.read())
+    tags = [t for entry in manifest for t in entry.get("RepoTags") or []]
+    if not tags:
+        raise ValueError(f"{path} holds no tagged image")
+    return str(tags[0])

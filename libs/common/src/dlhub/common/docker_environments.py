@@ -53,7 +53,12 @@ LABEL_BUILD: Final = "org.dlhub.build"
 
 
 def image_tag(record: EnvironmentRecord, config: EnvironmentsConfig) -> str:
-    local = f"{IMAGE_REPOSITORY}:{record.id}"
+    return environment_image(record.id, config)
+
+
+def environment_image(environment_id: str, config: EnvironmentsConfig) -> str:
+    """The tag of an environment's image (``[<docker_registry>/]dlhub-env:<id>``)."""
+    local = f"{IMAGE_REPOSITORY}:{environment_id}"
     if config.docker_registry:
         return f"{config.docker_registry.rstrip('/')}/{local}"
     return local

@@ -16,6 +16,9 @@ The archive (one top folder ``<owner>-<name>-<version>/``) holds:
 - ``run.py``: loads the servable with that runtime and prints the JSON output of one call;
 - ``README.txt``: the commands (``export.json`` lists them for tools: ``dlhub export --run``);
 - for a docker-backend version a ``Dockerfile`` rebuilding the image from the lock (the builder's recipe).
+
+A docker-backend version also exports as an image (``dlhub.registry.image_export``): the built environment
+image plus ``servable_members``, as a ``docker save`` tarball.
 """
 
 from __future__ import annotations
@@ -177,7 +180,11 @@ def readme(record: VersionRecord, build: StoredBuild) -> str:
             "declared and its framework to the versions installed next to the registry that exported it.",
         ]
     if build.backend == "docker":
-        lines += ["", f"Dockerfile rebuilds its image: docker build -t {record.name}:{record.version} ."]
+        lines += [
+            "",
+            f"Dockerfile rebuilds its image: docker build -t {record.name}:{record.version} .",
+            f"The built image itself: dlhub export {record.label} --image --run (docker load, docker run).",
+        ]
     lines += ["", "files/ holds the package, dlhub.json the metadata, runtime/ the DLHub executor's loader."]
     return "\n".join(lines) + "\n"
 
@@ -209,11 +216,52 @@ def _safe(name: str) -> str:
     return path
 
 
-def export_archive(record: VersionRecord, build: StoredBuild, package: bytes) -> bytes:
-    """The .tar.gz of one version (blocking: run it off the event loop)."""
+def runtime_members() -> list[tuple[str, bytes]]:
+    """``runtime/dlhub/{common,worker}/...``: the executor's sources, as every export carries them."""
     sources = runtime_sources()
     if len(sources) < 2:
         raise EnvironmentUnavailable("exports need the DLHub worker package installed next to the registry")
+    out: list[tuple[str, bytes]] = []
+    for source in sources:
+        for path in sorted(source.rglob("*.py")):
+            out.append(
+                (f"runtime/dlhub/{source.name}/{path.relative_to(source).as_posix()}", path.read_bytes())
+            )
+    return out
+
+
+def servable_members(
+    record: VersionRecord, build: StoredBuild, package: bytes
+) -> list[tuple[str, bytes, int]]:
+    """(relative path, content, mode) of what runs the version: ``files/``, ``dlhub.json``, the lock (or
+    pinned requirements), ``run.py`` and ``runtime/``; the same bytes for the same version (image exports
+    digest them)."""
+    runtime = runtime_members()
+    members: list[tuple[str, bytes, int]] = []
+    try:
+        for name, data in _package_members(package, record.package_format):
+            members.append((f"files/{name}", data, 0o644))
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
+        raise DLHubError(f"the stored package of {record.label} cannot be read: {exc}") from exc
+    members.append(
+        ("dlhub.json", json.dumps(record.metadata, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    )
+    if build.lock:
+        members.append(
+            (LOCK_NAME, build.lock.encode() + (b"" if build.lock.endswith("\n") else b"\n"), 0o644)
+        )
+    else:
+        members.append(
+            (REQUIREMENTS_NAME, ("\n".join(shared_requirements(record.metadata)) + "\n").encode(), 0o644)
+        )
+    members.append(("run.py", RUN_PY.format(label=record.label).encode(), 0o755))
+    members.extend((name, data, 0o644) for name, data in runtime)
+    return members
+
+
+def export_archive(record: VersionRecord, build: StoredBuild, package: bytes) -> bytes:
+    """The .tar.gz of one version (blocking: run it off the event loop)."""
+    members = servable_members(record, build, package)
     folder = export_folder(record)
     buffer = io.BytesIO()
     now = int(time.time())
@@ -225,16 +273,8 @@ def export_archive(record: VersionRecord, build: StoredBuild, package: bytes) ->
             info.size, info.mode, info.mtime = len(data), mode, now
             archive.addfile(info, io.BytesIO(data))
 
-        try:
-            for name, data in _package_members(package, record.package_format):
-                add(f"files/{name}", data)
-        except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
-            raise DLHubError(f"the stored package of {record.label} cannot be read: {exc}") from exc
-        add("dlhub.json", json.dumps(record.metadata, indent=2, sort_keys=True).encode() + b"\n")
-        if build.lock:
-            add(LOCK_NAME, build.lock.encode() + (b"" if build.lock.endswith("\n") else b"\n"))
-        else:
-            add(REQUIREMENTS_NAME, ("\n".join(shared_requirements(record.metadata)) + "\n").encode())
+        for path, data, mode in members:
+            add(path, data, mode)
         manifest = {
             "servable": record.label,
             "environment": build.environment,
@@ -244,12 +284,7 @@ def export_archive(record: VersionRecord, build: StoredBuild, package: bytes) ->
             "commands": run_commands(record, build),
         }
         add(MANIFEST_NAME, json.dumps(manifest, indent=2).encode() + b"\n")
-        add("run.py", RUN_PY.format(label=record.label).encode(), 0o755)
         add("README.txt", readme(record, build).encode())
         if build.backend == "docker" and build.base_image:
             add("Dockerfile", dockerfile(build).encode())
-        for source in sources:
-            for path in sorted(source.rglob("*.py")):
-                rel = f"runtime/dlhub/{source.name}/{path.relative_to(source).as_posix()}"
-                add(rel, path.read_bytes())
     return buffer.getvalue()

@@ -14,8 +14,20 @@ from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.blobs import blob_store
 from dlhub.registry.http.errors import error_middleware
-from dlhub.registry.http.keys import AUTH, BACKGROUND, BUS, CODEC, RUNS, SERVABLES, SETTINGS, STORE, TASKS
+from dlhub.registry.http.keys import (
+    AUTH,
+    BACKGROUND,
+    BUS,
+    CODEC,
+    IMAGES,
+    RUNS,
+    SERVABLES,
+    SETTINGS,
+    STORE,
+    TASKS,
+)
 from dlhub.registry.http.routes import setup_routes
+from dlhub.registry.image_export import ImageExports
 from dlhub.registry.memo import Memo
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
@@ -79,6 +91,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TASKS] = tasks
     app[AUTH] = Authenticator(store)
     app[SERVABLES] = servables
+    app[IMAGES] = ImageExports(settings.environments)
     app[RUNS] = Runs(
         settings=settings,
         bus=bus,

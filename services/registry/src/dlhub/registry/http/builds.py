@@ -1,4 +1,5 @@
-"""A version's build record (``GET .../build``, optionally followed as NDJSON) and its export archive."""
+"""A version's build record (``GET .../build``, optionally followed as NDJSON) and its exports (the archive,
+or the image as a ``docker save`` tarball)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ import time
 import msgspec
 from aiohttp import web
 
+from dlhub.common.errors import ValidationFailed
 from dlhub.registry.builds import MARKER_RE, TERMINAL_STATES, marker
 from dlhub.registry.clock import iso_ms
 from dlhub.registry.export import export_archive, export_filename
-from dlhub.registry.http.contract import BuildEvent, BuildQuery, BuildRecord, BuildStateChange
-from dlhub.registry.http.keys import SERVABLES, SETTINGS
+from dlhub.registry.http.contract import BuildEvent, BuildQuery, BuildRecord, BuildStateChange, ExportQuery
+from dlhub.registry.http.keys import IMAGES, SERVABLES, SETTINGS
 from dlhub.registry.http.query import parse_query
 from dlhub.registry.http.request import caller_of, version_of
 from dlhub.registry.http.response import json_response
-from dlhub.registry.store import StoredBuild
+from dlhub.registry.image_export import image_filename
+from dlhub.registry.store import StoredBuild, VersionRecord
 
 NDJSON = "application/x-ndjson"
+IMAGE_TAR = "application/x-tar"
+IMAGE_HEADER = "DLHub-Image"
+"""The tag ``docker load`` gives the image of an image export."""
 _encoder = msgspec.json.Encoder()
 
 
@@ -106,12 +112,16 @@ async def get_build(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def export_version(request: web.Request) -> web.Response:
-    """GET /servables/{owner}/{name}/versions/{version}/export: a .tar.gz that runs without DLHub."""
+async def export_version(request: web.Request) -> web.StreamResponse:
+    """GET /servables/{owner}/{name}/versions/{version}/export[?format=image]: a .tar.gz that runs without
+    DLHub, or (docker-environment versions) a ``docker save`` tarball of a self-contained image."""
     caller = await caller_of(request)
     owner, name, version = request.match_info["owner"], request.match_info["name"], version_of(request)
+    query = parse_query(request, ExportQuery)
     servables = request.app[SERVABLES]
     record, build, package = await servables.export_parts(caller, owner, name, version)
+    if query.format == "image":
+        return await _export_image(request, record, build, package)
     body = await asyncio.to_thread(export_archive, record, build, package)
     filename = export_filename(record)
     return web.Response(
@@ -119,3 +129,34 @@ async def export_version(request: web.Request) -> web.Response:
         content_type="application/gzip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+async def _export_image(
+    request: web.Request, record: VersionRecord, build: StoredBuild, package: bytes
+) -> web.StreamResponse:
+    if build.backend != "docker":
+        runs_in = "a venv environment" if build.backend else "the shared worker environment"
+        raise ValidationFailed(
+            f"format=image exports versions with a docker environment; {record.label} runs in {runs_in} "
+            "(export it as an archive: format=archive)",
+            field="format",
+        )
+    export = await request.app[IMAGES].prepare(record, build, package)
+    try:
+        chunk = await asyncio.to_thread(export.next_chunk)  # errors before the first byte answer as JSON
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": IMAGE_TAR,
+                "Content-Disposition": f'attachment; filename="{image_filename(record)}"',
+                IMAGE_HEADER: export.tag,
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        while chunk:
+            await response.write(chunk)
+            chunk = await asyncio.to_thread(export.next_chunk)
+        await response.write_eof()
+        return response
+    finally:
+        await asyncio.to_thread(export.close)

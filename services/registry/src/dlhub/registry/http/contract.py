@@ -137,6 +137,17 @@ class BuildQuery(Struct, kw_only=True):
     ] = False
 
 
+class ExportQuery(Struct, kw_only=True):
+    format: Annotated[
+        Literal["archive", "image"],
+        Meta(
+            description="archive: a .tar.gz that runs with a plain Python venv (application/gzip); image: a "
+            "`docker save` tarball of a self-contained image (application/x-tar, docker-environment versions "
+            "only, 400 for others; 503 environment_unavailable when the registry has no Docker engine)"
+        ),
+    ] = "archive"
+
+
 class BlobContentQuery(Struct, kw_only=True):
     expires: Annotated[int, Meta(description="Expiry, epoch seconds")]
     sig: Annotated[str, Meta(description="HMAC-SHA256 signature")]
@@ -512,4 +523,5 @@ QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
     BlobUploadQuery,
     BlobContentQuery,
     BuildQuery,
+    ExportQuery,
 )

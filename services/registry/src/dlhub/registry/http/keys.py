@@ -8,6 +8,7 @@ from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.image_export import ImageExports
 from dlhub.registry.ports import Bus
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
@@ -23,3 +24,4 @@ TASKS = web.AppKey("tasks", TaskTable)
 BACKGROUND = web.AppKey("background", BackgroundTasks)
 SERVABLES = web.AppKey("servables", Servables)
 RUNS = web.AppKey("runs", Runs)
+IMAGES = web.AppKey("images", ImageExports)

@@ -155,7 +155,13 @@ _EXPORT_NOTE = (
     "files/ (the package), dlhub.json (metadata), requirements.lock (its own environment's hash-pinned "
     "lock) or requirements.txt (shared environment: pinned, no hashes), run.py, README.txt with the "
     "commands, runtime/ (the executor's loader) and, for a docker environment, a Dockerfile. Visible like "
-    "describe; 409 unless ready; 400 for a pipeline."
+    "describe; 409 unless ready; 400 for a pipeline. format=image (docker-environment versions; 400 for "
+    "others): `docker save` of a self-contained image, the version's environment image plus files/, "
+    "dlhub.json, the lock, run.py and runtime/ in /servable, running run.py as 65534:65534 (`docker load -i "
+    "FILE`, then `docker run --rm -i --network none <DLHub-Image> '<json input>'`), tagged "
+    "dlhub-export:<owner>.<name>.<version>-<digest> and built on the registry's Docker engine "
+    "(environments.docker_url) once per version; 503 environment_unavailable when the registry cannot "
+    "reach an engine (naming the pushed environment image when environments.docker_registry is set)."
 )
 _BLOB_ID = _param("blob_id", "path", {"type": "string"}, "Blob id (from POST /blobs)")
 _BLOB_UPLOAD_BODY = {
@@ -386,13 +392,25 @@ def _version_paths() -> dict[str, Any]:
             "parameters": [OWNER, NAME, VERSION],
             "get": {
                 "operationId": "exportVersion",
-                "summary": "The version as a .tar.gz that runs with a plain Python venv (no DLHub server)",
+                "summary": "The version as a .tar.gz that runs with a plain Python venv, or as an image",
                 "description": _EXPORT_NOTE,
                 "security": _OPTIONAL_AUTH,
+                "parameters": _query(c.ExportQuery),
                 "responses": {
                     "200": {
-                        "description": "The archive (named <owner>-<name>-<version>.tar.gz)",
-                        "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                        "description": "format=archive: the archive (<owner>-<name>-<version>.tar.gz); "
+                        "format=image: `docker save` of the image (<owner>-<name>-<version>.image.tar), "
+                        "streamed",
+                        "headers": {
+                            "DLHub-Image": {
+                                "description": "format=image: the tag `docker load` gives the image",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": {
+                            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+                            "application/x-tar": {"schema": {"type": "string", "format": "binary"}},
+                        },
                     },
                     **_errors(400, 401, 404, 409, 410, 503),
                 },
