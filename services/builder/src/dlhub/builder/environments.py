@@ -70,7 +70,7 @@ class EnvironmentBuilder:
         build_log.record.environment = record.id
         build_log.set_state("installing")
         if record.backend == "docker":
-            record.image = self.docker().ensure(record, build_log, deadline)
+            record.image, record.image_digest = self.docker().publish(record, build_log, deadline)
         else:
             self.venv.ensure(record, build_log, deadline)
         log.info("environment ready", environment=record.id, backend=record.backend)
