@@ -29,6 +29,7 @@ from pydantic import SecretStr
 
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
+from dlhub.client.sdk import TaskFailed
 from dlhub.common.config import EnvironmentsConfig
 from dlhub.common.docker_environments import IMAGE_REPOSITORY, LABEL_ENV, DockerBackend
 from dlhub.common.environments import (
@@ -111,6 +112,31 @@ def manifest_digest(registry: str, tag: str) -> str:
     return response.headers["Docker-Content-Digest"]
 
 
+def six_document() -> dict[str, Any]:
+    doc = python_function_document(
+        name=unique("six_version"),
+        module="dockerfns",
+        function="six_version",
+        files=["dockerfns.py"],
+        title="six in a container, through a registry",
+        authors=["Doe, Jane"],
+        dependencies={"six": "1.16.0"},
+    )
+    doc["dlhub"]["environment"] = {"backend": "docker"}
+    return doc
+
+
+def stack_env(docker_url: str, registry: str) -> dict[str, str]:
+    return {
+        "DLHUB_ENVIRONMENTS__MODE": "auto",
+        "DLHUB_ENVIRONMENTS__DOCKER_URL": docker_url,
+        "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": os.environ.get(
+            "DLHUB_TEST_DOCKER_BASE_IMAGE", "dlhub-base:bookworm"
+        ),
+        "DLHUB_ENVIRONMENTS__DOCKER_REGISTRY": registry,
+    }
+
+
 @pytest.fixture
 def base() -> Iterator[Path]:
     # Not under pytest's 0700 temp root: the containers' unprivileged user reads the servable store.
@@ -125,24 +151,9 @@ def base() -> Iterator[Path]:
 def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
     docker_url: str, engine: Any, registry: str, base: Path, tmp_path: Path
 ) -> None:
-    image = os.environ.get("DLHUB_TEST_DOCKER_BASE_IMAGE", "dlhub-base:bookworm")
-    env = {
-        "DLHUB_ENVIRONMENTS__MODE": "auto",
-        "DLHUB_ENVIRONMENTS__DOCKER_URL": docker_url,
-        "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": image,
-        "DLHUB_ENVIRONMENTS__DOCKER_REGISTRY": registry,
-    }
+    env = stack_env(docker_url, registry)
     (tmp_path / "dockerfns.py").write_text(FUNCTIONS)
-    doc = python_function_document(
-        name=unique("six_version"),
-        module="dockerfns",
-        function="six_version",
-        files=["dockerfns.py"],
-        title="six in a container, through a registry",
-        authors=["Doe, Jane"],
-        dependencies={"six": "1.16.0"},
-    )
-    doc["dlhub"]["environment"] = {"backend": "docker"}
+    doc = six_document()
     record: EnvironmentRecord | None = None
     try:
         # 1. Publish: the builder builds the image and pushes it; the record names the pushed digest.
@@ -208,6 +219,29 @@ def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
                 leftover.remove(force=True)
             with contextlib.suppress(Exception):
                 engine.images.remove(record.image, force=True)
+
+
+def test_publish_with_the_registry_down_fails_the_version_with_registry_error(
+    docker_url: str, engine: Any, base: Path, tmp_path: Path
+) -> None:
+    down = f"{dead_registry()}/dlhub-test-{uuid.uuid4().hex[:12]}"
+    (tmp_path / "dockerfns.py").write_text(FUNCTIONS)
+    doc = six_document()
+    process, info = start_stack(base, workers=1, extra_env=stack_env(docker_url, down))
+    try:
+        client = DLHubClient(info["url"], info["alice"])
+        with pytest.raises(TaskFailed) as failure:
+            client.publish(doc, base_dir=tmp_path)
+        assert failure.value.error_type == "registry_error"
+        assert f"to the registry {down.partition('/')[0]} failed" in str(failure.value)
+        assert "connection refused" in str(failure.value).lower()
+        [version] = client.versions(f"alice/{doc['dlhub']['name']}")
+        assert version["status"] == "failed" and "registry" in version["status_reason"]
+    finally:
+        assert stop_stack(process) == 0, (base / "up.log").read_text()[-4000:]
+        for image in engine.images.list(name=f"{down}/{IMAGE_REPOSITORY}"):
+            for tag in image.tags:
+                engine.images.remove(tag, force=True)
 
 
 def test_push_to_a_registry_that_is_down_fails_typed_naming_the_registry(
