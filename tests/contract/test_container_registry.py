@@ -31,7 +31,13 @@ from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from dlhub.client.sdk import TaskFailed
 from dlhub.common.config import EnvironmentsConfig
-from dlhub.common.docker_environments import IMAGE_REPOSITORY, LABEL_ENV, DockerBackend
+from dlhub.common.docker_environments import (
+    IMAGE_REPOSITORY,
+    LABEL_ENV,
+    LABEL_HOME,
+    DockerBackend,
+    home_label,
+)
 from dlhub.common.environments import (
     ENVIRONMENT_FILENAME,
     BuildLog,
@@ -51,6 +57,8 @@ def six_version(_):
     import six
     return six.__version__
 """
+SIX = "1.15.0"
+"""Not the version test_docker_backend.py pins: an environment (and container label) of this module's own."""
 UNINSTALLABLE_LOCK = "dlhub-no-such-package==0.0.0 --hash=sha256:" + "0" * 64 + "\n"
 SECRET = f"dlhub-registry-secret-{uuid.uuid4().hex}"
 
@@ -120,7 +128,7 @@ def six_document() -> dict[str, Any]:
         files=["dockerfns.py"],
         title="six in a container, through a registry",
         authors=["Doe, Jane"],
-        dependencies={"six": "1.16.0"},
+        dependencies={"six": SIX},
     )
     doc["dlhub"]["environment"] = {"backend": "docker"}
     return doc
@@ -164,7 +172,7 @@ def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
             reply = client.publish(doc, base_dir=tmp_path)
             build_s = time.monotonic() - built_at
             assert reply["status"] == "ready", reply
-            assert client.run(reply["shorthand_name"], None) == "1.16.0"
+            assert client.run(reply["shorthand_name"], None) == SIX
         finally:
             assert stop_stack(process) == 0, (base / "up.log").read_text()[-4000:]
         owner, name = reply["shorthand_name"].split("/")
@@ -187,8 +195,9 @@ def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
 
         # 2. The image leaves the engine (its containers went with the stack) and the lock can no longer be
         # installed: a worker can only run the servable again by pulling the pushed image.
+        ours = {"label": [f"{LABEL_ENV}={record.id}", f"{LABEL_HOME}={home_label(info['data_dir'])}"]}
         wait_until(
-            lambda: not engine.containers.list(all=True, filters={"label": f"{LABEL_ENV}={record.id}"}),
+            lambda: not engine.containers.list(all=True, filters=ours),
             timeout_s=30,
             message="the executor containers to be removed with the stack",
         )
@@ -202,7 +211,7 @@ def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
         try:
             client = DLHubClient(info["url"], info["alice"])
             ran_at = time.monotonic()
-            assert client.run(reply["shorthand_name"], None) == "1.16.0"
+            assert client.run(reply["shorthand_name"], None) == SIX
             pull_s = time.monotonic() - ran_at
         finally:
             assert stop_stack(process) == 0, (base / "up.log").read_text()[-4000:]
@@ -215,7 +224,8 @@ def test_published_image_is_pushed_and_a_worker_pulls_it_instead_of_rebuilding(
         print(f"build+push {build_s:.1f} s; run after pull {pull_s:.1f} s")
     finally:
         if record is not None:
-            for leftover in engine.containers.list(all=True, filters={"label": f"{LABEL_ENV}={record.id}"}):
+            ours = {"label": [f"{LABEL_ENV}={record.id}", f"{LABEL_HOME}={home_label(base / 'data')}"]}
+            for leftover in engine.containers.list(all=True, filters=ours):
                 leftover.remove(force=True)
             with contextlib.suppress(Exception):
                 engine.images.remove(record.image, force=True)
