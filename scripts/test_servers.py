@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Real test servers for the database and search test suites, on 127.0.0.1 only.
 
-    scripts/test-servers start [--only mongodb|elasticsearch] [--record FILE]
-    scripts/test-servers stop [--only mongodb|elasticsearch]
+    scripts/test-servers start [--only mongodb|elasticsearch|docker|registry] [--record FILE]
+    scripts/test-servers stop [--only mongodb|elasticsearch|docker|registry]
     scripts/test-servers status
     scripts/test-servers env
 
 - mongodb: FerretDB (MongoDB wire protocol) with its SQLite backend, built from source with Go once.
 - elasticsearch: the Elasticsearch integration-test distribution, fetched with Maven once, run with the
   machine's Java (17+).
+- docker: Debian's docker.io engine on its own socket, no bridge, with a locally made base image.
+- registry: the CNCF Distribution container registry, built from its Go module once, plain HTTP on loopback
+  (Docker allows insecure registries on 127.0.0.0/8), filesystem storage in the runtime directory.
 
 Downloads and builds are cached in ``${DLHUB_TEST_CACHE:-~/.cache/dlhub-test-servers}``; runtime state (data
 directories, pid files, logs) lives in ``${DLHUB_TEST_RUN:-$DLHUB_TEST_CACHE/run}``. ``start`` only starts
 what is not already answering; ``stop`` only stops what this tooling started (pid files) and removes the
 runtime directories it made. Ports: ``DLHUB_TEST_MONGODB_PORT`` (27018), ``DLHUB_TEST_ELASTICSEARCH_PORT``
-(19200). Stdlib only, plus pymongo from the project's environment for the MongoDB probe.
+(19200), ``DLHUB_TEST_REGISTRY_PORT`` (15000). Stdlib only, plus pymongo from the project's environment for
+the MongoDB probe.
 
 Elasticsearch refuses to run as root. When this tooling runs as root (CI containers), Elasticsearch runs as
 the unprivileged system user ``dlhub-es`` (created with ``useradd`` when missing); if that user cannot reach
@@ -58,7 +62,10 @@ STOP_TIMEOUT_S = 30.0
 DOCKER_BASE_IMAGE = "dlhub-base:bookworm"
 DOCKER_BASE_SUITE = "bookworm"
 DOCKER_START_TIMEOUT_S = 60.0
-SERVERS = ("mongodb", "elasticsearch", "docker")
+REGISTRY_MODULE = "github.com/distribution/distribution/v3"
+REGISTRY_VERSION = "v3.1.2"
+REGISTRY_START_TIMEOUT_S = 30.0
+SERVERS = ("mongodb", "elasticsearch", "docker", "registry")
 
 
 class SetupError(Exception):
@@ -79,6 +86,7 @@ class Layout:
     mongodb_port: int
     es_port: int
     es_transport_port: str
+    registry_port: int = 15000
 
     @classmethod
     def from_env(cls) -> Layout:
@@ -89,7 +97,8 @@ class Layout:
         transport = os.environ.get("DLHUB_TEST_ELASTICSEARCH_TRANSPORT_PORT")
         # A range: Elasticsearch binds the first free port in it.
         es_transport = transport if transport else f"{es_port + 100}-{es_port + 199}"
-        return cls(cache.absolute(), run.absolute(), mongodb_port, es_port, es_transport)
+        registry_port = _port_from_env("DLHUB_TEST_REGISTRY_PORT", 15000)
+        return cls(cache.absolute(), run.absolute(), mongodb_port, es_port, es_transport, registry_port)
 
     @property
     def mongodb_url(self) -> str:
@@ -120,6 +129,19 @@ class Layout:
     @property
     def docker_url(self) -> str:
         return f"unix://{self.docker_socket}"
+
+    @property
+    def registry_address(self) -> str:
+        """``host:port``, as Docker image references name a registry."""
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def registry_bin(self) -> Path:
+        return self.cache / "bin" / "registry"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.run / "registry"
 
     @property
     def es_zip(self) -> Path:
@@ -923,6 +945,113 @@ class DockerServer(Server):
         log(f"docker: {DOCKER_BASE_IMAGE} made in {time.monotonic() - began:.0f} s")
 
 
+class RegistryServer(Server):
+    """The CNCF Distribution registry (``registry serve``), plain HTTP on 127.0.0.1, filesystem storage in its
+    runtime directory (emptied on every start), no authentication. Built with ``go install`` once."""
+
+    name = "registry"
+    label = f"Distribution registry {REGISTRY_VERSION}"
+
+    @property
+    def port(self) -> int:
+        return self.layout.registry_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.layout.registry_address}"
+
+    def probe(self) -> str | None:
+        """``GET /v2/`` answers 200 with the API version header (401 would mean authentication is on)."""
+        try:
+            with urllib.request.urlopen(self.url + "/v2/", timeout=2) as response:
+                api = response.headers.get("Docker-Distribution-Api-Version")
+                if response.status != 200 or api != "registry/2.0":
+                    return None
+        except (OSError, urllib.error.URLError):
+            return None
+        return f"container registry ({api})"
+
+    def binary_ok(self) -> bool:
+        binary = self.layout.registry_bin
+        if not os.access(binary, os.X_OK):
+            return False
+        try:
+            proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return proc.returncode == 0 and REGISTRY_VERSION in proc.stdout
+
+    def install(self) -> None:
+        if self.binary_ok():
+            return
+        go = require_tool("go", f"build the Distribution registry {REGISTRY_VERSION} (install Go 1.24+)")
+        binary = self.layout.registry_bin
+        log(f"registry: building {REGISTRY_MODULE}/cmd/registry@{REGISTRY_VERSION} with Go (first run only)")
+        began = time.monotonic()
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.layout.cache / "registry-build"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        env = dict(
+            os.environ,
+            GOFLAGS="-buildvcs=false -modcacherw",
+            GOMODCACHE=str(self.layout.cache / "go-mod"),
+            GOBIN=str(staging),
+            CGO_ENABLED=os.environ.get("CGO_ENABLED", "0"),
+        )
+        # The module's own version in the binary (`registry --version`), as its release builds set it.
+        ldflags = f"-X {REGISTRY_MODULE}/version.version={REGISTRY_VERSION}"
+        run_checked(
+            [go, "install", "-ldflags", ldflags, f"{REGISTRY_MODULE}/cmd/registry@{REGISTRY_VERSION}"],
+            f"building the Distribution registry {REGISTRY_VERSION}",
+            cwd=self.layout.cache,
+            env=env,
+        )
+        (staging / "registry").replace(binary)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(env["GOMODCACHE"], ignore_errors=True)  # the binary is what is cached
+        if not self.binary_ok():
+            raise SetupError(f"the registry binary built at {binary} does not report {REGISTRY_VERSION}")
+        log(f"registry: built {binary} in {time.monotonic() - began:.0f} s")
+
+    def config_text(self, storage: Path) -> str:
+        return (
+            "version: 0.1\n"
+            "log:\n"
+            "  level: warn\n"
+            "  accesslog:\n"
+            "    disabled: true\n"
+            "storage:\n"
+            "  filesystem:\n"
+            f"    rootdirectory: {json.dumps(str(storage))}\n"
+            "  delete:\n"
+            "    enabled: true\n"
+            "http:\n"
+            f"  addr: 127.0.0.1:{self.port}\n"
+            f"  secret: {os.urandom(16).hex()}\n"
+            "  debug:\n"
+            "    addr: ''\n"
+            "health:\n"
+            "  storagedriver:\n"
+            "    enabled: false\n"
+        )
+
+    def launch(self) -> PidState:
+        base = self.layout.registry_dir
+        shutil.rmtree(base, ignore_errors=True)
+        storage = base / "storage"
+        storage.mkdir(parents=True)
+        config = base / "config.yml"
+        config.write_text(self.config_text(storage))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "OTEL_"))}
+        env["OTEL_TRACES_EXPORTER"] = "none"  # no tracing exporter trying to reach a collector
+        cmd = [str(self.layout.registry_bin), "serve", str(config)]
+        return self.spawn(cmd, env, base, [base])
+
+    def wait_ready(self, state: PidState) -> str:
+        return self._wait(state, REGISTRY_START_TIMEOUT_S, self.probe)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -932,6 +1061,7 @@ def servers(layout: Layout, only: Sequence[str] | None, record: Path | None = No
         "mongodb": MongoDBServer(layout, record),
         "elasticsearch": ElasticsearchServer(layout, record),
         "docker": DockerServer(layout, record),
+        "registry": RegistryServer(layout, record),
     }
     return [table[name] for name in SERVERS if name in chosen]
 
@@ -987,6 +1117,7 @@ def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_ELASTICSEARCH_URL={layout.es_url}")
     print(f"export DLHUB_TEST_DOCKER_URL={layout.docker_url}")
     print(f"export DLHUB_TEST_DOCKER_BASE_IMAGE={DOCKER_BASE_IMAGE}")
+    print(f"export DLHUB_TEST_CONTAINER_REGISTRY={layout.registry_address}")
     return 0
 
 
@@ -1002,17 +1133,24 @@ def parse_only(values: list[str] | None) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="scripts/test-servers", description="Real MongoDB-wire and Elasticsearch servers for the tests."
+        prog="scripts/test-servers",
+        description="Real MongoDB-wire, Elasticsearch, Docker and registry servers for the tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the servers that are not already answering")
     start.add_argument(
-        "--only", action="append", metavar="NAME", help="mongodb, elasticsearch or docker (repeatable)"
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="mongodb, elasticsearch, docker or registry (repeatable)",
     )
     start.add_argument("--record", type=Path, metavar="FILE", help="append the names of the servers started")
     stop = sub.add_parser("stop", help="stop the servers this tooling started and remove their runtime dirs")
     stop.add_argument(
-        "--only", action="append", metavar="NAME", help="mongodb, elasticsearch or docker (repeatable)"
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="mongodb, elasticsearch, docker or registry (repeatable)",
     )
     sub.add_parser("status", help="show each server and whether it answers (exit 3 if one is down)")
     sub.add_parser("env", help='print export lines for the test URLs (eval "$(scripts/test-servers env)")')

@@ -98,6 +98,22 @@ def elasticsearch_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def container_registry() -> str:
+    """``host:port`` of the container registry test server (``DLHUB_TEST_CONTAINER_REGISTRY``), checked with
+    ``GET /v2/``."""
+    address = os.environ.get("DLHUB_TEST_CONTAINER_REGISTRY", "").strip().rstrip("/")
+    if not address:
+        missing_test_server("DLHUB_TEST_CONTAINER_REGISTRY is not set")
+    try:
+        response = httpx.get(f"http://{address}/v2/", timeout=5)
+    except httpx.HTTPError as exc:
+        missing_test_server(f"no container registry answers at {address}: {type(exc).__name__}: {exc}")
+    if response.status_code != 200:
+        missing_test_server(f"the registry at {address} answers HTTP {response.status_code} to GET /v2/")
+    return address
+
+
 # -- shared by the end-to-end modules -----------------------------------------------------------------------
 
 

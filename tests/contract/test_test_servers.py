@@ -84,3 +84,22 @@ def test_start_again_is_a_quick_noop(mongodb_url: str, elasticsearch_url: str) -
     assert f"export DLHUB_TEST_ELASTICSEARCH_URL=http://127.0.0.1:{_local_port(elasticsearch_url)}" in (
         exports.stdout
     )
+
+
+def test_container_registry_answers(container_registry: str) -> None:
+    """The Distribution registry speaks the registry API v2 without authentication, on loopback."""
+    response = httpx.get(f"http://{container_registry}/v2/", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+    assert container_registry.startswith("127.0.0.1:")
+    repository = f"dlhub-test-servers-{uuid.uuid4().hex[:12]}/probe"
+    missing = httpx.get(f"http://{container_registry}/v2/{repository}/tags/list", timeout=5)
+    assert missing.status_code == 404
+    assert missing.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
+def test_env_exports_the_container_registry() -> None:
+    env = dict(os.environ, DLHUB_TEST_REGISTRY_PORT="15123")
+    exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
+    assert exports.returncode == 0, exports.stderr
+    assert "export DLHUB_TEST_CONTAINER_REGISTRY=127.0.0.1:15123" in exports.stdout

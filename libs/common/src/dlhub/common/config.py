@@ -278,7 +278,15 @@ class EnvironmentsConfig(BaseModel):
     docker_base_python: str = "3.11"
     """The base image's ``python3`` version (a servable asking for another one fails to build)."""
     docker_registry: str | None = None
-    """Push built images to this registry (``host:port/prefix``); workers pull from it when missing."""
+    """Container registry (``host[:port][/prefix]``) the builder pushes every built image to (tag
+    ``<registry>/dlhub-env:<environment id>``; the pushed reference and its repository digest are recorded in
+    ``environment.json``); a worker lacking an image pulls it from there by that digest before rebuilding it
+    from its lock. ``None``: images stay in the local engine and workers rebuild missing ones."""
+    docker_registry_username: str | None = None
+    """Registry credentials (optional; with ``docker_registry_password``). Without them the engine's own
+    credentials, if any, apply."""
+    docker_registry_password: SecretStr | None = None
+    """A secret: never logged or shown in a settings repr."""
     docker_build_network: Literal["host", "none"] = "host"
     """Network of the image build (pip reaches the index); never a bridge."""
     docker_tmpfs_bytes: PositiveInt = 256 * MiB

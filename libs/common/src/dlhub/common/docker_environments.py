@@ -2,8 +2,17 @@
 
 The image is the ``docker_base_image`` plus a venv at ``/opt/env`` holding the lock, installed by the base
 image's ``python3 -m venv`` pip with ``--require-hashes --no-deps`` (the lock is complete), tagged
-``dlhub-env:<environment id>`` (the id digests backend, Python, base image and lock) and optionally pushed to
-``docker_registry``.
+``dlhub-env:<environment id>`` (the id digests backend, Python, base image and lock), or
+``<docker_registry>/dlhub-env:<environment id>`` when a container registry is configured.
+
+With a registry, the builder (``publish``) pushes every image it builds (or finds) and records the pushed tag
+and its repository digest (``<registry>/dlhub-env@sha256:...``) in the environment record. A worker lacking
+the image (``ensure``) pulls it by that digest, so it runs exactly the bytes the builder pushed, and tags it
+with the recorded tag; only when no registry is configured, nothing was recorded as pushed, or the pull fails
+does it rebuild the image from the lock, and it logs which of these happened. Registry failures are
+``RegistryError`` (``registry_error``) naming the registry and carrying the engine's or registry's message.
+Credentials (``docker_registry_username``/``docker_registry_password``) go to the engine per request
+(``X-Registry-Auth``) and are never logged.
 
 The build leaves no trace of the deployment's index settings: instead of a Dockerfile (whose build
 arguments show in ``docker history`` and whose ``COPY`` layers keep every copied file, and whose BuildKit
@@ -33,12 +42,16 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 from dlhub.common.config import EnvironmentsConfig
 from dlhub.common.environments import BuildLog, Deadline, EnvironmentRecord, index_settings
-from dlhub.common.errors import BuildFailed, EnvironmentUnavailable
+from dlhub.common.errors import BuildFailed, EnvironmentUnavailable, RegistryError
+from dlhub.common.logging import get_logger
+
+log_ = get_logger(__name__)
 
 IMAGE_REPOSITORY: Final = "dlhub-env"
 ENV_PREFIX: Final = "/opt/env"
@@ -62,6 +75,22 @@ def environment_image(environment_id: str, config: EnvironmentsConfig) -> str:
     if config.docker_registry:
         return f"{config.docker_registry.rstrip('/')}/{local}"
     return local
+
+
+def registry_of(reference: str) -> str:
+    """The registry host part of an image reference (``127.0.0.1:5000/dlhub-env:x`` -> ``127.0.0.1:5000``)."""
+    first, sep, _ = reference.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def split_tag(reference: str) -> tuple[str, str]:
+    """``repository:tag`` -> (repository, tag); a port colon in the registry part is not a tag."""
+    repository, sep, tag = reference.rpartition(":")
+    if not sep or "/" in tag:
+        return reference, "latest"
+    return repository, tag
 
 
 def home_label(data_dir: Path) -> str:
@@ -130,21 +159,75 @@ class DockerBackend:
             return False
         return True
 
-    def ensure(self, record: EnvironmentRecord, log: BuildLog, deadline: Deadline) -> str:
-        """Build the image of ``record`` unless the engine has it (or can pull it); return its tag."""
-        import docker.errors
+    def _auth(self) -> dict[str, str] | None:
+        username = self.config.docker_registry_username
+        password = self.config.docker_registry_password
+        if not username or password is None:
+            return None
+        return {"username": username, "password": password.get_secret_value()}
 
+    def local_tag(self, record: EnvironmentRecord) -> str:
+        """The tag executors run: the one the builder recorded, else this deployment's naming."""
+        return record.image or image_tag(record, self.config)
+
+    def publish(self, record: EnvironmentRecord, log: BuildLog, deadline: Deadline) -> tuple[str, str]:
+        """Builder: make sure the engine has the image of ``record`` (already there, pulled from the registry,
+        or built) and, with a registry, push it. Returns (tag, repository digest reference or "")."""
         tag = image_tag(record, self.config)
-        client = self.client()
+        if not self.image_exists(tag):
+            if self.config.docker_registry:
+                try:
+                    self.pull(tag, tag)
+                    log.line(f"pulled {tag} from the registry (built elsewhere)")
+                except RegistryError as exc:
+                    log.line(f"not taken from the registry ({exc.message}); building it")
+                    self._build_image(record, tag, log, deadline)
+            else:
+                self._build_image(record, tag, log, deadline)
+        if not self.config.docker_registry:
+            return tag, ""
+        digest = self.push(tag)
+        log.line(f"pushed {tag} ({digest})")
+        log_.info("environment image pushed", environment=record.id, image=tag, digest=digest)
+        return tag, digest
+
+    def ensure(self, record: EnvironmentRecord, log: BuildLog, deadline: Deadline) -> str:
+        """Worker: the image of ``record`` exists in this engine; return its tag. A missing image is pulled by
+        its recorded digest when a registry is configured; otherwise, or when the pull fails, it is rebuilt
+        from the lock (never pushed: the registry holds what the builder published). Each path is logged."""
+        tag = self.local_tag(record)
         if self.image_exists(tag):
             return tag
-        if self.config.docker_registry:
+        reference = record.image_digest or (tag if registry_of(tag) != "docker.io" else "")
+        if not self.config.docker_registry:
+            reason = "no container registry is configured"
+        elif not reference:
+            reason = "the environment was not pushed to a registry (no image reference recorded)"
+        else:
             try:
-                client.images.pull(tag)
-                log.line(f"pulled {tag}")
+                self.pull(reference, tag)
+            except RegistryError as exc:
+                reason = f"the pull failed: {exc.message}"
+            else:
+                log.line(f"pulled {reference} as {tag}")
+                log_.info(
+                    "pulled a missing environment image from the registry",
+                    environment=record.id,
+                    image=reference,
+                )
                 return tag
-            except docker.errors.APIError as exc:
-                log.line(f"pull of {tag} failed ({exc}); building it")
+        log_.warning(
+            "rebuilding a missing environment image from its lock", environment=record.id, reason=reason
+        )
+        log.line(f"rebuilding {tag} from the lock: {reason}")
+        try:
+            self._build_image(record, tag, log, deadline)
+        except BuildFailed as exc:
+            raise BuildFailed(f"{exc.message} (rebuilding from the lock because {reason})") from exc
+        return tag
+
+    def _build_image(self, record: EnvironmentRecord, tag: str, log: BuildLog, deadline: Deadline) -> None:
+        client = self.client()
         if record.python != self.config.docker_base_python:
             raise BuildFailed(
                 f"Python {record.python} is not available in the base image {self.config.docker_base_image} "
@@ -161,12 +244,50 @@ class DockerBackend:
             client.images.remove(tag, force=True)
             raise BuildFailed(f"image of {size} bytes exceeds the quota of {self.config.max_env_bytes} bytes")
         log.line(f"image {tag}: {size} bytes")
-        if self.config.docker_registry:
-            for line in client.images.push(tag, stream=True, decode=True):
-                if isinstance(line, dict) and line.get("error"):
-                    raise BuildFailed(f"pushing {tag} failed: {line['error']}")
-            log.line(f"pushed {tag}")
-        return tag
+
+    def push(self, tag: str) -> str:
+        """Push ``tag``; return its repository digest reference (``repository@sha256:...``)."""
+        import docker.errors
+
+        repository, name = split_tag(tag)
+        what = f"pushing {tag} to the registry {registry_of(tag)}"
+        digest = ""
+        try:
+            lines = self.client().api.push(
+                repository, tag=name, stream=True, decode=True, auth_config=self._auth()
+            )
+            for line in _checked(lines, what):
+                aux = line.get("aux")
+                if isinstance(aux, dict) and str(aux.get("Digest", "")).startswith("sha256:"):
+                    digest = str(aux["Digest"])
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"{what} failed: {_explain(exc)}") from exc
+        if not digest:  # older engines: the digest is in the image's RepoDigests after the push
+            found = self.client().images.get(tag).attrs.get("RepoDigests") or []
+            digest = next((d.split("@", 1)[1] for d in found if d.startswith(repository + "@")), "")
+        if not digest:
+            raise RegistryError(f"{what}: the engine reported no digest")
+        return f"{repository}@{digest}"
+
+    def pull(self, reference: str, tag: str) -> None:
+        """Pull ``reference`` (a tag or ``repository@sha256:...``) and tag the image as ``tag``."""
+        import docker.errors
+
+        what = f"pulling {reference} from the registry {registry_of(reference)}"
+        client = self.client()
+        if "@" in reference:
+            repository, _, name = reference.partition("@")
+        else:
+            repository, name = split_tag(reference)
+        try:
+            lines = client.api.pull(repository, tag=name, stream=True, decode=True, auth_config=self._auth())
+            for _ in _checked(lines, what):
+                pass
+            image = client.images.get(reference)
+            if tag != reference:
+                image.tag(*split_tag(tag))
+        except docker.errors.APIError as exc:
+            raise RegistryError(f"{what} failed: {_explain(exc)}") from exc
 
     def _build(
         self, record: EnvironmentRecord, tag: str, context: Path, log: BuildLog, deadline: Deadline
@@ -284,7 +405,7 @@ class DockerBackend:
             "--env", "HOME=/tmp",
             "--volume", f"{runtime.resolve()}:{RUNTIME_MOUNT}:ro",
             "--volume", f"{served}:{served}:ro",
-            image_tag(record, config),
+            self.local_tag(record),
             f"{ENV_PREFIX}/bin/python", "-m", "dlhub.worker.executor", *executor_args,
         ]  # fmt: skip
 
@@ -305,3 +426,20 @@ class DockerBackend:
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         found: list[dict[str, Any]] = self.client().api.containers(all=True, filters=filters)
         return found
+
+
+def _checked(lines: Iterable[Any], what: str) -> Iterable[dict[str, Any]]:
+    """The decoded progress lines of a push or pull; an error line raises ``RegistryError``."""
+    for line in lines:
+        if not isinstance(line, dict):
+            continue
+        detail = line.get("errorDetail")
+        message = line.get("error") or (detail.get("message") if isinstance(detail, dict) else None)
+        if message:
+            raise RegistryError(f"{what} failed: {message}")
+        yield line
+
+
+def _explain(exc: Any) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc)

@@ -78,6 +78,9 @@ class EnvironmentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     lock: str = ""
     network: bool = False
     image: str = ""
+    """Docker: the image's tag (``<docker_registry>/dlhub-env:<id>`` when pushed, else ``dlhub-env:<id>``)."""
+    image_digest: str = ""
+    """Docker, pushed: the repository digest reference (``<registry>/dlhub-env@sha256:...``) workers pull."""
     base_image: str = ""
 
 

@@ -90,6 +90,14 @@ class BuildFailed(DLHubError):
     http_status = 422
 
 
+class RegistryError(BuildFailed):
+    """The container registry refused or could not be reached (push or pull); the message names the registry
+    and carries its own answer."""
+
+    code = "registry_error"
+    http_status = 502
+
+
 class EnvironmentUnavailable(DLHubError):
     """The servable's environment cannot run here (no Docker engine, a missing interpreter, a failed
     rebuild from its lock)."""
@@ -164,6 +172,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         PayloadTooLarge,
         UnsafePackage,
         BuildFailed,
+        RegistryError,
         EnvironmentUnavailable,
         ServableNotReady,
         TaskTimeout,

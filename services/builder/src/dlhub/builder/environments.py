@@ -2,7 +2,10 @@
 
 States (``BuildRecord``): queued -> resolving (uv's resolver makes the lock) -> installing (venv or image)
 -> ready, or failed with the resolver's or installer's own message, which also fails the version. A version
-published here always has its environment built; a worker that lacks it rebuilds it from the lock.
+published here always has its environment built; a docker image is also pushed to ``docker_registry`` when
+one is configured (a failed push fails the version with ``registry_error``), and its tag and repository
+digest are recorded. A worker that lacks the environment pulls the image by that digest, or rebuilds the
+environment from the lock.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class EnvironmentBuilder:
         build_log.record.environment = record.id
         build_log.set_state("installing")
         if record.backend == "docker":
-            record.image = self.docker().ensure(record, build_log, deadline)
+            record.image, record.image_digest = self.docker().publish(record, build_log, deadline)
         else:
             self.venv.ensure(record, build_log, deadline)
         log.info("environment ready", environment=record.id, backend=record.backend)
