@@ -314,6 +314,8 @@ def test_containers_of_a_killed_worker_are_removed_by_the_next_one(
                 break
         stale = names(engine, **{LABEL_HOME: home})
         assert len(stale) == 1
+        mounts = engine.containers.get(next(iter(stale))).attrs["Mounts"]
+        (socket_dir,) = [Path(m["Source"]) for m in mounts if m["Destination"] == SOCKET_MOUNT]
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
     finally:
@@ -332,6 +334,7 @@ def test_containers_of_a_killed_worker_are_removed_by_the_next_one(
             assert cleanup is not None
             await cleanup
             assert not names(engine, **{LABEL_HOME: home}), "the stale container was not removed"
+            assert not socket_dir.parent.exists(), "the stale container's socket directory was not removed"
             # A live worker's containers are not stale: a worker starting next to it leaves them alone.
             assert await run(pools, directory, "run", None, 60) == "hello world"
             live = names(engine, **{LABEL_HOME: home})

@@ -57,6 +57,8 @@ from dlhub.worker.protocol import ExecReply
 log = get_logger(__name__)
 
 MAX_RECORDS = 4096
+SOCKET_PREFIX = "dlhub-exec-"
+"""Name prefix of the private directories of executor sockets (in the temporary directory)."""
 SWEEP_MAX_INTERVAL_S = 30.0
 
 
@@ -69,7 +71,7 @@ def executor_socket() -> tuple[Path, Path, socket.socket]:
     unix socket path has at most 107 bytes."""
     from dlhub.common.docker_environments import SOCKET_NAME
 
-    private = Path(tempfile.mkdtemp(prefix="dlhub-exec-"))
+    private = Path(tempfile.mkdtemp(prefix=SOCKET_PREFIX))
     try:
         shared = private / "s"
         shared.mkdir()
@@ -378,22 +380,30 @@ class EnvironmentPools:
     def remove_stale_containers(self) -> list[str]:
         """Blocking: remove the executor containers of this data directory whose worker process is gone (its
         lock file is free); return their names."""
-        from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, home_label
+        from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, SOCKET_MOUNT, home_label
 
         docker = self._docker_backend()
         found = docker.containers({LABEL_HOME: home_label(self.settings.data_dir)})
-        by_instance: dict[str, list[str]] = collections.defaultdict(list)
+        by_instance: dict[str, list[tuple[str, list[Path]]]] = collections.defaultdict(list)
         for container in found:
             instance = str((container.get("Labels") or {}).get(LABEL_WORKER, ""))
             names = container.get("Names") or [container["Id"]]
-            by_instance[instance].append(str(names[0]).lstrip("/"))
+            sockets = [
+                Path(str(mount.get("Source")))
+                for mount in container.get("Mounts") or []
+                if mount.get("Destination") == SOCKET_MOUNT
+            ]
+            by_instance[instance].append((str(names[0]).lstrip("/"), sockets))
         removed: list[str] = []
-        for instance, names in by_instance.items():
+        for instance, containers in by_instance.items():
             if instance == self.instance or (instance and self._alive(instance)):
                 continue
-            for name in names:
+            for name, sockets in containers:
                 docker.remove_container(name)
                 removed.append(name)
+                for shared in sockets:  # the private directory executor_socket made around the socket's
+                    if shared.name == "s" and shared.parent.name.startswith(SOCKET_PREFIX):
+                        shutil.rmtree(shared.parent, ignore_errors=True)
             with contextlib.suppress(OSError):
                 self._lock_path(instance).unlink()
         return removed
