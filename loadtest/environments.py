@@ -13,7 +13,7 @@ or ``DLHUB_TEST_DOCKER_URL``; no engine: the docker rows say "skipped: no engine
    that lock removed first, so pip downloads everything again; PyPI speed varies) and cached (a second
    servable with the same lock: the environment is shared, only the lock is resolved again);
 2. the first request once the cold version is ready (the environment's executor process starts, inside the
-   venv or as ``docker run -i``, then the model loads), and the first request of the cached version (its
+   venv or as ``docker run``, then the model loads), and the first request of the cached version (its
    environment's executor is already running: model load only); the shared-environment servable's first
    request is the baseline;
 3. warm p50 latency and throughput of a noop and a single-row scikit-learn prediction, ``--clients``
@@ -334,8 +334,9 @@ def warm(
             plumbing[config] += docker_plumbing_cpu_s() - before
     rows = {config: pooled[config].summary() for config in order}
     for config, row in rows.items():
-        # What the docker CLI, dockerd and containerd(-shim) burn per request relaying `docker run -i`'s
-        # stdin/stdout (machine-wide: other jobs' containers count too; ~0 when they are idle).
+        # What the docker CLI, dockerd and containerd(-shim) burn per request (machine-wide: other jobs'
+        # containers count too; ~0 when they are idle). They relayed `docker run -i`'s stdin/stdout when that
+        # was the protocol; with the executor's unix socket they should stay out of the request path.
         row["docker_plumbing_cpu_ms_per_request"] = round(
             plumbing[config] * 1000 / max(1, row["requests"]), 4
         )
@@ -348,7 +349,7 @@ DOCKER_PLUMBING = frozenset(
 
 
 def docker_plumbing_cpu_s() -> float:
-    """User + system CPU seconds of the processes that relay a container's stdin/stdout (from /proc)."""
+    """User + system CPU seconds of the docker CLI, engine and shims (from /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in Path("/proc").iterdir():

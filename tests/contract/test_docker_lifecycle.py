@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -32,7 +33,14 @@ import pytest
 from dlhub.builder.gc import collect
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings, EnvironmentsConfig
-from dlhub.common.docker_environments import LABEL_ENV, LABEL_HOME, LABEL_WORKER, DockerBackend, home_label
+from dlhub.common.docker_environments import (
+    LABEL_ENV,
+    LABEL_HOME,
+    LABEL_WORKER,
+    SOCKET_MOUNT,
+    DockerBackend,
+    home_label,
+)
 from dlhub.common.environments import (
     ENVIRONMENT_FILENAME,
     RUNTIME_REQUIREMENT,
@@ -227,16 +235,27 @@ def test_timeout_kills_the_container_and_limits_and_mounts_are_least_privilege(
             assert attrs["Config"]["Labels"][LABEL_HOME] == home_label(data_dir)
             mounts = {m["Source"]: m for m in attrs["Mounts"] if m["Type"] == "bind"}
             assert str(directory.resolve()) in mounts
-            assert len(mounts) == 2 and all(m["RW"] is False for m in mounts.values())
+            assert len(mounts) == 3 and all(m["RW"] is False for m in mounts.values())
             assert not any(Path(source) in directory.resolve().parents for source in mounts), (
                 "a parent of the version directory (the servable store) is mounted"
             )
+            # The protocol runs over a unix socket: its directory is mounted, holding nothing but the socket
+            # (whose listener was closed and unlinked once the executor connected), inside a private 0700
+            # directory of the worker's, so no other user of the host can connect.
+            (socket_dir,) = [Path(m["Source"]) for m in mounts.values() if m["Destination"] == SOCKET_MOUNT]
+            assert list(socket_dir.iterdir()) == []
+            assert stat.S_IMODE(socket_dir.parent.stat().st_mode) == 0o700
+            assert socket_dir.parent.stat().st_uid == os.getuid()
+            assert attrs["Config"]["OpenStdin"] is False  # no `docker run -i` relay in the request path
 
             started = time.monotonic()
             with pytest.raises(TaskTimeout, match="passed its deadline"):
                 await run(pools, directory, "sleep", 120, 3.0)
             await wait_gone(engine, name, 15)
             print(f"container gone {time.monotonic() - started:.1f} s after the task started")
+            await await_until(
+                lambda: not socket_dir.parent.exists(), timeout_s=15, message="the socket directory removed"
+            )
             # The replacement executor serves the next task.
             assert await run(pools, directory, "run", None, 60) == "hello world"
             (replacement,) = names(engine, **{LABEL_WORKER: pools.instance})
@@ -295,6 +314,8 @@ def test_containers_of_a_killed_worker_are_removed_by_the_next_one(
                 break
         stale = names(engine, **{LABEL_HOME: home})
         assert len(stale) == 1
+        mounts = engine.containers.get(next(iter(stale))).attrs["Mounts"]
+        (socket_dir,) = [Path(m["Source"]) for m in mounts if m["Destination"] == SOCKET_MOUNT]
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
     finally:
@@ -313,6 +334,7 @@ def test_containers_of_a_killed_worker_are_removed_by_the_next_one(
             assert cleanup is not None
             await cleanup
             assert not names(engine, **{LABEL_HOME: home}), "the stale container was not removed"
+            assert not socket_dir.parent.exists(), "the stale container's socket directory was not removed"
             # A live worker's containers are not stale: a worker starting next to it leaves them alone.
             assert await run(pools, directory, "run", None, 60) == "hello world"
             live = names(engine, **{LABEL_HOME: home})

@@ -2,13 +2,13 @@
 
 A version without ``environment.json`` runs in the worker's shared pool, exactly as before (one dict lookup
 per task once its directory has been seen). A version with its own environment runs in a pool of
-``environments.processes_per_environment`` warm executor processes started inside that environment (its
-venv's interpreter with only the DLHub runtime copy on ``PYTHONPATH``, or ``docker run -i`` of its image),
-made the first time one of its versions is called, so new environments are picked up without a restart.
-A venv pool serves every version of its environment; a docker pool serves one version, since its
-containers mount only that version's directory. An environment missing on this worker (another machine
-built it, or it was removed) is rebuilt from the lock stored with the version; without a Docker engine a
-docker version fails with ``EnvironmentUnavailable`` while everything else keeps running.
+``environments.processes_per_environment`` warm executor processes started inside that environment (its venv's
+interpreter with only the DLHub runtime copy on ``PYTHONPATH``, or ``docker run`` of its image, speaking over
+a unix socket), made the first time one of its versions is called, so new environments are picked up without a
+restart. A venv pool serves every version of its environment; a docker pool serves one version, since its
+containers mount only that version's directory. An environment missing on this worker (another machine built
+it, or it was removed) is rebuilt from the lock stored with the version; without a Docker engine a docker
+version fails with ``EnvironmentUnavailable`` while everything else keeps running.
 
 Warm pools are bounded: at most ``max_warm_environments`` (the least recently used idle pool is stopped to
 make room for a new one) and none idle for longer than ``environment_idle_s``. A stopped pool starts again
@@ -28,6 +28,9 @@ import collections
 import contextlib
 import fcntl
 import os
+import shutil
+import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -48,13 +51,36 @@ from dlhub.common.errors import BuildFailed, DLHubError, EnvironmentUnavailable
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
-from dlhub.worker.pool import ExecutionBackend, ExecutorPool, Launch
+from dlhub.worker.pool import ExecutionBackend, ExecutorPool, Launch, listen_unix
 from dlhub.worker.protocol import ExecReply
 
 log = get_logger(__name__)
 
 MAX_RECORDS = 4096
+SOCKET_PREFIX = "dlhub-exec-"
+"""Name prefix of the private directories of executor sockets (in the temporary directory)."""
 SWEEP_MAX_INTERVAL_S = 30.0
+
+
+def executor_socket() -> tuple[Path, Path, socket.socket]:
+    """A listening unix socket for one docker executor: ``(private, shared, listener)``.
+
+    ``private`` is a fresh ``mkdtemp`` directory (mode 0700, the worker's user: nobody else on the host can
+    reach anything under it); ``shared`` (mode 0755, inside it) is what the container mounts and holds only
+    the socket (mode 0666, so the container's user can connect whatever its uid). The path is kept short: a
+    unix socket path has at most 107 bytes."""
+    from dlhub.common.docker_environments import SOCKET_NAME
+
+    private = Path(tempfile.mkdtemp(prefix=SOCKET_PREFIX))
+    try:
+        shared = private / "s"
+        shared.mkdir()
+        shared.chmod(0o755)
+        listener = listen_unix(str(shared / SOCKET_NAME))
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    return private, shared, listener
 
 
 class WarmPool:
@@ -247,22 +273,33 @@ class EnvironmentPools:
 
             docker = self._docker_backend()
             labels = {LABEL_WORKER: self.instance, LABEL_HOME: home_label(self.settings.data_dir)}
+            peer_uid = await asyncio.to_thread(docker.peer_uid)
 
             def command(args: list[str]) -> list[str] | Launch:
                 name = f"dlhub-exec-{record.id[:12]}-{uuid.uuid4().hex[:12]}"
-                argv: list[str] = docker.run_argv(
-                    record,
-                    runtime=runtime,
-                    version_dir=version_dir,
-                    executor_args=args,
-                    name=name,
-                    labels=labels,
-                )
+                private, shared, listener = executor_socket()
+                try:
+                    argv: list[str] = docker.run_argv(
+                        record,
+                        runtime=runtime,
+                        version_dir=version_dir,
+                        executor_args=args,
+                        name=name,
+                        labels=labels,
+                        socket_dir=shared,
+                    )
+                except BaseException:
+                    listener.close()
+                    shutil.rmtree(private, ignore_errors=True)
+                    raise
 
                 async def reap() -> None:
-                    await asyncio.to_thread(docker.remove_container, name)
+                    try:
+                        await asyncio.to_thread(docker.remove_container, name)
+                    finally:
+                        shutil.rmtree(private, ignore_errors=True)
 
-                return Launch(argv=argv, reap=reap)
+                return Launch(argv=argv, reap=reap, listener=listener, peer_uid=peer_uid)
         else:
             assert prefix is not None
 
@@ -343,22 +380,30 @@ class EnvironmentPools:
     def remove_stale_containers(self) -> list[str]:
         """Blocking: remove the executor containers of this data directory whose worker process is gone (its
         lock file is free); return their names."""
-        from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, home_label
+        from dlhub.common.docker_environments import LABEL_HOME, LABEL_WORKER, SOCKET_MOUNT, home_label
 
         docker = self._docker_backend()
         found = docker.containers({LABEL_HOME: home_label(self.settings.data_dir)})
-        by_instance: dict[str, list[str]] = collections.defaultdict(list)
+        by_instance: dict[str, list[tuple[str, list[Path]]]] = collections.defaultdict(list)
         for container in found:
             instance = str((container.get("Labels") or {}).get(LABEL_WORKER, ""))
             names = container.get("Names") or [container["Id"]]
-            by_instance[instance].append(str(names[0]).lstrip("/"))
+            sockets = [
+                Path(str(mount.get("Source")))
+                for mount in container.get("Mounts") or []
+                if mount.get("Destination") == SOCKET_MOUNT
+            ]
+            by_instance[instance].append((str(names[0]).lstrip("/"), sockets))
         removed: list[str] = []
-        for instance, names in by_instance.items():
+        for instance, containers in by_instance.items():
             if instance == self.instance or (instance and self._alive(instance)):
                 continue
-            for name in names:
+            for name, sockets in containers:
                 docker.remove_container(name)
                 removed.append(name)
+                for shared in sockets:  # the private directory executor_socket made around the socket's
+                    if shared.name == "s" and shared.parent.name.startswith(SOCKET_PREFIX):
+                        shutil.rmtree(shared.parent, ignore_errors=True)
             with contextlib.suppress(OSError):
                 self._lock_path(instance).unlink()
         return removed

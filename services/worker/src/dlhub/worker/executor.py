@@ -3,8 +3,11 @@
 Started by the pool as ``python -m dlhub.worker.executor``. Requests arrive on stdin and replies leave on
 stdout (``dlhub.worker.protocol`` frames); before serving, the process moves both pipes to private file
 descriptors and points fd 0 at /dev/null and fd 1 at stderr, so a model that prints (even from C) cannot
-corrupt the stream. Servables stay loaded (warm) in an LRU cache keyed by their version directory.
-The process exits when its stdin closes.
+corrupt the stream. With ``--socket PATH`` (a docker executor: the worker listens on a unix socket in a
+directory mounted into the container, so that no ``docker run -i`` relay sits in the request path) the same
+frames travel over that socket instead, and fds 0 and 1 are pointed away all the same. Servables stay loaded
+(warm) in an LRU cache keyed by their version directory. The process exits when its stdin (or the socket)
+closes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -257,11 +261,29 @@ def _private_pipes() -> tuple[IO[bytes], IO[bytes]]:
     in_fd, out_fd = os.dup(0), os.dup(1)  # dup'd descriptors are not inherited by the model's subprocesses
     _widen_pipe(in_fd)
     _widen_pipe(out_fd)
+    _stray_stdio()
+    return os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb")
+
+
+def _stray_stdio() -> None:
+    """Point fd 0 at /dev/null and fd 1 at stderr: what a model reads or prints goes nowhere harmful."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    return os.fdopen(in_fd, "rb"), os.fdopen(out_fd, "wb")
+
+
+def _socket_streams(path: str) -> tuple[IO[bytes], IO[bytes]]:
+    """Connect to the worker's unix socket at ``path``; return buffered streams over it (fds that the model's
+    subprocesses do not inherit), with fds 0/1 moved out of the way as in pipe mode."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):  # a large request or reply crosses in fewer wakeups
+            sock.setsockopt(socket.SOL_SOCKET, option, PIPE_BYTES)
+    sock.connect(path)
+    fd = sock.detach()
+    _stray_stdio()
+    return os.fdopen(fd, "rb"), os.fdopen(os.dup(fd), "wb")
 
 
 def _die_with_parent() -> None:
@@ -289,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file-fetch-max-bytes", type=int, default=defaults.max_bytes)
     parser.add_argument("--file-fetch-timeout-s", type=float, default=defaults.timeout_s)
     parser.add_argument("--file-fetch-max-redirects", type=int, default=defaults.max_redirects)
+    parser.add_argument(
+        "--socket", help="speak the protocol over the worker's unix socket at this path, not stdin/stdout"
+    )
     args = parser.parse_args(argv)
     file_limits = FileLimits(
         max_bytes=args.file_fetch_max_bytes,
@@ -299,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     # whole process group and must not kill a task the worker will report on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    reader, writer = _private_pipes()
+    try:
+        reader, writer = _socket_streams(args.socket) if args.socket else _private_pipes()
+    except OSError as exc:
+        print(f"executor {os.getpid()}: cannot reach the worker at {args.socket}: {exc}", file=sys.stderr)
+        return 2
     # NumPy is a dependency of most servables and of the ndarray codec: pay its import before the first task
     # rather than during it. A servable's own environment may not have it (nor need it).
     with contextlib.suppress(ImportError):
@@ -310,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         executor.serve(reader, writer)
-    except (BrokenPipeError, msgspec.DecodeError, DLHubError) as exc:
+    except (ConnectionError, msgspec.DecodeError, DLHubError) as exc:
         print(f"executor {os.getpid()}: stopping: {exc}", file=sys.stderr)
         return 2
     return 0

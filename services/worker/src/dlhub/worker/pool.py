@@ -1,10 +1,13 @@
 """A pool of executor OS processes, so that a crashing model cannot take the worker down.
 
 Each executor is ``python -m dlhub.worker.executor`` talking length-prefixed msgpack frames over its
-stdin/stdout pipes (asyncio streams: no thread hop, no pickling). A process runs one task at a time, in the
+stdin/stdout pipes (asyncio streams: no thread hop, no pickling), or, for a process whose ``Launch`` carries a
+listening unix socket (a docker executor), over the one connection the executor makes to that socket: the
+frames then go straight to the container instead of through the ``docker run -i`` relay (CLI, dockerd, shim),
+and the launching process only tells when the executor has ended. A process runs one task at a time, in the
 order it reads them; up to ``depth`` requests are written to it ahead (pipelined), so that it goes from one
-task to the next without waiting for the worker, and under load the worker reads several replies per wakeup.
-A new task goes to the live process with the fewest requests outstanding; one reader task per process matches
+task to the next without waiting for the worker, and under load the worker reads several replies per wakeup. A
+new task goes to the live process with the fewest requests outstanding; one reader task per process matches
 replies to requests by sequence number.
 
 When a process dies, the task it was running (the oldest outstanding request: it runs them in order) fails
@@ -20,7 +23,10 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import os
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -110,12 +116,40 @@ class Launch:
     reap: Callable[[], Awaitable[None]]
     """Called (once) when the process has been killed or has ended: stops and removes what it started
     elsewhere (its container, through the engine), since killing a ``docker run`` client does not."""
+    listener: socket.socket | None = None
+    """A listening unix socket the executor connects to (``--socket``), in a directory only it and the worker
+    can reach: the protocol then runs over that connection, and the process's stdin/stdout are unused. The
+    first connection is the executor's; the listener is closed and unlinked once it is accepted."""
+    peer_uid: int | None = None
+    """The user the connection must come from (``SO_PEERCRED``); ``None``: not checked."""
 
 
 ExecutorCommand = Callable[[list[str]], list[str] | Launch]
 """Executor arguments -> the full command line of one executor process (its environment's interpreter), or a
-``Launch`` (a ``docker run`` and how to remove its container); default ``python -m dlhub.worker.executor
-ARGS``."""
+``Launch`` (a ``docker run``, how to remove its container and the socket it connects to); default
+``python -m dlhub.worker.executor ARGS``."""
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A non-blocking unix socket listening at ``path`` that any user who can reach the path may connect to
+    (the directories around it decide who can)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, 0o666)
+        listener.listen(1)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of a unix socket, as this process sees them."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
 
 
 class NotStarted(Exception):
@@ -123,7 +157,7 @@ class NotStarted(Exception):
 
 
 class ExecutorProcess:
-    """One executor child, its two pipes and the requests written to it that await a reply."""
+    """One executor child, its two pipes (or its socket) and the requests written to it that await a reply."""
 
     def __init__(
         self,
@@ -132,8 +166,9 @@ class ExecutorProcess:
         process: asyncio.subprocess.Process,
         max_message_bytes: int,
         reap: Callable[[], Awaitable[None]] | None = None,
+        listener: socket.socket | None = None,
+        peer_uid: int | None = None,
     ) -> None:
-        assert process.stdin is not None and process.stdout is not None
         self.slot = slot
         self._reap = reap
         self.process = process
@@ -144,8 +179,16 @@ class ExecutorProcess:
         """Killed because the task it was running passed its deadline (that task has already failed)."""
         self.inflight: dict[int, asyncio.Future[ExecReply]] = {}
         """Outstanding requests by sequence number, oldest first (dicts keep insertion order)."""
-        self._stdin = process.stdin
-        self._stdout = process.stdout
+        self._listener = listener
+        self._peer_uid = peer_uid
+        self.over_socket = listener is not None
+        """The protocol runs over a unix socket (connected by ``_accept``), not the process's stdin/stdout."""
+        self._stdin: asyncio.StreamWriter
+        self._stdout: asyncio.StreamReader
+        if listener is None:
+            assert process.stdin is not None and process.stdout is not None
+            self._stdin = process.stdin
+            self._stdout = process.stdout
 
     @classmethod
     async def spawn(
@@ -168,22 +211,38 @@ class ExecutorProcess:
             *(file_limits or FileLimits()).as_args(),
         ]
         launch = command(args) if command is not None else [python, "-m", "dlhub.worker.executor", *args]
-        argv, reap = (launch.argv, launch.reap) if isinstance(launch, Launch) else (launch, None)
+        argv, reap, listener, peer_uid = (
+            (launch.argv, launch.reap, launch.listener, launch.peer_uid)
+            if isinstance(launch, Launch)
+            else (launch, None, None, None)
+        )
+        stdio = asyncio.subprocess.PIPE if listener is None else asyncio.subprocess.DEVNULL
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdin=stdio,
+                stdout=stdio,
                 limit=STREAM_LIMIT_BYTES,
                 env=dict(env) if env is not None else None,
             )
         except BaseException:
+            if listener is not None:
+                listener.close()
             if reap is not None:
                 await reap()
             raise
-        child = cls(slot=slot, process=process, max_message_bytes=max_message_bytes, reap=reap)
+        child = cls(
+            slot=slot,
+            process=process,
+            max_message_bytes=max_message_bytes,
+            reap=reap,
+            listener=listener,
+            peer_uid=peer_uid,
+        )
         try:
             async with asyncio.timeout(startup_timeout_s):
+                if child.over_socket:
+                    await child._accept()
                 frame = await child._read()
             if not isinstance(frame, Ready):
                 raise InvalidMessage(f"expected a ready frame, got {type(frame).__name__}")
@@ -205,6 +264,59 @@ class ExecutorProcess:
     @property
     def returncode(self) -> int | None:
         return self.process.returncode
+
+    async def _accept(self) -> None:
+        """Accept the executor's connection to the listener (raising ``ConnectionError`` if the process ends
+        first), then close the listener so that nothing else can connect."""
+        listener = self._listener
+        assert listener is not None
+        loop = asyncio.get_running_loop()
+        accepting = asyncio.ensure_future(loop.sock_accept(listener))
+        exiting = asyncio.ensure_future(self.process.wait())
+        try:
+            await asyncio.wait((accepting, exiting), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exiting.cancel()
+            if not accepting.done():
+                accepting.cancel()
+            self._close_listener()
+        if accepting.cancelled() or not accepting.done():
+            raise ConnectionError("the executor ended before it connected")
+        conn, _ = accepting.result()
+        try:
+            pid, uid, _gid = peer_credentials(conn)
+            if self._peer_uid is not None and uid != self._peer_uid:
+                raise WorkerLost(
+                    f"executor process {self.pid}: refused a connection from pid {pid}, uid {uid} "
+                    f"(expected uid {self._peer_uid})"
+                )
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, option, STREAM_LIMIT_BYTES)
+            streams = await asyncio.open_unix_connection(sock=conn, limit=STREAM_LIMIT_BYTES)
+            self._stdout, self._stdin = streams
+        except BaseException:
+            conn.close()
+            raise
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with contextlib.suppress(OSError):
+            path = listener.getsockname()
+            if isinstance(path, str) and path:
+                os.unlink(path)
+        listener.close()
+
+    def _close_socket(self) -> None:
+        """Release the listener and the connection (socket mode; the pipes belong to the process)."""
+        if not self.over_socket:
+            return
+        self._close_listener()
+        writer = getattr(self, "_stdin", None)
+        if writer is not None:
+            writer.close()
 
     async def _read(self) -> FromExecutor:
         header = await self._stdout.readexactly(HEADER_BYTES)
@@ -284,6 +396,7 @@ class ExecutorProcess:
 
     async def reap(self) -> None:
         """Remove what the process started outside the worker (its container), once; no-op otherwise."""
+        self._close_socket()
         reap, self._reap = self._reap, None
         if reap is not None:
             try:
@@ -303,9 +416,14 @@ class ExecutorProcess:
         return returncode
 
     async def close(self, grace_s: float = EXIT_GRACE_S) -> None:
-        """Close stdin (the executor finishes its current task and exits), then kill it after ``grace_s``."""
+        """Close stdin, or our sending side of the socket (the executor finishes its current task and exits),
+        then kill it after ``grace_s``."""
         if self.process.returncode is None:
-            self._stdin.close()
+            if not self.over_socket:
+                self._stdin.close()
+            elif getattr(self, "_stdin", None) is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._stdin.write_eof()
         await self.wait_exit(grace_s)
 
 
