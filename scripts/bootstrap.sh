@@ -24,9 +24,9 @@ if [ "$stale" = 1 ]; then
   started=$SECONDS
   echo "== installing DLHub into $VENV from uv.lock${EXTRAS:+ with extras [$EXTRAS]}"
   [ "$EXTRAS" = test ] && echo "   first run: PyTorch (~3 GB with its CUDA libraries), TensorFlow, Parsl, the examples' packages"
-  # uv reads the CA bundle from SSL_CERT_FILE or, with native TLS, the system store (proxies, private CAs).
+  # uv reads the CA bundle from SSL_CERT_FILE or, with system certificates, the system store (proxies, private CAs).
   # --inexact: `./scripts/up` (no extras) must not uninstall what `./scripts/test` added to the same venv.
-  UV_PROJECT_ENVIRONMENT="$VENV" UV_NATIVE_TLS=1 "$TOOLS/bin/uv" sync --locked --inexact --python "$PYTHON" \
+  UV_PROJECT_ENVIRONMENT="$VENV" UV_SYSTEM_CERTS=1 "$TOOLS/bin/uv" sync --locked --inexact --python "$PYTHON" \
     ${EXTRAS:+--extra "$EXTRAS"} --project "$ROOT"
   echo "== installed in $((SECONDS - started)) s"
   touch "$STAMP"
