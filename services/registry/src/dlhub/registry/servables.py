@@ -49,6 +49,9 @@ from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reaso
 
 log = get_logger(__name__)
 
+BUILD_MARGIN_S = 120.0
+"""Beyond ``environments.build_timeout_s``: extraction, pushing the image, waiting for a free builder."""
+
 BUILD_METHOD = "build"
 INDEX_METHOD = "index"
 REINDEX_METHOD = "reindex"
@@ -346,6 +349,12 @@ class Servables:
 
     # -- builds -----------------------------------------------------------------------------------------
 
+    def _build_timeout_s(self) -> float:
+        """How long a build may take end to end: the environment step's own limit plus the package
+        extraction, a push to the container registry and the queue in front of the builder."""
+        settings = self._settings
+        return max(settings.registry.sync_timeout_s, settings.environments.build_timeout_s + BUILD_MARGIN_S)
+
     def start_build(self, record: VersionRecord, *, resumed: bool = False) -> None:
         self._background.spawn(self._build(record, resumed=resumed), name=f"build {record.label}")
 
@@ -426,7 +435,7 @@ class Servables:
             result = await self._bus.call(
                 [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
                 self._codec.encode_value(request),
-                timeout_s=self._settings.registry.sync_timeout_s,
+                timeout_s=self._build_timeout_s(),
                 # A resumed build is a new bus task: a broker that outlived the previous registry process
                 # still holds the old one (answering the dead process) and would ignore a duplicate id.
                 task_id=None if resumed else record.build_task_id or None,
