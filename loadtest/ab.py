@@ -1,6 +1,6 @@
 """Before/after in the same run: one benchmark alternately in a baseline checkout and in this one.
 
-    python -m loadtest.ab --baseline /path/to/old/checkout [--rounds 3] [--bench noop_rest|cpu_per_request]
+    python -m loadtest.ab --baseline /path/to/old/checkout [--rounds 3] [--bench noop_rest|cpu_per_request|batching]
 
 This machine's speed drifts by up to ~1.7x within minutes, so figures from different runs cannot be
 compared. Here each round runs the benchmark once in each tree (the order alternates between rounds, so a
@@ -34,8 +34,16 @@ FIGURES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
         ("memo on req/s", ("memo_on", "requests_per_s"), True),
         ("memo off CPU us/request", ("memo_off", "total_us"), False),
     ],
+    "batching": [
+        ("batched single-row req/s", ("median_requests_per_s", "on"), True),
+        ("10k-row batch / in-process", ("client_batch_ratio",), False),
+    ],
 }
-ARGS = {"noop_rest": ["--requests", "2000", "--repeats", "1"], "cpu_per_request": ["--repeats", "1"]}
+ARGS = {
+    "noop_rest": ["--requests", "2000", "--repeats", "1"],
+    "cpu_per_request": ["--repeats", "1"],
+    "batching": ["--repeats", "1", "--duration-s", "6", "--batch-repeats", "10"],
+}
 TIMEOUT_S = 1800
 
 
