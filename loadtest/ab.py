@@ -1,6 +1,6 @@
 """Before/after in the same run: one benchmark alternately in a baseline checkout and in this one.
 
-    python -m loadtest.ab --baseline /path/to/old/checkout [--rounds 3] [--bench noop_rest|cpu_per_request|batching]
+    python -m loadtest.ab --baseline OLD_CHECKOUT [--rounds 3] [--bench noop_rest|cpu_per_request|batching]
 
 This machine's speed drifts by up to ~1.7x within minutes, so figures from different runs cannot be
 compared. Here each round runs the benchmark once in each tree (the order alternates between rounds, so a
