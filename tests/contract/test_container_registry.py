@@ -49,7 +49,6 @@ from dlhub.common.environments import (
 from dlhub.common.errors import BuildFailed, RegistryError
 from dlhub.common.servable_store import version_dir
 from tests.support.polling import wait_until
-from tests.support.servers import missing_test_server
 from tests.support.stack import start_stack, stop_stack, unique
 
 FUNCTIONS = """
@@ -61,27 +60,6 @@ SIX = "1.15.0"
 """Not the version test_docker_backend.py pins: an environment (and container label) of this module's own."""
 UNINSTALLABLE_LOCK = "dlhub-no-such-package==0.0.0 --hash=sha256:" + "0" * 64 + "\n"
 SECRET = f"dlhub-registry-secret-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(scope="module")
-def docker_url() -> str:
-    url = os.environ.get("DLHUB_TEST_DOCKER_URL", "").strip()
-    if not url:
-        missing_test_server("DLHUB_TEST_DOCKER_URL is not set")
-    import docker
-
-    try:
-        docker.DockerClient(base_url=url).ping()
-    except Exception as exc:
-        missing_test_server(f"no Docker engine answers at {url}: {exc}")
-    return url
-
-
-@pytest.fixture(scope="module")
-def engine(docker_url: str) -> Any:
-    import docker
-
-    return docker.DockerClient(base_url=docker_url)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from dlhub.common.servable_store import version_dir
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool
-from tests.support.servers import missing_test_server
 from tests.support.stack import start_stack, stop_stack, unique
 
 FUNCTIONS = """
@@ -39,27 +38,6 @@ def six_version(_):
 def prefix(_):
     return sys.prefix
 """
-
-
-@pytest.fixture(scope="module")
-def docker_url() -> str:
-    url = os.environ.get("DLHUB_TEST_DOCKER_URL", "").strip()
-    if not url:
-        missing_test_server("DLHUB_TEST_DOCKER_URL is not set")
-    import docker
-
-    try:
-        docker.DockerClient(base_url=url).ping()
-    except Exception as exc:
-        missing_test_server(f"no Docker engine answers at {url}: {exc}")
-    return url
-
-
-@pytest.fixture(scope="module")
-def engine(docker_url: str) -> Any:
-    import docker
-
-    return docker.DockerClient(base_url=docker_url)
 
 
 @pytest.fixture(scope="module")

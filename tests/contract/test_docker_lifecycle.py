@@ -57,7 +57,6 @@ from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool
 from tests.support.polling import await_until
-from tests.support.servers import missing_test_server
 from tests.support.worker_servables import PYTHON_SHIM, function_method, write_servable
 
 CODEC = Codec()
@@ -94,27 +93,6 @@ class Index404(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def docker_url() -> str:
-    url = os.environ.get("DLHUB_TEST_DOCKER_URL", "").strip()
-    if not url:
-        missing_test_server("DLHUB_TEST_DOCKER_URL is not set")
-    import docker
-
-    try:
-        docker.DockerClient(base_url=url).ping()
-    except Exception as exc:
-        missing_test_server(f"no Docker engine answers at {url}: {exc}")
-    return url
-
-
-@pytest.fixture(scope="module")
-def engine(docker_url: str) -> Any:
-    import docker
-
-    return docker.DockerClient(base_url=docker_url)
 
 
 @pytest.fixture(scope="module")

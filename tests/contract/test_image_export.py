@@ -35,7 +35,6 @@ from dlhub.common.errors import EnvironmentUnavailable
 from dlhub.registry.http.openapi import build_openapi
 from dlhub.registry.image_export import EXPORT_REPOSITORY, IMAGE_USER, LABEL_EXPORT, ImageExports
 from dlhub.registry.store import StoredBuild, VersionRecord
-from tests.support.servers import missing_test_server
 from tests.support.stack import start_stack, stop_stack, unique
 
 SPEC = build_openapi()
@@ -67,27 +66,6 @@ class ImageStack:
             text=True,
             timeout=900,
         )
-
-
-@pytest.fixture(scope="module")
-def docker_url() -> str:
-    url = os.environ.get("DLHUB_TEST_DOCKER_URL", "").strip()
-    if not url:
-        missing_test_server("DLHUB_TEST_DOCKER_URL is not set")
-    import docker
-
-    try:
-        docker.DockerClient(base_url=url).ping()
-    except Exception as exc:
-        missing_test_server(f"no Docker engine answers at {url}: {exc}")
-    return url
-
-
-@pytest.fixture(scope="module")
-def engine(docker_url: str) -> Any:
-    import docker
-
-    return docker.DockerClient(base_url=docker_url, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Packaging: every folder its own distribution with a namespaced import package; the SDK installs alone.
 
-The wheels are built from this checkout as ``pip install`` builds them; the SDK-only environment is a fresh
-venv holding nothing but ``dlhub-common`` and ``dlhub-client`` (and what they declare), which then runs a
-servable on the real embedded stack from Python and from the CLI.
+The wheels are built from this checkout by ``uv build``, as a release would be; the SDK-only environment is
+a fresh venv holding nothing but ``dlhub-common`` and ``dlhub-client`` (and what they declare), which then
+runs a servable on the real embedded stack from Python and from the CLI.
 """
 
 from __future__ import annotations
@@ -52,10 +52,13 @@ def _run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from uv import find_uv_bin  # the uv the builder uses (dlhub-common's environments extra)
+
     out = tmp_path_factory.mktemp("wheels")
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out)]
-    done = _run([*command, *(str(path) for path in MEMBERS.values()), str(ROOT)])
-    assert done.returncode == 0, done.stderr
+    for project in (*MEMBERS.values(), ROOT):
+        command = [find_uv_bin(), "build", "--wheel", "--quiet", "--out-dir", str(out), str(project)]
+        done = _run(command)
+        assert done.returncode == 0, done.stderr
     built = {path.name.split("-")[0]: path for path in out.glob("*.whl")}
     assert set(built) == {"dlhub", *(f"dlhub_{name}" for name in MEMBERS)}, sorted(built)
     return built
