@@ -8,6 +8,7 @@ cached by uv after the first run.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -158,6 +159,23 @@ def test_venv_builds_once_and_concurrent_builds_coalesce(tmp_path: Path) -> None
     other = EnvironmentRecord(kind="isolated", backend="venv", id="quota", python="3.11", lock=text)
     with pytest.raises(BuildFailed, match="exceeds the quota of 1000 bytes"):
         VenvBackend(quota, tmp_path).ensure(other, BuildLog("t"), Deadline(300))
+
+
+def test_pip_installs_the_same_lock_when_uv_is_not_the_installer(tmp_path: Path) -> None:
+    """``installer = "pip"``: the fallback installs the lock uv made, hash-checked, into a stdlib venv."""
+    config = EnvironmentsConfig(installer="pip")
+    text = lock(["iniconfig==1.1.1"], "3.11", config, BuildLog("t"), Deadline(120))
+    record = EnvironmentRecord(
+        kind="isolated", backend="venv", id=environment_id("venv", "3.11", text), python="3.11", lock=text
+    )
+    build_log = BuildLog("t")
+    python = VenvBackend(config, tmp_path).ensure(record, build_log, Deadline(300))
+    assert any("-m pip install" in line and "--require-hashes" in line for line in build_log.record.log)
+    done = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('iniconfig'))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "1.1.1"
 
 
 # -- the embedded stack ------------------------------------------------------------------------------------
