@@ -37,6 +37,16 @@ FIGURES: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
     "batching": [
         ("batched single-row req/s", ("median_requests_per_s", "on"), True),
         ("10k-row batch / in-process", ("client_batch_ratio",), False),
+        (
+            "10k-row batch overhead p50 ms",
+            ("client_batch", "msgpack", "overhead_round_trip_minus_inference", "p50_ms"),
+            False,
+        ),
+        (
+            "10k-row in-process predict p50 ms",
+            ("client_batch", "msgpack", "in_process_predict", "p50_ms"),
+            False,
+        ),
     ],
 }
 ARGS = {
