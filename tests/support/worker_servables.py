@@ -49,6 +49,21 @@ MYMOD = textwrap.dedent(
         raise ValueError(f"bad input {{x!r}}")
 
 
+    def _inner_check(x):
+        raise KeyError(f"no entry {{x!r}}")
+
+
+    def nested_fail(x):
+        return _inner_check(x)
+
+
+    def deep_output(depth):
+        value = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+
     def exit_hard(x):
         os._exit(3)
 

@@ -41,3 +41,35 @@ def test_codec_version_byte_size_limits_and_ndarray() -> None:
     assert decoded["n"] == 3
     assert decoded["x"].dtype == np.float32 and decoded["x"].shape == (3, 4)
     np.testing.assert_array_equal(decoded["x"], array)
+
+
+def test_values_nested_too_deeply_are_invalid_messages_not_recursion_errors() -> None:
+    codec = Codec()
+    deep: object = 1
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(InvalidMessage, match="deep"):
+        codec.encode_value(deep)
+    with pytest.raises(InvalidMessage, match="deep"):
+        codec.decode_value(b"\x91" * 100_000 + b"\x01")
+    with pytest.raises(InvalidMessage):
+        codec.decode(bytes([WIRE_VERSION]) + b"\x91" * 100_000 + b"\x01")
+
+
+def test_nesting_scans_agree_with_the_decoders_and_skip_strings_and_arrays() -> None:
+    from dlhub.common.codec import encode_body
+    from dlhub.common.nesting import json_too_deep, msgpack_too_deep
+
+    for depth in (2, 10, 63, 64, 65, 500):  # levels, counting the innermost {"k": []} as two
+        value: object = {"k": []}
+        for level in range(depth - 2):
+            value = [value, "[[[[", 1.5] if level % 2 else {"a": value, "b": "{{"}
+        as_json, as_msgpack = msgspec.json.encode(value), msgspec.msgpack.encode(value)
+        expected = depth > 64
+        assert json_too_deep(as_json, 64) is expected, depth
+        assert msgpack_too_deep(as_msgpack, 64) is expected, depth
+    assert not json_too_deep(b'{"s": "' + b"[" * 1000 + b'"}', 64)
+    assert not json_too_deep(b"[" * 1000, 64)  # unbalanced: malformed, left to the decoder
+    assert not msgpack_too_deep(encode_body({"x": np.zeros((64, 64, 3)), "rows": [[1.5] * 100] * 100}), 3)
+    assert msgpack_too_deep(b"\xdc\x00\x01" * 65 + b"\x01", 64)
+    assert not msgpack_too_deep(b"\xde\x00\x01\xa1k" * 64 + b"\x01", 64)

@@ -96,7 +96,10 @@ class Codec:
     def encode(self, message: Message) -> bytearray:
         # Encoded after the version byte in place: no second copy of a large payload to prepend it.
         frame = bytearray(self._prefix)
-        self._encoder.encode_into(message, frame, 1)
+        try:
+            self._encoder.encode_into(message, frame, 1)
+        except RecursionError:
+            raise InvalidMessage("message nests too deeply to encode") from None
         if len(frame) > self.max_message_bytes:
             raise MessageTooLarge(
                 f"message of {len(frame)} bytes exceeds the limit of {self.max_message_bytes} bytes"
@@ -114,6 +117,8 @@ class Codec:
             return self._decoder.decode(memoryview(frame)[1:])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise InvalidMessage(f"undecodable message: {exc}") from exc
+        except RecursionError:  # msgspec's recursion guard: a hostile or buggy peer, never a crash
+            raise InvalidMessage("undecodable message: nested too deeply") from None
 
     def encode_value(self, value: Any) -> msgspec.Raw:
         """Encode a user value (JSON-like data, NumPy arrays) for a ``Raw`` field."""
@@ -121,12 +126,16 @@ class Codec:
             return msgspec.Raw(self._encoder.encode(value))
         except (TypeError, NotImplementedError, OverflowError) as exc:
             raise InvalidMessage(f"value cannot be encoded: {exc}") from exc
+        except RecursionError:
+            raise InvalidMessage("value cannot be encoded: nested too deeply") from None
 
     def decode_value(self, raw: msgspec.Raw | bytes) -> Any:
         try:
             return self._value_decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise InvalidMessage(f"undecodable value: {exc}") from exc
+        except RecursionError:
+            raise InvalidMessage("undecodable value: nested too deeply") from None
 
 
 T = TypeVar("T")

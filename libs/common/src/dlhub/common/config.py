@@ -105,6 +105,19 @@ class RegistryConfig(BaseModel):
     """How often ``GET .../build?follow=true`` polls the store (works across several registries)."""
     build_follow_timeout_s: PositiveFloat = 3600.0
     """A followed build's stream ends after this long even if the build has not finished."""
+    max_body_nesting: PositiveInt = 64
+    """Deepest nesting of arrays and objects accepted in a JSON or msgpack request body (400 past it)."""
+    max_line_bytes: PositiveInt = 8190
+    """Longest request line (method, path and query); past it a 414 ``uri_too_long``."""
+    max_field_bytes: PositiveInt = 8190
+    """Longest header field; past it a 431 ``request_header_fields_too_large``."""
+    header_read_timeout_s: PositiveFloat = 30.0
+    """A new connection that has not sent a complete request line and headers by then is closed."""
+    keepalive_timeout_s: PositiveFloat = 75.0
+    """An idle connection (or one that stalls part-way through a later request's headers) is closed after
+    this long."""
+    max_connections: PositiveInt = 1000
+    """Open client connections; one more is answered 503 ``service_unavailable`` and closed."""
     internal_url: str | None = None
     """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""

@@ -17,6 +17,7 @@ from dlhub.common.errors import DLHubError, StoreUnavailable
 from dlhub.common.logging import configure_logging, get_logger
 from dlhub.registry.auth import create_or_reuse_token
 from dlhub.registry.http.app import create_app
+from dlhub.registry.http.server import GuardedRunner
 from dlhub.registry.urls import API_PREFIX
 
 log = get_logger("dlhub.registry")
@@ -29,7 +30,7 @@ async def serve(settings: DLHubSettings, *, stop: asyncio.Event | None = None) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    runner = GuardedRunner(create_app(settings), settings.registry, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.registry.host, settings.registry.port)

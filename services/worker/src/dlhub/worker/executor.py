@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import sysconfig
 import time
 import traceback
 from collections import OrderedDict
@@ -27,6 +28,7 @@ from typing import IO, Any
 
 import msgspec
 
+import dlhub
 from dlhub.common.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
 from dlhub.common.errors import DLHubError, MessageTooLarge, TaskTimeout
 from dlhub.common.messages import ErrorInfo
@@ -93,14 +95,52 @@ def decode_float_rows(raw: bytes | memoryview) -> Any:
     return np.ascontiguousarray(cells[:, :, 1:]).view(">f8").reshape(rows, cols).astype(np.float64)
 
 
+def _dirs(paths: Any) -> tuple[str, ...]:
+    return tuple(os.path.join(os.path.realpath(str(path)), "") for path in paths if path)
+
+
+# Frames in DLHub's own packages are the server's, never the caller's business; library and standard-library
+# frames are dropped only before the first frame of the servable (the call chain leading into it).
+_SERVER_DIRS = _dirs(dlhub.__path__)
+_LIBRARY_DIRS = _dirs({sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib", "platstdlib")})
+
+
+def _servable_frames(stack: traceback.StackSummary) -> traceback.StackSummary:
+    frames: list[traceback.FrameSummary] = []
+    for frame in stack:
+        filename = os.path.realpath(frame.filename) if frame.filename.startswith(os.sep) else frame.filename
+        if filename.startswith(_SERVER_DIRS):
+            continue
+        if not frames and (filename.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen")):
+            continue
+        frames.append(frame)
+    return traceback.StackSummary.from_list(frames)
+
+
+def _filter(exc: traceback.TracebackException, seen: set[int]) -> None:
+    if id(exc) in seen:
+        return
+    seen.add(id(exc))
+    exc.stack = _servable_frames(exc.stack)
+    for chained in (exc.__cause__, exc.__context__, *(exc.exceptions or ())):
+        if chained is not None:
+            _filter(chained, seen)
+
+
+def servable_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback with the servable's frames only: none of DLHub's own file paths reach callers."""
+    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _filter(formatted, set())
+    return "".join(formatted.format())
+
+
 def _error_from_exception(exc: BaseException, *, message: str | None = None) -> ErrorInfo:
     """A servable's own exception: code ``servable_error``, its type name, message and traceback."""
-    frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
     return ErrorInfo(
         code="servable_error",
         message=message or str(exc) or type(exc).__name__,
         exception_type=type(exc).__name__,
-        traceback="".join(frames),
+        traceback=servable_traceback(exc),
     )
 
 
@@ -108,9 +148,11 @@ def _error_from_dlhub(exc: DLHubError) -> ErrorInfo:
     """A typed failure; a load error reports the exception that caused it."""
     cause = exc.__cause__
     if isinstance(exc, ServableLoadError) and cause is not None:
-        frames = traceback.format_exception(type(cause), cause, cause.__traceback__)
         return ErrorInfo(
-            code=exc.code, message=exc.message, exception_type=type(cause).__name__, traceback="".join(frames)
+            code=exc.code,
+            message=exc.message,
+            exception_type=type(cause).__name__,
+            traceback=servable_traceback(cause),
         )
     return ErrorInfo(code=exc.code, message=exc.message)
 

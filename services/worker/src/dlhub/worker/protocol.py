@@ -94,6 +94,8 @@ def decode_reply(body: bytes) -> FromExecutor:
         return reply_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidMessage(f"undecodable executor frame: {exc}") from exc
+    except RecursionError:  # msgspec's recursion guard (a value nested too deeply)
+        raise InvalidMessage("undecodable executor frame: nested too deeply") from None
 
 
 def decode_request(body: bytes) -> ToExecutor:
@@ -101,3 +103,5 @@ def decode_request(body: bytes) -> ToExecutor:
         return request_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidMessage(f"undecodable worker frame: {exc}") from exc
+    except RecursionError:  # msgspec's recursion guard (a value nested too deeply)
+        raise InvalidMessage("undecodable worker frame: nested too deeply") from None

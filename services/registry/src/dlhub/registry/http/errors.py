@@ -31,9 +31,11 @@ HTTP_ERROR_TYPES: dict[int, str] = {
     408: "request_timeout",
     411: "length_required",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "unprocessable_entity",
     431: "request_header_fields_too_large",
+    503: "service_unavailable",
 }
 
 

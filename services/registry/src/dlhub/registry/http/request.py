@@ -11,8 +11,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from dlhub.common.codec import decode_body
 from dlhub.common.errors import DLHubError, PayloadTooLarge, ValidationFailed
+from dlhub.common.nesting import json_too_deep, msgpack_too_deep
 from dlhub.registry.auth import Caller
-from dlhub.registry.http.keys import AUTH
+from dlhub.registry.http.keys import AUTH, SETTINGS
 from dlhub.registry.http.response import MSGPACK_TYPES
 
 T = TypeVar("T")
@@ -53,6 +54,22 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
+def _nesting_limit(request: web.Request) -> int:
+    return request.app[SETTINGS].registry.max_body_nesting
+
+
+def _too_deep(limit: int, what: str = "the request body") -> ValidationFailed:
+    return ValidationFailed(
+        f"{what} nests arrays and objects deeper than the limit of {limit} levels (registry.max_body_nesting)"
+    )
+
+
+def check_json_nesting(body: bytes, limit: int, *, what: str = "the request body") -> None:
+    """Refuse (400) a JSON body nested deeper than ``limit`` before a recursive decoder sees it."""
+    if json_too_deep(body, limit):
+        raise _too_deep(limit, what)
+
+
 def _check_length(request: web.Request, max_bytes: int) -> None:
     length = request.content_length
     if length is not None and length > max_bytes:
@@ -82,13 +99,14 @@ async def read_json_bytes(request: web.Request, *, max_bytes: int) -> bytes:
             f"expected Content-Type application/json, got {FORM} with a body that is not JSON",
             field="Content-Type",
         )
+    check_json_nesting(body, _nesting_limit(request))
     return body
 
 
 def _parses_as_json(body: bytes) -> bool:
     try:
         msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return False
     return True
 
@@ -104,12 +122,17 @@ async def read_run_body(request: web.Request, type_: type[T], *, max_bytes: int)
         raise PayloadTooLarge(f"the request body exceeds the limit of {max_bytes} bytes")
     if not body:
         raise ValidationFailed("the request body is empty; expected a msgpack map")
+    limit = _nesting_limit(request)
+    if msgpack_too_deep(body, limit):
+        raise _too_deep(limit)
     try:
         return decode_body(body, type_)
     except msgspec.ValidationError as exc:
         raise ValidationFailed(f"invalid request body: {exc}", field=field_of(exc)) from None
     except (msgspec.DecodeError, DLHubError) as exc:
         raise ValidationFailed(f"malformed msgpack in the request body: {exc}") from None
+    except RecursionError:  # not reached past the scan above; kept so depth can never be a 500
+        raise _too_deep(limit) from None
     except (ValueError, TypeError) as exc:  # an ndarray extension whose header does not fit its buffer
         raise ValidationFailed(f"malformed ndarray in the request body: {exc}") from None
 
@@ -122,6 +145,8 @@ def decode_json(body: bytes, type_: type[T], *, what: str = "request body") -> T
         raise ValidationFailed(f"invalid {what}: {exc}", field=field_of(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"malformed JSON in the {what}: {exc}") from None
+    except RecursionError:  # the callers scan the depth first; kept so depth can never be a 500
+        raise ValidationFailed(f"the {what} nests arrays and objects too deeply") from None
 
 
 async def _read_part(part: BodyPartReader, *, max_bytes: int, used: int) -> bytes:
@@ -176,8 +201,11 @@ async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_byte
         raise ValidationFailed(f"malformed multipart body: {exc}") from None
     if metadata_bytes is None:
         raise ValidationFailed("the multipart body has no 'metadata' part", field="metadata")
+    check_json_nesting(metadata_bytes, _nesting_limit(request), what="the metadata part")
     try:
         metadata = msgspec.json.decode(metadata_bytes)
+    except RecursionError:
+        raise ValidationFailed("the metadata part nests too deeply", field="metadata") from None
     except msgspec.DecodeError as exc:
         raise ValidationFailed(f"malformed JSON in the metadata part: {exc}", field="metadata") from None
     return Upload(metadata=metadata, package=package, filename=filename)
