@@ -336,7 +336,7 @@ class MetricsConfig(BaseModel):
     """
 
     enabled: bool = True
-    """Off: no metric is recorded anywhere, ``/metrics`` answers 404 and no metrics port is opened."""
+    """Off: ``/metrics`` answers 404, no metrics port is opened, the registry records nothing per request."""
     host: str = "127.0.0.1"
     broker_port: int = Field(default=0, ge=0, le=65535)
     worker_port: int = Field(default=0, ge=0, le=65535)
