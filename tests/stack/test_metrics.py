@@ -108,3 +108,18 @@ def test_broker_and_worker_metrics_endpoints(stack: StackInfo, doubler: str) -> 
     builder = httpx.get(endpoint(stack, "builder"), timeout=10).text
     assert value(builder, "dlhub_builder_build_duration_seconds_count", outcome="completed") >= 1
     assert httpx.get(endpoint(stack, "search"), timeout=10).status_code == 200
+
+
+def test_health_shows_the_handler_table_to_administrators_only(stack: StackInfo) -> None:
+    anonymous = httpx.get(stack.api + "/health", timeout=10).json()
+    assert anonymous["status"] == "ok" and "handlers" not in anonymous["broker"]
+    assert anonymous["broker"]["handler_counts"]["worker"] >= 2
+    as_bob = httpx.get(stack.api + "/health", headers=auth(stack, "bob"), timeout=10).json()
+    assert "handlers" not in as_bob["broker"]
+    as_alice = httpx.get(stack.api + "/health", headers=auth(stack, "alice"), timeout=10).json()
+    kinds = [h["kind"] for h in as_alice["broker"]["handlers"]]
+    assert kinds.count("worker") == anonymous["broker"]["handler_counts"]["worker"] and "builder" in kinds
+
+
+def auth(stack: StackInfo, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.tokens[user]}"}

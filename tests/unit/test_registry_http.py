@@ -360,7 +360,19 @@ async def test_health(env: Env) -> None:
     response = await env.client.get(f"{API}/health")
     assert response.status == 200
     body = await response.json()
-    assert body["status"] == "ok" and body["broker"]["handlers"][0]["handler_id"] == "w1"
+    assert body == {"status": "ok", "broker": {"handler_counts": {"worker": 1}, "queued": 0, "inflight": 0}}
+    # The handler table is for administrators only (registry.admin_users).
+    assert (
+        "handlers"
+        not in (await (await env.client.get(f"{API}/health", headers=env.auth("alice"))).json())["broker"]
+    )
+    env.settings.registry.admin_users.append("alice")
+    body = await (await env.client.get(f"{API}/health", headers=env.auth("alice"))).json()
+    assert body["broker"]["handlers"][0]["handler_id"] == "w1"
+    assert (
+        "handlers"
+        not in (await (await env.client.get(f"{API}/health", headers=env.auth("bob"))).json())["broker"]
+    )
     env.bus.broker_up = False
     assert (await error_of(await env.client.get(f"{API}/health"), 503))["type"] == "broker_unavailable"
 
