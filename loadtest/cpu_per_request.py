@@ -1,16 +1,22 @@
 """CPU time per noop request in each service, under 32 concurrent clients (wrk), memo off and on.
 
-    python -m loadtest.cpu_per_request [--clients 32] [--duration-s 6] [--repeats 3]
+    python -m loadtest.cpu_per_request [--clients 32] [--duration-s 6] [--repeats 3] [--metrics on|off|both]
 
 Where the throughput of the serving path goes: for each process of a fresh `dlhub up` (registry, broker,
 worker, executor) the CPU seconds of each of its threads (the Python main thread, ZeroMQ's I/O thread)
 during a wrk run, divided by the requests served. On 2 cores, 2 s / (sum of CPU per request) bounds the
 throughput. Needs wrk (Debian package ``wrk``). Results go to ``loadtest/results/cpu_per_request.json``.
+
+``--metrics off`` runs the stack with ``DLHUB_METRICS__ENABLED=false``; ``--metrics both`` starts a stack
+with metrics and one without side by side, alternates their measurements (in the same run) and reports the
+overhead of the metrics as ``1 - requests_per_s(on) / requests_per_s(off)`` of the medians; its results go to
+``loadtest/results/cpu_per_request_metrics.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 from pathlib import Path
@@ -82,20 +88,36 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration-s", type=float, default=6.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--metrics", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
     if not wrk.available():
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    runs: dict[str, list[dict[str, Any]]] = {"memo_off": [], "memo_on": []}
-    for _ in range(args.repeats):
-        with embedded_stack() as stack:
-            servable = publish_noop(stack.url, stack.token)
-            for key, memoize in (("memo_off", False), ("memo_on", True)):
-                run = measure(
-                    stack, servable, memoize=memoize, clients=args.clients, duration_s=args.duration_s
-                )
-                print(key, json.dumps(run))
-                runs[key].append(run)
-    summary = {
+    variants = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as started:
+        # With --metrics both, both stacks are up for the whole run (an idle stack costs next to nothing)
+        # and their measurements alternate, so that a slower phase of the machine hits both alike.
+        stacks = {
+            metrics: started.enter_context(
+                embedded_stack(extra_env={} if metrics else {"DLHUB_METRICS__ENABLED": "false"})
+            )
+            for metrics in variants
+        }
+        servables = {metrics: publish_noop(stack.url, stack.token) for metrics, stack in stacks.items()}
+        for repeat in range(args.repeats):
+            for metrics in variants if repeat % 2 == 0 else list(reversed(variants)):
+                suffix = "_metrics_off" if args.metrics == "both" and not metrics else ""
+                for key, memoize in (("memo_off", False), ("memo_on", True)):
+                    run = measure(
+                        stacks[metrics],
+                        servables[metrics],
+                        memoize=memoize,
+                        clients=args.clients,
+                        duration_s=args.duration_s,
+                    )
+                    print(key + suffix, json.dumps(run))
+                    runs.setdefault(key + suffix, []).append(run)
+    summary: dict[str, Any] = {
         key: {
             "requests_per_s": statistics.median(r["throughput"]["requests_per_s"] for r in rs),
             "total_us": statistics.median(r["total_us"] for r in rs),
@@ -106,8 +128,16 @@ def main() -> None:
         }
         for key, rs in runs.items()
     }
+    if args.metrics == "both":
+        summary["metrics_overhead"] = {
+            key: round(
+                1 - summary[key]["requests_per_s"] / summary[key + "_metrics_off"]["requests_per_s"], 4
+            )
+            for key in ("memo_off", "memo_on")
+        }
+    name = "cpu_per_request_metrics" if args.metrics == "both" else "cpu_per_request"
     path = write_results(
-        "cpu_per_request", {"benchmark": "CPU per noop request (wrk)", "runs": runs, **summary}
+        name, {"benchmark": "CPU per noop request (wrk)", "metrics": args.metrics, "runs": runs, **summary}
     )
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")

@@ -130,7 +130,8 @@ def test_up_with_replicas_spreads_one_servable_over_its_dedicated_workers(tmp_pa
     )
     try:
         api, token = info["url"] + "/api/v1", info["alice"]
-        handlers = httpx.get(api + "/health", timeout=5).json()["broker"]["handlers"]
+        admin = {"Authorization": f"Bearer {token}"}  # alice administers the stack: the handler table
+        handlers = httpx.get(api + "/health", headers=admin, timeout=5).json()["broker"]["handlers"]
         topics = sorted(json.dumps(h["topics"]) for h in handlers if h["kind"] == "worker")
         assert topics == sorted(
             ['["servable/*"]', '["servable/alice/where@*"]', '["servable/alice/where@*"]',

@@ -41,8 +41,8 @@ class StackInfo:
         return body
 
     def worker_count(self) -> int:
-        handlers = self.health().get("broker", {}).get("handlers", [])
-        return sum(1 for h in handlers if h.get("kind") == "worker")
+        count: int = self.health().get("broker", {}).get("handler_counts", {}).get("worker", 0)
+        return count
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -52,6 +52,8 @@ def stack_env(home: Path) -> dict[str, str]:
             "DLHUB_HOME": str(home),
             "DLHUB_BUS__HEARTBEAT_INTERVAL_S": str(HEARTBEAT_INTERVAL_S),
             "DLHUB_REGISTRY__MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            # alice (the stack's own user) administers it: GET /health shows her the handler table.
+            "DLHUB_REGISTRY__ADMIN_USERS": '["alice"]',
         }
     )
     env.pop("DLHUB_URL", None)

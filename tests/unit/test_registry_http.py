@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
+from prometheus_client import REGISTRY
 
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings, RegistryConfig, load_settings
@@ -226,7 +227,7 @@ async def test_openapi_document_validates(env: Env) -> None:
     routes = {
         (r.method.lower(), r.resource.canonical.removeprefix(API))
         for r in env.client.app.router.routes()
-        if r.resource is not None and r.method != "HEAD"
+        if r.resource is not None and r.method != "HEAD" and r.resource.canonical.startswith(API)
     }
     operations = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}
     assert routes == operations
@@ -359,7 +360,19 @@ async def test_health(env: Env) -> None:
     response = await env.client.get(f"{API}/health")
     assert response.status == 200
     body = await response.json()
-    assert body["status"] == "ok" and body["broker"]["handlers"][0]["handler_id"] == "w1"
+    assert body == {"status": "ok", "broker": {"handler_counts": {"worker": 1}, "queued": 0, "inflight": 0}}
+    # The handler table is for administrators only (registry.admin_users).
+    assert (
+        "handlers"
+        not in (await (await env.client.get(f"{API}/health", headers=env.auth("alice"))).json())["broker"]
+    )
+    env.settings.registry.admin_users.append("alice")
+    body = await (await env.client.get(f"{API}/health", headers=env.auth("alice"))).json()
+    assert body["broker"]["handlers"][0]["handler_id"] == "w1"
+    assert (
+        "handlers"
+        not in (await (await env.client.get(f"{API}/health", headers=env.auth("bob"))).json())["broker"]
+    )
     env.bus.broker_up = False
     assert (await error_of(await env.client.get(f"{API}/health"), 503))["type"] == "broker_unavailable"
 
@@ -690,3 +703,56 @@ async def test_unexpected_errors_are_opaque_500(env: Env, monkeypatch: pytest.Mo
     error = await error_of(response, 500)
     assert error["type"] == "internal_error" and "secret" not in error["message"]
     assert response.headers["X-Request-ID"] in error["message"]
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+
+OUTCOMES = "dlhub_registry_task_outcomes_total"
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_requests_by_route_template_status_and_run_outcome(env: Env) -> None:
+    run_route = "/api/v1/servables/{owner}/{name}/run"
+    ok = {"method": "POST", "route": run_route, "status": "200"}
+    bad = {"method": "POST", "route": run_route, "status": "400"}
+    before = {
+        "ok": sample("dlhub_registry_requests_total", **ok),
+        "bad": sample("dlhub_registry_requests_total", **bad),
+        "failed": sample(
+            "dlhub_registry_task_outcomes_total", mode="sync", outcome="failed", error="servable_error"
+        ),
+        "lat": sample("dlhub_registry_request_duration_seconds_count", **ok),
+    }
+    assert (await env.publish("alice", package=make_package())).status == 202
+    await env.settle()
+    for _ in range(3):
+        response = await env.client.post(f"{API}/servables/alice/iris_rf/run", json=IRIS_ROWS)
+        assert response.status == 200
+    response = await env.client.post(
+        f"{API}/servables/alice/iris_rf/run", json={**IRIS_ROWS, "parameters": {"fail": True}}
+    )
+    assert (await response.json())["state"] == "failed"
+    await error_of(await env.client.post(f"{API}/servables/alice/iris_rf/run", json={"inputs": [[1]]}), 400)
+    await error_of(await env.client.get("/no/such/path"), 404)
+
+    response = await env.client.get("/metrics")
+    assert response.status == 200 and response.content_type == "text/plain"
+    text = await response.text()
+    assert 'route="/api/v1/servables/{owner}/{name}/run"' in text and "iris_rf" not in text
+    assert sample("dlhub_registry_requests_total", **ok) - before["ok"] == 4
+    assert sample("dlhub_registry_request_duration_seconds_count", **ok) - before["lat"] == 4
+    assert sample("dlhub_registry_requests_total", **bad) - before["bad"] == 1
+    failed = sample(
+        "dlhub_registry_task_outcomes_total", mode="sync", outcome="failed", error="servable_error"
+    )
+    assert failed - before["failed"] == 1
+    assert sample("dlhub_registry_requests_total", method="GET", route="<unmatched>", status="404") >= 1
+
+
+async def test_metrics_disabled_has_no_endpoint(tmp_path: Path) -> None:
+    app = create_app(load_settings(data_dir=tmp_path, metrics={"enabled": False}), bus=FakeBus())
+    assert all(getattr(r.resource, "canonical", "") != "/metrics" for r in app.router.routes())

@@ -152,7 +152,8 @@ def up(
         if data_dir is None:
             save_credentials(client_file(), options.api_url, token)
             saved = client_file()
-        kinds = [h.get("kind", "?") for h in health.get("broker", {}).get("handlers", [])]
+        counts = health.get("broker", {}).get("handler_counts", {})
+        kinds = [kind for kind, count in counts.items() for _ in range(count)]
         console.print(
             f"[green]DLHub is up[/green] in {time.monotonic() - started:.2f} s: "
             f"API {options.api_url}/api/v1\n"

@@ -225,9 +225,12 @@ class Stack:
         return self.options.data_dir / "logs"
 
     def _all_registered(self, health: dict[str, Any]) -> bool:
-        kinds = [h.get("kind") for h in health.get("broker", {}).get("handlers", [])]
-        workers = kinds.count("worker")
-        return "builder" in kinds and "search" in kinds and workers >= self.options.total_workers
+        counts: dict[str, int] = health.get("broker", {}).get("handler_counts", {})
+        return (
+            counts.get("builder", 0) > 0
+            and counts.get("search", 0) > 0
+            and counts.get("worker", 0) >= self.options.total_workers
+        )
 
     def _raise_if_exited(self) -> None:
         for service in self.services:

@@ -337,6 +337,28 @@ class SearchConfig(BaseModel):
     elasticsearch_verify_certs: bool = True
 
 
+class MetricsConfig(BaseModel):
+    """Prometheus metrics (``dlhub.common.metrics``). The registry serves them on ``GET /metrics`` of its own
+    HTTP port (outside ``/api/v1``); every other service serves them on its own HTTP port, ``<service>_port``
+    on ``host``.
+
+    Port rule: a port of 0 means an ephemeral port chosen by the OS (no collision between the several workers
+    of ``dlhub up``); the bound port is logged ("metrics endpoint") and written to
+    ``<data_dir>/run/metrics/<service>-<pid>.port`` so that a scraper or a test can find it. Give a fixed port
+    per service in a deployment where one process of each kind runs on a host (the compose stack).
+    """
+
+    enabled: bool = True
+    """Off: ``/metrics`` answers 404, no metrics port is opened, the registry records nothing per request."""
+    host: str = "127.0.0.1"
+    broker_port: int = Field(default=0, ge=0, le=65535)
+    worker_port: int = Field(default=0, ge=0, le=65535)
+    builder_port: int = Field(default=0, ge=0, le=65535)
+    search_port: int = Field(default=0, ge=0, le=65535)
+    broker_update_interval_s: PositiveFloat = 1.0
+    """How often the broker refreshes its queue-depth and handler gauges (on a timer, never per message)."""
+
+
 class LoggingConfig(BaseModel):
     format: Literal["json", "console"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -360,6 +382,7 @@ class DLHubSettings(BaseSettings):
     environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     # Derived locations inside the one data directory, unless configured explicitly.
     @property

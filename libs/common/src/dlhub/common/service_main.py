@@ -14,6 +14,7 @@ from dlhub.common.bus import HandlerService
 from dlhub.common.config import DLHubSettings, load_settings
 from dlhub.common.errors import DLHubError
 from dlhub.common.logging import configure_logging, get_logger
+from dlhub.common.metrics import SERVICES, start_metrics_server
 
 
 async def _announce_ready(
@@ -74,6 +75,8 @@ def run_service(
     settings = load_settings(args.config)
     configure_logging(settings.logging, service=name)
     try:
+        if name in SERVICES:
+            start_metrics_server(settings, name)
         event_loop.run(serve(settings), settings.event_loop)
     except Exception:
         get_logger("service").exception(f"{name} failed")

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from typing import Any, Final, cast
 
 import zmq
+from prometheus_client import REGISTRY
 
 from dlhub.broker.handlers import HandlerRecord, HandlerTable
+from dlhub.broker.metrics import BrokerCollector
 from dlhub.broker.queue import PendingQueue
 from dlhub.broker.routing import TopicTable
 from dlhub.broker.tasks import TaskRecord
@@ -48,6 +50,7 @@ from dlhub.common.messages import (
     Timings,
     Unregister,
 )
+from dlhub.common.metrics import start_metrics_server
 
 log = get_logger(__name__)
 
@@ -67,8 +70,19 @@ def peer_name(identity: bytes) -> str:
 
 
 class Broker:
-    def __init__(self, *, bus: BusConfig, config: BrokerConfig, codec: Codec) -> None:
+    def __init__(
+        self,
+        *,
+        bus: BusConfig,
+        config: BrokerConfig,
+        codec: Codec,
+        metrics: BrokerCollector | None = None,
+        metrics_interval_s: float = 1.0,
+    ) -> None:
         self.bus = bus
+        self.metrics = metrics
+        self.metrics_interval_s = metrics_interval_s
+        self._next_metrics = 0.0
         self.config = config
         self.codec = codec
         self.broker_id = f"broker-{new_id()}"
@@ -426,11 +440,22 @@ class Broker:
     # -- timer steps -----------------------------------------------------------------------------------------
 
     def _run_timer_steps(self, now: float) -> None:
-        for step in (self._send_heartbeats, self._expire_tasks, self._purge_silent_peers):
+        for step in (
+            self._send_heartbeats,
+            self._expire_tasks,
+            self._purge_silent_peers,
+            self._update_metrics,
+        ):
             try:
                 step(now)
             except Exception:
                 log.exception("timer step failed", step=step.__name__)
+
+    def _update_metrics(self, now: float) -> None:
+        if self.metrics is None or now < self._next_metrics:
+            return
+        self._next_metrics = now + self.metrics_interval_s
+        self.metrics.update(self.handlers, self.queue, len(self.tasks))
 
     def _send_heartbeats(self, now: float) -> None:
         if now < self._next_heartbeat:
@@ -578,10 +603,16 @@ def _failure(task_id: str, code: str, message: str, *, step: int = 0, topic: str
 
 async def run(settings: DLHubSettings) -> None:
     """Run one broker until SIGTERM or SIGINT."""
+    collector: BrokerCollector | None = None
+    if start_metrics_server(settings, "broker") is not None:
+        collector = BrokerCollector()
+        REGISTRY.register(collector)
     broker = Broker(
         bus=settings.bus,
         config=settings.broker,
         codec=Codec(max_message_bytes=settings.bus.max_message_bytes),
+        metrics=collector,
+        metrics_interval_s=settings.metrics.broker_update_interval_s,
     )
     broker.bind()
     loop = asyncio.get_running_loop()

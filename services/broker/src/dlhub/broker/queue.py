@@ -46,6 +46,10 @@ class PendingQueue:
         heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
         return True
 
+    def depths(self) -> dict[str, int]:
+        """Tasks waiting per topic (topics with none left out)."""
+        return {topic: live for topic, live in self._live.items() if live > 0}
+
     def topics(self) -> list[str]:
         """Topics with tasks waiting."""
         return list(self._lines)

@@ -11,6 +11,7 @@ from typing import Final
 
 import msgspec
 import structlog
+from prometheus_client import Histogram
 
 from dlhub.builder.build import BuildLimits, build_version
 from dlhub.builder.environments import EnvironmentBuilder
@@ -27,6 +28,14 @@ Reporter = Callable[[str, int, msgspec.Raw], object]
 
 BUILD_CAPACITY: Final = 2
 """Concurrent builds; each is disk-bound work on its own thread."""
+
+
+BUILD_DURATION = Histogram(
+    "dlhub_builder_build_duration_seconds",
+    "Whole builds (package extraction, environment lock and install) by outcome: completed or the error code",
+    ["outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900),
+)
 
 
 class ProgressRelay:
@@ -107,14 +116,18 @@ class BuilderService:
                 )
             except DLHubError as exc:
                 log.warning("build failed", code=exc.code, reason=exc.message)
+                BUILD_DURATION.labels(exc.code).observe(time.perf_counter() - started)
                 raise
             except Exception as exc:
                 log.exception("build crashed")
+                BUILD_DURATION.labels(BuildFailed.code).observe(time.perf_counter() - started)
                 raise BuildFailed(f"build failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 if relay is not None:
                     relay.flush()  # every event leaves before the Result does
-        log.debug("build handled", elapsed_ms=round((time.perf_counter() - started) * 1000.0, 3))
+        elapsed_s = time.perf_counter() - started
+        BUILD_DURATION.labels("completed").observe(elapsed_s)
+        log.debug("build handled", elapsed_ms=round(elapsed_s * 1000.0, 3))
         return Result(
             task_id=dispatch.task_id, ok=True, output=self.codec.encode_value(outcome), step=dispatch.step
         )

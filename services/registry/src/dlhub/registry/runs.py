@@ -33,6 +33,7 @@ from dlhub.registry.auth import Caller
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.blobs import resolve_file_inputs
 from dlhub.registry.memo import Memo, MemoStep, is_deterministic
+from dlhub.registry.metrics import RegistryMetrics
 from dlhub.registry.outcomes import TaskError, Timings, error_dict, task_error, timings_dict
 from dlhub.registry.pipelines import (
     MAX_PIPELINE_STEPS,
@@ -181,9 +182,11 @@ class Runs:
         tasks: TaskTable,
         background: BackgroundTasks,
         memo: Memo | None = None,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._memo = memo
+        self._metrics = metrics or RegistryMetrics(enabled=False)
         self._bus = bus
         self._codec = codec
         self._servables = servables
@@ -312,7 +315,11 @@ class Runs:
         if self._memo is None or submission.memo is None or not submission.memo_read:
             return None
         key = submission.memo.key()
-        return None if key is None else await self._memo.get(key)
+        if key is None:
+            return None
+        cached = await self._memo.get(key)
+        self._metrics.memo(cached is not None)
+        return cached
 
     def _memo_store(self, key: bytes, output: bytes) -> None:
         if self._memo is not None:
@@ -323,6 +330,7 @@ class Runs:
     async def run_sync(self, submission: Submission) -> SyncOutcome:
         cached = await self._memo_lookup(submission)
         if cached is not None:
+            self._metrics.outcome("sync", True)
             task_id = new_id()
             return SyncOutcome(
                 task_id=task_id,
@@ -333,6 +341,7 @@ class Runs:
                 warnings=submission.warnings,
             )
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
+        self._metrics.outcome("sync", result.ok, result.error.code if result.error is not None else None)
         if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
             raise BrokerUnavailable(result.error.message)
         if result.ok and submission.memo is not None:
@@ -389,6 +398,7 @@ class Runs:
             task_id=new_id(), kind="run", servable=submission.servable, submitter=caller.user
         )
         if cached is not None:
+            self._metrics.outcome("async", True)
             request_ms = (time.perf_counter() - started) * 1000.0
             output = to_json(self._codec.decode_value(cached))
             timings = timings_dict(messages.Timings(), request_ms)
@@ -414,12 +424,14 @@ class Runs:
         except Exception as exc:
             code = getattr(exc, "code", "dlhub_error")
             log.warning("asynchronous run failed to submit", task_id=task.task_id, error_type=code)
+            self._metrics.outcome("async", False, code)
             await asyncio.gather(*marking, return_exceptions=True)
             await self._tasks.fail(task, error={"type": code, "message": str(exc) or type(exc).__name__})
             return
         # The "running" write must land before the final state so it cannot overwrite it.
         await asyncio.gather(*marking, return_exceptions=True)
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
+        self._metrics.outcome("async", result.ok, result.error.code if result.error is not None else None)
         if submission.memo is not None and task.state == "completed":
             self._memo_store_result(submission.memo, result)
 

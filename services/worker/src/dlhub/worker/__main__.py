@@ -10,6 +10,7 @@ import sys
 from dlhub.common import event_loop
 from dlhub.common.config import DLHubSettings, load_settings
 from dlhub.common.logging import configure_logging, get_logger
+from dlhub.common.metrics import start_metrics_server
 from dlhub.worker.service import WorkerService
 
 log = get_logger("dlhub.worker")
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="worker")
+    start_metrics_server(settings, "worker")
     event_loop.run(serve(settings), settings.event_loop)
     return 0
 

@@ -35,6 +35,7 @@ from dlhub.common.codec import EXT_NDARRAY, Codec
 from dlhub.common.errors import DLHubError, TaskTimeout
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import ErrorInfo
+from dlhub.worker.metrics import BATCH_ROWS, BATCH_SIZE
 from dlhub.worker.protocol import ExecReply
 
 log = get_logger(__name__)
@@ -271,6 +272,8 @@ class Batcher:
             self._maybe_forget(key, queue)
             return
         queue.in_flight += 1
+        BATCH_SIZE.observe(len(batch))
+        BATCH_ROWS.observe(sum(r.rows for r in batch))
         task = asyncio.get_running_loop().create_task(self._execute(key, queue, batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -39,6 +39,7 @@ from dlhub.common.errors import DLHubError, InvalidMessage, TaskTimeout, WorkerL
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
+from dlhub.worker.metrics import EXECUTOR_RESTARTS
 from dlhub.worker.protocol import (
     HEADER_BYTES,
     ExecReply,
@@ -551,6 +552,7 @@ class ExecutorPool:
                 await child.close()
                 return
             self.respawns += 1
+            EXECUTOR_RESTARTS.inc()
             log.info("executor process respawned", slot=old.slot, old_pid=old.pid, pid=child.pid)
             self._adopt(child)
             return

@@ -20,6 +20,7 @@ from dlhub.registry.http.keys import (
     BUS,
     CODEC,
     IMAGES,
+    METRICS,
     RUNS,
     SERVABLES,
     SETTINGS,
@@ -29,6 +30,7 @@ from dlhub.registry.http.keys import (
 from dlhub.registry.http.routes import setup_routes
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.memo import Memo
+from dlhub.registry.metrics import RegistryMetrics, metrics_handler
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
 from dlhub.registry.runs import Runs
@@ -100,6 +102,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks=tasks,
         background=background,
         memo=Memo(settings.registry, store),
+        metrics=app[METRICS],
     )
     background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
     blob_sweep = blob_store(settings).sweep_forever(settings.registry.blob_sweep_interval_s)
@@ -117,10 +120,16 @@ def create_app(
     settings: DLHubSettings, *, bus: Bus | None = None, store: MetadataStore | None = None
 ) -> web.Application:
     """Build the registry application; ``bus`` and ``store`` may be injected (tests), else from settings."""
-    app = web.Application(client_max_size=settings.registry.max_upload_bytes, middlewares=[error_middleware])
+    metrics = RegistryMetrics(enabled=settings.metrics.enabled)
+    # The metrics middleware is outermost: it sees the status error_middleware turned an exception into.
+    middlewares = [metrics.middleware(), error_middleware] if metrics.enabled else [error_middleware]
+    app = web.Application(client_max_size=settings.registry.max_upload_bytes, middlewares=middlewares)
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
     setup_routes(app)
+    if metrics.enabled:
+        app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_store_ctx(store))
     app.cleanup_ctx.append(_bus_ctx(bus))
     app.cleanup_ctx.append(_services_ctx)

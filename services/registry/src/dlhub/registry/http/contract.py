@@ -429,9 +429,16 @@ class HandlerStats(Struct, kw_only=True):
 
 
 class BrokerStats(Struct, kw_only=True):
-    handlers: list[HandlerStats]
+    handler_counts: Annotated[dict[str, int], Meta(description="Registered handlers by kind")]
     queued: int
     inflight: int
+    handlers: (
+        Annotated[
+            list[HandlerStats],
+            Meta(description="The broker's handler table; only for administrators (registry.admin_users)"),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Health(Struct, kw_only=True):

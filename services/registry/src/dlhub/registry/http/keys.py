@@ -9,6 +9,7 @@ from dlhub.common.config import DLHubSettings
 from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.image_export import ImageExports
+from dlhub.registry.metrics import RegistryMetrics
 from dlhub.registry.ports import Bus
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
@@ -25,3 +26,4 @@ BACKGROUND = web.AppKey("background", BackgroundTasks)
 SERVABLES = web.AppKey("servables", Servables)
 RUNS = web.AppKey("runs", Runs)
 IMAGES = web.AppKey("images", ImageExports)
+METRICS = web.AppKey("metrics", RegistryMetrics)

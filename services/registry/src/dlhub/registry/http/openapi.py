@@ -238,9 +238,9 @@ def _service_paths() -> dict[str, Any]:
         "/health": {
             "get": {
                 "operationId": "health",
-                "summary": "Broker reachability and registered handlers",
-                "security": [{}],
-                "responses": {"200": _response("Healthy", _ref(c.Health)), **_errors(503)},
+                "summary": "Broker reachability and handler counts; the handler table for administrators",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("Healthy", _ref(c.Health)), **_errors(401, 503)},
             }
         },
         "/openapi.json": {
