@@ -285,6 +285,32 @@ def run_checked(cmd: Sequence[str], what: str, **kwargs: Any) -> subprocess.Comp
     return proc
 
 
+def binary_reports(binary: Path, expected: str) -> bool:
+    """Whether ``binary --version`` runs and mentions ``expected`` (a cached build is reused only then)."""
+    if not os.access(binary, os.X_OK):
+        return False
+    try:
+        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and expected in proc.stdout
+
+
+def go_build_env(cache: Path, *, gobin: Path | None = None) -> dict[str, str]:
+    """Go's environment for the servers built from source: a private, writable module cache (immune to
+    `go clean -modcache` elsewhere, removable with rm -rf), no VCS stamping, static binaries by default."""
+    env = dict(
+        os.environ,
+        GOFLAGS="-buildvcs=false -modcacherw",
+        GOMODCACHE=str(cache / "go-mod"),
+        CGO_ENABLED=os.environ.get("CGO_ENABLED", "0"),
+    )
+    env.pop("GOBIN", None)
+    if gobin is not None:
+        env["GOBIN"] = str(gobin)
+    return env
+
+
 def require_tool(name: str, why: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -509,14 +535,7 @@ class MongoDBServer(Server):
         return f"MongoDB {info.get('version')}"
 
     def binary_ok(self) -> bool:
-        binary = self.layout.ferretdb_bin
-        if not os.access(binary, os.X_OK):
-            return False
-        try:
-            proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return proc.returncode == 0 and f"version: {FERRETDB_VERSION}" in proc.stdout
+        return binary_reports(self.layout.ferretdb_bin, f"version: {FERRETDB_VERSION}")
 
     def install(self) -> None:
         if self.binary_ok():
@@ -528,14 +547,7 @@ class MongoDBServer(Server):
         log(f"mongodb: building FerretDB {FERRETDB_VERSION} with Go (first run only; a few minutes)")
         began = time.monotonic()
         self.layout.cache.mkdir(parents=True, exist_ok=True)
-        # A private, writable module cache: immune to `go clean -modcache` elsewhere, removable with rm -rf.
-        env = dict(
-            os.environ,
-            GOFLAGS="-buildvcs=false -modcacherw",
-            GOMODCACHE=str(self.layout.cache / "go-mod"),
-            CGO_ENABLED=os.environ.get("CGO_ENABLED", "0"),
-        )
-        env.pop("GOBIN", None)
+        env = go_build_env(self.layout.cache)
         proc = run_checked(
             [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
             f"downloading {FERRETDB_MODULE}@{FERRETDB_VERSION}",
@@ -972,14 +984,7 @@ class RegistryServer(Server):
         return f"container registry ({api})"
 
     def binary_ok(self) -> bool:
-        binary = self.layout.registry_bin
-        if not os.access(binary, os.X_OK):
-            return False
-        try:
-            proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return proc.returncode == 0 and REGISTRY_VERSION in proc.stdout
+        return binary_reports(self.layout.registry_bin, REGISTRY_VERSION)
 
     def install(self) -> None:
         if self.binary_ok():
@@ -992,13 +997,7 @@ class RegistryServer(Server):
         staging = self.layout.cache / "registry-build"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        env = dict(
-            os.environ,
-            GOFLAGS="-buildvcs=false -modcacherw",
-            GOMODCACHE=str(self.layout.cache / "go-mod"),
-            GOBIN=str(staging),
-            CGO_ENABLED=os.environ.get("CGO_ENABLED", "0"),
-        )
+        env = go_build_env(self.layout.cache, gobin=staging)
         # The module's own version in the binary (`registry --version`), as its release builds set it.
         ldflags = f"-X {REGISTRY_MODULE}/version.version={REGISTRY_VERSION}"
         run_checked(

@@ -601,21 +601,22 @@ class BusClient:
 
     def _on_started(self, started: Started) -> None:
         call = self._state.pending.get(started.task_id)
-        if call is None or call.on_started is None:
-            return
-        try:
-            call.on_started(started)
-        except Exception:
-            self._log.exception("on_started callback failed", task_id=started.task_id)
+        if call is not None:
+            self._notify(call.on_started, started, started.task_id)
 
     def _on_progress(self, progress: Progress) -> None:
         call = self._state.pending.get(progress.task_id)
-        if call is None or call.on_progress is None:
+        if call is not None:
+            self._notify(call.on_progress, progress, progress.task_id)
+
+    def _notify(self, callback: Callable[[Any], None] | None, message: Message, task_id: str) -> None:
+        """Hand a running task's message to its caller's callback; a failing callback never breaks the bus."""
+        if callback is None:
             return
         try:
-            call.on_progress(progress)
+            callback(message)
         except Exception:
-            self._log.exception("on_progress callback failed", task_id=progress.task_id)
+            self._log.exception("task callback failed", task_id=task_id, message=type(message).__name__)
 
     def _on_stats(self, reply: StatsReply) -> None:
         future = self._state.stats.get(reply.request_id)
