@@ -3,6 +3,7 @@ broker's and workers' own metrics endpoints (ports found in <data_dir>/run/metri
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,23 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
+def _alive(port_file: Path) -> bool:
+    """``<service>-<pid>.port`` of a live process: the session's stack also holds the files of workers that
+    fault tests SIGKILLed (and ``dlhub up`` replaced), which never got to remove theirs."""
+    try:
+        os.kill(int(port_file.stem.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    return True
+
+
 def endpoint(stack: StackInfo, service: str) -> str:
     directory = stack.data_dir / "run" / "metrics"
-    files = wait_until(lambda: sorted(directory.glob(f"{service}-*.port")), timeout_s=10, message=service)
+
+    def live_files() -> list[Path]:
+        return [f for f in sorted(directory.glob(f"{service}-*.port")) if _alive(f)]
+
+    files = wait_until(live_files, timeout_s=10, message=service)
     return f"http://127.0.0.1:{files[0].read_text().strip()}/metrics"
 
 
