@@ -121,9 +121,9 @@ def create_app(
 ) -> web.Application:
     """Build the registry application; ``bus`` and ``store`` may be injected (tests), else from settings."""
     metrics = RegistryMetrics(enabled=settings.metrics.enabled)
-    # The metrics middleware is outermost: it sees the status error_middleware turned an exception into.
-    middlewares = [metrics.middleware(), error_middleware] if metrics.enabled else [error_middleware]
-    app = web.Application(client_max_size=settings.registry.max_upload_bytes, middlewares=middlewares)
+    app = web.Application(
+        client_max_size=settings.registry.max_upload_bytes, middlewares=[error_middleware(metrics.requests)]
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)

@@ -7,15 +7,17 @@ and is logged with it, without leaking internals to the caller.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from dlhub.common.errors import DLHubError
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
+from dlhub.registry.metrics import RequestStats, route_of
 
 log = get_logger(__name__)
 
@@ -66,8 +68,7 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
     return error_response(exc.status, {"type": error_type, "message": message}, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except DLHubError as exc:
@@ -84,3 +85,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"type": "internal_error", "message": f"internal server error (request id {request_id})"},
             headers={"X-Request-ID": request_id},
         )
+
+
+def error_middleware(requests: RequestStats | None = None) -> Middleware:
+    """The one middleware: every failure as the JSON envelope and, with ``requests``, each answer counted.
+
+    Recording lives here rather than in a middleware of its own because each aiohttp middleware layer costs a
+    partial and a coroutine per request, as much as the recording itself on the noop path.
+    """
+    if requests is None:
+        return web.middleware(_answer_errors)
+    record = requests.record
+    clock = time.perf_counter
+
+    @web.middleware
+    async def recording_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = clock()
+        try:
+            response = await _answer_errors(request, handler)
+        except web.HTTPException as exc:  # a redirect: passed on for aiohttp to send
+            record(request.method, route_of(request), exc.status, clock() - started)
+            raise
+        record(request.method, route_of(request), response.status, clock() - started)
+        return response
+
+    return recording_error_middleware
