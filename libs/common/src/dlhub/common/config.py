@@ -101,6 +101,8 @@ class RegistryConfig(BaseModel):
     marker line saying how many lines were dropped."""
     build_log_save_interval_s: PositiveFloat = 0.5
     """A running build's record is saved on every state change and at most this often for log lines."""
+    index_retry_interval_s: PositiveFloat = 5.0
+    """How often search index updates that failed (the search service down) are sent again."""
     build_follow_poll_interval_s: PositiveFloat = 0.25
     """How often ``GET .../build?follow=true`` polls the store (works across several registries)."""
     build_follow_timeout_s: PositiveFloat = 3600.0
