@@ -63,6 +63,8 @@ class StoreConfig(BaseModel):
 
     backend: Literal["sqlite", "mongodb"] = "sqlite"
     sqlite_path: Path | None = None
+    sqlite_busy_timeout_s: PositiveFloat = 10.0
+    """How long a write waits for a lock held by another process before failing ``store_unavailable``."""
     mongodb_url: str = "mongodb://127.0.0.1:27017/"
     mongodb_database: str = "dlhub"
     mongodb_server_selection_timeout_s: PositiveFloat = 5.0
