@@ -86,7 +86,7 @@ def _out_of_order() -> list[bytes]:
     """Valid messages a peer in its state must not send: answers before any question, a handler's messages
     before registering, broker-to-peer messages sent to the broker, a registration it must refuse."""
     return [
-        CODEC.encode(message)
+        bytes(CODEC.encode(message))
         for message in (
             Result(task_id="never-dispatched", ok=True),
             Progress(task_id="never-dispatched"),
