@@ -172,3 +172,39 @@ async def test_garbage_inputs_fail_the_task_typed_and_the_worker_serves_on(
     after = await run(client, 1, y=1)
     assert after.ok and CODEC.decode_value(after.output) == 2, after.error
     assert stack.processes["worker"].poll() is None
+
+
+SLOW_TASKS = 300
+
+
+async def test_a_client_that_stops_reading_loses_no_result(
+    stack: Stack, client: BusClient, raw: zmq.Socket[bytes]
+) -> None:
+    """A slow consumer. Pass criteria: a raw client submits ``SLOW_TASKS`` tasks and reads nothing while
+    they all finish (the broker's send queue to it grows: ``broker.sndhwm`` is 0, unbounded, by default);
+    when it reads at last, every task has exactly one Result and each is ok; the broker stays up and keeps
+    serving the other client meanwhile."""
+    topic = servable_topic("alice", "fn", 1)
+    for i in range(SLOW_TASKS):
+        step = RouteStep(topic=topic)
+        raw.send(CODEC.encode(Submit(task_id=f"slow-{i}", route=[step], inputs=CODEC.encode_value(i))))
+
+    async def all_done() -> bool:
+        stats = await client.stats()
+        return stats.inflight == 0 and stats.queued == 0
+
+    await await_until(all_done, timeout_s=30, message="every task of the slow reader to finish")
+    assert (await run(client, 1)).ok
+    results: dict[str, Result] = {}
+
+    def collect() -> bool:
+        while raw.poll(0):
+            message = CODEC.decode(raw.recv())
+            if isinstance(message, Result):
+                assert message.task_id not in results, message
+                results[message.task_id] = message
+        return len(results) >= SLOW_TASKS
+
+    await await_until(collect, timeout_s=15, message="every result, read late")
+    assert all(r.ok for r in results.values())
+    assert sorted(CODEC.decode_value(r.output) for r in results.values()) == list(range(1, SLOW_TASKS + 1))
