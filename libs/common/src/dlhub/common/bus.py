@@ -473,11 +473,13 @@ class BusClient:
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        require_handler: bool = False,
     ) -> Result:
         """Submit ``inputs`` along ``route`` and await the final Result; ``on_progress`` gets the handlers'
         ``Progress`` reports while the task runs.
 
-        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``.
+        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``; with
+        ``require_handler`` no handler for the first step's topic yields ``no_handler`` at once.
         """
         if self._dealer is None:
             await self.start()
@@ -493,6 +495,7 @@ class BusClient:
                     inputs=inputs,
                     timeout_s=timeout_s,
                     notify_start=on_started is not None,
+                    require_handler=require_handler,
                 )
             )
         except InvalidMessage as exc:

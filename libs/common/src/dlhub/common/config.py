@@ -63,6 +63,8 @@ class StoreConfig(BaseModel):
 
     backend: Literal["sqlite", "mongodb"] = "sqlite"
     sqlite_path: Path | None = None
+    sqlite_busy_timeout_s: PositiveFloat = 10.0
+    """How long a write waits for a lock held by another process before failing ``store_unavailable``."""
     mongodb_url: str = "mongodb://127.0.0.1:27017/"
     mongodb_database: str = "dlhub"
     mongodb_server_selection_timeout_s: PositiveFloat = 5.0
@@ -101,6 +103,8 @@ class RegistryConfig(BaseModel):
     marker line saying how many lines were dropped."""
     build_log_save_interval_s: PositiveFloat = 0.5
     """A running build's record is saved on every state change and at most this often for log lines."""
+    index_retry_interval_s: PositiveFloat = 5.0
+    """How often search index updates that failed (the search service down) are sent again."""
     build_follow_poll_interval_s: PositiveFloat = 0.25
     """How often ``GET .../build?follow=true`` polls the store (works across several registries)."""
     build_follow_timeout_s: PositiveFloat = 3600.0

@@ -150,6 +150,14 @@ class StoreUnavailable(DLHubError):
     http_status = 503
 
 
+class StorageFull(DLHubError):
+    """The disk holding the data directory (or the metadata store) is full: nothing was written; the request
+    can be retried once space is freed."""
+
+    code = "storage_full"
+    http_status = 507
+
+
 class ServableError(DLHubError):
     """The servable itself raised; ``exception_type`` carries the model's own exception class name."""
 
@@ -181,6 +189,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         WorkerLost,
         BrokerUnavailable,
         StoreUnavailable,
+        StorageFull,
         ServableError,
     )
 }

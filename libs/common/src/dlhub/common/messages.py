@@ -77,6 +77,9 @@ class Submit(Message, tag="submit"):
     inputs: msgspec.Raw = NIL
     timeout_s: float = 300.0
     notify_start: bool = False
+    require_handler: bool = False
+    """Fail at once with ``no_handler`` when no handler serves the first step's topic right now, instead of
+    waiting in the queue for one to register (a search query should answer 503, not wait for its deadline)."""
 
 
 class Dispatch(Message, tag="dispatch"):

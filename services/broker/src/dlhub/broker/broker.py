@@ -308,6 +308,10 @@ class Broker:
         if not msg.route:
             self._reply(identity, _failure(msg.task_id, "validation_error", "route is empty"))
             return
+        if msg.require_handler and not self.topics.matching(topic := msg.route[0].topic):
+            message = f"no handler serves topic {topic!r} right now"
+            self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=topic))
+            return
         task = TaskRecord(
             task_id=msg.task_id,
             client=identity,
@@ -502,7 +506,7 @@ class Broker:
         for task_id in held:
             task = self.tasks.get(task_id)
             if task is not None and task.handler is handler:
-                self._fail(task, "handler_lost", f"{reason} ({handler.handler_id})")
+                self._fail(task, "handler_lost", f"{reason} ({handler.kind} {handler.handler_id})")
         if held:
             log.warning(
                 "failed tasks of lost handler", handler_id=handler.handler_id, tasks=len(held), reason=reason

@@ -56,8 +56,11 @@ class PackageBlobs:
             return digest
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{digest}.{os.getpid()}.{id(data)}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
         return digest
 
     async def get(self, sha256: str) -> bytes:

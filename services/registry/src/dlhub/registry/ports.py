@@ -24,6 +24,7 @@ class Bus(Protocol):
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        require_handler: bool = False,
     ) -> Result: ...
 
     async def stats(self, *, timeout_s: float = 2.0) -> StatsReply: ...

@@ -7,6 +7,7 @@ the search index as the servable's entry.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,9 @@ class Servables:
         self._background = background
         self._blobs = blobs
         self.cache = VersionCache(store)
+        # Servables whose index update failed (search down): retried until the index has caught up.
+        self._unindexed: set[tuple[str, str]] = set()
+        self._index_retry: asyncio.Task[None] | None = None
         self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -527,7 +531,21 @@ class Servables:
             request = IndexRequest(op="delete", id=f"{owner}/{name}")
         else:
             request = IndexRequest(op="upsert", id=document.id, document=document)
-        await self._send_index(request)
+        if not await self._send_index(request):
+            self._unindexed.add((owner, name))
+            if self._index_retry is None or self._index_retry.done():
+                self._index_retry = self._background.spawn(self._retry_index(), name="search index catch-up")
+
+    async def _retry_index(self) -> None:
+        """Send the entries of servables whose index update failed again, until every one has gone through
+        (a failure in ``reindex`` adds its servable back for the next round)."""
+        interval_s = self._settings.registry.index_retry_interval_s
+        while self._unindexed:
+            await asyncio.sleep(interval_s)
+            pending, self._unindexed = self._unindexed, set()
+            for owner, name in sorted(pending):
+                await self.reindex(owner, name)
+        log.info("search index caught up")
 
     async def rebuild_search_index(self) -> ReindexOutcome:
         """Send the entry of every servable to the search service, which swaps in a fresh index."""
@@ -541,6 +559,7 @@ class Servables:
             [RouteStep(topic=SEARCH_REINDEX_TOPIC, method=REINDEX_METHOD)],
             self._codec.encode_value(ReindexRequest(documents=documents)),
             timeout_s=self._settings.registry.sync_timeout_s,
+            require_handler=True,
         )
         if not result.ok:
             if result.error is None:
@@ -548,16 +567,18 @@ class Servables:
             raise error_class(result.error.code)(result.error.message)
         return decode_payload(result.output, ReindexOutcome)
 
-    async def _send_index(self, request: IndexRequest) -> None:
+    async def _send_index(self, request: IndexRequest) -> bool:
+        """Send one index update; False (logged) when it did not go through."""
         try:
             result = await self._bus.call(
                 [RouteStep(topic=SEARCH_INDEX_TOPIC, method=INDEX_METHOD)],
                 self._codec.encode_value(request),
                 timeout_s=INDEX_TIMEOUT_S,
+                require_handler=True,  # search down: retried by ``_retry_index`` rather than queued
             )
         except (DLHubError, NotImplementedError) as exc:
             log.warning("search index update failed", id=request.id, op=request.op, error=str(exc))
-            return
+            return False
         if not result.ok:
             log.warning(
                 "search index update failed",
@@ -566,6 +587,7 @@ class Servables:
                 error_type=result.error.code if result.error else "",
                 error=result.error.message if result.error else "",
             )
+        return result.ok
 
 
 def gone_message(record: VersionRecord) -> str:

@@ -7,6 +7,7 @@ and is logged with it, without leaking internals to the caller.
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from dlhub.common.errors import DLHubError
+from dlhub.common.errors import DLHubError, StorageFull
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.registry.metrics import RequestStats, route_of
@@ -22,6 +23,8 @@ from dlhub.registry.metrics import RequestStats, route_of
 log = get_logger(__name__)
 
 _encoder = msgspec.json.Encoder()
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 HTTP_ERROR_TYPES: dict[int, str] = {
     400: "bad_request",
@@ -77,14 +80,24 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return _from_http_exception(exc)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            return _internal_error(request)
+        log.warning("disk full", method=request.method, path=request.path, error=str(exc))
+        full = StorageFull("no space left on the registry's data disk; retry once space is freed")
+        return error_response(full.http_status, full.to_dict())
     except Exception:
-        request_id = new_id()
-        log.exception("unhandled error", request_id=request_id, method=request.method, path=request.path)
-        return error_response(
-            500,
-            {"type": "internal_error", "message": f"internal server error (request id {request_id})"},
-            headers={"X-Request-ID": request_id},
-        )
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    request_id = new_id()
+    log.exception("unhandled error", request_id=request_id, method=request.method, path=request.path)
+    return error_response(
+        500,
+        {"type": "internal_error", "message": f"internal server error (request id {request_id})"},
+        headers={"X-Request-ID": request_id},
+    )
 
 
 def error_middleware(requests: RequestStats | None = None) -> Middleware:

@@ -84,6 +84,7 @@ async def search(request: web.Request) -> web.Response:
         [RouteStep(topic=SEARCH_QUERY_TOPIC, method=QUERY_METHOD)],
         request.app[CODEC].encode_value(query),
         timeout_s=SEARCH_TIMEOUT_S,
+        require_handler=True,  # search down: a 503 now, not a wait until the deadline
     )
     if not result.ok:
         if result.error is None:

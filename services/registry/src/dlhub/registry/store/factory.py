@@ -11,7 +11,9 @@ def make_store(settings: DLHubSettings) -> MetadataStore:
     if settings.store.backend == "sqlite":
         from dlhub.registry.store.sqlite import SQLiteMetadataStore
 
-        return SQLiteMetadataStore(settings.store_sqlite_path)
+        return SQLiteMetadataStore(
+            settings.store_sqlite_path, busy_timeout_ms=settings.store.sqlite_busy_timeout_s * 1000
+        )
     if settings.store.backend == "mongodb":
         from dlhub.registry.store.mongo import MongoMetadataStore
 

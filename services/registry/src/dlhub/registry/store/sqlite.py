@@ -9,13 +9,18 @@ processes too; ``UNIQUE(owner, name, version)`` backs it up.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import sqlite3
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, TypeVar, cast
 
 import aiosqlite
 import msgspec
 
+from dlhub.common.errors import StorageFull, StoreUnavailable
 from dlhub.registry.store.interface import (
     BuildStateValue,
     MetadataStore,
@@ -172,10 +177,44 @@ def _task_from_row(row: Any) -> TaskRecord:
     )
 
 
+# Primary result codes (https://sqlite.org/rescode.html) meaning "cannot use the database right now".
+SQLITE_FULL: Final = 13
+UNAVAILABLE_CODES: Final = frozenset({5, 6, 8, 10, 14, 15})  # BUSY LOCKED READONLY IOERR CANTOPEN PROTOCOL
+
+_Method = TypeVar("_Method", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+def _typed(method: _Method) -> _Method:
+    @functools.wraps(method)
+    async def call(self: SQLiteMetadataStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code == SQLITE_FULL:
+                raise StorageFull("the metadata store's disk is full; retry once space is freed") from exc
+            if code in UNAVAILABLE_CODES:
+                raise StoreUnavailable(f"the metadata store (SQLite) is unavailable: {exc}") from exc
+            raise
+
+    return cast(_Method, call)
+
+
+def _typed_errors(cls: type[SQLiteMetadataStore]) -> type[SQLiteMetadataStore]:
+    """Wrap the store's public coroutine methods so that SQLite's "cannot use the database now" failures
+    leave it typed, as the MongoDB store's do: a full disk as ``StorageFull`` (507), a database locked past
+    the busy timeout or unreadable as ``StoreUnavailable`` (503). Other errors (bugs) pass unchanged."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _typed(member))
+    return cls
+
+
+@_typed_errors
 class SQLiteMetadataStore(MetadataStore):
     """``MetadataStore`` on one SQLite file."""
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout_ms: float = 10_000) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._db: aiosqlite.Connection | None = None
@@ -258,7 +297,8 @@ class SQLiteMetadataStore(MetadataStore):
                 )
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
+                    await db.execute("ROLLBACK")
                 raise
         return VersionRecord(
             owner=owner,
@@ -345,7 +385,8 @@ class SQLiteMetadataStore(MetadataStore):
                 )
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
+                    await db.execute("ROLLBACK")
                 raise
         return doomed
 
@@ -388,7 +429,8 @@ class SQLiteMetadataStore(MetadataStore):
                 )
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
+                    await db.execute("ROLLBACK")
                 raise
         return [v for v, _ in doomed]
 
@@ -440,7 +482,8 @@ class SQLiteMetadataStore(MetadataStore):
                 )
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
+                    await db.execute("ROLLBACK")
                 raise
 
     async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
