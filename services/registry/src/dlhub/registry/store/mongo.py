@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgspec
 from bson.binary import Binary
@@ -58,6 +58,7 @@ from dlhub.common.config import StoreConfig
 from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
 from dlhub.registry.store.interface import (
+    OPEN_TASK_STATES,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -165,6 +166,8 @@ def _task_doc(task: TaskRecord) -> Document:
         "output": Binary(task.output_json) if task.output_json is not None else None,
         "error_json": _dumps(task.error) if task.error is not None else None,
         "timings_json": _dumps(task.timings) if task.timings is not None else None,
+        "owner": task.owner,
+        "deadline_ms": task.deadline_ms,
     }
 
 
@@ -184,6 +187,8 @@ def _task_from_doc(doc: Document) -> TaskRecord:
         output_json=bytes(output) if output is not None else None,
         error=msgspec.json.decode(error_json) if error_json is not None else None,
         timings=msgspec.json.decode(timings_json) if timings_json is not None else None,
+        owner=doc.get("owner", ""),
+        deadline_ms=int(doc.get("deadline_ms", 0)),
     )
 
 
@@ -233,6 +238,8 @@ VERSION_INDEXES = [
 ]
 TASK_TTL_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)
 TASK_PLAIN_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at")
+TASK_STATE_INDEX = IndexModel([("state", ASCENDING), ("deadline_ms", ASCENDING)], name="state_deadline")
+OPEN_STATES: Final = {"$in": list(OPEN_TASK_STATES)}
 # Server error codes meaning "this server does not implement that" (NotImplemented, CommandNotSupported).
 _NOT_IMPLEMENTED_CODES = frozenset({238, 115})
 
@@ -359,6 +366,7 @@ class MongoMetadataStore(MetadataStore):
             for index in VERSION_INDEXES:
                 await db["versions"].create_indexes([index])
             self.ttl_index = await _create_task_indexes(db["tasks"])
+            await db["tasks"].create_indexes([TASK_STATE_INDEX])
             self.memo_ttl_index = await _create_memo_indexes(db["memo"])
         except ConnectionFailure as exc:
             await client.close()
@@ -645,6 +653,24 @@ class MongoMetadataStore(MetadataStore):
     async def save_task(self, task: TaskRecord) -> None:
         with self._errors("save_task"):
             await self.tasks.replace_one({"_id": task.task_id}, _task_doc(task), upsert=True)
+
+    async def update_open_task(self, task: TaskRecord) -> bool:
+        with self._errors("update_open_task"):
+            query = {"_id": task.task_id, "state": OPEN_STATES}
+            result = await self.tasks.replace_one(query, _task_doc(task))
+        return result.matched_count > 0
+
+    async def list_open_tasks(
+        self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
+    ) -> list[TaskRecord]:
+        query: Document = {"state": OPEN_STATES}
+        if owner is not None:
+            query["owner"] = owner
+        if deadline_before_ms is not None:
+            query["deadline_ms"] = {"$gt": 0, "$lt": deadline_before_ms}
+        with self._errors("list_open_tasks"):
+            docs = await self.tasks.find(query).sort("created_at_ms", ASCENDING).limit(limit).to_list()
+        return [_task_from_doc(doc) for doc in docs]
 
     async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:
         with self._errors("get_task"):
