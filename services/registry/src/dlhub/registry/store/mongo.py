@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final, cast
 
+import bson
 import msgspec
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReturnDocument
@@ -169,6 +170,15 @@ def _task_doc(task: TaskRecord) -> Document:
         "owner": task.owner,
         "deadline_ms": task.deadline_ms,
     }
+
+
+def _dumps_doc(doc: Document) -> Binary:
+    """A task document kept whole inside another (BSON, so its dates and binaries survive)."""
+    return Binary(bson.encode(doc))
+
+
+def _loads_doc(data: bytes) -> Document:
+    return bson.decode(data, codec_options=bson.CodecOptions(tz_aware=True))
 
 
 def _task_from_doc(doc: Document) -> TaskRecord:
@@ -313,6 +323,11 @@ class MongoMetadataStore(MetadataStore):
     @property
     def memo(self) -> AsyncCollection[Document]:
         return self.db["memo"]
+
+    @property
+    def task_ends(self) -> AsyncCollection[Document]:
+        """One claim per finished task (``update_open_task``); swept with the tasks."""
+        return self.db["task_ends"]
 
     @property
     def builds(self) -> AsyncCollection[Document]:
@@ -655,9 +670,28 @@ class MongoMetadataStore(MetadataStore):
             await self.tasks.replace_one({"_id": task.task_id}, _task_doc(task), upsert=True)
 
     async def update_open_task(self, task: TaskRecord) -> bool:
+        # A filtered replace is not atomic on every server we support (FerretDB reads, then writes), but an
+        # insert under a taken ``_id`` fails everywhere: a task's outcome is first claimed in ``task_ends``
+        # (one claim per task wins), then written. A "running" write that lands after an outcome finds the
+        # claim and writes the outcome back (the claim carries it).
+        doc = _task_doc(task)
         with self._errors("update_open_task"):
-            query = {"_id": task.task_id, "state": OPEN_STATES}
-            result = await self.tasks.replace_one(query, _task_doc(task))
+            if task.state not in OPEN_TASK_STATES:
+                try:
+                    claim = {
+                        "_id": task.task_id,
+                        "expires_at": doc["expires_at"],
+                        "task_doc": _dumps_doc(doc),
+                    }
+                    await self.task_ends.insert_one(claim)
+                except DuplicateKeyError:
+                    return False
+            result = await self.tasks.replace_one({"_id": task.task_id, "state": OPEN_STATES}, doc)
+            if task.state in OPEN_TASK_STATES and result.matched_count:
+                ended = await self.task_ends.find_one({"_id": task.task_id}, {"task_doc": 1})
+                if ended is not None:
+                    await self.tasks.replace_one({"_id": task.task_id}, _loads_doc(ended["task_doc"]))
+                    return False
         return result.matched_count > 0
 
     async def list_open_tasks(
@@ -683,6 +717,7 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("delete_expired_tasks"):
             # ``expires_at`` is exact to the millisecond and carries the (TTL) index.
             result = await self.tasks.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
+            await self.task_ends.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
         return result.deleted_count
 
     # -- memoized results (same TTL index on ``expires_at`` as tasks) ------------------------------------
