@@ -205,7 +205,7 @@ def test_registry_sigkill_with_tasks_in_flight_every_task_ends_with_its_result(
     ids = list(handles)
 
     def all_with_broker() -> bool:  # every task reached the broker (or finished): none only in memory
-        done = sum(client.status(t)["state"] == "completed" for t in ids)
+        done = sum(1 for t in ids if client.status(t)["state"] == "completed")
         return done + broker_holds(durable_stack) >= len(ids)
 
     wait_until(all_with_broker, timeout_s=20, message="every task handed to the broker")
