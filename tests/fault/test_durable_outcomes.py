@@ -37,7 +37,7 @@ from dlhub.common.bus import BusClient
 from dlhub.common.config import BusConfig
 from dlhub.common.messages import Result
 from tests.stack.test_broker import Gate, codec, route
-from tests.support.broker import BrokerProcess, make_codec, running_handler
+from tests.support.broker import BrokerProcess, bus_client, make_codec, running_handler
 from tests.support.net import free_port
 from tests.support.polling import await_until, wait_until
 from tests.support.stack import HEARTBEAT_INTERVAL_S, StackInfo, start_stack, stop_stack, unique
@@ -64,11 +64,13 @@ async def test_a_durable_result_is_kept_for_the_clients_next_process_until_ackno
         await first.close()  # the first process dies with both tasks running
         assert not (await durable).ok and not (await plain).ok
         gate.release.set()
-        await await_until(
-            lambda: _true(broker.log_text().count("send to peer failed") >= 1),
-            timeout_s=5,
-            message="the broker to find the client gone",
-        )
+        async with bus_client(bus) as observer:  # the broker has finished both (and answered the dead client)
+
+            async def finished() -> bool:
+                stats = await observer.stats()
+                return stats.inflight == 0 and stats.queued == 0
+
+            await await_until(finished, timeout_s=5, message="the broker to finish both tasks")
 
         second = BusClient(bus=bus, codec=make_codec(), client_id=identity)
         orphans: list[Result] = []
