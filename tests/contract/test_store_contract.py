@@ -327,7 +327,7 @@ async def test_task_save_get_replace_expire(store: MetadataStore) -> None:
 
 async def test_task_ttl_expiry(store: MetadataStore) -> None:
     table = TaskTable(store, Codec(), ttl_s=0.2)
-    task = await table.create(task_id="t1", kind="run", servable="alice/m@1", submitter=None)
+    task = await table.create(task_id="t1", kind="run", servable="alice/m@1", submitter=None, timeout_s=5)
     task = await table.mark_running(task)
     codec = Codec()
     result = Result(
@@ -348,13 +348,156 @@ async def test_task_ttl_expiry(store: MetadataStore) -> None:
 
 async def test_failed_task_keeps_error(store: MetadataStore) -> None:
     table = TaskTable(store, Codec(), ttl_s=60)
-    task = await table.create(task_id="t2", kind="run", servable="alice/m@1", submitter="alice")
+    task = await table.create(task_id="t2", kind="run", servable="alice/m@1", submitter="alice", timeout_s=5)
     error = ErrorInfo(code="servable_error", message="boom", exception_type="ValueError", step=0, topic="x")
     await table.finish_run(task, Result(task_id="t2", ok=False, error=error), request_ms=1.0)
     got = await store.get_task("t2", now_ms=now_ms())
     assert isinstance(got, TaskRecord)
     assert got.state == "failed" and got.submitter == "alice" and got.output_json is None
     assert got.error is not None and got.error["type"] == "servable_error" and got.error["step"] == 0
+
+
+async def test_terminal_task_states_are_final(store: MetadataStore) -> None:
+    table = TaskTable(store, Codec(), ttl_s=60, owner="registry-a", deadline_grace_s=2)
+    before = now_ms()
+    created = await table.create(task_id="t3", kind="run", servable="alice/m@1", submitter=None, timeout_s=5)
+    assert created.owner == "registry-a"
+    assert before + 7000 <= created.deadline_ms <= now_ms() + 7000
+    running = await table.mark_running(created)
+    codec = Codec()
+    ok = Result(task_id="t3", ok=True, output=codec.encode_value(1))
+    done = await table.finish_run(running, ok, request_ms=1.0)
+    assert done.state == "completed" and done.output_json == b"1"
+
+    # A late failure, a duplicate result with another output, a stale "running": all refused, the stored
+    # outcome returned.
+    late = await table.fail(running, error={"type": "deadline_exceeded", "message": "late"})
+    assert late.state == "completed" and late.output_json == b"1"
+    again = await table.finish_run(
+        running, Result(task_id="t3", ok=True, output=codec.encode_value(2)), request_ms=1
+    )
+    assert again.output_json == b"1"
+    assert (await table.mark_running(created)).state == "completed"
+    stored = await table.get("t3")
+    assert stored is not None and stored.state == "completed" and stored.output_json == b"1"
+    assert stored.owner == "registry-a" and stored.deadline_ms == created.deadline_ms
+
+    # The store's own guard: an open record is replaced, a terminal one or a missing one is not.
+    now = now_ms()
+    assert not await store.update_open_task(task("t3", expires_at_ms=now + 60_000, state="failed"))
+    assert not await store.update_open_task(task("missing", expires_at_ms=now + 60_000, state="failed"))
+    assert await store.get_task("missing", now_ms=now) is None
+    await store.save_task(task("t4", expires_at_ms=now + 60_000))
+    assert await store.update_open_task(task("t4", expires_at_ms=now + 60_000, state="failed"))
+    assert not await store.update_open_task(task("t4", expires_at_ms=now + 60_000, state="completed"))
+
+
+async def test_racing_outcomes_leave_exactly_one(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    now = now_ms()
+    ids = [f"race{i}" for i in range(20)]
+    for task_id in ids:
+        await first.save_task(task(task_id, expires_at_ms=now + 60_000, state="running"))
+
+    async def finish(store: MetadataStore, task_id: str, state: Any) -> bool:
+        return await store.update_open_task(task(task_id, expires_at_ms=now + 60_000, state=state))
+
+    wins = await asyncio.gather(
+        *(finish(first, t, "completed") for t in ids), *(finish(second, t, "failed") for t in ids)
+    )
+    for index, task_id in enumerate(ids):
+        completed_won, failed_won = wins[index], wins[len(ids) + index]
+        assert completed_won != failed_won, task_id  # exactly one write landed
+        stored = await first.get_task(task_id, now_ms=now)
+        assert stored is not None and stored.state == ("completed" if completed_won else "failed")
+
+    # A late "running" racing an outcome never leaves the task open.
+    late = [f"late{i}" for i in range(20)]
+    for task_id in late:
+        await first.save_task(task(task_id, expires_at_ms=now + 60_000))
+    await asyncio.gather(
+        *(finish(first, t, "running") for t in late), *(finish(second, t, "failed") for t in late)
+    )
+    for task_id in late:
+        stored = await first.get_task(task_id, now_ms=now)
+        assert stored is not None and stored.state == "failed", task_id
+
+
+async def test_open_tasks_by_owner_and_deadline(store: MetadataStore) -> None:
+    now = now_ms()
+    exp = now + 60_000
+    records = [
+        task("a-open-overdue", expires_at_ms=exp, owner="a", deadline_ms=now - 10, created_at_ms=1),
+        task("a-running", expires_at_ms=exp, owner="a", deadline_ms=now + 60_000, state="running",
+             created_at_ms=2),
+        task("a-done-overdue", expires_at_ms=exp, owner="a", deadline_ms=now - 10, state="completed"),
+        task("b-overdue", expires_at_ms=exp, owner="b", deadline_ms=now - 5, state="running",
+             created_at_ms=3),
+        task("legacy", expires_at_ms=exp, created_at_ms=4),  # no owner, no deadline (older records)
+    ]  # fmt: skip
+    for record in records:
+        await store.save_task(record)
+    ids = [t.task_id for t in await store.list_open_tasks(owner="a")]
+    assert ids == ["a-open-overdue", "a-running"]
+    overdue = [t.task_id for t in await store.list_open_tasks(deadline_before_ms=now)]
+    assert overdue == ["a-open-overdue", "b-overdue"]
+    assert [t.task_id for t in await store.list_open_tasks(owner="b", deadline_before_ms=now)] == [
+        "b-overdue"
+    ]
+    everything = [t.task_id for t in await store.list_open_tasks()]
+    assert everything == ["a-open-overdue", "a-running", "b-overdue", "legacy"]
+    assert len(await store.list_open_tasks(limit=2)) == 2
+    legacy = await store.get_task("legacy", now_ms=now)
+    assert legacy is not None and legacy.owner == "" and legacy.deadline_ms == 0
+
+
+async def test_task_documents_without_owner_or_deadline_read_with_defaults(store: MetadataStore) -> None:
+    """Records written before tasks had an owner and a deadline (raw rows/documents of the old shape)."""
+    now = now_ms()
+    if isinstance(store, MongoMetadataStore):
+        from dlhub.registry.store.mongo import _task_doc
+
+        doc = _task_doc(task("old", expires_at_ms=now + 60_000))
+        del doc["owner"], doc["deadline_ms"]
+        await store.tasks.insert_one(doc)
+    else:
+        assert isinstance(store, SQLiteMetadataStore)
+        await store.db.execute(
+            "INSERT INTO tasks (task_id, kind, state, servable, created_at_ms, updated_at_ms, expires_at_ms) "
+            "VALUES ('old', 'run', 'pending', 'alice/m@1', 1000, 1000, ?)",
+            (now + 60_000,),
+        )
+    old = await store.get_task("old", now_ms=now)
+    assert old is not None and old.owner == "" and old.deadline_ms == 0 and old.state == "pending"
+    assert [t.task_id for t in await store.list_open_tasks()] == ["old"]
+    assert await store.list_open_tasks(deadline_before_ms=now) == []  # never reaped: it has no deadline
+    assert await store.update_open_task(task("old", expires_at_ms=now + 60_000, state="failed"))
+
+
+async def test_sqlite_file_of_an_older_release_gains_the_task_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # the tasks table as the first release created it
+        db.execute(
+            "CREATE TABLE tasks (task_id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, "
+            "servable TEXT NOT NULL, submitter TEXT, created_at_ms INTEGER NOT NULL, "
+            "updated_at_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL, output BLOB, error TEXT, "
+            "timings TEXT)"
+        )
+        db.execute(
+            "INSERT INTO tasks VALUES ('t', 'run', 'running', 'alice/m@1', NULL, 1, 1, ?, NULL, NULL, NULL)",
+            (now_ms() + 60_000,),
+        )
+    store = SQLiteMetadataStore(path)
+    await store.open()
+    try:
+        old = await store.get_task("t", now_ms=now_ms())
+        assert old is not None and old.state == "running" and old.owner == "" and old.deadline_ms == 0
+        table = TaskTable(store, Codec(), ttl_s=60, owner="r")
+        assert (await table.fail(old, error={"type": "x", "message": "y"})).state == "failed"
+    finally:
+        await store.close()
 
 
 # -- tokens -------------------------------------------------------------------------------------------------

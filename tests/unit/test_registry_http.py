@@ -33,7 +33,16 @@ from dlhub.common.ids import (
     new_id,
     parse_servable_topic,
 )
-from dlhub.common.messages import ErrorInfo, HandlerInfo, Result, RouteStep, Started, StatsReply, Timings
+from dlhub.common.messages import (
+    ErrorInfo,
+    HandlerInfo,
+    Result,
+    RouteStep,
+    Started,
+    StatsReply,
+    TaskStatus,
+    Timings,
+)
 from dlhub.common.payloads import (
     BuildOutcome,
     BuildRequest,
@@ -69,6 +78,7 @@ class FakeBus:
         self.index: list[IndexRequest] = []
         self.builds: list[BuildRequest] = []
         self.reindexed: list[ReindexRequest] = []
+        self.acked: list[str] = []
         self.broker_up = True
         self.fail_builds = False
         self.release_runs = asyncio.Event()
@@ -90,6 +100,7 @@ class FakeBus:
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Any], None] | None = None,
         require_handler: bool = False,
+        durable: bool = False,
     ) -> Result:
         task_id = task_id or new_id()
         self.calls.append((list(route), self.codec.decode_value(inputs)))
@@ -145,6 +156,25 @@ class FakeBus:
         handler = HandlerInfo(handler_id="w1", kind="worker", topics=["servable/*"], capacity=1, inflight=0)
         return StatsReply(request_id="r", handlers=[handler], queued=0, inflight=0)
 
+    def ack(self, task_id: str) -> None:
+        self.acked.append(task_id)
+
+    def listen(
+        self,
+        *,
+        on_orphan_result: Callable[[Result], None] | None = None,
+        on_broker_change: Callable[[str, str], None] | None = None,
+    ) -> None:
+        pass
+
+    def awaiting(self, task_id: str) -> bool:
+        return False
+
+    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus:
+        if not self.broker_up:
+            raise BrokerUnavailable("the broker did not answer")
+        return TaskStatus(request_id="q", broker_id="fake", known=[])
+
 
 class Env:
     def __init__(self, client: TestClient[Any, Any], bus: FakeBus, settings: DLHubSettings) -> None:
@@ -159,9 +189,9 @@ class Env:
     async def settle(self) -> None:
         """Wait for background builds, index updates and async runs to finish."""
         background = self.client.app[BACKGROUND]
-        # until only the two periodic sweeps (tasks, blobs) are left
+        # until only the periodic sweeps (tasks, blobs) and the task reaper are left
         await await_until(
-            lambda: len(background) <= 2, timeout_s=10, interval_s=0.01, message="background work to finish"
+            lambda: len(background) <= 3, timeout_s=10, interval_s=0.01, message="background work to finish"
         )
 
     async def publish(

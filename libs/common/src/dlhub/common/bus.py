@@ -29,6 +29,7 @@ from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
+    Ack,
     Dispatch,
     ErrorInfo,
     Heartbeat,
@@ -43,6 +44,8 @@ from dlhub.common.messages import (
     StatsReply,
     StatsRequest,
     Submit,
+    TaskQuery,
+    TaskStatus,
     Unregister,
 )
 
@@ -417,6 +420,14 @@ class _PendingCall:
 class _ClientState:
     pending: dict[str, _PendingCall] = field(default_factory=dict)
     stats: dict[str, asyncio.Future[StatsReply]] = field(default_factory=dict)
+    queries: dict[str, asyncio.Future[TaskStatus]] = field(default_factory=dict)
+    acks: list[str] = field(default_factory=list)
+
+
+OrphanResultListener = Callable[[Result], None]
+"""Gets a Result no call awaits: a durable task's, re-sent to a restarted client (``BusClient.listen``)."""
+BrokerChangeListener = Callable[[str, str], None]
+"""Gets (previous broker id, new broker id) when a different broker process answers (it restarted)."""
 
 
 class BusClient:
@@ -432,12 +443,16 @@ class BusClient:
         self._heard = False  # has the broker sent anything on the current socket?
         self._ticker: asyncio.Task[None] | None = None
         self._heartbeat = codec.encode(Heartbeat(sender_id=self.client_id))
+        self.broker_id = ""  # of the broker process last heard (its heartbeats carry it)
+        self._on_orphan: OrphanResultListener | None = None
+        self._on_broker_change: BrokerChangeListener | None = None
         self._table: dict[type[Message], Callable[[Any], None]] = {
             Result: self._on_result,
             Started: self._on_started,
             Progress: self._on_progress,
             StatsReply: self._on_stats,
-            Heartbeat: lambda _msg: None,
+            TaskStatus: self._on_task_status,
+            Heartbeat: self._on_heartbeat,
             Reconnect: self._on_reconnect,
         }
         self._log = log.bind(client_id=self.client_id)
@@ -474,12 +489,14 @@ class BusClient:
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         require_handler: bool = False,
+        durable: bool = False,
     ) -> Result:
         """Submit ``inputs`` along ``route`` and await the final Result; ``on_progress`` gets the handlers'
         ``Progress`` reports while the task runs.
 
         A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``; with
         ``require_handler`` no handler for the first step's topic yields ``no_handler`` at once.
+        ``durable``: the broker keeps the Result until ``ack(task_id)`` (call it once the outcome is stored).
         """
         if self._dealer is None:
             await self.start()
@@ -496,6 +513,7 @@ class BusClient:
                     timeout_s=timeout_s,
                     notify_start=on_started is not None,
                     require_handler=require_handler,
+                    durable=durable,
                 )
             )
         except InvalidMessage as exc:
@@ -530,7 +548,52 @@ class BusClient:
         finally:
             self._state.stats.pop(request_id, None)
 
+    def ack(self, task_id: str) -> None:
+        """Tell the broker the durable task's outcome is stored; acks of one loop pass go as one ``Ack``."""
+        acks = self._state.acks
+        acks.append(task_id)
+        if len(acks) == 1:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+
+    def listen(
+        self,
+        *,
+        on_orphan_result: OrphanResultListener | None = None,
+        on_broker_change: BrokerChangeListener | None = None,
+    ) -> None:
+        """Set who gets results no call awaits, and who hears that the broker process changed."""
+        self._on_orphan = on_orphan_result
+        self._on_broker_change = on_broker_change
+
+    def awaiting(self, task_id: str) -> bool:
+        """Whether a ``call`` of this client is waiting for the task's result."""
+        return task_id in self._state.pending
+
+    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus:
+        """Ask the broker which of ``task_ids`` it still holds; it first re-sends every unacknowledged result
+        it keeps for this client (they reach the orphan listener). BrokerUnavailable on no answer."""
+        if self._dealer is None:
+            await self.start()
+        request_id = new_id()
+        future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
+        self._state.queries[request_id] = future
+        try:
+            if not self._send(TaskQuery(request_id=request_id, task_ids=list(task_ids))):
+                raise BrokerUnavailable("could not reach the broker")
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise BrokerUnavailable(f"broker did not answer within {timeout_s} s") from None
+        finally:
+            self._state.queries.pop(request_id, None)
+
     # -- internals -----------------------------------------------------------------------------------------
+
+    def _send_acks(self) -> None:
+        task_ids, self._state.acks = self._state.acks, []
+        if task_ids and not self._send(Ack(task_ids=task_ids)):
+            self._log.info(
+                "acks not sent (no connection); the broker keeps those results", count=len(task_ids)
+            )
 
     def _connect(self) -> None:
         self._last_seen = time.monotonic()
@@ -575,7 +638,8 @@ class BusClient:
         for task_id, call in list(self._state.pending.items()):
             if not call.future.done():
                 call.future.set_result(failed_result(task_id, "broker_unavailable", reason))
-        for future in self._state.stats.values():
+        waiting: list[asyncio.Future[Any]] = [*self._state.stats.values(), *self._state.queries.values()]
+        for future in waiting:
             if not future.done():
                 future.set_exception(BrokerUnavailable(reason))
 
@@ -598,9 +662,33 @@ class BusClient:
     def _on_result(self, result: Result) -> None:
         call = self._state.pending.get(result.task_id)
         if call is None or call.future.done():
-            self._log.debug("result for unknown or finished task", task_id=result.task_id)
+            if self._on_orphan is not None:
+                self._notify(self._on_orphan, result, result.task_id)
+            else:
+                self._log.debug("result for unknown or finished task", task_id=result.task_id)
             return
         call.future.set_result(result)
+
+    def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._saw_broker(heartbeat.sender_id)
+
+    def _on_task_status(self, status: TaskStatus) -> None:
+        self._saw_broker(status.broker_id)
+        future = self._state.queries.get(status.request_id)
+        if future is not None and not future.done():
+            future.set_result(status)
+
+    def _saw_broker(self, broker_id: str) -> None:
+        previous = self.broker_id
+        if broker_id == previous:
+            return
+        self.broker_id = broker_id
+        if previous and self._on_broker_change is not None:
+            self._log.warning("the broker restarted", previous=previous, broker_id=broker_id)
+            try:
+                self._on_broker_change(previous, broker_id)
+            except Exception:
+                self._log.exception("broker change listener failed")
 
     def _on_started(self, started: Started) -> None:
         call = self._state.pending.get(started.task_id)

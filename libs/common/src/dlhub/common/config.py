@@ -56,6 +56,13 @@ class BrokerConfig(BaseModel):
     costs its local services less per message than TCP on loopback, while remote workers use ``bind_url``."""
     max_queued_tasks: PositiveInt = 100_000
     sndhwm: int = 0
+    max_unacked_results: PositiveInt = 100_000
+    """Results of durable tasks (asynchronous runs) held until their client acknowledges them; past it the
+    oldest is dropped (its task then ends through the registry's reconciliation or deadline)."""
+    max_unacked_result_bytes: PositiveInt = 512 * MiB
+    """The same bound in encoded bytes."""
+    unacked_result_ttl_s: PositiveFloat = 3600.0
+    """How long an unacknowledged result waits for a registry that went away to come back."""
 
 
 class StoreConfig(BaseModel):
@@ -81,6 +88,18 @@ class RegistryConfig(BaseModel):
     sync_timeout_s: PositiveFloat = 300.0
     task_result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
     task_sweep_interval_s: PositiveFloat = 60.0
+    instance_id: str = Field(default="", max_length=200)
+    """This registry's identity on the bus and the owner of the tasks it accepts; default
+    ``registry@<hostname>:<port>``, the same after a restart (the broker keeps undelivered results for it).
+    Replicas sharing a host and port must set distinct ids."""
+    task_deadline_grace_s: PositiveFloat = 60.0
+    """A task still pending or running this long after its own timeout (builds: the build timeout) is failed
+    ``deadline_exceeded`` by any registry's reaper, whoever accepted it."""
+    task_reap_interval_s: PositiveFloat = 10.0
+    """How often each registry looks for tasks past their deadline."""
+    task_reconcile_retry_s: PositiveFloat = 2.0
+    """After a start (or a broker restart), how often the registry asks the broker again about its open
+    tasks until it answers."""
     allow_anonymous_run: bool = True
     admin_users: list[str] = Field(default_factory=list)
     """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""

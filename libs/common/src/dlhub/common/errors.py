@@ -143,6 +143,27 @@ class BrokerUnavailable(DLHubError):
     http_status = 503
 
 
+class RegistryRestarted(DLHubError):
+    """The registry that accepted the task restarted and the broker no longer holds the task or its result."""
+
+    code = "registry_restarted"
+    http_status = 503
+
+
+class BrokerRestarted(DLHubError):
+    """The broker restarted while the task was in flight; the task and its outcome were lost with it."""
+
+    code = "broker_restarted"
+    http_status = 503
+
+
+class DeadlineExceeded(DLHubError):
+    """The task was still unfinished well past its timeout (e.g. the registry that accepted it is gone)."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
 class StoreUnavailable(DLHubError):
     """The registry's metadata store (e.g. the MongoDB server) cannot be reached right now."""
 
@@ -188,6 +209,9 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         HandlerLost,
         WorkerLost,
         BrokerUnavailable,
+        RegistryRestarted,
+        BrokerRestarted,
+        DeadlineExceeded,
         StoreUnavailable,
         StorageFull,
         ServableError,

@@ -80,6 +80,33 @@ class Submit(Message, tag="submit"):
     require_handler: bool = False
     """Fail at once with ``no_handler`` when no handler serves the first step's topic right now, instead of
     waiting in the queue for one to register (a search query should answer 503, not wait for its deadline)."""
+    durable: bool = False
+    """Keep the final ``Result`` until the client acknowledges it (``Ack``), re-sending it to a client that
+    comes back under the same identity (a restarted registry); for tasks whose outcome is stored."""
+
+
+class Ack(Message, tag="ack"):
+    """Client -> broker: the results of these durable tasks are stored; forget them."""
+
+    task_ids: list[str]
+
+
+class TaskQuery(Message, tag="task_query"):
+    """Client -> broker: which of these tasks do you still hold (queued, running or an unacknowledged result)?
+
+    The broker first re-sends every unacknowledged result it holds for the client, then answers
+    ``TaskStatus``; a task it does not know has no outcome coming."""
+
+    request_id: str
+    task_ids: list[str]
+
+
+class TaskStatus(Message, tag="task_status"):
+    """Broker -> client: the answer to ``TaskQuery``."""
+
+    request_id: str
+    broker_id: str
+    known: list[str]
 
 
 class Dispatch(Message, tag="dispatch"):
@@ -178,4 +205,7 @@ AnyMessage = (
     | Result
     | StatsRequest
     | StatsReply
+    | Ack
+    | TaskQuery
+    | TaskStatus
 )

@@ -21,6 +21,7 @@ import zmq
 from prometheus_client import REGISTRY
 
 from dlhub.broker.handlers import HandlerRecord, HandlerTable
+from dlhub.broker.mailbox import Mailbox
 from dlhub.broker.metrics import BrokerCollector
 from dlhub.broker.queue import PendingQueue
 from dlhub.broker.routing import TopicTable
@@ -33,6 +34,7 @@ from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
     NIL,
+    Ack,
     Dispatch,
     ErrorInfo,
     HandlerInfo,
@@ -47,6 +49,8 @@ from dlhub.common.messages import (
     StatsReply,
     StatsRequest,
     Submit,
+    TaskQuery,
+    TaskStatus,
     Timings,
     Unregister,
 )
@@ -90,6 +94,11 @@ class Broker:
         self.topics = TopicTable()
         self.queue = PendingQueue(max_tasks=config.max_queued_tasks)
         self.tasks: dict[str, TaskRecord] = {}
+        self.mailbox = Mailbox(
+            max_results=config.max_unacked_results,
+            max_bytes=config.max_unacked_result_bytes,
+            ttl_s=config.unacked_result_ttl_s,
+        )
         self.clients: dict[bytes, float] = {}  # client identity -> last seen (monotonic)
         self.tick_s = min(0.1, bus.heartbeat_interval_s / 2)
         self.client_timeout_s = max(60.0, 10 * bus.liveness_timeout_s)
@@ -101,6 +110,8 @@ class Broker:
             Register: self._on_register,
             Unregister: self._on_unregister,
             StatsRequest: self._on_stats_request,
+            Ack: self._on_ack,
+            TaskQuery: self._on_task_query,
         }
         self._sock: zmq.Socket[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -321,9 +332,29 @@ class Broker:
             notify_start=msg.notify_start,
             inputs=msg.inputs,
             ready_at=now,
+            durable=msg.durable,
         )
         self.tasks[msg.task_id] = task
         self._route(task, now)
+
+    def _on_ack(self, identity: bytes, msg: Ack, now: float) -> None:
+        self.mailbox.ack(msg.task_ids)
+
+    def _on_task_query(self, identity: bytes, msg: TaskQuery, now: float) -> None:
+        """Re-send the client's unacknowledged results, then say which of the asked tasks are still held.
+
+        Both go out in this pass's one message to the client, the results first: a task the answer does not
+        name has no outcome coming from this broker."""
+        if identity not in self.handlers.by_identity:
+            self.clients[identity] = now
+        held = self.mailbox.held_for(identity)
+        for frame in held:
+            self._send(identity, frame)
+        known = [t for t in msg.task_ids if t in self.tasks or t in self.mailbox]
+        peer = peer_name(identity)
+        log.info("task query", peer=peer, asked=len(msg.task_ids), known=len(known), resent=len(held))
+        reply = TaskStatus(request_id=msg.request_id, broker_id=self.broker_id, known=known)
+        self._send(identity, self.codec.encode(reply))
 
     def _on_progress(self, identity: bytes, msg: Progress, now: float) -> None:
         """Forward a running task's progress to its client; stale or foreign reports are dropped."""
@@ -447,6 +478,7 @@ class Broker:
         for step in (
             self._send_heartbeats,
             self._expire_tasks,
+            self._expire_results,
             self._purge_silent_peers,
             self._update_metrics,
         ):
@@ -481,6 +513,11 @@ class Broker:
                 if running is not None and running.handler is handler and running.deadline <= now:
                     # The handler stays busy until it answers; the client hears now.
                     self._fail(running, "task_timeout", "deadline passed while the task was running")
+
+    def _expire_results(self, now: float) -> None:
+        expired = self.mailbox.expire(now)
+        if expired:
+            log.warning("unacknowledged results expired", count=len(expired), first_task_id=expired[0])
 
     def _purge_silent_peers(self, now: float) -> None:
         for handler in self.handlers.silent_since(now - self.bus.liveness_timeout_s):
@@ -522,7 +559,14 @@ class Broker:
         if task.queued:
             self.queue.take(task)
         task.handler = None
-        self._reply(task.client, result)
+        if task.durable:
+            frame = self._encode_reply(result)
+            dropped = self.mailbox.put(task.client, task.task_id, frame, time.monotonic())
+            if dropped:
+                log.warning("unacknowledged results dropped", count=len(dropped), first_task_id=dropped[0])
+            self._send(task.client, frame)
+        else:
+            self._reply(task.client, result)
         if not result.ok and result.error is not None:
             log.info(
                 "task failed", task_id=task.task_id, code=result.error.code, step=task.step, topic=task.topic
@@ -535,13 +579,15 @@ class Broker:
         )
 
     def _reply(self, identity: bytes, message: Message) -> None:
+        self._send(identity, self._encode_reply(message))
+
+    def _encode_reply(self, message: Message) -> bytes | bytearray:
         try:
-            frame = self.codec.encode(message)
+            return self.codec.encode(message)
         except InvalidMessage as exc:
             if not isinstance(message, Result):
                 raise
-            frame = self.codec.encode(_failure(message.task_id, exc.code, exc.message, step=message.step))
-        self._send(identity, frame)
+            return self.codec.encode(_failure(message.task_id, exc.code, exc.message, step=message.step))
 
     def _send(self, identity: bytes, frame: bytes | bytearray) -> None:
         """Queue one message for a peer; the last step of the pass sends it (``_flush_outbox``)."""

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import msgspec
 
-from dlhub.common.messages import Progress, Result, RouteStep, Started, StatsReply
+from dlhub.common.messages import Progress, Result, RouteStep, Started, StatsReply, TaskStatus
 
 
 class Bus(Protocol):
@@ -25,6 +25,20 @@ class Bus(Protocol):
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         require_handler: bool = False,
+        durable: bool = False,
     ) -> Result: ...
 
     async def stats(self, *, timeout_s: float = 2.0) -> StatsReply: ...
+
+    def ack(self, task_id: str) -> None: ...
+
+    def listen(
+        self,
+        *,
+        on_orphan_result: Callable[[Result], None] | None = None,
+        on_broker_change: Callable[[str, str], None] | None = None,
+    ) -> None: ...
+
+    def awaiting(self, task_id: str) -> bool: ...
+
+    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus: ...

@@ -395,7 +395,11 @@ class Runs:
         started = time.perf_counter()
         cached = await self._memo_lookup(submission)
         task = await self._tasks.create(
-            task_id=new_id(), kind="run", servable=submission.servable, submitter=caller.user
+            task_id=new_id(),
+            kind="run",
+            servable=submission.servable,
+            submitter=caller.user,
+            timeout_s=submission.timeout_s,
         )
         if cached is not None:
             self._metrics.outcome("async", True)
@@ -403,10 +407,17 @@ class Runs:
             output = to_json(self._codec.decode_value(cached))
             timings = timings_dict(messages.Timings(), request_ms)
             return await self._tasks.complete(task, output=output, timings=timings)
+        self._tasks.driving.add(task.task_id)
         self._background.spawn(self._run_async(task, submission), name=f"run {task.task_id}")
         return task
 
     async def _run_async(self, task: TaskRecord, submission: Submission) -> None:
+        try:
+            await self._drive_async(task, submission)
+        finally:
+            self._tasks.driving.discard(task.task_id)
+
+    async def _drive_async(self, task: TaskRecord, submission: Submission) -> None:
         started = time.perf_counter()
         marking: list[asyncio.Task[TaskRecord]] = []
 
@@ -414,12 +425,15 @@ class Runs:
             marking.append(asyncio.ensure_future(self._tasks.mark_running(task)))
 
         try:
+            # Durable: the broker keeps the result until it is acknowledged below, after the store write, so
+            # a registry killed in between gets it again when it restarts (recovery.py).
             result = await self._bus.call(
                 submission.route,
                 submission.inputs,
                 timeout_s=submission.timeout_s,
                 task_id=task.task_id,
                 on_started=on_started,
+                durable=True,
             )
         except Exception as exc:
             code = getattr(exc, "code", "dlhub_error")
@@ -428,9 +442,10 @@ class Runs:
             await asyncio.gather(*marking, return_exceptions=True)
             await self._tasks.fail(task, error={"type": code, "message": str(exc) or type(exc).__name__})
             return
-        # The "running" write must land before the final state so it cannot overwrite it.
+        # The "running" write must land before the final state (it would be refused after it anyway).
         await asyncio.gather(*marking, return_exceptions=True)
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
+        self._bus.ack(task.task_id)
         self._metrics.outcome("async", result.ok, result.error.code if result.error is not None else None)
         if submission.memo is not None and task.state == "completed":
             self._memo_store_result(submission.memo, result)

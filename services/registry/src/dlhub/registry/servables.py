@@ -203,7 +203,13 @@ class Servables:
             package_sha256=package_sha256,
             package_format=package_format,
         )
-        await self._tasks.create(task_id=build_task_id, kind="build", servable=record.label, submitter=owner)
+        await self._tasks.create(
+            task_id=build_task_id,
+            kind="build",
+            servable=record.label,
+            submitter=owner,
+            timeout_s=self._build_timeout_s(),
+        )
         build = new_build(record)
         build.log.append(f"published; queued for the builder ({package_format} package)")
         await self._store.save_build(owner, name, record.version, build)
@@ -246,7 +252,7 @@ class Servables:
         await self._store.save_build(owner, name, record.version, build)
         self.cache.invalidate(owner, name)
         task = await self._tasks.create(
-            task_id=build_task_id, kind="build", servable=record.label, submitter=owner
+            task_id=build_task_id, kind="build", servable=record.label, submitter=owner, timeout_s=0.0
         )
         await self._tasks.complete(
             task, output=to_json({"digest": pinned.digest, "files": [], "steps": list(pinned.steps)})
@@ -389,6 +395,7 @@ class Servables:
                     kind="build",
                     servable=record.label,
                     submitter=record.owner,
+                    timeout_s=self._build_timeout_s(),
                 )
             self.start_build(record, resumed=True)
         return len(pending)
@@ -435,7 +442,7 @@ class Servables:
                 package_format=record.package_format if package else "none",
             )
             if task is not None:
-                task = await self._tasks.mark_running(task)
+                task = await self._tasks.mark_running(task, timeout_s=self._build_timeout_s())
             result = await self._bus.call(
                 [RouteStep(topic=BUILDER_TOPIC, method=BUILD_METHOD)],
                 self._codec.encode_value(request),

@@ -1,8 +1,11 @@
 """The task table: builds and asynchronous runs, their states, results and expiry.
 
-States move pending -> running -> completed | failed. Every write pushes the expiry to ``ttl_s`` after the
-write, so a long task never expires while it runs; a periodic sweep deletes expired records and reads treat
-them as gone even before the sweep.
+States move pending -> running -> completed | failed, and the last two are final: every later write is
+conditional on the stored state still being open (``MetadataStore.update_open_task``), so a late or duplicate
+outcome never replaces one. Every write pushes the expiry to ``ttl_s`` after the write, so a long task never
+expires while it runs; a periodic sweep deletes expired records and reads treat them as gone even before the
+sweep. Each task records its ``owner`` (the registry instance awaiting its outcome) and a ``deadline_ms``
+past which any registry fails it (``recovery.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dlhub.common.logging import get_logger
 from dlhub.common.messages import Result
 from dlhub.registry.clock import now_ms
 from dlhub.registry.outcomes import error_dict, output_json, timings_dict
-from dlhub.registry.store import MetadataStore, TaskKind, TaskRecord
+from dlhub.registry.store import OPEN_TASK_STATES, MetadataStore, TaskKind, TaskRecord
 
 log = get_logger(__name__)
 
@@ -25,14 +28,35 @@ log = get_logger(__name__)
 class TaskTable:
     """Create, advance and read task records in the store."""
 
-    def __init__(self, store: MetadataStore, codec: Codec, *, ttl_s: float) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        codec: Codec,
+        *,
+        ttl_s: float,
+        owner: str = "",
+        deadline_grace_s: float = 60.0,
+    ) -> None:
         self._store = store
         self._codec = codec
         self._ttl_ms = int(ttl_s * 1000)
+        self.owner = owner
+        self._grace_ms = int(deadline_grace_s * 1000)
+        self.driving: set[str] = set()
+        """Tasks whose outcome a coroutine here awaits and will write (reconciliation leaves them alone)."""
+
+    @property
+    def store(self) -> MetadataStore:
+        return self._store
+
+    def _deadline_ms(self, now: int, timeout_s: float) -> int:
+        return now + int(timeout_s * 1000) + self._grace_ms
 
     async def create(
-        self, *, task_id: str, kind: TaskKind, servable: str, submitter: str | None
+        self, *, task_id: str, kind: TaskKind, servable: str, submitter: str | None, timeout_s: float
     ) -> TaskRecord:
+        """A pending task of this registry, failed ``deadline_exceeded`` if still open ``timeout_s`` plus the
+        grace from now."""
         now = now_ms()
         task = TaskRecord(
             task_id=task_id,
@@ -43,15 +67,34 @@ class TaskTable:
             created_at_ms=now,
             updated_at_ms=now,
             expires_at_ms=now + self._ttl_ms,
+            owner=self.owner,
+            deadline_ms=self._deadline_ms(now, timeout_s),
         )
         await self._store.save_task(task)
         return task
 
-    async def mark_running(self, task: TaskRecord) -> TaskRecord:
+    async def mark_running(self, task: TaskRecord, *, timeout_s: float | None = None) -> TaskRecord:
+        """Running (unless it has ended meanwhile); ``timeout_s`` restarts the deadline (a resumed build)."""
         now = now_ms()
-        task = dataclasses.replace(task, state="running", updated_at_ms=now, expires_at_ms=now + self._ttl_ms)
-        await self._store.save_task(task)
-        return task
+        task = dataclasses.replace(
+            task,
+            state="running",
+            updated_at_ms=now,
+            expires_at_ms=now + self._ttl_ms,
+            owner=self.owner,
+            deadline_ms=task.deadline_ms if timeout_s is None else self._deadline_ms(now, timeout_s),
+        )
+        return await self._write_open(task)
+
+    async def _write_open(self, task: TaskRecord) -> TaskRecord:
+        """Write ``task`` if the stored one is still open; else return the stored (final) one."""
+        if await self._store.update_open_task(task):
+            return task
+        stored = await self.get(task.task_id)
+        if stored is None or stored.state in OPEN_TASK_STATES:  # expired meanwhile, or a record never saved
+            return task
+        log.info("task already ended; outcome kept", task_id=task.task_id, state=stored.state)
+        return stored
 
     async def complete(
         self, task: TaskRecord, *, output: bytes, timings: dict[str, float] | None = None
@@ -65,8 +108,7 @@ class TaskTable:
             output_json=output,
             timings=timings,
         )
-        await self._store.save_task(task)
-        return task
+        return await self._write_open(task)
 
     async def fail(
         self, task: TaskRecord, *, error: dict[str, Any], timings: dict[str, float] | None = None
@@ -80,8 +122,7 @@ class TaskTable:
             error=error,
             timings=timings,
         )
-        await self._store.save_task(task)
-        return task
+        return await self._write_open(task)
 
     async def finish_run(self, task: TaskRecord, result: Result, *, request_ms: float) -> TaskRecord:
         """Record the outcome of an asynchronous run."""
@@ -95,6 +136,13 @@ class TaskTable:
                 )
             return await self.complete(task, output=output, timings=timings)
         return await self.fail(task, error=error_dict(result.error), timings=timings)
+
+    async def open_tasks(
+        self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
+    ) -> list[TaskRecord]:
+        return await self._store.list_open_tasks(
+            owner=owner, deadline_before_ms=deadline_before_ms, limit=limit
+        )
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return await self._store.get_task(task_id, now_ms=now_ms())

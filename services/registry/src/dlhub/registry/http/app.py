@@ -20,6 +20,7 @@ from dlhub.registry.http.keys import (
     BUS,
     CODEC,
     IMAGES,
+    INSTANCE_ID,
     METRICS,
     RUNS,
     SERVABLES,
@@ -33,6 +34,7 @@ from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
+from dlhub.registry.recovery import TaskRecovery, instance_id
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
 from dlhub.registry.store import MetadataStore
@@ -64,7 +66,9 @@ def _bus_ctx(injected: Bus | None) -> CleanupCtx:
             app[BUS] = injected
             yield
             return
-        bus = BusClient(bus=app[SETTINGS].bus, codec=app[CODEC])
+        # The bus identity is the instance id: a restarted registry is the same peer to the broker, which
+        # re-sends it the results of durable tasks it had not stored yet (recovery.py).
+        bus = BusClient(bus=app[SETTINGS].bus, codec=app[CODEC], client_id=app[INSTANCE_ID])
         await bus.start()
         app[BUS] = bus
         try:
@@ -79,7 +83,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store, bus, codec = app[STORE], app[BUS], app[CODEC]
     background = BackgroundTasks()
-    tasks = TaskTable(store, codec, ttl_s=settings.registry.task_result_ttl_s)
+    tasks = TaskTable(
+        store,
+        codec,
+        ttl_s=settings.registry.task_result_ttl_s,
+        owner=app[INSTANCE_ID],
+        deadline_grace_s=settings.registry.task_deadline_grace_s,
+    )
     servables = Servables(
         settings=settings,
         store=store,
@@ -110,6 +120,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     resumed = await servables.resume_builds()
     if resumed:
         log.info("resumed builds left over from a previous run", count=resumed)
+    TaskRecovery(tasks=tasks, bus=bus, background=background, config=settings.registry).start()
     try:
         yield
     finally:
@@ -125,6 +136,7 @@ def create_app(
         client_max_size=settings.registry.max_upload_bytes, middlewares=[error_middleware(metrics.requests)]
     )
     app[SETTINGS] = settings
+    app[INSTANCE_ID] = instance_id(settings)
     app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
     setup_routes(app)

@@ -17,6 +17,8 @@ from dlhub.registry.store import MetadataStore
 from dlhub.registry.tasks import TaskTable
 
 SETTINGS = web.AppKey("settings", DLHubSettings)
+INSTANCE_ID = web.AppKey("instance_id", str)
+"""This registry's bus identity and the owner of the tasks it accepts (``recovery.instance_id``)."""
 CODEC = web.AppKey("codec", Codec)
 STORE = web.AppKey("store", MetadataStore)
 BUS = web.AppKey("bus", Bus)

@@ -5,6 +5,7 @@ The interface is re-exported here because every domain module speaks it; backend
 """
 
 from dlhub.registry.store.interface import (
+    OPEN_TASK_STATES,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -18,6 +19,7 @@ from dlhub.registry.store.interface import (
 )
 
 __all__ = [
+    "OPEN_TASK_STATES",
     "BuildStateValue",
     "MetadataStore",
     "PackageFormat",

@@ -18,6 +18,8 @@ BuildStateValue = Literal["", "queued", "resolving", "installing", "ready", "fai
 """A version's build state; "" for versions stored before builds had records."""
 TaskKind = Literal["run", "build"]
 TaskState = Literal["pending", "running", "completed", "failed"]
+OPEN_TASK_STATES: tuple[TaskState, ...] = ("pending", "running")
+"""States a task can still leave; completed and failed are final."""
 PackageFormat = Literal["tar", "zip", "none"]
 
 
@@ -104,6 +106,11 @@ class TaskRecord:
     output_json: bytes | None = None
     error: dict[str, Any] | None = None
     timings: dict[str, float] | None = None
+    owner: str = ""
+    """The registry instance that accepted the task and awaits its outcome ("" for records stored before
+    tasks had owners)."""
+    deadline_ms: int = 0
+    """When an unfinished task is failed ``deadline_exceeded`` by any registry (0: never, older records)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +245,18 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def save_task(self, task: TaskRecord) -> None:
         """Insert or replace a task record."""
+
+    @abc.abstractmethod
+    async def update_open_task(self, task: TaskRecord) -> bool:
+        """Replace a task record only while the stored one is still open (pending or running); return whether
+        it was replaced. Terminal states are final: a late or duplicate outcome never overwrites one."""
+
+    @abc.abstractmethod
+    async def list_open_tasks(
+        self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
+    ) -> list[TaskRecord]:
+        """Open (pending or running) tasks, of ``owner`` when given, and with a deadline (not 0) before
+        ``deadline_before_ms`` when given; at most ``limit``, oldest first."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:

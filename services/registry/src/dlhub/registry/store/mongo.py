@@ -38,8 +38,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Final, cast
 
+import bson
 import msgspec
 from bson.binary import Binary
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel, ReturnDocument
@@ -58,6 +59,7 @@ from dlhub.common.config import StoreConfig
 from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
 from dlhub.registry.store.interface import (
+    OPEN_TASK_STATES,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -165,7 +167,18 @@ def _task_doc(task: TaskRecord) -> Document:
         "output": Binary(task.output_json) if task.output_json is not None else None,
         "error_json": _dumps(task.error) if task.error is not None else None,
         "timings_json": _dumps(task.timings) if task.timings is not None else None,
+        "owner": task.owner,
+        "deadline_ms": task.deadline_ms,
     }
+
+
+def _dumps_doc(doc: Document) -> Binary:
+    """A task document kept whole inside another (BSON, so its dates and binaries survive)."""
+    return Binary(bson.encode(doc))
+
+
+def _loads_doc(data: bytes) -> Document:
+    return bson.decode(data, codec_options=bson.CodecOptions(tz_aware=True))
 
 
 def _task_from_doc(doc: Document) -> TaskRecord:
@@ -184,6 +197,8 @@ def _task_from_doc(doc: Document) -> TaskRecord:
         output_json=bytes(output) if output is not None else None,
         error=msgspec.json.decode(error_json) if error_json is not None else None,
         timings=msgspec.json.decode(timings_json) if timings_json is not None else None,
+        owner=doc.get("owner", ""),
+        deadline_ms=int(doc.get("deadline_ms", 0)),
     )
 
 
@@ -233,6 +248,8 @@ VERSION_INDEXES = [
 ]
 TASK_TTL_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)
 TASK_PLAIN_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at")
+TASK_STATE_INDEX = IndexModel([("state", ASCENDING), ("deadline_ms", ASCENDING)], name="state_deadline")
+OPEN_STATES: Final = {"$in": list(OPEN_TASK_STATES)}
 # Server error codes meaning "this server does not implement that" (NotImplemented, CommandNotSupported).
 _NOT_IMPLEMENTED_CODES = frozenset({238, 115})
 
@@ -308,6 +325,11 @@ class MongoMetadataStore(MetadataStore):
         return self.db["memo"]
 
     @property
+    def task_ends(self) -> AsyncCollection[Document]:
+        """One claim per finished task (``update_open_task``); swept with the tasks."""
+        return self.db["task_ends"]
+
+    @property
     def builds(self) -> AsyncCollection[Document]:
         """One document per version's build record (``_id`` as in ``versions``), the record as JSON text."""
         return self.db["builds"]
@@ -359,6 +381,7 @@ class MongoMetadataStore(MetadataStore):
             for index in VERSION_INDEXES:
                 await db["versions"].create_indexes([index])
             self.ttl_index = await _create_task_indexes(db["tasks"])
+            await db["tasks"].create_indexes([TASK_STATE_INDEX])
             self.memo_ttl_index = await _create_memo_indexes(db["memo"])
         except ConnectionFailure as exc:
             await client.close()
@@ -646,6 +669,43 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("save_task"):
             await self.tasks.replace_one({"_id": task.task_id}, _task_doc(task), upsert=True)
 
+    async def update_open_task(self, task: TaskRecord) -> bool:
+        # A filtered replace is not atomic on every server we support (FerretDB reads, then writes), but an
+        # insert under a taken ``_id`` fails everywhere: a task's outcome is first claimed in ``task_ends``
+        # (one claim per task wins), then written. A "running" write that lands after an outcome finds the
+        # claim and writes the outcome back (the claim carries it).
+        doc = _task_doc(task)
+        with self._errors("update_open_task"):
+            if task.state not in OPEN_TASK_STATES:
+                try:
+                    claim = {
+                        "_id": task.task_id,
+                        "expires_at": doc["expires_at"],
+                        "task_doc": _dumps_doc(doc),
+                    }
+                    await self.task_ends.insert_one(claim)
+                except DuplicateKeyError:
+                    return False
+            result = await self.tasks.replace_one({"_id": task.task_id, "state": OPEN_STATES}, doc)
+            if task.state in OPEN_TASK_STATES and result.matched_count:
+                ended = await self.task_ends.find_one({"_id": task.task_id}, {"task_doc": 1})
+                if ended is not None:
+                    await self.tasks.replace_one({"_id": task.task_id}, _loads_doc(ended["task_doc"]))
+                    return False
+        return result.matched_count > 0
+
+    async def list_open_tasks(
+        self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
+    ) -> list[TaskRecord]:
+        query: Document = {"state": OPEN_STATES}
+        if owner is not None:
+            query["owner"] = owner
+        if deadline_before_ms is not None:
+            query["deadline_ms"] = {"$gt": 0, "$lt": deadline_before_ms}
+        with self._errors("list_open_tasks"):
+            docs = await self.tasks.find(query).sort("created_at_ms", ASCENDING).limit(limit).to_list()
+        return [_task_from_doc(doc) for doc in docs]
+
     async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:
         with self._errors("get_task"):
             doc = await self.tasks.find_one({"_id": task_id})
@@ -657,6 +717,7 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("delete_expired_tasks"):
             # ``expires_at`` is exact to the millisecond and carries the (TTL) index.
             result = await self.tasks.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
+            await self.task_ends.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
         return result.deleted_count
 
     # -- memoized results (same TTL index on ``expires_at`` as tasks) ------------------------------------

@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     expires_at_ms INTEGER NOT NULL,
     output BLOB,
     error TEXT,
-    timings TEXT
+    timings TEXT,
+    owner TEXT NOT NULL DEFAULT '',
+    deadline_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
 CREATE TABLE IF NOT EXISTS memo (
@@ -120,10 +122,21 @@ _ADDED_VERSION_COLUMNS = (
     ("environment", "TEXT NOT NULL DEFAULT ''"),
     ("build_state", "TEXT NOT NULL DEFAULT ''"),
 )
+_ADDED_TASK_COLUMNS = (
+    ("owner", "TEXT NOT NULL DEFAULT ''"),
+    ("deadline_ms", "INTEGER NOT NULL DEFAULT 0"),
+)
+# Only open tasks are indexed: the reaper and reconciliation look at those, and they are few.
+_TASK_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (owner, created_at_ms) WHERE state IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS tasks_open_deadline ON tasks (deadline_ms) WHERE state IN ('pending', 'running');
+"""
 _TASK_COLUMNS = (
     "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
-    "output, error, timings"
+    "output, error, timings, owner, deadline_ms"
 )
+_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_OPEN_STATES_SQL = "state IN ('pending', 'running')"
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -174,6 +187,26 @@ def _task_from_row(row: Any) -> TaskRecord:
         output_json=bytes(row[8]) if row[8] is not None else None,
         error=msgspec.json.decode(row[9]) if row[9] is not None else None,
         timings=msgspec.json.decode(row[10]) if row[10] is not None else None,
+        owner=row[11],
+        deadline_ms=row[12],
+    )
+
+
+def _task_params(task: TaskRecord) -> tuple[Any, ...]:
+    return (
+        task.task_id,
+        task.kind,
+        task.state,
+        task.servable,
+        task.submitter,
+        task.created_at_ms,
+        task.updated_at_ms,
+        task.expires_at_ms,
+        task.output_json,
+        _dumps(task.error) if task.error is not None else None,
+        _dumps(task.timings) if task.timings is not None else None,
+        task.owner,
+        task.deadline_ms,
     )
 
 
@@ -240,6 +273,11 @@ class SQLiteMetadataStore(MetadataStore):
         for column, declaration in _ADDED_VERSION_COLUMNS:
             if column not in columns:
                 await db.execute(f"ALTER TABLE versions ADD COLUMN {column} {declaration}")
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(tasks)")}
+        for column, declaration in _ADDED_TASK_COLUMNS:
+            if column not in columns:
+                await db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {declaration}")
+        await db.executescript(_TASK_INDEXES)
         self._db = db
 
     async def close(self) -> None:
@@ -498,21 +536,32 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def save_task(self, task: TaskRecord) -> None:
         await self._write(
-            f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                task.task_id,
-                task.kind,
-                task.state,
-                task.servable,
-                task.submitter,
-                task.created_at_ms,
-                task.updated_at_ms,
-                task.expires_at_ms,
-                task.output_json,
-                _dumps(task.error) if task.error is not None else None,
-                _dumps(task.timings) if task.timings is not None else None,
-            ),
+            f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})", _task_params(task)
         )
+
+    async def update_open_task(self, task: TaskRecord) -> bool:
+        # Every column is set, so this is the same record as save_task writes, guarded by the stored state.
+        assignments = ", ".join(f"{c.strip()} = ?" for c in _TASK_COLUMNS.split(",")[1:])
+        sql = f"UPDATE tasks SET {assignments} WHERE task_id = ? AND {_OPEN_STATES_SQL}"
+        params = _task_params(task)
+        return bool(await self._write(sql, (*params[1:], task.task_id)))
+
+    async def list_open_tasks(
+        self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
+    ) -> list[TaskRecord]:
+        where: list[str] = [_OPEN_STATES_SQL]
+        params: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        if deadline_before_ms is not None:
+            where.append("deadline_ms > 0 AND deadline_ms < ?")
+            params.append(deadline_before_ms)
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY created_at_ms LIMIT ?",
+            (*params, limit),
+        )
+        return [_task_from_row(row) for row in rows]
 
     async def get_task(self, task_id: str, *, now_ms: int) -> TaskRecord | None:
         rows = await self.db.execute_fetchall(
