@@ -89,6 +89,7 @@ class FakeBus:
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Any], None] | None = None,
+        on_queued: Callable[[Any], None] | None = None,
     ) -> Result:
         task_id = task_id or new_id()
         self.calls.append((list(route), self.codec.decode_value(inputs)))

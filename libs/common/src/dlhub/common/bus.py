@@ -30,10 +30,12 @@ from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
     Dispatch,
+    Draining,
     ErrorInfo,
     Heartbeat,
     Message,
     Progress,
+    Queued,
     Reconnect,
     Register,
     Registered,
@@ -181,7 +183,8 @@ class _Dealer:
 
 class HandlerService:
     stop_drain_timeout_s: float = 10.0
-    """How long ``stop`` waits for in-flight tasks before cancelling them."""
+    """How long ``stop`` waits for in-flight tasks before cancelling them (the worker sets its
+    ``worker.shutdown_grace_s``)."""
 
     def __init__(
         self,
@@ -208,6 +211,7 @@ class HandlerService:
         self._session_over = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._refusing = False  # past the drain: dispatches still arriving are failed, not run
         self._last_seen = 0.0
         self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
@@ -257,23 +261,34 @@ class HandlerService:
             raise BrokerUnavailable(f"broker did not acknowledge registration within {timeout_s} s") from None
 
     async def stop(self) -> None:
-        """Unregister, let in-flight tasks finish (bounded), close the socket."""
+        """Tell the broker we take no new work (``Draining``), let in-flight tasks finish (bounded by
+        ``stop_drain_timeout_s``; what is left is cancelled and the broker fails it typed), unregister, close.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.stop_drain_timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        if self._dealer is not None and self._registered.is_set():
+            self._send(Draining(handler_id=self.handler_id))
+        await self._drain(time.monotonic() + self.stop_drain_timeout_s)
         if self._dealer is not None and self._registered.is_set():
             self._send(Unregister(handler_id=self.handler_id))
             self._dealer.close(linger_ms=500)
         self._session_over.set()
         self._stopped.set()
         self._close_session()
+
+    async def _drain(self, deadline: float) -> None:
+        # Dispatches the broker sent before it read our Draining still arrive: they join the wait.
+        while self._tasks and (remaining_s := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=remaining_s)
+        self._refusing = True
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._log.warning("tasks cancelled at the end of the shutdown grace period", tasks=len(pending))
+            await asyncio.wait(pending, timeout=1.0)
 
     # -- session -------------------------------------------------------------------------------------------
 
@@ -363,7 +378,7 @@ class HandlerService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_task(self, dispatch: Dispatch) -> None:
-        if self._stopping:
+        if self._refusing:
             result = failed_result(
                 dispatch.task_id, "handler_lost", "handler is shutting down", step=dispatch.step
             )
@@ -411,6 +426,7 @@ class _PendingCall:
     sent_at: float
     on_started: Callable[[Started], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
+    on_queued: Callable[[Queued], None] | None = None
 
 
 @dataclass(slots=True)
@@ -440,6 +456,8 @@ class BusClient:
             Heartbeat: lambda _msg: None,
             Reconnect: self._on_reconnect,
         }
+        self._table[Queued] = self._on_queued
+        self._max_pending = bus.max_pending_calls
         self._log = log.bind(client_id=self.client_id)
 
     @property
@@ -473,11 +491,13 @@ class BusClient:
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_queued: Callable[[Queued], None] | None = None,
     ) -> Result:
         """Submit ``inputs`` along ``route`` and await the final Result; ``on_progress`` gets the handlers'
-        ``Progress`` reports while the task runs.
+        ``Progress`` reports while the task runs, ``on_queued`` hears when it waits in the broker's queue.
 
-        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``.
+        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``; more
+        than ``bus.max_pending_calls`` calls awaited at once ``queue_full`` (before anything is sent).
         """
         if self._dealer is None:
             await self.start()
@@ -485,6 +505,8 @@ class BusClient:
         pending = self._state.pending
         if task_id in pending:
             return failed_result(task_id, "conflict", f"task {task_id} is already pending on this client")
+        if len(pending) >= self._max_pending:
+            return failed_result(task_id, "queue_full", f"{self._max_pending} calls already in flight")
         try:
             frame = self.codec.encode(
                 Submit(
@@ -493,13 +515,14 @@ class BusClient:
                     inputs=inputs,
                     timeout_s=timeout_s,
                     notify_start=on_started is not None,
+                    notify_queued=on_queued is not None,
                 )
             )
         except InvalidMessage as exc:
             return failed_result(task_id, exc.code, exc.message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        pending[task_id] = _PendingCall(future, time.monotonic(), on_started, on_progress)
+        pending[task_id] = _PendingCall(future, time.monotonic(), on_started, on_progress, on_queued)
         # A plain timer on the future rather than asyncio.wait_for: the same deadline for less work on the
         # request path (no waiter future, no extra callbacks).
         timer = loop.call_later(timeout_s + self.grace_s, _expire, future, task_id, timeout_s)
@@ -608,6 +631,11 @@ class BusClient:
         call = self._state.pending.get(progress.task_id)
         if call is not None:
             self._notify(call.on_progress, progress, progress.task_id)
+
+    def _on_queued(self, queued: Queued) -> None:
+        call = self._state.pending.get(queued.task_id)
+        if call is not None:
+            self._notify(call.on_queued, queued, queued.task_id)
 
     def _notify(self, callback: Callable[[Any], None] | None, message: Message, task_id: str) -> None:
         """Hand a running task's message to its caller's callback; a failing callback never breaks the bus."""

@@ -24,6 +24,7 @@ class TaskRecord:
     handler: HandlerRecord | None = None
     queued: bool = False
     started_sent: bool = False
+    notify_queued: bool = False
     inference_ms: float = 0.0
     invocation_ms: float = 0.0
     queue_ms: float = 0.0

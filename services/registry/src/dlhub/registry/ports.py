@@ -7,7 +7,7 @@ from typing import Protocol
 
 import msgspec
 
-from dlhub.common.messages import Progress, Result, RouteStep, Started, StatsReply
+from dlhub.common.messages import Progress, Queued, Result, RouteStep, Started, StatsReply
 
 
 class Bus(Protocol):
@@ -24,6 +24,7 @@ class Bus(Protocol):
         task_id: str | None = None,
         on_started: Callable[[Started], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_queued: Callable[[Queued], None] | None = None,
     ) -> Result: ...
 
     async def stats(self, *, timeout_s: float = 2.0) -> StatsReply: ...
