@@ -170,6 +170,8 @@ class HandlerInfo(msgspec.Struct, kw_only=True):
     topics: list[str]
     capacity: int
     inflight: int
+    draining: bool = False
+    """The handler said ``Draining``: it finishes what it holds and is dispatched nothing more."""
 
 
 class StatsReply(Message, tag="stats_reply"):

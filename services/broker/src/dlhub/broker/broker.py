@@ -293,6 +293,7 @@ class Broker:
         handler = self.handlers.get(identity)
         if handler is None:
             return
+        handler.draining = True
         self.topics.remove(handler)
         log.info("handler draining", handler_id=handler.handler_id, inflight=len(handler.inflight))
 
@@ -319,6 +320,7 @@ class Broker:
                 topics=h.topics,
                 capacity=h.capacity,
                 inflight=len(h.inflight),
+                draining=h.draining,
             )
             for h in self.handlers
         ]
