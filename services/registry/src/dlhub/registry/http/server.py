@@ -125,7 +125,7 @@ class GuardedProtocol(RequestHandler):
 
     @property
     def busy(self) -> bool:
-        """A request is being handled on this connection."""
+        """A request is being handled on this connection (the flag aiohttp's own ``shutdown`` waits on)."""
         return self._request_in_progress
 
     def handle_error(
