@@ -65,9 +65,10 @@ def stack_env(port: int) -> dict[str, str]:
 class BrokerProcess:
     """``python -m dlhub.broker`` on a free port, logging to a file the tests can read."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, *, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log_path = log_path
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,7 +84,7 @@ class BrokerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dlhub.broker"],
                 cwd=REPO,
-                env=stack_env(self.port),
+                env=stack_env(self.port) | self.env,
                 stdout=log_file,
                 stderr=log_file,
             )

@@ -101,6 +101,7 @@ class FakeBus:
         on_progress: Callable[[Any], None] | None = None,
         require_handler: bool = False,
         durable: bool = False,
+        on_queued: Callable[[Any], None] | None = None,
     ) -> Result:
         task_id = task_id or new_id()
         self.calls.append((list(route), self.codec.decode_value(inputs)))

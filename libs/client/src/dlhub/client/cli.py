@@ -113,15 +113,16 @@ def up(
     from dlhub.client.tokens import require_server
 
     require_server("`dlhub up` runs the DLHub server")
-    from dlhub.client.launcher import Stack, StackOptions, replica_counts, run_foreground
+    from dlhub.client.launcher import Stack, StackOptions, replica_counts, run_foreground, stop_grace_s
     from dlhub.client.tokens import ensure_local_token
     from dlhub.common.config import LoggingConfig, load_settings
     from dlhub.common.logging import configure_logging
 
     try:
-        configured = {r.servable: r.count for r in load_settings(config_file).worker.replicas}
+        settings = load_settings(config_file)
     except ValueError as exc:  # pydantic's ValidationError names the bad field
         raise click.BadParameter(str(exc), param_hint="--config") from exc
+    configured = {r.servable: r.count for r in settings.worker.replicas}
     try:
         replicas = replica_counts(configured, replica_specs)
     except ValueError as exc:
@@ -140,6 +141,7 @@ def up(
         config_file=config_file,
         log_format="console" if verbose else "json",
         log_to_console=verbose,
+        stop_grace_s=stop_grace_s(settings),
     )
     stack = Stack(options)
     started = time.monotonic()

@@ -28,13 +28,27 @@ from typing import IO, Any, Final
 import httpx
 import zmq
 
+from dlhub.common.config import DLHubSettings
 from dlhub.common.ids import NAME_RE, SERVABLE_PREFIX
 from dlhub.common.logging import get_logger
 
 log = get_logger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
-STOP_GRACE_S = 10.0
+STOP_GRACE_S = 17.0
+"""Default time between SIGTERM and SIGKILL on stop: the services' default shutdown graces plus a margin."""
+STOP_MARGIN_S = 5.0
+
+
+def stop_grace_s(settings: DLHubSettings) -> float:
+    """How long ``stop`` lets the services drain (SIGTERM) before SIGKILL: the longest of their configured
+    shutdown graces, plus a margin for the last results to pass and the processes to exit."""
+    graces = (
+        settings.broker.shutdown_grace_s,
+        settings.registry.shutdown_grace_s,
+        settings.worker.shutdown_grace_s,
+    )
+    return max(graces) + STOP_MARGIN_S
 
 
 def parse_replica(spec: str) -> tuple[str, int]:
@@ -104,6 +118,7 @@ class StackOptions:
     log_format: str = "json"
     log_to_console: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    stop_grace_s: float = STOP_GRACE_S
 
     @property
     def api_url(self) -> str:
@@ -277,7 +292,7 @@ class Stack:
         for service in reversed(self.services):
             if service.popen is not None and service.popen.poll() is None:
                 service.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + self.options.stop_grace_s
         codes: dict[str, int | None] = {}
         for service in reversed(self.services):
             if service.popen is None:

@@ -18,6 +18,32 @@ from dlhub.common.errors import DLHubError, error_class
 
 API_PREFIX = "/api/v1"
 TERMINAL_STATES = frozenset({"completed", "failed"})
+REFUSED_TYPES = frozenset({"queue_full", "shutting_down", "service_unavailable"})
+"""503 error types of a request refused before the server acted on it: retried whatever the method."""
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+MAX_RETRY_WAIT_S = 10.0
+
+
+def retry_wait_s(response: httpx.Response, method: str, attempt: int) -> float | None:
+    """Seconds to wait before retrying a 503 that carries ``Retry-After``, or None to not retry it.
+
+    Retried: a request refused before it was acted on (``REFUSED_TYPES``), and any 503 of an idempotent
+    method. The wait is ``Retry-After``, doubled on each further attempt, at most ``MAX_RETRY_WAIT_S``.
+    """
+    if response.status_code != 503 or "Retry-After" not in response.headers:
+        return None
+    try:
+        after_s = float(response.headers["Retry-After"])
+    except ValueError:
+        after_s = 1.0
+    if method.upper() not in IDEMPOTENT_METHODS:
+        try:
+            error_type = response.json()["error"]["type"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if error_type not in REFUSED_TYPES:
+            return None
+    return min(max(after_s, 0.0) * 2.0**attempt, MAX_RETRY_WAIT_S)
 
 
 class TaskFailed(DLHubError):
@@ -86,7 +112,16 @@ class TaskHandle:
 class DLHubClient:
     """Synchronous client for the DLHub REST API."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float = 330.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout_s: float = 330.0,
+        max_retries: int = 4,
+    ) -> None:
+        """``max_retries``: how often a 503 with ``Retry-After`` is retried (``retry_wait_s``); 0: never."""
+        self.max_retries = max_retries
         creds = load_credentials(url, token)
         self.url = creds.url
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
@@ -103,8 +138,22 @@ class DLHubClient:
 
     # -- transport -------------------------------------------------------------------------------------------
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried on a 503 that says when (``Retry-After``) and is safe to repeat. A multipart
+        upload (``files``) is not retried: its file objects have been read."""
+        attempt = 0
+        while True:
+            response = self._http.request(method, path, **kwargs)
+            if response.status_code != 503 or attempt >= self.max_retries or "files" in kwargs:
+                return response
+            wait_s = retry_wait_s(response, method, attempt)
+            if wait_s is None:
+                return response
+            time.sleep(wait_s)
+            attempt += 1
+
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             self._raise_for(response)
         return response.json()
@@ -454,7 +503,7 @@ class DLHubClient:
 
     def _request_msgpack(self, path: str, body: Any) -> dict[str, Any]:
         headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
-        response = self._http.request("POST", path, content=encode_body(body), headers=headers)
+        response = self._send("POST", path, content=encode_body(body), headers=headers)
         if response.status_code >= 400:
             self._raise_for(response)  # errors are JSON whatever the request's format
         result: dict[str, Any] = decode_body(response.content, dict[str, Any])

@@ -31,10 +31,12 @@ from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
     Ack,
     Dispatch,
+    Draining,
     ErrorInfo,
     Heartbeat,
     Message,
     Progress,
+    Queued,
     Reconnect,
     Register,
     Registered,
@@ -184,7 +186,8 @@ class _Dealer:
 
 class HandlerService:
     stop_drain_timeout_s: float = 10.0
-    """How long ``stop`` waits for in-flight tasks before cancelling them."""
+    """How long ``stop`` waits for in-flight tasks before cancelling them (the worker sets its
+    ``worker.shutdown_grace_s``)."""
 
     def __init__(
         self,
@@ -211,6 +214,7 @@ class HandlerService:
         self._session_over = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._refusing = False  # past the drain: dispatches still arriving are failed, not run
         self._last_seen = 0.0
         self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
@@ -260,23 +264,34 @@ class HandlerService:
             raise BrokerUnavailable(f"broker did not acknowledge registration within {timeout_s} s") from None
 
     async def stop(self) -> None:
-        """Unregister, let in-flight tasks finish (bounded), close the socket."""
+        """Tell the broker we take no new work (``Draining``), let in-flight tasks finish (bounded by
+        ``stop_drain_timeout_s``; what is left is cancelled and the broker fails it typed), unregister, close.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.stop_drain_timeout_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        if self._dealer is not None and self._registered.is_set():
+            self._send(Draining(handler_id=self.handler_id))
+        await self._drain(time.monotonic() + self.stop_drain_timeout_s)
         if self._dealer is not None and self._registered.is_set():
             self._send(Unregister(handler_id=self.handler_id))
             self._dealer.close(linger_ms=500)
         self._session_over.set()
         self._stopped.set()
         self._close_session()
+
+    async def _drain(self, deadline: float) -> None:
+        # Dispatches the broker sent before it read our Draining still arrive: they join the wait.
+        while self._tasks and (remaining_s := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=remaining_s)
+        self._refusing = True
+        pending = set(self._tasks)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self._log.warning("tasks cancelled at the end of the shutdown grace period", tasks=len(pending))
+            await asyncio.wait(pending, timeout=1.0)
 
     # -- session -------------------------------------------------------------------------------------------
 
@@ -366,7 +381,7 @@ class HandlerService:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_task(self, dispatch: Dispatch) -> None:
-        if self._stopping:
+        if self._refusing:
             result = failed_result(
                 dispatch.task_id, "handler_lost", "handler is shutting down", step=dispatch.step
             )
@@ -414,6 +429,7 @@ class _PendingCall:
     sent_at: float
     on_started: Callable[[Started], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
+    on_queued: Callable[[Queued], None] | None = None
 
 
 @dataclass(slots=True)
@@ -455,6 +471,8 @@ class BusClient:
             Heartbeat: self._on_heartbeat,
             Reconnect: self._on_reconnect,
         }
+        self._table[Queued] = self._on_queued
+        self._max_pending = bus.max_pending_calls
         self._log = log.bind(client_id=self.client_id)
 
     @property
@@ -490,11 +508,13 @@ class BusClient:
         on_progress: Callable[[Progress], None] | None = None,
         require_handler: bool = False,
         durable: bool = False,
+        on_queued: Callable[[Queued], None] | None = None,
     ) -> Result:
         """Submit ``inputs`` along ``route`` and await the final Result; ``on_progress`` gets the handlers'
-        ``Progress`` reports while the task runs.
+        ``Progress`` reports while the task runs, ``on_queued`` hears when it waits in the broker's queue.
 
-        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``; with
+        A deadline passing yields code ``task_timeout``; a silent broker yields ``broker_unavailable``; more
+        than ``bus.max_pending_calls`` calls awaited at once ``queue_full`` (before anything is sent); with
         ``require_handler`` no handler for the first step's topic yields ``no_handler`` at once.
         ``durable``: the broker keeps the Result until ``ack(task_id)`` (call it once the outcome is stored).
         """
@@ -504,6 +524,8 @@ class BusClient:
         pending = self._state.pending
         if task_id in pending:
             return failed_result(task_id, "conflict", f"task {task_id} is already pending on this client")
+        if len(pending) >= self._max_pending:
+            return failed_result(task_id, "queue_full", f"{self._max_pending} calls already in flight")
         try:
             frame = self.codec.encode(
                 Submit(
@@ -514,13 +536,14 @@ class BusClient:
                     notify_start=on_started is not None,
                     require_handler=require_handler,
                     durable=durable,
+                    notify_queued=on_queued is not None,
                 )
             )
         except InvalidMessage as exc:
             return failed_result(task_id, exc.code, exc.message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        pending[task_id] = _PendingCall(future, time.monotonic(), on_started, on_progress)
+        pending[task_id] = _PendingCall(future, time.monotonic(), on_started, on_progress, on_queued)
         # A plain timer on the future rather than asyncio.wait_for: the same deadline for less work on the
         # request path (no waiter future, no extra callbacks).
         timer = loop.call_later(timeout_s + self.grace_s, _expire, future, task_id, timeout_s)
@@ -699,6 +722,11 @@ class BusClient:
         call = self._state.pending.get(progress.task_id)
         if call is not None:
             self._notify(call.on_progress, progress, progress.task_id)
+
+    def _on_queued(self, queued: Queued) -> None:
+        call = self._state.pending.get(queued.task_id)
+        if call is not None:
+            self._notify(call.on_queued, queued, queued.task_id)
 
     def _notify(self, callback: Callable[[Any], None] | None, message: Message, task_id: str) -> None:
         """Hand a running task's message to its caller's callback; a failing callback never breaks the bus."""

@@ -43,6 +43,9 @@ class BusConfig(BaseModel):
     reconnect_initial_s: PositiveFloat = 0.25
     reconnect_max_s: PositiveFloat = 32.0
     max_message_bytes: PositiveInt = 256 * MiB
+    max_pending_calls: PositiveInt = 10_000
+    """Tasks a submitter (the registry) awaits at once; one more is refused at once with ``queue_full``
+    (503 with ``Retry-After`` at the REST API) rather than queued in its memory."""
 
     @property
     def liveness_timeout_s(self) -> float:
@@ -55,6 +58,13 @@ class BrokerConfig(BaseModel):
     """More endpoints on the same socket: ``dlhub up`` adds an ``ipc://`` one in the data directory, which
     costs its local services less per message than TCP on loopback, while remote workers use ``bind_url``."""
     max_queued_tasks: PositiveInt = 100_000
+    """Tasks waiting for a free handler, all topics together; past it a task fails with ``queue_full``."""
+    max_queued_per_topic: PositiveInt = 10_000
+    """Tasks waiting for a free handler of one topic (one servable version); past it ``queue_full``, so that
+    one overloaded servable cannot fill the whole queue."""
+    shutdown_grace_s: NonNegativeFloat = 12.0
+    """On SIGTERM the broker refuses new tasks (``shutting_down``) and lets the running ones finish for up to
+    this long; what is left then fails typed. Longer than the workers' grace, so their last results pass."""
     sndhwm: int = 0
     max_unacked_results: PositiveInt = 100_000
     """Results of durable tasks (asynchronous runs) held until their client acknowledges them; past it the
@@ -141,6 +151,9 @@ class RegistryConfig(BaseModel):
     this long."""
     max_connections: PositiveInt = 1000
     """Open client connections; one more is answered 503 ``service_unavailable`` and closed."""
+    shutdown_grace_s: NonNegativeFloat = 10.0
+    """On SIGTERM the registry answers new requests 503 ``shutting_down`` (with ``Retry-After``) and lets the
+    requests in progress (sync runs included) finish for up to this long, then exits."""
     internal_url: str | None = None
     """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
@@ -240,6 +253,9 @@ class WorkerConfig(BaseModel):
     file_fetch_timeout_s: PositiveFloat = 60.0
     """Total time allowed to download one file input (connection, redirects and body)."""
     file_fetch_max_redirects: NonNegativeInt = 5
+    shutdown_grace_s: NonNegativeFloat = 10.0
+    """On SIGTERM the worker tells the broker it takes no new work and lets its running tasks finish for up
+    to this long; the broker fails what is left with ``handler_lost`` when the worker unregisters."""
     backend: Literal["local", "parsl"] = "local"
     """Run tasks in this worker's own executor processes (``processes`` of them) or through Parsl
     (``[worker.parsl]``)."""

@@ -14,6 +14,8 @@ class DLHubError(Exception):
 
     code: ClassVar[str] = "dlhub_error"
     http_status: ClassVar[int] = 500
+    retry_after_s: ClassVar[int | None] = None
+    """Set on errors that a caller should retry later: the REST answer carries ``Retry-After``."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -141,6 +143,24 @@ class WorkerLost(HandlerLost):
 class BrokerUnavailable(DLHubError):
     code = "broker_unavailable"
     http_status = 503
+    retry_after_s = 1
+
+
+class QueueFull(DLHubError):
+    """A bounded queue is full (the broker's for the task's topic, or the registry's calls in flight): the
+    task was refused before it was accepted, so it is safe to submit again after ``Retry-After``."""
+
+    code = "queue_full"
+    http_status = 503
+    retry_after_s = 1
+
+
+class ShuttingDown(DLHubError):
+    """The service is draining before it stops (SIGTERM): the request was refused before it was accepted."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after_s = 1
 
 
 class RegistryRestarted(DLHubError):
@@ -212,6 +232,8 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         RegistryRestarted,
         BrokerRestarted,
         DeadlineExceeded,
+        QueueFull,
+        ShuttingDown,
         StoreUnavailable,
         StorageFull,
         ServableError,

@@ -46,6 +46,13 @@ class Unregister(Message, tag="unregister"):
     handler_id: str
 
 
+class Draining(Message, tag="draining"):
+    """Handler -> broker: dispatch me nothing more; results of the tasks I hold still come (graceful stop).
+    An ``Unregister`` follows once they are done (or the grace period is over)."""
+
+    handler_id: str
+
+
 class Heartbeat(Message, tag="heartbeat"):
     """Either direction; any message also counts as a sign of life."""
 
@@ -77,6 +84,10 @@ class Submit(Message, tag="submit"):
     inputs: msgspec.Raw = NIL
     timeout_s: float = 300.0
     notify_start: bool = False
+    notify_queued: bool = False
+    """Ask for a ``Queued`` reply when the task has to wait for a free handler: with ``notify_start`` the
+    client then hears at once whether the broker accepted the task (Started or Queued) or refused it (a
+    failed Result, e.g. ``queue_full``)."""
     require_handler: bool = False
     """Fail at once with ``no_handler`` when no handler serves the first step's topic right now, instead of
     waiting in the queue for one to register (a search query should answer 503, not wait for its deadline)."""
@@ -107,6 +118,10 @@ class TaskStatus(Message, tag="task_status"):
     request_id: str
     broker_id: str
     known: list[str]
+    notify_queued: bool = False
+    """Ask for a ``Queued`` reply when the task has to wait for a free handler: with ``notify_start`` the
+    client then hears at once whether the broker accepted the task (Started or Queued) or refused it (a
+    failed Result, e.g. ``queue_full``)."""
 
 
 class Dispatch(Message, tag="dispatch"):
@@ -126,6 +141,12 @@ class Started(Message, tag="started"):
 
     task_id: str
     handler_id: str
+
+
+class Queued(Message, tag="queued"):
+    """Broker -> client: the task was accepted and waits for a free handler (asked by ``notify_queued``)."""
+
+    task_id: str
 
 
 class Progress(Message, tag="progress"):
@@ -183,6 +204,8 @@ class HandlerInfo(msgspec.Struct, kw_only=True):
     topics: list[str]
     capacity: int
     inflight: int
+    draining: bool = False
+    """The handler said ``Draining``: it finishes what it holds and is dispatched nothing more."""
 
 
 class StatsReply(Message, tag="stats_reply"):
@@ -196,11 +219,13 @@ AnyMessage = (
     Register
     | Registered
     | Unregister
+    | Draining
     | Heartbeat
     | Reconnect
     | Submit
     | Dispatch
     | Started
+    | Queued
     | Progress
     | Result
     | StatsRequest

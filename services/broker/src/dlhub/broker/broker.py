@@ -36,11 +36,13 @@ from dlhub.common.messages import (
     NIL,
     Ack,
     Dispatch,
+    Draining,
     ErrorInfo,
     HandlerInfo,
     Heartbeat,
     Message,
     Progress,
+    Queued,
     Reconnect,
     Register,
     Registered,
@@ -92,7 +94,9 @@ class Broker:
         self.broker_id = f"broker-{new_id()}"
         self.handlers = HandlerTable()
         self.topics = TopicTable()
-        self.queue = PendingQueue(max_tasks=config.max_queued_tasks)
+        self.queue = PendingQueue(
+            max_tasks=config.max_queued_tasks, max_per_topic=config.max_queued_per_topic
+        )
         self.tasks: dict[str, TaskRecord] = {}
         self.mailbox = Mailbox(
             max_results=config.max_unacked_results,
@@ -109,6 +113,7 @@ class Broker:
             Heartbeat: self._on_heartbeat,
             Register: self._on_register,
             Unregister: self._on_unregister,
+            Draining: self._on_draining,
             StatsRequest: self._on_stats_request,
             Ack: self._on_ack,
             TaskQuery: self._on_task_query,
@@ -116,6 +121,8 @@ class Broker:
         self._sock: zmq.Socket[bytes] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._stopping = False
+        self._draining = False
+        self._drain_deadline = 0.0
         self._tick_due = False
         self._capacity_changed = False
         self._next_heartbeat = 0.0
@@ -139,7 +146,22 @@ class Broker:
         self._sock = sock
 
     def stop(self) -> None:
+        """Stop now: queued and running tasks are not answered (their clients see a silent broker)."""
         self._stopping = True
+        self._wake()
+
+    def drain(self) -> None:
+        """Graceful stop (SIGTERM): refuse new tasks with ``shutting_down``, fail the queued ones with it
+        (never dispatched: safe to submit again), let running ones finish for ``shutdown_grace_s``, then
+        fail what is left and stop. A second call stops at once."""
+        if self._draining:
+            self.stop()
+            return
+        self._draining = True
+        self._drain_deadline = time.monotonic() + self.config.shutdown_grace_s
+        log.info("broker draining", tasks=len(self.tasks), grace_s=self.config.shutdown_grace_s)
+        for task in self.queue.drain():
+            self._fail(task, "shutting_down", "the broker is shutting down; submit again")
         self._wake()
 
     async def serve(self) -> None:
@@ -277,6 +299,15 @@ class Broker:
         self._remove_handler(handler, "handler unregistered")
         log.info("handler unregistered", handler_id=handler.handler_id)
 
+    def _on_draining(self, identity: bytes, msg: Draining, now: float) -> None:
+        """The handler stops taking work: no more dispatches; its running tasks' results are still taken."""
+        handler = self.handlers.get(identity)
+        if handler is None:
+            return
+        handler.draining = True
+        self.topics.remove(handler)
+        log.info("handler draining", handler_id=handler.handler_id, inflight=len(handler.inflight))
+
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
         if identity in self.handlers.by_identity:
             return  # last_seen already refreshed
@@ -300,6 +331,7 @@ class Broker:
                 topics=h.topics,
                 capacity=h.capacity,
                 inflight=len(h.inflight),
+                draining=h.draining,
             )
             for h in self.handlers
         ]
@@ -319,6 +351,9 @@ class Broker:
         if not msg.route:
             self._reply(identity, _failure(msg.task_id, "validation_error", "route is empty"))
             return
+        if self._draining:
+            self._reply(identity, _failure(msg.task_id, "shutting_down", "the broker is shutting down"))
+            return
         if msg.require_handler and not self.topics.matching(topic := msg.route[0].topic):
             message = f"no handler serves topic {topic!r} right now"
             self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=topic))
@@ -333,6 +368,7 @@ class Broker:
             inputs=msg.inputs,
             ready_at=now,
             durable=msg.durable,
+            notify_queued=msg.notify_queued,
         )
         self.tasks[msg.task_id] = task
         self._route(task, now)
@@ -424,8 +460,17 @@ class Broker:
                 return
             if task.task_id not in self.tasks:  # failed while dispatching
                 return
-        if not self.queue.push(task):
-            self._fail(task, "broker_unavailable", f"broker queue is full ({self.queue.max_tasks} tasks)")
+        if self._draining:  # a later step of a pipeline: nothing will take it before the broker stops
+            self._fail(task, "shutting_down", "the broker is shutting down")
+        elif not self.queue.push(task):
+            self._fail(task, "queue_full", self._queue_full_message(topic))
+        elif task.notify_queued and task.step == 0:
+            self._reply(task.client, Queued(task_id=task.task_id))
+
+    def _queue_full_message(self, topic: str) -> str:
+        if len(self.queue) >= self.queue.max_tasks:
+            return f"the broker's queue is full ({self.queue.max_tasks} tasks); retry later"
+        return f"the queue of topic {topic!r} is full ({self.queue.max_per_topic} tasks); retry later"
 
     def _dispatch(self, task: TaskRecord, handler: HandlerRecord, now: float) -> bool:
         step = task.route[task.step]
@@ -479,6 +524,7 @@ class Broker:
             self._send_heartbeats,
             self._expire_tasks,
             self._expire_results,
+            self._check_drained,
             self._purge_silent_peers,
             self._update_metrics,
         ):
@@ -518,6 +564,17 @@ class Broker:
         expired = self.mailbox.expire(now)
         if expired:
             log.warning("unacknowledged results expired", count=len(expired), first_task_id=expired[0])
+
+    def _check_drained(self, now: float) -> None:
+        """While draining: stop once no task is left, or fail what is left when the grace period is over."""
+        if not self._draining:
+            return
+        if self.tasks and now < self._drain_deadline:
+            return
+        for task in list(self.tasks.values()):
+            self._fail(task, "broker_unavailable", "the broker stopped before the task finished")
+        log.info("broker drained")
+        self._stopping = True
 
     def _purge_silent_peers(self, now: float) -> None:
         for handler in self.handlers.silent_since(now - self.bus.liveness_timeout_s):
@@ -668,5 +725,5 @@ async def run(settings: DLHubSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, broker.stop)
+            loop.add_signal_handler(sig, broker.drain)
     await broker.serve()

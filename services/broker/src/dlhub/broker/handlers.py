@@ -17,6 +17,7 @@ class HandlerRecord:
     capacity: int
     last_seen: float
     inflight: set[str] = field(default_factory=set)
+    draining: bool = False
 
     @property
     def free(self) -> int:

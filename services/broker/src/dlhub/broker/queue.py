@@ -1,4 +1,4 @@
-"""Tasks waiting for handler capacity: FIFO per topic, bounded, expiring by deadline.
+"""Tasks waiting for handler capacity: FIFO per topic, bounded (in all and per topic), expiring by deadline.
 
 Removal is lazy: a task leaving the queue (dispatched or expired) is only flagged, and skipped when it reaches
 the head of its topic's line; the deadline heap is compacted when stale entries outnumber live ones.
@@ -15,8 +15,9 @@ from dlhub.broker.tasks import TaskRecord
 
 
 class PendingQueue:
-    def __init__(self, *, max_tasks: int) -> None:
+    def __init__(self, *, max_tasks: int, max_per_topic: int | None = None) -> None:
         self.max_tasks = max_tasks
+        self.max_per_topic = max_tasks if max_per_topic is None else max_per_topic
         self._lines: dict[str, deque[TaskRecord]] = {}
         self._live: dict[str, int] = {}
         self._deadlines: list[tuple[float, int, TaskRecord]] = []
@@ -31,10 +32,12 @@ class PendingQueue:
         return self._count >= self.max_tasks
 
     def push(self, task: TaskRecord) -> bool:
-        """Queue ``task`` behind others for its topic; False if the queue is full."""
+        """Queue ``task`` behind others for its topic; False if the queue, or its topic's line, is full."""
         if self._count >= self.max_tasks:
             return False
         topic = task.topic
+        if self._live.get(topic, 0) >= self.max_per_topic:
+            return False
         line = self._lines.get(topic)
         if line is None:
             self._lines[topic] = line = deque()

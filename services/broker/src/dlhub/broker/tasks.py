@@ -25,6 +25,7 @@ class TaskRecord:
     queued: bool = False
     started_sent: bool = False
     durable: bool = False  # keep the final Result until the client acknowledges it (mailbox.py)
+    notify_queued: bool = False
     inference_ms: float = 0.0
     invocation_ms: float = 0.0
     queue_ms: float = 0.0

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import msgspec
 
-from dlhub.common.messages import Progress, Result, RouteStep, Started, StatsReply, TaskStatus
+from dlhub.common.messages import Progress, Queued, Result, RouteStep, Started, StatsReply, TaskStatus
 
 
 class Bus(Protocol):
@@ -26,6 +26,7 @@ class Bus(Protocol):
         on_progress: Callable[[Progress], None] | None = None,
         require_handler: bool = False,
         durable: bool = False,
+        on_queued: Callable[[Queued], None] | None = None,
     ) -> Result: ...
 
     async def stats(self, *, timeout_s: float = 2.0) -> StatsReply: ...

@@ -4,6 +4,10 @@ Synchronous runs are the latency-critical path: cached version lookup, one msgsp
 ``BusClient.call``, one JSON encode of the answer, and no database write. Asynchronous runs get a task record
 that moves pending -> running (when the broker reports the start) -> completed | failed.
 
+A task the broker (or the bus client) refuses before accepting it (``queue_full``, ``shutting_down``, and a
+broker that cannot be reached) is answered 503 with ``Retry-After``: nothing ran, so the caller may submit
+again. An asynchronous submission waits for the broker's word (Started, Queued or the refusal) before its 202.
+
 Results of deterministic servables are memoized (``memo.py``): a hit answers before the bus is touched
 (``"cached": true``, inference and invocation time 0); ``"memoize": false`` skips the lookup but still
 stores the fresh result. The key hashes the whole input, so it is computed only when needed: before the run
@@ -24,10 +28,18 @@ from msgspec import UNSET, UnsetType
 from dlhub.common import messages
 from dlhub.common.codec import Codec, encode_body, to_json
 from dlhub.common.config import DLHubSettings
-from dlhub.common.errors import BrokerUnavailable, InvalidMessage, Unauthorized, ValidationFailed
+from dlhub.common.errors import (
+    BrokerUnavailable,
+    InvalidMessage,
+    QueueFull,
+    ShuttingDown,
+    Unauthorized,
+    ValidationFailed,
+    error_class,
+)
 from dlhub.common.ids import new_id, servable_topic
 from dlhub.common.logging import get_logger
-from dlhub.common.messages import Result, RouteStep, Started
+from dlhub.common.messages import ErrorInfo, Queued, Result, RouteStep, Started
 from dlhub.registry.argtypes import UNCHECKED, check_run_inputs
 from dlhub.registry.auth import Caller
 from dlhub.registry.background import BackgroundTasks
@@ -51,6 +63,20 @@ from dlhub.registry.tasks import TaskTable
 log = get_logger(__name__)
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+REFUSED_CODES = frozenset({QueueFull.code, ShuttingDown.code})
+"""Failures of a task refused before its first step was accepted: answered 503, safe to submit again."""
+
+
+def refusal(error: ErrorInfo | None) -> BrokerUnavailable | QueueFull | ShuttingDown | None:
+    """The 503 error to raise for a task that was refused (or lost by an unreachable broker), else None."""
+    if error is None:
+        return None
+    if error.code == BrokerUnavailable.code or (error.code in REFUSED_CODES and error.step <= 0):
+        cls = error_class(error.code)
+        assert issubclass(cls, BrokerUnavailable | QueueFull | ShuttingDown)
+        return cls(error.message)
+    return None
 
 
 Inputs = Annotated[Any, msgspec.Meta(description="Any JSON value (msgpack: NumPy arrays as the extension)")]
@@ -342,8 +368,8 @@ class Runs:
             )
         result = await self._bus.call(submission.route, submission.inputs, timeout_s=submission.timeout_s)
         self._metrics.outcome("sync", result.ok, result.error.code if result.error is not None else None)
-        if not result.ok and result.error is not None and result.error.code == BrokerUnavailable.code:
-            raise BrokerUnavailable(result.error.message)
+        if not result.ok and (refused := refusal(result.error)) is not None:
+            raise refused
         if result.ok and submission.memo is not None:
             # After the response is written when the key is still to be computed (a bypassed lookup).
             asyncio.get_running_loop().call_soon(self._memo_store_result, submission.memo, result)
@@ -391,7 +417,8 @@ class Runs:
         return encode_body(answer) if msgpack else self._json.encode(answer)
 
     async def submit_async(self, caller: Caller, submission: Submission) -> TaskRecord:
-        """Create the task and run it in the background; a memo hit returns the task already completed."""
+        """Create the task and run it in the background once the broker accepted it (a refusal raises its
+        503 error; the task record is then failed with it); a memo hit returns the task already completed."""
         started = time.perf_counter()
         cached = await self._memo_lookup(submission)
         task = await self._tasks.create(
@@ -408,22 +435,41 @@ class Runs:
             timings = timings_dict(messages.Timings(), request_ms)
             return await self._tasks.complete(task, output=output, timings=timings)
         self._tasks.driving.add(task.task_id)
-        self._background.spawn(self._run_async(task, submission), name=f"run {task.task_id}")
+        accepted: asyncio.Future[ErrorInfo | None] = asyncio.get_running_loop().create_future()
+        self._background.spawn(self._run_async(task, submission, accepted), name=f"run {task.task_id}")
+        error = await accepted
+        if (refused := refusal(error)) is not None:
+            raise refused
         return task
 
-    async def _run_async(self, task: TaskRecord, submission: Submission) -> None:
+    async def _run_async(
+        self, task: TaskRecord, submission: Submission, accepted: asyncio.Future[ErrorInfo | None]
+    ) -> None:
         try:
-            await self._drive_async(task, submission)
+            await self._drive_async(task, submission, accepted)
         finally:
             self._tasks.driving.discard(task.task_id)
+            if not accepted.done():  # cancelled before the broker answered: the submitter must not hang
+                accepted.set_result(None)
 
-    async def _drive_async(self, task: TaskRecord, submission: Submission) -> None:
+    async def _drive_async(
+        self, task: TaskRecord, submission: Submission, accepted: asyncio.Future[ErrorInfo | None]
+    ) -> None:
+        """Run the task; ``accepted`` is settled when the broker starts or queues it (None) or answers
+        first with its final failure (that error)."""
         started = time.perf_counter()
         marking: list[asyncio.Task[TaskRecord]] = []
 
         def on_started(_: Started) -> None:
+            if not accepted.done():
+                accepted.set_result(None)
             marking.append(asyncio.ensure_future(self._tasks.mark_running(task)))
 
+        def on_queued(_: Queued) -> None:
+            if not accepted.done():
+                accepted.set_result(None)
+
+        result: Result | None = None
         try:
             # Durable: the broker keeps the result until it is acknowledged below, after the store write, so
             # a registry killed in between gets it again when it restarts (recovery.py).
@@ -433,6 +479,7 @@ class Runs:
                 timeout_s=submission.timeout_s,
                 task_id=task.task_id,
                 on_started=on_started,
+                on_queued=on_queued,
                 durable=True,
             )
         except Exception as exc:
@@ -442,6 +489,9 @@ class Runs:
             await asyncio.gather(*marking, return_exceptions=True)
             await self._tasks.fail(task, error={"type": code, "message": str(exc) or type(exc).__name__})
             return
+        finally:
+            if not accepted.done():  # no Started or Queued came first: the result is the broker's answer
+                accepted.set_result(None if result is None or result.ok else result.error)
         # The "running" write must land before the final state (it would be refused after it anyway).
         await asyncio.gather(*marking, return_exceptions=True)
         task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)

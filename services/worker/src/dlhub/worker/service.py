@@ -246,6 +246,7 @@ class WorkerService:
                 capacity=self.capacity,
                 handle=self.handle,
             )
+            self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
             log.info(
                 "worker serving",
                 topics=self.settings.worker.topics,

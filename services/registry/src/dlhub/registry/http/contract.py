@@ -426,6 +426,7 @@ class HandlerStats(Struct, kw_only=True):
     topics: list[str]
     capacity: int
     inflight: int
+    draining: Annotated[bool, Meta(description="Stopping: finishes its tasks, takes no new ones")] = False
 
 
 class BrokerStats(Struct, kw_only=True):

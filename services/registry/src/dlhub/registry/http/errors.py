@@ -75,6 +75,9 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except DLHubError as exc:
+        if exc.retry_after_s is not None:
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            return error_response(exc.http_status, exc.to_dict(), headers=headers)
         return error_response(exc.http_status, exc.to_dict())
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -38,6 +38,7 @@ async def health(request: web.Request) -> web.Response:
                 topics=h.topics,
                 capacity=h.capacity,
                 inflight=h.inflight,
+                draining=h.draining,
             )
             for h in stats.handlers
         ]

@@ -6,6 +6,12 @@ hook to answer the JSON error envelope of docs/api.md, closes a connection that 
 request's headers within ``header_read_timeout_s`` (aiohttp's keep-alive timer, armed at connect, bounds the
 idle time between requests), and answers 503 to a connection past ``max_connections``.
 
+Graceful stop (SIGTERM, ``GuardedServer.drain``): the listener stays open, but every request not yet handed
+to the application, on a new connection or an open one, is answered 503 ``shutting_down`` with
+``Retry-After`` (health checks included, so a load balancer takes the registry out); the requests in progress
+finish, for up to ``shutdown_grace_s``; then the runner's cleanup closes what is left. The switch swaps the
+request handler of the server and of each open connection, so serving costs nothing extra before it.
+
 ``GuardedRunner`` is an ``AppRunner`` whose server (the protocol factory a ``TCPSite`` listens with) makes
 these protocols: ``BaseRunner._make_server`` is the hook runners override to supply their server.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from http import HTTPStatus
 from typing import Any
 
@@ -26,6 +33,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from dlhub.common.config import RegistryConfig
+from dlhub.common.errors import ShuttingDown
 from dlhub.common.logging import get_logger
 from dlhub.registry.http.errors import HTTP_ERROR_TYPES, error_response
 
@@ -48,6 +56,14 @@ def _busy_reply() -> bytes:
 
 
 _BUSY = _busy_reply()
+DRAIN_POLL_INTERVAL_S = 0.05
+
+
+async def _refuse_shutting_down(request: web.BaseRequest) -> web.StreamResponse:
+    error = ShuttingDown("the registry is shutting down; retry shortly")
+    response = error_response(error.http_status, error.to_dict(), headers={"Retry-After": "1"})
+    response.force_close()  # the next try opens a new connection: to a registry that is still serving
+    return response
 
 
 def parse_error(exc: BaseException | None, status: int, config: RegistryConfig) -> tuple[int, str, str]:
@@ -103,6 +119,15 @@ class GuardedProtocol(RequestHandler):
         self.headers_received()
         super().connection_lost(exc)
 
+    def refuse_new_requests(self) -> None:
+        """Answer the requests still to come on this connection 503 ``shutting_down`` (graceful stop)."""
+        self._request_handler = _refuse_shutting_down
+
+    @property
+    def busy(self) -> bool:
+        """A request is being handled on this connection (the flag aiohttp's own ``shutdown`` waits on)."""
+        return self._request_in_progress
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -142,6 +167,26 @@ class GuardedServer(web.Server):
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         self.open_connections -= 1
         super().connection_lost(handler, exc)
+
+    async def drain(self, grace_s: float) -> bool:
+        """Refuse new requests (503 ``shutting_down``); wait up to ``grace_s`` for those in progress.
+
+        True if they all finished in time."""
+        self.request_handler = _refuse_shutting_down
+        in_progress = []
+        for connection in self.connections:
+            if isinstance(connection, GuardedProtocol):
+                connection.refuse_new_requests()
+                if connection.busy:
+                    in_progress.append(connection)
+        log.info("registry draining", requests=len(in_progress), grace_s=grace_s)
+        deadline = time.monotonic() + grace_s
+        # Their next requests are refused at once, so a connection that is busy again is no longer ours.
+        while any(c.busy for c in in_progress):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_INTERVAL_S)
+        return True
 
     def _request(
         self,
