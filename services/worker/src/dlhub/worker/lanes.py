@@ -124,13 +124,17 @@ class ServableLanes:
         self._spare = spare
 
     def _take_spare(self) -> ExecutorProcess | None:
-        """The spare process if it is still alive; a new one is started in the background."""
+        """The spare process if it is still alive (``_refill_spare`` replaces it)."""
         spare, self._spare = self._spare, None
-        if not self._closing and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.create_task(self._fill_spare())
         if spare is not None and spare.returncode is None:
             return spare
         return None
+
+    def _refill_spare(self) -> None:
+        """Start a new spare in the background, once the lane that took the last one has answered its first
+        request: forking the worker and importing in the child would otherwise delay that request."""
+        if self._spare is None and not self._closing and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._fill_spare())
 
     async def execute(
         self,
@@ -166,8 +170,9 @@ class ServableLanes:
         finally:
             lane.active -= 1
             lane.last_used = time.monotonic()
-        if opened_ms:
-            reply.queue_ms += opened_ms
+            if opened_ms:
+                self._refill_spare()
+        reply.queue_ms += opened_ms
         return reply
 
     async def _lane(self, version_dir: str, servable: str, timeout_s: float | None) -> Lane:
