@@ -74,9 +74,11 @@ class WorkerService:
     """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
     batching allowance (with the Parsl back end, ``processes`` is the number of Parsl workers).
 
-    Each executor process runs one task at a time, with up to ``pipeline_depth`` requests written to it ahead
-    (``pool.py``); the extra capacity (``tasks_per_process > 1``) only lets tasks wait here for a process
-    instead of in the broker, saving a round trip between tasks. With
+    Each servable version runs in its own lane of ``processes`` executor processes (``lanes.py``), each
+    running one task at a time with up to ``pipeline_depth`` requests written to it ahead (``pool.py``); the
+    broker hands the worker at most ``servable_max_tasks`` tasks of one servable at once. The extra capacity
+    (``tasks_per_process > 1``) only lets tasks wait here for a process instead of in the broker, saving a
+    round trip between tasks. With
     adaptive batching on, the broker must also hand this worker the concurrent requests it is to merge: the
     allowance (``batch_capacity``, by default ``batch_max_size``) lets up to one full batch wait here while
     the executors are busy. Requests to servables that are not batchable also use it, and then simply wait
