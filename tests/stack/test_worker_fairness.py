@@ -132,7 +132,8 @@ async def test_queue_ms_reports_the_wait_for_the_servables_own_process(client: B
     # The first call of a version starts its lane (a spare process) and loads it: both are queue time.
     cold = await call(client, "other", 0.0, method="sleep")
     assert cold.ok, cold.error
-    assert cold.timings.queue_ms > 1.0 and cold.timings.invocation_ms < cold.timings.queue_ms
+    assert cold.timings.queue_ms > 0.1, cold.timings  # was 0: the start and load were invocation time
+    assert cold.timings.invocation_ms < 500, cold.timings
     # One process per servable: of two concurrent calls, the second waits for the first.
     first, second = sorted(
         await asyncio.gather(*(call(client, "other", 1.0, method="sleep") for _ in range(2))),
