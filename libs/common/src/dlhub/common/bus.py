@@ -199,6 +199,7 @@ class HandlerService:
         capacity: int,
         handle: TaskHandler,
         handler_id: str | None = None,
+        max_tasks_per_topic: int = 0,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -207,6 +208,8 @@ class HandlerService:
         self.kind = kind
         self.topics = list(topics)
         self.capacity = capacity
+        self.max_tasks_per_topic = max_tasks_per_topic
+        """Asked of the broker at registration: at most this many tasks of one topic at once (0: any)."""
         self.handler_id = handler_id or new_id()
         self._handle = handle
         self._dealer: _Dealer | None = None
@@ -307,7 +310,13 @@ class HandlerService:
             on_frame=self._on_frame,
         )
         self._send(
-            Register(handler_id=self.handler_id, kind=self.kind, topics=self.topics, capacity=self.capacity)
+            Register(
+                handler_id=self.handler_id,
+                kind=self.kind,
+                topics=self.topics,
+                capacity=self.capacity,
+                max_tasks_per_topic=self.max_tasks_per_topic,
+            )
         )
 
     def _close_session(self) -> None:

@@ -234,7 +234,19 @@ class ReplicaConfig(BaseModel):
 class WorkerConfig(BaseModel):
     topics: list[str] = Field(default_factory=lambda: ["servable/*"])
     processes: PositiveInt = 1
+    """Executor processes of each servable version's lane (``dlhub.worker.lanes``): every version of the
+    shared environment runs in processes of its own, so a slow, stuck or crashing servable never delays
+    another one; this is also how many tasks of one servable run at once (Parsl back end: Parsl workers)."""
     tasks_per_process: PositiveInt = 1
+    max_servable_lanes: PositiveInt = 8
+    """Servable lanes a worker keeps warm at once; opening another one first stops the least recently used
+    idle lane (a lane running a task is never stopped, so the bound may be passed while all are busy)."""
+    servable_lane_idle_s: PositiveFloat = 600.0
+    """A lane that has run no task for this long is stopped (started again on the next request)."""
+    servable_max_tasks: PositiveInt | None = None
+    """Tasks of one servable version (one topic) the broker hands this worker at once, running or waiting
+    here; default three quarters of the worker's capacity (at least 1), so one busy servable cannot hold all
+    of it while requests to other servables wait in the broker."""
     pipeline_depth: PositiveInt = 4
     """Requests written ahead to one executor process, which runs them in order: it goes from task to task
     without waiting for the worker, at the price of a task queued behind a slow one (1: one at a time)."""

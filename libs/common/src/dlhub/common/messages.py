@@ -31,6 +31,9 @@ class Register(Message, tag="register"):
     kind: str
     topics: list[str]
     capacity: int
+    max_tasks_per_topic: int = 0
+    """At most this many tasks of one exact topic at once (0: up to ``capacity``): a worker's fair share, so
+    that one servable cannot hold all of its capacity while requests to others wait."""
 
 
 class Registered(Message, tag="registered"):

@@ -125,6 +125,7 @@ class Broker:
         self._drain_deadline = 0.0
         self._tick_due = False
         self._capacity_changed = False
+        self._turn = 0
         self._next_heartbeat = 0.0
         self._heartbeat_frame = codec.encode(Heartbeat(sender_id=self.broker_id))
         self._outbox: dict[bytes, list[bytes | bytearray]] = {}
@@ -277,6 +278,7 @@ class Broker:
             topics=list(msg.topics),
             capacity=msg.capacity,
             last_seen=now,
+            max_per_topic=max(0, msg.max_tasks_per_topic),
         )
         self.handlers.add(handler)
         self.topics.add(handler)
@@ -407,8 +409,7 @@ class Broker:
             log.warning("result from unknown peer", peer=peer_name(identity), task_id=msg.task_id)
             self._send(identity, self.codec.encode(Reconnect(reason="unknown handler")))
             return
-        if msg.task_id in handler.inflight:
-            handler.inflight.discard(msg.task_id)
+        if handler.release(msg.task_id):
             self._capacity_changed = True
         task = self.tasks.get(msg.task_id)
         if task is None or task.handler is not handler or task.step != msg.step:
@@ -491,7 +492,7 @@ class Broker:
             return False
         self._send(handler.identity, frame)
         self._undelivered.setdefault(handler.identity, []).append(task)
-        handler.inflight.add(task.task_id)
+        handler.hold(task.task_id, step.topic)
         task.handler = handler
         task.queue_ms += (now - task.ready_at) * 1000.0
         if task.notify_start and not task.started_sent:
@@ -508,12 +509,22 @@ class Broker:
         self._capacity_changed = False
         now = time.monotonic()
         queue = self.queue
-        for topic in queue.topics():
-            while (task := queue.peek(topic)) is not None:
+        topics = queue.topics()
+        if len(topics) > 1:  # topics take turns, one task each, from a rotating start: none starves another
+            self._turn = (self._turn + 1) % len(topics)
+            topics = topics[self._turn :] + topics[: self._turn]
+        progress = True
+        while progress:
+            progress = False
+            for topic in topics:
+                task = queue.peek(topic)
+                if task is None:
+                    continue
                 handler = self.topics.choose(topic)
                 if handler is None:
-                    break
+                    continue
                 queue.take(task)
+                progress = True
                 if not self._dispatch(task, handler, now) and task.task_id in self.tasks:
                     self._route(task, now)  # that handler vanished; try another or requeue
 
@@ -595,8 +606,7 @@ class Broker:
         """Forget a handler and fail (typed) every task it still held."""
         self.handlers.remove(handler)
         self.topics.remove(handler)
-        held = list(handler.inflight)
-        handler.inflight.clear()
+        held = handler.release_all()
         for task_id in held:
             task = self.tasks.get(task_id)
             if task is not None and task.handler is handler:
@@ -691,7 +701,7 @@ class Broker:
             return
         retry = [t for t in dispatched if t.handler is handler and self.tasks.get(t.task_id) is t]
         for task in retry:
-            handler.inflight.discard(task.task_id)
+            handler.release(task.task_id)
             task.handler = None
         self._remove_handler(handler, "handler unreachable")
         now = time.monotonic()

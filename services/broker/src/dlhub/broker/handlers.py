@@ -16,12 +16,47 @@ class HandlerRecord:
     topics: list[str]
     capacity: int
     last_seen: float
-    inflight: set[str] = field(default_factory=set)
+    max_per_topic: int = 0
+    """Tasks of one exact topic this handler takes at once (0: up to its capacity), so that one busy topic
+    cannot hold all of its capacity while other topics wait."""
+    inflight: dict[str, str] = field(default_factory=dict)
+    """The tasks it holds: task id -> the topic it was dispatched for."""
+    per_topic: dict[str, int] = field(default_factory=dict)
     draining: bool = False
 
     @property
     def free(self) -> int:
         return self.capacity - len(self.inflight)
+
+    def admits(self, topic: str) -> bool:
+        """Free capacity for one more task of ``topic``."""
+        if len(self.inflight) >= self.capacity:
+            return False
+        return not self.max_per_topic or self.per_topic.get(topic, 0) < self.max_per_topic
+
+    def hold(self, task_id: str, topic: str) -> None:
+        self.inflight[task_id] = topic
+        if self.max_per_topic:
+            self.per_topic[topic] = self.per_topic.get(topic, 0) + 1
+
+    def release(self, task_id: str) -> bool:
+        """Forget a task it held; False if it held none with that id."""
+        topic = self.inflight.pop(task_id, None)
+        if topic is None:
+            return False
+        if self.max_per_topic:
+            count = self.per_topic[topic] - 1
+            if count:
+                self.per_topic[topic] = count
+            else:
+                del self.per_topic[topic]
+        return True
+
+    def release_all(self) -> list[str]:
+        held = list(self.inflight)
+        self.inflight.clear()
+        self.per_topic.clear()
+        return held
 
 
 class HandlerTable:

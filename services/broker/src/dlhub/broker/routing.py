@@ -2,6 +2,8 @@
 
 Handlers register exact topics (``builder/build``) or prefix patterns ending in ``*`` (``servable/*``). The
 matching handler with the most free capacity wins; ties rotate round-robin so equal handlers share the load.
+A handler that registered a per-topic limit (a worker: one servable may not hold all of its capacity) is
+skipped for a topic of which it already holds that many tasks.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class TopicTable:
             return None
         if count == 1:
             only = handlers[0]
-            return only if len(only.inflight) < only.capacity else None
+            return only if only.admits(topic) else None
         self._rr += 1
         start = self._rr % count
         best: HandlerRecord | None = None
@@ -64,7 +66,7 @@ class TopicTable:
         for i in range(count):
             handler = handlers[(start + i) % count]
             free = handler.capacity - len(handler.inflight)
-            if free > best_free:
+            if free > best_free and (not handler.max_per_topic or handler.admits(topic)):
                 best, best_free = handler, free
         return best
 

@@ -178,8 +178,12 @@ class ExecutorProcess:
         self.retired = False
         self.killed_running = False
         """Killed because the task it was running passed its deadline (that task has already failed)."""
-        self.inflight: dict[int, asyncio.Future[ExecReply]] = {}
-        """Outstanding requests by sequence number, oldest first (dicts keep insertion order)."""
+        self.inflight: dict[int, asyncio.Future[tuple[ExecReply, float]]] = {}
+        """Outstanding requests by sequence number, oldest first (dicts keep insertion order); each future
+        gets the reply and when the process started that request (``perf_counter``)."""
+        self.head_started = 0.0
+        """When the process started the request it is running: it runs them in order, so the next one starts
+        when the previous reply arrives, or when it is written to an idle process."""
         self._listener = listener
         self._peer_uid = peer_uid
         self.over_socket = listener is not None
@@ -331,10 +335,12 @@ class ExecutorProcess:
             while True:
                 frame = await self._read()
                 if isinstance(frame, ExecReply):
+                    started = self.head_started
+                    self.head_started = time.perf_counter()
                     future = self.inflight.pop(frame.seq, None)
                     # None: a request whose waiter gave up (deadline, cancellation); its reply is dropped.
                     if future is not None and not future.done():
-                        future.set_result(frame)
+                        future.set_result((frame, started))
         except (asyncio.IncompleteReadError, ConnectionError):
             ending = describe_exit(await self.wait_exit(EXIT_GRACE_S))
         except InvalidMessage as exc:
@@ -358,20 +364,28 @@ class ExecutorProcess:
                 future.set_exception(NotStarted())
         self.inflight.clear()
 
-    async def request(self, payload: bytes | bytearray, seq: int, deadline: float | None) -> ExecReply:
-        """Write one encoded request and await its reply until ``deadline`` (loop time).
+    async def request(
+        self, payload: bytes | bytearray, seq: int, deadline: float | None, since: float
+    ) -> ExecReply:
+        """Write one encoded request and await its reply until ``deadline`` (loop time); the reply's
+        ``queue_ms`` is the time from ``since`` (``perf_counter``) until the process started the request.
 
         Raises ``NotStarted`` if the process ended before reading it, ``WorkerLost`` if it ended while running
         it and ``TaskTimeout`` past the deadline (killing the process if the task was running).
         """
-        future: asyncio.Future[ExecReply] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[ExecReply, float]] = asyncio.get_running_loop().create_future()
+        written = time.perf_counter()
+        if not self.inflight:
+            self.head_started = written
         self.inflight[seq] = future
         try:
             self._stdin.write(payload)
             async with asyncio.timeout_at(deadline):
                 with contextlib.suppress(ConnectionError):  # a dead process: the reader fails the future
                     await self._stdin.drain()
-                return await future
+                reply, started = await future
+            reply.queue_ms = (max(started, written) - since) * 1000.0
+            return reply
         except TimeoutError:
             running = next(iter(self.inflight), None) == seq
             self.inflight.pop(seq, None)
@@ -473,10 +487,16 @@ class ExecutorPool:
         """PIDs of the live executor processes (a slot being respawned is left out)."""
         return [p.pid for p in self._slots if p is not None and not p.retired]
 
-    async def start(self) -> None:
-        children = await asyncio.gather(
-            *(self._spawn(slot) for slot in range(self.processes)), return_exceptions=True
+    async def start(self, spare: ExecutorProcess | None = None) -> None:
+        """Spawn the processes (``spare``, an already started one with the same command, takes slot 0)."""
+        first = 0
+        if spare is not None:
+            spare.slot, first = 0, 1
+        spawned = await asyncio.gather(
+            *(self._spawn(slot) for slot in range(first, self.processes)), return_exceptions=True
         )
+        children: list[ExecutorProcess | BaseException] = [spare] if spare is not None else []
+        children.extend(spawned)
         failures = [c for c in children if isinstance(c, BaseException)]
         for child in children:
             if isinstance(child, ExecutorProcess):
@@ -585,12 +605,13 @@ class ExecutorPool:
             deadline_unix_s=0.0 if timeout_s is None else time.time() + timeout_s,
         )
         payload = encode_frame(request, max_bytes=self.max_message_bytes)
+        since = time.perf_counter()
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
             child = await self._acquire(deadline)
             try:
-                return await child.request(payload, seq, deadline)
+                return await child.request(payload, seq, deadline, since)
             except NotStarted:
                 continue  # its process ended before reading it: run it on another one (or the replacement)
             except (WorkerLost, TaskTimeout):

@@ -57,6 +57,9 @@ class ExecReply(Frame, tag="reply"):
     load_ms: float = 0.0
     loads: int = 0
     pid: int = 0
+    queue_ms: float = 0.0
+    """Set by the worker's pool, never sent: how long the request waited before its process started it (for
+    a free process, then in the pipe behind the requests written ahead of it)."""
 
 
 ToExecutor = ExecRequest

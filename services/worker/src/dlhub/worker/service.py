@@ -22,7 +22,8 @@ from dlhub.common.servable_store import METADATA_FILENAME, version_dir
 from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
-from dlhub.worker.pool import ExecutionBackend, ExecutorPool
+from dlhub.worker.lanes import ServableLanes
+from dlhub.worker.pool import ExecutionBackend
 from dlhub.worker.protocol import ExecReply
 
 log = get_logger(__name__)
@@ -51,21 +52,33 @@ def make_backend(settings: DLHubSettings) -> ExecutionBackend:
             max_message_bytes=max_message_bytes,
             file_limits=file_limits,
         )
-    return ExecutorPool(
+    return ServableLanes(
         processes=config.processes,
         max_message_bytes=max_message_bytes,
         depth=config.pipeline_depth,
         file_limits=file_limits,
+        max_lanes=config.max_servable_lanes,
+        idle_s=config.servable_lane_idle_s,
     )
+
+
+def servable_share(capacity: int, configured: int | None) -> int:
+    """Tasks of one servable version the broker hands this worker at once: ``configured``, by default three
+    quarters of the capacity, so that at least a quarter (at least one task) stays free for the others."""
+    if configured is not None:
+        return min(configured, capacity)
+    return max(1, capacity - max(1, capacity // 4))
 
 
 class WorkerService:
     """Serve the configured servable topics with ``processes * tasks_per_process`` tasks in flight, plus the
     batching allowance (with the Parsl back end, ``processes`` is the number of Parsl workers).
 
-    Each executor process runs one task at a time, with up to ``pipeline_depth`` requests written to it ahead
-    (``pool.py``); the extra capacity (``tasks_per_process > 1``) only lets tasks wait here for a process
-    instead of in the broker, saving a round trip between tasks. With
+    Each servable version runs in its own lane of ``processes`` executor processes (``lanes.py``), each
+    running one task at a time with up to ``pipeline_depth`` requests written to it ahead (``pool.py``); the
+    broker hands the worker at most ``servable_max_tasks`` tasks of one servable at once. The extra capacity
+    (``tasks_per_process > 1``) only lets tasks wait here for a process instead of in the broker, saving a
+    round trip between tasks. With
     adaptive batching on, the broker must also hand this worker the concurrent requests it is to merge: the
     allowance (``batch_capacity``, by default ``batch_max_size``) lets up to one full batch wait here while
     the executors are busy. Requests to servables that are not batchable also use it, and then simply wait
@@ -87,6 +100,7 @@ class WorkerService:
         """Versions with their own environment run in its pool (``environments.py``); the others in
         ``self.pool``."""
         self.capacity = self.pool.processes * config.tasks_per_process + allowance
+        self.servable_max_tasks = servable_share(self.capacity, config.servable_max_tasks)
         self.batcher = Batcher(run=self._run_batch, codec=self.codec, slots=self.pool.processes)
         self._policies: dict[tuple[str, str], BatchPolicy | None] = {}
         self._installed: set[Path] = set()
@@ -165,7 +179,7 @@ class WorkerService:
                 return self._failure(
                     dispatch, TaskTimeout("the task reached the worker after its deadline"), start
                 )
-        queue_ms = 0.0
+        queue_ms = 0.0  # every wait before the model starts: environment start, batching window, executor
         backend = self.environments.cached(str(directory))
         if backend is None:
             try:
@@ -173,13 +187,15 @@ class WorkerService:
             except DLHubError as exc:
                 log.warning("environment unavailable", servable=servable, code=exc.code, error=exc.message)
                 return self._failure(dispatch, exc, start)
+            queue_ms = (time.perf_counter() - start) * 1000.0
         policy = self.batch_policy(directory, dispatch.method)
         rows = peek_rows(dispatch.inputs) if policy is not None else None
         try:
             if policy is not None and rows is not None and rows < policy.max_size:
                 key = BatchKey(servable, str(directory), dispatch.method, bytes(dispatch.parameters))
                 outcome = await self.batcher.submit(key, policy, dispatch.inputs, rows, timeout_s)
-                reply, queue_ms = outcome.reply, outcome.queue_ms
+                reply = outcome.reply
+                queue_ms += outcome.queue_ms
             else:  # not batchable, or already a full batch on its own: straight to the pool, undecoded
                 reply = await backend.execute(
                     task_id=dispatch.task_id,
@@ -199,7 +215,8 @@ class WorkerService:
                 error=exc.message,
             )
             return self._failure(dispatch, exc, start)
-        invocation_ms = (time.perf_counter() - start) * 1000.0
+        queue_ms += reply.queue_ms + reply.load_ms
+        invocation_ms = max(0.0, (time.perf_counter() - start) * 1000.0 - queue_ms)
         error = reply.error
         if error is not None:
             error = msgspec.structs.replace(error, step=dispatch.step, topic=dispatch.topic)
@@ -245,12 +262,14 @@ class WorkerService:
                 topics=self.settings.worker.topics,
                 capacity=self.capacity,
                 handle=self.handle,
+                max_tasks_per_topic=self.servable_max_tasks,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
             log.info(
                 "worker serving",
                 topics=self.settings.worker.topics,
                 capacity=self.capacity,
+                servable_max_tasks=self.servable_max_tasks,
                 servable_dir=str(self.servable_root),
             )
             await self.handler.run()
