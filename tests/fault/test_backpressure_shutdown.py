@@ -93,6 +93,9 @@ def bp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DLHUB_BROKER__MAX_QUEUED_PER_TOPIC": str(QUEUE_PER_TOPIC),
         "DLHUB_WORKER__BATCH_ENABLED": "false",
         "DLHUB_WORKER__TASKS_PER_PROCESS": str(WORKER_CAPACITY),
+        # One servable may take a worker's whole capacity here (the fair share would leave it one slot), so
+        # that six ``slow`` tasks fill the topic as the arithmetic above says.
+        "DLHUB_WORKER__SERVABLE_MAX_TASKS": str(WORKER_CAPACITY),
     }
     process, info = start_stack(base, workers=2, extra_env=env)
     stack = Stack(process, info["url"], info["url"] + "/api/v1", info["alice"])

@@ -218,6 +218,7 @@ class HandlerService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._refusing = False  # past the drain: dispatches still arriving are failed, not run
+        self._drain_confirmed = asyncio.Event()  # the broker has read our Draining
         self._last_seen = 0.0
         self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
@@ -225,6 +226,7 @@ class HandlerService:
         self._table: dict[type[Message], Callable[[Any], None]] = {
             Dispatch: self._on_dispatch,
             Registered: self._on_registered,
+            Draining: self._on_draining_confirmed,
             Heartbeat: lambda _msg: None,
             Reconnect: self._on_reconnect,
         }
@@ -274,9 +276,16 @@ class HandlerService:
             await self._stopped.wait()
             return
         self._stopping = True
+        deadline = time.monotonic() + self.stop_drain_timeout_s
         if self._dealer is not None and self._registered.is_set():
             self._send(Draining(handler_id=self.handler_id))
-        await self._drain(time.monotonic() + self.stop_drain_timeout_s)
+            # Dispatches the broker made before reading our Draining are still on the way; its answer comes
+            # after them, so until it does an empty task set does not mean we are done.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._drain_confirmed.wait(), min(self.bus.liveness_timeout_s, self.stop_drain_timeout_s)
+                )
+        await self._drain(deadline)
         if self._dealer is not None and self._registered.is_set():
             self._send(Unregister(handler_id=self.handler_id))
             self._dealer.close(linger_ms=500)
@@ -375,6 +384,9 @@ class HandlerService:
             self._log.warning("progress report not sent", task_id=task_id, reason=exc.message)
             return False
         return self._dealer is not None and self._dealer.send(frame)
+
+    def _on_draining_confirmed(self, message: Draining) -> None:
+        self._drain_confirmed.set()
 
     def _on_registered(self, message: Registered) -> None:
         self._log.info("registered with broker", topics=self.topics, capacity=self.capacity)

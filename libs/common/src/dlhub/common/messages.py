@@ -51,7 +51,10 @@ class Unregister(Message, tag="unregister"):
 
 class Draining(Message, tag="draining"):
     """Handler -> broker: dispatch me nothing more; results of the tasks I hold still come (graceful stop).
-    An ``Unregister`` follows once they are done (or the grace period is over)."""
+    An ``Unregister`` follows once they are done (or the grace period is over).
+
+    Broker -> handler, the same message as the answer: every dispatch made to the handler went out before
+    it (one connection keeps order), so once it arrives the handler knows every task it will ever get."""
 
     handler_id: str
 

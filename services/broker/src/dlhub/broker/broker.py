@@ -308,6 +308,7 @@ class Broker:
             return
         handler.draining = True
         self.topics.remove(handler)
+        self._send(identity, self.codec.encode(Draining(handler_id=handler.handler_id)))
         log.info("handler draining", handler_id=handler.handler_id, inflight=len(handler.inflight))
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
