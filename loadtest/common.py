@@ -48,6 +48,7 @@ class RunningStack:
     token: str
     data_dir: Path
     startup_s: float
+    pid: int = 0  # the `dlhub up` process: its children are the services
 
 
 @contextmanager
@@ -74,7 +75,7 @@ def embedded_stack(workers: int = 1, extra_env: dict[str, str] | None = None) ->
         startup_s = time.perf_counter() - started
         token = json.loads(client_json.read_text())["token"]
         try:
-            yield RunningStack(f"http://127.0.0.1:{port}", token, base / "data", startup_s)
+            yield RunningStack(f"http://127.0.0.1:{port}", token, base / "data", startup_s, process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)

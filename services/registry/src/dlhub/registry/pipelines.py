@@ -49,6 +49,11 @@ class PinnedPipeline:
     steps: tuple[str, ...]
 
 
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # NAME_RE
+SERVABLE_REF_PATTERN = rf"^{_NAME}/{_NAME}(@0*[1-9][0-9]*)?$"
+"""What ``parse_servable_ref`` accepts, for the OpenAPI document: ``owner/name`` or ``owner/name@version``."""
+
+
 def parse_servable_ref(ref: str, field: str) -> tuple[str, str, int | None]:
     """Split ``owner/name`` or ``owner/name@version``."""
     owner, sep, rest = ref.partition("/")

@@ -49,6 +49,7 @@ from dlhub.registry.metrics import RegistryMetrics
 from dlhub.registry.outcomes import TaskError, Timings, error_dict, task_error, timings_dict
 from dlhub.registry.pipelines import (
     MAX_PIPELINE_STEPS,
+    SERVABLE_REF_PATTERN,
     StepSpec,
     check_step_count,
     is_pipeline,
@@ -97,7 +98,13 @@ class RunRequest(msgspec.Struct, kw_only=True):
 
 
 class PipelineStep(msgspec.Struct, kw_only=True):
-    servable: Annotated[str, msgspec.Meta(description="owner/name or owner/name@version")]
+    servable: Annotated[
+        str,
+        msgspec.Meta(
+            description="owner/name or owner/name@version",
+            extra_json_schema={"pattern": SERVABLE_REF_PATTERN},  # the schema's; parse_servable_ref checks
+        ),
+    ]
     method: str = "run"
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 

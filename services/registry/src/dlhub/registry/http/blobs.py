@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from msgspec import UNSET
 
@@ -47,18 +47,33 @@ async def _chunks_of(source: web.Request | BodyPartReader) -> AsyncIterator[byte
         yield chunk
 
 
-async def _file_part(request: web.Request) -> BodyPartReader:
-    """The first part of a multipart upload that carries a file (preferably the one named ``file``)."""
+async def _file_part(request: web.Request) -> tuple[MultipartReader, BodyPartReader]:
+    """The reader and its ``file`` part; the form is closed (as documented), so any other part is a 400
+    rather than silently dropped."""
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if isinstance(part, BodyPartReader) and (part.name == "file" or part.filename):
-                return part
-            if isinstance(part, BodyPartReader):
-                await part.release()
+        part = await reader.next()
     except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise ValidationFailed(f"malformed multipart body: {exc}") from None
-    raise ValidationFailed("the multipart body has no 'file' part", field="file")
+    if isinstance(part, BodyPartReader) and part.name == "file":
+        return reader, part
+    if part is None:
+        raise ValidationFailed("the multipart body has no 'file' part", field="file")
+    name = part.name if isinstance(part, BodyPartReader) else None
+    raise ValidationFailed(f"unexpected multipart part {name!r}: expected 'file'", field="file")
+
+
+async def _check_no_more_parts(reader: MultipartReader, store: BlobStore, blob_id: str) -> None:
+    """A part after ``file``: the upload is refused and the blob just saved from it removed."""
+    try:
+        extra = await reader.next()
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
+        await store.remove(blob_id)
+        raise ValidationFailed(f"malformed multipart body: {exc}") from None
+    if extra is not None:
+        await store.remove(blob_id)
+        name = extra.name if isinstance(extra, BodyPartReader) else None
+        raise ValidationFailed(f"unexpected multipart part {name!r} after 'file'", field="file")
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -76,9 +91,10 @@ async def upload(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"the blob of {length} bytes exceeds the limit of {store.max_bytes} bytes")
     try:
         if multipart:
-            part = await _file_part(request)
+            reader, part = await _file_part(request)
             filename, content_type = part.filename, part.headers.get("Content-Type")
             info = await store.save(user, _chunks_of(part), filename=filename, content_type=content_type)
+            await _check_no_more_parts(reader, store, info.blob_id)
         else:
             filename, content_type = None if query.filename is UNSET else query.filename, request.content_type
             info = await store.save(user, _chunks_of(request), filename=filename, content_type=content_type)

@@ -18,6 +18,7 @@ from dlhub.common.payloads import BuildState, FacetName, SortField, SortOrder
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.outcomes import TaskError as TaskError
 from dlhub.registry.outcomes import Timings as Timings
+from dlhub.registry.pipelines import SERVABLE_REF_PATTERN
 from dlhub.registry.runs import PipelineRequest as PipelineRequest
 from dlhub.registry.runs import PipelineStep as PipelineStep
 from dlhub.registry.runs import RunRequest as RunRequest
@@ -74,6 +75,21 @@ class ServablesQuery(Struct, kw_only=True):
     offset: Offset = 0
 
 
+# what http.query.epoch_seconds accepts, and nothing else; empty counts as absent, like every text parameter
+_MOMENT: Final = {
+    "anyOf": [
+        {"maxLength": 0},
+        {"pattern": r"^-?[0-9]+(\.[0-9]+)?$"},
+        {"format": "date", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+        {
+            "format": "date-time",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+            r"([Zz]|[+-][0-9]{2}:[0-9]{2})?$",
+        },
+    ]
+}
+
+
 class SearchQueryParams(Struct, kw_only=True):
     q: Annotated[str, Meta(description="Free text (prefix matching)")] = ""
     owner: Annotated[str, Meta(description="Exact owner")] | UnsetType = UNSET
@@ -90,13 +106,21 @@ class SearchQueryParams(Struct, kw_only=True):
         Annotated[
             str,
             Meta(
-                description="Published at or after: ISO 8601 date or date-time (UTC default) or epoch seconds"
+                description="Published at or after: epoch seconds, or an ISO 8601 (RFC 3339) date or "
+                "date-time (UTC without an offset)",
+                extra_json_schema=_MOMENT,
             ),
         ]
         | UnsetType
     ) = UNSET
     published_to: (
-        Annotated[str, Meta(description="Published at or before (a date alone includes that whole day)")]
+        Annotated[
+            str,
+            Meta(
+                description="Published at or before (a date alone includes that whole day)",
+                extra_json_schema=_MOMENT,
+            ),
+        ]
         | UnsetType
     ) = UNSET
     facets: Annotated[list[FacetName], Meta(description="Comma-separated facets to count")] = msgspec.field(
@@ -160,7 +184,13 @@ class DeprecateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     reason: Annotated[
         str, Meta(description="Shown in run warnings", extra_json_schema={"maxLength": 2000})
     ] = ""
-    replacement: Annotated[str | None, Meta(description="owner/name@version to use instead")] = None
+    replacement: Annotated[
+        str | None,
+        Meta(
+            description="owner/name@version to use instead (empty or null: none)",
+            extra_json_schema={"pattern": f"^$|{SERVABLE_REF_PATTERN}"},
+        ),
+    ] = None
 
 
 class PublicationServable(Struct, kw_only=True):
@@ -183,10 +213,10 @@ class PublicationDocument(Struct, kw_only=True):
     servable: PublicationServable | UnsetType = UNSET
 
 
-class PublishRequest(Struct, kw_only=True):
-    """The multipart form of a publication."""
+class PublishRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The multipart form of a publication: no parts but these two."""
 
-    metadata: Annotated[str, Meta(description="The publication document as JSON")]
+    metadata: Annotated[Document, Meta(description="The publication document as JSON")]
     package: (
         Annotated[
             str,
@@ -199,7 +229,7 @@ class PublishRequest(Struct, kw_only=True):
     ) = UNSET
 
 
-class BlobUploadForm(Struct, kw_only=True):
+class BlobUploadForm(Struct, kw_only=True, forbid_unknown_fields=True):
     file: Annotated[str, Meta(extra_json_schema={"format": "binary"})]
 
 

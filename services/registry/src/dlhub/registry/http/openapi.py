@@ -129,7 +129,10 @@ _RUN_PIPELINE_NOTE = (
 _PUBLISH_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": _ref(c.PublishRequest)},
+        "multipart/form-data": {
+            "schema": _ref(c.PublishRequest),
+            "encoding": {"metadata": {"contentType": JSON}},  # the document is the part's JSON body
+        },
         JSON: {"schema": _ref(c.PublicationDocument)},  # a document without files, e.g. a pipeline
     },
 }
@@ -168,7 +171,8 @@ _BLOB_UPLOAD_BODY = {
     "required": True,
     "content": {
         "multipart/form-data": {"schema": _ref(c.BlobUploadForm)},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        # an empty body is a 400 (a mistake, not an empty file)
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
     },
 }
 
@@ -288,13 +292,7 @@ def _servable_paths() -> dict[str, Any]:
                 "operationId": "updateServable",
                 "summary": "Publish a new version: JSON metadata (same files) or multipart (new files)",
                 "security": _SECURED,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        JSON: {"schema": _ref(c.PublicationDocument)},
-                        "multipart/form-data": {"schema": _ref(c.PublishRequest)},
-                    },
-                },
+                "requestBody": _PUBLISH_BODY,
                 "responses": {
                     "202": _response("Accepted; building", _ref(c.PublishAccepted)),
                     **_errors(400, 401, 403, 404, 410, 413),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
@@ -27,7 +28,8 @@ Q = TypeVar("Q", bound=msgspec.Struct)
 
 @functools.cache
 def _field_kinds(type_: type[msgspec.Struct]) -> dict[str, str]:
-    """``enum``, ``list`` or ``plain`` for each field, by its encoded (query) name."""
+    """``enum``, ``list``, ``text`` (a string) or ``plain`` (a number, a boolean) for each field, by its
+    encoded (query) name."""
     info = mi.type_info(type_)
     assert isinstance(info, mi.StructType)
     kinds: dict[str, str] = {}
@@ -43,6 +45,8 @@ def _field_kinds(type_: type[msgspec.Struct]) -> dict[str, str]:
             kinds[field.encode_name] = "enum"
         elif isinstance(inner, mi.ListType):
             kinds[field.encode_name] = "list"
+        elif isinstance(inner, mi.StrType):
+            kinds[field.encode_name] = "text"
         else:
             kinds[field.encode_name] = "plain"
     return kinds
@@ -51,13 +55,17 @@ def _field_kinds(type_: type[msgspec.Struct]) -> dict[str, str]:
 def parse_query(request: web.Request, type_: type[Q]) -> Q:
     """The request's query as ``type_``; unknown parameters are ignored.
 
-    An empty value counts as absent (``?owner=`` lists everyone's), except for a parameter with fixed
-    choices, where empty is not one of them (400, as documented).
+    An empty value counts as absent for a text or list parameter (``?owner=`` lists everyone's); for a
+    number, a boolean or a parameter with fixed choices, empty is not a value (400, as documented), and so
+    is a parameter given twice.
     """
     values: dict[str, object] = {}
     for name, kind in _field_kinds(type_).items():
-        text = request.query.get(name)
-        if text is None or (text == "" and kind != "enum"):
+        given = request.query.getall(name, ())
+        if len(given) > 1:
+            raise ValidationFailed(f"query parameter {name} is given {len(given)} times", field=name)
+        text = given[0] if given else None
+        if text is None or (text == "" and kind in ("text", "list")):
             continue
         if kind == "list":
             values[name] = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
@@ -70,45 +78,55 @@ def parse_query(request: web.Request, type_: type[Q]) -> Q:
         raise ValidationFailed(f"invalid query parameter {parameter}: {exc}", field=parameter) from None
 
 
+EPOCH_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DATE_TIME_RE = re.compile(
+    r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ](?P<time>[0-9]{2}:[0-9]{2}:[0-9]{2})(?P<fraction>\.[0-9]+)?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
 def epoch_seconds(name: str, text: str | None, *, end_of_day: bool = False) -> float | None:
-    """Epoch seconds from an ISO 8601 date or date-time (UTC unless it has an offset) or a number.
+    """Epoch seconds from epoch seconds, an RFC 3339 date, or an RFC 3339 date-time (UTC without an offset):
+    the forms the OpenAPI document states for ``published_from``/``published_to``, and no others.
 
     A date without a time means the start of that day (UTC), or its last millisecond with ``end_of_day``,
     so ``published_to=2024-05-31`` includes the whole of May 31st.
     """
-    text = (text or "").strip()
     if not text:
         return None
-    return _epoch_seconds(name, text, end_of_day=end_of_day)
-
-
-def _epoch_seconds(name: str, text: str, *, end_of_day: bool) -> float:
     try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise ValidationFailed(f"{name} must be finite epoch seconds, got {text!r}", field=name)
-        return seconds
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        if end_of_day:
-            start += timedelta(days=1, milliseconds=-1)
-        return start.timestamp()
-    try:
-        moment = datetime.fromisoformat(text)
+        return _epoch_seconds(text, end_of_day=end_of_day)
     except ValueError:
         raise ValidationFailed(
-            f"{name} must be an ISO 8601 date or date-time (2024-05-31, 2024-05-31T12:00:00Z) or epoch "
-            f"seconds, got {text!r}",
+            f"{name} must be epoch seconds or an ISO 8601 date or date-time (2024-05-31, "
+            f"2024-05-31T12:00:00Z), got {text!r}",
             field=name,
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _epoch_seconds(text: str, *, end_of_day: bool) -> float:
+    """ValueError for anything but the three documented forms, or an impossible date or time."""
+    if EPOCH_RE.fullmatch(text):
+        seconds = float(text)
+        if not math.isfinite(seconds):
+            raise ValueError(text)
+        return seconds
+    if DATE_RE.fullmatch(text):
+        day = date.fromisoformat(text)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return (start + timedelta(days=1, milliseconds=-1) if end_of_day else start).timestamp()
+    match = DATE_TIME_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    offset = (match["offset"] or "+00:00").upper().replace("Z", "+00:00")
+    fraction = (match["fraction"] or "")[:7]  # Python keeps microseconds; RFC 3339 allows any precision
+    clock = match["time"]
+    leap = clock.endswith(":60")  # RFC 3339 allows a leap second; Python's datetime does not
+    if leap:
+        clock = clock[:-2] + "59"
+    moment = datetime.fromisoformat(f"{match['date']}T{clock}{fraction}{offset}")
+    return moment.timestamp() + (1.0 if leap else 0.0)
 
 
 def page_size(request: web.Request, limit: int | msgspec.UnsetType) -> int:

@@ -195,8 +195,11 @@ async def read_upload(request: web.Request, *, max_bytes: int, max_metadata_byte
                 package = await _read_part(part, max_bytes=max_bytes, used=used)
                 used += len(package)
                 filename = part.filename
-            else:
-                await part.release()
+            else:  # the form is closed (as documented): a misspelt part name is an error, not ignored
+                raise ValidationFailed(
+                    f"unexpected multipart part {part.name!r}: expected 'metadata' and 'package'",
+                    field=part.name or "multipart",
+                )
     except (ValueError, HttpProcessingError) as exc:  # e.g. a part header aiohttp cannot parse
         raise ValidationFailed(f"malformed multipart body: {exc}") from None
     if metadata_bytes is None:
