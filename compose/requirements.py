@@ -1,6 +1,6 @@
-"""Requirements of the DLHub images, read from the workspace members' pyproject.toml files (compose/Dockerfile).
+"""Requirements of the DLHub images, from the workspace members' pyproject.toml files (compose/Dockerfile).
 
-    python3 requirements.py core     # every member's dependencies and build backends, but the worker-only ones
+    python3 requirements.py core     # all members' dependencies and build backends but the worker-only ones
     python3 requirements.py worker   # the worker's own dependencies that no other member needs (its ML stack)
 
 The dlhub-* members themselves are left out; common's "service" and "environments" extras and the client's
@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 EXTRAS = ("service", "environments", "numpy")
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> int:
     if argv not in (["core"], ["worker"]):
         print(__doc__, file=sys.stderr)
         return 2
-    files = {path: tomllib.load(open(path, "rb")) for path in sorted(glob.glob("*/*/pyproject.toml"))}
+    files = {path: tomllib.loads(Path(path).read_text()) for path in sorted(glob.glob("*/*/pyproject.toml"))}
     others = {d for path, data in files.items() if path != WORKER for d in requirements(data)}
     worker_only = {d for d in requirements(files[WORKER]) if d not in others}
     if argv == ["worker"]:

@@ -961,9 +961,7 @@ class DockerServer(Server):
         docker = require_tool("docker", "import the base image")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
-            run_checked(
-                [docker, "-H", self.url, "import", "-", image], "docker import", stdin=tar.stdout
-            )
+            run_checked([docker, "-H", self.url, "import", "-", image], "docker import", stdin=tar.stdout)
         finally:
             if tar.stdout is not None:
                 tar.stdout.close()

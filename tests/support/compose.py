@@ -1,4 +1,4 @@
-"""The compose/ stack run for real with Docker Compose on the test engine (tests/contract/test_compose_stack.py).
+"""The compose/ stack run for real by Docker Compose on the test engine (tests/contract/test_compose_stack).
 
 Host networking on 127.0.0.1 (compose/host-network.yml; the test engine has no bridge), the datastores of
 scripts/test-servers through compose/external-datastores.yml (a database and an index alias of its own per
@@ -44,12 +44,14 @@ def extra_ca_pem() -> str:
 
 
 def write_env_file(path: Path, values: dict[str, str]) -> None:
-    """A compose ``--env-file`` (values double-quoted: BUILD_CA_PEM spans lines), private to this user."""
+    """A compose ``--env-file`` (quoted values: BUILD_CA_PEM spans lines), private to this user."""
     lines = []
     for key, value in values.items():
-        if any(c in value for c in '"\\$'):
+        # Single quotes are literal; a value spanning lines needs double quotes (then no escapes allowed).
+        quote, forbidden = ('"', '"\\$') if "\n" in value else ("'", "'")
+        if any(c in value for c in forbidden):
             raise ValueError(f"{key}: unsupported character in {value[:40]!r}")
-        lines.append(f'{key}="{value}"')
+        lines.append(f"{key}={quote}{value}{quote}")
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
 
@@ -63,6 +65,9 @@ class ComposeProject:
     project: str
     env_file: Path
     log_dir: Path
+    url: str
+    """The registry's base URL (http://127.0.0.1:<REGISTRY_PORT>)."""
+    token: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     def command(self, *args: str) -> list[str]:
@@ -75,9 +80,8 @@ class ComposeProject:
             self.command(*args), capture_output=True, text=True, timeout=timeout_s, env=env, check=False
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"docker compose {' '.join(args)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-6000:]}"
-            )
+            output = (proc.stdout + proc.stderr)[-6000:]
+            raise AssertionError(f"docker compose {' '.join(args)} exited {proc.returncode}:\n{output}")
         return proc.stdout
 
     def timed(self, name: str, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
