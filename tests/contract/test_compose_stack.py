@@ -390,6 +390,23 @@ def test_restart_loses_no_accepted_task_and_no_version(
     assert alice.run(doubler, [2]) == [4]
 
 
+def test_health_checks_report_readiness_not_a_live_port(compose: ComposeProject) -> None:
+    """With the broker stopped, every other service's process still runs (and the registry still serves
+    HTTP), but none of them is ready: their health checks say so."""
+    workers = len(worker_container_ids(compose))
+    compose.run("stop", "--timeout", "30", "broker")
+    try:
+        for service in ("registry", "builder", "search", "worker"):
+            proc = compose.call("exec", "-T", service, "python", "/opt/dlhub/healthcheck.py", service)
+            assert proc.returncode == 1 and proc.stdout.startswith("not ready:"), (service, proc.stdout)
+    finally:
+        compose.run("start", "broker")
+    compose.wait_healthy({s: workers if s == "worker" else 1 for s in DLHUB_SERVICES})
+    for service in ("broker", "registry", "builder", "search", "worker"):
+        proc = compose.call("exec", "-T", service, "python", "/opt/dlhub/healthcheck.py", service)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ready", (service, proc.stdout)
+
+
 # -- persistence (last: it recreates every container) --------------------------------------------------------
 
 

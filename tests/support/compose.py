@@ -75,14 +75,17 @@ class ComposeProject:
         return [self.binary, "--env-file", str(self.env_file), *files, "-p", self.project, *args]
 
     def run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S, check: bool = True) -> str:
-        env = dict(os.environ, DOCKER_HOST=self.docker_url, COMPOSE_PROGRESS="plain")
-        proc = subprocess.run(
-            self.command(*args), capture_output=True, text=True, timeout=timeout_s, env=env, check=False
-        )
+        proc = self.call(*args, timeout_s=timeout_s)
         if check and proc.returncode != 0:
             output = (proc.stdout + proc.stderr)[-6000:]
             raise AssertionError(f"docker compose {' '.join(args)} exited {proc.returncode}:\n{output}")
         return proc.stdout
+
+    def call(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, DOCKER_HOST=self.docker_url, COMPOSE_PROGRESS="plain")
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+        )
 
     def timed(self, name: str, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
         began = time.monotonic()
