@@ -40,6 +40,7 @@ from tests.support.compose import (
     IMAGE_TAG,
     ComposeProject,
     extra_ca_pem,
+    write_ca_overlay,
     write_env_file,
 )
 from tests.support.net import free_port
@@ -69,6 +70,12 @@ def whoami(seconds):
             if "/containers/" in line and "/hostname " in line:
                 return line.split("/containers/")[1].split("/")[0]
     return "unknown"
+
+
+def six_version(x):
+    import six  # only in the servable's own environment, not in the worker image
+
+    return six.__version__
 '''
 
 
@@ -129,6 +136,8 @@ def compose(
     }
     env_file = base / "compose.env"
     write_env_file(env_file, values)
+    ca_overlay = base / "ca-at-runtime.yml"
+    write_ca_overlay(ca_overlay)
     project = ComposeProject(
         _compose_binary(),
         docker_url,
@@ -136,6 +145,7 @@ def compose(
         env_file,
         base,
         url=f"http://127.0.0.1:{registry_port}",
+        extra_files=[ca_overlay],
     )
     try:
         project.timed("build", "build")
@@ -251,6 +261,26 @@ def test_publish_search_run_verify_cite(alice: DLHubClient, doubler: str) -> Non
 
     bibtex = alice.citation(doubler)
     assert isinstance(bibtex, str) and "Doe, Jane" in bibtex and name in bibtex
+
+
+@pytest.fixture(scope="module")
+def with_own_environment(alice: DLHubClient, pkg_dir: Path) -> str:
+    """Declares a dependency that the images lack: it gets its own venv."""
+    return publish(alice, pkg_dir, "six_version", dependencies={"python": {"six": "1.16.0"}})
+
+
+def test_per_servable_environment_built_by_the_builder_container(
+    compose: ComposeProject, alice: DLHubClient, with_own_environment: str
+) -> None:
+    """The deployment's venv backend: locked and installed by the builder container into the envs volume,
+    run by the worker from there."""
+    servable = with_own_environment
+    build = alice.build_log(servable)
+    assert build["state"] == "ready" and build["backend"] == "venv" and build["environment"], build
+    assert alice.describe(servable)["environment"] == build["environment"]
+    assert alice.run(servable, 0) == "1.16.0"
+    probe = compose.call("exec", "-T", "worker", "python", "-c", "import six")
+    assert probe.returncode != 0  # not in the worker's own environment
 
 
 def test_logs_are_json_with_task_ids(compose: ComposeProject, alice: DLHubClient, doubler: str) -> None:
@@ -411,7 +441,7 @@ def test_health_checks_report_readiness_not_a_live_port(compose: ComposeProject)
 
 
 def test_down_then_up_keeps_servables_tokens_and_search(
-    compose: ComposeProject, alice: DLHubClient, doubler: str
+    compose: ComposeProject, alice: DLHubClient, doubler: str, with_own_environment: str, pkg_dir: Path
 ) -> None:
     name = doubler.split("/")[1]
     published = {s["name"] for s in alice.list("alice")}
@@ -424,3 +454,5 @@ def test_down_then_up_keeps_servables_tokens_and_search(
     assert again.describe(doubler)["status"] == "ready"
     assert [h for h in again.search(name)["hits"] if h["name"] == name]
     assert again.run(doubler, [3]) == [6]  # the servable files are still in the servables volume
+    assert again.run(with_own_environment, 0) == "1.16.0"  # and its venv in the envs volume
+    assert publish(again, pkg_dir, "double")  # the token still authorizes a publish

@@ -43,6 +43,19 @@ def extra_ca_pem() -> str:
     return "\n".join(pem for pem in mine if "".join(pem.split()) not in known)
 
 
+def write_ca_overlay(path: Path) -> None:
+    """An overlay giving the builder and the workers this machine's CA bundle at run time (read-only bind
+    mount, never in an image): they reach the package index to build per-servable environments."""
+    bundle = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt").resolve()
+    service = {
+        "environment": {"DLHUB_ENVIRONMENTS__CA_BUNDLE": "/run/dlhub-ca/ca.pem"},
+        "volumes": [
+            {"type": "bind", "source": str(bundle), "target": "/run/dlhub-ca/ca.pem", "read_only": True}
+        ],
+    }
+    path.write_text(json.dumps({"services": {"builder": service, "worker": service}}, indent=2) + "\n")
+
+
 def write_env_file(path: Path, values: dict[str, str]) -> None:
     """A compose ``--env-file`` (quoted values: BUILD_CA_PEM spans lines), private to this user."""
     lines = []
@@ -68,10 +81,13 @@ class ComposeProject:
     url: str
     """The registry's base URL (http://127.0.0.1:<REGISTRY_PORT>)."""
     token: str = ""
+    extra_files: list[Path] = field(default_factory=list)
+    """Overlays of the test's own, after COMPOSE_FILES."""
     timings: dict[str, float] = field(default_factory=dict)
 
     def command(self, *args: str) -> list[str]:
-        files = [arg for name in COMPOSE_FILES for arg in ("-f", str(ROOT / "compose" / name))]
+        paths = [ROOT / "compose" / name for name in COMPOSE_FILES] + self.extra_files
+        files = [arg for path in paths for arg in ("-f", str(path))]
         return [self.binary, "--env-file", str(self.env_file), *files, "-p", self.project, *args]
 
     def run(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S, check: bool = True) -> str:

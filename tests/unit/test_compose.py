@@ -36,7 +36,7 @@ DLHUB_SERVICES = ("broker", "registry", "builder", "search", "worker")
 DATASTORES = ("mongodb", "elasticsearch")
 HEALTHCHECKED = {"mongodb", "elasticsearch", "broker", "registry", "builder", "search", "worker"}
 HEALTHCHECK_SCRIPT = "/opt/dlhub/healthcheck.py"
-VOLUMES = {"mongodb-data", "elasticsearch-data", "registry-data", "servables"}
+VOLUMES = {"mongodb-data", "elasticsearch-data", "registry-data", "servables", "envs"}
 # DLHUB_* variables that are read directly rather than as settings fields.
 NON_FIELD_VARIABLES = {"DLHUB_CONFIG", "DLHUB_HOME", "DLHUB_URL", "DLHUB_TOKEN"}
 
