@@ -980,6 +980,7 @@ def ensure_compose(layout: Layout) -> Path:
     go = require_tool("go", f"build Docker Compose {COMPOSE_VERSION} (install Go 1.26+)")
     log(f"docker: building Docker Compose {COMPOSE_VERSION} with Go (first run only; a few minutes)")
     began = time.monotonic()
+    layout.cache.mkdir(parents=True, exist_ok=True)
     env = go_build_env(layout.cache)
     proc = run_checked(
         [go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
