@@ -9,7 +9,8 @@
 - mongodb: FerretDB (MongoDB wire protocol) with its SQLite backend, built from source with Go once.
 - elasticsearch: the Elasticsearch integration-test distribution, fetched with Maven once, run with the
   machine's Java (17+).
-- docker: Debian's docker.io engine on its own socket, no bridge, with a locally made base image.
+- docker: Debian's docker.io engine on its own socket, no bridge, with a locally made base image, and Docker
+  Compose v2 (``DLHUB_TEST_DOCKER_COMPOSE``) built from its Go module once.
 - registry: the CNCF Distribution container registry, built from its Go module once, plain HTTP on loopback
   (Docker allows insecure registries on 127.0.0.0/8), filesystem storage in the runtime directory.
 
@@ -61,10 +62,16 @@ FERRETDB_START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 DOCKER_BASE_IMAGE = "dlhub-base:bookworm"
 DOCKER_BASE_SUITE = "bookworm"
+# The base of the compose/ images (PYTHON_IMAGE): Debian 13's Python 3.13. Debian 12's 3.11.2 predates the
+# tarfile extraction filters (3.11.4) that the builder relies on.
+COMPOSE_PYTHON_IMAGE = "dlhub-python:trixie"
+COMPOSE_PYTHON_SUITE = "trixie"
 DOCKER_START_TIMEOUT_S = 60.0
 REGISTRY_MODULE = "github.com/distribution/distribution/v3"
 REGISTRY_VERSION = "v3.1.2"
 REGISTRY_START_TIMEOUT_S = 30.0
+COMPOSE_MODULE = "github.com/docker/compose/v5"
+COMPOSE_VERSION = "v5.6.0"
 SERVERS = ("mongodb", "elasticsearch", "docker", "registry")
 
 
@@ -142,6 +149,11 @@ class Layout:
     @property
     def registry_dir(self) -> Path:
         return self.run / "registry"
+
+    @property
+    def compose_bin(self) -> Path:
+        """Docker Compose v2 (the ``docker compose`` plugin, also usable standalone with DOCKER_HOST)."""
+        return self.cache / "bin" / "docker-compose"
 
     @property
     def es_zip(self) -> Path:
@@ -921,24 +933,27 @@ class DockerServer(Server):
 
     def start(self) -> bool:
         started = super().start()
-        self.ensure_base_image()
+        self.ensure_base_image(DOCKER_BASE_IMAGE, DOCKER_BASE_SUITE)
+        self.ensure_base_image(COMPOSE_PYTHON_IMAGE, COMPOSE_PYTHON_SUITE)
+        ensure_compose(self.layout)
         return started
 
-    def ensure_base_image(self) -> None:
-        inspect = self._docker("image", "inspect", DOCKER_BASE_IMAGE, "--format", "{{.Id}}")
+    def ensure_base_image(self, image: str, suite: str) -> None:
+        """A minimal Debian ``suite`` with python3 and its venv module, made with debootstrap as ``image``."""
+        inspect = self._docker("image", "inspect", image, "--format", "{{.Id}}")
         if inspect is not None and inspect.returncode == 0:
             return
-        debootstrap = require_tool("debootstrap", "make the servable base image")
+        debootstrap = require_tool("debootstrap", f"make {image}")
         root = self.layout.cache / "debootstrap"
         shutil.rmtree(root, ignore_errors=True)
-        log(f"docker: making {DOCKER_BASE_IMAGE} with debootstrap (first run only, ~1 min)")
+        log(f"docker: making {image} with debootstrap (first run only, ~1 min)")
         began = time.monotonic()
         run_checked(
             [
                 debootstrap,
                 "--variant=minbase",
                 "--include=python3,python3-venv",
-                DOCKER_BASE_SUITE,
+                suite,
                 str(root),
             ],
             "debootstrap",
@@ -946,15 +961,58 @@ class DockerServer(Server):
         docker = require_tool("docker", "import the base image")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
-            run_checked(
-                [docker, "-H", self.url, "import", "-", DOCKER_BASE_IMAGE], "docker import", stdin=tar.stdout
-            )
+            run_checked([docker, "-H", self.url, "import", "-", image], "docker import", stdin=tar.stdout)
         finally:
             if tar.stdout is not None:
                 tar.stdout.close()
             tar.wait()
         shutil.rmtree(root, ignore_errors=True)
-        log(f"docker: {DOCKER_BASE_IMAGE} made in {time.monotonic() - began:.0f} s")
+        log(f"docker: {image} made in {time.monotonic() - began:.0f} s")
+
+
+def ensure_compose(layout: Layout) -> Path:
+    """Build Docker Compose ``COMPOSE_VERSION`` from its Go module once (no container registry or release
+    download is reachable; Debian's docker-compose is the Python v1). As with FerretDB, ``go install
+    ...@version`` refuses the module (its go.mod has exclude directives), so build a copy of its source."""
+    binary = layout.compose_bin
+    if binary_reports(binary, COMPOSE_VERSION):
+        return binary
+    go = require_tool("go", f"build Docker Compose {COMPOSE_VERSION} (install Go 1.26+)")
+    log(f"docker: building Docker Compose {COMPOSE_VERSION} with Go (first run only; a few minutes)")
+    began = time.monotonic()
+    layout.cache.mkdir(parents=True, exist_ok=True)
+    env = go_build_env(layout.cache)
+    proc = run_checked(
+        [go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
+        f"downloading {COMPOSE_MODULE}@{COMPOSE_VERSION}",
+        cwd=layout.cache,
+        env=env,
+    )
+    info = json.loads(proc.stdout)
+    if info.get("Error") or not info.get("Dir"):
+        raise SetupError(f"downloading {COMPOSE_MODULE}@{COMPOSE_VERSION} failed: {info.get('Error')}")
+    src = layout.cache / "src" / f"compose-{COMPOSE_VERSION}"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(info["Dir"], src, symlinks=True)
+    for path in [src, *src.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_name("docker-compose.tmp")
+    ldflags = f"-s -w -X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}"
+    run_checked(
+        [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "./cmd"],
+        f"building Docker Compose {COMPOSE_VERSION}",
+        cwd=src,
+        env=env,
+    )
+    tmp.replace(binary)
+    shutil.rmtree(src.parent, ignore_errors=True)
+    shutil.rmtree(env["GOMODCACHE"], ignore_errors=True)  # the binary is what is cached
+    if not binary_reports(binary, COMPOSE_VERSION):
+        raise SetupError(f"the Compose binary built at {binary} does not report {COMPOSE_VERSION}")
+    log(f"docker: built {binary} in {time.monotonic() - began:.0f} s")
+    return binary
 
 
 class RegistryServer(Server):
@@ -1117,6 +1175,8 @@ def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_DOCKER_URL={layout.docker_url}")
     print(f"export DLHUB_TEST_DOCKER_BASE_IMAGE={DOCKER_BASE_IMAGE}")
     print(f"export DLHUB_TEST_CONTAINER_REGISTRY={layout.registry_address}")
+    print(f"export DLHUB_TEST_DOCKER_COMPOSE={layout.compose_bin}")
+    print(f"export DLHUB_TEST_COMPOSE_PYTHON_IMAGE={COMPOSE_PYTHON_IMAGE}")
     return 0
 
 
