@@ -68,6 +68,17 @@ class Unauthorized(DLHubError):
     http_status = 401
 
 
+class RateLimited(DLHubError):
+    """Too many requests from one identity; ``retry_after_s`` says when the next one will be accepted."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Forbidden(DLHubError):
     code = "forbidden"
     http_status = 403

@@ -7,6 +7,7 @@ and is logged with it, without leaking internals to the caller.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from dlhub.common.errors import DLHubError
+from dlhub.common.errors import DLHubError, RateLimited
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.registry.metrics import RequestStats, route_of
@@ -36,6 +37,7 @@ HTTP_ERROR_TYPES: dict[int, str] = {
     414: "uri_too_long",
     415: "unsupported_media_type",
     422: "unprocessable_entity",
+    429: "rate_limited",
     431: "request_header_fields_too_large",
     503: "service_unavailable",
 }
@@ -71,6 +73,9 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
 async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RateLimited as exc:
+        retry_after = str(max(1, math.ceil(exc.retry_after_s)))
+        return error_response(exc.http_status, exc.to_dict(), headers={"Retry-After": retry_after})
     except DLHubError as exc:
         return error_response(exc.http_status, exc.to_dict())
     except web.HTTPException as exc:

@@ -5,6 +5,8 @@ The interface is re-exported here because every domain module speaks it; backend
 """
 
 from dlhub.registry.store.interface import (
+    AuditQuery,
+    AuditRecord,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -18,6 +20,8 @@ from dlhub.registry.store.interface import (
 )
 
 __all__ = [
+    "AuditQuery",
+    "AuditRecord",
     "BuildStateValue",
     "MetadataStore",
     "PackageFormat",
