@@ -68,6 +68,13 @@ class Unauthorized(DLHubError):
     http_status = 401
 
 
+class AuthUnavailable(DLHubError):
+    """The identity provider (Globus Auth) cannot be reached or refused to answer; try again."""
+
+    code = "auth_unavailable"
+    http_status = 503
+
+
 class RateLimited(DLHubError):
     """Too many requests from one identity; ``retry_after_s`` says when the next one will be accepted."""
 

@@ -1,9 +1,9 @@
 """Bearer-token authentication, pluggable: local API tokens (the default) or Globus Auth (``auth_globus``).
 
-A local token is ``dlh_`` + 43 URL-safe random characters. Only its sha256 hex digest is stored, and logs and
-the audit log only ever carry the last 6 hex digits of that digest (``token_hint``). Resolved tokens are cached
-in memory for a short time so the hot path costs one hash and one dict lookup; tokens revoked from another
-process (the CLI) and group changes take effect within ``auth.token_cache_ttl_s``.
+A local token is ``dlh_`` + 43 URL-safe random characters. Only its sha256 hex digest is stored, and logs
+and the audit log only ever carry the last 6 hex digits of that digest (``token_hint``). Resolved tokens are
+cached in memory for a short time so the hot path costs one hash and one dict lookup; tokens revoked from
+another process (the CLI) and group changes take effect within ``auth.token_cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from dlhub.common.config import DLHubSettings
@@ -92,9 +92,14 @@ def normalise_principal(value: str) -> str:
     if value == PUBLIC:
         return value
     prefix, sep, name = value.partition(":")
-    if not sep or f"{prefix}:" not in (USER_PREFIX, GROUP_PREFIX, IDENTITY_PREFIX) or not NAME_RE.fullmatch(name):
+    if (
+        not sep
+        or f"{prefix}:" not in (USER_PREFIX, GROUP_PREFIX, IDENTITY_PREFIX)
+        or not NAME_RE.fullmatch(name)
+    ):
         raise ValidationFailed(
-            f"{value!r} is not a principal: expected 'public', 'user:<name>', 'group:<id>' or 'identity:<uuid>'"
+            f"{value!r} is not a principal: expected 'public', 'user:<name>', 'group:<id>' or "
+            "'identity:<uuid>'"
         )
     return value
 
@@ -135,7 +140,9 @@ async def create_token(
         )
     )
     detail = {"token": token_hint(token_hash), "label": label, "expires_in_s": expires_in_s}
-    await store.add_audit(AuditRecord(at_ms=now, actor=CLI_ACTOR, action="token.create", target=f"user:{user}", detail=detail))
+    await store.add_audit(
+        AuditRecord(at_ms=now, actor=CLI_ACTOR, action="token.create", target=f"user:{user}", detail=detail)
+    )
     return token
 
 

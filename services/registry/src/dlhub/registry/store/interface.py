@@ -8,8 +8,8 @@ Records are immutable values; callers build updated copies with ``dataclasses.re
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from dlhub.common.payloads import BuildRecord
@@ -306,7 +306,6 @@ class MetadataStore(abc.ABC):
     async def revoke_token(self, token_hash: str) -> bool:
         """Mark a token revoked; return whether it existed."""
 
-
     # -- identity: local groups, linked identities, access, audit ----------------------------------------
 
     @abc.abstractmethod
@@ -353,7 +352,9 @@ class MetadataStore(abc.ABC):
         """Audit records matching every given filter, newest first, at most ``query.limit``."""
 
 
-def with_access(metadata: dict[str, Any], visible_to: Sequence[str], maintainers: Sequence[str]) -> dict[str, Any]:
+def with_access(
+    metadata: dict[str, Any], visible_to: Sequence[str], maintainers: Sequence[str]
+) -> dict[str, Any]:
     """A copy of ``metadata`` whose ``dlhub`` section has these ``visible_to`` and ``maintainers``."""
     dlhub = dict(metadata.get("dlhub") or {})
     dlhub["visible_to"] = list(visible_to)
@@ -361,7 +362,16 @@ def with_access(metadata: dict[str, Any], visible_to: Sequence[str], maintainers
     return {**metadata, "dlhub": dlhub}
 
 
-_TOMBSTONE_DLHUB_KEYS = ("name", "owner", "visible_to", "maintainers", "identifier", "id", "publication_date", "type")
+_TOMBSTONE_DLHUB_KEYS = (
+    "name",
+    "owner",
+    "visible_to",
+    "maintainers",
+    "identifier",
+    "id",
+    "publication_date",
+    "type",
+)
 
 
 def tombstone_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

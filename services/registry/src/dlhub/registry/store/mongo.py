@@ -39,7 +39,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 import msgspec
@@ -713,7 +713,6 @@ class MongoMetadataStore(MetadataStore):
             result = await self.tokens.update_one({"_id": token_hash}, {"$set": {"revoked": True}})
         return result.matched_count > 0
 
-
     # -- identity: local groups, linked identities, access, audit ----------------------------------------
 
     async def add_group_member(self, group: str, user: str) -> bool:
@@ -751,10 +750,8 @@ class MongoMetadataStore(MetadataStore):
     async def link_identities(self, user: str, identity_ids: Sequence[str]) -> None:
         with self._errors("link_identities"):
             for identity_id in identity_ids:
-                try:
+                with suppress(DuplicateKeyError):
                     await self.identity_links.insert_one({"_id": identity_id, "user": user})
-                except DuplicateKeyError:
-                    pass
 
     async def user_has_identities(self, user: str) -> bool:
         with self._errors("user_has_identities"):
@@ -768,7 +765,9 @@ class MongoMetadataStore(MetadataStore):
             docs = await self.versions.find({"owner": owner, "name": name}).to_list(None)
             for doc in docs:
                 metadata = with_access(msgspec.json.decode(doc["metadata_json"]), visible_to, maintainers)
-                await self.versions.update_one({"_id": doc["_id"]}, {"$set": {"metadata_json": _dumps(metadata)}})
+                await self.versions.update_one(
+                    {"_id": doc["_id"]}, {"$set": {"metadata_json": _dumps(metadata)}}
+                )
                 changed.append(int(doc["version"]))
         return sorted(changed)
 
@@ -811,6 +810,7 @@ class MongoMetadataStore(MetadataStore):
 
 def _member_id(group: str, user: str) -> str:
     return _dumps([group, user])
+
 
 def _short(exc: BaseException) -> str:
     """The cause without PyMongo's long topology description."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import aiosqlite
@@ -608,7 +608,10 @@ class SQLiteMetadataStore(MetadataStore):
                 rows = await db.execute_fetchall(
                     "SELECT version, metadata FROM versions WHERE owner = ? AND name = ?", (owner, name)
                 )
-                changed = [(int(v), with_access(msgspec.json.decode(text), visible_to, maintainers)) for v, text in rows]
+                changed = [
+                    (int(v), with_access(msgspec.json.decode(text), visible_to, maintainers))
+                    for v, text in rows
+                ]
                 await db.executemany(
                     "UPDATE versions SET metadata = ? WHERE owner = ? AND name = ? AND version = ?",
                     [(_dumps(metadata), owner, name, v) for v, metadata in changed],
