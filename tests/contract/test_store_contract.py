@@ -450,7 +450,7 @@ async def test_data_survives_reopen(backend: Backend) -> None:
     assert await again.get_token("a" * 64) is not None
 
 
-# -- identity: groups, linked identities, access, audit -------------------------------------------------------
+# -- identity: groups, linked identities, access, audit -----------------------------------------------------
 
 
 async def test_group_membership(store: MetadataStore) -> None:

@@ -144,6 +144,8 @@ class GlobusAuthConfig(BaseModel):
     clock_skew_s: NonNegativeFloat = 5.0
     """Tolerance on ``nbf``/``exp`` for clocks slightly out of step."""
     request_timeout_s: PositiveFloat = 10.0
+    max_retries: NonNegativeInt = 1
+    """Retries of a failed Globus call (globus-sdk's default, 5 with backoff, holds a request ~14 s)."""
 
     def secret(self) -> str:
         """The client secret, from the setting or its file ("" when neither is set)."""

@@ -103,7 +103,9 @@ class GlobusProvider:
         self._local = local
         self._admins = frozenset(admin_users)
         self._client = auth_client or globus_sdk.ConfidentialAppAuthClient(
-            config.client_id, config.secret(), transport_params={"http_timeout": config.request_timeout_s}
+            config.client_id,
+            config.secret(),
+            transport_params={"http_timeout": config.request_timeout_s, "max_retries": config.max_retries},
         )
         self._groups = TtlCache(config.cache_max_entries)
         self._rejected = TtlCache(config.cache_max_entries)
@@ -220,5 +222,11 @@ class GlobusProvider:
         tokens = dependent.by_resource_server.get(GROUPS_RESOURCE_SERVER)
         if not tokens:
             return []
-        groups = globus_sdk.GroupsClient(authorizer=globus_sdk.AccessTokenAuthorizer(tokens["access_token"]))
+        groups = globus_sdk.GroupsClient(
+            authorizer=globus_sdk.AccessTokenAuthorizer(tokens["access_token"]),
+            transport_params={
+                "http_timeout": self._config.request_timeout_s,
+                "max_retries": self._config.max_retries,
+            },
+        )
         return sorted(str(group["id"]) for group in groups.get_my_groups())
