@@ -162,3 +162,53 @@ def test_whoami_and_the_audit_log(stack: StackInfo, private_servable: str) -> No
     everything = call("GET", f"{stack.api}/audit", alice, params={"limit": 1000}).text
     assert alice not in everything and bob not in everything  # never a token, only a short hint
     assert all(e["at"] and e["actor"] for e in events)
+
+
+def dlhub(stack: StackInfo, home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = stack.env | {"DLHUB_HOME": str(home), "DLHUB_URL": stack.url}
+    command = [sys.executable, "-m", "dlhub.client.cli", *args]
+    return subprocess.run(
+        command, env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_cli_login_whoami_share_logout(stack: StackInfo, private_servable: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert "anonymous" in dlhub(stack, home, "whoami").stdout
+    refused = dlhub(stack, home, "login", stdin="dlh_wrong\n")
+    assert refused.returncode == 1 and "unauthorized" in refused.stderr
+    assert not (home / "client.json").exists()  # a refused token is never saved
+    done = dlhub(stack, home, "login", stdin=stack.tokens["alice"] + "\n")
+    assert done.returncode == 0 and "as alice" in done.stdout, done.stderr
+    assert stack.tokens["alice"] not in done.stdout + done.stderr
+    assert (home / "client.json").stat().st_mode & 0o077 == 0
+    assert "alice (local, administrator)" in dlhub(stack, home, "whoami").stdout
+    # The SDK picks the saved credentials up.
+    env_home = {"DLHUB_HOME": str(home), "DLHUB_URL": stack.url}
+    sdk = subprocess.run(
+        [sys.executable, "-c", "from dlhub.client import DLHubClient; print(DLHubClient().whoami()['user'])"],
+        env=stack.env | env_home,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert sdk.stdout.strip() == "alice"
+
+    shown = dlhub(stack, home, "share", private_servable)
+    assert shown.returncode == 0 and "visible to user:alice" in shown.stdout, shown.stderr
+    public = dlhub(stack, home, "share", private_servable, "--public", "--with", "group:friends")
+    assert "public" in public.stdout and "group:friends" in public.stdout, public.stderr
+    assert (
+        call("POST", f"{stack.api}/servables/{private_servable}/run", None, json={"inputs": [1]}).status_code
+        == 200
+    )
+    private = dlhub(stack, home, "share", private_servable, "--private")
+    assert private.stdout.splitlines()[0].endswith("visible to user:alice"), private.stdout
+    assert (
+        call("POST", f"{stack.api}/servables/{private_servable}/run", None, json={"inputs": [1]}).status_code
+        == 404
+    )
+
+    assert "signed out" in dlhub(stack, home, "logout").stdout
+    assert "anonymous" in dlhub(stack, home, "whoami").stdout
