@@ -539,12 +539,12 @@ class Access(Struct, kw_only=True):
 
 
 class AuditQueryParams(Struct, kw_only=True):
-    actor: str = ""
-    action: str = ""
-    target: str = ""
+    actor: Annotated[str, Meta(description="Only this user's changes ('-': the operator's CLI)")] = ""
+    action: Annotated[str, Meta(description="Only this action, e.g. visibility or token.create")] = ""
+    target: Annotated[str, Meta(description="Only this target: owner/name, owner/name@v, user:<name>")] = ""
     since: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
     until: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
-    limit: Annotated[int, Meta(ge=1, le=PAGE_SIZE_CAP)] = 100
+    limit: Annotated[int, Meta(ge=1, le=PAGE_SIZE_CAP, description="At most this many events")] = 100
 
 
 class AuditEvent(Struct, kw_only=True):
