@@ -20,7 +20,7 @@ from dlhub.common.errors import Unauthorized, ValidationFailed
 from dlhub.common.messages import ErrorInfo, Result, Timings
 from dlhub.registry.auth import Authenticator, create_token, hash_token, revoke_token
 from dlhub.registry.clock import now_ms
-from dlhub.registry.store import MetadataStore, TaskRecord, TokenRecord
+from dlhub.registry.store import AuditQuery, AuditRecord, MetadataStore, TaskRecord, TokenRecord
 from dlhub.registry.store.mongo import MongoMetadataStore
 from dlhub.registry.store.sqlite import SQLiteMetadataStore
 from dlhub.registry.tasks import TaskTable
@@ -591,3 +591,66 @@ async def test_data_survives_reopen(backend: Backend) -> None:
     assert [v.version for v in await again.list_versions("alice", "m")] == [1]
     assert await publish(again) == 2
     assert await again.get_token("a" * 64) is not None
+
+
+# -- identity: groups, linked identities, access, audit -----------------------------------------------------
+
+
+async def test_group_membership(store: MetadataStore) -> None:
+    assert await store.add_group_member("lab", "bob")
+    assert not await store.add_group_member("lab", "bob")  # already a member
+    assert await store.add_group_member("lab", "alice")
+    assert await store.add_group_member("other", "bob")
+    assert await store.group_members("lab") == ["alice", "bob"]
+    assert await store.groups_of("bob") == ["lab", "other"]
+    assert await store.remove_group_member("lab", "bob")
+    assert not await store.remove_group_member("lab", "bob")
+    assert await store.groups_of("bob") == ["other"]
+    caller = await Authenticator(store, cache_ttl_s=0.0).authenticate(
+        f"Bearer {await create_token(store, 'bob')}"
+    )
+    assert caller.identities == ("public", "user:bob", "group:other") and caller.groups == ("other",)
+
+
+async def test_identity_links(store: MetadataStore) -> None:
+    assert await store.user_for_identities(["id-1", "id-2"]) is None
+    assert not await store.user_has_identities("alice")
+    await store.link_identities("alice", ["id-1", "id-2"])
+    await store.link_identities("mallory", ["id-2", "id-3"])  # id-2 keeps its user
+    assert await store.user_for_identities(["id-2"]) == "alice"
+    assert await store.user_for_identities(["zzz", "id-1"]) == "alice"
+    assert await store.user_for_identities(["id-3"]) == "mallory"
+    assert await store.user_has_identities("alice")
+
+
+async def test_set_access_rewrites_every_version(store: MetadataStore) -> None:
+    for _ in range(2):
+        await store.create_version(owner="alice", name="m", metadata=ODD_METADATA, published_at_ms=1)
+    await store.mark_deleted("alice", "m", [1], deleted_by="alice", deleted_at_ms=2)
+    changed = await store.set_access("alice", "m", visible_to=["group:lab"], maintainers=["user:bob"])
+    assert changed == [1, 2]
+    for record in await store.list_versions("alice", "m"):
+        assert record.visible_to == ("group:lab",) and record.maintainers == ("user:bob",)
+    live = await store.get_version("alice", "m", 2)
+    assert live is not None and live.metadata["$set"] == {"x": 1}  # the rest of the document is untouched
+    assert await store.set_access("alice", "nope", visible_to=[], maintainers=[]) == []
+
+
+async def test_audit_log(store: MetadataStore) -> None:
+    for i, (actor, action) in enumerate([("alice", "publish"), ("bob", "update"), ("alice", "delete")]):
+        detail = {"n": i, "$odd.key": [1]}
+        await store.add_audit(
+            AuditRecord(at_ms=1000 + i, actor=actor, action=action, target="alice/m", detail=detail)
+        )
+    events = await store.list_audit(AuditQuery())
+    assert [e.action for e in events] == ["delete", "update", "publish"]  # newest first
+    assert events[0].detail == {"n": 2, "$odd.key": [1]}
+    assert [e.action for e in await store.list_audit(AuditQuery(actor="alice"))] == ["delete", "publish"]
+    assert [e.action for e in await store.list_audit(AuditQuery(action="update"))] == ["update"]
+    window = await store.list_audit(AuditQuery(since_ms=1001, until_ms=1002))
+    assert [e.action for e in window] == ["update"]
+    assert len(await store.list_audit(AuditQuery(limit=1))) == 1
+    token = await create_token(store, "carol", label="ci")
+    created = (await store.list_audit(AuditQuery(action="token.create")))[0]
+    assert created.target == "user:carol" and token not in str(created.detail)
+    assert str(created.detail["token"]) == "…" + hash_token(token)[-6:]

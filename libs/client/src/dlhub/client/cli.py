@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dlhub.client.credentials import client_file, dlhub_home, save_credentials
+from dlhub.client.credentials import client_file, dlhub_home, load_credentials, read_saved, save_credentials
 from dlhub.client.metadata import python_function_document, sklearn_document
 from dlhub.client.sdk import DLHubClient, TaskFailed, TaskHandle
 from dlhub.common.errors import DLHubError
@@ -183,6 +183,153 @@ def token_create(user: str, data_dir: Path | None, config_file: Path | None) -> 
     from dlhub.client.tokens import create_local_token
 
     click.echo(create_local_token((data_dir or dlhub_home() / "data").resolve(), user, config_file))
+
+
+# -- signing in and sharing ----------------------------------------------------------------------------------
+
+
+def _registry_url(ctx: click.Context) -> str:
+    return load_credentials(ctx.ensure_object(dict).get("url")).url
+
+
+def _globus_login(url: str, info: dict[str, Any], no_browser: bool) -> tuple[str, dict[str, Any]]:
+    """The Globus native-app flow: open the consent page, paste the code, keep access and refresh tokens."""
+    import globus_sdk
+
+    client_id, scope = str(info.get("native_client_id") or ""), str(info.get("scope") or "")
+    if not client_id or not scope:
+        _fail("this registry uses Globus Auth but names no native client (auth.globus.native_client_id)")
+    auth = globus_sdk.NativeAppAuthClient(client_id)
+    auth.oauth2_start_flow(requested_scopes=scope, refresh_tokens=True)
+    authorize_url = auth.oauth2_get_authorize_url()
+    click.echo(f"Sign in with your institution, ORCID or Google at:\n\n  {authorize_url}\n")
+    if not no_browser:
+        import webbrowser
+
+        with contextlib.suppress(Exception):
+            webbrowser.open(authorize_url)
+    code = click.prompt("Authorization code").strip()
+    tokens = auth.oauth2_exchange_code_for_tokens(code)
+    match = [t for t in tokens.by_resource_server.values() if scope in str(t.get("scope", "")).split()]
+    if not match:
+        _fail("Globus Auth did not grant this registry's scope")
+    granted = match[0]
+    extra = {
+        "provider": "globus",
+        "client_id": client_id,
+        "refresh_token": granted.get("refresh_token"),
+        "expires_at_s": granted.get("expires_at_seconds"),
+    }
+    return str(granted["access_token"]), extra
+
+
+@main.command()
+@click.option("--token", "given", default=None, help="Local registries: the API token (default: prompt).")
+@click.option("--no-browser", is_flag=True, help="Globus: print the sign-in URL without opening a browser.")
+@click.pass_context
+def login(ctx: click.Context, given: str | None, no_browser: bool) -> None:
+    """Sign in to the registry and save the credentials for the CLI and the SDK."""
+    url = _registry_url(ctx)
+    with DLHubClient(url, token=None) as anonymous:
+        info = anonymous.auth_info()
+    if info.get("provider") == "globus" and not (given or "").startswith("dlh_"):
+        token, extra = _globus_login(url, info, no_browser)
+    else:
+        token = given or click.prompt("API token (from `dlhub token create <user>`)", hide_input=True).strip()
+        extra = {"provider": "local"}
+    with DLHubClient(url, token) as client:
+        me = client.whoami()  # a bad token is refused here, before it is saved
+    save_credentials(client_file(), url, token, **extra)
+    click.echo(f"signed in to {url} as {me['user']} (credentials in {client_file()})")
+
+
+@main.command()
+@click.pass_context
+def logout(ctx: click.Context) -> None:
+    """Forget the saved credentials (and revoke Globus tokens)."""
+    path = client_file()
+    saved = read_saved(path)
+    if saved.get("provider") == "globus" and saved.get("client_id"):
+        import globus_sdk
+
+        auth = globus_sdk.NativeAppAuthClient(str(saved["client_id"]))
+        for key in ("token", "refresh_token"):
+            if saved.get(key):
+                with contextlib.suppress(globus_sdk.GlobusError):
+                    auth.oauth2_revoke_token(str(saved[key]))
+    if saved.get("token"):
+        keep = {k: v for k, v in saved.items() if k in ("url",)}
+        path.write_text(json.dumps(keep))
+        click.echo(f"signed out of {saved.get('url', 'the registry')}")
+        if saved.get("provider") != "globus":
+            click.echo("(a local token stays valid until revoked: `python -m dlhub.registry token revoke`)")
+    else:
+        click.echo("not signed in")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def whoami(ctx: click.Context, as_json: bool) -> None:
+    """Who the registry takes you for: user, groups, administrator."""
+    me = _client(ctx).whoami()
+    if as_json:
+        _print_json(me)
+        return
+    if me["user"] is None:
+        click.echo("anonymous (not signed in: `dlhub login`)")
+        return
+    groups = ", ".join(me["groups"]) or "none"
+    click.echo(f"{me['user']} ({me['provider']}{', administrator' if me['admin'] else ''}); groups: {groups}")
+
+
+@main.command()
+@click.argument("servable")
+@click.option(
+    "--with", "with_", multiple=True, help="Principal to share with: user:<name>, group:<id> (repeatable)."
+)
+@click.option("--without", multiple=True, help="Principal to stop sharing with (repeatable).")
+@click.option("--public", is_flag=True, help="Make it visible to everyone.")
+@click.option("--private", is_flag=True, help="Visible to you (and the maintainers you name) only.")
+@click.option(
+    "--maintainer", "maintainers", multiple=True, help="Owner only: name a maintainer (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def share(
+    ctx: click.Context,
+    servable: str,
+    with_: tuple[str, ...],
+    without: tuple[str, ...],
+    public: bool,
+    private: bool,
+    maintainers: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show or change who may see SERVABLE (owner/name): e.g. `dlhub share me/model --with group:<id>`."""
+    if public and private:
+        raise click.UsageError("--public and --private contradict each other")
+    client = _client(ctx)
+    changes = with_ or without or public or private or maintainers
+    if not changes:
+        access = client.access(servable)
+    else:
+        owner = servable.split("/", 1)[0]
+        access = client.share(
+            servable,
+            add=[*with_, *(["public"] if public else [])],
+            remove=list(without),
+            visible_to=[f"user:{owner}", *with_] if private else None,
+            maintainers=list(maintainers) or None,
+        )
+    if as_json:
+        _print_json(access)
+        return
+    click.echo(
+        f"{access['shorthand_name']}: visible to {', '.join(access['visible_to']) or 'its owner only'}"
+    )
+    if access["maintainers"]:
+        click.echo(f"  maintainers: {', '.join(access['maintainers'])}")
 
 
 # -- publishing ----------------------------------------------------------------------------------------------

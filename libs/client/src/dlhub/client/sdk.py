@@ -173,6 +173,49 @@ class DLHubClient:
         result: dict[str, Any] = self._request("GET", "/health")
         return result
 
+    # -- identity and access ---------------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller as the registry sees it: user, identities, groups, whether an administrator."""
+        result: dict[str, Any] = self._request("GET", "/whoami")
+        return result
+
+    def auth_info(self) -> dict[str, Any]:
+        """How to sign in to this registry: ``provider`` (local or globus), native client id and scope."""
+        result: dict[str, Any] = self._request("GET", "/auth")
+        return result
+
+    def access(self, servable: str) -> dict[str, Any]:
+        """Who may see (``visible_to``) and manage (``maintainers``) ``owner/name``."""
+        result: dict[str, Any] = self._request("GET", f"/servables/{servable}/access")
+        return result
+
+    def share(
+        self,
+        servable: str,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        visible_to: Sequence[str] | None = None,
+        maintainers: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Change who may see ``owner/name`` (every version, at once): ``add``/``remove`` principals
+        (``public``, ``user:<name>``, ``group:<id>``, ``identity:<uuid>``) or replace ``visible_to``; the
+        owner may also name ``maintainers``."""
+        body: dict[str, Any] = {"add": list(add), "remove": list(remove)}
+        if visible_to is not None:
+            body["visible_to"] = list(visible_to)
+        if maintainers is not None:
+            body["maintainers"] = list(maintainers)
+        result: dict[str, Any] = self._request("PUT", f"/servables/{servable}/access", json=body)
+        return result
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """Audit events, newest first (administrators): filters actor, action, target, since, until, limit."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        events: list[dict[str, Any]] = self._request("GET", "/audit", params=params)["events"]
+        return events
+
     def publish(
         self,
         metadata: Mapping[str, Any],

@@ -159,6 +159,60 @@ class RegistryConfig(BaseModel):
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
 
 
+class GlobusAuthConfig(BaseModel):
+    """The registry as a Globus Auth resource server (``auth.provider = "globus"``)."""
+
+    client_id: str = ""
+    """The registry's confidential client (it introspects tokens and asks for dependent tokens)."""
+    client_secret: SecretStr | None = None
+    """Its secret: from ``DLHUB_AUTH__GLOBUS__CLIENT_SECRET`` or ``client_secret_file``; never logged."""
+    client_secret_file: Path | None = None
+    scope: str = ""
+    """The scope a token must carry to be accepted (``https://auth.globus.org/scopes/<client_id>/all``)."""
+    native_client_id: str = ""
+    """The native-app client ``dlhub login`` signs people in with (public: no secret)."""
+    groups_scope: str = "urn:globus:auth:scope:groups.api.globus.org:view_my_groups_and_memberships"
+    introspect_cache_ttl_s: PositiveFloat = 60.0
+    """How long an introspected token is trusted before asking Globus Auth again (never past its expiry)."""
+    groups_cache_ttl_s: PositiveFloat = 300.0
+    """How long a person's group memberships are reused."""
+    cache_max_entries: PositiveInt = 10_000
+    clock_skew_s: NonNegativeFloat = 5.0
+    """Tolerance on ``nbf``/``exp`` for clocks slightly out of step."""
+    request_timeout_s: PositiveFloat = 10.0
+    max_retries: NonNegativeInt = 1
+    """Retries of a failed Globus call (globus-sdk's default, 5 with backoff, holds a request ~14 s)."""
+
+    def secret(self) -> str:
+        """The client secret, from the setting or its file ("" when neither is set)."""
+        if self.client_secret is not None:
+            return self.client_secret.get_secret_value()
+        if self.client_secret_file is not None:
+            return self.client_secret_file.read_text().strip()
+        return ""
+
+
+class RateLimitConfig(BaseModel):
+    """Per-identity token buckets (anonymous callers by address); administrators are exempt."""
+
+    enabled: bool = False
+    requests_per_s: PositiveFloat = 50.0
+    burst: PositiveInt = 100
+    max_tracked: PositiveInt = 100_000
+    """Buckets kept in memory; past it the idlest half is dropped (they were full anyway)."""
+
+
+class AuthConfig(BaseModel):
+    """Who callers are (``provider``), how fast they may call, and what is audited."""
+
+    provider: Literal["local", "globus"] = "local"
+    token_cache_ttl_s: PositiveFloat = 30.0
+    """Local tokens (and group memberships) are re-read from the store after this long."""
+    globus: GlobusAuthConfig = Field(default_factory=GlobusAuthConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    audit_max_page: PositiveInt = 1000
+
+
 ParslProvider = Literal["local", "slurm", "pbs", "kubernetes"]
 ParslLauncher = Literal["default", "single_node", "simple", "srun", "mpiexec", "aprun"]
 
@@ -428,6 +482,7 @@ class DLHubSettings(BaseSettings):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     builder: BuilderConfig = Field(default_factory=BuilderConfig)
     environments: EnvironmentsConfig = Field(default_factory=EnvironmentsConfig)

@@ -14,8 +14,9 @@ class DLHubError(Exception):
 
     code: ClassVar[str] = "dlhub_error"
     http_status: ClassVar[int] = 500
-    retry_after_s: ClassVar[int | None] = None
-    """Set on errors that a caller should retry later: the REST answer carries ``Retry-After``."""
+    retry_after_s: float | None = None
+    """Set (per class or per instance) on errors a caller should retry later: the REST answer carries
+    ``Retry-After``, in whole seconds rounded up."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -68,6 +69,24 @@ class Gone(DLHubError):
 class Unauthorized(DLHubError):
     code = "unauthorized"
     http_status = 401
+
+
+class AuthUnavailable(DLHubError):
+    """The identity provider (Globus Auth) cannot be reached or refused to answer; try again."""
+
+    code = "auth_unavailable"
+    http_status = 503
+
+
+class RateLimited(DLHubError):
+    """Too many requests from one identity; ``retry_after_s`` says when the next one will be accepted."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Forbidden(DLHubError):

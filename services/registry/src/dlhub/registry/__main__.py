@@ -7,17 +7,20 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
 from dlhub.common import event_loop
 from dlhub.common.config import DLHubSettings, load_settings
-from dlhub.common.errors import DLHubError, StoreUnavailable
+from dlhub.common.errors import DLHubError, StoreUnavailable, ValidationFailed
+from dlhub.common.ids import NAME_RE
 from dlhub.common.logging import configure_logging, get_logger
-from dlhub.registry.auth import create_or_reuse_token
+from dlhub.registry.auth import CLI_ACTOR, create_or_reuse_token, revoke_token
+from dlhub.registry.clock import now_ms
 from dlhub.registry.http.app import create_app
 from dlhub.registry.http.server import GuardedRunner, GuardedServer
+from dlhub.registry.store import AuditRecord, MetadataStore
 from dlhub.registry.urls import API_PREFIX
 
 log = get_logger("dlhub.registry")
@@ -61,7 +64,7 @@ async def serve(settings: DLHubSettings, *, stop: asyncio.Event | None = None) -
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dlhub.registry", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (default: $DLHUB_CONFIG)")
-    commands = parser.add_subparsers(dest="command", metavar="{serve,token}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,token,group}")
     commands.add_parser("serve", help="serve the REST API (the default)")
     token = commands.add_parser("token", help="manage local API tokens").add_subparsers(dest="token_command")
     create = token.add_parser("create", help="create an API token for USER and print it on stdout")
@@ -76,7 +79,71 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read a token from stdin and print it back if it is still valid for USER (never on argv)",
     )
+    revoke = token.add_parser("revoke", help="revoke the API token read from stdin (never on argv)")
+    revoke.add_argument("--data-dir", help="the data directory whose store holds the token")
+    group = commands.add_parser("group", help="manage local groups").add_subparsers(dest="group_command")
+    for command, text in (("add", "add USER to GROUP"), ("remove", "remove USER from GROUP")):
+        sub = group.add_parser(command, help=text)
+        sub.add_argument("group")
+        sub.add_argument("user")
+        sub.add_argument("--data-dir", help="the data directory whose store holds the groups")
+    members = group.add_parser("members", help="list the members of GROUP")
+    members.add_argument("group")
+    members.add_argument("--data-dir", help="the data directory whose store holds the groups")
     return parser
+
+
+async def _with_store(settings: DLHubSettings, action: Callable[[MetadataStore], Awaitable[str]]) -> str:
+    from dlhub.registry.store.factory import make_store
+
+    store = make_store(settings)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+async def _group_action(store: MetadataStore, args: argparse.Namespace) -> str:
+    """Change or list a local group; changes are audited (actor ``-``: the store's operator)."""
+    if args.group_command == "members":
+        return "\n".join(await store.group_members(args.group))
+    for value, what in ((args.group, "group"), (args.user, "user")):
+        if not NAME_RE.fullmatch(value):
+            raise ValidationFailed(f"invalid {what} name {value!r}", field=what)
+    if args.group_command == "add":
+        changed = await store.add_group_member(args.group, args.user)
+    else:
+        changed = await store.remove_group_member(args.group, args.user)
+    if changed:
+        await store.add_audit(
+            AuditRecord(
+                at_ms=now_ms(),
+                actor=CLI_ACTOR,
+                action=f"group.{args.group_command}",
+                target=f"group:{args.group}",
+                detail={"user": args.user},
+            )
+        )
+    return f"{args.group_command}: {args.user} in {args.group}" if changed else "unchanged"
+
+
+def _store_command(args: argparse.Namespace) -> None:
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    settings = load_settings(args.config, **overrides)
+    configure_logging(settings.logging, service="registry")
+
+    async def action(store: MetadataStore) -> str:
+        if args.command == "group":
+            return await _group_action(store, args)
+        revoked = await revoke_token(store, sys.stdin.readline().strip())
+        return "revoked" if revoked else "no such token"
+
+    try:
+        print(asyncio.run(_with_store(settings, action)))
+    except DLHubError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _token_create(args: argparse.Namespace) -> None:
@@ -100,9 +167,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "token":
+        if args.token_command == "revoke":
+            _store_command(args)
+            return
         if args.token_command != "create":
-            parser.error("token needs a command: create")
+            parser.error("token needs a command: create or revoke")
         _token_create(args)
+        return
+    if args.command == "group":
+        if args.group_command not in ("add", "remove", "members"):
+            parser.error("group needs a command: add, remove or members")
+        _store_command(args)
         return
     settings = load_settings(args.config)
     configure_logging(settings.logging, service="registry")

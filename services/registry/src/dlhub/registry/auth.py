@@ -1,9 +1,9 @@
-"""Bearer-token authentication with local API tokens.
+"""Bearer-token authentication, pluggable: local API tokens (the default) or Globus Auth (``auth_globus``).
 
-A token is ``dlh_`` + 43 URL-safe random characters. Only its sha256 hex digest is stored, and logs only ever
-carry the digest's first 8 characters. Resolved tokens are cached in memory for a short time so the hot path
-costs one hash and one dict lookup; tokens revoked from another process (the CLI) stop working within
-``cache_ttl_s``.
+A local token is ``dlh_`` + 43 URL-safe random characters. Only its sha256 hex digest is stored, and logs
+and the audit log only ever carry the last 6 hex digits of that digest (``token_hint``). Resolved tokens are
+cached in memory for a short time so the hot path costs one hash and one dict lookup; tokens revoked from
+another process (the CLI) and group changes take effect within ``auth.token_cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -11,28 +11,44 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from dlhub.common.config import DLHubSettings
 from dlhub.common.errors import Unauthorized, ValidationFailed
 from dlhub.common.ids import NAME_RE
-from dlhub.registry.store import MetadataStore, TokenRecord
+from dlhub.registry.store import AuditRecord, MetadataStore, TokenRecord
 
 TOKEN_PREFIX: Final = "dlh_"
 PUBLIC: Final = "public"
+CLI_ACTOR: Final = "-"
+"""The audit log's actor for changes made on the store directly (``python -m dlhub.registry``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: ``user`` is None for anonymous callers."""
+    """Who is calling: ``user`` is None for anonymous callers.
+
+    ``identities`` are the principals the caller holds, matched against a servable's ``visible_to`` and
+    ``maintainers``: ``public``, ``user:<name>``, ``group:<id>`` for each group, and for Globus sign-ins
+    ``identity:<uuid>`` (with its ``urn:globus:auth:identity:<uuid>`` alias) for every linked identity.
+    """
 
     user: str | None
     identities: tuple[str, ...]
+    admin: bool = False
+    provider: str = "local"
+    token_hint: str = ""
+    """The last characters of the token's hash: enough to tell tokens apart in logs, useless to attackers."""
 
     @property
     def authenticated(self) -> bool:
         return self.user is not None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(i.removeprefix(GROUP_PREFIX) for i in self.identities if i.startswith(GROUP_PREFIX))
 
     def can_see(self, owner: str, visible_to: tuple[str, ...]) -> bool:
         """The owner always sees its servables; others need one identity in ``visible_to``."""
@@ -40,12 +56,57 @@ class Caller:
             return True
         return any(identity in visible_to for identity in self.identities)
 
+    def can_manage(self, owner: str, maintainers: tuple[str, ...]) -> bool:
+        """The owner, or a principal the owner named a maintainer (never anonymous, never "public")."""
+        if self.user is None:
+            return False
+        if self.user == owner:
+            return True
+        return any(identity in maintainers for identity in self.identities if identity != PUBLIC)
 
+
+USER_PREFIX: Final = "user:"
+GROUP_PREFIX: Final = "group:"
+IDENTITY_PREFIX: Final = "identity:"
+GLOBUS_IDENTITY_URN: Final = "urn:globus:auth:identity:"
+GLOBUS_GROUP_URN: Final = "urn:globus:groups:id:"
 ANONYMOUS: Final = Caller(None, (PUBLIC,))
 
 
-def caller_for(user: str) -> Caller:
-    return Caller(user, (PUBLIC, f"user:{user}"))
+def caller_for(user: str, groups: Sequence[str] = (), *, admin: bool = False, token_hint: str = "") -> Caller:
+    identities = (PUBLIC, f"{USER_PREFIX}{user}", *(f"{GROUP_PREFIX}{g}" for g in groups))
+    return Caller(user, identities, admin=admin, token_hint=token_hint)
+
+
+def normalise_principal(value: str) -> str:
+    """A principal in its short form (``group:<id>``, ``identity:<uuid>``); Globus URNs are accepted too.
+
+    Raises ValidationFailed for anything that is not ``public`` or a ``user:``/``group:``/``identity:``
+    principal with a non-empty name.
+    """
+    value = value.strip()
+    if value.startswith(GLOBUS_GROUP_URN):
+        value = GROUP_PREFIX + value.removeprefix(GLOBUS_GROUP_URN)
+    elif value.startswith(GLOBUS_IDENTITY_URN):
+        value = IDENTITY_PREFIX + value.removeprefix(GLOBUS_IDENTITY_URN)
+    if value == PUBLIC:
+        return value
+    prefix, sep, name = value.partition(":")
+    if (
+        not sep
+        or f"{prefix}:" not in (USER_PREFIX, GROUP_PREFIX, IDENTITY_PREFIX)
+        or not NAME_RE.fullmatch(name)
+    ):
+        raise ValidationFailed(
+            f"{value!r} is not a principal: expected 'public', 'user:<name>', 'group:<id>' or "
+            "'identity:<uuid>'"
+        )
+    return value
+
+
+def token_hint(token_hash: str) -> str:
+    """What logs and the audit log may show of a token: the last 6 hex digits of its hash."""
+    return "…" + token_hash[-6:]
 
 
 def hash_token(token: str) -> str:
@@ -67,22 +128,40 @@ async def create_token(
     if not NAME_RE.fullmatch(user):
         raise ValidationFailed(f"invalid user name {user!r}", field="user")
     token = generate_token()
+    token_hash = hash_token(token)
     now = _now_ms()
     await store.add_token(
         TokenRecord(
-            token_hash=hash_token(token),
+            token_hash=token_hash,
             user=user,
             label=label,
             created_at_ms=now,
             expires_at_ms=now + int(expires_in_s * 1000) if expires_in_s is not None else None,
         )
     )
+    detail = {"token": token_hint(token_hash), "label": label, "expires_in_s": expires_in_s}
+    await store.add_audit(
+        AuditRecord(at_ms=now, actor=CLI_ACTOR, action="token.create", target=f"user:{user}", detail=detail)
+    )
     return token
 
 
-async def revoke_token(store: MetadataStore, token: str) -> bool:
+async def revoke_token(store: MetadataStore, token: str, *, actor: str = "-") -> bool:
     """Revoke a token given its secret; return whether it existed."""
-    return await store.revoke_token(hash_token(token))
+    token_hash = hash_token(token)
+    record = await store.get_token(token_hash)
+    revoked = await store.revoke_token(token_hash)
+    if revoked and record is not None:
+        await store.add_audit(
+            AuditRecord(
+                at_ms=_now_ms(),
+                actor=actor,
+                action="token.revoke",
+                target=f"user:{record.user}",
+                detail={"token": token_hint(token_hash)},
+            )
+        )
+    return revoked
 
 
 def _unexpired(record: TokenRecord) -> bool:
@@ -116,15 +195,70 @@ async def create_or_reuse_token(
         await store.close()
 
 
-class Authenticator:
-    """Resolve ``Authorization`` headers to callers, caching resolved tokens briefly."""
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A token resolved by a provider: the caller, until when (monotonic) to trust it without asking again,
+    and the token's own expiry (epoch ms; None when it has none)."""
 
-    def __init__(self, store: MetadataStore, *, cache_ttl_s: float = 30.0, max_cached: int = 10_000) -> None:
+    caller: Caller
+    cache_until_s: float
+    expires_at_ms: int | None
+
+
+class IdentityProvider(Protocol):
+    """Turns a bearer token into a caller, or raises Unauthorized."""
+
+    name: str
+
+    async def resolve(self, token: str, token_hash: str) -> Resolved: ...
+
+
+class LocalProvider:
+    """Local API tokens (hashed in the store) and local groups, both managed by the CLI."""
+
+    name = "local"
+
+    def __init__(self, store: MetadataStore, *, cache_ttl_s: float, admin_users: Sequence[str] = ()) -> None:
         self._store = store
         self._cache_ttl_s = cache_ttl_s
+        self._admins = frozenset(admin_users)
+
+    async def resolve(self, token: str, token_hash: str) -> Resolved:
+        record = await self._store.get_token(token_hash)
+        if record is None or record.revoked:
+            raise Unauthorized("invalid or revoked token")
+        if record.expires_at_ms is not None and _now_ms() >= record.expires_at_ms:
+            raise Unauthorized("expired token")
+        groups = await self._store.groups_of(record.user)
+        caller = caller_for(
+            record.user, groups, admin=record.user in self._admins, token_hint=token_hint(token_hash)
+        )
+        return Resolved(caller, time.monotonic() + self._cache_ttl_s, record.expires_at_ms)
+
+
+class Authenticator:
+    """Resolve ``Authorization`` headers to callers through a provider, caching resolved tokens briefly.
+
+    A cached token costs one hash and one dict lookup; the cache is bounded (cleared whole when full, which
+    only costs a provider round trip per live token).
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore | None = None,
+        *,
+        provider: IdentityProvider | None = None,
+        cache_ttl_s: float = 30.0,
+        max_cached: int = 10_000,
+    ) -> None:
+        if provider is None:
+            if store is None:
+                raise ValueError("an Authenticator needs a store or a provider")
+            provider = LocalProvider(store, cache_ttl_s=cache_ttl_s)
+        self.provider = provider
         self._max_cached = max_cached
-        # token hash -> (caller, monotonic time the entry expires, token expiry in epoch ms or None)
-        self._cache: dict[str, tuple[Caller, float, int | None]] = {}
+        # token hash -> resolved caller (with its cache deadline and the token's expiry)
+        self._cache: dict[str, Resolved] = {}
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """Return the caller for a header value; anonymous without one; 401 for a bad one."""
@@ -137,20 +271,16 @@ class Authenticator:
         token_hash = hash_token(token)
         entry = self._cache.get(token_hash)
         if entry is not None:
-            caller, cache_until, expires_at_ms = entry
-            if time.monotonic() < cache_until and (expires_at_ms is None or _now_ms() < expires_at_ms):
-                return caller
+            if time.monotonic() < entry.cache_until_s and (
+                entry.expires_at_ms is None or _now_ms() < entry.expires_at_ms
+            ):
+                return entry.caller
             del self._cache[token_hash]
-        record = await self._store.get_token(token_hash)
-        if record is None or record.revoked:
-            raise Unauthorized("invalid or revoked token")
-        if record.expires_at_ms is not None and _now_ms() >= record.expires_at_ms:
-            raise Unauthorized("expired token")
-        caller = caller_for(record.user)
+        resolved = await self.provider.resolve(token, token_hash)
         if len(self._cache) >= self._max_cached:
             self._cache.clear()
-        self._cache[token_hash] = (caller, time.monotonic() + self._cache_ttl_s, record.expires_at_ms)
-        return caller
+        self._cache[token_hash] = resolved
+        return resolved.caller
 
     def forget(self, token_hash: str) -> None:
         """Drop a cached token (after a local revocation)."""

@@ -272,12 +272,14 @@ class Servables:
         package: bytes | None,
         package_format: PackageFormat,
     ) -> VersionRecord:
-        """Publish a new version of an existing servable (owner only), reusing its files without a package."""
+        """Publish a new version of an existing servable (owner or maintainer), reusing its files without a
+        package. The new version keeps the servable's visibility and maintainers unless the document names
+        them; only the owner may name maintainers."""
         versions = await self.visible_versions(caller, owner, name)
-        if user != owner:
-            raise Forbidden(f"only {owner} may update {owner}/{name}")
+        check_may_manage(caller, versions, owner, name, "update")
         # A fully deleted servable is 410 here; publishing it anew (POST /servables) is the way back.
         reuse_from = newest_live(versions, owner, name)
+        document = inherit_access(document, reuse_from, owner_updates=caller.user == owner)
         return await self.publish(
             owner=owner,
             document=document,
@@ -297,8 +299,7 @@ class Servables:
         package blobs no live version uses any more are removed.
         """
         versions = await self.visible_versions(caller, owner, name)
-        if user != owner:
-            raise Forbidden(f"only {owner} may delete {owner}/{name}")
+        check_may_manage(caller, versions, owner, name, "delete")
         if version is not None:
             target = next((v for v in versions if v.version == version), None)
             if target is None:
@@ -335,8 +336,7 @@ class Servables:
         target = next((v for v in versions if v.version == version), None)
         if target is None:
             raise NotFound(f"version {version} of {owner}/{name} not found")
-        if user != owner:
-            raise Forbidden(f"only {owner} may deprecate versions of {owner}/{name}")
+        check_may_manage(caller, versions, owner, name, "deprecate versions of")
         if target.deleted:
             raise Gone(gone_message(target))
         if replacement:
@@ -356,6 +356,36 @@ class Servables:
         log.info("version deprecation changed", servable=updated.label, deprecated=deprecated)
         self._background.spawn(self.reindex(owner, name), name=f"reindex {owner}/{name}")
         return updated
+
+    async def set_access(
+        self,
+        caller: Caller,
+        owner: str,
+        name: str,
+        *,
+        visible_to: Sequence[str] | None,
+        maintainers: Sequence[str] | None,
+    ) -> VersionRecord:
+        """Change who may see (``visible_to``) and manage (``maintainers``, owner only) every version of
+        ``owner/name``; effective at once for describe and run (the cache is invalidated) and for search
+        (the index entry is rewritten before this returns). None leaves a list as it is."""
+        versions = await self.visible_versions(caller, owner, name)
+        check_may_manage(caller, versions, owner, name, "change the visibility of")
+        current = newest_live(versions, owner, name)
+        if maintainers is not None and caller.user != owner:
+            raise Forbidden(f"only {owner} may name the maintainers of {owner}/{name}")
+        new_visible = list(visible_to) if visible_to is not None else list(current.visible_to)
+        new_maintainers = list(maintainers) if maintainers is not None else list(current.maintainers)
+        await self._store.set_access(owner, name, visible_to=new_visible, maintainers=new_maintainers)
+        self.cache.invalidate(owner, name)
+        log.info("access changed", servable=f"{owner}/{name}", public="public" in new_visible)
+        try:
+            await self.reindex(owner, name)
+        except DLHubError as exc:  # the store is the truth: a later reindex repairs the search entry
+            log.warning(
+                "search entry not updated after an access change", servable=f"{owner}/{name}", error=exc.code
+            )
+        return newest_live(await self.cache.get(owner, name), owner, name)
 
     # -- builds -----------------------------------------------------------------------------------------
 
@@ -616,6 +646,32 @@ def deprecation_warning(record: VersionRecord) -> str:
 def preferred(ready: Sequence[VersionRecord]) -> VersionRecord:
     """Among ready versions (oldest first): the newest not deprecated, else the newest."""
     return next((r for r in reversed(ready) if not r.deprecated), ready[-1])
+
+
+def check_may_manage(
+    caller: Caller, versions: Sequence[VersionRecord], owner: str, name: str, what: str
+) -> None:
+    """403 unless the caller owns ``owner/name`` or is one of the maintainers its newest version names."""
+    maintainers: tuple[str, ...] = ()
+    for record in reversed(versions):
+        if not record.deleted:
+            maintainers = record.maintainers
+            break
+    if not caller.can_manage(owner, maintainers):
+        raise Forbidden(f"only {owner} and the maintainers it names may {what} {owner}/{name}")
+
+
+def inherit_access(document: Any, previous: VersionRecord, *, owner_updates: bool) -> Any:
+    """``document`` with the previous version's ``visible_to`` (when it names none) and ``maintainers``
+    (always, unless the owner updates and names them), so an update never widens access by omission."""
+    if not isinstance(document, dict) or not isinstance(document.get("dlhub"), dict):
+        return document  # validation answers it
+    dlhub = dict(document["dlhub"])
+    if "visible_to" not in dlhub:
+        dlhub["visible_to"] = list(previous.visible_to)
+    if not owner_updates or "maintainers" not in dlhub:
+        dlhub["maintainers"] = list(previous.maintainers)
+    return {**document, "dlhub": dlhub}
 
 
 def newest_live(versions: Sequence[VersionRecord], owner: str, name: str) -> VersionRecord:

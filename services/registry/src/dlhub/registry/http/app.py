@@ -10,17 +10,20 @@ from dlhub.common.bus import BusClient
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.common.logging import get_logger
-from dlhub.registry.auth import Authenticator
+from dlhub.registry.audit import AuditLog
+from dlhub.registry.auth import Authenticator, IdentityProvider, LocalProvider
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.blobs import blob_store
 from dlhub.registry.http.errors import error_middleware
 from dlhub.registry.http.keys import (
+    AUDIT,
     AUTH,
     BACKGROUND,
     BUS,
     CODEC,
     IMAGES,
     INSTANCE_ID,
+    LIMITER,
     METRICS,
     RUNS,
     SERVABLES,
@@ -34,6 +37,7 @@ from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
+from dlhub.registry.ratelimit import RateLimiter
 from dlhub.registry.recovery import TaskRecovery, instance_id
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
@@ -79,6 +83,19 @@ def _bus_ctx(injected: Bus | None) -> CleanupCtx:
     return ctx
 
 
+def make_provider(settings: DLHubSettings, store: MetadataStore) -> IdentityProvider:
+    """The configured identity provider (``auth.provider``); Globus loads globus-sdk only when chosen."""
+    auth = settings.auth
+    local = LocalProvider(
+        store, cache_ttl_s=auth.token_cache_ttl_s, admin_users=settings.registry.admin_users
+    )
+    if auth.provider == "local":
+        return local
+    from dlhub.registry.auth_globus import GlobusProvider
+
+    return GlobusProvider(store, auth.globus, local=local, admin_users=settings.registry.admin_users)
+
+
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store, bus, codec = app[STORE], app[BUS], app[CODEC]
@@ -101,7 +118,12 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[BACKGROUND] = background
     app[TASKS] = tasks
-    app[AUTH] = Authenticator(store)
+    app[AUTH] = Authenticator(
+        provider=make_provider(settings, store), max_cached=settings.auth.globus.cache_max_entries
+    )
+    app[AUDIT] = AuditLog(store)
+    if settings.auth.rate_limit.enabled:
+        app[LIMITER] = RateLimiter(settings.auth.rate_limit)
     app[SERVABLES] = servables
     app[IMAGES] = ImageExports(settings.environments)
     app[RUNS] = Runs(

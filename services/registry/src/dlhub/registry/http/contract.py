@@ -522,6 +522,76 @@ class BlobDeleted(Struct, kw_only=True):
     deleted: Annotated[str, Meta(description="The blob id")]
 
 
+# ---- identity, access and audit -----------------------------------------------------------------------
+
+Principal = Annotated[
+    str,
+    Meta(
+        description="'public', 'user:<name>', 'group:<id>' or 'identity:<uuid>' (Globus URNs accepted)",
+        max_length=200,
+    ),
+]
+
+
+class WhoAmI(Struct, kw_only=True):
+    user: str | None
+    provider: Annotated[str, Meta(description="local or globus; 'anonymous' without a token")]
+    identities: Annotated[list[str], Meta(description="Principals matched against visible_to/maintainers")]
+    groups: list[str]
+    admin: bool
+    token: Annotated[str | None, Meta(description="The last characters of the token's hash, for support")]
+
+
+class AuthInfo(Struct, kw_only=True):
+    """How to sign in to this registry (``dlhub login`` reads it)."""
+
+    provider: Literal["local", "globus"]
+    native_client_id: str | None = None
+    scope: str | None = None
+
+
+class AccessRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Change who may see or manage a servable (every version). Omitted lists stay as they are."""
+
+    visible_to: Annotated[list[Principal], Meta(max_length=1000)] | None = None
+    add: Annotated[list[Principal], Meta(max_length=1000, description="Principals to add to visible_to")] = []
+    remove: Annotated[
+        list[Principal], Meta(max_length=1000, description="Principals to remove from visible_to")
+    ] = []
+    maintainers: Annotated[list[Principal], Meta(max_length=1000)] | None = None
+
+
+class Access(Struct, kw_only=True):
+    owner: str
+    name: str
+    shorthand_name: str
+    visible_to: list[str]
+    maintainers: list[str]
+
+
+class AuditQueryParams(Struct, kw_only=True):
+    actor: Annotated[str, Meta(description="Only this user's changes ('-': the operator's CLI)")] = ""
+    action: Annotated[str, Meta(description="Only this action, e.g. visibility or token.create")] = ""
+    target: Annotated[str, Meta(description="Only this target: owner/name, owner/name@v, user:<name>")] = ""
+    since: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
+    until: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
+    limit: Annotated[int, Meta(ge=1, le=PAGE_SIZE_CAP, description="At most this many events")] = 100
+
+
+class AuditEvent(Struct, kw_only=True):
+    at: Timestamp
+    actor: str
+    action: Annotated[
+        str, Meta(description="publish, update, delete, deprecate, undeprecate, visibility, token.*")
+    ]
+    target: str
+    detail: dict[str, Any]
+
+
+class AuditLog(Struct, kw_only=True):
+    events: list[AuditEvent]
+
+
 SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Error,
     PublicationDocument,
@@ -552,6 +622,11 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     BlobDeleted,
     BuildRecord,
     BuildEvent,
+    WhoAmI,
+    AuthInfo,
+    AccessRequest,
+    Access,
+    AuditLog,
 )
 """Every struct the document names; the rest (hits, facets, handler stats ...) come in as their parts."""
 QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
@@ -562,4 +637,5 @@ QUERY_TYPES: Final[tuple[type[Struct], ...]] = (
     BlobContentQuery,
     BuildQuery,
     ExportQuery,
+    AuditQueryParams,
 )

@@ -8,6 +8,7 @@ and is logged with it, without leaking internals to the caller.
 from __future__ import annotations
 
 import errno
+import math
 import time
 from typing import Any
 
@@ -39,6 +40,7 @@ HTTP_ERROR_TYPES: dict[int, str] = {
     414: "uri_too_long",
     415: "unsupported_media_type",
     422: "unprocessable_entity",
+    429: "rate_limited",
     431: "request_header_fields_too_large",
     503: "service_unavailable",
 }
@@ -76,7 +78,7 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except DLHubError as exc:
         if exc.retry_after_s is not None:
-            headers = {"Retry-After": str(exc.retry_after_s)}
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
             return error_response(exc.http_status, exc.to_dict(), headers=headers)
         return error_response(exc.http_status, exc.to_dict())
     except web.HTTPException as exc:

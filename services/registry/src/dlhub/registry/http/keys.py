@@ -6,11 +6,13 @@ from aiohttp import web
 
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
+from dlhub.registry.audit import AuditLog
 from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.metrics import RegistryMetrics
 from dlhub.registry.ports import Bus
+from dlhub.registry.ratelimit import RateLimiter
 from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
 from dlhub.registry.store import MetadataStore
@@ -29,3 +31,5 @@ SERVABLES = web.AppKey("servables", Servables)
 RUNS = web.AppKey("runs", Runs)
 IMAGES = web.AppKey("images", ImageExports)
 METRICS = web.AppKey("metrics", RegistryMetrics)
+AUDIT = web.AppKey("audit", AuditLog)
+LIMITER = web.AppKey("limiter", RateLimiter)

@@ -45,11 +45,12 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input (the error names the field or parameter)",
         401: "Missing, invalid or expired token",
-        403: "Not the owner",
+        403: "Not the owner or a maintainer it names (or not an administrator)",
         404: "Unknown or invisible resource",
         410: "Deleted: the version (or every version) is a tombstone (error type gone)",
         409: "The servable has no ready version",
         413: "Request body too large",
+        429: "Rate limit exceeded (rate_limited); Retry-After says when to try again",
         503: "Broker or service unavailable",
     }
     return {str(code): _error(text[code]) for code in codes}
@@ -527,6 +528,60 @@ def _task_and_search_paths() -> dict[str, Any]:
     }
 
 
+def _identity_paths() -> dict[str, Any]:
+    """Who am I, how to sign in, who may see a servable, and the audit log."""
+    return {
+        "/whoami": {
+            "get": {
+                "operationId": "whoAmI",
+                "summary": "The caller as the registry sees it: user, identities, groups, administrator",
+                "security": _OPTIONAL_AUTH,
+                "responses": {"200": _response("The caller", c.WhoAmI), **_errors(401, 429)},
+            }
+        },
+        "/auth": {
+            "get": {
+                "operationId": "authInfo",
+                "summary": "How to sign in: the provider and, for Globus, the native client and scope",
+                "security": [],
+                "responses": {"200": _response("Sign-in settings", c.AuthInfo)},
+            }
+        },
+        "/servables/{owner}/{name}/access": {
+            "parameters": [OWNER, NAME],
+            "get": {
+                "operationId": "getAccess",
+                "summary": "Who may see and who may manage the servable",
+                "security": _OPTIONAL_AUTH,
+                "responses": {
+                    "200": _response("visible_to and maintainers", c.Access),
+                    **_errors(401, 404, 410, 429),
+                },
+            },
+            "put": {
+                "operationId": "setAccess",
+                "summary": "Share: set visible_to (owner, maintainers) or maintainers (owner), all versions",
+                "description": "Takes effect at once in describe, run and search.",
+                "security": _SECURED,
+                "requestBody": {"required": True, "content": _json_content(_ref(c.AccessRequest))},
+                "responses": {
+                    "200": _response("The new access lists", c.Access),
+                    **_errors(400, 401, 403, 404, 410, 429),
+                },
+            },
+        },
+        "/audit": {
+            "get": {
+                "operationId": "listAudit",
+                "summary": "Audit events, newest first (registry.admin_users only)",
+                "security": _SECURED,
+                "parameters": _query(c.AuditQueryParams),
+                "responses": {"200": _response("Events", c.AuditLog), **_errors(400, 401, 403, 429)},
+            }
+        },
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     """Return the OpenAPI document as a dict."""
     paths: dict[str, Any] = {
@@ -536,6 +591,7 @@ def build_openapi() -> dict[str, Any]:
         **_run_paths(),
         **_task_and_search_paths(),
         **_blob_paths(),
+        **_identity_paths(),
     }
     return {
         "openapi": "3.1.0",
@@ -554,7 +610,8 @@ def build_openapi() -> dict[str, Any]:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "Local API token from `dlhub token create <user>`",
+                    "description": "A local API token (`dlhub token create <user>`) or, with auth.provider "
+                    "= globus, a Globus Auth access token for the registry's scope (`dlhub login`)",
                 }
             },
         },

@@ -13,7 +13,7 @@ from dlhub.common.codec import decode_body
 from dlhub.common.errors import DLHubError, PayloadTooLarge, ValidationFailed
 from dlhub.common.nesting import json_too_deep, msgpack_too_deep
 from dlhub.registry.auth import Caller
-from dlhub.registry.http.keys import AUTH, SETTINGS
+from dlhub.registry.http.keys import AUTH, LIMITER, SETTINGS
 from dlhub.registry.http.response import MSGPACK_TYPES
 
 T = TypeVar("T")
@@ -27,8 +27,13 @@ FORM = "application/x-www-form-urlencoded"
 
 
 async def caller_of(request: web.Request) -> Caller:
-    """Who is asking, from the ``Authorization`` header (anonymous without one; 401 when it is invalid)."""
-    return await request.app[AUTH].authenticate(request.headers.get("Authorization"))
+    """Who is asking, from the ``Authorization`` header (anonymous without one; 401 when it is invalid);
+    429 when the caller is over its rate limit (``auth.rate_limit``)."""
+    caller = await request.app[AUTH].authenticate(request.headers.get("Authorization"))
+    limiter = request.app.get(LIMITER)
+    if limiter is not None:
+        limiter.check(caller, request.remote)
+    return caller
 
 
 def version_of(request: web.Request) -> int:

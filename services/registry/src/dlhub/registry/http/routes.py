@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from dlhub.registry.http import blobs, builds, citations, health, runs, search, servables, tasks, verify
+from dlhub.registry.http import (
+    blobs,
+    builds,
+    citations,
+    health,
+    identity,
+    runs,
+    search,
+    servables,
+    tasks,
+    verify,
+)
 from dlhub.registry.urls import API_PREFIX, BLOB, SERVABLE, VERSION
 
 
@@ -39,5 +50,10 @@ def setup_routes(app: web.Application) -> None:
             web.get(BLOB, blobs.describe),
             web.delete(BLOB, blobs.delete),
             web.get(BLOB + "/content", blobs.content),
+            web.get(API_PREFIX + "/whoami", identity.whoami),
+            web.get(API_PREFIX + "/auth", identity.auth_info),
+            web.get(SERVABLE + "/access", identity.get_access),
+            web.put(SERVABLE + "/access", identity.set_access),
+            web.get(API_PREFIX + "/audit", identity.list_audit),
         ]
     )

@@ -23,7 +23,7 @@ from dlhub.registry.http.contract import (
     VersionList,
     VersionSummary,
 )
-from dlhub.registry.http.keys import AUTH, SERVABLES, SETTINGS
+from dlhub.registry.http.keys import AUDIT, AUTH, SERVABLES, SETTINGS
 from dlhub.registry.http.query import page_size, parse_query
 from dlhub.registry.http.request import caller_of, decode_json, read_json_bytes, read_upload, version_of
 from dlhub.registry.http.response import json_response
@@ -150,6 +150,7 @@ async def publish(request: web.Request) -> web.Response:
         package_format=detect_format(filename, package or b""),
         caller=caller,
     )
+    await request.app[AUDIT].record(caller, "publish", record.label, visible_to=list(record.visible_to))
     return publish_response(record)
 
 
@@ -169,6 +170,7 @@ async def update(request: web.Request) -> web.Response:
         package=package,
         package_format=package_format,
     )
+    await request.app[AUDIT].record(caller, "update", record.label, visible_to=list(record.visible_to))
     return publish_response(record)
 
 
@@ -218,6 +220,7 @@ async def _delete(request: web.Request, version: int | None) -> web.Response:
     user = request.app[AUTH].require_user(caller)
     owner, name = request.match_info["owner"], request.match_info["name"]
     deleted = await request.app[SERVABLES].delete(caller, user=user, owner=owner, name=name, version=version)
+    await request.app[AUDIT].record(caller, "delete", f"{owner}/{name}", versions=deleted)
     return json_response(Deleted(deleted=deleted))
 
 
@@ -249,6 +252,8 @@ async def _set_deprecated(request: web.Request, deprecated: bool) -> web.Respons
         reason=body.reason,
         replacement=body.replacement or "",
     )
+    action = "deprecate" if deprecated else "undeprecate"
+    await request.app[AUDIT].record(caller, action, record.label, reason=body.reason)
     fields = msgspec.structs.asdict(version_summary(record))
     deprecation = Deprecation(
         owner=record.owner, name=record.name, shorthand_name=record.shorthand_name, **fields

@@ -6,6 +6,8 @@ The interface is re-exported here because every domain module speaks it; backend
 
 from dlhub.registry.store.interface import (
     OPEN_TASK_STATES,
+    AuditQuery,
+    AuditRecord,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -20,6 +22,8 @@ from dlhub.registry.store.interface import (
 
 __all__ = [
     "OPEN_TASK_STATES",
+    "AuditQuery",
+    "AuditRecord",
     "BuildStateValue",
     "MetadataStore",
     "PackageFormat",

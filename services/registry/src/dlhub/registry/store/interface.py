@@ -8,6 +8,7 @@ Records are immutable values; callers build updated copies with ``dataclasses.re
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +71,13 @@ class VersionRecord:
         value = dlhub.get("visible_to")
         return tuple(value) if isinstance(value, list) else ("public",)
 
+    @property
+    def maintainers(self) -> tuple[str, ...]:
+        """Principals (``user:<name>``, ``group:<id>``) the owner lets manage the servable."""
+        dlhub = self.metadata.get("dlhub") or {}
+        value = dlhub.get("maintainers")
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
 
 class StoredBuild(BuildRecord, kw_only=True):
     """The registry's build record of one version (``BuildRecord`` plus what exports and follows need).
@@ -123,6 +131,30 @@ class TokenRecord:
     label: str = ""
     expires_at_ms: int | None = None
     revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One audited change: who (a user, or ``-`` for the CLI acting on the store), what, on what, when.
+
+    ``detail`` never holds a secret: a token appears only as the last characters of its hash's hex digest.
+    """
+
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQuery:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 100
 
 
 class MetadataStore(abc.ABC):
@@ -293,8 +325,72 @@ class MetadataStore(abc.ABC):
     async def revoke_token(self, token_hash: str) -> bool:
         """Mark a token revoked; return whether it existed."""
 
+    # -- identity: local groups, linked identities, access, audit ----------------------------------------
 
-_TOMBSTONE_DLHUB_KEYS = ("name", "owner", "visible_to", "identifier", "id", "publication_date", "type")
+    @abc.abstractmethod
+    async def add_group_member(self, group: str, user: str) -> bool:
+        """Add ``user`` to the local group ``group``; return False when already a member."""
+
+    @abc.abstractmethod
+    async def remove_group_member(self, group: str, user: str) -> bool:
+        """Remove ``user`` from ``group``; return whether it was a member."""
+
+    @abc.abstractmethod
+    async def groups_of(self, user: str) -> list[str]:
+        """The local groups ``user`` belongs to, sorted."""
+
+    @abc.abstractmethod
+    async def group_members(self, group: str) -> list[str]:
+        """The members of a local group, sorted."""
+
+    @abc.abstractmethod
+    async def user_for_identities(self, identity_ids: Sequence[str]) -> str | None:
+        """The user any of these (linked, external) identities belongs to, or None."""
+
+    @abc.abstractmethod
+    async def link_identities(self, user: str, identity_ids: Sequence[str]) -> None:
+        """Record that these identities are ``user`` (an identity already linked keeps its user)."""
+
+    @abc.abstractmethod
+    async def user_has_identities(self, user: str) -> bool:
+        """Whether any external identity is linked to ``user`` (a taken name, for sign-up)."""
+
+    @abc.abstractmethod
+    async def set_access(
+        self, owner: str, name: str, *, visible_to: Sequence[str], maintainers: Sequence[str]
+    ) -> list[int]:
+        """Set ``dlhub.visible_to`` and ``dlhub.maintainers`` in the metadata of every stored version of
+        ``owner/name`` (tombstones too, so they stay hidden alike); return the version numbers changed."""
+
+    @abc.abstractmethod
+    async def add_audit(self, record: AuditRecord) -> None:
+        """Append one record to the audit log."""
+
+    @abc.abstractmethod
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit records matching every given filter, newest first, at most ``query.limit``."""
+
+
+def with_access(
+    metadata: dict[str, Any], visible_to: Sequence[str], maintainers: Sequence[str]
+) -> dict[str, Any]:
+    """A copy of ``metadata`` whose ``dlhub`` section has these ``visible_to`` and ``maintainers``."""
+    dlhub = dict(metadata.get("dlhub") or {})
+    dlhub["visible_to"] = list(visible_to)
+    dlhub["maintainers"] = list(maintainers)
+    return {**metadata, "dlhub": dlhub}
+
+
+_TOMBSTONE_DLHUB_KEYS = (
+    "name",
+    "owner",
+    "visible_to",
+    "maintainers",
+    "identifier",
+    "id",
+    "publication_date",
+    "type",
+)
 
 
 def tombstone_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

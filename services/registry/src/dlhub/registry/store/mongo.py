@@ -16,6 +16,8 @@ Collections (one database, ``StoreConfig.mongodb_database``):
 - ``builds``: one document per version's build record (same ``_id`` as in ``versions``), the record as JSON
   text; saving one also copies its state and environment id onto the version document.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
+- ``group_members`` (``_id`` group and user), ``identity_links`` (``_id`` the external identity id) and
+  ``audit`` (appended, read newest first): local groups, linked sign-in identities and the audit log.
 - ``memo``: memoized run results (``dlhub.registry.memo``, ``registry.memo_shared``); ``_id`` is the
   memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
 
@@ -36,8 +38,8 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any, Final, cast
 
 import bson
@@ -60,6 +62,8 @@ from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
 from dlhub.registry.store.interface import (
     OPEN_TASK_STATES,
+    AuditQuery,
+    AuditRecord,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -71,6 +75,7 @@ from dlhub.registry.store.interface import (
     VersionRecord,
     VersionStatus,
     tombstone_metadata,
+    with_access,
 )
 
 log = get_logger(__name__)
@@ -342,6 +347,18 @@ class MongoMetadataStore(MetadataStore):
     @property
     def tokens(self) -> AsyncCollection[Document]:
         return self.db["tokens"]
+
+    @property
+    def group_members_collection(self) -> AsyncCollection[Document]:
+        return self.db["group_members"]
+
+    @property
+    def identity_links(self) -> AsyncCollection[Document]:
+        return self.db["identity_links"]
+
+    @property
+    def audit(self) -> AsyncCollection[Document]:
+        return self.db["audit"]
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -756,6 +773,104 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("revoke_token"):
             result = await self.tokens.update_one({"_id": token_hash}, {"$set": {"revoked": True}})
         return result.matched_count > 0
+
+    # -- identity: local groups, linked identities, access, audit ----------------------------------------
+
+    async def add_group_member(self, group: str, user: str) -> bool:
+        doc = {"_id": _member_id(group, user), "group": group, "user": user}
+        with self._errors("add_group_member"):
+            try:
+                await self.group_members_collection.insert_one(doc)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def remove_group_member(self, group: str, user: str) -> bool:
+        with self._errors("remove_group_member"):
+            result = await self.group_members_collection.delete_one({"_id": _member_id(group, user)})
+        return result.deleted_count > 0
+
+    async def groups_of(self, user: str) -> list[str]:
+        with self._errors("groups_of"):
+            docs = await self.group_members_collection.find({"user": user}).to_list(None)
+        return sorted(str(d["group"]) for d in docs)
+
+    async def group_members(self, group: str) -> list[str]:
+        with self._errors("group_members"):
+            docs = await self.group_members_collection.find({"group": group}).to_list(None)
+        return sorted(str(d["user"]) for d in docs)
+
+    async def user_for_identities(self, identity_ids: Sequence[str]) -> str | None:
+        if not identity_ids:
+            return None
+        with self._errors("user_for_identities"):
+            docs = await self.identity_links.find({"_id": {"$in": list(identity_ids)}}).to_list(None)
+        users = sorted(str(d["user"]) for d in docs)
+        return users[0] if users else None
+
+    async def link_identities(self, user: str, identity_ids: Sequence[str]) -> None:
+        with self._errors("link_identities"):
+            for identity_id in identity_ids:
+                with suppress(DuplicateKeyError):
+                    await self.identity_links.insert_one({"_id": identity_id, "user": user})
+
+    async def user_has_identities(self, user: str) -> bool:
+        with self._errors("user_has_identities"):
+            return await self.identity_links.find_one({"user": user}) is not None
+
+    async def set_access(
+        self, owner: str, name: str, *, visible_to: Sequence[str], maintainers: Sequence[str]
+    ) -> list[int]:
+        changed: list[int] = []
+        with self._errors("set_access"):
+            docs = await self.versions.find({"owner": owner, "name": name}).to_list(None)
+            for doc in docs:
+                metadata = with_access(msgspec.json.decode(doc["metadata_json"]), visible_to, maintainers)
+                await self.versions.update_one(
+                    {"_id": doc["_id"]}, {"$set": {"metadata_json": _dumps(metadata)}}
+                )
+                changed.append(int(doc["version"]))
+        return sorted(changed)
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        doc = {
+            "at_ms": record.at_ms,
+            "actor": record.actor,
+            "action": record.action,
+            "target": record.target,
+            "detail_json": _dumps(record.detail),
+        }
+        with self._errors("add_audit"):
+            await self.audit.insert_one(doc)
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        selector: Document = {
+            k: v for k, v in (("actor", query.actor), ("action", query.action), ("target", query.target)) if v
+        }
+        at: Document = {}
+        if query.since_ms is not None:
+            at["$gte"] = query.since_ms
+        if query.until_ms is not None:
+            at["$lt"] = query.until_ms
+        if at:
+            selector["at_ms"] = at
+        with self._errors("list_audit"):
+            cursor = self.audit.find(selector).sort([("at_ms", -1), ("_id", -1)]).limit(query.limit)
+            docs = await cursor.to_list(None)
+        return [
+            AuditRecord(
+                at_ms=int(d["at_ms"]),
+                actor=d["actor"],
+                action=d["action"],
+                target=d["target"],
+                detail=msgspec.json.decode(d["detail_json"]),
+            )
+            for d in docs
+        ]
+
+
+def _member_id(group: str, user: str) -> str:
+    return _dumps([group, user])
 
 
 def _short(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import functools
 import inspect
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -22,6 +22,8 @@ import msgspec
 
 from dlhub.common.errors import StorageFull, StoreUnavailable
 from dlhub.registry.store.interface import (
+    AuditQuery,
+    AuditRecord,
     BuildStateValue,
     MetadataStore,
     PackageFormat,
@@ -33,6 +35,7 @@ from dlhub.registry.store.interface import (
     VersionRecord,
     VersionStatus,
     tombstone_metadata,
+    with_access,
 )
 
 SCHEMA = """
@@ -104,6 +107,26 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at_ms INTEGER,
     revoked INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS group_members (
+    grp TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (grp, user)
+);
+CREATE INDEX IF NOT EXISTS group_members_user ON group_members (user);
+CREATE TABLE IF NOT EXISTS identity_links (
+    identity_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS identity_links_user ON identity_links (user);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 """
 
 _VERSION_COLUMNS = (
@@ -628,3 +651,91 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def revoke_token(self, token_hash: str) -> bool:
         return bool(await self._write("UPDATE tokens SET revoked = 1 WHERE token_hash = ?", (token_hash,)))
+
+    # -- identity: local groups, linked identities, access, audit ----------------------------------------
+
+    async def add_group_member(self, group: str, user: str) -> bool:
+        sql = "INSERT OR IGNORE INTO group_members (grp, user) VALUES (?, ?)"
+        return bool(await self._write(sql, (group, user)))
+
+    async def remove_group_member(self, group: str, user: str) -> bool:
+        sql = "DELETE FROM group_members WHERE grp = ? AND user = ?"
+        return bool(await self._write(sql, (group, user)))
+
+    async def groups_of(self, user: str) -> list[str]:
+        sql = "SELECT grp FROM group_members WHERE user = ? ORDER BY grp"
+        return [row[0] for row in await self.db.execute_fetchall(sql, (user,))]
+
+    async def group_members(self, group: str) -> list[str]:
+        sql = "SELECT user FROM group_members WHERE grp = ? ORDER BY user"
+        return [row[0] for row in await self.db.execute_fetchall(sql, (group,))]
+
+    async def user_for_identities(self, identity_ids: Sequence[str]) -> str | None:
+        if not identity_ids:
+            return None
+        marks = ",".join("?" * len(identity_ids))
+        sql = f"SELECT user FROM identity_links WHERE identity_id IN ({marks}) ORDER BY user LIMIT 1"
+        rows = list(await self.db.execute_fetchall(sql, tuple(identity_ids)))
+        return str(rows[0][0]) if rows else None
+
+    async def link_identities(self, user: str, identity_ids: Sequence[str]) -> None:
+        async with self._write_lock:
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO identity_links (identity_id, user) VALUES (?, ?)",
+                [(identity_id, user) for identity_id in identity_ids],
+            )
+
+    async def user_has_identities(self, user: str) -> bool:
+        sql = "SELECT 1 FROM identity_links WHERE user = ? LIMIT 1"
+        return bool(list(await self.db.execute_fetchall(sql, (user,))))
+
+    async def set_access(
+        self, owner: str, name: str, *, visible_to: Sequence[str], maintainers: Sequence[str]
+    ) -> list[int]:
+        async with self._write_lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "SELECT version, metadata FROM versions WHERE owner = ? AND name = ?", (owner, name)
+                )
+                changed = [
+                    (int(v), with_access(msgspec.json.decode(text), visible_to, maintainers))
+                    for v, text in rows
+                ]
+                await db.executemany(
+                    "UPDATE versions SET metadata = ? WHERE owner = ? AND name = ? AND version = ?",
+                    [(_dumps(metadata), owner, name, v) for v, metadata in changed],
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return [v for v, _ in changed]
+
+    async def add_audit(self, record: AuditRecord) -> None:
+        await self._write(
+            "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+            (record.at_ms, record.actor, record.action, record.target, _dumps(record.detail)),
+        )
+
+    async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("actor", query.actor), ("action", query.action), ("target", query.target)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.since_ms is not None:
+            clauses.append("at_ms >= ?")
+            params.append(query.since_ms)
+        if query.until_ms is not None:
+            clauses.append("at_ms < ?")
+            params.append(query.until_ms)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        sql = f"SELECT at_ms, actor, action, target, detail FROM audit {where}ORDER BY seq DESC LIMIT ?"
+        rows = await self.db.execute_fetchall(sql, (*params, query.limit))
+        return [
+            AuditRecord(at_ms=r[0], actor=r[1], action=r[2], target=r[3], detail=msgspec.json.decode(r[4]))
+            for r in rows
+        ]
