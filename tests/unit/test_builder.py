@@ -263,8 +263,18 @@ HOSTILE_TARS: dict[str, list[Any]] = {
 }
 
 
+@pytest.fixture(params=[True, False], ids=["tar-filters", "no-tar-filters"])
+def tar_filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """With and without tarfile's extraction filters (Python before 3.11.4, e.g. Debian 12's, has none)."""
+    enabled: bool = request.param
+    if enabled and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile extraction filters")
+    monkeypatch.setattr("dlhub.builder.package.TAR_FILTERS", enabled)
+    return enabled
+
+
 @pytest.mark.parametrize("members", list(HOSTILE_TARS.values()), ids=list(HOSTILE_TARS))
-def test_hostile_tar_is_rejected_whole(root: Path, members: list[Any]) -> None:
+def test_hostile_tar_is_rejected_whole(root: Path, members: list[Any], tar_filters: bool) -> None:
     # A good member first: it must not survive the rejection either.
     package = make_tar([tar_member("good.txt", b"g"), *members])
     error = build_fails(root, request(package, metadata={}), UnsafePackage)
@@ -280,6 +290,22 @@ def test_later_defences_hold_without_the_pre_check(
     """With the whole-archive pre-check disabled, filter="data" and the final tree walk still refuse."""
     monkeypatch.setattr("dlhub.builder.package.check_entries", lambda _entries: None)
     build_fails(root, request(make_tar(HOSTILE_TARS[case]), metadata={}), UnsafePackage)
+
+
+def test_extracted_modes_never_carry_special_bits(tmp_path: Path, tar_filters: bool) -> None:
+    """setuid/setgid/sticky and group/other write bits from the archive never reach the extracted files."""
+    setuid_tool, _ = tar_member("bin/tool", b"#!/bin/sh\n")
+    setuid_tool.mode = 0o6777
+    plain, _ = tar_member("data.txt", b"d")
+    plain.mode = 0o666
+    package = make_tar([(setuid_tool, b"#!/bin/sh\n"), (plain, b"d")])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    extract_package(package, "tar", dest, ExtractLimits(max_extracted_bytes=1 << 20, max_files=10))
+    assert (dest / "bin/tool").read_bytes() == b"#!/bin/sh\n"
+    assert stat.S_IMODE((dest / "bin/tool").stat().st_mode) & 0o7022 == 0
+    assert stat.S_IMODE((dest / "bin/tool").stat().st_mode) & 0o100
+    assert stat.S_IMODE((dest / "data.txt").stat().st_mode) & 0o7133 == 0
 
 
 def test_unsafe_error_names_the_member(root: Path) -> None:

@@ -201,6 +201,23 @@ def _tar_entry(member: tarfile.TarInfo) -> Entry:
     raise UnsafePackage(f"member {member.name!r} is a device, fifo or other special file")
 
 
+TAR_FILTERS = hasattr(tarfile, "data_filter")
+"""Whether this Python has tarfile's extraction filters (3.11.4+; Debian 12's 3.11.2 has not)."""
+_FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if TAR_FILTERS else ()
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, entry: Entry) -> None:
+    """Write one checked member. Without tarfile's filters our own checks are the only line of defence,
+    so attributes are not taken from the archive: files get 0644, or 0755 when any execute bit was set
+    (what ``filter="data"`` leaves too), never setuid/setgid bits or the archive's owner."""
+    if TAR_FILTERS:
+        tar.extract(member, path=dest, set_attrs=True, filter="data")
+        return
+    tar.extract(member, path=dest, set_attrs=False)
+    if entry.kind is EntryKind.FILE:
+        os.chmod(dest / entry.name, 0o755 if member.mode & 0o111 else 0o644)
+
+
 def _extract_tar(data: bytes, dest: Path, limits: ExtractLimits) -> None:
     budget = _Budget(limits)
     try:
@@ -215,10 +232,10 @@ def _extract_tar(data: bytes, dest: Path, limits: ExtractLimits) -> None:
             for member, entry in pairs:
                 if entry.name == "":
                     continue
-                tar.extract(member, path=dest, set_attrs=True, filter="data")
+                _extract_member(tar, member, dest, entry)
                 if entry.kind is EntryKind.FILE:
                     budget.add_written(member.name, os.lstat(dest / entry.name).st_size)
-    except tarfile.FilterError as exc:
+    except _FILTER_ERRORS as exc:
         raise UnsafePackage(f"unsafe member: {exc}") from exc
     except (tarfile.TarError, EOFError, zlib.error, ValueError) as exc:
         raise BuildFailed(f"package is not a readable tar archive: {exc}") from exc
