@@ -97,11 +97,15 @@ class SeparateServices:
 
     def wait_handlers(self, **counts: int) -> None:
         """Until the broker has exactly ``counts[kind]`` handlers of each kind (seen through the registry)."""
-        wait_until(
-            lambda: all(self.handler_count(kind) == n for kind, n in counts.items()),
-            timeout_s=60,
-            message=f"handlers {counts}",
-        )
+        try:
+            wait_until(
+                lambda: all(self.handler_count(kind) == n for kind, n in counts.items()),
+                timeout_s=60,
+                message=f"handlers {counts}",
+            )
+        except AssertionError as exc:  # say why: the tails of the logs of every service started here
+            tails = {name: self.log(name)[-2000:] for name in self.processes}
+            raise AssertionError(f"{exc}; service logs: {tails}") from None
 
     def wait_registry(self) -> None:
         def up() -> bool:
