@@ -6,6 +6,7 @@ key cannot take over the registry's routing identity; admitted keys run tasks en
 from __future__ import annotations
 
 import asyncio
+import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ from dlhub.common.messages import (
     Register,
     Result,
     RouteStep,
+    StatsReply,
     StatsRequest,
     Submit,
 )
 from tests.support.broker import BrokerProcess, bus_config, make_codec, running_handler
 from tests.support.net import free_port
 from tests.support.polling import await_until
+from tests.support.stack import StackInfo
 
 codec = make_codec()
 TOPIC = "servable/alice/echo@1"
@@ -238,3 +241,31 @@ async def test_another_key_cannot_take_over_the_registry_identity(
 
 async def _any_inflight(client: BusClient) -> bool:
     return any(h.inflight for h in (await client.stats(timeout_s=1)).handlers)
+
+
+async def test_the_embedded_stack_runs_its_bus_with_keys(stack: StackInfo) -> None:
+    """`dlhub up` wrote its keys on first start (secret files 0600 in a 0700 directory), the broker admits
+    only them, and every service joined with its own key: the workers are registered and the stack's own
+    key for tools is answered while a plain socket hears nothing."""
+    keys_dir = stack.data_dir / "keys"
+    assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
+    secrets = sorted(p.name for p in keys_dir.glob("*.key_secret"))
+    assert secrets == sorted(
+        f"{n}.key_secret" for n in ("broker", "registry", "worker", "builder", "search", "admin")
+    )
+    assert all(stat.S_IMODE((keys_dir / name).stat().st_mode) == 0o600 for name in secrets)
+    assert stack.worker_count() >= 1
+    plain = raw_peer(stack.broker_url)
+    admin = raw_peer(stack.broker_url, keys_dir=keys_dir, name="admin")
+    try:
+        for sock in (plain, admin):
+            sock.send(codec.encode(StatsRequest(request_id="probe")))
+        replies = await received(admin, 1.0)
+        assert any(isinstance(m, StatsReply) and any(h.kind == "worker" for h in m.handlers) for m in replies)
+        assert await received(plain, 0.5) == []
+    finally:
+        plain.close(linger=0)
+        admin.close(linger=0)
+    broker_log = (stack.data_dir / "logs" / "broker.log").read_text()
+    assert "bus authentication on" in broker_log
+    assert "secret" not in broker_log.replace("key_secret", "")  # no key material in the log

@@ -48,10 +48,11 @@ class BusConfig(BaseModel):
     """Tasks a submitter (the registry) awaits at once; one more is refused at once with ``queue_full``
     (503 with ``Retry-After`` at the REST API) rather than queued in its memory."""
 
-    curve_enabled: bool = False
+    curve_enabled: bool | None = None
     """Authenticate and encrypt every connection to the broker with CurveZMQ (docs/security.md): a peer
-    without an admitted key gets no connection. ``dlhub up`` turns it on (and writes the keys on first
-    start); off, anyone who reaches the broker's port may register for topics and read other users' inputs."""
+    without an admitted key gets no connection. Unset: on under ``dlhub up`` (which writes the keys on first
+    start), off for a service started alone. Off, anyone who reaches the broker's port may register for topics
+    and read other users' inputs."""
     curve_keys_dir: Path | None = None
     """Where the key files are (``<name>.key``, ``<name>.key_secret``); default ``<data_dir>/keys``."""
     curve_key_name: str | None = None
