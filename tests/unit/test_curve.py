@@ -62,7 +62,7 @@ def test_the_broker_admits_every_role_key_but_its_own_and_unnamed_ones(tmp_path:
 def test_rights_follow_the_role() -> None:
     worker, registry, admin = rights_of("worker-gpu01"), rights_of("registry"), rights_of("admin")
     assert worker.role == "worker" and Register in worker.messages and Result in worker.messages
-    assert Submit not in worker.messages and StatsRequest not in worker.messages
+    assert Submit not in worker.messages and StatsRequest in worker.messages
     assert worker.may_register(["servable/*", "servable/alice/m@1"])
     assert not worker.may_register(["servable/*", "builder/build"])
     assert rights_of("builder").may_register(["builder/build"]) and not rights_of("builder").may_register(

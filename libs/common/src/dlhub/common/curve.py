@@ -211,8 +211,10 @@ class PeerRights:
         return all(topic.startswith(self.topic_prefixes) for topic in topics)
 
 
+# Every role may ask for the handler table (readiness probes run with the container's own key); it names
+# kinds, topics and capacities, nothing a handler does not already see.
 _HANDLER_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
-    {Register, Unregister, Draining, Result, Progress, Heartbeat}
+    {Register, Unregister, Draining, Result, Progress, Heartbeat, StatsRequest}
 )
 _ROLE_MESSAGES: Final[Mapping[str, frozenset[type[Message]]]] = {
     # The registry submits and follows tasks; it never serves a topic.
