@@ -269,3 +269,27 @@ async def test_the_embedded_stack_runs_its_bus_with_keys(stack: StackInfo) -> No
     broker_log = (stack.data_dir / "logs" / "broker.log").read_text()
     assert "bus authentication on" in broker_log
     assert "secret" not in broker_log.replace("key_secret", "")  # no key material in the log
+
+
+async def test_an_identity_stays_with_the_key_it_first_came_with(
+    curve_broker: BrokerProcess, keys: Keys
+) -> None:
+    """A routing identity first used with the worker key is refused with any other key (here: admin asking for
+    the handler table), while the admin key under an identity of its own is answered (control)."""
+    first = raw_peer(curve_broker.url, keys_dir=keys.dir, name="worker", identity=b"shared-identity")
+    try:
+        first.send(codec.encode(StatsRequest(request_id="first")))
+        assert [type(m) for m in await received(first, 0.5)] == [StatsReply]
+    finally:
+        first.close(linger=0)
+    second = raw_peer(curve_broker.url, keys_dir=keys.dir, name="admin", identity=b"shared-identity")
+    control = raw_peer(curve_broker.url, keys_dir=keys.dir, name="admin")
+    try:
+        for sock in (second, control):
+            sock.send(codec.encode(StatsRequest(request_id="second")))
+        assert [type(m) for m in await received(control, 0.5)] == [StatsReply]
+        assert await received(second, 0.5) == []
+    finally:
+        second.close(linger=0)
+        control.close(linger=0)
+    assert "identity of another key" in curve_broker.log_text()

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 import zmq.auth
+from click.testing import CliRunner
 
+from dlhub.broker.__main__ import main as broker_main
 from dlhub.client.cli import _curve_keys_dir
+from dlhub.client.cli import main as cli_main
 from dlhub.client.launcher import Stack, StackOptions
 from dlhub.common.config import BusConfig, load_settings
 from dlhub.common.curve import (
@@ -128,3 +131,21 @@ def test_the_launcher_passes_the_keys_to_every_service(tmp_path: Path) -> None:
     )
     off = Stack(StackOptions(data_dir=tmp_path)).environment()
     assert off["DLHUB_BUS__CURVE_ENABLED"] == "false"
+
+
+def test_the_key_commands_write_keys_and_refuse_bad_names(tmp_path: Path) -> None:
+    broker_main(["keys", "create", "--dir", str(tmp_path / "a")])
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.key")) == sorted(
+        f"{n}.key" for n in (BROKER_KEY, *ROLES)
+    )
+    with pytest.raises(SystemExit) as exited:
+        broker_main(["keys", "create", "--dir", str(tmp_path / "a"), "nobody"])
+    assert exited.value.code == 2
+    result = CliRunner().invoke(cli_main, ["keys", "create", "--dir", str(tmp_path / "b"), "worker-gpu01"])
+    assert result.exit_code == 0, result.output
+    assert "worker-gpu01.key_secret" in result.output and "secret-key" not in result.output
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "worker-gpu01.key",
+        "worker-gpu01.key_secret",
+    ]
+    assert CliRunner().invoke(cli_main, ["keys", "create", "--dir", str(tmp_path / "b"), "x"]).exit_code == 2
