@@ -5,6 +5,8 @@ receive messages, dispatch queued tasks, (on ticks) send heartbeats, expire dead
 and last send what the steps queued: one multipart message per peer per pass, so that under load a worker
 gets its dispatches and a client its results in one ZeroMQ message rather than one each. Incoming messages
 are dispatched by type through one table. Payloads (``msgspec.Raw``) are forwarded without being decoded.
+With bus keys on (``bus.curve_enabled``, docs/security.md) the socket is a CURVE server that admits only known
+keys, and each message is checked against the role of its connection's key before it is dispatched.
 """
 
 from __future__ import annotations
