@@ -211,6 +211,9 @@ def keys_create(
 ) -> None:
     """Write the broker's keypair and one per role (registry, worker, builder, search, admin), or the NAMES
     given (``worker-gpu01``: a key of its own for one more worker). Existing keypairs are kept."""
+    from dlhub.client.tokens import require_server
+
+    require_server("`dlhub keys` writes the bus keys of a DLHub server")
     from dlhub.common.curve import BROKER_KEY, ROLES, create_keys
 
     target = keys_dir or (data_dir or dlhub_home() / "data").resolve() / "keys"
