@@ -26,6 +26,7 @@ import zmq
 
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings, load_settings
+from dlhub.common.curve import client_keys_for, tagged_identity
 from dlhub.common.ids import new_id
 from dlhub.common.messages import StatsReply, StatsRequest
 
@@ -37,13 +38,18 @@ class NotReady(Exception):
     """One line saying why the service is not ready."""
 
 
-def broker_stats(settings: DLHubSettings) -> StatsReply:
+def broker_stats(settings: DLHubSettings, service: str) -> StatsReply:
+    """The broker's handler table, asked with the container's own bus key (the broker's: ``admin``), since
+    a CURVE broker answers no one else."""
     codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
+    keys = client_keys_for(settings.bus, HANDLER_KINDS.get(service, "admin"))
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, f"healthcheck-{new_id()}".encode())
+        if keys is not None:
+            keys.apply(sock)
+        sock.setsockopt(zmq.IDENTITY, tagged_identity(f"healthcheck-{new_id()}", keys))
         sock.connect(settings.bus.broker_url)
         request_id = new_id()
         sock.send(bytes(codec.encode(StatsRequest(request_id=request_id))))
@@ -122,7 +128,7 @@ def check_handler(settings: DLHubSettings, service: str) -> None:
         raise NotReady(f"no dlhub.{service} process")
     if not any(connected_to(pid, port) for pid in pids):
         raise NotReady(f"dlhub.{service} holds no connection to the broker port {port}")
-    stats = broker_stats(settings)
+    stats = broker_stats(settings, service)
     kind = HANDLER_KINDS[service]
     if not any(handler.kind == kind for handler in stats.handlers):
         raise NotReady(f"the broker lists no {kind} handler")
@@ -136,7 +142,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = load_settings(None)
         if service == "broker":
-            broker_stats(settings)
+            broker_stats(settings, service)
         elif service == "registry":
             check_registry(settings)
         else:

@@ -1,6 +1,7 @@
 """CPU time per noop request in each service, under 32 concurrent clients (wrk), memo off and on.
 
     python -m loadtest.cpu_per_request [--clients 32] [--duration-s 6] [--repeats 3] [--metrics on|off|both]
+        [--curve on|off|both]
 
 Where the throughput of the serving path goes: for each process of a fresh `dlhub up` (registry, broker,
 worker, executor) the CPU seconds of each of its threads (the Python main thread, ZeroMQ's I/O thread)
@@ -10,7 +11,9 @@ throughput. Needs wrk (Debian package ``wrk``). Results go to ``loadtest/results
 ``--metrics off`` runs the stack with ``DLHUB_METRICS__ENABLED=false``; ``--metrics both`` starts a stack
 with metrics and one without side by side, alternates their measurements (in the same run) and reports the
 overhead of the metrics as ``1 - requests_per_s(on) / requests_per_s(off)`` of the medians; its results go to
-``loadtest/results/cpu_per_request_metrics.json``.
+``loadtest/results/cpu_per_request_metrics.json``. ``--curve`` does the same for the bus keys (CurveZMQ,
+docs/security.md; on by default, as under ``dlhub up``): ``--curve both`` reports ``curve_overhead`` and
+``curve_cpu_us_per_request`` in ``loadtest/results/cpu_per_request_curve.json``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,22 @@ def measure(
     return {"throughput": run, "cpu_us_per_request": per_service, "total_us": round(total, 1)}
 
 
+def variants_of(metrics: str, curve: str) -> dict[str, dict[str, str]]:
+    """The stacks to compare: result-key suffix -> extra environment; the first is the reference ("")."""
+    if metrics == "both" and curve == "both":
+        raise SystemExit("--metrics both and --curve both: compare one thing at a time")
+    base = {
+        "DLHUB_METRICS__ENABLED": "true" if metrics != "off" else "false",
+        "DLHUB_BUS__CURVE_ENABLED": "true" if curve != "off" else "false",
+    }
+    variants = {"": base}
+    if metrics == "both":
+        variants["_metrics_off"] = base | {"DLHUB_METRICS__ENABLED": "false"}
+    if curve == "both":
+        variants["_curve_off"] = base | {"DLHUB_BUS__CURVE_ENABLED": "false"}
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,28 +108,26 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=6.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--metrics", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--curve", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
     if not wrk.available():
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    variants = {"on": [True], "off": [False], "both": [True, False]}[args.metrics]
+    variants = variants_of(args.metrics, args.curve)
+    order = list(variants)
     runs: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as started:
-        # With --metrics both, both stacks are up for the whole run (an idle stack costs next to nothing)
-        # and their measurements alternate, so that a slower phase of the machine hits both alike.
+        # With "both", both stacks are up for the whole run (an idle stack costs next to nothing) and their
+        # measurements alternate, so that a slower phase of the machine hits both alike.
         stacks = {
-            metrics: started.enter_context(
-                embedded_stack(extra_env={} if metrics else {"DLHUB_METRICS__ENABLED": "false"})
-            )
-            for metrics in variants
+            suffix: started.enter_context(embedded_stack(extra_env=env)) for suffix, env in variants.items()
         }
-        servables = {metrics: publish_noop(stack.url, stack.token) for metrics, stack in stacks.items()}
+        servables = {suffix: publish_noop(stack.url, stack.token) for suffix, stack in stacks.items()}
         for repeat in range(args.repeats):
-            for metrics in variants if repeat % 2 == 0 else list(reversed(variants)):
-                suffix = "_metrics_off" if args.metrics == "both" and not metrics else ""
+            for suffix in order if repeat % 2 == 0 else list(reversed(order)):
                 for key, memoize in (("memo_off", False), ("memo_on", True)):
                     run = measure(
-                        stacks[metrics],
-                        servables[metrics],
+                        stacks[suffix],
+                        servables[suffix],
                         memoize=memoize,
                         clients=args.clients,
                         duration_s=args.duration_s,
@@ -128,17 +145,22 @@ def main() -> None:
         }
         for key, rs in runs.items()
     }
-    if args.metrics == "both":
-        summary["metrics_overhead"] = {
-            key: round(
-                1 - summary[key]["requests_per_s"] / summary[key + "_metrics_off"]["requests_per_s"], 4
-            )
+    for suffix in order[1:]:
+        # The cost of what the reference has and the other stack has not: metrics, or the bus keys.
+        what = suffix.removesuffix("_off").removeprefix("_")
+        summary[f"{what}_overhead"] = {
+            key: round(1 - summary[key]["requests_per_s"] / summary[key + suffix]["requests_per_s"], 4)
             for key in ("memo_off", "memo_on")
         }
-    name = "cpu_per_request_metrics" if args.metrics == "both" else "cpu_per_request"
-    path = write_results(
-        name, {"benchmark": "CPU per noop request (wrk)", "metrics": args.metrics, "runs": runs, **summary}
+        summary[f"{what}_cpu_us_per_request"] = {
+            key: round(summary[key]["total_us"] - summary[key + suffix]["total_us"], 1)
+            for key in ("memo_off", "memo_on")
+        }
+    name = {"_metrics_off": "cpu_per_request_metrics", "_curve_off": "cpu_per_request_curve"}.get(
+        order[-1], "cpu_per_request"
     )
+    header = {"benchmark": "CPU per noop request (wrk)", "metrics": args.metrics, "curve": args.curve}
+    path = write_results(name, {**header, "runs": runs, **summary})
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")
 

@@ -1,6 +1,6 @@
 """Noop servable through the full REST path vs. the same function called in-process (the floor).
 
-    python -m loadtest.noop_rest [--requests 1000] [--repeats 5]
+    python -m loadtest.noop_rest [--requests 1000] [--repeats 5] [--curve on|off|both]
 
 Each repeat starts from a warm stack: 200 warm-up requests, then ``--requests`` sequential requests on one
 keep-alive connection. Reported per repeat and as the median over repeats:
@@ -9,6 +9,11 @@ keep-alive connection. Reported per repeat and as the median over repeats:
 - invocation time (worker) and inference time (servable),
 - the floor: the same ``noop`` called directly in-process, and the ratio of request time to it,
 - ``dlhub up`` to healthy (seconds).
+
+``--curve`` chooses the bus: ``on`` (the default of ``dlhub up``: CurveZMQ keys, docs/security.md), ``off``
+(``DLHUB_BUS__CURVE_ENABLED=false``), or ``both``: each repeat runs a stack of each kind, in alternating
+order, and the medians of both are reported with the cost of the keys (``curve_cost``); results then go to
+``loadtest/results/noop_rest_curve.json``.
 """
 
 from __future__ import annotations
@@ -92,40 +97,57 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--curve", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
+    variants = {"on": [True], "off": [False], "both": [True, False]}[args.curve]
+    repeats: dict[bool, list[dict[str, Any]]] = {curve: [] for curve in variants}
+    for repeat in range(args.repeats):
+        # Alternating order: a slower phase of the machine hits both variants alike.
+        for curve in variants if repeat % 2 == 0 else list(reversed(variants)):
+            env = {"DLHUB_BUS__CURVE_ENABLED": "true" if curve else "false"}
+            with embedded_stack(workers=1, extra_env=env) as stack:
+                servable = publish_noop(stack.url, stack.token)
+                rest = measure_rest(stack.url, stack.token, servable, args.requests)
+                floor = measure_in_process(args.requests)
+                repeats[curve].append({"startup_s": round(stack.startup_s, 3), **rest, "in_process": floor})
+    result: dict[str, Any] = {
+        "benchmark": "noop through REST (sequential)",
+        "requests_per_repeat": args.requests,
+        "curve": args.curve,
+        "repeats": repeats[variants[0]],
+        "median": medians(repeats[variants[0]]),
+    }
+    if args.curve == "both":
+        result["repeats_curve_off"] = repeats[False]
+        result["median_curve_off"] = off = medians(repeats[False])
+        on = result["median"]
+        result["curve_cost"] = {
+            key: round(on[key] - off[key], 4)
+            for key in ("request_p50_ms", "round_trip_p50_ms", "round_trip_p99_ms")
+        }
+    name = "noop_rest_curve" if args.curve == "both" else "noop_rest"
+    path = write_results(name, result)
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("median", "curve"))}, indent=2))
+    print(f"wrote {path}")
 
-    repeats: list[dict[str, Any]] = []
-    for _ in range(args.repeats):
-        with embedded_stack(workers=1) as stack:
-            servable = publish_noop(stack.url, stack.token)
-            rest = measure_rest(stack.url, stack.token, servable, args.requests)
-            floor = measure_in_process(args.requests)
-            repeats.append({"startup_s": round(stack.startup_s, 3), **rest, "in_process": floor})
 
+def medians(repeats: list[dict[str, Any]]) -> dict[str, float]:
     def median(path: tuple[str, str]) -> float:
         return round(float(statistics.median(r[path[0]][path[1]] for r in repeats)), 4)
 
-    result = {
-        "benchmark": "noop through REST (sequential)",
-        "requests_per_repeat": args.requests,
-        "repeats": repeats,
-        "median": {
-            "startup_s": round(statistics.median(r["startup_s"] for r in repeats), 3),
-            "request_p50_ms": median(("request_time", "p50_ms")),
-            "request_p99_ms": median(("request_time", "p99_ms")),
-            "round_trip_p50_ms": median(("client_round_trip", "p50_ms")),
-            "round_trip_p99_ms": median(("client_round_trip", "p99_ms")),
-            "invocation_p50_ms": median(("invocation_time", "p50_ms")),
-            "inference_p50_ms": median(("inference_time", "p50_ms")),
-            "in_process_p50_ms": median(("in_process", "p50_ms")),
-        },
+    m = {
+        "startup_s": round(statistics.median(r["startup_s"] for r in repeats), 3),
+        "request_p50_ms": median(("request_time", "p50_ms")),
+        "request_p99_ms": median(("request_time", "p99_ms")),
+        "round_trip_p50_ms": median(("client_round_trip", "p50_ms")),
+        "round_trip_p99_ms": median(("client_round_trip", "p99_ms")),
+        "invocation_p50_ms": median(("invocation_time", "p50_ms")),
+        "inference_p50_ms": median(("inference_time", "p50_ms")),
+        "in_process_p50_ms": median(("in_process", "p50_ms")),
     }
-    m = result["median"]
     m["request_p50_over_in_process"] = round(m["request_p50_ms"] / max(m["in_process_p50_ms"], 1e-6), 1)
     m["round_trip_p50_over_in_process"] = round(m["round_trip_p50_ms"] / max(m["in_process_p50_ms"], 1e-6), 1)
-    path = write_results("noop_rest", result)
-    print(json.dumps(result["median"], indent=2))
-    print(f"wrote {path}")
+    return m
 
 
 if __name__ == "__main__":

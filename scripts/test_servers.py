@@ -62,8 +62,8 @@ FERRETDB_START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 DOCKER_BASE_IMAGE = "dlhub-base:bookworm"
 DOCKER_BASE_SUITE = "bookworm"
-# The base of the compose/ images (PYTHON_IMAGE): Debian 13's Python 3.13, so that the images are tested on the
-# newest Python as the embedded stack is on the project's own.
+# The base of the compose/ images (PYTHON_IMAGE): Debian 13's Python 3.13, so that the images are tested on
+# the newest Python while the embedded stack runs on the project's own.
 COMPOSE_PYTHON_IMAGE = "dlhub-python:trixie"
 COMPOSE_PYTHON_SUITE = "trixie"
 DOCKER_START_TIMEOUT_S = 60.0

@@ -39,6 +39,7 @@ from tests.support.compose import (
     IMAGE_PREFIX,
     IMAGE_TAG,
     ComposeProject,
+    ensure_bus_keys,
     extra_ca_pem,
     write_ca_overlay,
     write_env_file,
@@ -147,6 +148,7 @@ def compose(
         url=f"http://127.0.0.1:{registry_port}",
         extra_files=[ca_overlay],
     )
+    ensure_bus_keys()
     try:
         project.timed("build", "build")
         project.timed("up_to_healthy", "up", "-d", "--wait", "--wait-timeout", str(int(HEALTHY_TIMEOUT_S)))

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from dlhub.client import DLHubClient
+from dlhub.common.curve import load_client_keys
 from tests.stack.test_e2e import publish_function
 from tests.support.polling import wait_until
 from tests.support.stack import HEARTBEAT_INTERVAL_S, StackInfo
@@ -28,6 +29,8 @@ def test_malformed_bytes_to_the_broker_do_not_stop_it(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # An admitted key: the garbage must reach the broker's decoder (without one, the connection is refused).
+    load_client_keys(stack.data_dir / "keys", "admin").apply(sock)
     sock.connect(stack.broker_url)
     try:
         for frames in (

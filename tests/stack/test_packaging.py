@@ -141,6 +141,7 @@ def test_server_commands_explain_the_missing_server(sdk_venv: Path, tmp_path: Pa
     for command in (
         ["up", "--data-dir", str(tmp_path)],
         ["token", "create", "bob", "--data-dir", str(tmp_path)],
+        ["keys", "create", "--dir", str(tmp_path / "keys")],
     ):
         done = _run([dlhub, *command])
         assert done.returncode != 0

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,26 @@ IMAGE_PREFIX = "dlhub-test"
 IMAGE_TAG = "compose"
 COMMAND_TIMEOUT_S = 600.0
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
+
+
+KEY_NAMES = ("broker", "registry", "worker", "builder", "search", "admin")
+CONTAINER_UID = 10001
+
+
+def ensure_bus_keys() -> Path:
+    """compose/keys as compose/README.md says to make it ("Bus keys"): every role's keypair, owned by the
+    containers' user (Compose outside Swarm mounts secret files with their own owner and mode)."""
+    keys = ROOT / "compose" / "keys"
+    if not all((keys / f"{name}.key_secret").is_file() for name in KEY_NAMES):
+        subprocess.run(
+            [sys.executable, "-m", "dlhub.broker", "keys", "create", "--dir", str(keys), "--overwrite"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    for path in (keys, *keys.iterdir()):
+        os.chown(path, CONTAINER_UID, CONTAINER_UID)
+    return keys
 
 
 def extra_ca_pem() -> str:

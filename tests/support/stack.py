@@ -71,7 +71,10 @@ def start_stack(
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     data_dir = base / "data"
     port, broker_port = free_port(), free_port()
-    env = stack_env(base / "home") | (extra_env or {})
+    # The bus authenticated with CurveZMQ, as in production: a process given this environment (a second
+    # registry, say) joins the bus with the stack's keys, which `dlhub up` writes on its first start.
+    curve = {"DLHUB_BUS__CURVE_ENABLED": "true", "DLHUB_BUS__CURVE_KEYS_DIR": str(data_dir / "keys")}
+    env = stack_env(base / "home") | curve | (extra_env or {})
     cmd = [
         sys.executable, "-m", "dlhub.client.cli", "up",
         "--data-dir", str(data_dir), "--port", str(port), "--broker-port", str(broker_port),

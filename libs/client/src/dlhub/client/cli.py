@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -22,6 +22,9 @@ from dlhub.client.credentials import client_file, dlhub_home, load_credentials, 
 from dlhub.client.metadata import python_function_document, sklearn_document
 from dlhub.client.sdk import DLHubClient, TaskFailed, TaskHandle
 from dlhub.common.errors import DLHubError
+
+if TYPE_CHECKING:
+    from dlhub.common.config import DLHubSettings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -97,6 +100,11 @@ def main(ctx: click.Context, url: str | None, token: str | None) -> None:
 @click.option("--user", default=None, help="Local user whose token is saved for the CLI (default: $USER).")
 @click.option("--verbose", is_flag=True, help="Show the services' logs here instead of in <data-dir>/logs.")
 @click.option("--startup-timeout-s", default=30.0, show_default=True)
+@click.option(
+    "--bus-auth/--no-bus-auth",
+    default=None,
+    help="CurveZMQ keys on the bus (default: on, unless bus.curve_enabled = false); off is for development.",
+)
 def up(
     data_dir: Path | None,
     host: str,
@@ -108,6 +116,7 @@ def up(
     user: str | None,
     verbose: bool,
     startup_timeout_s: float,
+    bus_auth: bool | None,
 ) -> None:
     """Start the whole embedded stack on this machine; Ctrl-C stops it."""
     from dlhub.client.tokens import require_server
@@ -142,6 +151,7 @@ def up(
         log_format="console" if verbose else "json",
         log_to_console=verbose,
         stop_grace_s=stop_grace_s(settings),
+        curve_keys_dir=_curve_keys_dir(settings, resolved_dir, bus_auth),
     )
     stack = Stack(options)
     started = time.monotonic()
@@ -167,6 +177,54 @@ def up(
         sys.stdout.flush()
 
     sys.exit(run_foreground(stack, on_ready, startup_timeout_s))
+
+
+def _curve_keys_dir(settings: DLHubSettings, data_dir: Path, bus_auth: bool | None) -> Path | None:
+    """Where ``dlhub up`` keeps the bus keys, or None for a bus without them (``--no-bus-auth``, or
+    ``bus.curve_enabled = false``)."""
+    enabled = bus_auth if bus_auth is not None else settings.bus.curve_enabled is not False
+    if not enabled:
+        return None
+    configured = settings.bus.curve_keys_dir
+    # The settings' default is under their own data directory; `--data-dir` moves it with the data.
+    if configured is None or configured == settings.data_dir / "keys":
+        return data_dir / "keys"
+    return configured
+
+
+@main.group()
+def keys() -> None:
+    """Manage the CurveZMQ keys of the bus (docs/security.md)."""
+
+
+@keys.command("create")
+@click.argument("names", nargs=-1)
+@click.option(
+    "--dir", "keys_dir", type=click.Path(path_type=Path), default=None, help="Default: <data-dir>/keys."
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Default: $DLHUB_HOME/data.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace existing keypairs (every peer then needs the new ones)."
+)
+def keys_create(
+    names: tuple[str, ...], keys_dir: Path | None, data_dir: Path | None, overwrite: bool
+) -> None:
+    """Write the broker's keypair and one per role (registry, worker, builder, search, admin), or the NAMES
+    given (``worker-gpu01``: a key of its own for one more worker). Existing keypairs are kept."""
+    from dlhub.client.tokens import require_server
+
+    require_server("`dlhub keys` writes the bus keys of a DLHub server")
+    from dlhub.common.curve import BROKER_KEY, ROLES, create_keys
+
+    target = keys_dir or (data_dir or dlhub_home() / "data").resolve() / "keys"
+    try:
+        written = create_keys(target, names or (BROKER_KEY, *ROLES), overwrite=overwrite)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAMES") from exc
+    for name in written:  # names and paths only: a secret key is never printed
+        click.echo(f"wrote {target / name}.key and {name}.key_secret")
+    if not written:
+        click.echo(f"every keypair exists already in {target} (--overwrite replaces them)")
 
 
 @main.group()

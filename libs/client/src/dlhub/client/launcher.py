@@ -29,6 +29,7 @@ import httpx
 import zmq
 
 from dlhub.common.config import DLHubSettings
+from dlhub.common.curve import create_keys
 from dlhub.common.ids import NAME_RE, SERVABLE_PREFIX
 from dlhub.common.logging import get_logger
 
@@ -119,6 +120,8 @@ class StackOptions:
     log_to_console: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     stop_grace_s: float = STOP_GRACE_S
+    curve_keys_dir: Path | None = None
+    """Authenticate the bus with the CurveZMQ keys in this directory (written on first start); None: off."""
 
     @property
     def api_url(self) -> str:
@@ -189,12 +192,19 @@ class Stack:
             env.setdefault(name, value)
         if opts.config_file is not None:
             env["DLHUB_CONFIG"] = str(opts.config_file)
+        env["DLHUB_BUS__CURVE_ENABLED"] = "true" if opts.curve_keys_dir is not None else "false"
+        if opts.curve_keys_dir is not None:
+            env["DLHUB_BUS__CURVE_KEYS_DIR"] = str(opts.curve_keys_dir)
         env.update(opts.extra_env)
         return env
 
     def start(self) -> None:
         self.options.data_dir.mkdir(parents=True, exist_ok=True)
         (self.options.data_dir / "logs").mkdir(exist_ok=True)
+        if self.options.curve_keys_dir is not None:
+            written = create_keys(self.options.curve_keys_dir)  # the missing ones; existing keys are kept
+            if written:
+                log.info("bus keys written", keys_dir=str(self.options.curve_keys_dir), names=written)
         env = self.environment()
         for service in self.services:
             self._spawn(service, env)

@@ -25,6 +25,7 @@ import zmq
 
 from dlhub.common.codec import Codec
 from dlhub.common.config import BusConfig
+from dlhub.common.curve import ClientKeys, client_keys_for, tagged_identity
 from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
@@ -91,7 +92,13 @@ class _Dealer:
     """A DEALER socket driven by the event loop: frames received go to ``on_frame``; sends never block."""
 
     def __init__(
-        self, *, url: str, identity: str, max_message_bytes: int, on_frame: Callable[[memoryview], None]
+        self,
+        *,
+        url: str,
+        identity: str,
+        max_message_bytes: int,
+        on_frame: Callable[[memoryview], None],
+        keys: ClientKeys | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_frame = on_frame
@@ -100,7 +107,9 @@ class _Dealer:
         self._outbox_bytes = 0
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, identity.encode())
+        sock.setsockopt(zmq.IDENTITY, tagged_identity(identity, keys))
+        if keys is not None:  # a CURVE client of the broker (docs/security.md)
+            keys.apply(sock)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 64)
@@ -212,6 +221,7 @@ class HandlerService:
         """Asked of the broker at registration: at most this many tasks of one topic at once (0: any)."""
         self.handler_id = handler_id or new_id()
         self._handle = handle
+        self._keys = client_keys_for(bus, kind)
         self._dealer: _Dealer | None = None
         self._registered = asyncio.Event()
         self._session_over = asyncio.Event()
@@ -317,6 +327,7 @@ class HandlerService:
             identity=self.handler_id,
             max_message_bytes=self.codec.max_message_bytes,
             on_frame=self._on_frame,
+            keys=self._keys,
         )
         self._send(
             Register(
@@ -472,6 +483,7 @@ class BusClient:
         self.bus = bus
         self.codec = codec
         self.client_id = client_id or new_id()
+        self._keys = client_keys_for(bus, "registry")
         self._dealer: _Dealer | None = None
         self._state = _ClientState()
         self._last_seen = 0.0  # liveness clock, reset on every (re)connect
@@ -647,6 +659,7 @@ class BusClient:
             identity=self.client_id,
             max_message_bytes=self.codec.max_message_bytes,
             on_frame=self._on_frame,
+            keys=self._keys,
         )
         self._dealer.send(self._heartbeat)
 

@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -46,6 +47,17 @@ class BusConfig(BaseModel):
     max_pending_calls: PositiveInt = 10_000
     """Tasks a submitter (the registry) awaits at once; one more is refused at once with ``queue_full``
     (503 with ``Retry-After`` at the REST API) rather than queued in its memory."""
+
+    curve_enabled: bool | None = None
+    """Authenticate and encrypt every connection to the broker with CurveZMQ (docs/security.md): a peer
+    without an admitted key gets no connection. Unset: on under ``dlhub up`` (which writes the keys on first
+    start), off for a service started alone. Off, anyone who reaches the broker's port may register for topics
+    and read other users' inputs."""
+    curve_keys_dir: Path | None = None
+    """Where the key files are (``<name>.key``, ``<name>.key_secret``); default ``<data_dir>/keys``."""
+    curve_key_name: str | None = None
+    """The keypair this process uses (``<role>`` or ``<role>-<label>``); default the service's own role:
+    ``registry``, ``worker``, ``builder`` or ``search``."""
 
     @property
     def liveness_timeout_s(self) -> float:
@@ -489,6 +501,13 @@ class DLHubSettings(BaseSettings):
     search: SearchConfig = Field(default_factory=SearchConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _default_keys_dir(self) -> DLHubSettings:
+        # The bus keys belong to the data directory unless configured; BusConfig alone does not know it.
+        if self.bus.curve_keys_dir is None:
+            self.bus.curve_keys_dir = self.data_dir / "keys"
+        return self
 
     # Derived locations inside the one data directory, unless configured explicitly.
     @property

@@ -5,6 +5,8 @@ receive messages, dispatch queued tasks, (on ticks) send heartbeats, expire dead
 and last send what the steps queued: one multipart message per peer per pass, so that under load a worker
 gets its dispatches and a client its results in one ZeroMQ message rather than one each. Incoming messages
 are dispatched by type through one table. Payloads (``msgspec.Raw``) are forwarded without being decoded.
+With bus keys on (``bus.curve_enabled``, docs/security.md) the socket is a CURVE server that admits only known
+keys, and each message is checked against the role of its connection's key before it is dispatched.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import errno
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import zmq
 from prometheus_client import REGISTRY
@@ -29,6 +31,17 @@ from dlhub.broker.tasks import TaskRecord
 from dlhub.common.bus import send_frames
 from dlhub.common.codec import Codec
 from dlhub.common.config import BrokerConfig, BusConfig, DLHubSettings
+from dlhub.common.curve import (
+    BROKER_KEY,
+    ZAP_DOMAIN,
+    CurveKeyError,
+    PeerRights,
+    ZapHandler,
+    authorized_keys,
+    load_keypair,
+    rights_of,
+    untagged,
+)
 from dlhub.common.errors import InvalidMessage
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
@@ -67,12 +80,13 @@ MessageHandler = Callable[[bytes, Any, float], None]
 
 
 def peer_name(identity: bytes) -> str:
-    """A printable form of a ROUTER identity (our peers use their UUIDs; others get hex)."""
+    """A printable form of a ROUTER identity (our peers use their UUIDs; others get hex), without the tag a
+    CURVE peer's identity carries (``dlhub.common.curve.tagged_identity``)."""
     try:
         text = identity.decode()
     except UnicodeDecodeError:
         return identity.hex()
-    return text if text.isprintable() else identity.hex()
+    return untagged(text) if text.isprintable() else identity.hex()
 
 
 class Broker:
@@ -119,6 +133,11 @@ class Broker:
             TaskQuery: self._on_task_query,
         }
         self._sock: zmq.Socket[bytes] | None = None
+        self._zap: ZapHandler | None = None
+        # CURVE on: key name -> what its holder may send; identity -> the key name it first came with.
+        self._rights: dict[str, PeerRights] | None = None
+        self._identity_keys: dict[bytes, str] = {}
+        self._refusals = 0
         self._waiter: asyncio.Future[None] | None = None
         self._stopping = False
         self._draining = False
@@ -142,9 +161,27 @@ class Broker:
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.codec.max_message_bytes + 64)
+        if self.bus.curve_enabled:
+            self._setup_curve(sock)
         for url in (self.config.bind_url, *self.config.extra_bind_urls):
             sock.bind(url)
         self._sock = sock
+
+    def _setup_curve(self, sock: zmq.Socket[bytes]) -> None:
+        """Make the socket a CURVE server that admits only the keys in the keys directory (before any bind: a
+        connection accepted without the ZAP handler in place would be admitted unchecked)."""
+        keys_dir = self.bus.curve_keys_dir
+        if keys_dir is None:
+            raise CurveKeyError("bus.curve_enabled is set but bus.curve_keys_dir is not")
+        _, secret = load_keypair(keys_dir, BROKER_KEY)
+        admitted = authorized_keys(keys_dir)
+        self._rights = {name: rights_of(name) for name in admitted.values()}
+        self._zap = ZapHandler(zmq.Context.instance(), admitted)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        log.info("bus authentication on", keys_dir=str(keys_dir), keys=sorted(self._rights))
 
     def stop(self) -> None:
         """Stop now: queued and running tasks are not answered (their clients see a silent broker)."""
@@ -197,6 +234,9 @@ class Broker:
             loop.remove_reader(fd)
             self._sock.close(linger=0)
             self._sock = None
+            if self._zap is not None:
+                self._zap.stop()
+                self._zap = None
             log.info("broker stopped", queued=len(self.queue), tasks=len(self.tasks))
 
     # -- waiting ---------------------------------------------------------------------------------------------
@@ -239,13 +279,59 @@ class Broker:
             if len(frames) < 2:
                 log.warning("dropping message without a body", peer=peer_name(identity), frames=len(frames))
                 continue
+            rights = None if self._rights is None else self._peer_rights(identity, frames[1])
+            if rights is False:
+                continue
             handler = handlers.get(identity)
             if handler is not None:
                 handler.last_seen = now
             for frame in frames[1:]:  # a peer sends what it queued in one loop iteration together
-                self._handle_frame(identity, frame.buffer, now)
+                self._handle_frame(identity, frame.buffer, now, rights)
 
-    def _handle_frame(self, identity: bytes, frame: memoryview, now: float) -> None:
+    def _peer_rights(self, identity: bytes, frame: zmq.Frame) -> PeerRights | Literal[False]:
+        """What the key this message came with may send; False (message dropped) when the identity first came
+        with another key: one key cannot take over the routing identity of another."""
+        assert self._rights is not None
+        try:
+            name = str(frame.get("User-Id"))  # the key's name: our ZAP handler's answer for this connection
+        except zmq.ZMQError:
+            name = ""
+        rights = self._rights.get(name)
+        bound = self._identity_keys.setdefault(identity, name)
+        if rights is None or bound != name:
+            self._refuse(identity, name, "identity of another key" if rights else "unknown key")
+            return False
+        if len(self._identity_keys) > 100_000:  # forget old peers now and then; live ones bind again
+            self._identity_keys.clear()
+        return rights
+
+    def _permitted(self, identity: bytes, message: Message, rights: PeerRights) -> bool:
+        """Whether the peer's role may send ``message``; a refused Submit is answered ``forbidden``."""
+        kind = type(message)
+        topics_ok = not isinstance(message, Register) or rights.may_register(message.topics)
+        if kind in rights.messages and topics_ok:
+            return True
+        self._refuse(identity, rights.name, f"{rights.role} may not send {kind.__name__}")
+        if isinstance(message, Submit):
+            text = f"the {rights.role} key may not submit tasks"
+            self._reply(identity, _failure(message.task_id, "forbidden", text))
+        return False
+
+    def _refuse(self, identity: bytes, key: str, reason: str) -> None:
+        # Logged the first few times and then every 1000th: a refused peer must not flood the log.
+        self._refusals += 1
+        if self._refusals <= 20 or self._refusals % 1000 == 0:
+            log.warning(
+                "bus message refused",
+                peer=peer_name(identity),
+                key=key,
+                reason=reason,
+                refusals=self._refusals,
+            )
+
+    def _handle_frame(
+        self, identity: bytes, frame: memoryview, now: float, rights: PeerRights | None = None
+    ) -> None:
         try:
             message = self.codec.decode(frame)
         except InvalidMessage as exc:
@@ -254,6 +340,8 @@ class Broker:
         on_message = self._table.get(type(message))
         if on_message is None:
             log.warning("dropping unexpected message", peer=peer_name(identity), type=type(message).__name__)
+            return
+        if rights is not None and not self._permitted(identity, message, rights):
             return
         try:
             on_message(identity, message, now)
