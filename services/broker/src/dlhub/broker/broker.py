@@ -537,7 +537,7 @@ class Broker:
         if self.metrics is None or now < self._next_metrics:
             return
         self._next_metrics = now + self.metrics_interval_s
-        self.metrics.update(self.handlers, self.queue, len(self.tasks))
+        self.metrics.update(self.handlers, self.queue, len(self.tasks), self.mailbox)
 
     def _send_heartbeats(self, now: float) -> None:
         if now < self._next_heartbeat:

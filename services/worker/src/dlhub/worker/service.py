@@ -22,6 +22,7 @@ from dlhub.common.servable_store import METADATA_FILENAME, version_dir
 from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
+from dlhub.worker.metrics import TASKS
 from dlhub.worker.pool import ExecutionBackend, ExecutorPool
 from dlhub.worker.protocol import ExecReply
 
@@ -146,6 +147,15 @@ class WorkerService:
         self._installed.add(directory)
         return True
 
+    async def handle_counted(self, dispatch: Dispatch) -> Result:
+        """``handle``, counted in ``dlhub_worker_tasks_total`` (a step cancelled at shutdown is not)."""
+        result = await self.handle(dispatch)
+        if result.ok:
+            TASKS.labels("completed", "").inc()
+        else:
+            TASKS.labels("failed", result.error.code if result.error is not None else "").inc()
+        return result
+
     async def handle(self, dispatch: Dispatch) -> Result:
         """Run one dispatched step: resolve the servable's directory, execute in the pool, time it."""
         start = time.perf_counter()
@@ -244,7 +254,7 @@ class WorkerService:
                 kind="worker",
                 topics=self.settings.worker.topics,
                 capacity=self.capacity,
-                handle=self.handle,
+                handle=self.handle_counted,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
             log.info(
