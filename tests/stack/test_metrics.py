@@ -130,8 +130,9 @@ def test_broker_and_worker_metrics_endpoints(stack: StackInfo, doubler: str) -> 
     assert "dlhub_worker_executor_restarts_total" in worker.text and "dlhub_worker_batch_size" in worker.text
     texts = [httpx.get(url, timeout=10).text for url in worker_endpoints(stack)]
     # The module's first test ran the doubler twice and failed it once, on whichever workers took them.
-    completed = sum(value(t, "dlhub_worker_tasks_total", outcome="completed", error="") for t in texts)
-    failed = sum(value(t, "dlhub_worker_tasks_total", outcome="failed", error="servable_error") for t in texts)
+    tasks = "dlhub_worker_tasks_total"
+    completed = sum(value(t, tasks, outcome="completed", error="") for t in texts)
+    failed = sum(value(t, tasks, outcome="failed", error="servable_error") for t in texts)
     assert completed >= 2 and failed >= 1
     builder = httpx.get(endpoint(stack, "builder"), timeout=10).text
     assert value(builder, "dlhub_builder_build_duration_seconds_count", outcome="completed") >= 1

@@ -400,6 +400,27 @@ class Servables:
             self.start_build(record, resumed=True)
         return len(pending)
 
+    async def fail_overdue_build(self, task: TaskRecord) -> bool:
+        """End the version of a build task the reaper failed, if it is still ``building`` for that task: no
+        coroutine is left to end it (the registry driving it is gone), so it becomes ``failed`` with the
+        task's reason. True if a version was ended."""
+        error = task.error or {}
+        message = str(error.get("message") or "the build did not finish")
+        for record in await self._store.list_versions_with_status("building"):
+            if record.build_task_id != task.task_id:
+                continue
+            tracker = await self._tracker(record, resumed=False)
+            tracker.set_state("failed", error=message)
+            tracker.line(f"the build task ended {error.get('type', 'failed')}: {message}")
+            await tracker.close()
+            await self._store.set_version_status(
+                record.owner, record.name, record.version, status="failed", status_reason=message
+            )
+            self.cache.invalidate(record.owner, record.name)
+            log.warning("build ended by the reaper", servable=record.label, task_id=task.task_id)
+            return True
+        return False
+
     async def _tracker(self, record: VersionRecord, resumed: bool) -> BuildTracker:
         build = await self._store.get_build(record.owner, record.name, record.version)
         if build is None:

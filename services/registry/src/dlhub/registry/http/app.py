@@ -120,7 +120,13 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     resumed = await servables.resume_builds()
     if resumed:
         log.info("resumed builds left over from a previous run", count=resumed)
-    TaskRecovery(tasks=tasks, bus=bus, background=background, config=settings.registry).start()
+    TaskRecovery(
+        tasks=tasks,
+        bus=bus,
+        background=background,
+        config=settings.registry,
+        on_build_reaped=servables.fail_overdue_build,
+    ).start()
     try:
         yield
     finally:
