@@ -246,6 +246,7 @@ class HandlerService:
                 self._close_session()
                 if self._stopping:
                     break
+                self._abandon_tasks()
                 if was_registered:
                     backoff_s = self.bus.reconnect_initial_s
                 self._log.warning("reconnecting to broker", backoff_s=backoff_s)
@@ -280,6 +281,16 @@ class HandlerService:
         self._session_over.set()
         self._stopped.set()
         self._close_session()
+
+    def _abandon_tasks(self) -> None:
+        """The session is over: the broker has failed every task it dispatched in it (``handler_lost``,
+        at the latest when our next ``Register`` arrives) and drops their results. Cancel them, so that what
+        runs them (executors) is free for the next session's work at once instead of at their deadlines."""
+        if not self._tasks:
+            return
+        self._log.warning("cancelling the tasks of the ended broker session", tasks=len(self._tasks))
+        for task in self._tasks:
+            task.cancel()
 
     async def _drain(self, deadline: float) -> None:
         # Dispatches the broker sent before it read our Draining still arrive: they join the wait.

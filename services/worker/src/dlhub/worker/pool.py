@@ -384,6 +384,16 @@ class ExecutorProcess:
             raise TaskTimeout(
                 f"the task passed its deadline; executor process {self.pid} was killed"
             ) from None
+        except asyncio.CancelledError:
+            # Nobody awaits the task any more (the worker abandoned it: its broker session ended, or its
+            # shutdown grace ran out). A running one is stopped so that the process is free at once; the
+            # requests queued behind it were never read and run elsewhere (NotStarted).
+            if next(iter(self.inflight), None) == seq and self.process.returncode is None:
+                self.killed_running = True
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+            self.inflight.pop(seq, None)
+            raise
         finally:
             if future.cancelled():  # the waiter was cancelled: the reply, if it comes, is dropped
                 self.inflight.pop(seq, None)
