@@ -591,3 +591,18 @@ async def test_data_survives_reopen(backend: Backend) -> None:
     assert [v.version for v in await again.list_versions("alice", "m")] == [1]
     assert await publish(again) == 2
     assert await again.get_token("a" * 64) is not None
+
+
+async def test_pending_index_updates_are_kept_until_cleared_with_their_latest_mark(
+    store: MetadataStore,
+) -> None:
+    assert await store.list_index_pending() == []
+    await store.mark_index_pending("alice", "b", "m1")
+    await store.mark_index_pending("alice", "a", "m2")
+    await store.mark_index_pending("alice", "b", "m3")  # a newer failure replaces the mark
+    assert await store.list_index_pending() == [("alice", "a", "m2"), ("alice", "b", "m3")]
+    assert not await store.clear_index_pending("alice", "b", "m1")  # an older mark clears nothing
+    assert await store.list_index_pending() == [("alice", "a", "m2"), ("alice", "b", "m3")]
+    assert await store.clear_index_pending("alice", "b", "m3")
+    assert await store.clear_index_pending("alice", "a", "m2")
+    assert await store.list_index_pending() == []
