@@ -63,6 +63,8 @@ MAX_BATCH_FRAMES: Final = 256
 """Frames sent as one multipart message at most; a fuller outbox is sent at once."""
 MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
 """Bytes queued at most before the outbox is sent at once (large payloads need no company)."""
+_CHECK_BATCH: Final = 1000
+"""Task ids per periodic check of long-awaited calls (the oldest first)."""
 ZERO_COPY_BYTES: Final = 65536
 """Frames at least this large are handed to ZeroMQ without a copy (smaller ones are cheaper copied)."""
 
@@ -141,6 +143,11 @@ class _Dealer:
                 if sock.closed:  # on_frame may close us (reconnect)
                     return
         self._schedule_drain()
+
+    def receive_now(self) -> None:
+        """Handle what has arrived without waiting for the event loop (a loop that was blocked may not have
+        run our reader yet)."""
+        self._drain()
 
     def send(self, frame: bytes | bytearray) -> bool:
         """Queue one frame for the broker; False if the socket is closed.
@@ -449,6 +456,9 @@ class _ClientState:
     stats: dict[str, asyncio.Future[StatsReply]] = field(default_factory=dict)
     queries: dict[str, asyncio.Future[TaskStatus]] = field(default_factory=dict)
     acks: list[str] = field(default_factory=list)
+    checks: dict[str, list[str]] = field(default_factory=dict)
+    """Periodic checks of long-awaited calls in flight: TaskQuery request id -> the task ids asked."""
+    next_check: float = 0.0
 
 
 OrphanResultListener = Callable[[Result], None]
@@ -653,6 +663,8 @@ class BusClient:
                 self._log.exception("client heartbeat tick failed")
 
     def _check_broker(self) -> None:
+        if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s and self._dealer is not None:
+            self._dealer.receive_now()  # frames that arrived while our loop was busy count as heard
         if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
             if not self._heard and not self._state.pending:
                 # Never reached a broker on this socket and nothing to discard: keep it (ZeroMQ reconnects
@@ -667,6 +679,46 @@ class BusClient:
             self._connect()
         elif self._dealer is not None:
             self._dealer.send(self._heartbeat)
+            self._check_overdue_calls()
+
+    def _check_overdue_calls(self) -> None:
+        """Every liveness timeout, ask the broker about calls awaited longer than that (one ``TaskQuery``,
+        only their held results re-sent). A result the broker could not deliver (this client read too
+        slowly for ``broker.sndhwm``) is re-sent if the task was durable; otherwise the broker no longer
+        knows the task and the call fails now rather than at its deadline (``_on_task_status``)."""
+        state = self._state
+        now = time.monotonic()
+        timeout_s = self.bus.liveness_timeout_s
+        if now < state.next_check or not state.pending:
+            return
+        state.next_check = now + timeout_s
+        state.checks.clear()  # an unanswered check is superseded (its TaskStatus may have been dropped)
+        cutoff = now - timeout_s
+        overdue = [t for t, call in state.pending.items() if call.sent_at < cutoff and not call.future.done()]
+        if not overdue:
+            return
+        request_id = new_id()
+        asked = overdue[:_CHECK_BATCH]
+        if self._send(TaskQuery(request_id=request_id, task_ids=asked, resend_all=False)):
+            state.checks[request_id] = asked
+
+    def _fail_unknown(self, asked: list[str], known: list[str]) -> None:
+        """Fail the calls the broker's answer to a periodic check did not name: the broker has finished or
+        lost those tasks, and their results (ahead of the answer on the same connection) did not arrive."""
+        held = set(known)
+        for task_id in asked:
+            call = self._state.pending.get(task_id)
+            if task_id in held or call is None or call.future.done():
+                continue
+            self._log.warning("the broker no longer holds an awaited task", task_id=task_id)
+            call.future.set_result(
+                failed_result(
+                    task_id,
+                    "broker_unavailable",
+                    "the broker no longer holds the task and its result did not arrive "
+                    "(dropped on the way to this client, or lost with a broker restart)",
+                )
+            )
 
     def _fail_all(self, reason: str) -> None:
         for task_id, call in list(self._state.pending.items()):
@@ -708,6 +760,10 @@ class BusClient:
 
     def _on_task_status(self, status: TaskStatus) -> None:
         self._saw_broker(status.broker_id)
+        asked = self._state.checks.pop(status.request_id, None)
+        if asked is not None:
+            self._fail_unknown(asked, status.known)
+            return
         future = self._state.queries.get(status.request_id)
         if future is not None and not future.done():
             future.set_result(status)

@@ -105,11 +105,13 @@ class Ack(Message, tag="ack"):
 class TaskQuery(Message, tag="task_query"):
     """Client -> broker: which of these tasks do you still hold (queued, running or an unacknowledged result)?
 
-    The broker first re-sends every unacknowledged result it holds for the client, then answers
-    ``TaskStatus``; a task it does not know has no outcome coming."""
+    The broker first re-sends every unacknowledged result it holds for the client (only those of
+    ``task_ids`` when ``resend_all`` is false), then answers ``TaskStatus``; a task it does not know has no
+    outcome coming."""
 
     request_id: str
     task_ids: list[str]
+    resend_all: bool = True
 
 
 class TaskStatus(Message, tag="task_status"):
