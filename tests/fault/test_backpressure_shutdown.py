@@ -345,3 +345,41 @@ def test_a_broker_restart_under_steady_load_answers_every_request_and_ends_every
             )
     states = [r["state"] for r in records.values()]
     assert states.count("completed") > 3, states
+
+
+def test_a_draining_worker_hands_back_the_tasks_it_has_not_started(
+    bp: Stack, client: DLHubClient, slow: str, tmp_path: Path
+) -> None:
+    """Pass criteria: four 7 s ``slow`` runs fill both workers (each: one running, one queued behind it in its
+    executor process). One worker is SIGTERMed: when its running task ends (7 s, within its 10 s grace) its
+    executor answers the queued one "not started", the worker hands it back and the broker routes it to a
+    worker that runs it. Every run answers ``finished``; only one of them ran in the stopped worker. (Without
+    the hand-back the queued task would run there from 7 s and be cancelled at 10 s: ``handler_lost``.)"""
+    _wait_stack_whole(bp)
+    headers = {"Authorization": f"Bearer {bp.token}"}
+    answers: dict[int, httpx.Response] = {}
+
+    def run_sync(index: int) -> None:
+        body = {"inputs": {"pidfile": str(tmp_path / f"h{index}"), "seconds": 7}, "timeout_s": 60}
+        answers[index] = httpx.post(f"{bp.api}/servables/{slow}/run", json=body, headers=headers, timeout=90)
+
+    threads = [threading.Thread(target=run_sync, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+
+    def two_started() -> list[Path] | None:
+        found = [p for p in tmp_path.glob("h?") if p.is_file()]
+        return found if len(found) >= 2 else None
+
+    started = wait_until(two_started, timeout_s=30, message="two runs to start")
+    victim = _pid_of(started[0])
+    os.kill(victim, signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=90)
+    assert sorted(answers) == [0, 1, 2, 3]
+    for response in answers.values():
+        assert response.status_code == 200 and response.json().get("output") == "finished", response.text
+    ran_in = [_pid_of(tmp_path / f"h{i}") for i in range(4)]
+    assert ran_in.count(victim) == 1, (victim, ran_in)
+    wait_until(lambda: exited(victim), timeout_s=GRACE_S + 5, message="the worker to exit")
+    _wait_stack_whole(bp)

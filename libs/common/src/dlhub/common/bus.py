@@ -25,7 +25,7 @@ import zmq
 
 from dlhub.common.codec import Codec
 from dlhub.common.config import BusConfig
-from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage
+from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage, TaskNotStarted
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
@@ -222,6 +222,8 @@ class HandlerService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._refusing = False  # past the drain: dispatches still arriving are failed, not run
+        self.on_drain: Callable[[], None] | None = None
+        """Called once ``Draining`` is sent (the worker hands back the tasks it has not started)."""
         self._last_seen = 0.0
         self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
@@ -231,7 +233,9 @@ class HandlerService:
             Registered: self._on_registered,
             Heartbeat: lambda _msg: None,
             Reconnect: self._on_reconnect,
+            Draining: lambda _msg: self._drain_acked.set(),
         }
+        self._drain_acked = asyncio.Event()
         self._log = log.bind(handler_id=self.handler_id, kind=kind)
 
     @property
@@ -281,7 +285,19 @@ class HandlerService:
         self._stopping = True
         if self._dealer is not None and self._registered.is_set():
             self._send(Draining(handler_id=self.handler_id))
-        await self._drain(time.monotonic() + self.stop_drain_timeout_s)
+            if self.on_drain is not None:
+                try:
+                    self.on_drain()
+                except Exception:
+                    self._log.exception("drain hook failed")
+        deadline = time.monotonic() + self.stop_drain_timeout_s
+        if self._dealer is not None and self._registered.is_set():
+            # Dispatches the broker sent before it read our Draining may still be on their way, and our task
+            # set may be empty meanwhile: wait for its acknowledgement, which comes after them.
+            wait_s = min(self.bus.liveness_timeout_s, self.stop_drain_timeout_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_acked.wait(), wait_s)
+        await self._drain(deadline)
         if self._dealer is not None and self._registered.is_set():
             self._send(Unregister(handler_id=self.handler_id))
             self._dealer.close(linger_ms=500)
@@ -407,6 +423,8 @@ class HandlerService:
             async with self._slots:
                 result = await self._invoke(dispatch)
         result.handler_id = self.handler_id
+        if not result.ok and result.error is not None and result.error.code == TaskNotStarted.code:
+            result.output = dispatch.inputs  # handed back: the broker freed its copy when it dispatched
         try:
             frame = self.codec.encode(result)
         except InvalidMessage as exc:

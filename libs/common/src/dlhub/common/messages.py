@@ -48,7 +48,8 @@ class Unregister(Message, tag="unregister"):
 
 class Draining(Message, tag="draining"):
     """Handler -> broker: dispatch me nothing more; results of the tasks I hold still come (graceful stop).
-    An ``Unregister`` follows once they are done (or the grace period is over)."""
+    An ``Unregister`` follows once they are done (or the grace period is over). The broker sends it back as
+    its acknowledgement: every dispatch it sent before comes ahead of it on the connection."""
 
     handler_id: str
 

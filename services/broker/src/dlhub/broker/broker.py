@@ -306,6 +306,7 @@ class Broker:
             return
         handler.draining = True
         self.topics.remove(handler)
+        self._send(identity, self.codec.encode(msg))  # the acknowledgement: our dispatches came before it
         log.info("handler draining", handler_id=handler.handler_id, inflight=len(handler.inflight))
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
@@ -422,6 +423,13 @@ class Broker:
             )
             return
         task.handler = None
+        if handler.draining and not msg.ok and msg.error is not None and msg.error.code == "not_started":
+            # A draining worker hands back a task it never started: route it again (never run twice).
+            log.info("task handed back", task_id=task.task_id, handler_id=handler.handler_id)
+            task.inputs = msg.output  # the handler returns them (ours were freed at dispatch)
+            task.ready_at = now
+            self._route(task, now)
+            return
         task.inference_ms += msg.timings.inference_ms
         task.invocation_ms += msg.timings.invocation_ms
         task.queue_ms += msg.timings.queue_ms

@@ -35,13 +35,14 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from dlhub.common.errors import DLHubError, InvalidMessage, TaskTimeout, WorkerLost
+from dlhub.common.errors import DLHubError, InvalidMessage, TaskNotStarted, TaskTimeout, WorkerLost
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
 from dlhub.worker.metrics import EXECUTOR_RESTARTS
 from dlhub.worker.protocol import (
     HEADER_BYTES,
+    RECALL_SIGNAL,
     ExecReply,
     ExecRequest,
     FromExecutor,
@@ -477,6 +478,7 @@ class ExecutorPool:
         self._seq = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._recalled = False
 
     @property
     def pids(self) -> list[int]:
@@ -602,6 +604,8 @@ class ExecutorPool:
             try:
                 return await child.request(payload, seq, deadline)
             except NotStarted:
+                if self._recalled:
+                    raise TaskNotStarted("the worker is shutting down; the task had not started") from None
                 continue  # its process ended before reading it: run it on another one (or the replacement)
             except (WorkerLost, TaskTimeout):
                 if child.returncode is not None:
@@ -626,6 +630,8 @@ class ExecutorPool:
         while True:
             if self._closing:
                 raise PoolClosed("the worker is shutting down")
+            if self._recalled:
+                raise TaskNotStarted("the worker is shutting down; the task had not started")
             child = self._least_loaded()
             if child is not None:
                 return child
@@ -642,6 +648,17 @@ class ExecutorPool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
+
+    def recall(self) -> None:
+        """The worker drains: every task not started yet ends ``TaskNotStarted`` (the worker hands it back to
+        the broker) rather than waiting here. Waiting ones at once; those written ahead to a process when it
+        reaches them: the process, signalled, answers them unstarted (``RECALL_SIGNAL``)."""
+        self._recalled = True
+        self._wake_waiters(len(self._waiters))
+        for child in self._slots:
+            if child is not None and child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, RECALL_SIGNAL)
 
     def _wake_waiters(self, count: int) -> None:
         while count > 0 and self._waiters:

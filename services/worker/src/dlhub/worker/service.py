@@ -257,6 +257,7 @@ class WorkerService:
                 handle=self.handle_counted,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
+            self.handler.on_drain = self._hand_back_unstarted
             log.info(
                 "worker serving",
                 topics=self.settings.worker.topics,
@@ -268,6 +269,13 @@ class WorkerService:
             await self.batcher.close()
             await self.environments.close()
             await self.pool.close()
+
+    def _hand_back_unstarted(self) -> None:
+        """Draining: tasks queued here that have not started end ``not_started``, which the broker routes to
+        another worker (Parsl: not supported, they run here within the grace period)."""
+        if isinstance(self.pool, ExecutorPool):
+            self.pool.recall()
+        self.environments.recall()
 
     async def stop(self) -> None:
         """Unregister and drain (bounded, by the HandlerService); ``run`` then stops the executors."""
