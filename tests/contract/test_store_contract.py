@@ -654,3 +654,18 @@ async def test_audit_log(store: MetadataStore) -> None:
     created = (await store.list_audit(AuditQuery(action="token.create")))[0]
     assert created.target == "user:carol" and token not in str(created.detail)
     assert str(created.detail["token"]) == "…" + hash_token(token)[-6:]
+
+
+async def test_pending_index_updates_are_kept_until_cleared_with_their_latest_mark(
+    store: MetadataStore,
+) -> None:
+    assert await store.list_index_pending() == []
+    await store.mark_index_pending("alice", "b", "m1")
+    await store.mark_index_pending("alice", "a", "m2")
+    await store.mark_index_pending("alice", "b", "m3")  # a newer failure replaces the mark
+    assert await store.list_index_pending() == [("alice", "a", "m2"), ("alice", "b", "m3")]
+    assert not await store.clear_index_pending("alice", "b", "m1")  # an older mark clears nothing
+    assert await store.list_index_pending() == [("alice", "a", "m2"), ("alice", "b", "m3")]
+    assert await store.clear_index_pending("alice", "b", "m3")
+    assert await store.clear_index_pending("alice", "a", "m2")
+    assert await store.list_index_pending() == []

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from dlhub.client import DLHubClient
+from dlhub.common.errors import DLHubError
 from tests.stack.test_e2e import publish_function
 from tests.support.polling import wait_until
 from tests.support.stack import start_stack, stop_stack
@@ -261,3 +262,127 @@ def test_rolling_restart_of_the_workers_under_load_loses_nothing(
     failures = [o for o in outcomes if o is not True]
     assert not failures, f"{len(failures)} of {len(outcomes)} requests failed: {failures[:5]}"
     assert len(outcomes) > 20
+
+
+BROKER_GRACE_S = 12.0  # broker.shutdown_grace_s's default
+RETRIED_503 = frozenset({"shutting_down", "queue_full", "broker_unavailable"})
+
+
+def test_a_broker_restart_under_steady_load_answers_every_request_and_ends_every_task(
+    bp: Stack, client: DLHubClient, pkg_dir: Path
+) -> None:
+    """Pass criteria: two SDK clients run ``square`` synchronously and one submits asynchronous runs, in a
+    loop, while the broker is SIGTERMed (it drains and exits; `dlhub up` starts a new one). Every synchronous
+    request ends with the right answer, or (after the SDK's retries of 503 + ``Retry-After``) with a typed
+    503 error, never anything else; most succeed, also after the restart; every asynchronous task accepted
+    (202) reaches a terminal state, completed with the right answer or failed with a typed code."""
+    square = publish_function(client, pkg_dir, "square")
+    _wait_stack_whole(bp)
+    stop = threading.Event()
+    outcomes: list[object] = []
+    accepted: dict[str, int] = {}
+
+    def sync_load(offset: int) -> None:
+        with DLHubClient(bp.url, bp.token) as own:
+            x = offset
+            while not stop.is_set():
+                try:
+                    outcomes.append(own.run(square, x) == x * x or f"wrong answer for {x}")
+                except DLHubError as exc:
+                    outcomes.append(exc.code if exc.code in RETRIED_503 else f"{exc.code}: {exc.message}")
+                except Exception as exc:
+                    outcomes.append(repr(exc))
+                x += 3
+
+    def async_load() -> None:
+        with DLHubClient(bp.url, bp.token) as own:
+            x = 2
+            while not stop.wait(0.05):
+                try:
+                    accepted[own.run_async(square, x).task_id] = x
+                except DLHubError as exc:
+                    outcomes.append(exc.code if exc.code in RETRIED_503 else f"{exc.code}: {exc.message}")
+                x += 3
+
+    threads = [threading.Thread(target=sync_load, args=(i,)) for i in range(2)]
+    threads.append(threading.Thread(target=async_load))
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(partial(_more_than, outcomes, 10), timeout_s=30, message="load before the restart")
+        (broker,) = bp.service_pids("dlhub.broker")
+        os.kill(broker, signal.SIGTERM)
+        wait_until(partial(exited, broker), timeout_s=BROKER_GRACE_S + 5, message="the broker to exit")
+        restarted = wait_until(
+            lambda: [p for p in bp.service_pids("dlhub.broker") if p != broker],
+            timeout_s=30,
+            message="the new broker",
+        )
+        wait_until(lambda: bp.workers_registered() == 2, timeout_s=60, message="the workers to re-register")
+        after = len(outcomes), len(accepted)
+        wait_until(
+            lambda: len(outcomes) > after[0] + 20 and len(accepted) > after[1] + 3,
+            timeout_s=60,
+            message="load after the restart",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    untyped = [o for o in outcomes if o is not True and o not in RETRIED_503]
+    assert not untyped, f"{len(untyped)} of {len(outcomes)} requests ended badly: {untyped[:5]}"
+    assert outcomes.count(True) > 0.8 * len(outcomes), outcomes
+    assert outcomes[-10:] == [True] * 10 and bp.service_pids("dlhub.broker") == restarted  # served after
+
+    def ended() -> dict[str, dict[str, Any]] | None:
+        records = {task_id: client.status(task_id) for task_id in accepted}
+        return records if all(r["state"] in ("completed", "failed") for r in records.values()) else None
+
+    records = wait_until(ended, timeout_s=60, message="every accepted asynchronous task to end")
+    for task_id, record in records.items():
+        if record["state"] == "completed":
+            assert record["output"] == accepted[task_id] ** 2, record
+        else:
+            assert record["error"]["type"] in {"broker_unavailable", "broker_restarted", "shutting_down"}, (
+                record
+            )
+    states = [r["state"] for r in records.values()]
+    assert states.count("completed") > 3, states
+
+
+def test_a_draining_worker_hands_back_the_tasks_it_has_not_started(
+    bp: Stack, client: DLHubClient, slow: str, tmp_path: Path
+) -> None:
+    """Pass criteria: four 7 s ``slow`` runs fill both workers (each: one running, one queued behind it in its
+    executor process). One worker is SIGTERMed: when its running task ends (7 s, within its 10 s grace) its
+    executor answers the queued one "not started", the worker hands it back and the broker routes it to a
+    worker that runs it. Every run answers ``finished``; only one of them ran in the stopped worker. (Without
+    the hand-back the queued task would run there from 7 s and be cancelled at 10 s: ``handler_lost``.)"""
+    _wait_stack_whole(bp)
+    headers = {"Authorization": f"Bearer {bp.token}"}
+    answers: dict[int, httpx.Response] = {}
+
+    def run_sync(index: int) -> None:
+        body = {"inputs": {"pidfile": str(tmp_path / f"h{index}"), "seconds": 7}, "timeout_s": 60}
+        answers[index] = httpx.post(f"{bp.api}/servables/{slow}/run", json=body, headers=headers, timeout=90)
+
+    threads = [threading.Thread(target=run_sync, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+
+    def two_started() -> list[Path] | None:
+        found = [p for p in tmp_path.glob("h?") if p.is_file()]
+        return found if len(found) >= 2 else None
+
+    started = wait_until(two_started, timeout_s=30, message="two runs to start")
+    victim = _pid_of(started[0])
+    os.kill(victim, signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=90)
+    assert sorted(answers) == [0, 1, 2, 3]
+    for response in answers.values():
+        assert response.status_code == 200 and response.json().get("output") == "finished", response.text
+    ran_in = [_pid_of(tmp_path / f"h{i}") for i in range(4)]
+    assert ran_in.count(victim) == 1, (victim, ran_in)
+    wait_until(lambda: exited(victim), timeout_s=GRACE_S + 5, message="the worker to exit")
+    _wait_stack_whole(bp)

@@ -67,3 +67,29 @@ def test_search_down_answers_503_publish_succeeds_and_the_index_catches_up(
     wait_until(lambda: _found(client, during), timeout_s=15, message="the index to catch up")
     assert _found(client, before)
     assert "search index caught up" in services.log("registry")
+
+
+def test_index_updates_missed_while_search_was_down_survive_a_registry_sigkill(
+    services: SeparateServices, pkg_dir: Path
+) -> None:
+    """Pass criteria: with the search service down, a publish succeeds; the registry is then SIGKILLed (its
+    in-memory retry gone) and restarted, and only then does a search service come back: the version becomes
+    searchable within 15 s without a manual reindex (the pending update was kept in the store), and the
+    pending entry is cleared (the registry logs that the index caught up)."""
+    client = DLHubClient(services.url, services.token("alice"))
+    services.kill("search")
+    services.wait_handlers(search=0)
+    during = unique("during")
+    assert client.publish(function_doc(during, "noop"), base_dir=pkg_dir, timeout_s=60)["status"] == "ready"
+
+    services.kill("registry")
+    services.start("registry")
+    services.wait_registry()
+    services.start("search")
+    services.wait_handlers(search=1)
+    wait_until(lambda: _found(client, during), timeout_s=15, message="the index to catch up")
+    wait_until(
+        lambda: "search index caught up" in services.log("registry"),
+        timeout_s=10,
+        message="the pending update to be cleared",
+    )

@@ -98,5 +98,43 @@ async def test_a_stopped_worker_is_purged_its_task_fails_typed_and_once_thawed_i
     assert worker.poll() is None
 
 
+async def test_a_thawed_worker_drops_the_work_the_broker_failed_and_serves_at_once(
+    stack: Stack, client: BusClient, tmp_path: Path
+) -> None:
+    """Pass criteria: the worker (one executor process) SIGSTOPped at the start of a 30 s task; the broker
+    purges it and fails the task ``handler_lost``. Thawed, the worker starts a new broker session and cancels
+    the old session's task (its result would be dropped): its executor is killed and replaced, so a new run
+    is answered within 10 s of the re-registration, not after the 30 s task."""
+    pidfile = tmp_path / "executor.pid"
+    lost = asyncio.create_task(
+        run(client, {"pidfile": str(pidfile), "seconds": 30}, method="slow", timeout_s=60)
+    )
+    child = int(
+        await await_until(
+            lambda: pidfile.is_file() and pidfile.read_text(), timeout_s=30, message="the task to start"
+        )
+    )
+    worker = stack.processes["worker"]
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        result = await asyncio.wait_for(lost, 3 * HEARTBEAT_INTERVAL_S + 10)
+        assert result.error is not None and result.error.code == "handler_lost", result
+    finally:
+        worker.send_signal(signal.SIGCONT)
+
+    async def workers() -> int:
+        return sum(h.kind == "worker" for h in (await client.stats()).handlers)
+
+    await await_until(lambda: _true(workers), timeout_s=10, message="the thawed worker to register again")
+    registered_at = time.monotonic()
+    after = await run(client, 5, timeout_s=25)
+    assert after.ok and CODEC.decode_value(after.output) == 6, after.error
+    assert time.monotonic() - registered_at < 10
+    await await_until(
+        lambda: not pid_alive(child), timeout_s=5, message="the abandoned task's executor to end"
+    )
+    assert "cancelling the tasks of the ended broker session" in stack.log("worker")
+
+
 async def _true(count: Callable[[], Awaitable[int]]) -> bool:
     return await count() == 1

@@ -57,6 +57,12 @@ def endpoint(stack: StackInfo, service: str) -> str:
     return f"http://127.0.0.1:{files[0].read_text().strip()}/metrics"
 
 
+def worker_endpoints(stack: StackInfo) -> list[str]:
+    directory = stack.data_dir / "run" / "metrics"
+    files = [f for f in sorted(directory.glob("worker-*.port")) if _alive(f)]
+    return [f"http://127.0.0.1:{f.read_text().strip()}/metrics" for f in files]
+
+
 @pytest.fixture(scope="module")
 def doubler(alice: DLHubClient, tmp_path_factory: pytest.TempPathFactory) -> str:
     pkg: Path = tmp_path_factory.mktemp("metrics_pkg")
@@ -115,11 +121,19 @@ def test_broker_and_worker_metrics_endpoints(stack: StackInfo, doubler: str) -> 
     assert wait_until(handlers_gauge, timeout_s=10, message="the broker's handler gauge") >= 2
     text = httpx.get(broker, timeout=10).text
     assert "dlhub_broker_queue_depth" in text and "dlhub_broker_inflight_tasks" in text
+    # Durable results are acknowledged at once here; the gauges exist and read a count and a byte size.
+    assert value(text, "dlhub_broker_mailbox_results") >= 0 and "dlhub_broker_mailbox_bytes" in text
     assert value(text, "dlhub_broker_handlers_by_kind", kind="builder") == 1
 
     worker = httpx.get(endpoint(stack, "worker"), timeout=10)
     assert worker.status_code == 200
     assert "dlhub_worker_executor_restarts_total" in worker.text and "dlhub_worker_batch_size" in worker.text
+    texts = [httpx.get(url, timeout=10).text for url in worker_endpoints(stack)]
+    # The module's first test ran the doubler twice and failed it once, on whichever workers took them.
+    tasks = "dlhub_worker_tasks_total"
+    completed = sum(value(t, tasks, outcome="completed", error="") for t in texts)
+    failed = sum(value(t, tasks, outcome="failed", error="servable_error") for t in texts)
+    assert completed >= 2 and failed >= 1
     builder = httpx.get(endpoint(stack, "builder"), timeout=10).text
     assert value(builder, "dlhub_builder_build_duration_seconds_count", outcome="completed") >= 1
     assert httpx.get(endpoint(stack, "search"), timeout=10).status_code == 200

@@ -3,7 +3,10 @@ age (oldest dropped first)."""
 
 from __future__ import annotations
 
+from dlhub.broker.handlers import HandlerTable
 from dlhub.broker.mailbox import Mailbox
+from dlhub.broker.metrics import BrokerCollector
+from dlhub.broker.queue import PendingQueue
 
 
 def test_results_are_held_per_client_until_acknowledged() -> None:
@@ -46,3 +49,17 @@ def test_results_older_than_the_ttl_expire() -> None:
     assert box.expire(now=5.0) == ["t1"]
     assert box.expire(now=7.9) == [] and box.expire(now=8.0) == ["t2"]
     assert len(box) == 0 and box.bytes == 0
+
+
+def test_the_metrics_collector_reports_the_results_held_and_their_bytes() -> None:
+    box = Mailbox(max_results=10, max_bytes=1000, ttl_s=60)
+    box.put(b"reg", "t1", b"abc", now=0.0)
+    box.put(b"reg", "t2", b"defgh", now=0.0)
+    collector = BrokerCollector()
+    collector.update(HandlerTable(), PendingQueue(max_tasks=10), 0, box)
+    box.ack(["t1"])  # a snapshot: later changes show at the next update
+    values = {f.name: f.samples[0].value for f in collector.collect() if f.samples}
+    assert values["dlhub_broker_mailbox_results"] == 2 and values["dlhub_broker_mailbox_bytes"] == 8
+    collector.update(HandlerTable(), PendingQueue(max_tasks=10), 0, box)
+    values = {f.name: f.samples[0].value for f in collector.collect() if f.samples}
+    assert values["dlhub_broker_mailbox_results"] == 1 and values["dlhub_broker_mailbox_bytes"] == 5

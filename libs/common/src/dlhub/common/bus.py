@@ -26,7 +26,7 @@ import zmq
 from dlhub.common.codec import Codec
 from dlhub.common.config import BusConfig
 from dlhub.common.curve import ClientKeys, client_keys_for, tagged_identity
-from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage
+from dlhub.common.errors import BrokerUnavailable, DLHubError, InvalidMessage, TaskNotStarted
 from dlhub.common.ids import new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import (
@@ -64,6 +64,8 @@ MAX_BATCH_FRAMES: Final = 256
 """Frames sent as one multipart message at most; a fuller outbox is sent at once."""
 MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
 """Bytes queued at most before the outbox is sent at once (large payloads need no company)."""
+_CHECK_BATCH: Final = 1000
+"""Task ids per periodic check of long-awaited calls (the oldest first)."""
 ZERO_COPY_BYTES: Final = 65536
 """Frames at least this large are handed to ZeroMQ without a copy (smaller ones are cheaper copied)."""
 
@@ -151,6 +153,11 @@ class _Dealer:
                     return
         self._schedule_drain()
 
+    def receive_now(self) -> None:
+        """Handle what has arrived without waiting for the event loop (a loop that was blocked may not have
+        run our reader yet)."""
+        self._drain()
+
     def send(self, frame: bytes | bytearray) -> bool:
         """Queue one frame for the broker; False if the socket is closed.
 
@@ -228,7 +235,8 @@ class HandlerService:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._refusing = False  # past the drain: dispatches still arriving are failed, not run
-        self._drain_confirmed = asyncio.Event()  # the broker has read our Draining
+        self.on_drain: Callable[[], None] | None = None
+        """Called once ``Draining`` is sent (the worker hands back the tasks it has not started)."""
         self._last_seen = 0.0
         self._heard = False  # has the broker sent anything on the current socket?
         self._slots = asyncio.Semaphore(capacity)
@@ -236,10 +244,11 @@ class HandlerService:
         self._table: dict[type[Message], Callable[[Any], None]] = {
             Dispatch: self._on_dispatch,
             Registered: self._on_registered,
-            Draining: self._on_draining_confirmed,
             Heartbeat: lambda _msg: None,
             Reconnect: self._on_reconnect,
+            Draining: lambda _msg: self._drain_acked.set(),
         }
+        self._drain_acked = asyncio.Event()
         self._log = log.bind(handler_id=self.handler_id, kind=kind)
 
     @property
@@ -261,6 +270,7 @@ class HandlerService:
                 self._close_session()
                 if self._stopping:
                     break
+                self._abandon_tasks()
                 if was_registered:
                     backoff_s = self.bus.reconnect_initial_s
                 self._log.warning("reconnecting to broker", backoff_s=backoff_s)
@@ -286,15 +296,20 @@ class HandlerService:
             await self._stopped.wait()
             return
         self._stopping = True
-        deadline = time.monotonic() + self.stop_drain_timeout_s
         if self._dealer is not None and self._registered.is_set():
             self._send(Draining(handler_id=self.handler_id))
-            # Dispatches the broker made before reading our Draining are still on the way; its answer comes
-            # after them, so until it does an empty task set does not mean we are done.
+            if self.on_drain is not None:
+                try:
+                    self.on_drain()
+                except Exception:
+                    self._log.exception("drain hook failed")
+        deadline = time.monotonic() + self.stop_drain_timeout_s
+        if self._dealer is not None and self._registered.is_set():
+            # Dispatches the broker sent before it read our Draining may still be on their way, and our task
+            # set may be empty meanwhile: wait for its acknowledgement, which comes after them.
+            wait_s = min(self.bus.liveness_timeout_s, self.stop_drain_timeout_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._drain_confirmed.wait(), min(self.bus.liveness_timeout_s, self.stop_drain_timeout_s)
-                )
+                await asyncio.wait_for(self._drain_acked.wait(), wait_s)
         await self._drain(deadline)
         if self._dealer is not None and self._registered.is_set():
             self._send(Unregister(handler_id=self.handler_id))
@@ -302,6 +317,16 @@ class HandlerService:
         self._session_over.set()
         self._stopped.set()
         self._close_session()
+
+    def _abandon_tasks(self) -> None:
+        """The session is over: the broker has failed every task it dispatched in it (``handler_lost``,
+        at the latest when our next ``Register`` arrives) and drops their results. Cancel them, so that what
+        runs them (executors) is free for the next session's work at once instead of at their deadlines."""
+        if not self._tasks:
+            return
+        self._log.warning("cancelling the tasks of the ended broker session", tasks=len(self._tasks))
+        for task in self._tasks:
+            task.cancel()
 
     async def _drain(self, deadline: float) -> None:
         # Dispatches the broker sent before it read our Draining still arrive: they join the wait.
@@ -396,9 +421,6 @@ class HandlerService:
             return False
         return self._dealer is not None and self._dealer.send(frame)
 
-    def _on_draining_confirmed(self, message: Draining) -> None:
-        self._drain_confirmed.set()
-
     def _on_registered(self, message: Registered) -> None:
         self._log.info("registered with broker", topics=self.topics, capacity=self.capacity)
         self._registered.set()
@@ -421,6 +443,8 @@ class HandlerService:
             async with self._slots:
                 result = await self._invoke(dispatch)
         result.handler_id = self.handler_id
+        if not result.ok and result.error is not None and result.error.code == TaskNotStarted.code:
+            result.output = dispatch.inputs  # handed back: the broker freed its copy when it dispatched
         try:
             frame = self.codec.encode(result)
         except InvalidMessage as exc:
@@ -470,6 +494,9 @@ class _ClientState:
     stats: dict[str, asyncio.Future[StatsReply]] = field(default_factory=dict)
     queries: dict[str, asyncio.Future[TaskStatus]] = field(default_factory=dict)
     acks: list[str] = field(default_factory=list)
+    checks: dict[str, list[str]] = field(default_factory=dict)
+    """Periodic checks of long-awaited calls in flight: TaskQuery request id -> the task ids asked."""
+    next_check: float = 0.0
 
 
 OrphanResultListener = Callable[[Result], None]
@@ -676,6 +703,8 @@ class BusClient:
                 self._log.exception("client heartbeat tick failed")
 
     def _check_broker(self) -> None:
+        if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s and self._dealer is not None:
+            self._dealer.receive_now()  # frames that arrived while our loop was busy count as heard
         if time.monotonic() - self._last_seen > self.bus.liveness_timeout_s:
             if not self._heard and not self._state.pending:
                 # Never reached a broker on this socket and nothing to discard: keep it (ZeroMQ reconnects
@@ -690,6 +719,46 @@ class BusClient:
             self._connect()
         elif self._dealer is not None:
             self._dealer.send(self._heartbeat)
+            self._check_overdue_calls()
+
+    def _check_overdue_calls(self) -> None:
+        """Every liveness timeout, ask the broker about calls awaited longer than that (one ``TaskQuery``,
+        only their held results re-sent). A result the broker could not deliver (this client read too
+        slowly for ``broker.sndhwm``) is re-sent if the task was durable; otherwise the broker no longer
+        knows the task and the call fails now rather than at its deadline (``_on_task_status``)."""
+        state = self._state
+        now = time.monotonic()
+        timeout_s = self.bus.liveness_timeout_s
+        if now < state.next_check or not state.pending:
+            return
+        state.next_check = now + timeout_s
+        state.checks.clear()  # an unanswered check is superseded (its TaskStatus may have been dropped)
+        cutoff = now - timeout_s
+        overdue = [t for t, call in state.pending.items() if call.sent_at < cutoff and not call.future.done()]
+        if not overdue:
+            return
+        request_id = new_id()
+        asked = overdue[:_CHECK_BATCH]
+        if self._send(TaskQuery(request_id=request_id, task_ids=asked, resend_all=False)):
+            state.checks[request_id] = asked
+
+    def _fail_unknown(self, asked: list[str], known: list[str]) -> None:
+        """Fail the calls the broker's answer to a periodic check did not name: the broker has finished or
+        lost those tasks, and their results (ahead of the answer on the same connection) did not arrive."""
+        held = set(known)
+        for task_id in asked:
+            call = self._state.pending.get(task_id)
+            if task_id in held or call is None or call.future.done():
+                continue
+            self._log.warning("the broker no longer holds an awaited task", task_id=task_id)
+            call.future.set_result(
+                failed_result(
+                    task_id,
+                    "broker_unavailable",
+                    "the broker no longer holds the task and its result did not arrive "
+                    "(dropped on the way to this client, or lost with a broker restart)",
+                )
+            )
 
     def _fail_all(self, reason: str) -> None:
         for task_id, call in list(self._state.pending.items()):
@@ -731,6 +800,10 @@ class BusClient:
 
     def _on_task_status(self, status: TaskStatus) -> None:
         self._saw_broker(status.broker_id)
+        asked = self._state.checks.pop(status.request_id, None)
+        if asked is not None:
+            self._fail_unknown(asked, status.known)
+            return
         future = self._state.queries.get(status.request_id)
         if future is not None and not future.done():
             future.set_result(status)

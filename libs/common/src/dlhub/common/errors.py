@@ -159,6 +159,14 @@ class WorkerLost(HandlerLost):
     code = "worker_lost"
 
 
+class TaskNotStarted(DLHubError):
+    """A draining worker hands back a task it had not started (queued inside it): the broker routes it
+    again. Only a handler the broker knows to be draining is believed; it never reaches a client otherwise."""
+
+    code = "not_started"
+    http_status = 503
+
+
 class BrokerUnavailable(DLHubError):
     code = "broker_unavailable"
     http_status = 503
@@ -247,6 +255,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         NoHandler,
         HandlerLost,
         WorkerLost,
+        TaskNotStarted,
         BrokerUnavailable,
         RegistryRestarted,
         BrokerRestarted,

@@ -51,10 +51,8 @@ class Unregister(Message, tag="unregister"):
 
 class Draining(Message, tag="draining"):
     """Handler -> broker: dispatch me nothing more; results of the tasks I hold still come (graceful stop).
-    An ``Unregister`` follows once they are done (or the grace period is over).
-
-    Broker -> handler, the same message as the answer: every dispatch made to the handler went out before
-    it (one connection keeps order), so once it arrives the handler knows every task it will ever get."""
+    An ``Unregister`` follows once they are done (or the grace period is over). The broker sends it back as
+    its acknowledgement: every dispatch it sent before comes ahead of it on the connection."""
 
     handler_id: str
 
@@ -111,11 +109,13 @@ class Ack(Message, tag="ack"):
 class TaskQuery(Message, tag="task_query"):
     """Client -> broker: which of these tasks do you still hold (queued, running or an unacknowledged result)?
 
-    The broker first re-sends every unacknowledged result it holds for the client, then answers
-    ``TaskStatus``; a task it does not know has no outcome coming."""
+    The broker first re-sends every unacknowledged result it holds for the client (only those of
+    ``task_ids`` when ``resend_all`` is false), then answers ``TaskStatus``; a task it does not know has no
+    outcome coming."""
 
     request_id: str
     task_ids: list[str]
+    resend_all: bool = True
 
 
 class TaskStatus(Message, tag="task_status"):

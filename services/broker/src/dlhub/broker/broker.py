@@ -396,7 +396,7 @@ class Broker:
             return
         handler.draining = True
         self.topics.remove(handler)
-        self._send(identity, self.codec.encode(Draining(handler_id=handler.handler_id)))
+        self._send(identity, self.codec.encode(msg))  # the acknowledgement: our dispatches came before it
         log.info("handler draining", handler_id=handler.handler_id, inflight=len(handler.inflight))
 
     def _on_heartbeat(self, identity: bytes, msg: Heartbeat, now: float) -> None:
@@ -474,7 +474,10 @@ class Broker:
         name has no outcome coming from this broker."""
         if identity not in self.handlers.by_identity:
             self.clients[identity] = now
-        held = self.mailbox.held_for(identity)
+        if msg.resend_all:
+            held = self.mailbox.held_for(identity)
+        else:  # a client's periodic check of its long-awaited tasks: only their results
+            held = self.mailbox.held_among(identity, msg.task_ids)
         for frame in held:
             self._send(identity, frame)
         known = [t for t in msg.task_ids if t in self.tasks or t in self.mailbox]
@@ -509,6 +512,13 @@ class Broker:
             )
             return
         task.handler = None
+        if handler.draining and not msg.ok and msg.error is not None and msg.error.code == "not_started":
+            # A draining worker hands back a task it never started: route it again (never run twice).
+            log.info("task handed back", task_id=task.task_id, handler_id=handler.handler_id)
+            task.inputs = msg.output  # the handler returns them (ours were freed at dispatch)
+            task.ready_at = now
+            self._route(task, now)
+            return
         task.inference_ms += msg.timings.inference_ms
         task.invocation_ms += msg.timings.invocation_ms
         task.queue_ms += msg.timings.queue_ms
@@ -637,7 +647,7 @@ class Broker:
         if self.metrics is None or now < self._next_metrics:
             return
         self._next_metrics = now + self.metrics_interval_s
-        self.metrics.update(self.handlers, self.queue, len(self.tasks))
+        self.metrics.update(self.handlers, self.queue, len(self.tasks), self.mailbox)
 
     def _send_heartbeats(self, now: float) -> None:
         if now < self._next_heartbeat:
@@ -766,13 +776,22 @@ class Broker:
         while self._outbox:
             identity, frames = self._outbox.popitem()
             dispatched = self._undelivered.pop(identity, [])
-            if self._deliver(identity, frames):
+            error = self._deliver(identity, frames)
+            if error is None:
                 for task in dispatched:
                     task.inputs = NIL  # the handler has them now; free them here
+            elif error == errno.EAGAIN and identity not in self.handlers.by_identity:
+                # A client past broker.sndhwm (reading too slowly) is still there: keep knowing it. Durable
+                # results stay in the mailbox; the client's periodic TaskQuery finds what it missed.
+                log.warning(
+                    "messages to a slow client dropped", peer=peer_name(identity), messages=len(frames)
+                )
             else:
                 self._drop_peer(identity, dispatched)
 
-    def _deliver(self, identity: bytes, frames: list[bytes | bytearray]) -> bool:
+    def _deliver(self, identity: bytes, frames: list[bytes | bytearray]) -> int | None:
+        """Send; None when sent, else the ZeroMQ errno (EHOSTUNREACH: gone; EAGAIN: past its high-water
+        mark)."""
         sock = self._sock
         assert sock is not None
         try:
@@ -780,8 +799,8 @@ class Broker:
         except zmq.ZMQError as exc:
             reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else str(exc)
             log.warning("send to peer failed", peer=peer_name(identity), reason=reason, messages=len(frames))
-            return False
-        return True
+            return exc.errno or -1
+        return None
 
     def _drop_peer(self, identity: bytes, dispatched: list[TaskRecord]) -> None:
         handler = self.handlers.get(identity)

@@ -54,6 +54,11 @@ class Mailbox:
         """The frames held for ``client``, oldest first."""
         return [held.frame for held in self._held.values() if held.client == client]
 
+    def held_among(self, client: bytes, task_ids: Iterable[str]) -> list[bytes | bytearray]:
+        """The frames held for ``client`` of the tasks ``task_ids``."""
+        held = (self._held.get(task_id) for task_id in task_ids)
+        return [h.frame for h in held if h is not None and h.client == client]
+
     def expire(self, now: float) -> list[str]:
         """Drop results held longer than the TTL; return their task ids."""
         cutoff = now - self.ttl_s

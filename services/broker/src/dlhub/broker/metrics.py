@@ -1,4 +1,5 @@
-"""The broker's Prometheus gauges: queue depth and registered handlers per topic, tasks in flight.
+"""The broker's Prometheus gauges: queue depth and registered handlers per topic, tasks in flight, and the
+durable results held for acknowledgement (the mailbox).
 
 They are computed on the broker's timer (every ``metrics.broker_update_interval_s``), never per message, into
 an immutable snapshot that the metrics HTTP thread reads whole: a scrape never sees a half-updated table.
@@ -13,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dlhub.broker.handlers import HandlerTable
+from dlhub.broker.mailbox import Mailbox
 from dlhub.broker.queue import PendingQueue
 
 
@@ -24,13 +26,15 @@ class Snapshot:
     handlers_by_kind: dict[str, int] = field(default_factory=dict)
     inflight: int = 0
     tasks: int = 0
+    mailbox_results: int = 0
+    mailbox_bytes: int = 0
 
 
 class BrokerCollector(Collector):
     def __init__(self) -> None:
         self.snapshot = Snapshot()
 
-    def update(self, handlers: HandlerTable, queue: PendingQueue, tasks: int) -> None:
+    def update(self, handlers: HandlerTable, queue: PendingQueue, tasks: int, mailbox: Mailbox) -> None:
         by_topic: dict[str, int] = {}
         capacity: dict[str, int] = {}
         kinds: dict[str, int] = {}
@@ -46,6 +50,8 @@ class BrokerCollector(Collector):
             handlers_by_kind=kinds,
             inflight=handlers.total_inflight(),
             tasks=tasks,
+            mailbox_results=len(mailbox),
+            mailbox_bytes=mailbox.bytes,
         )
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -77,4 +83,12 @@ class BrokerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "dlhub_broker_tasks", "Tasks the broker holds (queued or in flight)", value=snap.tasks
+        )
+        yield GaugeMetricFamily(
+            "dlhub_broker_mailbox_results",
+            "Final results of durable tasks held until their client acknowledges them",
+            value=snap.mailbox_results,
+        )
+        yield GaugeMetricFamily(
+            "dlhub_broker_mailbox_bytes", "Encoded size of the results held", value=snap.mailbox_bytes
         )

@@ -9,7 +9,9 @@ and acknowledged it (``Runs._drive_async``). Three things end the tasks whose co
   its open runs (``BusClient.query_tasks``); the broker first re-sends the results it holds, and a task it
   does not know has no outcome coming: it fails ``registry_restarted`` (at start) or ``broker_restarted``.
 - The reaper: every registry fails any open task (any owner, any kind) past its ``deadline_ms`` with
-  ``deadline_exceeded``, so the tasks of a registry that never comes back end too.
+  ``deadline_exceeded``, so the tasks of a registry that never comes back end too. A build it ends also ends
+  its version: still ``building`` for that task, it becomes ``failed`` with the same reason
+  (``on_build_reaped``), since no coroutine is left to end it.
 
 Terminal states are final (``TaskTable`` writes conditionally), so the three never overwrite an outcome and
 may race each other and the live path freely.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from dlhub.common.config import DLHubSettings, RegistryConfig
@@ -52,14 +55,25 @@ def instance_id(settings: DLHubSettings) -> str:
     return f"registry@{socket.gethostname()}:{config.port}"
 
 
+BuildReaped = Callable[[TaskRecord], Awaitable[object]]
+"""Gets a build task the reaper failed (``Servables.fail_overdue_build``)."""
+
+
 class TaskRecovery:
     def __init__(
-        self, *, tasks: TaskTable, bus: Bus, background: BackgroundTasks, config: RegistryConfig
+        self,
+        *,
+        tasks: TaskTable,
+        bus: Bus,
+        background: BackgroundTasks,
+        config: RegistryConfig,
+        on_build_reaped: BuildReaped | None = None,
     ) -> None:
         self._tasks = tasks
         self._bus = bus
         self._background = background
         self._config = config
+        self._on_build_reaped = on_build_reaped
 
     def start(self) -> None:
         """Listen for orphan results and broker restarts; reconcile what a previous process left; reap."""
@@ -148,14 +162,15 @@ class TaskRecovery:
         """Fail every open task past its deadline with ``deadline_exceeded``; return how many."""
         overdue = await self._tasks.open_tasks(deadline_before_ms=now_ms(), limit=REAP_BATCH)
         for task in overdue:
-            await self._tasks.fail(
-                task,
-                error={
-                    "type": DeadlineExceeded.code,
-                    "message": "the task was still unfinished past its timeout and grace period "
-                    f"(accepted by {task.owner or 'an earlier registry'})",
-                },
-            )
+            error = {
+                "type": DeadlineExceeded.code,
+                "message": "the task was still unfinished past its timeout and grace period "
+                f"(accepted by {task.owner or 'an earlier registry'})",
+            }
+            ended = await self._tasks.fail(task, error=error)
+            reaped = ended.state == "failed" and ended.error == error
+            if reaped and task.kind == "build" and self._on_build_reaped is not None:
+                await self._on_build_reaped(ended)
         if overdue:
             first = overdue[0].task_id
             log.warning("tasks past their deadline failed", count=len(overdue), first_task_id=first)

@@ -87,7 +87,8 @@ class Servables:
         self._background = background
         self._blobs = blobs
         self.cache = VersionCache(store)
-        # Servables whose index update failed (search down): retried until the index has caught up.
+        # Servables whose index update failed (search down): retried until the index has caught up. The store
+        # holds them too (``mark_index_pending``); this set covers a store that was away as well.
         self._unindexed: set[tuple[str, str]] = set()
         self._index_retry: asyncio.Task[None] | None = None
         self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
@@ -430,6 +431,27 @@ class Servables:
             self.start_build(record, resumed=True)
         return len(pending)
 
+    async def fail_overdue_build(self, task: TaskRecord) -> bool:
+        """End the version of a build task the reaper failed, if it is still ``building`` for that task: no
+        coroutine is left to end it (the registry driving it is gone), so it becomes ``failed`` with the
+        task's reason. True if a version was ended."""
+        error = task.error or {}
+        message = str(error.get("message") or "the build did not finish")
+        for record in await self._store.list_versions_with_status("building"):
+            if record.build_task_id != task.task_id:
+                continue
+            tracker = await self._tracker(record, resumed=False)
+            tracker.set_state("failed", error=message)
+            tracker.line(f"the build task ended {error.get('type', 'failed')}: {message}")
+            await tracker.close()
+            await self._store.set_version_status(
+                record.owner, record.name, record.version, status="failed", status_reason=message
+            )
+            self.cache.invalidate(record.owner, record.name)
+            log.warning("build ended by the reaper", servable=record.label, task_id=task.task_id)
+            return True
+        return False
+
     async def _tracker(self, record: VersionRecord, resumed: bool) -> BuildTracker:
         build = await self._store.get_build(record.owner, record.name, record.version)
         if build is None:
@@ -561,28 +583,74 @@ class Servables:
             published_at_ms=latest.published_at_ms,
         )
 
-    async def reindex(self, owner: str, name: str) -> None:
-        """Upsert the newest ready version into the search index, or delete the entry if there is none."""
+    async def reindex(self, owner: str, name: str) -> bool:
+        """Upsert the newest ready version into the search index, or delete the entry if there is none;
+        False when the update did not go through (it is then retried, see ``_retry_index``)."""
         document = await self.search_entry(owner, name)
         if document is None:
             request = IndexRequest(op="delete", id=f"{owner}/{name}")
         else:
             request = IndexRequest(op="upsert", id=document.id, document=document)
-        if not await self._send_index(request):
-            self._unindexed.add((owner, name))
-            if self._index_retry is None or self._index_retry.done():
-                self._index_retry = self._background.spawn(self._retry_index(), name="search index catch-up")
+        if await self._send_index(request):
+            return True
+        await self._remember_unindexed(owner, name)
+        return False
+
+    async def _remember_unindexed(self, owner: str, name: str) -> None:
+        """Keep a failed index update for the catch-up loop: in the store, so that a registry restart does
+        not lose it, and in memory, so that a store that is away too does not either."""
+        self._unindexed.add((owner, name))
+        try:
+            await self._store.mark_index_pending(owner, name, new_id())
+        except DLHubError as exc:
+            log.warning(
+                "pending index update kept in memory only", servable=f"{owner}/{name}", error=exc.message
+            )
+        self._start_index_retry()
+
+    def _start_index_retry(self) -> None:
+        if self._index_retry is None or self._index_retry.done():
+            self._index_retry = self._background.spawn(self._retry_index(), name="search index catch-up")
+
+    async def resume_index_updates(self) -> int:
+        """Start the catch-up loop for index updates a previous registry process could not send."""
+        pending = await self._store.list_index_pending()
+        if pending:
+            self._start_index_retry()
+        return len(pending)
 
     async def _retry_index(self) -> None:
-        """Send the entries of servables whose index update failed again, until every one has gone through
-        (a failure in ``reindex`` adds its servable back for the next round)."""
+        """Every ``registry.index_retry_interval_s``, send the entries of the servables whose index update
+        failed (held in the store and in memory) again, until none is left; an entry is forgotten only once
+        sent, and only if no newer failure marked it meanwhile."""
         interval_s = self._settings.registry.index_retry_interval_s
-        while self._unindexed:
+        pending, stored, unsure = await self._index_backlog()
+        while pending or unsure:
             await asyncio.sleep(interval_s)
-            pending, self._unindexed = self._unindexed, set()
             for owner, name in sorted(pending):
-                await self.reindex(owner, name)
+                await self._retry_one(owner, name, stored.get((owner, name)))
+            pending, stored, unsure = await self._index_backlog()
         log.info("search index caught up")
+
+    async def _index_backlog(self) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str], bool]:
+        """The servables to send again (taken from memory, read from the store), the store's marks, and
+        whether the store could not be read (then there may be more)."""
+        memory, self._unindexed = self._unindexed, set()
+        try:
+            stored = {(o, n): mark for o, n, mark in await self._store.list_index_pending()}
+        except DLHubError as exc:
+            log.info("pending index updates unreadable; retrying", error=exc.message)
+            return memory, {}, True
+        return memory | stored.keys(), stored, False
+
+    async def _retry_one(self, owner: str, name: str, mark: str | None) -> None:
+        try:
+            sent = await self.reindex(owner, name)
+            if sent and mark is not None:
+                await self._store.clear_index_pending(owner, name, mark)
+        except DLHubError as exc:  # the store is away: the next round tries again
+            log.info("index update retry postponed", servable=f"{owner}/{name}", error=exc.message)
+            self._unindexed.add((owner, name))
 
     async def rebuild_search_index(self) -> ReindexOutcome:
         """Send the entry of every servable to the search service, which swaps in a fresh index."""

@@ -172,6 +172,11 @@ class EnvironmentPools:
         """Keys of the warm environment pools, least recently used first."""
         return list(self._pools)
 
+    def recall(self) -> None:
+        """Hand back the tasks not started yet in every environment's pool (``ExecutorPool.recall``)."""
+        for warm in self._pools.values():
+            warm.pool.recall()
+
     def cached(self, version_dir: str) -> ExecutionBackend | None:
         """The backend already resolved for ``version_dir`` (the per-task fast path)."""
         return self._by_dir.get(version_dir)

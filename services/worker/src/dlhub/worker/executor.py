@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import sysconfig
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -30,11 +31,12 @@ import msgspec
 
 import dlhub
 from dlhub.common.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec
-from dlhub.common.errors import DLHubError, MessageTooLarge, TaskTimeout
+from dlhub.common.errors import DLHubError, MessageTooLarge, TaskNotStarted, TaskTimeout
 from dlhub.common.messages import ErrorInfo
 from dlhub.worker.files import FileLimits, TaskFiles
 from dlhub.worker.protocol import (
     HEADER_BYTES,
+    RECALL_SIGNAL,
     ExecReply,
     ExecRequest,
     Frame,
@@ -285,7 +287,19 @@ class Executor:
             body = reader.read(length)
             if len(body) < length:
                 return
-            self._write(writer, self.handle(decode_request(body)))
+            request = decode_request(body)
+            self._write(writer, _not_started(request) if _recall.is_set() else self.handle(request))
+
+
+_recall = threading.Event()
+"""Set by ``RECALL_SIGNAL``: the worker is draining; requests not started yet are answered ``not_started``
+(the worker hands them back to the broker). Checked before each request starts, so a request either runs
+to its end or is answered unstarted, never both."""
+
+
+def _not_started(request: ExecRequest) -> ExecReply:
+    error = ErrorInfo(code=TaskNotStarted.code, message="the worker is shutting down; not started here")
+    return ExecReply(seq=request.seq, ok=False, error=error, pid=os.getpid())
 
 
 def _widen_pipe(fd: int) -> None:
@@ -365,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     # The worker decides when this process stops (closing stdin, or a kill); Ctrl-C in a terminal reaches the
     # whole process group and must not kill a task the worker will report on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(RECALL_SIGNAL, lambda _signum, _frame: _recall.set())
     _die_with_parent()
     try:
         reader, writer = _socket_streams(args.socket) if args.socket else _private_pipes()

@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from dlhub.common.errors import DLHubError, TaskTimeout, WorkerLost
+from dlhub.common.errors import DLHubError, TaskNotStarted, TaskTimeout, WorkerLost
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
@@ -80,6 +80,7 @@ class ServableLanes:
         self._spare: ExecutorProcess | None = None
         self._refill: asyncio.Task[None] | None = None
         self._closing = False
+        self._recalled = False
 
     @property
     def processes(self) -> int:
@@ -151,6 +152,8 @@ class ServableLanes:
         lane = self._lanes.get(version_dir)
         opened_ms = 0.0
         if lane is None or lane.evicted:
+            if self._recalled:  # draining: a lane is not worth starting for a task another worker can run
+                raise TaskNotStarted("the worker is shutting down; the task had not started")
             started = time.perf_counter()
             lane = await self._lane(version_dir, servable, timeout_s)
             opened_ms = (time.perf_counter() - started) * 1000.0
@@ -221,7 +224,16 @@ class ServableLanes:
             raise PoolClosed("the worker is shutting down")
         self._lanes[version_dir] = lane
         self._make_room(self.max_lanes, keep=lane)
+        if self._recalled:
+            pool.recall()
         return lane
+
+    def recall(self) -> None:
+        """The worker drains: every lane hands back the tasks it has not started (``ExecutorPool.recall``),
+        and no lane starts any more."""
+        self._recalled = True
+        for lane in list(self._lanes.values()):
+            lane.pool.recall()
 
     def _make_room(self, limit: int, keep: Lane | None = None) -> None:
         """Stop least recently used idle lanes (never ``keep``) until at most ``limit`` are warm."""

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+TASKS = Counter(
+    "dlhub_worker_tasks",
+    "Dispatched task steps this worker answered, by outcome (completed/failed) and error code",
+    ["outcome", "error"],
+)
 EXECUTOR_RESTARTS = Counter(
     "dlhub_worker_executor_restarts", "Executor processes replaced after they died or were killed"
 )

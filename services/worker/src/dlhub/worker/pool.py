@@ -35,13 +35,14 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from dlhub.common.errors import DLHubError, InvalidMessage, TaskTimeout, WorkerLost
+from dlhub.common.errors import DLHubError, InvalidMessage, TaskNotStarted, TaskTimeout, WorkerLost
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
 from dlhub.worker.metrics import EXECUTOR_RESTARTS
 from dlhub.worker.protocol import (
     HEADER_BYTES,
+    RECALL_SIGNAL,
     ExecReply,
     ExecRequest,
     FromExecutor,
@@ -398,6 +399,16 @@ class ExecutorProcess:
             raise TaskTimeout(
                 f"the task passed its deadline; executor process {self.pid} was killed"
             ) from None
+        except asyncio.CancelledError:
+            # Nobody awaits the task any more (the worker abandoned it: its broker session ended, or its
+            # shutdown grace ran out). A running one is stopped so that the process is free at once; the
+            # requests queued behind it were never read and run elsewhere (NotStarted).
+            if next(iter(self.inflight), None) == seq and self.process.returncode is None:
+                self.killed_running = True
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+            self.inflight.pop(seq, None)
+            raise
         finally:
             if future.cancelled():  # the waiter was cancelled: the reply, if it comes, is dropped
                 self.inflight.pop(seq, None)
@@ -481,6 +492,7 @@ class ExecutorPool:
         self._seq = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._recalled = False
 
     @property
     def pids(self) -> list[int]:
@@ -613,6 +625,8 @@ class ExecutorPool:
             try:
                 return await child.request(payload, seq, deadline, since)
             except NotStarted:
+                if self._recalled:
+                    raise TaskNotStarted("the worker is shutting down; the task had not started") from None
                 continue  # its process ended before reading it: run it on another one (or the replacement)
             except (WorkerLost, TaskTimeout):
                 if child.returncode is not None:
@@ -637,6 +651,8 @@ class ExecutorPool:
         while True:
             if self._closing:
                 raise PoolClosed("the worker is shutting down")
+            if self._recalled:
+                raise TaskNotStarted("the worker is shutting down; the task had not started")
             child = self._least_loaded()
             if child is not None:
                 return child
@@ -653,6 +669,17 @@ class ExecutorPool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
+
+    def recall(self) -> None:
+        """The worker drains: every task not started yet ends ``TaskNotStarted`` (the worker hands it back to
+        the broker) rather than waiting here. Waiting ones at once; those written ahead to a process when it
+        reaches them: the process, signalled, answers them unstarted (``RECALL_SIGNAL``)."""
+        self._recalled = True
+        self._wake_waiters(len(self._waiters))
+        for child in self._slots:
+            if child is not None and child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, RECALL_SIGNAL)
 
     def _wake_waiters(self, count: int) -> None:
         while count > 0 and self._waiters:

@@ -7,6 +7,7 @@ never decodes them; only the executor process decodes them with ``Codec.decode_v
 
 from __future__ import annotations
 
+import signal
 from typing import Final
 
 import msgspec
@@ -15,6 +16,9 @@ from dlhub.common.errors import InvalidMessage, MessageTooLarge
 from dlhub.common.messages import EMPTY_MAP, NIL, ErrorInfo
 
 HEADER_BYTES: Final = 4
+RECALL_SIGNAL: Final = signal.SIGUSR1
+"""Worker -> executor process, when the worker drains: answer every request not started yet ``not_started``
+(``ExecReply`` with that error code) instead of running it."""
 
 
 class Frame(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):

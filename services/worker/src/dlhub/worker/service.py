@@ -23,7 +23,8 @@ from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, 
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.lanes import ServableLanes
-from dlhub.worker.pool import ExecutionBackend
+from dlhub.worker.metrics import TASKS
+from dlhub.worker.pool import ExecutionBackend, ExecutorPool
 from dlhub.worker.protocol import ExecReply
 
 log = get_logger(__name__)
@@ -160,6 +161,15 @@ class WorkerService:
         self._installed.add(directory)
         return True
 
+    async def handle_counted(self, dispatch: Dispatch) -> Result:
+        """``handle``, counted in ``dlhub_worker_tasks_total`` (a step cancelled at shutdown is not)."""
+        result = await self.handle(dispatch)
+        if result.ok:
+            TASKS.labels("completed", "").inc()
+        else:
+            TASKS.labels("failed", result.error.code if result.error is not None else "").inc()
+        return result
+
     async def handle(self, dispatch: Dispatch) -> Result:
         """Run one dispatched step: resolve the servable's directory, execute in the pool, time it."""
         start = time.perf_counter()
@@ -261,10 +271,11 @@ class WorkerService:
                 kind="worker",
                 topics=self.settings.worker.topics,
                 capacity=self.capacity,
-                handle=self.handle,
+                handle=self.handle_counted,
                 max_tasks_per_topic=self.servable_max_tasks,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
+            self.handler.on_drain = self._hand_back_unstarted
             log.info(
                 "worker serving",
                 topics=self.settings.worker.topics,
@@ -277,6 +288,13 @@ class WorkerService:
             await self.batcher.close()
             await self.environments.close()
             await self.pool.close()
+
+    def _hand_back_unstarted(self) -> None:
+        """Draining: tasks queued here that have not started end ``not_started``, which the broker routes to
+        another worker (Parsl: not supported, they run here within the grace period)."""
+        if isinstance(self.pool, ExecutorPool | ServableLanes):
+            self.pool.recall()
+        self.environments.recall()
 
     async def stop(self) -> None:
         """Unregister and drain (bounded, by the HandlerService); ``run`` then stops the executors."""

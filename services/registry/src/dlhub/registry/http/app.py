@@ -142,7 +142,16 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     resumed = await servables.resume_builds()
     if resumed:
         log.info("resumed builds left over from a previous run", count=resumed)
-    TaskRecovery(tasks=tasks, bus=bus, background=background, config=settings.registry).start()
+    unindexed = await servables.resume_index_updates()
+    if unindexed:
+        log.info("index updates left over from a previous run are retried", count=unindexed)
+    TaskRecovery(
+        tasks=tasks,
+        bus=bus,
+        background=background,
+        config=settings.registry,
+        on_build_reaped=servables.fail_overdue_build,
+    ).start()
     try:
         yield
     finally:

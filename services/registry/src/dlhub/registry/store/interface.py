@@ -298,6 +298,22 @@ class MetadataStore(abc.ABC):
     async def delete_expired_tasks(self, *, now_ms: int) -> int:
         """Delete tasks whose expiry is at or before ``now_ms``; return how many."""
 
+    # -- search index updates not taken yet --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def mark_index_pending(self, owner: str, name: str, mark: str) -> None:
+        """Remember that the search entry of ``owner/name`` has an update the index has not taken (search
+        down). ``mark`` (a fresh id per failure) replaces an earlier one, so that clearing an older mark
+        cannot forget a newer failure."""
+
+    @abc.abstractmethod
+    async def clear_index_pending(self, owner: str, name: str, mark: str) -> bool:
+        """Forget the pending update of ``owner/name`` if its mark is still ``mark``; True if it was."""
+
+    @abc.abstractmethod
+    async def list_index_pending(self, limit: int = 10_000) -> list[tuple[str, str, str]]:
+        """The servables with a pending index update, as ``(owner, name, mark)``."""
+
     # -- memoized results -------------------------------------------------------------------------------
 
     async def get_memo(self, key: str, *, now_ms: int) -> bytes | None:

@@ -18,6 +18,8 @@ Collections (one database, ``StoreConfig.mongodb_database``):
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
 - ``group_members`` (``_id`` group and user), ``identity_links`` (``_id`` the external identity id) and
   ``audit`` (appended, read newest first): local groups, linked sign-in identities and the audit log.
+- ``index_pending``: servables whose search entry has an update the index has not taken (search down);
+  ``_id`` is ``owner/name``, ``mark`` the id of the latest failure.
 - ``memo``: memoized run results (``dlhub.registry.memo``, ``registry.memo_shared``); ``_id`` is the
   memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
 
@@ -736,6 +738,27 @@ class MongoMetadataStore(MetadataStore):
             result = await self.tasks.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
             await self.task_ends.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
         return result.deleted_count
+
+    # -- search index updates not taken yet --------------------------------------------------------------
+
+    @property
+    def index_pending(self) -> AsyncCollection[Document]:
+        return self.db["index_pending"]
+
+    async def mark_index_pending(self, owner: str, name: str, mark: str) -> None:
+        doc = {"owner": owner, "name": name, "mark": mark}
+        with self._errors("mark_index_pending"):
+            await self.index_pending.replace_one({"_id": f"{owner}/{name}"}, doc, upsert=True)
+
+    async def clear_index_pending(self, owner: str, name: str, mark: str) -> bool:
+        with self._errors("clear_index_pending"):
+            result = await self.index_pending.delete_one({"_id": f"{owner}/{name}", "mark": mark})
+        return result.deleted_count > 0
+
+    async def list_index_pending(self, limit: int = 10_000) -> list[tuple[str, str, str]]:
+        with self._errors("list_index_pending"):
+            docs = await self.index_pending.find({}).sort("_id", 1).limit(limit).to_list()
+        return [(str(d["owner"]), str(d["name"]), str(d["mark"])) for d in docs]
 
     # -- memoized results (same TTL index on ``expires_at`` as tasks) ------------------------------------
 

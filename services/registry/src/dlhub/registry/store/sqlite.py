@@ -93,6 +93,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     deadline_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
+CREATE TABLE IF NOT EXISTS index_pending (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    mark TEXT NOT NULL,
+    PRIMARY KEY (owner, name)
+);
 CREATE TABLE IF NOT EXISTS memo (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -596,6 +602,23 @@ class SQLiteMetadataStore(MetadataStore):
 
     async def delete_expired_tasks(self, *, now_ms: int) -> int:
         return await self._write("DELETE FROM tasks WHERE expires_at_ms <= ?", (now_ms,))
+
+    # -- search index updates not taken yet --------------------------------------------------------------
+
+    async def mark_index_pending(self, owner: str, name: str, mark: str) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO index_pending (owner, name, mark) VALUES (?, ?, ?)", (owner, name, mark)
+        )
+
+    async def clear_index_pending(self, owner: str, name: str, mark: str) -> bool:
+        sql = "DELETE FROM index_pending WHERE owner = ? AND name = ? AND mark = ?"
+        return await self._write(sql, (owner, name, mark)) > 0
+
+    async def list_index_pending(self, limit: int = 10_000) -> list[tuple[str, str, str]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT owner, name, mark FROM index_pending ORDER BY owner, name LIMIT ?", (limit,)
+        )
+        return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
 
     # -- memoized results -------------------------------------------------------------------------------
 
