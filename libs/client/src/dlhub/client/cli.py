@@ -24,6 +24,8 @@ from dlhub.client.sdk import DLHubClient, TaskFailed, TaskHandle
 from dlhub.common.errors import DLHubError
 
 if TYPE_CHECKING:
+    import globus_sdk
+
     from dlhub.common.config import DLHubSettings
 
 console = Console()
@@ -64,7 +66,9 @@ class DLHubGroup(click.Group):
             _fail(str(exc))
         except DLHubError as exc:
             field = f" (field: {exc.field})" if exc.field else ""
-            _fail(f"{exc.code}: {exc.message}{field}")
+            stale = exc.code == "unauthorized" and ctx.invoked_subcommand != "login"
+            hint = " (sign in again: `dlhub login`)" if stale else ""
+            _fail(f"{exc.code}: {exc.message}{field}{hint}")
         except OSError as exc:
             _fail(str(exc))
 
@@ -247,7 +251,13 @@ def token_create(user: str, data_dir: Path | None, config_file: Path | None) -> 
 
 
 def _registry_url(ctx: click.Context) -> str:
-    return load_credentials(ctx.ensure_object(dict).get("url")).url
+    return load_credentials(ctx.ensure_object(dict).get("url"), anonymous=True).url
+
+
+def _globus_reason(exc: globus_sdk.GlobusAPIError) -> str:
+    """What Globus said about a refused request: its OAuth ``error``, else the HTTP status."""
+    body = exc.raw_json if isinstance(exc.raw_json, dict) else {}
+    return str(body.get("error_description") or body.get("error") or f"HTTP {exc.http_status}")
 
 
 def _globus_login(url: str, info: dict[str, Any], no_browser: bool) -> tuple[str, dict[str, Any]]:
@@ -267,7 +277,14 @@ def _globus_login(url: str, info: dict[str, Any], no_browser: bool) -> tuple[str
         with contextlib.suppress(Exception):
             webbrowser.open(authorize_url)
     code = click.prompt("Authorization code").strip()
-    tokens = auth.oauth2_exchange_code_for_tokens(code)
+    try:
+        # An authorization code is single-use: retrying a lost exchange could not succeed, only stall.
+        with auth.transport.tune(max_retries=0):
+            tokens = auth.oauth2_exchange_code_for_tokens(code)
+    except globus_sdk.GlobusAPIError as exc:
+        _fail(f"Globus Auth refused the code ({_globus_reason(exc)}); run `dlhub login` again for a new one")
+    except globus_sdk.NetworkError as exc:
+        _fail(f"cannot reach Globus Auth ({exc}); nothing was saved")
     match = [t for t in tokens.by_resource_server.values() if scope in str(t.get("scope", "")).split()]
     if not match:
         _fail("Globus Auth did not grant this registry's scope")
@@ -288,7 +305,7 @@ def _globus_login(url: str, info: dict[str, Any], no_browser: bool) -> tuple[str
 def login(ctx: click.Context, given: str | None, no_browser: bool) -> None:
     """Sign in to the registry and save the credentials for the CLI and the SDK."""
     url = _registry_url(ctx)
-    with DLHubClient(url, token=None) as anonymous:
+    with DLHubClient(url, anonymous=True) as anonymous:
         info = anonymous.auth_info()
     if info.get("provider") == "globus" and not (given or "").startswith("dlh_"):
         token, extra = _globus_login(url, info, no_browser)
@@ -307,18 +324,31 @@ def logout(ctx: click.Context) -> None:
     """Forget the saved credentials (and revoke Globus tokens)."""
     path = client_file()
     saved = read_saved(path)
+    unrevoked: list[str] = []
     if saved.get("provider") == "globus" and saved.get("client_id"):
         import globus_sdk
 
         auth = globus_sdk.NativeAppAuthClient(str(saved["client_id"]))
-        for key in ("token", "refresh_token"):
-            if saved.get(key):
-                with contextlib.suppress(globus_sdk.GlobusError):
+        for key, label in (("token", "access token"), ("refresh_token", "refresh token")):
+            if not saved.get(key):
+                continue
+            try:
+                # Best effort, and quick offline: the local copy is forgotten either way.
+                with auth.transport.tune(max_retries=0):
                     auth.oauth2_revoke_token(str(saved[key]))
+            except globus_sdk.GlobusError as exc:
+                reason = _globus_reason(exc) if isinstance(exc, globus_sdk.GlobusAPIError) else str(exc)
+                unrevoked.append(f"{label} ({reason})")
     if saved.get("token"):
         keep = {k: v for k, v in saved.items() if k in ("url",)}
         path.write_text(json.dumps(keep))
         click.echo(f"signed out of {saved.get('url', 'the registry')}")
+        if unrevoked:
+            click.echo(
+                f"could not revoke the {' and '.join(unrevoked)} at Globus Auth: removed locally only; "
+                "revoke the consent at https://app.globus.org/account/consents",
+                err=True,
+            )
         if saved.get("provider") != "globus":
             click.echo("(a local token stays valid until revoked: `python -m dlhub.registry token revoke`)")
     else:

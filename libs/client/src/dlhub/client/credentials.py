@@ -31,8 +31,13 @@ class Credentials:
     token: str | None
 
 
-def load_credentials(url: str | None = None, token: str | None = None) -> Credentials:
-    """Explicit arguments win, then DLHUB_URL / DLHUB_TOKEN, then ``$DLHUB_HOME/client.json``."""
+def load_credentials(
+    url: str | None = None, token: str | None = None, *, anonymous: bool = False
+) -> Credentials:
+    """Explicit arguments win, then DLHUB_URL / DLHUB_TOKEN, then ``$DLHUB_HOME/client.json``.
+
+    ``anonymous``: the URL only, no token (and so no refresh at Globus): signing in again must not depend
+    on the credentials it replaces."""
     saved: dict[str, str] = {}
     path = client_file()
     if path.is_file():
@@ -41,6 +46,8 @@ def load_credentials(url: str | None = None, token: str | None = None) -> Creden
         except (OSError, ValueError):
             saved = {}
     resolved_url = url or os.environ.get("DLHUB_URL") or saved.get("url") or DEFAULT_URL
+    if anonymous:
+        return Credentials(url=resolved_url.rstrip("/"), token=None)
     saved_token = saved.get("token")
     if not token and not os.environ.get("DLHUB_TOKEN") and saved_token and _expired(saved):
         saved_token = _refreshed(path, saved) or saved_token  # the registry answers 401 if it stays stale
@@ -79,7 +86,10 @@ def _refreshed(path: Path, saved: dict[str, Any]) -> str | None:
     try:
         import globus_sdk
 
-        reply = globus_sdk.NativeAppAuthClient(client_id).oauth2_refresh_token(refresh)
+        auth = globus_sdk.NativeAppAuthClient(client_id)
+        # One retry, not globus-sdk's five with backoff: every client construction waits on this offline.
+        with auth.transport.tune(max_retries=1):
+            reply = auth.oauth2_refresh_token(refresh)
         tokens = next(iter(reply.by_resource_server.values()))
     except Exception:  # offline, revoked: keep the stale token and let the registry say 401
         return None

@@ -119,10 +119,12 @@ class DLHubClient:
         *,
         timeout_s: float = 330.0,
         max_retries: int = 4,
+        anonymous: bool = False,
     ) -> None:
-        """``max_retries``: how often a 503 with ``Retry-After`` is retried (``retry_wait_s``); 0: never."""
+        """``max_retries``: how often a 503 with ``Retry-After`` is retried (``retry_wait_s``); 0: never.
+        ``anonymous``: send no token, not even a saved one."""
         self.max_retries = max_retries
-        creds = load_credentials(url, token)
+        creds = load_credentials(url, token, anonymous=anonymous)
         self.url = creds.url
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
         self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout_s)
