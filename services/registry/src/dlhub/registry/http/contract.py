@@ -573,8 +573,20 @@ class AuditQueryParams(Struct, kw_only=True):
     actor: Annotated[str, Meta(description="Only this user's changes ('-': the operator's CLI)")] = ""
     action: Annotated[str, Meta(description="Only this action, e.g. visibility or token.create")] = ""
     target: Annotated[str, Meta(description="Only this target: owner/name, owner/name@v, user:<name>")] = ""
-    since: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
-    until: Annotated[str, Meta(description="ISO 8601 date/date-time or epoch seconds")] = ""
+    since: Annotated[
+        str,
+        Meta(
+            description="At or after: epoch seconds, or an ISO 8601 (RFC 3339) date or date-time",
+            extra_json_schema=_MOMENT,
+        ),
+    ] = ""
+    until: Annotated[
+        str,
+        Meta(
+            description="At or before (a date alone includes that whole day)",
+            extra_json_schema=_MOMENT,
+        ),
+    ] = ""
     limit: Annotated[int, Meta(ge=1, le=PAGE_SIZE_CAP, description="At most this many events")] = 100
 
 
