@@ -70,6 +70,12 @@ GROUP_PREFIX: Final = "group:"
 IDENTITY_PREFIX: Final = "identity:"
 GLOBUS_IDENTITY_URN: Final = "urn:globus:auth:identity:"
 GLOBUS_GROUP_URN: Final = "urn:globus:groups:id:"
+_NAME_PATTERN: Final = "[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # ids.NAME_RE
+PRINCIPAL_PATTERN: Final = (
+    f"^(public|(user|group|identity):{_NAME_PATTERN}|"
+    f"({GLOBUS_GROUP_URN}|{GLOBUS_IDENTITY_URN}){_NAME_PATTERN})$"
+)
+"""What ``normalise_principal`` accepts (without surrounding spaces), for the OpenAPI document."""
 ANONYMOUS: Final = Caller(None, (PUBLIC,))
 
 

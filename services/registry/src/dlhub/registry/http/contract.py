@@ -16,6 +16,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from dlhub.common.payloads import BuildState, FacetName, SortField, SortOrder
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
+from dlhub.registry.auth import PRINCIPAL_PATTERN
 from dlhub.registry.outcomes import TaskError as TaskError
 from dlhub.registry.outcomes import Timings as Timings
 from dlhub.registry.pipelines import SERVABLE_REF_PATTERN
@@ -529,6 +530,7 @@ Principal = Annotated[
     Meta(
         description="'public', 'user:<name>', 'group:<id>' or 'identity:<uuid>' (Globus URNs accepted)",
         max_length=200,
+        pattern=PRINCIPAL_PATTERN,
     ),
 ]
 

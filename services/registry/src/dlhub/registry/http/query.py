@@ -11,7 +11,7 @@ import functools
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
@@ -86,6 +86,10 @@ DATE_TIME_RE = re.compile(
 )
 
 
+EPOCH_MIN_S: Final = -62_135_596_800.0  # 0001-01-01T00:00:00Z
+EPOCH_MAX_S: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
 def epoch_seconds(name: str, text: str | None, *, end_of_day: bool = False) -> float | None:
     """Epoch seconds from epoch seconds, an RFC 3339 date, or an RFC 3339 date-time (UTC without an offset):
     the forms the OpenAPI document states for ``published_from``/``published_to``, and no others.
@@ -111,7 +115,9 @@ def _epoch_seconds(text: str, *, end_of_day: bool) -> float:
         seconds = float(text)
         if not math.isfinite(seconds):
             raise ValueError(text)
-        return seconds
+        # Any number is a moment; those beyond years 1..9999 mean "since ever" / "until forever", and are
+        # clamped so that stores never see an integer they cannot hold.
+        return min(max(seconds, EPOCH_MIN_S), EPOCH_MAX_S)
     if DATE_RE.fullmatch(text):
         day = date.fromisoformat(text)
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
