@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import certifi
+
 from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +60,7 @@ def extra_ca_pem() -> str:
         mine = _PEM.findall(Path(bundle).read_text())
     except OSError:
         return ""
-    from pip._vendor import certifi
-
+    # certifi (httpx's dependency) is the Mozilla bundle that pip in the image carries too.
     known = {"".join(pem.split()) for pem in _PEM.findall(Path(certifi.where()).read_text())}
     return "\n".join(pem for pem in mine if "".join(pem.split()) not in known)
 
