@@ -86,7 +86,7 @@ class Servables:
         self._tasks = tasks
         self._background = background
         self._blobs = blobs
-        self.cache = VersionCache(store)
+        self.cache = VersionCache(store, max_versions=settings.registry.version_cache_max_versions)
         # Servables whose index update failed (search down): retried until the index has caught up.
         self._unindexed: set[tuple[str, str]] = set()
         self._index_retry: asyncio.Task[None] | None = None
