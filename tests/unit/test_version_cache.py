@@ -49,19 +49,24 @@ async def test_the_servables_cached_longest_ago_make_room(store: SQLiteMetadataS
     assert len(cache) == 1 and cache.versions_held == 3 and await cache.get("alice", "b") is not b
 
 
-async def test_a_servable_with_more_versions_than_the_bound_is_never_held(store: SQLiteMetadataStore) -> None:
+async def test_a_servable_with_more_versions_than_the_bound_is_held_alone(store: SQLiteMetadataStore) -> None:
     cache = VersionCache(store, max_versions=4)
     await publish(store, "small", 2)
     await publish(store, "big", 5)
     small = await cache.get("alice", "small")
     big = await cache.get("alice", "big")
-    assert len(big) == 5 and await cache.get("alice", "big") is not big
-    assert await cache.get("alice", "small") is small and cache.versions_held == 2
+    assert len(big) == 5 and await cache.get("alice", "big") is big
+    assert len(cache) == 1 and cache.versions_held == 5
+    assert await cache.get("alice", "small") is not small  # read again; "big" made way for it
+    assert len(cache) == 1 and cache.versions_held == 2
 
 
-async def test_unknown_servables_hold_no_versions(store: SQLiteMetadataStore) -> None:
+async def test_unknown_servables_are_not_held(store: SQLiteMetadataStore) -> None:
     cache = VersionCache(store, max_versions=4)
-    assert await cache.get("alice", "nothing") == ()
-    assert cache.versions_held == 0
+    for index in range(100):
+        assert await cache.get("alice", f"nothing-{index}") == ()
+    assert len(cache) == 0 and cache.versions_held == 0
+    await publish(store, "a", 1)
+    await cache.get("alice", "a")
     cache.clear()
     assert len(cache) == 0 and cache.versions_held == 0

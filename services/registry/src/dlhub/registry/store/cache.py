@@ -6,8 +6,9 @@ coherent. A generation counter stops a load that raced with an invalidation from
 An entry holds every version of a servable with its whole metadata document (about 10 KB each for a small
 document), so the cache grows with the data, not with the traffic: it is bounded by the number of versions it
 holds (``registry.version_cache_max_versions``). Past the bound, the servables cached longest ago are dropped
-(insertion order, so a hit costs nothing more than a dict lookup); a servable with more versions than the
-bound is read from the store every time.
+(insertion order, so a hit costs nothing more than a dict lookup). A servable with more versions than the
+bound is still held, alone: reading all its versions on every run would cost more than the memory, which each
+reload needs anyway.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class VersionCache:
         self._max_versions = max_versions
         self._entries: dict[tuple[str, str], Versions] = {}
         self._generation = 0
-        self.versions_held = 0  # sum of len(entry), kept under max_versions
+        self.versions_held = 0  # sum of len(entry): at most max_versions, or one servable's versions
 
     async def get(self, owner: str, name: str) -> Versions:
         """Return the versions of ``owner/name`` (oldest first; empty if unknown)."""
@@ -33,7 +34,8 @@ class VersionCache:
             return cached
         generation = self._generation
         versions = tuple(await self._store.list_versions(owner, name))
-        if generation == self._generation and len(versions) <= self._max_versions:
+        # An unknown name is not held: requests for made-up names must not fill the cache.
+        if generation == self._generation and versions:
             self._store_entry(key, versions)
         return versions
 
