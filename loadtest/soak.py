@@ -1,7 +1,7 @@
 """Soak: a steady mixed load on the embedded stack for N minutes, with faults injected on a schedule.
 
     python -m loadtest.soak --minutes 60 [--rate 8] [--concurrency 8] [--workers 2]
-        [--faults worker-kill,broker-kill] [--fault-interval-s 120] [--out-dir loadtest/results]
+        [--faults worker-kill,broker-kill,registry-kill] [--fault-interval-s 120] [--out-dir loadtest/results]
 
 Starts `dlhub up` (separate processes) in a temporary directory, publishes three python-function servables
 (one that answers at once, one that sleeps 0.3 s, one that always fails with a typed error) and one that
@@ -11,11 +11,10 @@ and publishes of new versions (loadtest/soak_load.py).
 
 After ``--warmup-s``, every ``--fault-interval-s`` the next fault of ``--faults`` (in turn) SIGKILLs a service
 process; `dlhub up` restarts it. ``worker-kill`` kills a general worker (each in turn), ``broker-kill`` the
-broker, ``registry-kill`` the registry. A fault's window runs from the kill until the stack is healthy again
-(every handler registered at the broker) plus ``--fault-grace-s``: errors in it are the fault's. The default
-schedule holds only the faults whose every task must already reach a terminal state; ``registry-kill`` loses
-the tasks the registry accepted but had not finished until the registry keeps its task table across restarts
-(docs/reliability.md, "Task outcomes across restarts"); ``--faults none`` runs the load alone.
+broker, ``registry-kill`` the registry (its task table is durable, so the tasks it accepted still reach a
+terminal state: docs/reliability.md, "Task outcomes across restarts"). A fault's window runs from the kill
+until the stack is healthy again (every handler registered at the broker) plus ``--fault-grace-s``: errors in
+it are the fault's. ``--faults none`` runs the load alone.
 
 Every ``--sample-interval-s`` the RSS of each service process (and of its descendants: a worker's executors)
 is sampled with psutil. Written to ``--out-dir``: ``soak-<UTC time>.json`` (requests and errors by kind,
@@ -56,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=8.0, help="operations per second, all threads together")
     parser.add_argument("--concurrency", type=int, default=8, help="load threads")
     parser.add_argument("--workers", type=int, default=2, help="general workers of the stack")
-    parser.add_argument("--faults", default="worker-kill,broker-kill", help="comma list, in turn, or 'none'")
+    parser.add_argument(
+        "--faults", default="worker-kill,broker-kill,registry-kill", help="comma list, in turn, or 'none'"
+    )
     parser.add_argument("--fault-interval-s", type=float, default=120.0)
     parser.add_argument("--fault-grace-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=30.0, help="load before the first RSS baseline")

@@ -80,9 +80,31 @@ def rss_growth(series: list[list[float]], warmup_s: float) -> dict[str, Any]:
     end = statistics.median(s[3] for s in steady[-RSS_MEDIAN_OF:])
     return result | {
         "baseline_s": steady[0][0],
+        "end_s": steady[-1][0],
         "baseline_mb": base,
         "end_mb": end,
         "growth_pct": round((end - base) / base * 100, 2),
+        "mb_per_hour": round((end - base) / (steady[-1][0] - steady[0][0]) * 3600, 2),
+    }
+
+
+def per_version(growth: dict[str, Any], recorder: Recorder) -> dict[str, Any]:
+    """The registry's growth per version published in its judged span: it caches every version's metadata
+    document (store/cache.py, about 10 KB each), so part of its growth is the data, by design."""
+    if growth.get("growth_pct") is None:
+        return growth
+    published = sum(
+        1
+        for task in recorder.tasks.values()
+        if task.kind == "publish"
+        and task.state == "completed"
+        and task.terminal_s is not None
+        and growth["baseline_s"] <= task.terminal_s <= growth["end_s"]
+    )
+    grown_kb = (growth["end_mb"] - growth["baseline_mb"]) * 1024
+    return growth | {
+        "versions_published": published,
+        "kb_per_version_published": round(grown_kb / published, 1) if published else None,
     }
 
 
@@ -99,6 +121,8 @@ def build_report(
     errors = error_counts(recorder.errors, faults)
     tasks = task_counts(recorder)
     growth = {label: rss_growth(series, args["warmup_s"]) for label, series in sorted(rss.items())}
+    if "registry" in growth:
+        growth["registry"] = per_version(growth["registry"], recorder)
     summary = {
         "duration_s": round(duration_s, 1),
         "requests": sum(recorder.requests.values()),

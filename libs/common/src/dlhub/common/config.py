@@ -125,6 +125,10 @@ class RegistryConfig(BaseModel):
     allow_anonymous_run: bool = True
     admin_users: list[str] = Field(default_factory=list)
     """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""
+    version_cache_max_versions: PositiveInt = 10_000
+    """Versions (with their metadata documents, ~10 KB each) the registry keeps in memory for the run path;
+    past it the servables cached longest ago are read from the store again when next used (a servable with
+    more versions than this is still held, alone)."""
     memo_enabled: bool = True
     """Memoize results of deterministic servables at the registry (see ``dlhub.registry.memo``)."""
     memo_shared: bool = False

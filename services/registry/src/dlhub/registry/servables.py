@@ -86,7 +86,7 @@ class Servables:
         self._tasks = tasks
         self._background = background
         self._blobs = blobs
-        self.cache = VersionCache(store)
+        self.cache = VersionCache(store, max_versions=settings.registry.version_cache_max_versions)
         # Servables whose index update failed (search down): retried until the index has caught up. The store
         # holds them too (``mark_index_pending``); this set covers a store that was away as well.
         self._unindexed: set[tuple[str, str]] = set()
