@@ -94,6 +94,7 @@ class Layout:
     es_port: int
     es_transport_port: str
     registry_port: int = 15000
+    docker_tls_port: int = 12376
 
     @classmethod
     def from_env(cls) -> Layout:
@@ -105,7 +106,16 @@ class Layout:
         # A range: Elasticsearch binds the first free port in it.
         es_transport = transport if transport else f"{es_port + 100}-{es_port + 199}"
         registry_port = _port_from_env("DLHUB_TEST_REGISTRY_PORT", 15000)
-        return cls(cache.absolute(), run.absolute(), mongodb_port, es_port, es_transport, registry_port)
+        docker_tls_port = _port_from_env("DLHUB_TEST_DOCKER_TLS_PORT", 12376)
+        return cls(
+            cache.absolute(),
+            run.absolute(),
+            mongodb_port,
+            es_port,
+            es_transport,
+            registry_port,
+            docker_tls_port,
+        )
 
     @property
     def mongodb_url(self) -> str:
@@ -136,6 +146,17 @@ class Layout:
     @property
     def docker_url(self) -> str:
         return f"unix://{self.docker_socket}"
+
+    @property
+    def docker_tls_url(self) -> str:
+        """The same engine over TCP with mutual TLS (what services in containers use: never its socket)."""
+        return f"tcp://127.0.0.1:{self.docker_tls_port}"
+
+    @property
+    def docker_tls_dir(self) -> Path:
+        """``server/`` (the engine's CA, certificate and key) and ``client/`` (``ca.pem``, ``cert.pem``,
+        ``key.pem``: what ``docker_tls_cert_dir`` and ``DOCKER_CERT_PATH`` expect)."""
+        return self.cache / "docker-tls"
 
     @property
     def registry_address(self) -> str:
@@ -926,6 +947,14 @@ class DockerServer(Server):
             "--ip6tables=false",
             "--storage-driver=overlay2",
         ]
+        server = ensure_docker_tls(self.layout.docker_tls_dir)
+        cmd += [
+            f"--host={self.layout.docker_tls_url}",
+            "--tlsverify",
+            f"--tlscacert={server / 'ca.pem'}",
+            f"--tlscert={server / 'cert.pem'}",
+            f"--tlskey={server / 'key.pem'}",
+        ]
         return self.spawn(cmd, dict(os.environ), self.layout.run, [exec_root])
 
     def wait_ready(self, state: PidState) -> str:
@@ -968,6 +997,51 @@ class DockerServer(Server):
             tar.wait()
         shutil.rmtree(root, ignore_errors=True)
         log(f"docker: {image} made in {time.monotonic() - began:.0f} s")
+
+
+def ensure_docker_tls(root: Path) -> Path:
+    """A private CA, the engine's certificate (for 127.0.0.1) and one client certificate, made with openssl
+    once (kept with the cache; 10 years). Returns the engine's directory."""
+    server, client = root / "server", root / "client"
+    if all((d / f).is_file() for d in (server, client) for f in ("ca.pem", "cert.pem", "key.pem")):
+        return server
+    openssl = require_tool("openssl", "make the Docker engine's TLS certificates")
+    shutil.rmtree(root, ignore_errors=True)
+    for folder in (server, client):
+        folder.mkdir(parents=True)
+        folder.chmod(0o755)
+    ca_key, ca = root / "ca-key.pem", server / "ca.pem"
+    days = ["-days", "3650"]
+
+    def req(key: Path, cert: Path, subject: str, extensions: str) -> None:
+        csr = cert.with_suffix(".csr")
+        ext = cert.with_suffix(".ext")
+        ext.write_text(extensions + "\n", encoding="ascii")
+        run_checked([openssl, "genrsa", "-out", str(key), "2048"], "openssl genrsa")
+        run_checked(
+            [openssl, "req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr)], "openssl req"
+        )
+        run_checked(
+            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(cert), *days, "-extfile", str(ext)],
+            "openssl x509",
+        )  # fmt: skip
+        csr.unlink()
+        ext.unlink()
+
+    run_checked([openssl, "genrsa", "-out", str(ca_key), "2048"], "openssl genrsa")
+    run_checked(
+        [openssl, "req", "-new", "-x509", "-key", str(ca_key), "-subj", "/CN=dlhub-test-docker-ca", *days,
+         "-out", str(ca)],
+        "openssl req -x509",
+    )  # fmt: skip
+    req(server / "key.pem", server / "cert.pem", "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")  # fmt: skip
+    req(client / "key.pem", client / "cert.pem", "/CN=dlhub-test-client", "extendedKeyUsage=clientAuth")
+    shutil.copyfile(ca, client / "ca.pem")
+    for key in (server / "key.pem", client / "key.pem"):
+        key.chmod(0o644)  # test certificates: services in containers run as another user and read them
+    return server
 
 
 def ensure_compose(layout: Layout) -> Path:
@@ -1173,6 +1247,8 @@ def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_MONGODB_URL={layout.mongodb_url}")
     print(f"export DLHUB_TEST_ELASTICSEARCH_URL={layout.es_url}")
     print(f"export DLHUB_TEST_DOCKER_URL={layout.docker_url}")
+    print(f"export DLHUB_TEST_DOCKER_TLS_URL={layout.docker_tls_url}")
+    print(f"export DLHUB_TEST_DOCKER_TLS_CERT_DIR={layout.docker_tls_dir / 'client'}")
     print(f"export DLHUB_TEST_DOCKER_BASE_IMAGE={DOCKER_BASE_IMAGE}")
     print(f"export DLHUB_TEST_CONTAINER_REGISTRY={layout.registry_address}")
     print(f"export DLHUB_TEST_DOCKER_COMPOSE={layout.compose_bin}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,3 +34,20 @@ def engine(docker_url: str) -> Any:
     import docker
 
     return docker.DockerClient(base_url=docker_url, timeout=ENGINE_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def docker_tls(docker_url: str) -> tuple[str, Path]:
+    """The same engine over ``tcp://`` with mutual TLS (``scripts/test-servers``): its URL and the client
+    certificate directory (``ca.pem``, ``cert.pem``, ``key.pem``); missing: a CI failure, a local skip."""
+    url = os.environ.get("DLHUB_TEST_DOCKER_TLS_URL", "").strip()
+    certs = os.environ.get("DLHUB_TEST_DOCKER_TLS_CERT_DIR", "").strip()
+    if not url or not certs:
+        missing_test_server("DLHUB_TEST_DOCKER_TLS_URL / DLHUB_TEST_DOCKER_TLS_CERT_DIR are not set")
+    from dlhub.common.docker_environments import engine_client
+
+    try:
+        engine_client(url, Path(certs))
+    except Exception as exc:
+        missing_test_server(f"no Docker engine answers with TLS at {url}: {exc}")
+    return url, Path(certs)

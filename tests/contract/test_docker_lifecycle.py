@@ -347,7 +347,8 @@ def test_the_build_leaves_no_trace_of_the_index_settings(
     with tarfile.open(fileobj=io.BytesIO(data)) as layer:
         files = layer.getnames()
     assert any(n.startswith("opt/env/") for n in files)
-    # (The bind mount's empty mount point, run/dlhub-build, is all that is left of it.)
+    # (The build files went in through the engine API into an anonymous volume: its empty mount point,
+    # run/dlhub-build, is all that is left of them.)
     leftovers = ("pip.conf", "ca.pem", "requirements.lock", "install.sh")
     assert not any("dlhub-build/" in n or n.endswith(leftovers) for n in files), files
     assert [h["CreatedBy"] for h in history[:1]] == ["sh /run/dlhub-build/install.sh"]

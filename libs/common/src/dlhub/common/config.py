@@ -407,7 +407,19 @@ class EnvironmentsConfig(BaseModel):
     """A warm environment pool that has run no task for this long is stopped (started again on the next
     request)."""
     docker_url: str | None = None
-    """Docker engine; default ``DOCKER_HOST`` or the local socket."""
+    """Docker engine; default ``DOCKER_HOST`` (with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``) or the local
+    socket."""
+    docker_tls_cert_dir: Path | None = None
+    """Mutual TLS to an engine at a ``tcp://`` ``docker_url`` (dockerd ``--tlsverify``): a directory holding
+    ``ca.pem`` (the engine's CA), ``cert.pem`` and ``key.pem`` (this service's client certificate). Engine
+    access is root-equivalent on the engine's host: give it only to the builder and workers."""
+    docker_transfer: Literal["mount", "copy"] = "mount"
+    """How an executor container gets its files. ``mount``: the engine bind-mounts the worker's runtime and
+    version directories and the worker's socket directory (the engine must see this worker's filesystem: the
+    fast path). ``copy``: for a worker in a container or on another host than its engine, each executor
+    container gets the runtime and its one version directory copied in through the engine API (into
+    anonymous volumes removed with it) and speaks over the engine's attach stream, relayed by a small
+    process of the worker; slower to start (a copy per executor) and ~0.2 ms more per request."""
     docker_base_image: str = "dlhub-base:bookworm"
     docker_base_python: str = "3.11"
     """The base image's ``python3`` version (a servable asking for another one fails to build)."""

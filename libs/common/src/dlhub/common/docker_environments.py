@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import shutil
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -70,6 +72,62 @@ LABEL_BUILD: Final = "org.dlhub.build"
 SOCKET_MOUNT: Final = "/run/dlhub-executor"
 """Where an executor container sees the directory of the worker's socket."""
 SOCKET_NAME: Final = "executor.sock"
+
+
+def engine_client(url: str | None, tls_cert_dir: Path | None) -> Any:
+    """A ``docker.DockerClient`` for ``url`` (default: the environment's ``DOCKER_HOST`` and TLS settings),
+    with mutual TLS from ``tls_cert_dir``, checked with a ping; ``EnvironmentUnavailable`` otherwise."""
+    try:
+        import docker
+        from docker.tls import TLSConfig
+    except ImportError as exc:
+        raise EnvironmentUnavailable(
+            "the docker backend needs the docker package (pip install docker)"
+        ) from exc
+    where = url or "the default Docker engine (DOCKER_HOST or its socket)"
+    try:
+        if url:
+            tls: Any = False
+            if tls_cert_dir is not None:
+                tls = TLSConfig(
+                    client_cert=(str(tls_cert_dir / "cert.pem"), str(tls_cert_dir / "key.pem")),
+                    ca_cert=str(tls_cert_dir / "ca.pem"),
+                    verify=True,
+                )
+            if tls:
+                # requests lets REQUESTS_CA_BUNDLE (set on many machines) replace the engine's CA unless the
+                # session ignores the environment, and "auto" asks the engine before that can be set: ask
+                # with an unversioned request first, then make the client for the version it speaks.
+                probe = docker.APIClient(base_url=url, tls=tls, timeout=120, version="1.24")
+                probe.trust_env = False
+                version = str(probe.version(api_version=False)["ApiVersion"])
+                probe.close()
+                client = docker.DockerClient(base_url=url, tls=tls, timeout=120, version=version)
+                client.api.trust_env = False
+            else:
+                client = docker.DockerClient(base_url=url, timeout=120)
+        else:
+            client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        raise EnvironmentUnavailable(f"no Docker engine answers at {where}: {exc}") from exc
+    return client
+
+
+def tar_directory(source: Path) -> bytes:
+    """``source``'s tree as a tar for ``put_archive``: owned by root, not writable by anyone else, no links
+    out of it (symlinks are kept as links; the container resolves them inside itself)."""
+
+    def owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode &= 0o755
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(source), arcname=".", filter=owned_by_root)
+    return buffer.getvalue()
 
 
 def image_tag(record: EnvironmentRecord, config: EnvironmentsConfig) -> str:
@@ -140,23 +198,8 @@ class DockerBackend:
         """The engine client, checked with a ping; ``EnvironmentUnavailable`` when there is no engine."""
         if self._client is not None:
             return self._client
-        try:
-            import docker
-        except ImportError as exc:
-            raise EnvironmentUnavailable(
-                "the docker backend needs the docker package (pip install docker)"
-            ) from exc
-        try:
-            if self.config.docker_url:
-                client = docker.DockerClient(base_url=self.config.docker_url, timeout=120)
-            else:
-                client = docker.from_env(timeout=120)
-            client.ping()
-        except Exception as exc:
-            where = self.config.docker_url or "the default Docker socket"
-            raise EnvironmentUnavailable(f"no Docker engine answers at {where}: {exc}") from exc
-        self._client = client
-        return client
+        self._client = engine_client(self.config.docker_url, self.config.docker_tls_cert_dir)
+        return self._client
 
     def peer_uid(self) -> int | None:
         """Blocking: the uid the worker sees an executor's socket connection come from, when it can tell: the
@@ -319,6 +362,7 @@ class DockerBackend:
     ) -> None:
         """Install the lock in a build container of the base image, then commit it as ``tag``."""
         import docker.errors
+        from docker.types import Mount
 
         index = index_settings(self.config)
         has_ca = index.ca_bundle is not None and index.ca_bundle.is_file()
@@ -341,10 +385,13 @@ class DockerBackend:
         killer: threading.Timer | None = None
         timed_out = threading.Event()
         try:
+            # The context goes in through the engine API into an anonymous volume (never part of the commit,
+            # removed with the container), so the engine need not see this builder's filesystem: a builder
+            # in a container or on another host than its engine builds the same way.
             container = client.containers.create(
                 self.config.docker_base_image,
                 command=["sh", f"{BUILD_MOUNT}/install.sh"],
-                volumes={str(context): {"bind": BUILD_MOUNT, "mode": "ro"}},
+                mounts=[Mount(BUILD_MOUNT, None, type="volume")],
                 tmpfs={"/tmp": "rw"},
                 network_mode=self.config.docker_build_network,
                 labels={LABEL_ENV: record.id, LABEL_BUILD: "1"},
@@ -356,6 +403,8 @@ class DockerBackend:
                 with contextlib.suppress(Exception):
                     container.kill()
 
+            if not container.put_archive(BUILD_MOUNT, tar_directory(context)):
+                raise BuildFailed("building the image failed: the engine refused the build files")
             killer = threading.Timer(deadline.remaining("building the image"), kill)
             killer.daemon = True
             killer.start()
@@ -385,7 +434,7 @@ class DockerBackend:
                 killer.cancel()
             if container is not None:
                 with contextlib.suppress(Exception):
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
 
     def run_argv(
         self,
@@ -405,7 +454,7 @@ class DockerBackend:
         docker_cli = shutil.which("docker")
         if docker_cli is None:
             raise EnvironmentUnavailable("the docker CLI is not installed on this worker")
-        host = ["-H", self.config.docker_url] if self.config.docker_url else []
+        host = self.cli_engine_args()
         served = str(version_dir.resolve())
         label_args: list[str] = []
         for key, value in {LABEL_ENV: record.id, **labels}.items():
@@ -445,12 +494,56 @@ class DockerBackend:
             f"{ENV_PREFIX}/bin/python", "-m", "dlhub.worker.executor", *executor_args, *socket_args,
         ]  # fmt: skip
 
+    def cli_engine_args(self) -> list[str]:
+        """The docker CLI's options reaching this backend's engine (none: the CLI's own defaults and env)."""
+        if not self.config.docker_url:
+            return []
+        args = ["-H", self.config.docker_url]
+        certs = self.config.docker_tls_cert_dir
+        if certs is not None:
+            args += ["--tlsverify", "--tlscacert", str(certs / "ca.pem")]
+            args += ["--tlscert", str(certs / "cert.pem"), "--tlskey", str(certs / "key.pem")]
+        return args
+
+    def attached_spec(
+        self,
+        record: EnvironmentRecord,
+        *,
+        runtime: Path,
+        version_dir: Path,
+        executor_args: list[str],
+        name: str,
+        labels: dict[str, str],
+    ) -> dict[str, Any]:
+        """What ``dlhub.worker.docker_relay`` needs to run one executor of ``record`` with the ``copy``
+        transfer: the same container as ``run_argv``'s (user, limits, read-only root, no capabilities, no
+        network unless declared), with the runtime and the version directory copied into anonymous volumes
+        at the paths the executor expects, and the protocol on the attach stream."""
+        config = self.config
+        served = str(version_dir.resolve())
+        return {
+            "docker_url": config.docker_url,
+            "tls_cert_dir": str(config.docker_tls_cert_dir) if config.docker_tls_cert_dir else None,
+            "name": name,
+            "image": self.local_tag(record),
+            "command": [f"{ENV_PREFIX}/bin/python", "-m", "dlhub.worker.executor", *executor_args],
+            "user": config.docker_user,
+            "labels": {LABEL_ENV: record.id, **labels},
+            "env": {"PYTHONPATH": RUNTIME_MOUNT, "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp"},
+            "network": "host" if record.network else "none",
+            "tmpfs": f"rw,nosuid,nodev,size={config.docker_tmpfs_bytes}",
+            "memory_bytes": config.docker_memory_bytes,
+            "nano_cpus": int(config.docker_cpus * 1e9),
+            "pids_limit": config.docker_pids_limit,
+            "copies": [[str(runtime.resolve()), RUNTIME_MOUNT], [served, served]],
+        }
+
     def remove_container(self, name: str) -> None:
         """Kill and remove one executor container (blocking); one that is already gone is fine."""
         import docker.errors
 
         try:
-            self.client().api.remove_container(name, force=True)
+            self.client().api.remove_container(name, force=True, v=True)  # v: its anonymous volumes too
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:

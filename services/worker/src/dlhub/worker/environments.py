@@ -27,9 +27,11 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -282,6 +284,21 @@ class EnvironmentPools:
 
             def command(args: list[str]) -> list[str] | Launch:
                 name = f"dlhub-exec-{record.id[:12]}-{uuid.uuid4().hex[:12]}"
+                if docker.config.docker_transfer == "copy":
+                    spec = docker.attached_spec(
+                        record,
+                        runtime=runtime,
+                        version_dir=version_dir,
+                        executor_args=args,
+                        name=name,
+                        labels=labels,
+                    )
+
+                    async def remove() -> None:
+                        await asyncio.to_thread(docker.remove_container, name)
+
+                    relay = [sys.executable, "-m", "dlhub.worker.docker_relay", json.dumps(spec)]
+                    return Launch(argv=relay, reap=remove)
                 private, shared, listener = executor_socket()
                 try:
                     argv: list[str] = docker.run_argv(
