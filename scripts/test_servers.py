@@ -999,11 +999,16 @@ class DockerServer(Server):
         log(f"docker: {image} made in {time.monotonic() - began:.0f} s")
 
 
+DOCKER_TLS_MARKER = "x509-strict-v1"
+"""Bumped when the certificates' profile changes, so cached ones are made again."""
+
+
 def ensure_docker_tls(root: Path) -> Path:
     """A private CA, the engine's certificate (for 127.0.0.1) and one client certificate, made with openssl
-    once (kept with the cache; 10 years). Returns the engine's directory."""
+    once (kept with the cache; 10 years). They carry the extensions strict X.509 verification requires
+    (Python 3.13's default: CA key usage, key identifiers). Returns the engine's directory."""
     server, client = root / "server", root / "client"
-    if all((d / f).is_file() for d in (server, client) for f in ("ca.pem", "cert.pem", "key.pem")):
+    if (root / DOCKER_TLS_MARKER).is_file():
         return server
     openssl = require_tool("openssl", "make the Docker engine's TLS certificates")
     shutil.rmtree(root, ignore_errors=True)
@@ -1012,11 +1017,16 @@ def ensure_docker_tls(root: Path) -> Path:
         folder.chmod(0o755)
     ca_key, ca = root / "ca-key.pem", server / "ca.pem"
     days = ["-days", "3650"]
+    leaf = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature,keyEncipherment",
+        "subjectKeyIdentifier=hash",
+        "authorityKeyIdentifier=keyid,issuer",
+    ]
 
-    def req(key: Path, cert: Path, subject: str, extensions: str) -> None:
-        csr = cert.with_suffix(".csr")
-        ext = cert.with_suffix(".ext")
-        ext.write_text(extensions + "\n", encoding="ascii")
+    def sign(key: Path, cert: Path, subject: str, extensions: list[str]) -> None:
+        csr, ext = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+        ext.write_text("\n".join(leaf + extensions) + "\n", encoding="ascii")
         run_checked([openssl, "genrsa", "-out", str(key), "2048"], "openssl genrsa")
         run_checked(
             [openssl, "req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr)], "openssl req"
@@ -1032,15 +1042,17 @@ def ensure_docker_tls(root: Path) -> Path:
     run_checked([openssl, "genrsa", "-out", str(ca_key), "2048"], "openssl genrsa")
     run_checked(
         [openssl, "req", "-new", "-x509", "-key", str(ca_key), "-subj", "/CN=dlhub-test-docker-ca", *days,
-         "-out", str(ca)],
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-addext", "subjectKeyIdentifier=hash", "-out", str(ca)],
         "openssl req -x509",
     )  # fmt: skip
-    req(server / "key.pem", server / "cert.pem", "/CN=127.0.0.1",
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")  # fmt: skip
-    req(client / "key.pem", client / "cert.pem", "/CN=dlhub-test-client", "extendedKeyUsage=clientAuth")
+    sign(server / "key.pem", server / "cert.pem", "/CN=127.0.0.1",
+         ["subjectAltName=IP:127.0.0.1", "extendedKeyUsage=serverAuth"])  # fmt: skip
+    sign(client / "key.pem", client / "cert.pem", "/CN=dlhub-test-client", ["extendedKeyUsage=clientAuth"])
     shutil.copyfile(ca, client / "ca.pem")
     for key in (server / "key.pem", client / "key.pem"):
         key.chmod(0o644)  # test certificates: services in containers run as another user and read them
+    (root / DOCKER_TLS_MARKER).touch()
     return server
 
 

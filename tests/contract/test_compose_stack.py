@@ -33,11 +33,13 @@ import pytest
 
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
+from dlhub.common.docker_environments import LABEL_ENV
 from dlhub.common.errors import DLHubError
 from tests.support.compose import (
     DLHUB_SERVICES,
     IMAGE_PREFIX,
     IMAGE_TAG,
+    ROOT,
     ComposeProject,
     ensure_bus_keys,
     extra_ca_pem,
@@ -104,6 +106,7 @@ def _compose_binary() -> str:
 @pytest.fixture(scope="module")
 def compose(
     docker_url: str,
+    docker_tls: tuple[str, Path],
     engine: Any,
     mongodb_url: str,
     elasticsearch_url: str,
@@ -134,6 +137,10 @@ def compose(
         "WORKER_REPLICAS": "1",
         "WORKER_PROCESSES": "1",
         "LOG_LEVEL": "info",
+        # compose/docker-environments.yml: the builder and workers reach the engine over mutual TLS only
+        "DOCKER_ENGINE_URL": docker_tls[0],
+        "DOCKER_TLS_CERT_DIR": str(docker_tls[1]),
+        "DOCKER_BASE_IMAGE": os.environ.get("DLHUB_TEST_DOCKER_BASE_IMAGE", "dlhub-base:bookworm"),
     }
     env_file = base / "compose.env"
     write_env_file(env_file, values)
@@ -146,7 +153,7 @@ def compose(
         env_file,
         base,
         url=f"http://127.0.0.1:{registry_port}",
-        extra_files=[ca_overlay],
+        extra_files=[ROOT / "compose" / "docker-environments.yml", ca_overlay],
     )
     ensure_bus_keys()
     try:
@@ -267,22 +274,31 @@ def test_publish_search_run_verify_cite(alice: DLHubClient, doubler: str) -> Non
 
 @pytest.fixture(scope="module")
 def with_own_environment(alice: DLHubClient, pkg_dir: Path) -> str:
-    """Declares a dependency that the images lack: it gets its own venv."""
+    """Declares a dependency that the images lack: it gets its own environment (an image)."""
     return publish(alice, pkg_dir, "six_version", dependencies={"python": {"six": "1.16.0"}})
 
 
 def test_per_servable_environment_built_by_the_builder_container(
-    compose: ComposeProject, alice: DLHubClient, with_own_environment: str
+    compose: ComposeProject, engine: Any, alice: DLHubClient, with_own_environment: str
 ) -> None:
-    """The deployment's venv backend: locked and installed by the builder container into the envs volume,
-    run by the worker from there."""
+    """The deployment's docker backend (compose/docker-environments.yml): the builder container builds the
+    image through the engine's TLS port (no Docker socket in any container), the worker container runs it
+    with the version's files copied in."""
     servable = with_own_environment
     build = alice.build_log(servable)
-    assert build["state"] == "ready" and build["backend"] == "venv" and build["environment"], build
+    assert build["state"] == "ready" and build["backend"] == "docker" and build["environment"], build
     assert alice.describe(servable)["environment"] == build["environment"]
     assert alice.run(servable, 0) == "1.16.0"
+    assert alice.run_async(servable, 0).result(timeout_s=60) == "1.16.0"
     probe = compose.call("exec", "-T", "worker", "python", "-c", "import six")
     assert probe.returncode != 0  # not in the worker's own environment
+    runs = engine.containers.list(filters={"label": f"{LABEL_ENV}={build['environment']}"})
+    assert runs and all({m["Type"] for m in c.attrs["Mounts"]} == {"volume"} for c in runs)
+    for service in ("builder", "worker"):
+        for container in engine.containers.list(filters={"label": f"com.docker.compose.service={service}"}):
+            mounts = container.attrs["Mounts"]
+            assert not any("docker.sock" in str(m.get("Source")) for m in mounts), mounts
+            assert container.attrs["Config"]["User"] == "dlhub"
 
 
 def test_logs_are_json_with_task_ids(compose: ComposeProject, alice: DLHubClient, doubler: str) -> None:
