@@ -299,3 +299,19 @@ def test_the_build_log_never_shows_a_query_string(server: FileServer, tmp_path: 
     fetcher().fetch_all([entry], tmp_path, MiB, log)
     lines = log.record.log
     assert lines and not any("secret" in line for line in lines)
+
+
+def test_a_version_may_be_made_of_url_components_alone(server: FileServer, tmp_path: Path) -> None:
+    from dlhub.common.payloads import BuildRequest
+
+    metadata = {
+        "dlhub": {
+            "name": "data",
+            "type": "dataset",
+            "files": {"data": "w.txt"},
+            "url_files": [{"path": "w.txt", "url": f"{server.url}/files/weights.txt", "sha256": WEIGHTS_SHA}],
+        }
+    }
+    request = BuildRequest(owner="alice", name="data", version=1, metadata=metadata, package_format="none")
+    outcome = build_version(request, tmp_path, LIMITS, fetcher=fetcher())
+    assert outcome.files == ["w.txt"] and outcome.size_bytes == len(WEIGHTS)
