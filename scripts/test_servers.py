@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Real test servers for the database and search test suites, on 127.0.0.1 only.
 
-    scripts/test-servers start [--only mongodb|elasticsearch|docker|registry] [--record FILE]
-    scripts/test-servers stop [--only mongodb|elasticsearch|docker|registry]
+    scripts/test-servers start [--only mongodb|elasticsearch|docker|registry|s3] [--record FILE]
+    scripts/test-servers stop [--only mongodb|elasticsearch|docker|registry|s3]
     scripts/test-servers status
     scripts/test-servers env
 
@@ -13,13 +13,15 @@
   Compose v2 (``DLHUB_TEST_DOCKER_COMPOSE``) built from its Go module once.
 - registry: the CNCF Distribution container registry, built from its Go module once, plain HTTP on loopback
   (Docker allows insecure registries on 127.0.0.0/8), filesystem storage in the runtime directory.
+- s3: moto in server mode (``moto[server]``, pinned), an S3-compatible server in memory on loopback, installed
+  with pip into its own virtual environment in the cache once.
 
 Downloads and builds are cached in ``${DLHUB_TEST_CACHE:-~/.cache/dlhub-test-servers}``; runtime state (data
 directories, pid files, logs) lives in ``${DLHUB_TEST_RUN:-$DLHUB_TEST_CACHE/run}``. ``start`` only starts
 what is not already answering; ``stop`` only stops what this tooling started (pid files) and removes the
 runtime directories it made. Ports: ``DLHUB_TEST_MONGODB_PORT`` (27018), ``DLHUB_TEST_ELASTICSEARCH_PORT``
-(19200), ``DLHUB_TEST_REGISTRY_PORT`` (15000). Stdlib only, plus pymongo from the project's environment for
-the MongoDB probe.
+(19200), ``DLHUB_TEST_REGISTRY_PORT`` (15000), ``DLHUB_TEST_S3_PORT`` (15500). Stdlib only, plus pymongo
+from the project's environment for the MongoDB probe.
 
 Elasticsearch refuses to run as root. When this tooling runs as root (CI containers), Elasticsearch runs as
 the unprivileged system user ``dlhub-es`` (created with ``useradd`` when missing); if that user cannot reach
@@ -72,7 +74,9 @@ REGISTRY_VERSION = "v3.1.2"
 REGISTRY_START_TIMEOUT_S = 30.0
 COMPOSE_MODULE = "github.com/docker/compose/v5"
 COMPOSE_VERSION = "v5.6.0"
-SERVERS = ("mongodb", "elasticsearch", "docker", "registry")
+MOTO_VERSION = "5.2.5"
+MOTO_START_TIMEOUT_S = 60.0
+SERVERS = ("mongodb", "elasticsearch", "docker", "registry", "s3")
 
 
 class SetupError(Exception):
@@ -95,6 +99,7 @@ class Layout:
     es_transport_port: str
     registry_port: int = 15000
     docker_tls_port: int = 12376
+    s3_port: int = 15500
 
     @classmethod
     def from_env(cls) -> Layout:
@@ -107,6 +112,7 @@ class Layout:
         es_transport = transport if transport else f"{es_port + 100}-{es_port + 199}"
         registry_port = _port_from_env("DLHUB_TEST_REGISTRY_PORT", 15000)
         docker_tls_port = _port_from_env("DLHUB_TEST_DOCKER_TLS_PORT", 12376)
+        s3_port = _port_from_env("DLHUB_TEST_S3_PORT", 15500)
         return cls(
             cache.absolute(),
             run.absolute(),
@@ -115,6 +121,7 @@ class Layout:
             es_transport,
             registry_port,
             docker_tls_port,
+            s3_port,
         )
 
     @property
@@ -175,6 +182,15 @@ class Layout:
     def compose_bin(self) -> Path:
         """Docker Compose v2 (the ``docker compose`` plugin, also usable standalone with DOCKER_HOST)."""
         return self.cache / "bin" / "docker-compose"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def moto_venv(self) -> Path:
+        """moto's own virtual environment (its server pulls in Flask and more than the project needs)."""
+        return self.cache / f"moto-{MOTO_VERSION}"
 
     @property
     def es_zip(self) -> Path:
@@ -1195,6 +1211,68 @@ class RegistryServer(Server):
         return self._wait(state, REGISTRY_START_TIMEOUT_S, self.probe)
 
 
+class S3Server(Server):
+    """moto's S3 in server mode (``moto_server``), in memory, on 127.0.0.1 only. Any credentials are accepted;
+    every start is empty. Installed with pip into ``moto-<version>/`` in the cache once."""
+
+    name = "s3"
+    label = f"moto {MOTO_VERSION} (S3)"
+
+    @property
+    def port(self) -> int:
+        return self.layout.s3_port
+
+    @property
+    def url(self) -> str:
+        return self.layout.s3_url
+
+    def probe(self) -> str | None:
+        """An unsigned ``GET /`` (ListBuckets) answered with moto's S3 XML."""
+        try:
+            with urllib.request.urlopen(self.url + "/", timeout=2) as response:
+                body = response.read(4096)
+                server = response.headers.get("Server", "")
+        except (OSError, urllib.error.URLError):
+            return None
+        if b"ListAllMyBucketsResult" not in body:
+            return None
+        return f"S3-compatible ({server or 'moto'})"
+
+    def binary(self) -> Path:
+        return self.layout.moto_venv / "bin" / "moto_server"
+
+    def install(self) -> None:
+        marker = self.layout.moto_venv / ".dlhub-installed"
+        if marker.is_file() and os.access(self.binary(), os.X_OK):
+            return
+        venv = self.layout.moto_venv
+        log(f"s3: installing moto[server]=={MOTO_VERSION} into {venv} with pip (first run only)")
+        began = time.monotonic()
+        shutil.rmtree(venv, ignore_errors=True)
+        self.layout.cache.mkdir(parents=True, exist_ok=True)
+        run_checked([sys.executable, "-m", "venv", str(venv)], "creating moto's virtual environment")
+        run_checked(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             f"moto[server]=={MOTO_VERSION}"],
+            f"installing moto[server]=={MOTO_VERSION}",
+        )  # fmt: skip
+        if not os.access(self.binary(), os.X_OK):
+            raise SetupError(f"moto installed but {self.binary()} is missing")
+        marker.write_text(MOTO_VERSION + "\n")
+        log(f"s3: installed moto {MOTO_VERSION} in {time.monotonic() - began:.0f} s")
+
+    def launch(self) -> PidState:
+        base = self.layout.run / "s3"
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+        cmd = [str(self.binary()), "-H", "127.0.0.1", "-p", str(self.port)]
+        return self.spawn(cmd, env, base, [base])
+
+    def wait_ready(self, state: PidState) -> str:
+        return self._wait(state, MOTO_START_TIMEOUT_S, self.probe)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -1205,6 +1283,7 @@ def servers(layout: Layout, only: Sequence[str] | None, record: Path | None = No
         "elasticsearch": ElasticsearchServer(layout, record),
         "docker": DockerServer(layout, record),
         "registry": RegistryServer(layout, record),
+        "s3": S3Server(layout, record),
     }
     return [table[name] for name in SERVERS if name in chosen]
 
@@ -1265,6 +1344,7 @@ def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_CONTAINER_REGISTRY={layout.registry_address}")
     print(f"export DLHUB_TEST_DOCKER_COMPOSE={layout.compose_bin}")
     print(f"export DLHUB_TEST_COMPOSE_PYTHON_IMAGE={COMPOSE_PYTHON_IMAGE}")
+    print(f"export DLHUB_TEST_S3_URL={layout.s3_url}")
     return 0
 
 
@@ -1281,7 +1361,7 @@ def parse_only(values: list[str] | None) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/test-servers",
-        description="Real MongoDB-wire, Elasticsearch, Docker and registry servers for the tests.",
+        description="Real MongoDB-wire, Elasticsearch, Docker, registry and S3 servers for the tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the servers that are not already answering")
@@ -1289,7 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="mongodb, elasticsearch, docker or registry (repeatable)",
+        help="mongodb, elasticsearch, docker, registry or s3 (repeatable)",
     )
     start.add_argument("--record", type=Path, metavar="FILE", help="append the names of the servers started")
     stop = sub.add_parser("stop", help="stop the servers this tooling started and remove their runtime dirs")
@@ -1297,7 +1377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="mongodb, elasticsearch, docker or registry (repeatable)",
+        help="mongodb, elasticsearch, docker, registry or s3 (repeatable)",
     )
     sub.add_parser("status", help="show each server and whether it answers (exit 3 if one is down)")
     sub.add_parser("env", help='print export lines for the test URLs (eval "$(scripts/test-servers env)")')

@@ -114,6 +114,24 @@ def container_registry() -> str:
     return address
 
 
+@pytest.fixture(scope="session")
+def s3_url() -> str:
+    """URL of the S3-compatible test server (``DLHUB_TEST_S3_URL``: moto in server mode), checked with an
+    unsigned ListBuckets."""
+    url = os.environ.get("DLHUB_TEST_S3_URL", "").strip().rstrip("/")
+    if not url:
+        missing_test_server("DLHUB_TEST_S3_URL is not set")
+    try:
+        response = httpx.get(url + "/", timeout=5)
+    except httpx.HTTPError as exc:
+        missing_test_server(f"no S3 server answers at {url}: {type(exc).__name__}: {exc}")
+    if response.status_code != 200 or b"ListAllMyBucketsResult" not in response.content:
+        missing_test_server(
+            f"the server at {url} does not answer S3 ListBuckets: HTTP {response.status_code}"
+        )
+    return url
+
+
 # -- shared by the end-to-end modules -----------------------------------------------------------------------
 
 

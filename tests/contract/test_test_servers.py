@@ -103,3 +103,26 @@ def test_env_exports_the_container_registry() -> None:
     exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
     assert exports.returncode == 0, exports.stderr
     assert "export DLHUB_TEST_CONTAINER_REGISTRY=127.0.0.1:15123" in exports.stdout
+
+
+def test_s3_server_answers(s3_url: str) -> None:
+    """moto's S3 on loopback: a bucket, an object written and read back with boto3, a missing key refused."""
+    from botocore.exceptions import ClientError
+
+    from tests.support.s3 import new_bucket, s3_client
+
+    assert s3_url.startswith("http://127.0.0.1:")
+    client = s3_client(s3_url)
+    bucket = new_bucket(client)
+    client.put_object(Bucket=bucket, Key="probe/a.bin", Body=b"hello")
+    assert client.get_object(Bucket=bucket, Key="probe/a.bin")["Body"].read() == b"hello"
+    with pytest.raises(ClientError) as caught:
+        client.get_object(Bucket=bucket, Key="probe/missing.bin")
+    assert caught.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_env_exports_the_s3_server() -> None:
+    env = dict(os.environ, DLHUB_TEST_S3_PORT="15567")
+    exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
+    assert exports.returncode == 0, exports.stderr
+    assert "export DLHUB_TEST_S3_URL=http://127.0.0.1:15567" in exports.stdout

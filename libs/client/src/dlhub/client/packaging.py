@@ -10,7 +10,8 @@ from typing import Any
 
 
 def declared_files(metadata: Mapping[str, Any]) -> list[str]:
-    """Return the relative paths in ``dlhub.files`` (values are a path or a list of paths)."""
+    """Return the relative paths in ``dlhub.files`` (values are a path or a list of paths) that are to be
+    uploaded: those the builder fetches from a URL (``dlhub.url_files``) are left out."""
     files = metadata.get("dlhub", {}).get("files", {}) or {}
     paths: list[str] = []
     for value in files.values():
@@ -18,7 +19,17 @@ def declared_files(metadata: Mapping[str, Any]) -> list[str]:
             paths.append(value)
         elif isinstance(value, list):
             paths.extend(str(v) for v in value)
-    return sorted(set(paths))
+    fetched = _url_file_paths(metadata)
+    return sorted({path for path in paths if str(PurePosixPath(path)) not in fetched})
+
+
+def _url_file_paths(metadata: Mapping[str, Any]) -> set[str]:
+    entries = (metadata.get("dlhub") or {}).get("url_files") or []
+    return {
+        str(PurePosixPath(entry["path"]))
+        for entry in entries
+        if isinstance(entry, Mapping) and isinstance(entry.get("path"), str)
+    }
 
 
 def _arcname(path: str) -> str:

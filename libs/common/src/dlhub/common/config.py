@@ -347,11 +347,40 @@ class WorkerConfig(BaseModel):
     only; ``dlhub up --replicas owner/name=N`` adds to these)."""
 
 
+class S3Config(BaseModel):
+    """How the builder reaches S3 (or an S3-compatible store) for ``s3://bucket/key`` components.
+
+    Credentials left unset fall back to boto3's own chain (environment, shared files, instance role) unless
+    ``anonymous`` is set; the secret key and session token are secrets, never logged or shown in a repr."""
+
+    endpoint_url: str | None = None
+    """An S3-compatible store (``http://127.0.0.1:9000``); default AWS S3."""
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    anonymous: bool = False
+    """Unsigned requests (public buckets): no credentials are looked for or sent."""
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """Bucket in the path or in the host name; most S3-compatible stores need ``path``."""
+
+
 class BuilderConfig(BaseModel):
     servable_dir: Path | None = None
     max_package_bytes: PositiveInt = 100 * MiB
     max_extracted_bytes: PositiveInt = 1024 * MiB
     max_files: PositiveInt = 10_000
+    max_url_component_bytes: PositiveInt = 1024 * MiB
+    """One component named by URL (``dlhub.url_files``): larger is refused, from its announced size when the
+    server announces one, else as soon as the bytes received pass it. The whole version (package and URL
+    components) is also held to ``max_extracted_bytes``."""
+    max_url_components: PositiveInt = 100
+    url_fetch_timeout_s: PositiveFloat = 300.0
+    """The whole transfer of one URL component, from connecting to its last byte."""
+    url_connect_timeout_s: PositiveFloat = 10.0
+    url_max_redirects: NonNegativeInt = 5
+    """HTTP(S) redirects followed per component; each target must be HTTP(S) again."""
+    s3: S3Config = Field(default_factory=S3Config)
 
 
 EnvironmentBackend = Literal["venv", "docker"]

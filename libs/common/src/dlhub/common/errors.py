@@ -119,6 +119,21 @@ class RegistryError(BuildFailed):
     http_status = 502
 
 
+class ChecksumMismatch(BuildFailed):
+    """A component fetched from a URL does not have the sha256 its publication declares; the message names
+    the file and both digests."""
+
+    code = "checksum_mismatch"
+    http_status = 422
+
+
+class UrlFetchFailed(BuildFailed):
+    """A component named by URL could not be fetched: refused, not found, too slow, too many redirects."""
+
+    code = "url_fetch_failed"
+    http_status = 502
+
+
 class EnvironmentUnavailable(DLHubError):
     """The servable's environment cannot run here (no Docker engine, a missing interpreter, a failed
     rebuild from its lock)."""
@@ -249,6 +264,8 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         UnsafePackage,
         BuildFailed,
         RegistryError,
+        ChecksumMismatch,
+        UrlFetchFailed,
         EnvironmentUnavailable,
         ServableNotReady,
         TaskTimeout,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
+from dlhub.builder.remote import UrlFetcher, declared_url_files
 from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
     BUILD_RECORD_FILENAME,
@@ -203,16 +204,28 @@ def _log_dependencies(request: BuildRequest) -> None:
         )
 
 
+def _fetch_url_files(
+    request: BuildRequest, files_dir: Path, limits: BuildLimits, fetcher: UrlFetcher, build_log: BuildLog
+) -> None:
+    """Fetch ``dlhub.url_files`` into the package; the version as a whole stays within the extracted limit."""
+    entries = declared_url_files(request.metadata, fetcher.settings)
+    if not entries:
+        return
+    extracted = sum((files_dir / rel).lstat().st_size for rel in list_files(files_dir))
+    fetcher.fetch_all(entries, files_dir, limits.max_extracted_bytes - extracted, build_log)
+
+
 def build_version(
     request: BuildRequest,
     root: Path,
     limits: BuildLimits,
     environments: EnvironmentBuilder | None = None,
     listener: BuildListener | None = None,
+    fetcher: UrlFetcher | None = None,
 ) -> BuildOutcome:
-    """Validate, extract, check, digest, build the environment and publish one version; blocking (run it
-    off the event loop). The build record (``build_record_path``) follows the states and keeps the log;
-    ``listener`` hears each state change and log line as it happens."""
+    """Validate, extract, fetch the URL components, check, digest, build the environment and publish one
+    version; blocking (run it off the event loop). The build record (``build_record_path``) follows the
+    states and keeps the log; ``listener`` hears each state change and log line as it happens."""
     # Names become paths: they are checked before anything (the build record included) is written.
     validate_request(request, limits)
     servable = f"{request.owner}/{request.name}@{request.version}"
@@ -236,6 +249,7 @@ def build_version(
             ExtractLimits(max_extracted_bytes=limits.max_extracted_bytes, max_files=limits.max_files),
         )
         build_log.line(f"extracted the package ({len(request.package)} bytes, {request.package_format})")
+        _fetch_url_files(request, files_dir, limits, fetcher or UrlFetcher(), build_log)
         check_declared_files(files_dir, paths)
         write_metadata(staged, request.metadata)
         digest, files, size_bytes = compute_digest(files_dir)

@@ -15,6 +15,7 @@ from prometheus_client import Histogram
 
 from dlhub.builder.build import BuildLimits, build_version
 from dlhub.builder.environments import EnvironmentBuilder
+from dlhub.builder.remote import FetchSettings, UrlFetcher
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.common.errors import BuildFailed, DLHubError
@@ -77,11 +78,13 @@ class BuilderService:
         limits: BuildLimits,
         codec: Codec,
         environments: EnvironmentBuilder | None = None,
+        fetcher: UrlFetcher | None = None,
     ) -> None:
         self.root = root
         self.limits = limits
         self.codec = codec
         self.environments = environments
+        self.fetcher = fetcher or UrlFetcher()
         self.reporter: Reporter | None = None
         """Sends a task's ``Progress`` payload (the handler service's ``report``), set once it exists."""
 
@@ -92,6 +95,7 @@ class BuilderService:
             limits=BuildLimits.from_settings(settings),
             codec=codec,
             environments=EnvironmentBuilder.from_settings(settings),
+            fetcher=UrlFetcher(FetchSettings.from_config(settings.builder)),
         )
 
     def _relay(self, dispatch: Dispatch) -> ProgressRelay | None:
@@ -112,7 +116,7 @@ class BuilderService:
         with structlog.contextvars.bound_contextvars(task_id=dispatch.task_id, servable=servable):
             try:
                 outcome = await asyncio.to_thread(
-                    build_version, request, self.root, self.limits, self.environments, relay
+                    build_version, request, self.root, self.limits, self.environments, relay, self.fetcher
                 )
             except DLHubError as exc:
                 log.warning("build failed", code=exc.code, reason=exc.message)

@@ -21,6 +21,8 @@ from jsonschema.exceptions import ValidationError, best_match  # type: ignore[im
 from dlhub.common.errors import ValidationFailed
 from dlhub.common.ids import NAME_RE
 from dlhub.common.payloads import SearchDocument
+from dlhub.common.url_files import FIELD as URL_FILES_FIELD
+from dlhub.common.url_files import url_files
 from dlhub.registry.argtypes import check_method_types
 from dlhub.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 from dlhub.registry.pipelines import check_pipeline_document, is_pipeline
@@ -87,6 +89,9 @@ def validate_publication(document: Any) -> dict[str, Any]:
         raise ValidationFailed(f"invalid servable name {name!r}", field="dlhub.name")
     check_method_types(document)  # argument types: what the schema cannot say (shape sizes, nesting depth)
     validate_identifiers(document)  # DOI, related DOIs and ORCID iDs (the schema only knows their shape)
+    # URL components: scheme, bucket, path and checksum shape, with messages naming what is wrong.
+    if url_files(document) and is_pipeline(document):
+        raise ValidationFailed("a pipeline has no package, so no URL components", field=URL_FILES_FIELD)
     if is_pipeline(document):
         check_pipeline_document(document)  # its steps are checked against the registry at publish
     else:
