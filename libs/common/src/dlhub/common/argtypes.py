@@ -25,6 +25,7 @@ name.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -34,9 +35,6 @@ from typing import Any, Final
 
 from dlhub.common.errors import ValidationFailed
 from dlhub.common.filerefs import key_part, type_name
-from dlhub.common.logging import get_logger
-
-log = get_logger(__name__)
 
 MAX_TYPE_DEPTH: Final = 32
 """Deepest nesting of type descriptions (item_type / element_types / properties) that is honoured."""
@@ -406,8 +404,18 @@ def compile_type(description: Any, *, _depth: int = 0) -> Check | None:
         return _check_file
     if name not in _warned_unknown:
         _warned_unknown.add(name)
-        log.warning("unknown argument type accepts any value", argument_type=name)
+        _warn_unknown(name)
     return None
+
+
+def _warn_unknown(name: str) -> None:
+    # structlog is a service dependency; the SDK (dlhub-client) validates local runs without it.
+    try:
+        from dlhub.common.logging import get_logger
+    except ImportError:
+        logging.getLogger(__name__).warning("unknown argument type %r accepts any value", name)
+        return
+    get_logger(__name__).warning("unknown argument type accepts any value", argument_type=name)
 
 
 def _valid_shape(shape: Any) -> bool:
