@@ -1033,7 +1033,7 @@ def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
 @main.command("test")
 @click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
-def test_vectors(metadata_file: Path, as_json: bool) -> None:
+def local_test(metadata_file: Path, as_json: bool) -> None:
     """Run the test vectors of METADATA_FILE on this machine (as `dlhub run --local` runs the servable) and
     compare the outputs as the registry does; exit 1 if any fails. No server is contacted."""
     from dlhub.client.local import verify_local
