@@ -8,6 +8,7 @@ runs a servable on the real embedded stack from Python and from the CLI.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -45,8 +46,10 @@ SDK_TIMEOUT_S = 300
 
 
 def _run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    # Without PYTHONPATH: the SDK-only venv must see only what it installed, not a checkout's sources.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=SDK_TIMEOUT_S, check=False, **kwargs
+        command, capture_output=True, text=True, timeout=SDK_TIMEOUT_S, check=False, env=env, **kwargs
     )
 
 
@@ -147,3 +150,30 @@ def test_server_commands_explain_the_missing_server(sdk_venv: Path, tmp_path: Pa
         assert done.returncode != 0
         assert "server_not_installed" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_sdk_only_toolbox_describes_locally_and_explains_the_missing_executor(
+    sdk_venv: Path, tmp_path: Path
+) -> None:
+    """``dlhub init --function`` needs only the SDK; running locally needs the worker's executor."""
+    (tmp_path / "hinted.py").write_text(
+        "def add(pair: tuple[int, int]) -> int:\n    return pair[0] + pair[1]\n"
+    )
+    dlhub = str(sdk_venv / "bin" / "dlhub")
+    done = _run([dlhub, "init", "--name", "add", "--function", "hinted:add"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    method = json.loads((tmp_path / "dlhub.json").read_text())["servable"]["methods"]["run"]
+    assert method["input"]["element_types"] == [{"type": "integer"}, {"type": "integer"}]
+    for command in (["run", "--local", "--input", "[1, 2]"], ["test"]):
+        done = _run([dlhub, *command], cwd=tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        message = " ".join(done.stderr.split())
+        assert "server_not_installed" in message and "pip install dlhub-worker" in message, message
+        assert "Traceback" not in message
+    script = (
+        "from dlhub.client import DLHubClient\nfrom dlhub.common.errors import DLHubError\n"
+        "try:\n    DLHubClient('http://127.0.0.1:9').run_local('dlhub.json', [1, 2])\n"
+        "except DLHubError as exc:\n    print(exc.code)\n"
+    )
+    done = _run([str(sdk_venv / "bin" / "python"), "-c", script], cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "server_not_installed", done.stdout + done.stderr

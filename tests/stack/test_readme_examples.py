@@ -33,7 +33,7 @@ STEP_TIMEOUT_S = 180
 
 def readme_blocks() -> dict[str, tuple[str, str]]:
     blocks = {m["name"]: (m["lang"], m["body"]) for m in BLOCK.finditer(README.read_text())}
-    assert {"mymod", "sdk", "cli", "rest"} <= set(blocks), sorted(blocks)
+    assert {"mymod", "local", "sdk", "cli", "rest"} <= set(blocks), sorted(blocks)
     return blocks
 
 
@@ -97,7 +97,7 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walkthroug
 
 def test_readme_walkthrough_runs_as_pasted(walkthrough: Walkthrough) -> None:
     blocks = readme_blocks()
-    for name in ("mymod", "sdk", "cli", "rest"):
+    for name in ("mymod", "local", "sdk", "cli", "rest"):
         lang, body = blocks[name]
         if lang == "python":
             body = with_claims_checked(body)
@@ -105,6 +105,10 @@ def test_readme_walkthrough_runs_as_pasted(walkthrough: Walkthrough) -> None:
         assert done.returncode == 0, f"README block {name!r} failed:\n{done.stdout}\n{done.stderr}"
         if name == "cli":
             assert "2.0" in done.stdout.splitlines()
+        if name == "local":  # the local run, the refused input, the vectors
+            assert "2.0" in done.stdout.splitlines()
+            assert "inputs[1]: expected float, got string" in " ".join(done.stderr.split())
+            assert "all 1 test vector(s) passed" in done.stdout
         if name == "rest":
             reply = json.loads(done.stdout)
             assert reply["state"] == "completed" and reply["output"] == [2.0, 4.0, 6.0], reply

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dlhub.common import argtypes as common_argtypes
 from dlhub.common.errors import ValidationFailed
 from dlhub.registry import argtypes
 from dlhub.registry.argtypes import check_method_types, check_run_inputs, compile_type, validate
@@ -194,9 +195,9 @@ def test_python_object_and_unknown_types_accept_anything() -> None:
     assert compile_type({"type": "python object", "python_type": "builtins.object"}) is None
     assert compile_type({"description": "no type"}) is None
     assert compile_type("not even a dict") is None
-    argtypes._warned_unknown.discard("quaternion")
+    common_argtypes._warned_unknown.discard("quaternion")
     assert compile_type({"type": "quaternion"}) is None
-    assert "quaternion" in argtypes._warned_unknown  # logged once
+    assert "quaternion" in common_argtypes._warned_unknown  # logged once
     assert compile_type({"type": "quaternion"}) is None
     wrapper = {"type": "list", "item_type": {"type": "quaternion"}}
     ok(wrapper, [1, "a"])

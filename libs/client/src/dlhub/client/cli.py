@@ -423,6 +423,35 @@ def share(
 # -- publishing ----------------------------------------------------------------------------------------------
 
 
+def _hinted_types(module: str, function: str, autobatch: bool) -> dict[str, Any]:
+    """The input/output types and parameters of ``module:function`` from its type hints, as publish_model
+    writes them; a module that does not import here (a dependency missing) leaves ``python object``."""
+    from dlhub.client.describe import function_types
+
+    try:
+        target = _import_module(module, Path("."))
+    except click.BadParameter as exc:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {escape(exc.message)}; the input and output are written as "
+            "'python object' (edit them, or install what the module imports and run init again)"
+        )
+        return {}
+    for part in function.split("."):
+        if not hasattr(target, part):
+            raise click.BadParameter(f"{module} has no attribute {function!r}", param_hint="--function")
+        target = getattr(target, part)
+    try:
+        signature = function_types(target, autobatch)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--function") from exc
+    return {
+        "input_type": signature.input,
+        "output_type": signature.output,
+        "parameters": signature.parameters,
+        "unpack": signature.unpack,
+    }
+
+
 @main.command()
 @click.option("--name", required=True, help="Servable name (no whitespace).")
 @click.option("--title", default=None)
@@ -473,7 +502,12 @@ def init(
         if Path(f"{module}.py").is_file() and f"{module}.py" not in shipped:
             shipped.insert(0, f"{module}.py")
         doc = python_function_document(
-            module=module, function=func, files=shipped, autobatch=autobatch, **common
+            module=module,
+            function=func,
+            files=shipped,
+            autobatch=autobatch,
+            **_hinted_types(module, func, autobatch),
+            **common,
         )
     else:
         assert sklearn_model is not None
@@ -559,18 +593,23 @@ def _no_status() -> Iterator[None]:
     yield None
 
 
+def _import_module(module_name: str, search_dir: Path) -> Any:
+    """Import ``module_name`` with ``search_dir`` first on the path."""
+    sys.path.insert(0, str(search_dir.resolve()))
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # whatever the user's module raises while importing
+        raise click.BadParameter(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.pop(0)
+
+
 def _import_object(reference: str, search_dir: Path) -> Any:
     """``module:attribute`` (a dotted attribute path is allowed), imported with ``search_dir`` on the path."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise click.BadParameter(f"expected module:attribute, got {reference!r}", param_hint="OBJECT")
-    sys.path.insert(0, str(search_dir.resolve()))
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # whatever the user's module raises while importing
-        raise click.BadParameter(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path.pop(0)
+    target: Any = _import_module(module_name, search_dir)
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise click.BadParameter(f"{module_name} has no attribute {attribute!r}", param_hint="OBJECT")
@@ -851,27 +890,45 @@ def cite(ctx: click.Context, servable: str, fmt: str) -> None:
 # -- invocation ----------------------------------------------------------------------------------------------
 
 
-def _file_input(value: str) -> Any:
+def _file_input(value: str, *, local: bool = False) -> Any:
     """An http(s) URL stays a URL; anything else is a local file, uploaded by the SDK as a blob."""
     if value.lower().startswith(("http://", "https://")):
         return {"url": value}
+    if local:
+        raise click.BadParameter(
+            f"{value!r}: a local run takes file inputs as http(s) URLs (there is no server to upload to)",
+            param_hint="--file",
+        )
     path = Path(value)
     if not path.is_file():
         raise click.BadParameter(f"{value!r} is neither an http(s) URL nor a file", param_hint="--file")
     return path
 
 
-def _run_inputs(input_json: str | None, files: tuple[str, ...]) -> Any:
+def _run_inputs(input_json: str | None, files: tuple[str, ...], *, local: bool = False) -> Any:
     if (input_json is None) == (not files):
         raise click.UsageError("give either --input JSON or --file (repeatable), not both")
     if input_json is not None:
         return _load_json_arg(input_json)
-    refs = [_file_input(f) for f in files]
+    refs = [_file_input(f, local=local) for f in files]
     return refs[0] if len(refs) == 1 else refs
 
 
+def _run_parameters(params: tuple[str, ...]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value
+    return parameters
+
+
 @main.command()
-@click.argument("servable")
+@click.argument("servable", required=False)
 @click.option("--input", "-i", "input_json", default=None, help="Inputs as JSON (or @file.json).")
 @click.option(
     "--file",
@@ -885,34 +942,45 @@ def _run_inputs(input_json: str | None, files: tuple[str, ...]) -> Any:
 @click.option("--method", default="run", show_default=True)
 @click.option("--async", "asynchronous", is_flag=True, help="Submit and print the task ID.")
 @click.option("--timings", is_flag=True, help="Also print the timings.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help=f"Run on this machine from a publication document (SERVABLE is its path; default "
+    f"{DEFAULT_METADATA_FILE}) and its files, with the worker's executor; no server.",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
-    servable: str,
+    servable: str | None,
     input_json: str | None,
     files: tuple[str, ...],
     params: tuple[str, ...],
     method: str,
     asynchronous: bool,
     timings: bool,
+    local: bool,
 ) -> None:
-    """Run SERVABLE (owner/name[@version]) on the given inputs (--input JSON, or --file for file inputs)."""
-    inputs = _run_inputs(input_json, files)
-    parameters: dict[str, Any] = {}
-    for item in params:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--param")
-        try:
-            parameters[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parameters[key] = value
-    with _client(ctx) as client:
+    """Run SERVABLE (owner/name[@version]) on the given inputs (--input JSON, or --file for file inputs);
+    with --local, run the servable a document describes here (SERVABLE: the document's path)."""
+    inputs = _run_inputs(input_json, files, local=local)
+    parameters = _run_parameters(params)
+    if local:
         if asynchronous:
-            handle = client.run_async(servable, inputs, parameters=parameters, method=method)
-            click.echo(handle.task_id)
-            return
-        record = client.run_detailed(servable, inputs, parameters=parameters, method=method)
+            raise click.UsageError("--async needs a server; a local run answers when it is done")
+        from dlhub.client.local import run_local
+
+        record = run_local(
+            Path(servable or DEFAULT_METADATA_FILE), inputs, parameters=parameters, method=method
+        )
+    else:
+        if servable is None:
+            raise click.UsageError("name the servable to run (owner/name[@version]), or give --local")
+        with _client(ctx) as client:
+            if asynchronous:
+                handle = client.run_async(servable, inputs, parameters=parameters, method=method)
+                click.echo(handle.task_id)
+                return
+            record = client.run_detailed(servable, inputs, parameters=parameters, method=method)
     if record["state"] == "failed":
         raise TaskFailed(record["task_id"], record.get("error") or {})
     _print_json(record["output"])
@@ -920,14 +988,8 @@ def run(
         _print_json(record.get("timings", {}))
 
 
-@main.command()
-@click.argument("servable")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
-@click.pass_context
-def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
-    """Re-run the published test vectors of SERVABLE (owner/name[@version]); exit 1 if any fails."""
-    with _client(ctx) as client:
-        report = client.verify(servable)
+def _print_vector_report(report: dict[str, Any], as_json: bool) -> None:
+    """The report of ``dlhub verify`` or ``dlhub test``; exit 1 if a vector failed."""
     if as_json:
         _print_json(report)
     else:
@@ -955,6 +1017,28 @@ def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
             console.print(f"[green]all {len(report['vectors'])} test vector(s) passed[/green]")
     if not report["passed"]:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("servable")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+@click.pass_context
+def verify(ctx: click.Context, servable: str, as_json: bool) -> None:
+    """Re-run the published test vectors of SERVABLE (owner/name[@version]); exit 1 if any fails."""
+    with _client(ctx) as client:
+        report = client.verify(servable)
+    _print_vector_report(report, as_json)
+
+
+@main.command("test")
+@click.argument("metadata_file", default=DEFAULT_METADATA_FILE, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON report.")
+def local_test(metadata_file: Path, as_json: bool) -> None:
+    """Run the test vectors of METADATA_FILE on this machine (as `dlhub run --local` runs the servable) and
+    compare the outputs as the registry does; exit 1 if any fails. No server is contacted."""
+    from dlhub.client.local import verify_local
+
+    _print_vector_report(verify_local(metadata_file), as_json)
 
 
 @main.command()

@@ -341,13 +341,25 @@ def _module_files(function: Callable[..., Any]) -> tuple[str, dict[str, bytes], 
     return module_name, files, path.read_text()
 
 
+def function_types(function: Callable[..., Any], autobatch: bool = False) -> FunctionSignature:
+    """``function_signature``, for a servable calling ``function`` once per element of a list with
+    ``autobatch`` (then the input and output are lists of what the hints say). ``dlhub init --function``
+    writes these too."""
+    signature = function_signature(function)
+    if autobatch:
+        signature.input = {"type": "list", "item_type": signature.input, "description": "A batch of inputs"}
+        signature.output = {
+            "type": "list",
+            "item_type": signature.output,
+            "description": "One output per input",
+        }
+    return signature
+
+
 def _describe_function(function: Callable[..., Any], autobatch: bool, common: dict[str, Any]) -> Described:
     module_name, files, source = _module_files(function)
-    signature = function_signature(function)
+    signature = function_types(function, autobatch)
     input_type, output_type = signature.input, signature.output
-    if autobatch:
-        input_type = {"type": "list", "item_type": input_type, "description": "A batch of inputs"}
-        output_type = {"type": "list", "item_type": output_type, "description": "One output per input"}
     top = module_name.partition(".")[0]
     doc = base_document(
         files={"other": sorted(files)},

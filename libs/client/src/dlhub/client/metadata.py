@@ -80,9 +80,11 @@ def python_function_document(
     unpack: bool = False,
     input_type: dict[str, Any] | None = None,
     output_type: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None,
     **common: Any,
 ) -> dict[str, Any]:
-    """A python-function servable (shim ``python.PythonStaticMethodServable``)."""
+    """A python-function servable (shim ``python.PythonStaticMethodServable``); without types, its input and
+    output are ``python object`` (anything)."""
     doc = base_document(
         name=name, title=title, authors=authors, files={"other": list(files)} if files else {}, **common
     )
@@ -93,7 +95,7 @@ def python_function_document(
             "run": {
                 "input": input_type or dict(ANY_TYPE, description="Input to the function"),
                 "output": output_type or dict(ANY_TYPE, description="Output of the function"),
-                "parameters": {},
+                "parameters": dict(parameters or {}),
                 "method_details": {
                     "module": module,
                     "method_name": function,

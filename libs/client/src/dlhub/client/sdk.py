@@ -583,6 +583,39 @@ class DLHubClient:
             raise TaskFailed(reply["task_id"], reply.get("error") or {})
         return reply["output"]
 
+    def run_local(
+        self,
+        document_or_path: Mapping[str, Any] | str | Path,
+        inputs: Any,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        method: str = "run",
+        base_dir: str | Path | None = None,
+    ) -> Any:
+        """Run a servable on this machine from its publication document (a dict, or the path of its
+        ``dlhub.json``) and the files it names, before publishing it; returns the output as ``run`` would.
+
+        The worker's own executor loads and calls it (the ``dlhub-worker`` distribution must be installed:
+        ``ServerNotInstalled`` otherwise), after the registry's input validation (``ValidationFailed``); a
+        failed run raises ``TaskFailed`` as a served one does. Files are relative to the document's folder
+        (``base_dir`` for a dict; default: the current directory). No server is contacted.
+        """
+        from dlhub.client.local import run_local
+
+        record = run_local(document_or_path, inputs, parameters=parameters, method=method, base_dir=base_dir)
+        if record["state"] == "failed":
+            raise TaskFailed(record["task_id"], record.get("error") or {})
+        return record["output"]
+
+    def verify_local(
+        self, document_or_path: Mapping[str, Any] | str | Path, *, base_dir: str | Path | None = None
+    ) -> dict[str, Any]:
+        """Run the test vectors of an unpublished document on this machine (see ``run_local``); the report
+        has the shape ``verify`` returns for a published version."""
+        from dlhub.client.local import verify_local
+
+        return verify_local(document_or_path, base_dir=base_dir)
+
     def verify(self, servable: str, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Re-run the published test vectors of ``owner/name`` (newest ready version) or ``owner/name@3``.
 

@@ -2,7 +2,7 @@
 
 The registry uses this to turn ``{"blob": id}`` references into signed URLs before queueing, the worker to
 download every ``{"url": ...}`` reference and hand the model a local path instead (what the original DLHub
-passed). The grammar is the DLHub argument-type grammar of ``dlhub.registry.argtypes``: ``file``
+passed). The grammar is the DLHub argument-type grammar of ``dlhub.common.argtypes``: ``file``
 anywhere below ``list`` (``item_type``), ``ndarray`` (``shape`` + ``item_type``), ``tuple``
 (``element_types``) and ``dict`` (``properties``). Paths are spelled as argtypes spells them:
 ``inputs[2]``, ``inputs.image``, ``inputs['odd key']``.
