@@ -36,6 +36,9 @@ from dlhub.common.logging import get_logger
 log = get_logger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
+RESTART_STABLE_S = 60.0
+"""A service that ran this long before dying is restarted after the shortest delay again: the backoff is for
+crash loops, not for the occasional death of a service that had been up for a while."""
 STOP_GRACE_S = 17.0
 """Default time between SIGTERM and SIGKILL on stop: the services' default shutdown graces plus a margin."""
 STOP_MARGIN_S = 5.0
@@ -140,7 +143,9 @@ class ServiceProcess:
     popen: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
     restarts: int = 0
+    """Restarts since the service last ran for ``RESTART_STABLE_S`` (what the backoff grows with)."""
     next_restart_at: float = 0.0
+    started_at: float = 0.0
 
 
 class Stack:
@@ -215,6 +220,7 @@ class Stack:
             if service.log_file is None:
                 service.log_file = (self.options.data_dir / "logs" / f"{service.name}.log").open("ab")
             stderr = service.log_file
+        service.started_at = time.monotonic()
         service.popen = subprocess.Popen(
             [sys.executable, "-m", service.module],
             env=env | service.env,
@@ -280,6 +286,8 @@ class Stack:
         now = time.monotonic()
         if service.next_restart_at == 0.0:
             _kill_group(service.popen.pid)
+            if now - service.started_at >= RESTART_STABLE_S:
+                service.restarts = 0
             delay = min(2.0**service.restarts * 0.5, RESTART_BACKOFF_MAX_S)
             service.next_restart_at = now + delay
             log.warning(
