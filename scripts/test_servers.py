@@ -15,6 +15,8 @@
   (Docker allows insecure registries on 127.0.0.0/8), filesystem storage in the runtime directory.
 - s3: moto in server mode (``moto[server]``, pinned), an S3-compatible server in memory on loopback, installed
   with pip into its own virtual environment in the cache once.
+- browser (not a server): Debian's chromium and chromium-driver for the web catalog's browser tests,
+  installed with apt-get when missing (``start`` or ``start --only browser``).
 
 Downloads and builds are cached in ``${DLHUB_TEST_CACHE:-~/.cache/dlhub-test-servers}``; runtime state (data
 directories, pid files, logs) lives in ``${DLHUB_TEST_RUN:-$DLHUB_TEST_CACHE/run}``. ``start`` only starts
@@ -1307,8 +1309,34 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+BROWSER = "browser"
+BROWSER_BINARIES = {"chromium": "chromium", "chromedriver": "chromium-driver"}  # binary -> Debian package
+
+
+def ensure_browser() -> None:
+    """Debian's chromium and chromium-driver for the web catalog's browser tests (tests/stack/test_web_*),
+    installed with apt-get when missing: no browser is downloaded at test time."""
+    missing = sorted({pkg for binary, pkg in BROWSER_BINARIES.items() if shutil.which(binary) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SetupError(
+            f"{', '.join(missing)} missing; install Debian's chromium and chromium-driver packages"
+        )
+    log(f"browser: installing {' '.join(missing)} with apt-get (first run only)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run_checked(["apt-get", "update", "-qq"], "apt-get update", env=env)
+    run_checked(["apt-get", "install", "-y", "-qq", *missing], "installing chromium", env=env)
+
+
 def cmd_start(layout: Layout, only: Sequence[str] | None, record: Path | None) -> int:
     failed: list[str] = []
+    if only is None or BROWSER in only:
+        try:
+            ensure_browser()
+        except SetupError as exc:
+            log(f"{BROWSER}: ERROR: {exc}")
+            failed.append(BROWSER)
     for server in servers(layout, only, record):
         try:
             server.start()
@@ -1352,9 +1380,11 @@ def parse_only(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(SERVERS))
+    unknown = sorted(set(names) - set(SERVERS) - {BROWSER})
     if unknown:
-        raise SetupError(f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
+        raise SetupError(
+            f"unknown server(s) {', '.join(unknown)}; choose from {', '.join((*SERVERS, BROWSER))}"
+        )
     return names
 
 

@@ -32,6 +32,7 @@ from dlhub.registry.http.keys import (
     TASKS,
 )
 from dlhub.registry.http.routes import setup_routes
+from dlhub.registry.http.web import setup_web
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
@@ -171,6 +172,7 @@ def create_app(
     app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
     setup_routes(app)
+    setup_web(app)
     if metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_store_ctx(store))
