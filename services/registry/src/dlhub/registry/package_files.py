@@ -35,7 +35,6 @@ import msgspec
 
 from dlhub.common.errors import InvalidPath, NotFound, PayloadTooLarge, UnsafePackage
 from dlhub.registry.packages import PackageBlobs
-from dlhub.registry.store import PackageFormat
 
 CHUNK_BYTES: Final = 256 * 1024
 HASH_CHUNK_BYTES: Final = 1024 * 1024
@@ -43,6 +42,7 @@ INDEX_SUFFIX: Final = ".files.json"
 MAX_PATH_CHARS: Final = 4096
 MAX_LINK_HOPS: Final = 40
 INDEX_FORMAT: Final = 1
+ZIP_MAGIC: Final = (b"PK\x03\x04", b"PK\x05\x06")
 
 Compression = Literal["", "gz", "bz2", "xz"]
 _MAGIC: Final[tuple[tuple[bytes, Compression], ...]] = (
@@ -358,7 +358,7 @@ class PackageFiles:
     def package_path(self, sha256: str) -> Path:
         return self._blobs.path(sha256)
 
-    async def indexed(self, sha256: str, package_format: PackageFormat) -> IndexedPackage:
+    async def indexed(self, sha256: str) -> IndexedPackage:
         cached = self._cache.pop(sha256, None)
         if cached is not None:
             self._cache[sha256] = cached  # most recently used last
@@ -369,7 +369,7 @@ class PackageFiles:
         future: asyncio.Future[IndexedPackage] = asyncio.get_running_loop().create_future()
         self._building[sha256] = future
         try:
-            indexed = await asyncio.to_thread(self._load, sha256, package_format)
+            indexed = await asyncio.to_thread(self._load, sha256)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
@@ -383,9 +383,12 @@ class PackageFiles:
             del self._cache[next(iter(self._cache))]
         return indexed
 
-    def _load(self, sha256: str, package_format: PackageFormat) -> IndexedPackage:
+    def _load(self, sha256: str) -> IndexedPackage:
         package = self._blobs.path(sha256)
         if not package.is_file():
             raise NotFound("the version's package is no longer stored")
-        archive: Literal["tar", "zip"] = "zip" if package_format == "zip" else "tar"
+        # By its bytes, as the builder decides: the stored format follows the upload's file name, and the
+        # SDK names every package .tar.gz, a zip passed as ``package=`` included.
+        with package.open("rb") as handle:
+            archive: Literal["tar", "zip"] = "zip" if handle.read(4) in ZIP_MAGIC else "tar"
         return IndexedPackage(package, load_or_build_index(package, archive, self._limits))

@@ -72,7 +72,7 @@ async def _version(request: web.Request) -> VersionRecord:
 async def _indexed(request: web.Request, record: VersionRecord) -> IndexedPackage | None:
     if not record.package_sha256:
         return None  # a pipeline, or a version published without files
-    return await request.app[FILES].indexed(record.package_sha256, record.package_format)
+    return await request.app[FILES].indexed(record.package_sha256)
 
 
 def _version_url(record: VersionRecord) -> str:
@@ -88,7 +88,7 @@ _TAR_FORMATS: Final[dict[str, ArchiveFormat]] = {
 
 
 def archive_format(record: VersionRecord, indexed: IndexedPackage) -> ArchiveFormat:
-    if record.package_format == "zip":
+    if indexed.index.archive == "zip":
         return "zip"
     return _TAR_FORMATS[indexed.index.compression]
 
@@ -184,12 +184,13 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     if match[1]:
         start = int(match[1])
-        end = int(match[2]) if match[2] else size - 1
-        if end < start:
+        end = int(match[2]) if match[2] else None
+        if end is not None and end < start:
             return None  # an invalid range-spec is ignored, not refused
         if start >= size:
             raise RangeNotSatisfiable(f"the range starts at byte {start}; the file has {size} bytes")
-        return start, min(end, size - 1) - start + 1
+        last = size - 1 if end is None else min(end, size - 1)
+        return start, last - start + 1
     suffix = int(match[2])
     if suffix == 0 or size == 0:
         raise RangeNotSatisfiable(f"the range asks for the last {suffix} bytes of a {size}-byte file")
