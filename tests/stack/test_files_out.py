@@ -196,6 +196,9 @@ def test_a_file_comes_back_with_a_strong_etag_its_digest_and_304_when_unchanged(
         again = get(url, token, **{"If-None-Match": held})
         assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag, held
     assert get(url, token, **{"If-None-Match": '"stale"'}).status_code == 200
+    head = httpx.head(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert head.status_code == 200 and head.content == b"" and head.headers["ETag"] == etag
+    assert head.headers["Content-Length"] == str(len(TABLE))
 
     # the link resolves inside the package; an odd name round-trips percent-encoded
     assert get(published.url(stack, "/files/data/latest.csv"), token).content == TABLE
