@@ -178,9 +178,11 @@ _FILES_NOTE = (
 _FILE_PATH = _param(
     "path",
     "path",
-    {"type": "string", "minLength": 1, "maxLength": 4096},
-    "The file's path in the package, as GET .../files lists it; '/' separators are sent as is (an "
-    "encoded slash, a NUL, a backslash, a leading '/', empty, '.' or '..' components: 400 invalid_path)",
+    # One segment, as an OpenAPI path parameter is: a nested file's further segments follow unencoded.
+    {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": r"^(?!\.\.?$)[^/\\\x00]+$"},
+    "The file's path in the package, as GET .../files lists it: its segments are joined by '/' sent as is "
+    "(data/table.csv), each percent-encoded otherwise. An encoded slash or backslash, a NUL, a backslash, a "
+    "leading '/', empty, '.' or '..' segments: 400 invalid_path",
 )
 _DOWNLOAD_PARAMS = [
     _param("Range", "header", {"type": "string"}, "One byte range, e.g. bytes=0-1023, bytes=-512"),
