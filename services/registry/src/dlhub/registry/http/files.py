@@ -87,14 +87,14 @@ _TAR_FORMATS: Final[dict[str, ArchiveFormat]] = {
 }
 
 
-def archive_format(record: VersionRecord, indexed: IndexedPackage) -> ArchiveFormat:
+def archive_format(indexed: IndexedPackage) -> ArchiveFormat:
     if indexed.index.archive == "zip":
         return "zip"
     return _TAR_FORMATS[indexed.index.compression]
 
 
 def _archive(record: VersionRecord, indexed: IndexedPackage) -> PackageArchive:
-    fmt = archive_format(record, indexed)
+    fmt = archive_format(indexed)
     return PackageArchive(
         sha256=record.package_sha256,
         size=indexed.package.stat().st_size,
