@@ -72,6 +72,10 @@ STATEFUL_400 = [
 ]
 
 
+# 416 on the downloads: a Range the schema allows starts past the end of this particular file.
+DOWNLOADS = ["downloadFileLatest", "downloadFileVersion", "downloadPackageLatest", "downloadPackageVersion"]
+
+
 def fuzz_config(path: Path, *, owner: str, name: str, victim: str, task_id: str) -> Path:
     expected = json.dumps(POSITIVE_STATUSES)
     with_400 = json.dumps([*POSITIVE_STATUSES, "400"])
@@ -93,6 +97,10 @@ parameters = {{ "path.name" = "{victim}" }}
 [[operations]]
 include-operation-id = {json.dumps(STATEFUL_400)}
 checks.positive_data_acceptance.expected-statuses = {with_400}
+
+[[operations]]
+include-operation-id = {json.dumps(DOWNLOADS)}
+checks.positive_data_acceptance.expected-statuses = {json.dumps([*POSITIVE_STATUSES, "416"])}
 """
     )
     return path

@@ -1143,6 +1143,40 @@ def export(ctx: click.Context, servable: str, output: Path | None, image: bool, 
             click.echo(command)
 
 
+@main.command()
+@click.argument("servable")
+@click.option(
+    "--file", "file_path", metavar="PATH", help="Only this file of the package (as `--list` shows)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write to (default: ./NAME for the package, . for one file).",
+)
+@click.option("--list", "list_only", is_flag=True, help="List the files (path, size, sha256) instead.")
+@click.pass_context
+def download(
+    ctx: click.Context, servable: str, file_path: str | None, output: Path | None, list_only: bool
+) -> None:
+    """Download the files of SERVABLE (owner/name[@version], default the version describe shows): the
+    whole package extracted into a folder, or one file with --file; each checked against its digest."""
+    with _client(ctx) as client:
+        if list_only:
+            listing = client.files(servable)
+            for entry in listing["files"]:
+                click.echo(f"{entry['size']:>12}  {entry['sha256']}  {entry['path']}")
+            return
+        name = servable.partition("@")[0].rpartition("/")[2]
+        if file_path is not None:
+            if output is not None:
+                output.mkdir(parents=True, exist_ok=True)
+            path = client.download(servable, output or Path("."), file_path)
+        else:
+            path = client.download(servable, output or Path(name))
+    err_console.print(f"wrote {path}", highlight=False)
+
+
 def image_commands(path: Path) -> list[str]:
     """``docker load`` of this very file, then ``docker run`` of the image it holds."""
     import shlex

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import tarfile
 import time
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, overload
+from urllib.parse import quote
 
 import httpx
 
 from dlhub.client.credentials import load_credentials
 from dlhub.client.packaging import build_package, declared_files
 from dlhub.common.codec import decode_body, encode_body
-from dlhub.common.errors import DLHubError, error_class
+from dlhub.common.errors import DLHubError, UnsafePackage, error_class
 
 API_PREFIX = "/api/v1"
 TERMINAL_STATES = frozenset({"completed", "failed"})
@@ -59,6 +65,49 @@ class TaskFailed(DLHubError):
         self.step = error.get("step")
         detail = f"{self.exception_type}: " if self.exception_type else ""
         super().__init__(f"task {task_id} failed ({self.error_type}): {detail}{error.get('message', '')}")
+
+
+class DigestMismatch(DLHubError):
+    """A download's bytes do not match the digest the registry sent with them (nothing was kept)."""
+
+    code = "digest_mismatch"
+
+
+def repr_digest_sha256(header: str) -> bytes | None:
+    """The sha-256 of a ``Repr-Digest`` header (RFC 9530: ``sha-256=:<base64>:``, maybe among others)."""
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        value = value.strip()
+        if key.strip().lower() == "sha-256" and len(value) > 2 and value[0] == value[-1] == ":":
+            try:
+                return base64.b64decode(value[1:-1], validate=True)
+            except ValueError:
+                return None
+    return None
+
+
+def extract_package(archive: Path, dest: Path) -> None:
+    """Extract a downloaded package (tar, compressed or not, or zip) into ``dest``, refusing any member
+    that would land outside it."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            for info in bundle.infolist():
+                name = info.filename
+                parts = PurePosixPath(name).parts
+                if (
+                    name.startswith("/")
+                    or "\\" in name
+                    or ":" in (parts[0] if parts else "")
+                    or ".." in parts
+                ):
+                    raise UnsafePackage(f"the package member {name!r} would land outside {dest}")
+            bundle.extractall(dest)
+        return
+    try:
+        with tarfile.open(archive, "r:*") as bundle:
+            bundle.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise UnsafePackage(f"the package member would land outside {dest}: {exc}") from None
 
 
 def parse_servable(ref: str) -> tuple[str, str, int | None]:
@@ -428,6 +477,64 @@ class DLHubClient:
             finally:
                 partial.unlink(missing_ok=True)
         return target
+
+    def files(self, servable: str) -> dict[str, Any]:
+        """The files of ``owner/name[@v]`` (default: the version describe shows): ``files`` (path, size,
+        sha256 each), ``total_bytes`` and ``package`` (the archive as uploaded; None without files)."""
+        result: dict[str, Any] = self._request("GET", _servable_path(servable) + "/files")
+        return result
+
+    def download(
+        self, servable: str, dest: str | Path = ".", path: str | None = None, *, timeout_s: float = 1800.0
+    ) -> Path:
+        """Download ``owner/name[@v]`` (default: the version describe shows) and return what was written.
+
+        Without ``path``: the whole package, extracted into the folder ``dest`` (created if missing); a
+        member that would land outside it (absolute, ``..``, a link leaving it, a device file) refuses the
+        whole package (``UnsafePackage``). With ``path``: that one file, written to ``dest`` (into it when
+        ``dest`` is a folder). Each download is checked against its ``Repr-Digest`` header before anything is
+        kept (``DigestMismatch``); bytes are streamed to a ``.part`` file, never held in memory."""
+        base = _servable_path(servable)
+        target = Path(dest)
+        if path is not None:
+            if target.is_dir():
+                target = target / PurePosixPath(path).name
+            url = base + "/files/" + quote(path.lstrip("/"), safe="/")
+            self._fetch_verified(url, target, timeout_s)
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        archive = target / f".dlhub-package-{os.getpid()}.part"
+        try:
+            self._fetch_verified(base + "/package", archive, timeout_s)
+            extract_package(archive, target)
+        finally:
+            archive.unlink(missing_ok=True)
+        return target
+
+    def _fetch_verified(self, url: str, target: Path, timeout_s: float) -> None:
+        """Stream ``url`` to ``target`` (through ``<target>.part``), checking its ``Repr-Digest``."""
+        timeout = httpx.Timeout(30.0, read=timeout_s)
+        partial = target.with_name(target.name + ".part")
+        with self._http.stream("GET", url, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            expected = repr_digest_sha256(response.headers.get("Repr-Digest", ""))
+            if expected is None:
+                raise DigestMismatch(f"{url}: the registry sent no sha-256 Repr-Digest to check the download")
+            digest = hashlib.sha256()
+            try:
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        handle.write(chunk)
+                if digest.digest() != expected:
+                    raise DigestMismatch(
+                        f"{url}: sha256 {digest.hexdigest()} does not match the Repr-Digest {expected.hex()}"
+                    )
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
 
     def list(self, owner: str | None = None, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}

@@ -49,6 +49,20 @@ class ValidationFailed(DLHubError):
     http_status = 400
 
 
+class InvalidPath(ValidationFailed):
+    """A file path in a request is unsafe or malformed (``..``, absolute, NUL, encoded slash, a link that
+    leaves the package)."""
+
+    code = "invalid_path"
+
+
+class RangeNotSatisfiable(DLHubError):
+    """A ``Range`` request starts past the end of the file (the answer says its size in ``Content-Range``)."""
+
+    code = "range_not_satisfiable"
+    http_status = 416
+
+
 class NotFound(DLHubError):
     code = "not_found"
     http_status = 404
@@ -255,6 +269,8 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         InvalidMessage,
         MessageTooLarge,
         ValidationFailed,
+        InvalidPath,
+        RangeNotSatisfiable,
         NotFound,
         Conflict,
         Gone,

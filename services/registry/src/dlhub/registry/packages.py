@@ -67,4 +67,9 @@ class PackageBlobs:
         return await asyncio.to_thread(self.path(sha256).read_bytes)
 
     async def remove(self, sha256: str) -> None:
-        await asyncio.to_thread(self.path(sha256).unlink, missing_ok=True)
+        await asyncio.to_thread(self._remove, sha256)
+
+    def _remove(self, sha256: str) -> None:
+        self.path(sha256).unlink(missing_ok=True)
+        # the file index downloads build (``package_files``) goes with its package
+        (self.root / f"{sha256}.files.json").unlink(missing_ok=True)

@@ -411,6 +411,17 @@ class Servables:
         package = await self._blobs.get(record.package_sha256) if record.package_sha256 else b""
         return record, await self.stored_build(record), package
 
+    async def downloadable(self, caller: Caller, owner: str, name: str, version: int | None) -> VersionRecord:
+        """The version whose files a download serves (pinned, or the one describe shows): visible to the
+        caller (404 otherwise, like describe), not deleted (410) and ready (409: a package the builder has
+        not accepted yet, or refused, is not served)."""
+        record = await self.describe_target(caller, owner, name, version)
+        if record.status != "ready":
+            raise ServableNotReady(
+                f"{record.label} is {record.status}; only ready versions have files to fetch"
+            )
+        return record
+
     async def stored_build(self, record: VersionRecord) -> StoredBuild:
         """The stored build record, or the one implied by the version's status when it has none."""
         return await self._store.get_build(record.owner, record.name, record.version) or implied_build(record)

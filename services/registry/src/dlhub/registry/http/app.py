@@ -21,6 +21,7 @@ from dlhub.registry.http.keys import (
     BACKGROUND,
     BUS,
     CODEC,
+    FILES,
     IMAGES,
     INSTANCE_ID,
     LIMITER,
@@ -36,6 +37,7 @@ from dlhub.registry.http.web import setup_web
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
+from dlhub.registry.package_files import IndexLimits, PackageFiles
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.ports import Bus
 from dlhub.registry.ratelimit import RateLimiter
@@ -108,6 +110,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         owner=app[INSTANCE_ID],
         deadline_grace_s=settings.registry.task_deadline_grace_s,
     )
+    packages = PackageBlobs(settings.data_dir / "packages")
     servables = Servables(
         settings=settings,
         store=store,
@@ -115,7 +118,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         codec=codec,
         tasks=tasks,
         background=background,
-        blobs=PackageBlobs(settings.data_dir / "packages"),
+        blobs=packages,
     )
     app[BACKGROUND] = background
     app[TASKS] = tasks
@@ -127,6 +130,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LIMITER] = RateLimiter(settings.auth.rate_limit)
     app[SERVABLES] = servables
     app[IMAGES] = ImageExports(settings.environments)
+    # Index no more than the builder extracts: a package past its limits never became a ready version.
+    limits = IndexLimits(max_files=settings.builder.max_files, max_bytes=settings.builder.max_extracted_bytes)
+    app[FILES] = PackageFiles(packages, limits)
     app[RUNS] = Runs(
         settings=settings,
         bus=bus,

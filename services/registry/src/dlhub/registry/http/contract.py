@@ -490,6 +490,41 @@ class Blob(Struct, kw_only=True):
     ]
 
 
+ArchiveFormat = Literal["tar", "tar.gz", "tar.bz2", "tar.xz", "zip"]
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$", description="Hex sha256 of the bytes")]
+
+
+class PackageFile(Struct, kw_only=True):
+    path: Annotated[str, Meta(description="Path inside the package ('/'-separated); GET .../files/{path}")]
+    size: Annotated[int, Meta(ge=0, description="Bytes")]
+    sha256: Sha256Hex
+    link: (
+        Annotated[str, Meta(description="A symlink: the package path it points at (size and sha256 are its)")]
+        | UnsetType
+    ) = UNSET
+
+
+class PackageArchive(Struct, kw_only=True):
+    """The package as uploaded, served as is by GET .../package."""
+
+    sha256: Sha256Hex
+    size: Annotated[int, Meta(ge=0, description="Bytes")]
+    format: ArchiveFormat
+    filename: Annotated[str, Meta(description="The name Content-Disposition suggests")]
+
+
+class FileList(Struct, kw_only=True):
+    """A version's files, each with its size and sha256 (the ETag and Repr-Digest of its download)."""
+
+    owner: str
+    name: str
+    version: int
+    shorthand_name: str
+    package: Annotated[PackageArchive | None, Meta(description="null: published without files")]
+    total_bytes: Annotated[int, Meta(ge=0, description="Sum of the listed files' sizes")]
+    files: list[PackageFile]
+
+
 class BuildStateChange(Struct, kw_only=True):
     state: BuildState
     at: Timestamp
@@ -634,6 +669,7 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Health,
     Blob,
     BlobDeleted,
+    FileList,
     BuildRecord,
     BuildEvent,
     WhoAmI,

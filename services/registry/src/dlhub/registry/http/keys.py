@@ -11,6 +11,7 @@ from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.metrics import RegistryMetrics
+from dlhub.registry.package_files import PackageFiles
 from dlhub.registry.ports import Bus
 from dlhub.registry.ratelimit import RateLimiter
 from dlhub.registry.runs import Runs
@@ -30,6 +31,7 @@ BACKGROUND = web.AppKey("background", BackgroundTasks)
 SERVABLES = web.AppKey("servables", Servables)
 RUNS = web.AppKey("runs", Runs)
 IMAGES = web.AppKey("images", ImageExports)
+FILES = web.AppKey("files", PackageFiles)
 METRICS = web.AppKey("metrics", RegistryMetrics)
 AUDIT = web.AppKey("audit", AuditLog)
 LIMITER = web.AppKey("limiter", RateLimiter)

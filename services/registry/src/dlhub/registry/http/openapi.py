@@ -167,6 +167,117 @@ _EXPORT_NOTE = (
     "(environments.docker_url) once per version; 503 environment_unavailable when the registry cannot "
     "reach an engine (naming the pushed environment image when environments.docker_registry is set)."
 )
+_FILES_NOTE = (
+    "Visible like describe (404 hidden, 410 deleted); 409 unless the version is ready. Without {version}: "
+    "the version describe shows (Content-Location names it). Every download has a strong ETag (the "
+    "quoted hex sha256 of the bytes) and Repr-Digest: sha-256=:<base64>: (RFC 9530, the whole file's "
+    "digest, on a 206 too); If-None-Match answers 304, one Range 206 (several ranges or bad syntax: the "
+    "whole file, 200; starting past the end: 416 with Content-Range: bytes */<size>), If-Range with "
+    "another ETag the whole file."
+)
+_FILE_PATH = _param(
+    "path",
+    "path",
+    # One segment, as an OpenAPI path parameter is: a nested file's further segments follow unencoded.
+    {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": r"^(?!\.\.?$)[^/\\\x00]+$"},
+    "The file's path in the package, as GET .../files lists it: its segments are joined by '/' sent as is "
+    "(data/table.csv), each percent-encoded otherwise. An encoded slash or backslash, a NUL, a backslash, a "
+    "leading '/', empty, '.' or '..' segments: 400 invalid_path",
+)
+_DOWNLOAD_PARAMS = [
+    _param("Range", "header", {"type": "string"}, "One byte range, e.g. bytes=0-1023, bytes=-512"),
+    _param("If-None-Match", "header", {"type": "string"}, "ETags already held: 304 when one matches"),
+    _param("If-Range", "header", {"type": "string"}, "Honour Range only if the ETag is still this one"),
+]
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_DOWNLOAD_HEADERS = {
+    name: {"description": text, "schema": {"type": "string"}}
+    for name, text in (
+        ("ETag", "Strong: the quoted hex sha256 of the whole file"),
+        ("Repr-Digest", "sha-256=:<base64 of the sha256>: of the whole file (RFC 9530)"),
+        ("Accept-Ranges", "bytes"),
+        ("Content-Disposition", "attachment, with the file name"),
+        ("Content-Location", "The pinned version's URL of this file"),
+    )
+}
+
+
+def _download_responses(what: str, media: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "200": {"description": what, "headers": _DOWNLOAD_HEADERS, "content": media},
+        "206": {
+            "description": "The requested byte range (Content-Range: bytes <first>-<last>/<size>)",
+            "headers": _DOWNLOAD_HEADERS
+            | {"Content-Range": {"description": "The range sent", "schema": {"type": "string"}}},
+            "content": media,
+        },
+        "304": {"description": "Not modified: If-None-Match named the ETag", "headers": _DOWNLOAD_HEADERS},
+        **_errors(400, 401, 404, 409, 410),
+        "416": _error(
+            "Range starts past the end (Content-Range: bytes */<size>; type range_not_satisfiable)"
+        ),
+    }
+
+
+def _file_paths() -> dict[str, Any]:
+    """A version's files: the list, one file, the package as uploaded (pinned, or the latest)."""
+    paths: dict[str, Any] = {}
+    for prefix, params, suffix, which in (
+        ("/servables/{owner}/{name}", [OWNER, NAME], "Latest", "the newest version not deleted"),
+        ("/servables/{owner}/{name}/versions/{version}", [OWNER, NAME, VERSION], "Version", "one version"),
+    ):
+        paths[prefix + "/files"] = {
+            "parameters": params,
+            "get": {
+                "operationId": f"listFiles{suffix}",
+                "summary": f"The files of {which}: path, size and sha256 of each, and the package",
+                "description": _FILES_NOTE,
+                "security": _OPTIONAL_AUTH,
+                "responses": {
+                    "200": _response("The files", c.FileList),
+                    **_errors(400, 401, 404, 409, 410),
+                },
+            },
+        }
+        paths[prefix + "/files/{path}"] = {
+            "parameters": [*params, _FILE_PATH],
+            "get": {
+                "operationId": f"downloadFile{suffix}",
+                "summary": f"One file of {which}, streamed (ETag, Range, Repr-Digest)",
+                "description": _FILES_NOTE,
+                "security": _OPTIONAL_AUTH,
+                "parameters": _DOWNLOAD_PARAMS,
+                "responses": _download_responses(
+                    "The file (Content-Type guessed from its name)", {"*/*": _BINARY}
+                ),
+            },
+        }
+        paths[prefix + "/package"] = {
+            "parameters": params,
+            "get": {
+                "operationId": f"downloadPackage{suffix}",
+                "summary": f"The package of {which} exactly as uploaded (a tar, compressed or not, or a zip)",
+                "description": _FILES_NOTE + " 404 for a version published without files (e.g. a pipeline).",
+                "security": _OPTIONAL_AUTH,
+                "parameters": _DOWNLOAD_PARAMS,
+                "responses": _download_responses(
+                    "The package",
+                    {
+                        media: _BINARY
+                        for media in (
+                            "application/gzip",
+                            "application/x-tar",
+                            "application/zip",
+                            "application/x-bzip2",
+                            "application/x-xz",
+                        )
+                    },
+                ),
+            },
+        }
+    return paths
+
+
 _BLOB_ID = _param("blob_id", "path", {"type": "string"}, "Blob id (from POST /blobs)")
 _BLOB_UPLOAD_BODY = {
     "required": True,
@@ -588,6 +699,7 @@ def build_openapi() -> dict[str, Any]:
         **_service_paths(),
         **_servable_paths(),
         **_version_paths(),
+        **_file_paths(),
         **_run_paths(),
         **_task_and_search_paths(),
         **_blob_paths(),
