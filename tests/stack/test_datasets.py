@@ -154,7 +154,7 @@ def test_search_filters_by_link(
     ref, _ = dataset
     model, doi = linked
 
-    def found(client: DLHubClient = alice, **filters: str) -> list[str]:
+    def found(client: DLHubClient = alice, **filters: Any) -> list[str]:
         return [h["shorthand_name"] for h in client.search(**filters)["hits"]]
 
     wait_until(lambda: model in found(trained_on=ref), timeout_s=10, message="search by training data")

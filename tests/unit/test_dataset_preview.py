@@ -7,6 +7,7 @@ import json
 import tarfile
 from io import BytesIO
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import pytest
@@ -54,7 +55,7 @@ def test_tsv_and_jsonl(tmp_path: Path) -> None:
 )
 def test_unparseable_files_get_no_preview(tmp_path: Path, name: str, content: bytes) -> None:
     (tmp_path / name).write_bytes(content)
-    fmt = "jsonl" if name.endswith("jsonl") else "csv"
+    fmt: Literal["csv", "jsonl"] = "jsonl" if name.endswith("jsonl") else "csv"
     assert preview_file(tmp_path / name, name, fmt, LIMITS) is None
 
 
@@ -123,5 +124,7 @@ def test_link_terms() -> None:
     assert link_terms("https://doi.org/10.5281/Zenodo.1") == ["10.5281/zenodo.1"]
     assert query_link_term(" doi:10.5281/ZENODO.1 ") == "10.5281/zenodo.1"
     assert query_link_term("alice/iris@007") == "alice/iris@7"
+    assert query_link_term("alice/iris@²") == "alice/iris@²"  # not a version number, and never a crash
+    assert link_terms("alice/iris@" + "9" * 40) == ["alice/iris"]
     assert store_target("alice/iris@2") == "alice/iris"
     assert store_target("10.5281/Zenodo.1") == "doi:10.5281/zenodo.1"

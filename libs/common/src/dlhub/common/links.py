@@ -16,6 +16,11 @@ _DOI_RE: Final = re.compile(r"^10\.\d{4,9}/\S+$", re.IGNORECASE)
 MAX_LINK_CHARS: Final = 512
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` accepts "²", which ``int`` refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def bare_doi(value: str) -> str | None:
     """The DOI name in ``value`` (bare, ``doi:`` or a doi.org URL), or None when it is no DOI."""
     text = value.strip()
@@ -32,7 +37,7 @@ def link_terms(ref: str) -> list[str]:
     if doi is not None:
         return [doi.casefold()]
     base, _, version = ref.strip().partition("@")
-    return [base, f"{base}@{int(version)}"] if version.isdigit() else [base]
+    return [base, f"{base}@{int(version)}"] if _is_number(version) else [base]
 
 
 def query_link_term(value: str) -> str:
@@ -42,7 +47,7 @@ def query_link_term(value: str) -> str:
     if doi is not None:
         return doi.casefold()
     base, _, version = value.strip().partition("@")
-    return f"{base}@{int(version)}" if version.isdigit() else value.strip()
+    return f"{base}@{int(version)}" if _is_number(version) else value.strip()
 
 
 def store_target(ref: str) -> str:

@@ -100,7 +100,7 @@ def _dataset_links(record: VersionRecord, api_base: str) -> list[dict[str, Any]]
         name, _, version = rest.partition("@")
         url = (
             version_url(api_base, owner, name, int(version))
-            if version.isdigit()
+            if version.isascii() and version.isdigit()
             else servable_url(api_base, owner, name)
         )
         out.append(
