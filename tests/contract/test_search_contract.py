@@ -739,6 +739,127 @@ async def test_es_schema_1_index_gains_the_doi_fields(es_url: str) -> None:
         await close_engine(engine)
 
 
+# --- dataset links (trained_on / tested_on) and dataset columns -------------------------------------------
+
+LINK_DOCS = [
+    SearchDocument(
+        id="lin/trained",
+        owner="lin",
+        name="trained",
+        version=2,
+        title="A model trained on the iris data",
+        trained_on=["alice/iris", "alice/iris@1"],
+        tested_on=["10.5281/zenodo.77"],
+        publication_date_s=1_800_000_020.0,
+    ),
+    SearchDocument(
+        id="lin/retrained",
+        owner="lin",
+        name="retrained",
+        version=1,
+        title="Retrained on the newer iris data",
+        trained_on=["alice/iris", "alice/iris@2", "10.5281/zenodo.77"],
+        publication_date_s=1_800_000_021.0,
+    ),
+    SearchDocument(
+        id="lin/private",
+        owner="lin",
+        name="private",
+        version=1,
+        title="Private model trained on the iris data",
+        trained_on=["alice/iris", "alice/iris@1"],
+        visible_to=["user:lin"],
+        publication_date_s=1_800_000_022.0,
+    ),
+    SearchDocument(
+        id="alice/iris",
+        owner="alice",
+        name="iris",
+        version=2,
+        title="Iris data",
+        kind="dataset",
+        columns=["sepal_length", "species"],
+        publication_date_s=1_800_000_023.0,
+    ),
+]
+
+
+@pytest.fixture
+async def link_engine(engine: SearchEngine) -> SearchEngine:
+    for doc in LINK_DOCS:
+        await engine.upsert(doc)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"trained_on": "alice/iris"}, {"lin/trained", "lin/retrained"}),
+        ({"trained_on": "alice/iris@1"}, {"lin/trained"}),
+        ({"trained_on": "alice/iris@02"}, {"lin/retrained"}),
+        ({"trained_on": "alice/iris", "identities": ["user:lin"]}, {"lin/trained", "lin/retrained",
+                                                                    "lin/private"}),
+        ({"trained_on": "alice/IRIS"}, set()),  # names are exact
+        ({"trained_on": "alice/ir"}, set()),  # not a prefix
+        ({"trained_on": "10.5281/ZENODO.77"}, {"lin/retrained"}),  # DOIs in any case
+        ({"tested_on": "https://doi.org/10.5281/zenodo.77"}, {"lin/trained"}),
+        ({"tested_on": "doi:10.5281/Zenodo.77"}, {"lin/trained"}),
+        ({"tested_on": "alice/iris"}, set()),
+        ({"trained_on": "alice/iris", "tested_on": "10.5281/zenodo.77"}, {"lin/trained"}),
+        ({"trained_on": "alice/iris", "q": "newer"}, {"lin/retrained"}),
+        ({"trained_on": "alice/iris", "owner": "zed"}, set()),
+    ],
+)  # fmt: skip
+async def test_link_filters(link_engine: SearchEngine, query: dict[str, Any], expected: set[str]) -> None:
+    assert await ids(link_engine, **query) == expected
+
+
+async def test_link_filters_count_facets_and_round_trip(link_engine: SearchEngine) -> None:
+    results = await link_engine.query(SearchQuery(trained_on="alice/iris", facets=["owner"]))
+    assert results.total == 2 and results.facets == {"owner": [FacetCount(value="lin", count=2)]}
+    hit = next(h for h in results.hits if h.document.id == "lin/trained")
+    assert hit.document == LINK_DOCS[0]
+    dataset = (await link_engine.query(SearchQuery(name="iris", owner="alice"))).hits[0].document
+    assert (
+        dataset == LINK_DOCS[3]
+        and dataset.kind == "dataset"
+        and dataset.columns == ["sepal_length", "species"]
+    )
+
+
+async def test_link_filters_follow_upserts_and_reindex(link_engine: SearchEngine) -> None:
+    await link_engine.upsert(msgspec.structs.replace(LINK_DOCS[0], trained_on=["bob/other", "bob/other@3"]))
+    assert await ids(link_engine, trained_on="alice/iris") == {"lin/retrained"}
+    assert await ids(link_engine, trained_on="bob/other@3") == {"lin/trained"}
+    assert await link_engine.delete("lin/retrained")
+    assert await ids(link_engine, trained_on="alice/iris") == set()
+    await link_engine.reindex([*DOCS, *LINK_DOCS])
+    assert await ids(link_engine, trained_on="alice/iris") == {"lin/trained", "lin/retrained"}
+
+
+async def test_es_schema_2_index_gains_the_link_fields(es_url: str) -> None:
+    """An index created before the link fields (strict mapping) is extended in place on open."""
+    from dlhub.search import es_engine
+
+    alias = f"{MODULE_ALIAS}-schema2"
+    old_mapping = es_engine.index_mapping()
+    old_mapping["_meta"] = {"dlhub_schema": 2}
+    for field in es_engine.ADDED_IN_3:
+        del old_mapping["properties"][field]
+    engine = ElasticsearchSearchEngine(es_config(es_url, alias, elasticsearch_refresh="true"))
+    engine._es = engine._client()
+    await engine.es.indices.create(index=f"{alias}-old", mappings=old_mapping, aliases={alias: {}})
+    await engine.es.close()
+    engine._es = None
+    await engine.open()
+    try:
+        await engine.upsert(LINK_DOCS[0])
+        await engine.upsert(LINK_DOCS[3])
+        assert await ids(engine, trained_on="alice/iris@1") == {"lin/trained"}
+    finally:
+        await close_engine(engine)
+
+
 # --- Elasticsearch specifics -------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 from dlhub.common.codec import Codec
 from dlhub.common.errors import Unauthorized, ValidationFailed
 from dlhub.common.messages import ErrorInfo, Result, Timings
+from dlhub.common.payloads import FileEntry, PreviewColumn, TablePreview
 from dlhub.registry.auth import Authenticator, create_token, hash_token, revoke_token
 from dlhub.registry.clock import now_ms
 from dlhub.registry.store import AuditQuery, AuditRecord, MetadataStore, TaskRecord, TokenRecord
@@ -177,6 +178,91 @@ async def test_status_updates(store: MetadataStore) -> None:
     assert [v.version for v in await store.list_versions_with_status("ready")] == [1]
     assert [v.version for v in await store.list_versions_with_status("failed")] == [2]
     assert await store.set_version_status("alice", "m", 9, status="ready") is None
+
+
+async def test_manifest_and_previews_round_trip(backend: Backend) -> None:
+    store = await backend.open()
+    await publish(store)
+    manifest = (
+        FileEntry(path="data/iris.csv", size_bytes=1234, sha256="a" * 64),
+        FileEntry(path="dir/ü ключ.txt", size_bytes=0, sha256="b" * 64),
+    )
+    previews = (
+        TablePreview(
+            path="data/iris.csv",
+            format="csv",
+            columns=[PreviewColumn(name="$id.x", type="integer"), PreviewColumn(name="", type="empty")],
+            rows=[["1", ""], ["2", "\u0000"]],
+            truncated=True,
+        ),
+    )
+    ready = await store.set_version_status(
+        "alice",
+        "m",
+        1,
+        status="ready",
+        digest="d",
+        files=("data/iris.csv",),
+        manifest=manifest,
+        previews=previews,
+    )
+    assert ready is not None and ready.manifest == manifest and ready.previews == previews
+    assert await store.get_version("alice", "m", 1) == ready
+    (listed,) = await store.list_versions("alice", "m")
+    assert listed.manifest == manifest and listed.previews == previews
+    assert await (await backend.open()).get_version("alice", "m", 1) == ready  # another connection
+    # a version without a build outcome has none; a tombstone drops them with its files
+    await publish(store)
+    building = await store.get_version("alice", "m", 2)
+    assert building is not None and building.manifest == () and building.previews == ()
+    await store.mark_deleted("alice", "m", [1], deleted_by="alice", deleted_at_ms=1)
+    tomb = await store.get_version("alice", "m", 1)
+    assert tomb is not None and tomb.manifest == () and tomb.previews == ()
+
+
+def linking(name: str, training: list[str], test: list[str] = []) -> dict[str, Any]:  # noqa: B006
+    return {"dlhub": {"name": name, "visible_to": ["public"], "training_data": training, "test_data": test}}
+
+
+async def test_linking_versions_reverse_lookup(store: MetadataStore) -> None:
+    await store.create_version(
+        owner="bob", name="m1", metadata=linking("m1", ["alice/iris@1"]), published_at_ms=1
+    )
+    await store.create_version(
+        owner="bob",
+        name="m1",
+        metadata=linking("m1", ["alice/iris@2"], ["10.5281/Zenodo.7"]),
+        published_at_ms=2,
+    )
+    await store.create_version(
+        owner="alice",
+        name="m2",
+        metadata=linking("m2", [], ["alice/iris@1", "alice/other@1"]),
+        published_at_ms=3,
+    )
+    await store.create_version(
+        owner="carol", name="m3", metadata=linking("m3", ["alice/irises@1"]), published_at_ms=4
+    )
+    await publish(store, "dave", "plain")
+
+    def labels(records: list[Any]) -> list[str]:
+        return [r.label for r in records]
+
+    assert labels(await store.list_linking_versions(["alice/iris"])) == ["alice/m2@1", "bob/m1@1", "bob/m1@2"]
+    assert labels(await store.list_linking_versions(["doi:10.5281/zenodo.7"])) == ["bob/m1@2"]
+    assert labels(await store.list_linking_versions(["alice/iris", "doi:10.5281/zenodo.7"])) == [
+        "alice/m2@1",
+        "bob/m1@1",
+        "bob/m1@2",
+    ]  # each version once, even when it names several targets
+    assert labels(await store.list_linking_versions(["alice/iris"], limit=2)) == ["alice/m2@1", "bob/m1@1"]
+    assert await store.list_linking_versions(["alice/nothing"]) == []
+    assert await store.list_linking_versions([]) == []
+    # tombstones and purged versions no longer link
+    await store.mark_deleted("bob", "m1", [1], deleted_by="bob", deleted_at_ms=9)
+    assert await store.delete_versions("alice", "m2") == [1]
+    assert labels(await store.list_linking_versions(["alice/iris"])) == ["bob/m1@2"]
+    assert labels(await store.list_linking_versions(["alice/irises"])) == ["carol/m3@1"]
 
 
 async def test_package_refs(store: MetadataStore) -> None:

@@ -19,7 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from dlhub.client.credentials import client_file, dlhub_home, load_credentials, read_saved, save_credentials
-from dlhub.client.metadata import python_function_document, sklearn_document
+from dlhub.client.metadata import (
+    add_dataset_links,
+    dataset_document,
+    python_function_document,
+    sklearn_document,
+)
 from dlhub.client.sdk import DLHubClient, TaskFailed, TaskHandle
 from dlhub.common.errors import DLHubError
 
@@ -466,6 +471,14 @@ def _hinted_types(module: str, function: str, autobatch: bool) -> dict[str, Any]
 @click.option("--method", default="predict", show_default=True, help="scikit-learn method to expose as run.")
 @click.option("--n-features", default=None, type=int, help="scikit-learn: number of input columns.")
 @click.option("--serialization", type=click.Choice(["pickle", "joblib"]), default="pickle", show_default=True)
+@click.option("--dataset", "dataset", is_flag=True, help="A dataset of the --file files (no code).")
+@click.option(
+    "--training-data",
+    "training_data",
+    multiple=True,
+    help="Dataset it was trained on: owner/name[@version] or a DOI (repeatable).",
+)
+@click.option("--test-data", "test_data", multiple=True, help="Dataset it was tested on (repeatable).")
 @click.option("--output", "output_file", default=DEFAULT_METADATA_FILE, show_default=True)
 def init(
     name: str,
@@ -481,9 +494,12 @@ def init(
     method: str,
     n_features: int | None,
     serialization: str,
+    dataset: bool,
+    training_data: tuple[str, ...],
+    test_data: tuple[str, ...],
     output_file: str,
 ) -> None:
-    """Write a metadata document for a servable in the current directory."""
+    """Write a metadata document for a servable (or, with --dataset, a dataset) in the current directory."""
     common: dict[str, Any] = dict(
         name=name,
         title=title or name,
@@ -491,10 +507,16 @@ def init(
         affiliations=affiliations,
         description=description,
         domains=domains,
+        training_data=training_data,
+        test_data=test_data,
     )
-    if (function is None) == (sklearn_model is None):
+    if dataset:
+        if function is not None or sklearn_model is not None or not files:
+            raise click.UsageError("--dataset takes its files from --file, without --function or --sklearn")
+        doc = dataset_document(files=files, **common)
+    elif (function is None) == (sklearn_model is None):
         raise click.UsageError("give exactly one of --function module:function or --sklearn model.pkl")
-    if function is not None:
+    elif function is not None:
         module, _, func = function.partition(":")
         if not module or not func:
             raise click.BadParameter("expected module:function", param_hint="--function")
@@ -636,6 +658,13 @@ def _import_object(reference: str, search_dir: Path) -> Any:
     show_default=True,
     help="Directory the module is imported from.",
 )
+@click.option(
+    "--training-data",
+    "training_data",
+    multiple=True,
+    help="Dataset it was trained on: owner/name[@version] or a DOI (repeatable).",
+)
+@click.option("--test-data", "test_data", multiple=True, help="Dataset it was tested on (repeatable).")
 @click.option("--no-wait", is_flag=True, help="Return once uploaded, without waiting for the build.")
 @click.pass_context
 def publish_model(
@@ -651,6 +680,8 @@ def publish_model(
     serialization: str | None,
     autobatch: bool,
     search_dir: Path,
+    training_data: tuple[str, ...],
+    test_data: tuple[str, ...],
     no_wait: bool,
 ) -> None:
     """Publish a live object, OBJECT = module:attribute: a fitted scikit-learn estimator or a type-hinted
@@ -677,6 +708,7 @@ def publish_model(
         )
     except (TypeError, ValueError) as exc:  # not something describe() knows how to publish
         raise click.BadParameter(str(exc), param_hint="OBJECT") from exc
+    add_dataset_links(described.metadata, training_data=training_data, test_data=test_data)
     with _client(ctx) as client:
         reply = client.publish(described.metadata, package=described.package(), wait=not no_wait)
     console.print(
@@ -731,7 +763,10 @@ def _servable_table(rows: list[dict[str, Any]], *, with_score: bool = False) -> 
             row.get("shorthand_name") or f"{row.get('owner')}/{row.get('name')}",
             str(row.get("version", "")),
             str(row.get("title", "")),
-            str(row.get("servable_type", "")),
+            str(
+                row.get("servable_type")
+                or ("dataset" if "dataset" in (row.get("kind"), row.get("type")) else "")
+            ),
             ", ".join(row.get("authors", [])),
         ]
         if with_score:
@@ -808,6 +843,8 @@ def search(ctx: click.Context) -> None:
 @click.option("--doi", default=None, help="The servable's DOI or a related DOI (e.g. its paper's).")
 @click.option("--model-type", default=None)
 @click.option("--servable-type", default=None)
+@click.option("--trained-on", default=None, help="Trained on this dataset: owner/name[@version] or a DOI.")
+@click.option("--tested-on", default=None, help="Tested on this dataset: owner/name[@version] or a DOI.")
 @click.option("--published-from", default=None, help="ISO 8601 date/date-time or epoch seconds.")
 @click.option("--published-to", default=None, help="ISO 8601 date/date-time or epoch seconds (inclusive).")
 @click.option(

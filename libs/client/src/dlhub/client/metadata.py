@@ -38,9 +38,13 @@ def base_document(
     visible_to: Sequence[str] = ("public",),
     files: dict[str, Any] | None = None,
     dependencies: dict[str, str] | None = None,
+    training_data: Sequence[str] = (),
+    test_data: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """The common sections; ``training_data``/``test_data``: datasets as ``owner/name[@version]`` or DOIs
+    (the registry checks them and pins references to a version)."""
     descriptions = [{"description": description, "descriptionType": "Abstract"}] if description else []
-    return {
+    document: dict[str, Any] = {
         "datacite": {
             "identifier": {"identifier": "10.datacite/placeholder", "identifierType": "DOI"},
             "creators": creators(authors, affiliations),
@@ -66,6 +70,35 @@ def base_document(
             "type": "servable",
         },
     }
+    add_dataset_links(document, training_data=training_data, test_data=test_data)
+    return document
+
+
+def add_dataset_links(
+    document: dict[str, Any], *, training_data: Sequence[str] = (), test_data: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Name the datasets a servable was trained and tested on (``dlhub.training_data``/``test_data``)."""
+    dlhub: dict[str, Any] = document["dlhub"]
+    for key, refs in (("training_data", training_data), ("test_data", test_data)):
+        if refs:
+            dlhub[key] = list(dict.fromkeys([*dlhub.get(key, []), *refs]))
+    return document
+
+
+def dataset_document(
+    *,
+    name: str,
+    files: Sequence[str],
+    title: str,
+    authors: Sequence[str],
+    **common: Any,
+) -> dict[str, Any]:
+    """A dataset: its files (shipped in the package) with DataCite ``resourceTypeGeneral`` Dataset; the
+    registry lists each file's size and sha256 and previews its CSV/TSV/JSON lines files."""
+    doc = base_document(name=name, title=title, authors=authors, files={"data": list(files)}, **common)
+    doc["datacite"]["resourceType"] = {"resourceTypeGeneral": "Dataset"}
+    doc["dlhub"]["type"] = "dataset"
+    return doc
 
 
 def python_function_document(

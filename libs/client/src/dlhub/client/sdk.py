@@ -309,20 +309,46 @@ class DLHubClient:
         authors: Sequence[str],
         wait: bool = True,
         timeout_s: float = 300.0,
+        training_data: Sequence[str] = (),
+        test_data: Sequence[str] = (),
         **describe_options: Any,
     ) -> dict[str, Any]:
         """Describe a live object (a fitted scikit-learn estimator, a Keras model, a PyTorch module, or a
         type-hinted function in a module file) with ``dlhub.client.describe.describe`` and publish it with its
         files.
 
+        ``training_data``/``test_data``: the datasets it was trained and tested on, as
+        ``owner/name[@version]`` (a published dataset the caller can see; pinned to a version) or DOIs.
         ``describe_options``: affiliations, description, domains, visible_to, dependencies,
         serialization_method (estimators), autobatch (functions), example / input_shape / input_dtype
         (PyTorch modules).
         """
         from dlhub.client.describe import describe
+        from dlhub.client.metadata import add_dataset_links
 
         described = describe(model, name=name, title=title, authors=authors, **describe_options)
+        add_dataset_links(described.metadata, training_data=training_data, test_data=test_data)
         return self.publish(described.metadata, package=described.package(), wait=wait, timeout_s=timeout_s)
+
+    def publish_dataset(
+        self,
+        name: str,
+        files: Sequence[str],
+        *,
+        title: str,
+        authors: Sequence[str],
+        base_dir: str | Path = ".",
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        **document_options: Any,
+    ) -> dict[str, Any]:
+        """Publish ``files`` (paths relative to ``base_dir``) as a dataset, versioned and citable like a
+        servable; describe lists each file's size and sha256 and previews its tabular files.
+        ``document_options``: affiliations, description, domains, visible_to."""
+        from dlhub.client.metadata import dataset_document
+
+        document = dataset_document(name=name, files=files, title=title, authors=authors, **document_options)
+        return self.publish(document, base_dir=base_dir, wait=wait, timeout_s=timeout_s)
 
     def publish_pipeline(
         self,
@@ -551,7 +577,8 @@ class DLHubClient:
         """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
 
         Filters: owner, name, domain, author, model_type, servable_type, doi (the servable's DOI or a
-        related identifier such as its paper's DOI, case-insensitive); ``published_from`` /
+        related identifier such as its paper's DOI, case-insensitive); trained_on / tested_on (a dataset:
+        ``owner/name``, ``owner/name@version`` or a DOI); ``published_from`` /
         ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
         comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
         publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.

@@ -381,6 +381,16 @@ class BuilderConfig(BaseModel):
     url_max_redirects: NonNegativeInt = 5
     """HTTP(S) redirects followed per component; each target must be HTTP(S) again."""
     s3: S3Config = Field(default_factory=S3Config)
+    preview_rows: NonNegativeInt = 10
+    """Datasets: how many rows of each tabular file (CSV, TSV, JSON lines) the preview shows."""
+    preview_max_bytes: PositiveInt = 16 * 1024
+    """The most one file's preview may take (as JSON); rows are dropped from the end beyond it."""
+    preview_max_cell_chars: PositiveInt = 200
+    preview_max_columns: PositiveInt = 64
+    preview_max_files: NonNegativeInt = 8
+    """At most this many tabular files of a dataset are previewed (the first by path)."""
+    preview_read_bytes: PositiveInt = 1 * MiB
+    """How much of a file the preview reads at most: a preview never scans a whole large file."""
 
 
 EnvironmentBackend = Literal["venv", "docker"]

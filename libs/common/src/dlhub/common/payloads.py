@@ -26,6 +26,38 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     package_format: Literal["tar", "zip", "none"] = "tar"
 
 
+class FileEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One regular file of a built version: its package path, size and sha256 (hex)."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+PreviewType = Literal["integer", "number", "boolean", "string", "empty"]
+
+
+class PreviewColumn(msgspec.Struct, kw_only=True, frozen=True):
+    """A column of a tabular preview: its header and the simple type its previewed cells share."""
+
+    name: str
+    type: PreviewType
+
+
+class TablePreview(msgspec.Struct, kw_only=True, frozen=True):
+    """The first rows of one tabular file (CSV, TSV, JSON lines), computed once when the version is built.
+
+    Cells are untrusted text: strings, each cut to ``builder.preview_max_cell_chars``; ``truncated`` says the
+    file has more rows, columns or bytes than the preview shows.
+    """
+
+    path: str
+    format: Literal["csv", "tsv", "jsonl"]
+    columns: list[PreviewColumn]
+    rows: list[list[str]]
+    truncated: bool = False
+
+
 class BuildOutcome(msgspec.Struct, kw_only=True):
     """Builder -> registry on success: where the version lives and what it holds."""
 
@@ -42,6 +74,10 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     lock: str = ""
     """The environment's hash-pinned lock (``uv pip compile --generate-hashes`` output; "" when shared)."""
     base_image: str = ""
+    manifest: list[FileEntry] = msgspec.field(default_factory=list)
+    """Every regular file with its size and sha256 (added later, so optional)."""
+    previews: list[TablePreview] = msgspec.field(default_factory=list)
+    """Datasets only: previews of their tabular files (added later, so optional)."""
 
 
 BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]
@@ -96,6 +132,14 @@ class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str = "ready"
     doi: str = ""
     related_identifiers: list[str] = msgspec.field(default_factory=list)
+    kind: str = ""
+    """servable, pipeline or dataset ("" from older peers: a servable)."""
+    columns: list[str] = msgspec.field(default_factory=list)
+    """Datasets: the column names of their tabular previews (capped in number and length)."""
+    trained_on: list[str] = msgspec.field(default_factory=list)
+    """Link terms of the training datasets: ``owner/name``, ``owner/name@version`` and case-folded DOIs."""
+    tested_on: list[str] = msgspec.field(default_factory=list)
+    """Link terms of the test datasets, as ``trained_on``."""
 
 
 class IndexRequest(msgspec.Struct, kw_only=True):
@@ -139,6 +183,10 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     order: SortOrder | None = None
     doi: str | None = None
     """Matches the servable's DOI or any of its related identifiers, case-insensitively."""
+    trained_on: str | None = None
+    """Servables trained on this dataset: ``owner/name``, ``owner/name@version`` or a DOI (any case)."""
+    tested_on: str | None = None
+    """Servables tested on this dataset, as ``trained_on``."""
 
 
 class SearchHit(msgspec.Struct, kw_only=True):

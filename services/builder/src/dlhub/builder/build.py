@@ -8,6 +8,7 @@ A version is immutable: rebuilding it with the same files and document succeeds,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
+from dlhub.builder.preview import PreviewLimits, is_dataset, previews
 from dlhub.builder.remote import UrlFetcher, declared_url_files
 from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
@@ -41,7 +43,7 @@ from dlhub.common.errors import (
 )
 from dlhub.common.ids import NAME_RE
 from dlhub.common.logging import get_logger
-from dlhub.common.payloads import BuildOutcome, BuildRequest
+from dlhub.common.payloads import BuildOutcome, BuildRequest, FileEntry
 from dlhub.common.servable_store import (
     FILES_DIRNAME,
     METADATA_FILENAME,
@@ -65,6 +67,7 @@ class BuildLimits:
     max_package_bytes: int
     max_extracted_bytes: int
     max_files: int
+    preview: PreviewLimits = dataclasses.field(default_factory=PreviewLimits)
 
     @classmethod
     def from_settings(cls, settings: DLHubSettings) -> BuildLimits:
@@ -73,6 +76,7 @@ class BuildLimits:
             max_package_bytes=config.max_package_bytes,
             max_extracted_bytes=config.max_extracted_bytes,
             max_files=config.max_files,
+            preview=PreviewLimits.from_settings(settings),
         )
 
 
@@ -138,9 +142,16 @@ def list_files(files_dir: Path) -> list[str]:
 
 def compute_digest(files_dir: Path) -> tuple[str, list[str], int]:
     """Digest the package: sha256 over sorted relative paths and their bytes (a link's target instead)."""
+    digest, files, total, _ = digest_files(files_dir)
+    return digest, files, total
+
+
+def digest_files(files_dir: Path) -> tuple[str, list[str], int, list[FileEntry]]:
+    """``compute_digest`` plus the manifest (each regular file's size and sha256), in one read."""
     digest = hashlib.sha256()
     files = list_files(files_dir) if files_dir.exists() else []
     total = 0
+    manifest: list[FileEntry] = []
     for rel in files:
         path = files_dir / rel
         if path.is_symlink():
@@ -150,10 +161,13 @@ def compute_digest(files_dir: Path) -> tuple[str, list[str], int]:
         size = path.stat().st_size
         total += size
         digest.update(b"F" + rel.encode() + b"\0" + size.to_bytes(8, "big"))
+        own = hashlib.sha256()
         with path.open("rb") as handle:
             while chunk := handle.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)
-    return DIGEST_PREFIX + digest.hexdigest(), files, total
+                own.update(chunk)
+        manifest.append(FileEntry(path=rel, size_bytes=size, sha256=own.hexdigest()))
+    return DIGEST_PREFIX + digest.hexdigest(), files, total, manifest
 
 
 def write_metadata(version_staging: Path, metadata: Mapping[str, Any]) -> None:
@@ -252,7 +266,8 @@ def build_version(
         _fetch_url_files(request, files_dir, limits, fetcher or UrlFetcher(), build_log)
         check_declared_files(files_dir, paths)
         write_metadata(staged, request.metadata)
-        digest, files, size_bytes = compute_digest(files_dir)
+        digest, files, size_bytes, manifest = digest_files(files_dir)
+        tables = previews(files_dir, files, limits.preview) if is_dataset(request.metadata) else []
         target = version_dir(root, request.owner, request.name, request.version)
         if target.exists() and _same_version(target, digest, request.metadata):
             created = False  # an identical rebuild: its environment was built with it
@@ -296,6 +311,8 @@ def build_version(
         python=isolated.python if isolated is not None else "",
         lock=isolated.lock if isolated is not None else "",
         base_image=isolated.base_image if isolated is not None else "",
+        manifest=manifest,
+        previews=tables,
     )
 
 

@@ -17,6 +17,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from dlhub.registry.datasets import is_dataset, links_of
 from dlhub.registry.identifiers import (
     ORCID_URL_PREFIX,
     doi_of,
@@ -29,6 +30,11 @@ from dlhub.registry.store import VersionRecord
 DATACITE_SCHEMA: Final = "http://datacite.org/schema/kernel-4"
 DEFAULT_PUBLISHER: Final = "DLHub"
 DEFAULT_RESOURCE_TYPE: Final = "InteractiveResource"
+DATASET_RESOURCE_TYPE: Final = "Dataset"
+BIBTEX_ENTRY_TYPES: Final = {"Software": "software", DATASET_RESOURCE_TYPE: "dataset"}
+"""biblatex entry types by resourceTypeGeneral; anything else is ``@misc``. ``@dataset`` (biblatex 3.8+)
+rather than ``@misc`` for datasets, as ``@software`` for software: biblatex styles show them as such, and
+classic BibTeX styles treat an unknown entry type as ``@misc``."""
 
 # --- shared helpers --------------------------------------------------------------------------------------
 
@@ -75,9 +81,31 @@ def _publisher(record: VersionRecord) -> str:
 
 
 def _resource_type(record: VersionRecord) -> dict[str, Any]:
+    """The document's ``resourceType``; a dataset is always ``Dataset`` (whatever its document says)."""
     value = _datacite(record.metadata).get("resourceType")
     out = dict(value) if isinstance(value, dict) else {}
+    if is_dataset(record.metadata):
+        out["resourceTypeGeneral"] = DATASET_RESOURCE_TYPE
     out.setdefault("resourceTypeGeneral", DEFAULT_RESOURCE_TYPE)
+    return out
+
+
+def _dataset_links(record: VersionRecord, api_base: str) -> list[dict[str, Any]]:
+    """The DLHub datasets the version names, as URL related identifiers (its DOIs are stored ones)."""
+    out: list[dict[str, Any]] = []
+    for link in links_of(record.metadata):
+        if link["kind"] != "dlhub":
+            continue
+        owner, _, rest = link["dataset"].partition("/")
+        name, _, version = rest.partition("@")
+        url = (
+            version_url(api_base, owner, name, int(version))
+            if version.isascii() and version.isdigit()
+            else servable_url(api_base, owner, name)
+        )
+        out.append(
+            {"relatedIdentifier": url, "relatedIdentifierType": "URL", "relationType": link["relationType"]}
+        )
     return out
 
 
@@ -186,6 +214,7 @@ def datacite_json(record: VersionRecord, *, api_base: str) -> dict[str, Any]:
     alternates = [dict(a) for a in _dicts(datacite.get("alternateIdentifiers"))]
     alternates.append({"alternateIdentifier": record.label, "alternateIdentifierType": "DLHub"})
     related = [dict(r) for r in related_identifiers(record.metadata)]
+    related.extend(_dataset_links(record, api_base))
     related.append(
         {
             "relatedIdentifier": servable_url(api_base, record.owner, record.name),
@@ -298,9 +327,10 @@ def _related_note(record: VersionRecord) -> str:
 
 
 def bibtex(record: VersionRecord, *, api_base: str) -> str:
-    """The BibTeX entry of ``record``: ``@software`` for Software resources, else ``@misc``."""
+    """The BibTeX entry of ``record``: ``@software`` for Software, ``@dataset`` for datasets, else
+    ``@misc``."""
     datacite = _datacite(record.metadata)
-    entry_type = "software" if _resource_type(record)["resourceTypeGeneral"] == "Software" else "misc"
+    entry_type = BIBTEX_ENTRY_TYPES.get(str(_resource_type(record)["resourceTypeGeneral"]), "misc")
     fields: list[tuple[str, str]] = []
     authors = bibtex_authors(_dicts(datacite.get("creators")))
     if authors:

@@ -20,15 +20,20 @@ from jsonschema.exceptions import ValidationError, best_match  # type: ignore[im
 
 from dlhub.common.errors import ValidationFailed
 from dlhub.common.ids import NAME_RE
-from dlhub.common.payloads import SearchDocument
+from dlhub.common.payloads import SearchDocument, TablePreview
 from dlhub.common.url_files import FIELD as URL_FILES_FIELD
 from dlhub.common.url_files import url_files
 from dlhub.registry.argtypes import check_method_types
+from dlhub.registry.datasets import search_terms
 from dlhub.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 from dlhub.registry.pipelines import check_pipeline_document, is_pipeline
 from dlhub.registry.vectors import check_test_vectors
 
 SCHEMA_RESOURCE = "dlhub-publication.schema.json"
+MAX_SEARCH_COLUMNS = 64
+MAX_SEARCH_COLUMN_CHARS = 64
+"""The search document carries at most this many preview column names, each cut to this length: hits
+show them, and the document stays small whatever the dataset."""
 
 
 @functools.cache
@@ -127,8 +132,20 @@ def title_of(metadata: dict[str, Any]) -> str:
     return str(titles[0].get("title", "")) if titles and isinstance(titles[0], dict) else ""
 
 
+def search_columns(previews: Iterable[TablePreview]) -> list[str]:
+    """The distinct column names of a dataset's previews, in order, capped (``MAX_SEARCH_COLUMNS``)."""
+    names = (c.name[:MAX_SEARCH_COLUMN_CHARS] for p in previews for c in p.columns if c.name)
+    return list(dict.fromkeys(names))[:MAX_SEARCH_COLUMNS]
+
+
 def search_document(
-    *, owner: str, name: str, version: int, metadata: dict[str, Any], published_at_ms: int
+    *,
+    owner: str,
+    name: str,
+    version: int,
+    metadata: dict[str, Any],
+    published_at_ms: int,
+    previews: Iterable[TablePreview] = (),
 ) -> SearchDocument:
     """Build the search index entry of one (ready) version from its metadata."""
     datacite: dict[str, Any] = metadata.get("datacite") or {}
@@ -147,6 +164,7 @@ def search_document(
     owner_identity = f"user:{owner}"
     if owner_identity not in visible_to:
         visible_to.append(owner_identity)  # the owner always finds its own servables
+    trained_on, tested_on = search_terms(metadata)
     return SearchDocument(
         id=f"{owner}/{name}",
         owner=owner,
@@ -164,4 +182,8 @@ def search_document(
         status="ready",
         doi=doi_of(metadata),
         related_identifiers=[str(r["relatedIdentifier"]).strip() for r in related_identifiers(metadata)],
+        kind=str(dlhub.get("type") or "servable"),
+        columns=search_columns(previews),
+        trained_on=trained_on,
+        tested_on=tested_on,
     )

@@ -38,6 +38,8 @@ from dlhub.registry.auth import Caller, caller_for
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.builds import BuildTracker, implied_build, new_build
 from dlhub.registry.clock import iso_ms, now_ms
+from dlhub.registry.datasets import dataset_targets, pin_links
+from dlhub.registry.datasets import used_by as linked_users
 from dlhub.registry.metadata import normalise_publication, search_document, validate_publication
 from dlhub.registry.outcomes import error_dict
 from dlhub.registry.packages import PackageBlobs
@@ -182,6 +184,7 @@ class Servables:
                 f"dlhub.name {name!r} does not match the servable being updated ({expected_name!r})",
                 field="dlhub.name",
             )
+        document = await pin_links(self, caller or caller_for(owner), document)
         if is_pipeline(document):
             if package:
                 raise ValidationFailed("a pipeline is published without a package", field="package")
@@ -550,6 +553,8 @@ class Servables:
             status="ready",
             digest=outcome.digest,
             files=tuple(outcome.files),
+            manifest=tuple(outcome.manifest),
+            previews=tuple(outcome.previews),
         )
         self.cache.invalidate(record.owner, record.name)
         if task is not None:
@@ -592,7 +597,13 @@ class Servables:
             version=latest.version,
             metadata=latest.metadata,
             published_at_ms=latest.published_at_ms,
+            previews=latest.previews,
         )
+
+    async def used_by(self, caller: Caller, dataset: VersionRecord) -> list[dict[str, Any]]:
+        """The servables the caller can see that name ``dataset`` as training or test data."""
+        linking = await self._store.list_linking_versions(dataset_targets(dataset))
+        return linked_users(dataset, linking, caller)
 
     async def reindex(self, owner: str, name: str) -> bool:
         """Upsert the newest ready version into the search index, or delete the entry if there is none;

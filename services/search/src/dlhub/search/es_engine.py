@@ -38,6 +38,7 @@ from elasticsearch.helpers import BulkIndexError, async_bulk
 
 from dlhub.common.config import SearchConfig
 from dlhub.common.errors import DLHubError, InvalidMessage
+from dlhub.common.links import query_link_term
 from dlhub.common.logging import get_logger
 from dlhub.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from dlhub.search.engine import (
@@ -58,8 +59,9 @@ from dlhub.search.engine import (
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION: Final = 2
-"""2: ``doi``, ``related_identifiers`` and the derived ``doi_terms`` (added to older indices in place)."""
+SCHEMA_VERSION: Final = 3
+"""2: ``doi``, ``related_identifiers`` and the derived ``doi_terms`` (added to older indices in place).
+3: ``kind``, ``columns`` (dataset previews) and the dataset links ``trained_on``/``tested_on`` (likewise)."""
 MAX_RESULT_WINDOW: Final = 10_000
 """Elasticsearch's default ``index.max_result_window``: offset + limit may not go beyond it."""
 BULK_CHUNK: Final = 500
@@ -112,6 +114,14 @@ ADDED_IN_2: Final[dict[str, Any]] = {
 }
 """Mapping properties added by schema 2; ``open`` adds them to an index created with schema 1."""
 
+ADDED_IN_3: Final[dict[str, Any]] = {
+    "kind": {"type": "keyword"},
+    "columns": {"type": "keyword", "ignore_above": 256},
+    "trained_on": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+    "tested_on": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+}
+"""Mapping properties added by schema 3; ``open`` adds them to an older index."""
+
 
 def index_mapping() -> dict[str, Any]:
     """The explicit mapping: display fields with ``.keyword``, folded ``fts.*`` fields, filters, dates."""
@@ -145,6 +155,7 @@ def index_mapping() -> dict[str, Any]:
             "visible": {"type": "keyword"},
             "author_terms": {"type": "keyword"},
             **ADDED_IN_2,
+            **ADDED_IN_3,
             "publication_date": {"type": "date", "format": "epoch_millis"},
             "publication_date_s": {"type": "double", "index": False},
             "fts": {"properties": {field: fts_field for field in FTS_WEIGHTS}},
@@ -215,6 +226,8 @@ def filter_clauses(query: SearchQuery) -> list[dict[str, Any]]:
         ("domains.keyword", query.domain),
         ("author_terms", query.author.casefold() if query.author is not None else None),
         ("doi_terms", doi_term(query.doi) if query.doi is not None else None),
+        ("trained_on", query_link_term(query.trained_on) if query.trained_on is not None else None),
+        ("tested_on", query_link_term(query.tested_on) if query.tested_on is not None else None),
     ):
         if value is not None:
             filters.append({"term": {field: value}})
@@ -409,6 +422,8 @@ class ElasticsearchSearchEngine(SearchEngine):
                 # The mapping is strict: add the new (optional) fields so that new documents index; the
                 # documents already there lack them until a reindex.
                 await self.es.indices.put_mapping(index=index, properties=ADDED_IN_2)
+            if version in (1, 2):
+                await self.es.indices.put_mapping(index=index, properties=ADDED_IN_3)
             if version != SCHEMA_VERSION:
                 log.warning(
                     "search index has an older mapping; run `dlhub search reindex`",

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dlhub.common.errors import DLHubError
+from dlhub.common.links import query_link_term
 from dlhub.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from dlhub.search.engine import (
     PUBLIC,
@@ -53,6 +54,9 @@ FIELD_AUTHOR: Final = "author"
 FIELD_VISIBLE: Final = "visible"
 FIELD_DOI: Final = "doi"
 """The document's own DOI and its related identifiers, case-folded (the ``doi`` filter matches any)."""
+FIELD_TRAINED_ON: Final = "trained_on"
+FIELD_TESTED_ON: Final = "tested_on"
+"""Link terms of a servable's training and test datasets (``dlhub.common.links``)."""
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -127,6 +131,8 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
         rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     rows |= {(FIELD_DOI, value, pk) for value in doi_terms(document)}
+    rows |= {(FIELD_TRAINED_ON, value, pk) for value in document.trained_on}
+    rows |= {(FIELD_TESTED_ON, value, pk) for value in document.tested_on}
     return rows
 
 
@@ -239,6 +245,10 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         filters.has_value(FIELD_AUTHOR, [query.author.casefold()])
     if query.doi is not None:
         filters.has_value(FIELD_DOI, [doi_term(query.doi)])
+    if query.trained_on is not None:
+        filters.has_value(FIELD_TRAINED_ON, [query_link_term(query.trained_on)])
+    if query.tested_on is not None:
+        filters.has_value(FIELD_TESTED_ON, [query_link_term(query.tested_on)])
     if query.published_from_s is not None:
         filters.add("d.publication_date_s >= ?", query.published_from_s)
     if query.published_to_s is not None:
@@ -270,6 +280,8 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
         query.servable_type,
         query.published_from_s,
         query.published_to_s,
+        query.trained_on,
+        query.tested_on,
     )
     return not match and all(value is None for value in narrowing)
 

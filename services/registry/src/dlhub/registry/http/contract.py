@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from dlhub.common.payloads import BuildState, FacetName, SortField, SortOrder
+from dlhub.common.payloads import BuildState, FacetName, FileEntry, SortField, SortOrder, TablePreview
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.auth import PRINCIPAL_PATTERN
 from dlhub.registry.outcomes import TaskError as TaskError
@@ -103,6 +103,25 @@ class SearchQueryParams(Struct, kw_only=True):
     ) = UNSET
     model_type: Annotated[str, Meta(description="Exact model_type")] | UnsetType = UNSET
     servable_type: Annotated[str, Meta(description="Exact servable_type")] | UnsetType = UNSET
+    trained_on: (
+        Annotated[
+            str,
+            Meta(
+                description="Trained on this dataset: owner/name, owner/name@version or a DOI",
+                max_length=512,
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    tested_on: (
+        Annotated[
+            str,
+            Meta(
+                description="Tested on this dataset: owner/name, owner/name@version or a DOI", max_length=512
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     published_from: (
         Annotated[
             str,
@@ -278,6 +297,25 @@ class Deprecation(VersionSummary, kw_only=True):
     shorthand_name: str
 
 
+class DatasetLink(Struct, kw_only=True):
+    """A dataset a version names as its training or test data."""
+
+    dataset: Annotated[str, Meta(description="owner/name@version (pinned when published) or a DOI")]
+    relation: Literal["training", "test"]
+    relationType: Annotated[str, Meta(description="The DataCite relationType: IsDerivedFrom or References")]
+    kind: Literal["dlhub", "doi"]
+
+
+class DatasetUse(Struct, kw_only=True):
+    """A servable that names this dataset (its newest version the caller can see that does)."""
+
+    servable: Annotated[str, Meta(description="owner/name@version")]
+    title: str
+    relation: Literal["training", "test"]
+    relationType: str
+    dataset: Annotated[str, Meta(description="The reference as the servable names it")]
+
+
 class Servable(Struct, kw_only=True):
     type: Annotated[str, Meta(description="servable, pipeline or dataset")]
     steps: Steps | UnsetType = UNSET
@@ -301,6 +339,27 @@ class Servable(Struct, kw_only=True):
     build_state: Annotated[
         BuildState | None, Meta(description="State of its build (null: published before build records)")
     ]
+    manifest: Annotated[
+        list[FileEntry],
+        Meta(description="Each regular file with size and sha256 (empty until built, and for tombstones)"),
+    ] = msgspec.field(default_factory=list)
+    datasets: Annotated[
+        list[DatasetLink], Meta(description="The training and test datasets this version names")
+    ] = msgspec.field(default_factory=list)
+    previews: (
+        Annotated[
+            list[TablePreview],
+            Meta(description="Datasets only: columns and first rows of their tabular files"),
+        ]
+        | UnsetType
+    ) = UNSET
+    used_by: (
+        Annotated[
+            list[DatasetUse],
+            Meta(description="Datasets only: servables trained or tested on it (models trained on it)"),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class ServableSummary(Struct, kw_only=True):
@@ -383,6 +442,16 @@ class SearchHit(Struct, kw_only=True):
     doi: Annotated[str, Meta(description="The version's DOI ('' without one)")]
     related_identifiers: list[str]
     score: float
+    kind: Annotated[str, Meta(description="servable, pipeline or dataset")] = "servable"
+    columns: Annotated[list[str], Meta(description="Datasets: the column names of their previews")] = (
+        msgspec.field(default_factory=list)
+    )
+    trained_on: Annotated[list[str], Meta(description="Link terms of its training datasets")] = msgspec.field(
+        default_factory=list
+    )
+    tested_on: Annotated[list[str], Meta(description="Link terms of its test datasets")] = msgspec.field(
+        default_factory=list
+    )
 
 
 class FacetCount(Struct, kw_only=True):

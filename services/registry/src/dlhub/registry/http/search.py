@@ -37,6 +37,8 @@ def _search_query(request: web.Request, params: SearchQueryParams, identities: l
         doi=optional(params.doi),
         model_type=optional(params.model_type),
         servable_type=optional(params.servable_type),
+        trained_on=optional(params.trained_on),
+        tested_on=optional(params.tested_on),
         identities=identities,
         limit=page_size(request, params.limit),
         offset=params.offset,
@@ -64,6 +66,10 @@ def _answer(results: FoundResults) -> SearchResults:
             doi=hit.document.doi,
             related_identifiers=hit.document.related_identifiers,
             score=hit.score,
+            kind=hit.document.kind or "servable",
+            columns=hit.document.columns,
+            trained_on=hit.document.trained_on,
+            tested_on=hit.document.tested_on,
         )
         for hit in results.hits
     ]

@@ -7,11 +7,16 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET
 
 from dlhub.common.errors import ValidationFailed
+from dlhub.registry.auth import Caller
 from dlhub.registry.clock import iso_ms
+from dlhub.registry.datasets import is_dataset, links_of
 from dlhub.registry.http.contract import (
     MAX_REASON_CHARS,
+    DatasetLink,
+    DatasetUse,
     Deleted,
     DeprecateRequest,
     Deprecation,
@@ -77,7 +82,10 @@ def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary
     return summary
 
 
-def describe(record: VersionRecord, versions: Sequence[VersionRecord]) -> Servable:
+def describe(
+    record: VersionRecord, versions: Sequence[VersionRecord], users: list[dict[str, Any]] | None = None
+) -> Servable:
+    """The describe answer; ``users``: for a dataset, the servables that name it (``Servables.used_by``)."""
     return Servable(
         **_kind(record),
         owner=record.owner,
@@ -96,7 +104,17 @@ def describe(record: VersionRecord, versions: Sequence[VersionRecord]) -> Servab
         versions=[version_summary(v) for v in versions],
         environment=record.environment,
         build_state=record.build_state or None,
+        manifest=list(record.manifest),
+        datasets=[msgspec.convert(link, DatasetLink) for link in links_of(record.metadata)],
+        previews=list(record.previews) if is_dataset(record.metadata) else UNSET,
+        used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users],
     )
+
+
+async def _users(request: web.Request, caller: Caller, record: VersionRecord) -> list[dict[str, Any]] | None:
+    if not is_dataset(record.metadata) or record.deleted:
+        return None
+    return await request.app[SERVABLES].used_by(caller, record)
 
 
 def summary(record: VersionRecord) -> ServableSummary:
@@ -193,7 +211,8 @@ async def describe_latest(request: web.Request) -> web.Response:
     owner, name = request.match_info["owner"], request.match_info["name"]
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
-    return json_response(describe(newest_live(versions, owner, name), versions))
+    record = newest_live(versions, owner, name)
+    return json_response(describe(record, versions, await _users(request, caller, record)))
 
 
 async def describe_version(request: web.Request) -> web.Response:
@@ -202,7 +221,7 @@ async def describe_version(request: web.Request) -> web.Response:
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
     record = await servables.describe_target(caller, owner, name, version_of(request))
-    return json_response(describe(record, versions))
+    return json_response(describe(record, versions, await _users(request, caller, record)))
 
 
 async def list_versions(request: web.Request) -> web.Response:

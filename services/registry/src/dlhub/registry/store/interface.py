@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dlhub.common.payloads import BuildRecord
+from dlhub.common.links import store_target
+from dlhub.common.payloads import BuildRecord, FileEntry, TablePreview
 
 VersionStatus = Literal["building", "ready", "failed", "deleted"]
 BuildStateValue = Literal["", "queued", "resolving", "installing", "ready", "failed"]
@@ -51,6 +52,10 @@ class VersionRecord:
     """The environment id the version runs in ("" for the shared worker environment)."""
     build_state: BuildStateValue = ""
     """The state of its build record (``save_build`` keeps it in step; "" for versions without a record)."""
+    manifest: tuple[FileEntry, ...] = ()
+    """Its regular files with size and sha256 (set with the build outcome; empty before and on tombstones)."""
+    previews: tuple[TablePreview, ...] = ()
+    """Datasets: previews of their tabular files (set with the build outcome)."""
 
     @property
     def deleted(self) -> bool:
@@ -215,9 +220,16 @@ class MetadataStore(abc.ABC):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        manifest: tuple[FileEntry, ...] = (),
+        previews: tuple[TablePreview, ...] = (),
     ) -> VersionRecord | None:
         """Update the build outcome of a live version; return the new record or None if it does not exist or
         is a tombstone (a build finishing after deletion never revives the version)."""
+
+    @abc.abstractmethod
+    async def list_linking_versions(self, targets: Sequence[str], limit: int = 1000) -> list[VersionRecord]:
+        """Live versions whose ``link_targets`` include any of ``targets`` (the reverse of a servable's links
+        to its datasets), at most ``limit``, ordered by owner, name, version. Tombstones never link."""
 
     @abc.abstractmethod
     async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
@@ -385,6 +397,22 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def list_audit(self, query: AuditQuery) -> list[AuditRecord]:
         """Audit records matching every given filter, newest first, at most ``query.limit``."""
+
+
+def link_targets(metadata: dict[str, Any]) -> list[str]:
+    """The store keys of a version's dataset links (``dlhub.training_data`` and ``dlhub.test_data``):
+    ``owner/name`` for a DLHub reference, ``doi:<folded>`` for a DOI (``dlhub.common.links.store_target``)."""
+    dlhub = metadata.get("dlhub")
+    if not isinstance(dlhub, dict):
+        return []
+    refs = [
+        ref
+        for key in ("training_data", "test_data")
+        if isinstance(dlhub.get(key), list)
+        for ref in dlhub[key]
+        if isinstance(ref, str) and ref.strip()
+    ]
+    return sorted({store_target(ref) for ref in refs})
 
 
 def with_access(

@@ -62,6 +62,7 @@ from pymongo.errors import (
 from dlhub.common.config import StoreConfig
 from dlhub.common.errors import PayloadTooLarge, StoreUnavailable
 from dlhub.common.logging import get_logger
+from dlhub.common.payloads import FileEntry, TablePreview
 from dlhub.registry.store.interface import (
     OPEN_TASK_STATES,
     AuditQuery,
@@ -76,6 +77,7 @@ from dlhub.registry.store.interface import (
     TokenRecord,
     VersionRecord,
     VersionStatus,
+    link_targets,
     tombstone_metadata,
     with_access,
 )
@@ -89,6 +91,8 @@ _MAX_DATE = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
 _MAX_ALLOCATION_ATTEMPTS = 100
 
 _json_encoder = msgspec.json.Encoder()
+_manifest_decoder = msgspec.json.Decoder(tuple[FileEntry, ...])
+_previews_decoder = msgspec.json.Decoder(tuple[TablePreview, ...])
 
 
 def _dumps(value: Any) -> str:
@@ -132,6 +136,10 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "deleted_by": record.deleted_by,
         "environment": record.environment,
         "build_state": record.build_state,
+        "manifest_json": _dumps(record.manifest),
+        "previews_json": _dumps(record.previews),
+        # The reverse lookup of dataset links (``list_linking_versions``) goes through this indexed array.
+        "link_targets": [] if record.deleted else link_targets(record.metadata),
     }
 
 
@@ -157,6 +165,8 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         deleted_by=doc.get("deleted_by", ""),
         environment=doc.get("environment", ""),
         build_state=cast(BuildStateValue, doc.get("build_state", "")),
+        manifest=_manifest_decoder.decode(doc.get("manifest_json") or "[]"),
+        previews=_previews_decoder.decode(doc.get("previews_json") or "[]"),
     )
 
 
@@ -252,6 +262,7 @@ VERSION_INDEXES = [
         name="status",
     ),
     IndexModel([("package_sha256", ASCENDING)], name="package_sha256"),
+    IndexModel([("link_targets", ASCENDING)], name="link_targets"),
 ]
 TASK_TTL_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)
 TASK_PLAIN_INDEX = IndexModel([("expires_at", ASCENDING)], name="expires_at")
@@ -549,6 +560,8 @@ class MongoMetadataStore(MetadataStore):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        manifest: tuple[FileEntry, ...] = (),
+        previews: tuple[TablePreview, ...] = (),
     ) -> VersionRecord | None:
         with self._errors("set_version_status"):
             doc = await self.versions.find_one_and_update(
@@ -559,11 +572,24 @@ class MongoMetadataStore(MetadataStore):
                         "status_reason": status_reason,
                         "digest": digest,
                         "files": list(files),
+                        "manifest_json": _dumps(manifest),
+                        "previews_json": _dumps(previews),
                     }
                 },
                 return_document=ReturnDocument.AFTER,
             )
         return _version_from_doc(doc) if doc is not None else None
+
+    async def list_linking_versions(self, targets: Sequence[str], limit: int = 1000) -> list[VersionRecord]:
+        if not targets:
+            return []
+        with self._errors("list_linking_versions"):
+            cursor = self.versions.find(
+                {"link_targets": {"$in": sorted(set(targets))}, "status": {"$ne": "deleted"}},
+                sort=[("owner", ASCENDING), ("name", ASCENDING), ("version", ASCENDING)],
+                limit=limit,
+            )
+            return [_version_from_doc(doc) async for doc in cursor]
 
     async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
         query: Document = {"owner": owner, "name": name}
@@ -608,6 +634,9 @@ class MongoMetadataStore(MetadataStore):
                             "status": "deleted",
                             "status_reason": "",
                             "files": [],
+                            "manifest_json": "[]",
+                            "previews_json": "[]",
+                            "link_targets": [],
                             "metadata_json": _dumps(tombstone_metadata(msgspec.json.decode(metadata_json))),
                             "deprecated": False,
                             "deprecation_reason": "",

@@ -21,6 +21,7 @@ import aiosqlite
 import msgspec
 
 from dlhub.common.errors import StorageFull, StoreUnavailable
+from dlhub.common.payloads import FileEntry, TablePreview
 from dlhub.registry.store.interface import (
     AuditQuery,
     AuditRecord,
@@ -34,6 +35,7 @@ from dlhub.registry.store.interface import (
     TokenRecord,
     VersionRecord,
     VersionStatus,
+    link_targets,
     tombstone_metadata,
     with_access,
 )
@@ -66,8 +68,18 @@ CREATE TABLE IF NOT EXISTS versions (
     deleted_by TEXT NOT NULL DEFAULT '',
     environment TEXT NOT NULL DEFAULT '',
     build_state TEXT NOT NULL DEFAULT '',
+    manifest TEXT NOT NULL DEFAULT '[]',
+    previews TEXT NOT NULL DEFAULT '[]',
     UNIQUE (owner, name, version)
 );
+CREATE TABLE IF NOT EXISTS version_links (
+    target TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (target, owner, name, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_links_version ON version_links (owner, name, version);
 CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
 CREATE INDEX IF NOT EXISTS versions_package ON versions (package_sha256);
 CREATE TABLE IF NOT EXISTS builds (
@@ -138,7 +150,7 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
     "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
-    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state"
+    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, manifest, previews"
 )
 # Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
 _ADDED_VERSION_COLUMNS = (
@@ -150,6 +162,8 @@ _ADDED_VERSION_COLUMNS = (
     ("deleted_by", "TEXT NOT NULL DEFAULT ''"),
     ("environment", "TEXT NOT NULL DEFAULT ''"),
     ("build_state", "TEXT NOT NULL DEFAULT ''"),
+    ("manifest", "TEXT NOT NULL DEFAULT '[]'"),
+    ("previews", "TEXT NOT NULL DEFAULT '[]'"),
 )
 _ADDED_TASK_COLUMNS = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
@@ -168,6 +182,8 @@ _TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 _OPEN_STATES_SQL = "state IN ('pending', 'running')"
 
 _json_encoder = msgspec.json.Encoder()
+_manifest_decoder = msgspec.json.Decoder(tuple[FileEntry, ...])
+_previews_decoder = msgspec.json.Decoder(tuple[TablePreview, ...])
 
 
 def _now_ms() -> int:
@@ -200,6 +216,8 @@ def _version_from_row(row: Any) -> VersionRecord:
         deleted_by=row[17],
         environment=row[18],
         build_state=cast(BuildStateValue, row[19]),
+        manifest=_manifest_decoder.decode(row[20]),
+        previews=_previews_decoder.decode(row[21]),
     )
 
 
@@ -349,7 +367,8 @@ class SQLiteMetadataStore(MetadataStore):
                 version = int(next(iter(rows))[0])
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '')",
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '', "
+                    "'[]', '[]')",
                     (
                         owner,
                         name,
@@ -361,6 +380,10 @@ class SQLiteMetadataStore(MetadataStore):
                         package_format,
                         build_task_id,
                     ),
+                )
+                await db.executemany(
+                    "INSERT OR IGNORE INTO version_links (target, owner, name, version) VALUES (?, ?, ?, ?)",
+                    [(target, owner, name, version) for target in link_targets(metadata)],
                 )
                 await db.execute("COMMIT")
             except BaseException:
@@ -425,15 +448,41 @@ class SQLiteMetadataStore(MetadataStore):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        manifest: tuple[FileEntry, ...] = (),
+        previews: tuple[TablePreview, ...] = (),
     ) -> VersionRecord | None:
         changed = await self._write(
-            "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ? "
-            "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
-            (status, status_reason, digest, _dumps(list(files)), owner, name, version),
+            "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ?, manifest = ?, "
+            "previews = ? WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            (
+                status,
+                status_reason,
+                digest,
+                _dumps(list(files)),
+                _dumps(manifest),
+                _dumps(previews),
+                owner,
+                name,
+                version,
+            ),
         )
         if not changed:
             return None
         return await self.get_version(owner, name, version)
+
+    async def list_linking_versions(self, targets: Sequence[str], limit: int = 1000) -> list[VersionRecord]:
+        if not targets:
+            return []
+        marks = ", ".join("?" for _ in targets)
+        columns = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
+        rows = await self.db.execute_fetchall(
+            f"SELECT DISTINCT {columns} FROM version_links l JOIN versions v "
+            "ON v.owner = l.owner AND v.name = l.name AND v.version = l.version "
+            f"WHERE l.target IN ({marks}) AND v.status != 'deleted' "
+            "ORDER BY v.owner, v.name, v.version LIMIT ?",
+            (*targets, limit),
+        )
+        return [_version_from_row(row) for row in rows]
 
     async def delete_versions(self, owner: str, name: str, versions: list[int] | None = None) -> list[int]:
         async with self._write_lock:
@@ -448,6 +497,10 @@ class SQLiteMetadataStore(MetadataStore):
                 doomed = existing if versions is None else [v for v in existing if v in set(versions)]
                 await db.executemany(
                     "DELETE FROM versions WHERE owner = ? AND name = ? AND version = ?",
+                    [(owner, name, v) for v in doomed],
+                )
+                await db.executemany(
+                    "DELETE FROM version_links WHERE owner = ? AND name = ? AND version = ?",
                     [(owner, name, v) for v in doomed],
                 )
                 await db.execute("COMMIT")
@@ -479,6 +532,7 @@ class SQLiteMetadataStore(MetadataStore):
                 doomed = [(int(r[0]), r[1]) for r in rows if wanted is None or int(r[0]) in wanted]
                 await db.executemany(
                     "UPDATE versions SET status = 'deleted', status_reason = '', files = '[]', metadata = ?, "
+                    "manifest = '[]', previews = '[]', "
                     "deprecated = 0, deprecation_reason = '', deprecation_replacement = '', "
                     "deprecated_at_ms = 0, deleted_at_ms = ?, deleted_by = ? "
                     "WHERE owner = ? AND name = ? AND version = ?",
@@ -493,6 +547,10 @@ class SQLiteMetadataStore(MetadataStore):
                         )
                         for v, text in doomed
                     ],
+                )
+                await db.executemany(
+                    "DELETE FROM version_links WHERE owner = ? AND name = ? AND version = ?",
+                    [(owner, name, v) for v, _ in doomed],
                 )
                 await db.execute("COMMIT")
             except BaseException:
