@@ -408,7 +408,7 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
         "ALTER TABLE documents ADD COLUMN body BLOB;"
         "UPDATE documents SET body = (SELECT body FROM document_bodies b WHERE b.pk = documents.pk);"
         "DROP TABLE document_bodies; DROP TABLE public_facets; DROP INDEX documents_public;"
-        "ALTER TABLE documents DROP COLUMN domains; PRAGMA user_version = 2;"
+        "ALTER TABLE documents DROP COLUMN domains; DROP TABLE document_methods; PRAGMA user_version = 2;"
     )
     conn.close()
     async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
@@ -416,5 +416,5 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
         assert await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"])) == browse
     conn = sqlite3.connect(path)
     assert "body" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
-    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()

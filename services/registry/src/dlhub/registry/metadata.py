@@ -21,7 +21,7 @@ from jsonschema.exceptions import ValidationError, best_match  # type: ignore[im
 from dlhub.common.errors import ValidationFailed
 from dlhub.common.ids import NAME_RE
 from dlhub.common.payloads import SearchDocument
-from dlhub.registry.argtypes import check_method_types
+from dlhub.registry.argtypes import check_method_types, method_types
 from dlhub.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 from dlhub.registry.pipelines import check_pipeline_document, is_pipeline
 from dlhub.registry.vectors import check_test_vectors
@@ -159,4 +159,5 @@ def search_document(
         status="ready",
         doi=doi_of(metadata),
         related_identifiers=[str(r["relatedIdentifier"]).strip() for r in related_identifiers(metadata)],
+        methods=method_types(metadata),
     )

@@ -23,26 +23,31 @@ from dlhub.common.errors import DLHubError
 from dlhub.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from dlhub.search.engine import (
     PUBLIC,
+    TOKEN_SEPARATOR,
     SearchEngine,
     check_query,
     doi_term,
     doi_terms,
     facet_counts,
+    method_tokens,
     owner_principal,
     page,
     principals,
     query_terms,
     requested_facets,
     sort_order,
+    type_requirements,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery.
 3: bodies moved to ``document_bodies`` so that scans, counts and facets read narrow rows only (with the
 domains folded into one column for facet scans);
-``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write."""
+``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write.
+4: ``document_methods``, the argument-type tokens of each method (created empty: older entries match no type
+filter until re-indexed)."""
 FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
 BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 """Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
@@ -86,6 +91,11 @@ CREATE TABLE IF NOT EXISTS document_values (
     PRIMARY KEY (field, value, doc)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS document_values_doc ON document_values (doc);
+CREATE TABLE IF NOT EXISTS document_methods (
+    doc INTEGER NOT NULL,
+    tokens TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS document_methods_doc ON document_methods (doc);
 CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
     {", ".join(FTS_COLUMNS)},
     tokenize = 'unicode61 remove_diacritics 2',
@@ -127,6 +137,16 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
         rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     rows |= {(FIELD_DOI, value, pk) for value in doi_terms(document)}
+    return rows
+
+
+def _method_rows(pk: int, document: SearchDocument) -> list[tuple[int, str]]:
+    """One row per method that declares types: its tokens, each delimited on both sides."""
+    rows = []
+    for method in document.methods:
+        tokens = method_tokens(method)
+        if tokens:
+            rows.append((pk, TOKEN_SEPARATOR + TOKEN_SEPARATOR.join(tokens) + TOKEN_SEPARATOR))
     return rows
 
 
@@ -217,6 +237,16 @@ class _Filters:
             *values,
         )
 
+    def one_method_has(self, groups: list[list[str]]) -> None:
+        """Some method of the document holds a token of every group (delimited, so never a substring)."""
+        tests = [
+            "(" + " OR ".join("instr(m.tokens, ?) > 0" for _ in group) + ")" for group in groups
+        ]
+        self.add(
+            f"EXISTS (SELECT 1 FROM document_methods m WHERE m.doc = d.pk AND {' AND '.join(tests)})",
+            *(TOKEN_SEPARATOR + token + TOKEN_SEPARATOR for group in groups for token in group),
+        )
+
     def sql(self) -> str:
         return " AND ".join(self.clauses) if self.clauses else "1"
 
@@ -239,6 +269,9 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         filters.has_value(FIELD_AUTHOR, [query.author.casefold()])
     if query.doi is not None:
         filters.has_value(FIELD_DOI, [doi_term(query.doi)])
+    groups = type_requirements(query)
+    if groups:
+        filters.one_method_has(groups)
     if query.published_from_s is not None:
         filters.add("d.publication_date_s >= ?", query.published_from_s)
     if query.published_to_s is not None:
@@ -271,7 +304,7 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
         query.published_from_s,
         query.published_to_s,
     )
-    return not match and all(value is None for value in narrowing)
+    return not match and all(value is None for value in narrowing) and not type_requirements(query)
 
 
 _GROUP_COLUMN: Final = {"owner": 0, "model_type": 1, "servable_type": 2}
@@ -380,6 +413,7 @@ class SqliteSearchEngine(SearchEngine):
         _bump_public_facets(db, _decoder.decode(row[1]), -1)
         db.execute("DELETE FROM documents_fts WHERE rowid = ?", (pk,))
         db.execute("DELETE FROM document_values WHERE doc = ?", (pk,))
+        db.execute("DELETE FROM document_methods WHERE doc = ?", (pk,))
         db.execute("DELETE FROM document_bodies WHERE pk = ?", (pk,))
         db.execute("DELETE FROM documents WHERE pk = ?", (pk,))
         return True
@@ -412,6 +446,7 @@ class SqliteSearchEngine(SearchEngine):
             "INSERT INTO document_values (field, value, doc) VALUES (?, ?, ?)",
             sorted(_value_rows(pk, document)),
         )
+        db.executemany("INSERT INTO document_methods (doc, tokens) VALUES (?, ?)", _method_rows(pk, document))
 
     def _upsert_sync(self, document: SearchDocument) -> None:
         db = self._db
@@ -430,6 +465,7 @@ class SqliteSearchEngine(SearchEngine):
         with _transaction(db):
             db.execute("DELETE FROM documents_fts")
             db.execute("DELETE FROM document_values")
+            db.execute("DELETE FROM document_methods")
             db.execute("DELETE FROM document_bodies")
             db.execute("DELETE FROM public_facets")
             db.execute("DELETE FROM documents")
