@@ -16,9 +16,11 @@ from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
 from dlhub.common.messages import Dispatch
 from dlhub.common.payloads import (
     IndexRequest,
+    MethodTypes,
     SearchDocument,
     SearchQuery,
     SearchResults,
+    TypeSummary,
     decode_payload,
 )
 from dlhub.search.engine import query_terms
@@ -418,3 +420,23 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
     assert "body" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
     assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
+
+
+async def test_index_written_by_schema_3_gains_the_type_table(tmp_path: Path) -> None:
+    """Entries indexed before types existed match no type filter, without error, until re-indexed."""
+    path = tmp_path / "search.sqlite3"
+    typed = msgspec.structs.replace(
+        DOCS[45],
+        methods=[MethodTypes(method="run", input=TypeSummary(type="ndarray", shape=[None, 4]))],
+    )
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        await eng.upsert(typed)
+        assert (await eng.query(SearchQuery(input_shape=[None, 4]))).total == 1
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("DROP TABLE document_methods; PRAGMA user_version = 3;")
+    conn.close()
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        assert (await eng.query(SearchQuery(input_shape=[None, 4], facets=["owner"]))).total == 0
+        assert (await eng.query(SearchQuery(q="iris"))).total == 1
+        await eng.reindex([typed])
+        assert (await eng.query(SearchQuery(input_type="ndarray", input_shape=[7, 4]))).total == 1

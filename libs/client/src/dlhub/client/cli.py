@@ -770,7 +770,9 @@ def search(ctx: click.Context) -> None:
 @click.option("--model-type", default=None)
 @click.option("--servable-type", default=None)
 @click.option("--input-type", default=None, help="A method's input type: ndarray, list, dict, string ...")
-@click.option("--input-item-type", default=None, help="An item type of the input (lists, ndarrays): float ...")
+@click.option(
+    "--input-item-type", default=None, help="An item type of the input (lists, ndarrays): float ..."
+)
 @click.option(
     "--input-shape", default=None, help="Shape of your data as JSON, null for a size that varies: '[null,4]'."
 )

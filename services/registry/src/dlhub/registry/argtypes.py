@@ -538,7 +538,7 @@ def type_summary(description: Any) -> TypeSummary | None:
         if item is None:
             break
         items.append(item)
-    shape = description.get("shape") if name == "ndarray" else None
+    shape: Any = description.get("shape") if name == "ndarray" else None
     if not _valid_shape(shape) or any(size is not None and size > MAX_INDEXED_SIZE for size in shape):
         shape = None
     return TypeSummary(type=name, item_types=items, shape=None if shape is None else list(shape))

@@ -110,10 +110,10 @@ def doi_terms(document: SearchDocument) -> list[str]:
 # --- argument-type filters ------------------------------------------------------------------------------
 #
 # Each method of a document is indexed as a set of tokens, one per facet of its input and output types:
-# ``input.type=ndarray``, ``input.item=float`` (one per type in the item-type chain), ``input.ndim=2`` and one
-# ``input.dim<i>=<size>`` per axis, ``*`` standing for a size declared as null (any). A type query is a list of
-# token groups that must all hold for one method, each group satisfied by any of its tokens. Both engines
-# match these same tokens, so they share one set of matching rules.
+# ``input.type=ndarray``, ``input.item=float`` (one per type in the item-type chain), ``input.ndim=2`` and
+# one ``input.dim<i>=<size>`` per axis, ``*`` standing for a size declared as null (any). A type query is a
+# list of token groups that must all hold for one method, each group satisfied by any of its tokens. Both
+# engines match these same tokens, so they share one set of matching rules.
 
 MAX_DIMENSIONS: Final = 32
 """A query shape may list at most this many sizes (as many as a publication may declare)."""
@@ -139,7 +139,8 @@ def method_tokens(method: MethodTypes) -> list[str]:
         if summary.shape is not None:
             tokens.append(f"{role}.ndim={len(summary.shape)}")
             tokens.extend(
-                f"{role}.dim{axis}={ANY_SIZE if size is None else size}" for axis, size in enumerate(summary.shape)
+                f"{role}.dim{axis}={ANY_SIZE if size is None else size}"
+                for axis, size in enumerate(summary.shape)
             )
     return tokens
 

@@ -239,9 +239,7 @@ class _Filters:
 
     def one_method_has(self, groups: list[list[str]]) -> None:
         """Some method of the document holds a token of every group (delimited, so never a substring)."""
-        tests = [
-            "(" + " OR ".join("instr(m.tokens, ?) > 0" for _ in group) + ")" for group in groups
-        ]
+        tests = ["(" + " OR ".join("instr(m.tokens, ?) > 0" for _ in group) + ")" for group in groups]
         self.add(
             f"EXISTS (SELECT 1 FROM document_methods m WHERE m.doc = d.pk AND {' AND '.join(tests)})",
             *(TOKEN_SEPARATOR + token + TOKEN_SEPARATOR for group in groups for token in group),

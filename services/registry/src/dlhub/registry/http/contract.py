@@ -102,14 +102,17 @@ _SHAPE: Final = {"anyOf": [{"maxLength": 0}, {"pattern": SHAPE_PATTERN}]}
 
 
 _SHAPE_RULE: Final = "matches a declared ndarray shape that accepts it (see docs/api.md)"
-InputType = Annotated[str, Meta(description="A method's input type (ndarray, list, dict, string ...), any case")]
+InputType = Annotated[
+    str, Meta(description="A method's input type (ndarray, list, dict, string ...), any case")
+]
 InputItemType = Annotated[
     str, Meta(description="A type in the item-type chain of a method's input (lists, ndarrays), any case")
 ]
 InputShape = Annotated[
     str,
     Meta(
-        description=f"The shape of the input data as JSON, null for a size that varies ([null,4]): {_SHAPE_RULE}",
+        description="The shape of the input data as JSON, null for a size that varies ([null,4]): "
+        + _SHAPE_RULE,
         extra_json_schema=_SHAPE,
     ),
 ]
@@ -119,7 +122,10 @@ OutputItemType = Annotated[
 ]
 OutputShape = Annotated[
     str,
-    Meta(description=f"The shape of the output data as JSON ([null,1]): {_SHAPE_RULE}", extra_json_schema=_SHAPE),
+    Meta(
+        description=f"The shape of the output data as JSON ([null,1]): {_SHAPE_RULE}",
+        extra_json_schema=_SHAPE,
+    ),
 ]
 
 

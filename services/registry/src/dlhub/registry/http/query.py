@@ -140,7 +140,7 @@ SHAPE_RE: Final = re.compile(SHAPE_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def shape(name: str, text: str | None) -> list[int | None] | None:
-    """A shape parameter: the JSON array the OpenAPI pattern describes (``[null,4]``), else a 400 naming it."""
+    """A shape parameter: the JSON array its OpenAPI pattern describes (``[null,4]``), else 400 naming it."""
     if not text:
         return None
     if SHAPE_RE.fullmatch(text) is None:
