@@ -865,6 +865,17 @@ async def test_type_filters_follow_upserts_deletes_and_reindex(typed_engine: Sea
     assert await ids(typed_engine, input_shape=[None, 4]) == {"ty/rows4", "ty/anymatrix"}
 
 
+async def test_many_dimensional_shapes(typed_engine: SearchEngine) -> None:
+    """Shapes with many known sizes match as exactly as short ones (SQLite then skips its shape index)."""
+    sizes: list[int | None] = list(range(1, 13))
+    await typed_engine.upsert(typed("deep", run(ndarray([None, *sizes[1:]]))))
+    assert await ids(typed_engine, input_shape=sizes) == {"ty/deep"}
+    assert await ids(typed_engine, input_shape=[None, *sizes[1:]]) == {"ty/deep"}
+    assert await ids(typed_engine, input_shape=[*sizes[:-1], 99]) == set()
+    assert await ids(typed_engine, input_shape=[None, *sizes[1:-1], None]) == set()
+    assert await ids(typed_engine, input_shape=sizes[:-1]) == set()
+
+
 async def test_type_queries_are_checked(typed_engine: SearchEngine) -> None:
     with pytest.raises(InvalidMessage, match="input_shape"):
         await typed_engine.query(SearchQuery(input_shape=[None, -1]))

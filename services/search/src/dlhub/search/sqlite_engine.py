@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,7 +23,9 @@ import msgspec
 from dlhub.common.errors import DLHubError
 from dlhub.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from dlhub.search.engine import (
+    ANY_SIZE,
     PUBLIC,
+    ROLES,
     TOKEN_SEPARATOR,
     SearchEngine,
     check_query,
@@ -58,6 +61,12 @@ FIELD_AUTHOR: Final = "author"
 FIELD_VISIBLE: Final = "visible"
 FIELD_DOI: Final = "doi"
 """The document's own DOI and its related identifiers, case-folded (the ``doi`` filter matches any)."""
+FIELD_SHAPE: Final = "shape"
+"""Every declared ndarray shape as one value (``input=*,4``). A shape query lists the few declared shapes
+that could accept it, so the index finds the candidates; the exact per-method test then runs on those only
+(without it, counting the matches tested the type tokens of every document)."""
+MAX_SHAPE_KEYS: Final = 256
+"""A query shape with more known sizes than log2 of this is matched without the index (still exactly)."""
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -137,7 +146,23 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
         rows |= {(FIELD_AUTHOR, part, pk) for part in (full, *full.split())}
     rows |= {(FIELD_VISIBLE, who, pk) for who in (*document.visible_to, owner_principal(document.owner))}
     rows |= {(FIELD_DOI, value, pk) for value in doi_terms(document)}
+    for method in document.methods:
+        for role, summary in zip(ROLES, (method.input, method.output), strict=True):
+            if summary is not None and summary.shape is not None:
+                rows.add((FIELD_SHAPE, _shape_key(role, summary.shape), pk))
     return rows
+
+
+def _shape_key(role: str, shape: Iterable[int | None]) -> str:
+    return f"{role}=" + ",".join(ANY_SIZE if size is None else str(size) for size in shape)
+
+
+def _shape_candidates(role: str, shape: list[int | None]) -> list[str] | None:
+    """The declared shapes that accept data of ``shape`` (a known size: itself or any; a null: any)."""
+    if 2 ** sum(size is not None for size in shape) > MAX_SHAPE_KEYS:
+        return None
+    options = [[None] if size is None else [None, size] for size in shape]
+    return [_shape_key(role, combination) for combination in itertools.product(*options)]
 
 
 def _method_rows(pk: int, document: SearchDocument) -> list[tuple[int, str]]:
@@ -270,6 +295,15 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
     groups = type_requirements(query)
     if groups:
         filters.one_method_has(groups)
+    for role, shape in zip(ROLES, (query.input_shape, query.output_shape), strict=True):
+        keys = None if shape is None else _shape_candidates(role, shape)
+        if keys:
+            marks = ", ".join("?" for _ in keys)
+            filters.add(
+                f"d.pk IN (SELECT doc FROM document_values WHERE field = ? AND value IN ({marks}))",
+                FIELD_SHAPE,
+                *keys,
+            )
     if query.published_from_s is not None:
         filters.add("d.publication_date_s >= ?", query.published_from_s)
     if query.published_to_s is not None:
