@@ -4,7 +4,8 @@
 
 Indexes a deterministic synthetic corpus (seeded titles, descriptions, authors, domains, dates) into the
 embedded SQLite engine and, when ``--es-url`` or ``DLHUB_TEST_ELASTICSEARCH_URL`` is given, into
-Elasticsearch; then, after a warm-up, times ``--queries`` free-text, facet and date-range queries per run.
+Elasticsearch; then, after a warm-up, times ``--queries`` free-text, facet, date-range and argument-type
+(``input_shape``, optionally with free text and an item type) queries per run.
 Each figure is the median over ``--runs`` runs of the per-run p50/p99. Results go to
 loadtest/results/search_latency.json and a table is printed. Targets: embedded p50 <= 5 ms, ES p50 <= 15 ms.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from dlhub.common.config import SearchConfig
-from dlhub.common.payloads import SearchDocument, SearchQuery
+from dlhub.common.payloads import MethodTypes, SearchDocument, SearchQuery, TypeSummary
 from dlhub.search.engine import SearchEngine
 from dlhub.search.es_engine import ElasticsearchSearchEngine
 from dlhub.search.sqlite_engine import SqliteSearchEngine
@@ -57,6 +58,25 @@ SERVABLE_TYPES = ("Scikit-learn estimator", "Keras Model", "PyTorch Model", "Pyt
 GIVEN = ("Ana", "Ben", "Chen", "Dara", "Elif", "Femi", "Guo", "Hana", "Ivan", "Jun", "Kofi", "Lena", "Mira")
 FAMILY = ("Müller", "Smith", "Wang", "Garcia", "Kumar", "Ito", "Okafor", "Novak", "Silva", "Kim", "Rossi")
 OWNERS = tuple(f"user{i:03d}" for i in range(200))
+ITEM_TYPES: Final = ("float", "float", "integer", "number", "string")
+FEATURES: Final = (2, 3, 4, 4, 8, 16, 64, 224)
+
+
+def method_types(rng: random.Random) -> list[MethodTypes]:
+    """A declared input and output: mostly ndarrays of rows (some fixed-size), else lists or "any"."""
+    kind = rng.random()
+    if kind < 0.6:
+        rows = None if rng.random() < 0.8 else rng.choice((1, 10, 32))
+        dims: list[int | None] = [rows, *rng.sample(FEATURES, rng.choice((1, 1, 2, 3)))]
+        accepts = TypeSummary(type="ndarray", item_types=[rng.choice(ITEM_TYPES)], shape=dims)
+    elif kind < 0.8:
+        accepts = TypeSummary(type="list", item_types=[rng.choice(ITEM_TYPES)])
+    else:
+        accepts = TypeSummary(type="python object")
+    returns = TypeSummary(type="ndarray", item_types=["float"], shape=[None, rng.choice(FEATURES)])
+    return [MethodTypes(method="run", input=accepts, output=returns)]
+
+
 START_S: Final = 1_500_000_000.0
 SPAN_S: Final = 250_000_000.0
 
@@ -88,6 +108,7 @@ def corpus(n: int, seed: int = SEED) -> list[SearchDocument]:
                 servable_type=rng.choice(SERVABLE_TYPES),
                 visible_to=["public"] if rng.random() < 0.9 else [f"user:{rng.choice(OWNERS)}"],
                 publication_date_s=round(START_S + rng.random() * SPAN_S, 3),
+                methods=method_types(random.Random(seed * 31 + i)),  # own stream: other fields unchanged
             )
         )
     return docs
@@ -123,7 +144,18 @@ def query_mix(rng: random.Random) -> dict[str, Callable[[], SearchQuery]]:
             identities=identities(),
         )
 
-    return {"free_text": free_text, "facets": facets, "range": date_range}
+    def types() -> SearchQuery:
+        rows = rng.choice((None, rng.randint(1, 64)))
+        shape: list[int | None] = [rows, *rng.sample(FEATURES, rng.choice((1, 1, 2)))]
+        return SearchQuery(
+            q=rng.choice(("", "", rng.choice(SUBJECTS))),
+            input_type="ndarray",
+            input_item_type=rng.choice((None, rng.choice(ITEM_TYPES))),
+            input_shape=shape,
+            identities=identities(),
+        )
+
+    return {"free_text": free_text, "facets": facets, "range": date_range, "types": types}
 
 
 async def measure(engine: SearchEngine, queries: int, seed: int) -> dict[str, list[float]]:

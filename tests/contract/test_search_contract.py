@@ -31,11 +31,13 @@ from dlhub.common.payloads import (
     FacetCount,
     FacetName,
     IndexRequest,
+    MethodTypes,
     ReindexOutcome,
     ReindexRequest,
     SearchDocument,
     SearchQuery,
     SearchResults,
+    TypeSummary,
     decode_payload,
 )
 from dlhub.search.engine import FACET_SIZE, SearchEngine
@@ -856,6 +858,201 @@ async def test_es_schema_2_index_gains_the_link_fields(es_url: str) -> None:
         await engine.upsert(LINK_DOCS[0])
         await engine.upsert(LINK_DOCS[3])
         assert await ids(engine, trained_on="alice/iris@1") == {"lin/trained"}
+    finally:
+        await close_engine(engine)
+
+
+# --- argument types: what a servable accepts and returns -------------------------------------------------
+
+
+def ndarray(shape: list[int | None] | None, *items: str) -> TypeSummary:
+    return TypeSummary(type="ndarray", item_types=list(items), shape=shape)
+
+
+def typed(name: str, *methods: MethodTypes, **fields: Any) -> SearchDocument:
+    return SearchDocument(
+        id=f"ty/{name}",
+        owner="ty",
+        name=name,
+        version=1,
+        title=fields.pop("title", f"Typed model {name}"),
+        methods=list(methods),
+        publication_date_s=1_900_000_000.0 + len(name),
+        **fields,
+    )
+
+
+def run(accepts: TypeSummary | None, returns: TypeSummary | None = None, method: str = "run") -> MethodTypes:
+    return MethodTypes(method=method, input=accepts, output=returns)
+
+
+TYPE_DOCS = [
+    typed("rows4", run(ndarray([None, 4], "float"), ndarray([None], "float")), title="Iris rows classifier"),
+    typed("fixed10", run(ndarray([10, 4], "float"), TypeSummary(type="list", item_types=["integer"]))),
+    typed("anymatrix", run(ndarray([None, None], "number"), ndarray([None, None], "float"))),
+    typed("image", run(ndarray([None, 224, 224, 3], "integer"), TypeSummary(type="dict"))),
+    typed(
+        "text",
+        run(TypeSummary(type="string"), TypeSummary(type="list", item_types=["string"])),
+        run(TypeSummary(type="list", item_types=["string"]), ndarray([None, 768], "float"), "embed"),
+    ),
+    typed("nested", run(TypeSummary(type="list", item_types=["ndarray", "float"]), None)),
+    typed("noshape", run(ndarray(None, "float"), TypeSummary(type="python object"))),
+    typed("obj", run(TypeSummary(type="python object"), TypeSummary(type="python object"))),
+    typed("private", run(ndarray([None, 4], "float")), visible_to=["user:zed"]),
+]
+NDARRAY_INPUTS = {"ty/rows4", "ty/fixed10", "ty/anymatrix", "ty/image", "ty/noshape"}
+
+
+@pytest.fixture
+async def typed_engine(engine: SearchEngine) -> SearchEngine:
+    """The plain corpus (50 documents without types, as indexed before types existed) plus TYPE_DOCS."""
+    for doc in TYPE_DOCS:
+        await engine.upsert(doc)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"input_type": "ndarray"}, NDARRAY_INPUTS),
+        ({"input_type": " NDArray "}, NDARRAY_INPUTS),  # type names are trimmed and case-folded
+        ({"input_type": "ndarr"}, set()),  # exact, not a prefix
+        ({"input_type": "ndarray", "identities": ["user:zed"]}, NDARRAY_INPUTS | {"ty/private"}),
+        # a known size is accepted by that size or by a declared null; the number of dimensions must agree
+        ({"input_shape": [10, 4]}, {"ty/rows4", "ty/fixed10", "ty/anymatrix"}),
+        ({"input_shape": [10, 5]}, {"ty/anymatrix"}),
+        ({"input_shape": [4]}, set()),
+        ({"input_shape": [10, 4, 1]}, set()),
+        ({"input_shape": []}, set()),
+        # a null in the query (rows that vary in number) is accepted only by a declared null
+        ({"input_shape": [None, 4]}, {"ty/rows4", "ty/anymatrix"}),
+        ({"input_shape": [None, None]}, {"ty/anymatrix"}),
+        ({"input_shape": [None, 4], "identities": ["user:zed"]}, {"ty/rows4", "ty/anymatrix", "ty/private"}),
+        ({"input_shape": [8, 224, 224, 3]}, {"ty/image"}),
+        ({"input_shape": [8, 224, 225, 3]}, set()),
+        ({"input_shape": [8, 224, 224]}, set()),
+        ({"input_type": "ndarray", "input_item_type": "float", "input_shape": [None, 4]}, {"ty/rows4"}),
+        ({"input_item_type": "FLOAT"}, {"ty/rows4", "ty/fixed10", "ty/nested", "ty/noshape"}),
+        ({"input_item_type": "ndarray"}, {"ty/nested"}),  # any level of the item-type chain
+        ({"input_type": "list", "input_item_type": "float"}, {"ty/nested"}),
+        ({"input_type": "python object"}, {"ty/obj"}),  # "any" is a type of its own, not a wildcard
+        ({"output_type": "ndarray"}, {"ty/rows4", "ty/anymatrix", "ty/text"}),
+        ({"output_type": "list", "output_item_type": "integer"}, {"ty/fixed10"}),
+        ({"output_shape": [3, 768]}, {"ty/text", "ty/anymatrix"}),
+        ({"output_shape": [None]}, {"ty/rows4"}),
+        # input and output filters hold for one method: text takes strings to lists, lists to ndarrays
+        ({"input_type": "list", "output_type": "ndarray"}, {"ty/text"}),
+        ({"input_type": "string", "output_item_type": "string"}, {"ty/text"}),
+        ({"input_type": "string", "output_type": "ndarray"}, set()),
+        ({"input_shape": [None, 4], "output_shape": [None, 2]}, {"ty/anymatrix"}),
+        # with free text and the other filters
+        ({"q": "classifier", "input_shape": [None, 4]}, {"ty/rows4"}),
+        ({"q": "typed", "input_type": "ndarray"}, NDARRAY_INPUTS - {"ty/rows4"}),
+        ({"q": "iris", "input_type": "ndarray"}, {"ty/rows4"}),  # alice/iris_rf has no types indexed
+        ({"owner": "alice", "input_type": "ndarray"}, set()),
+        ({"input_type": "ndarray", "published_from_s": 1_900_000_006.0}, {"ty/fixed10", "ty/anymatrix",
+                                                                          "ty/noshape"}),
+    ],
+)  # fmt: skip
+async def test_type_filters(typed_engine: SearchEngine, query: dict[str, Any], expected: set[str]) -> None:
+    assert await ids(typed_engine, **query) == expected
+
+
+async def test_type_filters_narrow_facets_and_round_trip(typed_engine: SearchEngine) -> None:
+    results = await typed_engine.query(SearchQuery(input_shape=[None, 4], facets=["owner", "domain"]))
+    assert results.total == 2
+    assert results.facets == {"owner": [FacetCount(value="ty", count=2)], "domain": []}
+    by_id = {hit.document.id: hit.document for hit in results.hits}
+    assert by_id["ty/rows4"] == TYPE_DOCS[0] and by_id["ty/anymatrix"] == TYPE_DOCS[2]
+    text = (await typed_engine.query(SearchQuery(name="text"))).hits[0].document
+    assert text == TYPE_DOCS[4] and [m.method for m in text.methods] == ["run", "embed"]
+    # the older corpus carries no types: it comes back unchanged and no type filter reaches it
+    assert (await typed_engine.query(SearchQuery(name="iris_rf"))).hits[0].document == DOCS[45]
+    assert (await typed_engine.query(SearchQuery(input_type="ndarray", limit=0))).total == len(NDARRAY_INPUTS)
+
+
+async def test_type_filters_follow_upserts_deletes_and_reindex(typed_engine: SearchEngine) -> None:
+    await typed_engine.upsert(
+        msgspec.structs.replace(TYPE_DOCS[1], methods=[run(ndarray([None, 4], "float"))])
+    )
+    assert await ids(typed_engine, input_shape=[None, 4]) == {"ty/rows4", "ty/anymatrix", "ty/fixed10"}
+    assert await ids(typed_engine, output_type="list", output_item_type="integer") == set()
+    await typed_engine.upsert(msgspec.structs.replace(TYPE_DOCS[0], methods=[]))
+    assert await ids(typed_engine, input_shape=[None, 4]) == {"ty/anymatrix", "ty/fixed10"}
+    assert await typed_engine.delete("ty/anymatrix")
+    assert await ids(typed_engine, input_shape=[None, 4]) == {"ty/fixed10"}
+    await typed_engine.reindex([*DOCS, *TYPE_DOCS])
+    assert await ids(typed_engine, input_shape=[None, 4]) == {"ty/rows4", "ty/anymatrix"}
+
+
+async def test_many_dimensional_shapes(typed_engine: SearchEngine) -> None:
+    """Shapes with many known sizes match as exactly as short ones (SQLite then skips its shape index)."""
+    sizes: list[int | None] = list(range(1, 13))
+    await typed_engine.upsert(typed("deep", run(ndarray([None, *sizes[1:]]))))
+    assert await ids(typed_engine, input_shape=sizes) == {"ty/deep"}
+    assert await ids(typed_engine, input_shape=[None, *sizes[1:]]) == {"ty/deep"}
+    assert await ids(typed_engine, input_shape=[*sizes[:-1], 99]) == set()
+    assert await ids(typed_engine, input_shape=[None, *sizes[1:-1], None]) == set()
+    assert await ids(typed_engine, input_shape=sizes[:-1]) == set()
+
+
+async def test_type_queries_are_checked(typed_engine: SearchEngine) -> None:
+    with pytest.raises(InvalidMessage, match="input_shape"):
+        await typed_engine.query(SearchQuery(input_shape=[None, -1]))
+    with pytest.raises(InvalidMessage, match="output_shape"):
+        await typed_engine.query(SearchQuery(output_shape=[1] * 33))
+    # hostile type names are plain values, never syntax
+    for name in ("*", "input.type=ndarray", "nd\x1farray", "' OR 1=1 --", "x" * 5000):
+        assert await ids(typed_engine, input_type=name, input_item_type=name) == set()
+
+
+def test_type_fields_are_optional_on_the_wire() -> None:
+    """Older peers neither send nor know ``methods`` and the type filters; both directions still decode."""
+
+    class OldDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+        id: str
+        owner: str
+        name: str
+        version: int
+
+    class OldQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
+        q: str = ""
+
+    assert decode_payload(msgspec.msgpack.encode(TYPE_DOCS[0]), OldDocument).id == "ty/rows4"
+    old = msgspec.msgpack.encode(OldDocument(id="a/b", owner="a", name="b", version=1))
+    assert decode_payload(old, SearchDocument).methods == []
+    query = SearchQuery(q="y", input_type="ndarray", input_shape=[None, 4])
+    assert decode_payload(msgspec.msgpack.encode(query), OldQuery).q == "y"
+    assert decode_payload(msgspec.msgpack.encode(query), SearchQuery) == query
+
+
+async def test_es_schema_2_index_gains_the_type_fields(es_url: str) -> None:
+    """An index created before the type fields (strict mapping) is extended in place on open; its documents
+    match no type filter (and break nothing) until re-indexed."""
+    from dlhub.search import es_engine
+
+    alias = f"{MODULE_ALIAS}-schema2"
+    old_mapping = es_engine.index_mapping()
+    old_mapping["_meta"] = {"dlhub_schema": 2}
+    for field in es_engine.ADDED_IN_3:
+        del old_mapping["properties"][field]
+    engine = ElasticsearchSearchEngine(es_config(es_url, alias, elasticsearch_refresh="true"))
+    engine._es = engine._client()
+    await engine.es.indices.create(index=f"{alias}-old", mappings=old_mapping, aliases={alias: {}})
+    old_source = es_engine.es_source(TYPE_DOCS[0])
+    del old_source["methods"], old_source["method_tokens"]
+    await engine.es.index(index=alias, id="ty/rows4", document=old_source, refresh=True)
+    await engine.es.close()
+    engine._es = None
+    await engine.open()
+    try:
+        assert await ids(engine, input_type="ndarray") == set()
+        assert await ids(engine, q="iris") == {"ty/rows4"}
+        await engine.upsert(TYPE_DOCS[2])
+        assert await ids(engine, input_shape=[None, 4]) == {"ty/anymatrix"}
+        await engine.reindex(TYPE_DOCS)
+        assert await ids(engine, input_shape=[None, 4]) == {"ty/rows4", "ty/anymatrix"}
     finally:
         await close_engine(engine)
 

@@ -677,12 +677,37 @@ async def test_search_range_facets_and_sort(env: Env) -> None:
         ("facets", "domain,colour"),
         ("sort", "random"),
         ("order", "up"),
+        ("input_shape", "[null,4"),
+        ("input_shape", "[-1]"),
+        ("input_shape", "4"),
+        ("input_shape", "[04]"),
+        ("input_shape", "[" + "1," * 32 + "1]"),  # 33 dimensions
+        ("output_shape", "[1.5]"),
+        ("output_shape", '["x"]'),
     ],
 )
 async def test_search_rejects_bad_parameters(env: Env, param: str, value: str) -> None:
     response = await env.client.get(f"{API}/search", params={param: value})
     error = await error_of(response, 400)
     assert error["field"] == param and error["type"] == "validation_error"
+
+
+async def test_search_passes_the_type_filters(env: Env) -> None:
+    params = {
+        "input_type": "ndarray",
+        "input_item_type": "float",
+        "input_shape": " [ null , 4 ]\n",
+        "output_type": "list",
+        "output_item_type": "integer",
+        "output_shape": "[]",
+    }
+    response = await env.client.get(f"{API}/search", params=params)
+    assert response.status == 200, await response.text()
+    query = env.bus.calls[-1][1]
+    assert {k: query[k] for k in params} == {**params, "input_shape": [None, 4], "output_shape": []}
+    response = await env.client.get(f"{API}/search", params={"input_shape": "", "input_type": ""})
+    assert response.status == 200
+    assert not {"input_shape", "input_type"} & env.bus.calls[-1][1].keys()  # empty is absent
 
 
 async def test_search_reindex_is_for_admins(tmp_path: Path) -> None:
@@ -711,6 +736,8 @@ async def test_search_reindex_is_for_admins(tmp_path: Path) -> None:
         (request,) = bus.reindexed
         assert sorted(d.id for d in request.documents) == ["alice/iris_rf", "bob/iris_rf"]
         assert all(d.status == "ready" for d in request.documents)
+        # re-indexing is how entries indexed before the type filters gain their method types
+        assert all(d.methods[0].input and d.methods[0].input.shape == [None, 4] for d in request.documents)
     finally:
         await client.close()
 

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from dlhub.common.errors import ValidationFailed
+from dlhub.common.payloads import MethodTypes, TypeSummary
+from dlhub.registry.argtypes import method_types, type_summary
 from dlhub.registry.metadata import (
     normalise_publication,
     publication_schema,
@@ -136,3 +138,57 @@ def test_search_document() -> None:
     assert sd.servable_type == "Scikit-learn estimator"
     assert sd.publication_date_s == 5.0
     assert "public" in sd.visible_to and "user:alice" in sd.visible_to
+
+
+def test_search_document_carries_the_method_types() -> None:
+    """The SDK's scikit-learn document: rows of 4 floats in, rows of 3 class probabilities out."""
+    sd = search_document(owner="alice", name="iris_rf", version=2, metadata=sdk_example(), published_at_ms=1)
+    assert sd.methods == [
+        MethodTypes(
+            method="run",
+            input=TypeSummary(type="ndarray", item_types=["float"], shape=[None, 4]),
+            output=TypeSummary(type="ndarray", item_types=["float"], shape=[None, 3]),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ({"type": " NDArray ", "shape": [2, None]}, TypeSummary(type="ndarray", shape=[2, None])),
+        ({"type": "ndarray", "item_type": {"type": "float"}},
+         TypeSummary(type="ndarray", item_types=["float"])),
+        ({"type": "ndarray", "shape": []}, TypeSummary(type="ndarray", shape=[])),
+        ({"type": "ndarray", "shape": [-1, 4]}, TypeSummary(type="ndarray")),  # malformed: no shape
+        ({"type": "ndarray", "shape": [2**64]}, TypeSummary(type="ndarray")),  # beyond 64 bits: no shape
+        ({"type": "list", "shape": [3]}, TypeSummary(type="list")),  # only ndarrays have shapes
+        (
+            {"type": "list", "item_type": {"type": "ndarray", "shape": [3], "item_type": {"type": "Float"}}},
+            TypeSummary(type="list", item_types=["ndarray", "float"]),
+        ),
+        (
+            {"type": "tuple", "element_types": [{"type": "string"}]},
+            TypeSummary(type="tuple"),  # the chain follows item_type only
+        ),
+        ({"type": "list", "item_type": {"type": "dict", "item_type": {"type": "x"}}},
+         TypeSummary(type="list", item_types=["dict"])),
+        ({"type": "python object"}, TypeSummary(type="python object")),
+        ({"type": ""}, None),
+        ({"type": "x" * 300}, None),
+        ({"shape": [1]}, None),
+        ("ndarray", None),
+    ],
+)  # fmt: skip
+def test_type_summary(description: Any, expected: TypeSummary | None) -> None:
+    assert type_summary(description) == expected
+
+
+def test_method_types_skip_methods_without_types() -> None:
+    doc = {"servable": {"methods": {"a": {"parameters": {}}, "b": {"output": {"type": "string"}}, "c": 3}}}
+    assert method_types(doc) == [MethodTypes(method="b", output=TypeSummary(type="string"))]
+    assert method_types({"servable": {"type": "pipeline", "steps": []}}) == []
+    deep: dict[str, Any] = {"type": "float"}
+    for _ in range(100):
+        deep = {"type": "list", "item_type": deep}
+    summary = type_summary(deep)
+    assert summary is not None and len(summary.item_types) == 32 and summary.item_types[0] == "list"

@@ -16,9 +16,11 @@ from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
 from dlhub.common.messages import Dispatch
 from dlhub.common.payloads import (
     IndexRequest,
+    MethodTypes,
     SearchDocument,
     SearchQuery,
     SearchResults,
+    TypeSummary,
     decode_payload,
 )
 from dlhub.search.engine import query_terms
@@ -408,7 +410,7 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
         "ALTER TABLE documents ADD COLUMN body BLOB;"
         "UPDATE documents SET body = (SELECT body FROM document_bodies b WHERE b.pk = documents.pk);"
         "DROP TABLE document_bodies; DROP TABLE public_facets; DROP INDEX documents_public;"
-        "ALTER TABLE documents DROP COLUMN domains; PRAGMA user_version = 2;"
+        "ALTER TABLE documents DROP COLUMN domains; DROP TABLE document_methods; PRAGMA user_version = 2;"
     )
     conn.close()
     async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
@@ -416,5 +418,25 @@ async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
         assert await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"])) == browse
     conn = sqlite3.connect(path)
     assert "body" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
-    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
+
+
+async def test_index_written_by_schema_3_gains_the_type_table(tmp_path: Path) -> None:
+    """Entries indexed before types existed match no type filter, without error, until re-indexed."""
+    path = tmp_path / "search.sqlite3"
+    typed = msgspec.structs.replace(
+        DOCS[45],
+        methods=[MethodTypes(method="run", input=TypeSummary(type="ndarray", shape=[None, 4]))],
+    )
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        await eng.upsert(typed)
+        assert (await eng.query(SearchQuery(input_shape=[None, 4]))).total == 1
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript("DROP TABLE document_methods; PRAGMA user_version = 3;")
+    conn.close()
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        assert (await eng.query(SearchQuery(input_shape=[None, 4], facets=["owner"]))).total == 0
+        assert (await eng.query(SearchQuery(q="iris"))).total == 1
+        await eng.reindex([typed])
+        assert (await eng.query(SearchQuery(input_type="ndarray", input_shape=[7, 4]))).total == 1

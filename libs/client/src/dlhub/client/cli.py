@@ -845,6 +845,16 @@ def search(ctx: click.Context) -> None:
 @click.option("--servable-type", default=None)
 @click.option("--trained-on", default=None, help="Trained on this dataset: owner/name[@version] or a DOI.")
 @click.option("--tested-on", default=None, help="Tested on this dataset: owner/name[@version] or a DOI.")
+@click.option("--input-type", default=None, help="A method's input type: ndarray, list, dict, string ...")
+@click.option(
+    "--input-item-type", default=None, help="An item type of the input (lists, ndarrays): float ..."
+)
+@click.option(
+    "--input-shape", default=None, help="Shape of your data as JSON, null for a size that varies: '[null,4]'."
+)
+@click.option("--output-type", default=None, help="A method's output type.")
+@click.option("--output-item-type", default=None, help="An item type of the output (lists, ndarrays).")
+@click.option("--output-shape", default=None, help="Output shape as JSON: '[null,1]'.")
 @click.option("--published-from", default=None, help="ISO 8601 date/date-time or epoch seconds.")
 @click.option("--published-to", default=None, help="ISO 8601 date/date-time or epoch seconds (inclusive).")
 @click.option(

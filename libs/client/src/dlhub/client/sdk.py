@@ -582,12 +582,18 @@ class DLHubClient:
         ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
         comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
         publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.
+
+        Argument types: ``input_type`` / ``output_type`` (``"ndarray"``, ``"list"`` ...), ``input_item_type``
+        / ``output_item_type`` (``"float"``), ``input_shape`` / ``output_shape`` as a list (``[None, 4]``: any
+        number of rows of 4) or its JSON text; see docs/api.md for how shapes match.
         """
         params: dict[str, Any] = {"q": q, "limit": limit, "offset": offset}
         for key, value in filters.items():
             if value is None:
                 continue
-            if isinstance(value, (list, tuple, set)):
+            if key.endswith("_shape") and isinstance(value, (list, tuple)):
+                value = json.dumps(list(value))
+            elif isinstance(value, (list, tuple, set)):
                 value = ",".join(str(v) for v in value)
             elif isinstance(value, (date, datetime)):
                 value = value.isoformat()

@@ -383,7 +383,7 @@ def compile_type(description: Any, *, _depth: int = 0) -> Check | None:
         return _scalar_check(name)
     if name == "ndarray":
         shape = description.get("shape")
-        if not _valid_shape(shape):
+        if not valid_shape(shape):
             return _list_check(None) if shape is not None else None
         item_description = description.get("item_type")
         item = compile_type(item_description, _depth=_depth + 1)
@@ -418,7 +418,7 @@ def _warn_unknown(name: str) -> None:
     get_logger(__name__).warning("unknown argument type accepts any value", argument_type=name)
 
 
-def _valid_shape(shape: Any) -> bool:
+def valid_shape(shape: Any) -> bool:
     return (
         isinstance(shape, list)
         and len(shape) <= MAX_DIMENSIONS
@@ -468,7 +468,7 @@ def description_problems(description: Any, field: str, depth: int = 0) -> Iterat
     name = type_name(description)
     if name == "ndarray":
         shape = description.get("shape")
-        if shape is not None and not _valid_shape(shape):
+        if shape is not None and not valid_shape(shape):
             yield (
                 f"{field}.shape",
                 f"{field}.shape: must be a list of at most {MAX_DIMENSIONS} non-negative integers or null",

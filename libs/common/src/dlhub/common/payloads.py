@@ -108,6 +108,28 @@ class BuildEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     lines: list[str] = msgspec.field(default_factory=list)
 
 
+class TypeSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The searchable facets of one argument-type description (a method's input or output).
+
+    ``type`` is the top-level type name, lower-cased (``ndarray``, ``list``, ``dict``, ``python object`` ...);
+    ``item_types`` every type met by following ``item_type`` down through lists and ndarrays (a list of
+    ndarrays of floats: ``["ndarray", "float"]``); ``shape`` the declared shape of a top-level ndarray
+    (``None`` for "any size" along an axis), or ``None`` when no shape is declared.
+    """
+
+    type: str
+    item_types: list[str] = msgspec.field(default_factory=list)
+    shape: list[int | None] | None = None
+
+
+class MethodTypes(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one method of a servable accepts and returns (``None``: not declared)."""
+
+    method: str
+    input: TypeSummary | None = None
+    output: TypeSummary | None = None
+
+
 class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What the search service indexes for one servable (its latest visible version).
 
@@ -140,6 +162,9 @@ class SearchDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Link terms of the training datasets: ``owner/name``, ``owner/name@version`` and case-folded DOIs."""
     tested_on: list[str] = msgspec.field(default_factory=list)
     """Link terms of the test datasets, as ``trained_on``."""
+    methods: list[MethodTypes] = msgspec.field(default_factory=list)
+    """The declared input and output types of each method (added later: documents indexed before have
+    none, and match no type filter until re-indexed)."""
 
 
 class IndexRequest(msgspec.Struct, kw_only=True):
@@ -187,6 +212,16 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Servables trained on this dataset: ``owner/name``, ``owner/name@version`` or a DOI (any case)."""
     tested_on: str | None = None
     """Servables tested on this dataset, as ``trained_on``."""
+    input_type: str | None = None
+    """Type filters (added later): ``*_type`` matches a method's top-level type and ``*_item_type`` any
+    type in its item-type chain (both case-insensitive); ``*_shape`` is the shape of the caller's data,
+    ``None`` for a size that varies, and matches declared ndarray shapes that accept it (see
+    ``dlhub.search.engine.type_requirements``). All the input and output filters must hold for one method."""
+    input_item_type: str | None = None
+    input_shape: list[int | None] | None = None
+    output_type: str | None = None
+    output_item_type: str | None = None
+    output_shape: list[int | None] | None = None
 
 
 class SearchHit(msgspec.Struct, kw_only=True):

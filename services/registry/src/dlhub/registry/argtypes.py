@@ -16,8 +16,11 @@ from dlhub.common.argtypes import (
     check_method_types,
     compile_type,
     method_input_type,
+    valid_shape,
     validate,
 )
+from dlhub.common.filerefs import type_name
+from dlhub.common.payloads import MethodTypes, TypeSummary
 
 if TYPE_CHECKING:
     from dlhub.registry.store import VersionRecord
@@ -59,3 +62,55 @@ def check_run_inputs(record: VersionRecord, method: str, inputs: Any) -> None:
     check = method_input_check(record, method)
     if check is not None:
         validate(check, inputs, "inputs")
+
+
+# -- search ------------------------------------------------------------------------------------------------
+
+MAX_INDEXED_NAME_CHARS: Final = 256
+"""Longer type names are not indexed (a search filter could not name them usefully anyway)."""
+MAX_INDEXED_SIZE: Final = 2**63 - 1
+"""Shapes with larger sizes are indexed without their shape (the wire and the indices hold 64-bit ints)."""
+
+
+def _indexed_name(description: Any) -> str | None:
+    name = type_name(description)
+    return name if name and len(name) <= MAX_INDEXED_NAME_CHARS else None
+
+
+def type_summary(description: Any) -> TypeSummary | None:
+    """The search facets of a type description: its type, item-type chain and (ndarray) declared shape.
+
+    The item-type chain follows ``item_type`` through lists and ndarrays (``list`` of ``ndarray`` of
+    ``float``: ``["ndarray", "float"]``); tuples and dicts end it (their parts are not indexed).
+    """
+    name = _indexed_name(description)
+    if name is None:
+        return None
+    assert isinstance(description, dict)
+    items: list[str] = []
+    inner: Any = description
+    while type_name(inner) in ("list", "ndarray") and len(items) < MAX_TYPE_DEPTH:
+        inner = inner.get("item_type")
+        item = _indexed_name(inner)
+        if item is None:
+            break
+        items.append(item)
+    shape: Any = description.get("shape") if name == "ndarray" else None
+    if not valid_shape(shape) or any(size is not None and size > MAX_INDEXED_SIZE for size in shape):
+        shape = None
+    return TypeSummary(type=name, item_types=items, shape=None if shape is None else list(shape))
+
+
+def method_types(metadata: dict[str, Any]) -> list[MethodTypes]:
+    """What each method of a publication accepts and returns, for the search index."""
+    methods = (metadata.get("servable") or {}).get("methods")
+    if not isinstance(methods, dict):
+        return []
+    found: list[MethodTypes] = []
+    for method, spec in methods.items():
+        if not isinstance(spec, dict):
+            continue
+        accepts, returns = type_summary(spec.get("input")), type_summary(spec.get("output"))
+        if accepts is not None or returns is not None:
+            found.append(MethodTypes(method=str(method), input=accepts, output=returns))
+    return found

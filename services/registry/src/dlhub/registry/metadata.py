@@ -23,7 +23,7 @@ from dlhub.common.ids import NAME_RE
 from dlhub.common.payloads import SearchDocument, TablePreview
 from dlhub.common.url_files import FIELD as URL_FILES_FIELD
 from dlhub.common.url_files import url_files
-from dlhub.registry.argtypes import check_method_types
+from dlhub.registry.argtypes import check_method_types, method_types
 from dlhub.registry.datasets import search_terms
 from dlhub.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 from dlhub.registry.pipelines import check_pipeline_document, is_pipeline
@@ -186,4 +186,5 @@ def search_document(
         columns=search_columns(previews),
         trained_on=trained_on,
         tested_on=tested_on,
+        methods=method_types(metadata),
     )

@@ -19,6 +19,7 @@ from dlhub.common.errors import InvalidMessage
 from dlhub.common.payloads import (
     FacetCount,
     FacetName,
+    MethodTypes,
     SearchDocument,
     SearchQuery,
     SearchResults,
@@ -64,6 +65,13 @@ def check_query(query: SearchQuery) -> None:
         raise InvalidMessage(f"unknown sort {query.sort!r}; expected one of {', '.join(SORTS)}", field="sort")
     if query.order is not None and query.order not in ORDERS:
         raise InvalidMessage(f"order must be asc or desc, got {query.order!r}", field="order")
+    for field, shape in (("input_shape", query.input_shape), ("output_shape", query.output_shape)):
+        if shape is not None and (
+            len(shape) > MAX_DIMENSIONS or any(size is not None and size < 0 for size in shape)
+        ):
+            raise InvalidMessage(
+                f"{field} must list at most {MAX_DIMENSIONS} sizes, each null or >= 0", field=field
+            )
 
 
 def sort_order(query: SearchQuery) -> str:
@@ -97,6 +105,73 @@ def doi_terms(document: SearchDocument) -> list[str]:
     """The values the ``doi`` filter matches: the document's DOI and every related identifier."""
     values = (document.doi, *document.related_identifiers)
     return sorted({doi_term(v) for v in values if v.strip() and len(v) <= MAX_IDENTIFIER_CHARS})
+
+
+# --- argument-type filters ------------------------------------------------------------------------------
+#
+# Each method of a document is indexed as a set of tokens, one per facet of its input and output types:
+# ``input.type=ndarray``, ``input.item=float`` (one per type in the item-type chain), ``input.ndim=2`` and
+# one ``input.dim<i>=<size>`` per axis, ``*`` standing for a size declared as null (any). A type query is a
+# list of token groups that must all hold for one method, each group satisfied by any of its tokens. Both
+# engines match these same tokens, so they share one set of matching rules.
+
+MAX_DIMENSIONS: Final = 32
+"""A query shape may list at most this many sizes (as many as a publication may declare)."""
+ANY_SIZE: Final = "*"
+TOKEN_SEPARATOR: Final = "\x1f"
+"""Delimits tokens where an engine keeps them in one string; never part of a token."""
+ROLES: Final = ("input", "output")
+
+
+def type_term(name: str) -> str:
+    """How type names are indexed and matched: trimmed and lower-cased, like the registry reads them."""
+    return name.strip().lower().replace(TOKEN_SEPARATOR, " ")
+
+
+def method_tokens(method: MethodTypes) -> list[str]:
+    """The tokens one method is indexed under (empty when it declares no types)."""
+    tokens: list[str] = []
+    for role, summary in zip(ROLES, (method.input, method.output), strict=True):
+        if summary is None:
+            continue
+        tokens.append(f"{role}.type={type_term(summary.type)}")
+        tokens.extend(f"{role}.item={type_term(item)}" for item in dict.fromkeys(summary.item_types))
+        if summary.shape is not None:
+            tokens.append(f"{role}.ndim={len(summary.shape)}")
+            tokens.extend(
+                f"{role}.dim{axis}={ANY_SIZE if size is None else size}"
+                for axis, size in enumerate(summary.shape)
+            )
+    return tokens
+
+
+def shape_requirements(role: str, shape: Sequence[int | None]) -> list[list[str]]:
+    """Token groups for "the declared shape accepts data of ``shape``".
+
+    Same number of dimensions, and along each axis: a known size is accepted by that size or by a declared
+    null (any size); a null in the query (a size that varies) is accepted only by a declared null.
+    """
+    groups = [[f"{role}.ndim={len(shape)}"]]
+    for axis, size in enumerate(shape):
+        wildcard = f"{role}.dim{axis}={ANY_SIZE}"
+        groups.append([wildcard] if size is None else [wildcard, f"{role}.dim{axis}={size}"])
+    return groups
+
+
+def type_requirements(query: SearchQuery) -> list[list[str]]:
+    """The token groups the query's type filters demand of one method ([] without type filters)."""
+    groups: list[list[str]] = []
+    for role, type_, item, shape in (
+        ("input", query.input_type, query.input_item_type, query.input_shape),
+        ("output", query.output_type, query.output_item_type, query.output_shape),
+    ):
+        if type_ is not None:
+            groups.append([f"{role}.type={type_term(type_)}"])
+        if item is not None:
+            groups.append([f"{role}.item={type_term(item)}"])
+        if shape is not None:
+            groups.extend(shape_requirements(role, shape))
+    return groups
 
 
 def principals(query: SearchQuery) -> list[str]:

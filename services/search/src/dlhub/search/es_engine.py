@@ -49,19 +49,22 @@ from dlhub.search.engine import (
     doi_term,
     doi_terms,
     facet_counts,
+    method_tokens,
     owner_principal,
     page,
     principals,
     query_terms,
     requested_facets,
     sort_order,
+    type_requirements,
 )
 
 log = get_logger(__name__)
 
 SCHEMA_VERSION: Final = 3
 """2: ``doi``, ``related_identifiers`` and the derived ``doi_terms`` (added to older indices in place).
-3: ``kind``, ``columns`` (dataset previews) and the dataset links ``trained_on``/``tested_on`` (likewise)."""
+3: ``kind``, ``columns`` (dataset previews) and the dataset links ``trained_on``/``tested_on`` (likewise);
+``methods`` (stored, not indexed) and the derived nested ``method_tokens`` (added in place too)."""
 MAX_RESULT_WINDOW: Final = 10_000
 """Elasticsearch's default ``index.max_result_window``: offset + limit may not go beyond it."""
 BULK_CHUNK: Final = 500
@@ -114,13 +117,20 @@ ADDED_IN_2: Final[dict[str, Any]] = {
 }
 """Mapping properties added by schema 2; ``open`` adds them to an index created with schema 1."""
 
+MAX_TOKEN_CHARS: Final = 1024
 ADDED_IN_3: Final[dict[str, Any]] = {
     "kind": {"type": "keyword"},
     "columns": {"type": "keyword", "ignore_above": 256},
     "trained_on": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
     "tested_on": {"type": "keyword", "ignore_above": MAX_IDENTIFIER_CHARS},
+    "methods": {"type": "object", "enabled": False},
+    # nested: the type filters must all hold for one method, not each for some method
+    "method_tokens": {
+        "type": "nested",
+        "properties": {"tokens": {"type": "keyword", "ignore_above": MAX_TOKEN_CHARS}},
+    },
 }
-"""Mapping properties added by schema 3; ``open`` adds them to an older index."""
+"""Mapping properties added by schema 3; ``open`` adds them to an index created with schema 1 or 2."""
 
 
 def index_mapping() -> dict[str, Any]:
@@ -173,6 +183,10 @@ def es_source(document: SearchDocument) -> dict[str, Any]:
     source["visible"] = sorted({*document.visible_to, owner_principal(document.owner)})
     source["author_terms"] = sorted(authors)
     source["doi_terms"] = doi_terms(document)
+    source["methods"] = msgspec.to_builtins(document.methods)
+    source["method_tokens"] = [
+        {"tokens": tokens} for tokens in map(method_tokens, document.methods) if tokens
+    ]
     source["publication_date"] = round(document.publication_date_s * 1000)
     source["fts"] = {
         "title": _folded(document.title),
@@ -238,6 +252,10 @@ def filter_clauses(query: SearchQuery) -> list[dict[str, Any]]:
         bounds["lte"] = math.floor(round(query.published_to_s * 1000, 3))
     if bounds:
         filters.append({"range": {"publication_date": bounds}})
+    groups = type_requirements(query)
+    if groups:
+        clauses = [{"terms": {"method_tokens.tokens": group}} for group in groups]
+        filters.append({"nested": {"path": "method_tokens", "query": {"bool": {"filter": clauses}}}})
     filters.append({"terms": {"visible": principals(query)}})
     return filters
 

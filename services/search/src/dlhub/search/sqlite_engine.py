@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,27 +24,34 @@ from dlhub.common.errors import DLHubError
 from dlhub.common.links import query_link_term
 from dlhub.common.payloads import SearchDocument, SearchHit, SearchQuery, SearchResults
 from dlhub.search.engine import (
+    ANY_SIZE,
     PUBLIC,
+    ROLES,
+    TOKEN_SEPARATOR,
     SearchEngine,
     check_query,
     doi_term,
     doi_terms,
     facet_counts,
+    method_tokens,
     owner_principal,
     page,
     principals,
     query_terms,
     requested_facets,
     sort_order,
+    type_requirements,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery.
 3: bodies moved to ``document_bodies`` so that scans, counts and facets read narrow rows only (with the
 domains folded into one column for facet scans);
-``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write."""
+``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write.
+4: ``document_methods``, the argument-type tokens of each method (created empty: older entries match no type
+filter until re-indexed)."""
 FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
 BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 """Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
@@ -57,6 +65,12 @@ FIELD_DOI: Final = "doi"
 FIELD_TRAINED_ON: Final = "trained_on"
 FIELD_TESTED_ON: Final = "tested_on"
 """Link terms of a servable's training and test datasets (``dlhub.common.links``)."""
+FIELD_SHAPE: Final = "shape"
+"""Every declared ndarray shape as one value (``input=*,4``). A shape query lists the few declared shapes
+that could accept it, so the index finds the candidates; the exact per-method test then runs on those only
+(without it, counting the matches tested the type tokens of every document)."""
+MAX_SHAPE_KEYS: Final = 256
+"""A query shape with more known sizes than log2 of this is matched without the index (still exactly)."""
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS documents (
@@ -90,6 +104,11 @@ CREATE TABLE IF NOT EXISTS document_values (
     PRIMARY KEY (field, value, doc)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS document_values_doc ON document_values (doc);
+CREATE TABLE IF NOT EXISTS document_methods (
+    doc INTEGER NOT NULL,
+    tokens TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS document_methods_doc ON document_methods (doc);
 CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
     {", ".join(FTS_COLUMNS)},
     tokenize = 'unicode61 remove_diacritics 2',
@@ -133,6 +152,32 @@ def _value_rows(pk: int, document: SearchDocument) -> set[tuple[str, str, int]]:
     rows |= {(FIELD_DOI, value, pk) for value in doi_terms(document)}
     rows |= {(FIELD_TRAINED_ON, value, pk) for value in document.trained_on}
     rows |= {(FIELD_TESTED_ON, value, pk) for value in document.tested_on}
+    for method in document.methods:
+        for role, summary in zip(ROLES, (method.input, method.output), strict=True):
+            if summary is not None and summary.shape is not None:
+                rows.add((FIELD_SHAPE, _shape_key(role, summary.shape), pk))
+    return rows
+
+
+def _shape_key(role: str, shape: Iterable[int | None]) -> str:
+    return f"{role}=" + ",".join(ANY_SIZE if size is None else str(size) for size in shape)
+
+
+def _shape_candidates(role: str, shape: list[int | None]) -> list[str] | None:
+    """The declared shapes that accept data of ``shape`` (a known size: itself or any; a null: any)."""
+    if 2 ** sum(size is not None for size in shape) > MAX_SHAPE_KEYS:
+        return None
+    options = [[None] if size is None else [None, size] for size in shape]
+    return [_shape_key(role, combination) for combination in itertools.product(*options)]
+
+
+def _method_rows(pk: int, document: SearchDocument) -> list[tuple[int, str]]:
+    """One row per method that declares types: its tokens, each delimited on both sides."""
+    rows = []
+    for method in document.methods:
+        tokens = method_tokens(method)
+        if tokens:
+            rows.append((pk, TOKEN_SEPARATOR + TOKEN_SEPARATOR.join(tokens) + TOKEN_SEPARATOR))
     return rows
 
 
@@ -223,6 +268,14 @@ class _Filters:
             *values,
         )
 
+    def one_method_has(self, groups: list[list[str]]) -> None:
+        """Some method of the document holds a token of every group (delimited, so never a substring)."""
+        tests = ["(" + " OR ".join("instr(m.tokens, ?) > 0" for _ in group) + ")" for group in groups]
+        self.add(
+            f"EXISTS (SELECT 1 FROM document_methods m WHERE m.doc = d.pk AND {' AND '.join(tests)})",
+            *(TOKEN_SEPARATOR + token + TOKEN_SEPARATOR for group in groups for token in group),
+        )
+
     def sql(self) -> str:
         return " AND ".join(self.clauses) if self.clauses else "1"
 
@@ -249,6 +302,18 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         filters.has_value(FIELD_TRAINED_ON, [query_link_term(query.trained_on)])
     if query.tested_on is not None:
         filters.has_value(FIELD_TESTED_ON, [query_link_term(query.tested_on)])
+    groups = type_requirements(query)
+    if groups:
+        filters.one_method_has(groups)
+    for role, shape in zip(ROLES, (query.input_shape, query.output_shape), strict=True):
+        keys = None if shape is None else _shape_candidates(role, shape)
+        if keys:
+            marks = ", ".join("?" for _ in keys)
+            filters.add(
+                f"d.pk IN (SELECT doc FROM document_values WHERE field = ? AND value IN ({marks}))",
+                FIELD_SHAPE,
+                *keys,
+            )
     if query.published_from_s is not None:
         filters.add("d.publication_date_s >= ?", query.published_from_s)
     if query.published_to_s is not None:
@@ -283,7 +348,7 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
         query.trained_on,
         query.tested_on,
     )
-    return not match and all(value is None for value in narrowing)
+    return not match and all(value is None for value in narrowing) and not type_requirements(query)
 
 
 _GROUP_COLUMN: Final = {"owner": 0, "model_type": 1, "servable_type": 2}
@@ -392,6 +457,7 @@ class SqliteSearchEngine(SearchEngine):
         _bump_public_facets(db, _decoder.decode(row[1]), -1)
         db.execute("DELETE FROM documents_fts WHERE rowid = ?", (pk,))
         db.execute("DELETE FROM document_values WHERE doc = ?", (pk,))
+        db.execute("DELETE FROM document_methods WHERE doc = ?", (pk,))
         db.execute("DELETE FROM document_bodies WHERE pk = ?", (pk,))
         db.execute("DELETE FROM documents WHERE pk = ?", (pk,))
         return True
@@ -424,6 +490,7 @@ class SqliteSearchEngine(SearchEngine):
             "INSERT INTO document_values (field, value, doc) VALUES (?, ?, ?)",
             sorted(_value_rows(pk, document)),
         )
+        db.executemany("INSERT INTO document_methods (doc, tokens) VALUES (?, ?)", _method_rows(pk, document))
 
     def _upsert_sync(self, document: SearchDocument) -> None:
         db = self._db
@@ -442,6 +509,7 @@ class SqliteSearchEngine(SearchEngine):
         with _transaction(db):
             db.execute("DELETE FROM documents_fts")
             db.execute("DELETE FROM document_values")
+            db.execute("DELETE FROM document_methods")
             db.execute("DELETE FROM document_bodies")
             db.execute("DELETE FROM public_facets")
             db.execute("DELETE FROM documents")

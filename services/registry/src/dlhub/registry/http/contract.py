@@ -91,6 +91,44 @@ _MOMENT: Final = {
 }
 
 
+_JSON_SPACE: Final = r"[ \t\n\r]*"
+_SIZE: Final = r"(?:null|0|[1-9][0-9]{0,17})"
+SHAPE_PATTERN: Final = (
+    rf"^{_JSON_SPACE}\[{_JSON_SPACE}(?:{_SIZE}{_JSON_SPACE}(?:,{_JSON_SPACE}{_SIZE}{_JSON_SPACE}){{0,31}})?\]"
+    rf"{_JSON_SPACE}$"
+)
+"""A JSON array of at most 32 sizes, each null or a non-negative integer below 10**18 (``[null,4]``)."""
+_SHAPE: Final = {"anyOf": [{"maxLength": 0}, {"pattern": SHAPE_PATTERN}]}
+
+
+_SHAPE_RULE: Final = "matches a declared ndarray shape that accepts it (see docs/api.md)"
+InputType = Annotated[
+    str, Meta(description="A method's input type (ndarray, list, dict, string ...), any case")
+]
+InputItemType = Annotated[
+    str, Meta(description="A type in the item-type chain of a method's input (lists, ndarrays), any case")
+]
+InputShape = Annotated[
+    str,
+    Meta(
+        description="The shape of the input data as JSON, null for a size that varies ([null,4]): "
+        + _SHAPE_RULE,
+        extra_json_schema=_SHAPE,
+    ),
+]
+OutputType = Annotated[str, Meta(description="A method's output type, any case")]
+OutputItemType = Annotated[
+    str, Meta(description="A type in the item-type chain of a method's output (lists, ndarrays), any case")
+]
+OutputShape = Annotated[
+    str,
+    Meta(
+        description=f"The shape of the output data as JSON ([null,1]): {_SHAPE_RULE}",
+        extra_json_schema=_SHAPE,
+    ),
+]
+
+
 class SearchQueryParams(Struct, kw_only=True):
     q: Annotated[str, Meta(description="Free text (prefix matching)")] = ""
     owner: Annotated[str, Meta(description="Exact owner")] | UnsetType = UNSET
@@ -122,6 +160,12 @@ class SearchQueryParams(Struct, kw_only=True):
         ]
         | UnsetType
     ) = UNSET
+    input_type: InputType | UnsetType = UNSET
+    input_item_type: InputItemType | UnsetType = UNSET
+    input_shape: InputShape | UnsetType = UNSET
+    output_type: OutputType | UnsetType = UNSET
+    output_item_type: OutputItemType | UnsetType = UNSET
+    output_shape: OutputShape | UnsetType = UNSET
     published_from: (
         Annotated[
             str,

@@ -8,6 +8,7 @@ of the OpenAPI document, so what is documented is what is enforced.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +20,7 @@ from aiohttp import web
 from msgspec import UNSET
 
 from dlhub.common.errors import ValidationFailed
-from dlhub.registry.http.contract import PAGE_SIZE_CAP
+from dlhub.registry.http.contract import PAGE_SIZE_CAP, SHAPE_PATTERN
 from dlhub.registry.http.keys import SETTINGS
 from dlhub.registry.http.request import field_of
 
@@ -133,6 +134,23 @@ def _epoch_seconds(text: str, *, end_of_day: bool) -> float:
         clock = clock[:-2] + "59"
     moment = datetime.fromisoformat(f"{match['date']}T{clock}{fraction}{offset}")
     return moment.timestamp() + (1.0 if leap else 0.0)
+
+
+SHAPE_RE: Final = re.compile(SHAPE_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def shape(name: str, text: str | None) -> list[int | None] | None:
+    """A shape parameter: the JSON array its OpenAPI pattern describes (``[null,4]``), else 400 naming it."""
+    if not text:
+        return None
+    if SHAPE_RE.fullmatch(text) is None:
+        raise ValidationFailed(
+            f"{name} must be a JSON array of at most 32 sizes, each null or a non-negative integer "
+            f"(e.g. [null,4]), got {text[:80]!r}",
+            field=name,
+        )
+    sizes: list[int | None] = json.loads(text)
+    return sizes
 
 
 def page_size(request: web.Request, limit: int | msgspec.UnsetType) -> int:

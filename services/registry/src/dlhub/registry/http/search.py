@@ -14,7 +14,7 @@ from dlhub.common.payloads import SearchQuery, decode_payload
 from dlhub.common.payloads import SearchResults as FoundResults
 from dlhub.registry.http.contract import FacetCount, SearchHit, SearchQueryParams, SearchResults
 from dlhub.registry.http.keys import AUTH, BUS, CODEC, SERVABLES, SETTINGS
-from dlhub.registry.http.query import epoch_seconds, page_size, parse_query
+from dlhub.registry.http.query import epoch_seconds, page_size, parse_query, shape
 from dlhub.registry.http.request import caller_of
 from dlhub.registry.http.response import json_response
 
@@ -39,6 +39,12 @@ def _search_query(request: web.Request, params: SearchQueryParams, identities: l
         servable_type=optional(params.servable_type),
         trained_on=optional(params.trained_on),
         tested_on=optional(params.tested_on),
+        input_type=optional(params.input_type),
+        input_item_type=optional(params.input_item_type),
+        input_shape=shape("input_shape", optional(params.input_shape)),
+        output_type=optional(params.output_type),
+        output_item_type=optional(params.output_item_type),
+        output_shape=shape("output_shape", optional(params.output_shape)),
         identities=identities,
         limit=page_size(request, params.limit),
         offset=params.offset,
