@@ -7,9 +7,16 @@ or its driver is missing, and the caller decides whether that skips (tests) or f
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import os
 import shutil
+import tarfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from selenium import webdriver
 from selenium.common.exceptions import (
@@ -92,3 +99,54 @@ def sign_in(driver: WebDriver, token: str, user: str = "alice") -> None:
     shown(driver, "#token").send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
     wait(driver).until(lambda d: user in text_of(d, "#account"))
+
+
+# axe-core (the accessibility rules engine) from the npm registry: only the tarball is fetched (no Node),
+# checked against the registry's integrity digest, and kept in the test-servers cache, never in the repo.
+AXE_VERSION = "4.14.1"
+AXE_INTEGRITY = (
+    "sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ=="
+)
+AXE_URL = f"https://registry.npmjs.org/axe-core/-/axe-core-{AXE_VERSION}.tgz"
+
+
+def axe_source(timeout_s: float = 60.0) -> str:
+    """The text of axe.min.js, downloaded once into ``$DLHUB_TEST_CACHE`` (raises OSError when offline)."""
+    cache = Path(os.environ.get("DLHUB_TEST_CACHE") or Path.home() / ".cache" / "dlhub-test-servers")
+    target = cache / f"axe-core-{AXE_VERSION}" / "axe.min.js"
+    if target.is_file():
+        return target.read_text(encoding="utf-8")
+    with urllib.request.urlopen(AXE_URL, timeout=timeout_s) as response:
+        tarball = response.read()
+    digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    if digest != AXE_INTEGRITY:
+        raise OSError(f"axe-core {AXE_VERSION}: integrity mismatch ({digest})")
+    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
+        member = tar.extractfile("package/axe.min.js")
+        if member is None:
+            raise OSError("axe-core tarball has no package/axe.min.js")
+        source = member.read()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".tmp")
+    partial.write_bytes(source)
+    partial.replace(target)
+    return source.decode("utf-8")
+
+
+def axe_violations(
+    driver: WebDriver, source: str, impacts: tuple[str, ...] = ("serious", "critical")
+) -> list[str]:
+    """Run axe on the current page; the violations of the given impacts as "rule: target" lines."""
+    driver.execute_script(source)
+    found = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']})"
+        ".then((r) => done(r.violations), (e) => done(String(e)));"
+    )
+    if isinstance(found, str):
+        raise AssertionError(f"axe failed: {found}")
+    return [
+        f"{v['id']} ({v['impact']}): {', '.join(str(n['target']) for n in v['nodes'][:3])}"
+        for v in found
+        if v.get("impact") in impacts
+    ]
