@@ -62,7 +62,7 @@ export async function renderPublish(main) {
     main.replaceChildren(h("h1", null, "Publish a model"), h("p", { id: "publish-signed-out" }, "Sign in with an API token (at the top of the page) to publish."));
     return;
   }
-  const metadata = fileField("pub-metadata", "Metadata document (dlhub.json)", "The publication document, e.g. what `dlhub init` writes.", { accept: ".json,application/json", required: true });
+  const metadata = fileField("pub-metadata", "Metadata document (dlhub.json)", "The publication document, e.g. what dlhub init writes.", { accept: ".json,application/json", required: true });
   const files = fileField("pub-files", "Package files", "The files dlhub.files names (each placed at its declared path), or one .tar.gz, .tgz, .tar or .zip archive of them.", { multiple: true });
   const summary = h("div", { id: "pub-summary", "aria-live": "polite" });
   const formError = h("div", { id: "pub-error", role: "alert" });
