@@ -7,7 +7,6 @@ browser fails in CI and skips locally, like the other test servers (scripts/test
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,18 +24,21 @@ from tests.support.polling import wait_until
 from tests.support.servers import missing_test_server
 from tests.support.stack import start_stack, stop_stack
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-    WebDriverException,
-)
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
-WAIT_S = 20.0
+from tests.support.browser import (
+    BrowserUnavailable,
+    chromium,
+    hits,
+    open_page,
+    shown,
+    sign_in,
+    text_of,
+    wait,
+)
+
 XSS_TITLE = '<img src=x onerror="window.__xss = 1">Inert title'
 XSS_ABSTRACT = "<script>window.__xss = 2</script><b>bold?</b>"
 
@@ -97,54 +99,11 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        missing_test_server("chromium and chromium-driver are not installed (scripts/test-servers start)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(argument)
     try:
-        driver = webdriver.Chrome(
-            options=options, service=webdriver.ChromeService(executable_path=driver_path)
-        )
-    except WebDriverException as exc:
-        missing_test_server(f"chromium did not start: {exc.msg}")
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    # A re-render replaces elements: a lookup that races it is retried until the deadline.
-    ignored = (NoSuchElementException, StaleElementReferenceException)
-    return WebDriverWait(driver, WAIT_S, ignored_exceptions=ignored)
-
-
-def text_of(driver: WebDriver, selector: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
-
-
-def shown(driver: WebDriver, selector: str) -> WebElement:
-    element: WebElement = wait(driver).until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
-    return element
-
-
-def hits(driver: WebDriver) -> list[str]:
-    return [str(e.get_attribute("data-servable")) for e in driver.find_elements(By.CSS_SELECTOR, "li.hit")]
-
-
-def open_page(driver: WebDriver, url: str) -> None:
-    """Load ``url`` signed out (the token lives in the tab's sessionStorage)."""
-    driver.execute_script("try { sessionStorage.clear() } catch (e) {}")  # about:blank has no storage
-    driver.get(url)
-
-
-def sign_in(driver: WebDriver, token: str) -> None:
-    shown(driver, "#token").send_keys(token)
-    driver.find_element(By.ID, "sign-in").click()
-    wait(driver).until(lambda d: "alice" in text_of(d, "#account"))
+        with chromium() as driver:
+            yield driver
+    except BrowserUnavailable as exc:
+        missing_test_server(str(exc))
 
 
 def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> None:

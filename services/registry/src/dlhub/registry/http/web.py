@@ -4,7 +4,7 @@ The files are read once, when the application is built, with their ETags (a dige
 request costs a dict lookup: no disk access, no authentication, no call to the store or the bus. The page
 talks to ``/api/v1`` like any other client. Every answer carries a strict Content-Security-Policy (scripts
 and styles only from this origin, no inline code, no framing). The app shell answers the client-side routes
-(``/m/{owner}/{name}[@{version}]``, ``/tasks/{task_id}``) so their URLs can be shared.
+(``/m/{owner}/{name}[@{version}]``, ``/tasks/{task_id}``, ``/publish``) so their URLs can be shared.
 
 CSRF: the page keeps the API token in ``sessionStorage`` and sends it as an ``Authorization: Bearer``
 header; the registry sets no cookies and sends no CORS headers, so another site can neither make a browser
@@ -103,6 +103,7 @@ def setup_web(app: web.Application) -> None:
             web.get("/", serve_shell),
             web.get("/m/{owner}/{ref}", serve_shell),
             web.get("/tasks/{task_id}", serve_shell),
+            web.get("/publish", serve_shell),
             web.get("/static/{path:.+}", serve_static),
         ]
     )

@@ -3,6 +3,7 @@ import { renderAccount } from "./auth.js";
 import { renderCatalog } from "./catalog.js";
 import { errorBox, h } from "./dom.js";
 import { renderModel } from "./model.js";
+import { renderPublish } from "./publish.js";
 import { onRoute } from "./router.js";
 import { renderTask } from "./task.js";
 
@@ -12,6 +13,7 @@ let firstRender = true;
 
 function route(path) {
   if (path === "/") return [renderCatalog, {}];
+  if (path === "/publish") return [renderPublish, {}];
   let match = path.match(/^\/m\/([^/]+)\/([^/]+)$/);
   if (match) {
     const [name, version] = decodeURIComponent(match[2]).split("@");
@@ -28,6 +30,8 @@ async function render() {
   current = controller;
   const [view, params] = route(location.pathname);
   main.setAttribute("aria-busy", "true");
+  // "ready" marks a finished render (loadtest/web_pages.py times navigation start to it).
+  delete document.body.dataset.ready;
   try {
     if (view === null) {
       document.title = "Not found · DLHub";
@@ -39,7 +43,11 @@ async function render() {
     if (controller.signal.aborted) return;
     main.replaceChildren(errorBox(error));
   } finally {
-    if (current === controller) main.removeAttribute("aria-busy");
+    if (current === controller) {
+      main.removeAttribute("aria-busy");
+      document.body.dataset.ready = "1";
+      performance.mark("dlhub-ready");
+    }
   }
   if (!firstRender && !controller.signal.aborted && !main.contains(document.activeElement)) main.focus();
   firstRender = false;

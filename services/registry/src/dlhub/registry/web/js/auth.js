@@ -3,12 +3,24 @@ import { api, setToken, token } from "./api.js";
 import { h } from "./dom.js";
 import { rerender } from "./router.js";
 
+let whoamiCache = null;
+
+// The signed-in caller (GET /whoami, asked once per token), or null when signed out.
+export function whoami() {
+  if (!token()) return Promise.resolve(null);
+  if (whoamiCache === null) whoamiCache = api("/whoami").catch(() => null);
+  return whoamiCache;
+}
+
 export async function renderAccount(box) {
+  whoamiCache = null;
   if (token()) {
     try {
-      const me = await api("/whoami");
+      const me = await whoami();
+      if (me === null) throw new Error("token not accepted");
       box.replaceChildren(
         h("span", { class: "who", id: "signed-in-as" }, "Signed in as ", h("strong", null, me.user)),
+        h("a", { href: "/publish", "data-nav": true, class: "header-link", id: "publish-link" }, "Publish"),
         h("button", { type: "button", id: "sign-out", onclick: () => signOut(box) }, "Sign out"),
       );
       return;
@@ -35,6 +47,7 @@ function showForm(box, message) {
 async function signIn(event, box, input) {
   event.preventDefault();
   setToken(input.value.trim());
+  whoamiCache = null;
   try {
     await api("/whoami");
   } catch (error) {
@@ -48,6 +61,7 @@ async function signIn(event, box, input) {
 
 async function signOut(box) {
   setToken(null);
+  whoamiCache = null;
   showForm(box, "");
   rerender();
 }

@@ -1,7 +1,9 @@
 // The model page (the model card): what it is, who made it, how to cite it, its versions and types, how to
 // call it, and a form to try it.
 import { api, servablePath, token } from "./api.js";
+import { whoami } from "./auth.js";
 import { copyButton, formatDate, h, pretty, safeUrl, section } from "./dom.js";
+import { renderManage } from "./manage.js";
 import { renderTryIt } from "./tryit.js";
 import { exampleOf, pyLiteral, shellQuote, typeLabel } from "./types.js";
 
@@ -10,6 +12,7 @@ const ORCID = /^(?:https:\/\/orcid\.org\/)?(\d{4}-\d{4}-\d{4}-\d{3}[\dX])$/;
 
 export async function renderModel(main, { owner, name, version }, signal) {
   const path = servablePath(owner, name, version);
+  whoami(); // asked alongside the model, for the Manage section
   const model = await api(path, { signal });
   const pinned = servablePath(owner, name, model.version);
   const [bibtex, datacite] = await Promise.all([
@@ -32,11 +35,13 @@ export async function renderModel(main, { owner, name, version }, signal) {
           usageSection(model, meta.servable || {}, dl),
           h("div", { id: "try-it-slot" })),
         h("div", { class: "model-side" },
+          h("div", { id: "manage-slot" }),
           citeSection(bibtex, datacite),
           versionsSection(model),
           environmentSection(model, dl),
           vectorsSection(model, dl)))));
   renderTryIt(main.querySelector("#try-it-slot"), model, exampleInputs(model, meta.servable || {}, dl));
+  await renderManage(main.querySelector("#manage-slot"), model);
 }
 
 function header(model, title) {

@@ -32,9 +32,7 @@ export async function renderTask(main, { taskId }, signal) {
   const state = h("p", { id: "task-state", role: "status" }, "Loading…");
   const body = h("div");
   main.replaceChildren(h("h1", null, "Task ", h("code", null, taskId)), state, body);
-  while (!signal.aborted) {
-    const record = await api(`/tasks/${encodeURIComponent(taskId)}`, { signal });
-    if (signal.aborted) return;
+  const show = (record) => {
     state.textContent = `State: ${record.state}`;
     state.dataset.state = record.state;
     body.replaceChildren(
@@ -44,7 +42,18 @@ export async function renderTask(main, { taskId }, signal) {
         h("dt", null, "Created"), h("dd", null, formatDate(record.created_at)),
         h("dt", null, "Updated"), h("dd", null, formatDate(record.updated_at))),
       outcome(record));
-    if (TERMINAL.has(record.state)) return;
+    return TERMINAL.has(record.state);
+  };
+  // The first answer renders the page; the polling goes on after it (the page is ready meanwhile).
+  if (show(await api(`/tasks/${encodeURIComponent(taskId)}`, { signal }))) return;
+  follow(taskId, show, signal).catch((error) => { if (!signal.aborted) state.textContent = `Following the task stopped: ${error.message}`; });
+}
+
+async function follow(taskId, show, signal) {
+  while (!signal.aborted) {
     await wait(POLL_INTERVAL_MS, signal);
+    if (signal.aborted) return;
+    const record = await api(`/tasks/${encodeURIComponent(taskId)}`, { signal });
+    if (signal.aborted || show(record)) return;
   }
 }
