@@ -24,7 +24,7 @@ from tests.support import broker as broker_helpers
 from tests.support.broker import BrokerProcess
 from tests.support.net import free_port
 from tests.support.servers import missing_test_server, mongodb_build_info
-from tests.support.stack import StackInfo, create_token, start_stack, stop_stack, unique
+from tests.support.stack import StackInfo, running_stack, unique
 from tests.support.worker_servables import EXECUTOR_MAX_MESSAGE_BYTES
 
 TESTS = Path(__file__).resolve().parent
@@ -44,22 +44,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    base = tmp_path_factory.mktemp("stack")
-    process, info = start_stack(base)
-    try:
-        tokens = {"alice": info["alice"], "bob": create_token(info["env"], info["data_dir"], "bob")}
-        yield StackInfo(
-            url=info["url"],
-            api=info["url"] + "/api/v1",
-            data_dir=info["data_dir"],
-            broker_url=info["broker_url"],
-            tokens=tokens,
-            process=process,
-            env=info["env"],
-        )
-    finally:
-        code = stop_stack(process)
-        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+    with running_stack(tmp_path_factory.mktemp("stack"), users=("alice", "bob")) as info:
+        yield info
 
 
 # --- real database/search test servers (scripts/test-servers) -----------------------------------------------

@@ -24,7 +24,7 @@ from dlhub.common.servable_store import version_dir
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool
-from tests.support.stack import start_stack, stop_stack, unique
+from tests.support.stack import running_stack, unique
 
 FUNCTIONS = """
 import sys
@@ -51,14 +51,11 @@ def docker_stack(docker_url: str) -> Iterator[tuple[DLHubClient, Path]]:
         "DLHUB_ENVIRONMENTS__DOCKER_URL": docker_url,
         "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": image,
     }
-    process, info = start_stack(base, workers=1, extra_env=env)
     try:
-        yield DLHubClient(info["url"], info["alice"]), info["data_dir"]
+        with running_stack(base, workers=1, extra_env=env) as info:
+            yield DLHubClient(info.url, info.tokens["alice"]), info.data_dir
     finally:
-        code = stop_stack(process)
-        log = (base / "up.log").read_text()[-4000:]
         shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log
 
 
 def docker_document(function: str, pins: dict[str, str], **environment: Any) -> dict[str, Any]:

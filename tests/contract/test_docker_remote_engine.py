@@ -21,7 +21,7 @@ from dlhub.common.docker_environments import LABEL_ENV, DockerBackend
 from dlhub.common.environments import read_environment
 from dlhub.common.servable_store import version_dir
 from tests.contract.test_docker_backend import FUNCTIONS, docker_document
-from tests.support.stack import start_stack, stop_stack
+from tests.support.stack import running_stack
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,11 @@ def remote_stack(docker_tls: tuple[str, Path], base_image: str) -> Iterator[tupl
         "DLHUB_ENVIRONMENTS__DOCKER_TRANSFER": "copy",
         "DLHUB_ENVIRONMENTS__DOCKER_BASE_IMAGE": base_image,
     }
-    process, info = start_stack(base, workers=1, extra_env=env)
     try:
-        yield DLHubClient(info["url"], info["alice"]), info["data_dir"]
+        with running_stack(base, workers=1, extra_env=env) as info:
+            yield DLHubClient(info.url, info.tokens["alice"]), info.data_dir
     finally:
-        code = stop_stack(process)
-        log = (base / "up.log").read_text()[-4000:]
         shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, log
 
 
 def test_build_and_run_through_the_engine_api_only(

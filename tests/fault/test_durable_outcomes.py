@@ -44,7 +44,7 @@ from tests.stack.test_broker import Gate, codec, route
 from tests.support.broker import BrokerProcess, bus_client, make_codec, running_handler
 from tests.support.net import free_port
 from tests.support.polling import await_until, wait_until
-from tests.support.stack import HEARTBEAT_INTERVAL_S, StackInfo, start_stack, stop_stack, unique
+from tests.support.stack import HEARTBEAT_INTERVAL_S, StackInfo, running_stack, unique
 
 # -- the bus: the broker keeps durable results for a client that comes back ----------------------------------
 
@@ -130,19 +130,8 @@ def durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInf
         "DLHUB_REGISTRY__TASK_RECONCILE_RETRY_S": "0.5",
         "DLHUB_WORKER__PROCESSES": "4",
     }
-    process, info = start_stack(base, workers=2, extra_env=extra_env)
-    try:
-        yield StackInfo(
-            url=info["url"],
-            api=info["url"] + "/api/v1",
-            data_dir=info["data_dir"],
-            broker_url=info["broker_url"],
-            tokens={"alice": info["alice"]},
-            process=process,
-            env=info["env"],
-        )
-    finally:
-        stop_stack(process)
+    with running_stack(base, workers=2, extra_env=extra_env, check_exit=False) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

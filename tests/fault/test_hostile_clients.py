@@ -22,7 +22,7 @@ from dlhub.common.ids import new_id
 from dlhub.worker.pool import ExecutorPool
 from tests.stack.test_worker_pool import call, output
 from tests.support.polling import wait_until
-from tests.support.stack import StackInfo, start_stack, stop_stack
+from tests.support.stack import StackInfo, running_stack
 from tests.support.worker_servables import function_method, write_function_servable
 
 HEADER_READ_TIMEOUT_S = 2.0
@@ -42,20 +42,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         "DLHUB_REGISTRY__MAX_LINE_BYTES": str(MAX_LINE_BYTES),
         "DLHUB_REGISTRY__MAX_FIELD_BYTES": str(MAX_LINE_BYTES),
     }
-    process, info = start_stack(base, workers=1, extra_env=env)
-    try:
-        yield StackInfo(
-            url=info["url"],
-            api=info["url"] + "/api/v1",
-            data_dir=info["data_dir"],
-            broker_url=info["broker_url"],
-            tokens={"alice": info["alice"]},
-            process=process,
-            env=info["env"],
-        )
-    finally:
-        code = stop_stack(process)
-        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+    with running_stack(base, workers=1, extra_env=env) as info:
+        yield info
 
 
 def _address(stack: StackInfo) -> tuple[str, int]:

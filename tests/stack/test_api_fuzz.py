@@ -27,7 +27,7 @@ import pytest
 
 from dlhub.client import DLHubClient
 from tests.stack.test_e2e import publish_function
-from tests.support.stack import StackInfo, create_token, start_stack, stop_stack
+from tests.support.stack import StackInfo, running_stack
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 MAX_EXAMPLES = 100
@@ -37,20 +37,8 @@ TIME_BUDGET_S = 360
 
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    base = tmp_path_factory.mktemp("fuzz")
-    process, info = start_stack(base)
-    try:
-        yield StackInfo(
-            url=info["url"],
-            api=info["url"] + "/api/v1",
-            data_dir=info["data_dir"],
-            broker_url=info["broker_url"],
-            tokens={"alice": info["alice"], "bob": create_token(info["env"], info["data_dir"], "bob")},
-            process=process,
-            env=info["env"],
-        )
-    finally:
-        stop_stack(process)
+    with running_stack(tmp_path_factory.mktemp("fuzz"), users=("alice", "bob"), check_exit=False) as info:
+        yield info
 
 
 # positive_data_acceptance: a request the schema allows must not be refused. Two kinds of refusal are the

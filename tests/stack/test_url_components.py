@@ -24,7 +24,7 @@ from dlhub.client.metadata import python_function_document
 from dlhub.client.sdk import TaskHandle
 from tests.support.file_server import FileServer, file_server
 from tests.support.s3 import builder_s3_env, new_bucket, s3_client
-from tests.support.stack import StackInfo, start_stack, stop_stack
+from tests.support.stack import StackInfo, running_stack
 
 MODULE = """
 import os
@@ -64,20 +64,8 @@ def url_stack(s3_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A stack whose builder reaches the S3 test server, with a short fetch time limit."""
     base = tmp_path_factory.mktemp("url-stack")
     env = builder_s3_env(s3_url) | {"DLHUB_BUILDER__URL_FETCH_TIMEOUT_S": str(FETCH_TIMEOUT_S)}
-    process, info = start_stack(base, workers=1, extra_env=env)
-    try:
-        yield StackInfo(
-            url=info["url"],
-            api=info["url"] + "/api/v1",
-            data_dir=info["data_dir"],
-            broker_url=info["broker_url"],
-            tokens={"alice": info["alice"]},
-            process=process,
-            env=info["env"],
-        )
-    finally:
-        code = stop_stack(process)
-        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
+    with running_stack(base, workers=1, extra_env=env) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

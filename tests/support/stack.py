@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,39 @@ def stop_stack(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         raise
+
+
+@contextmanager
+def running_stack(
+    base: Path,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    users: Sequence[str] = ("alice",),
+    check_exit: bool = True,
+) -> Iterator[StackInfo]:
+    """A stack of the test's own in ``base`` (``start_stack``), with a token for each of ``users`` (alice is
+    the stack's own user), stopped on exit; ``check_exit``: its ``dlhub up`` must then exit 0 (a test that
+    kills services on purpose passes False)."""
+    process, info = start_stack(base, workers=workers, extra_env=extra_env)
+    try:
+        env, data_dir = info["env"], info["data_dir"]
+        tokens = {
+            user: info["alice"] if user == "alice" else create_token(env, data_dir, user) for user in users
+        }
+        yield StackInfo(
+            url=info["url"],
+            api=info["url"] + "/api/v1",
+            data_dir=info["data_dir"],
+            broker_url=info["broker_url"],
+            tokens=tokens,
+            process=process,
+            env=info["env"],
+        )
+    finally:
+        code = stop_stack(process)
+        if check_exit:
+            assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
 
 
 def create_token(env: dict[str, str], data_dir: Path, user: str) -> str:
