@@ -125,6 +125,17 @@ class ComposeProject:
             self.command(*args), capture_output=True, text=True, timeout=timeout_s, env=env, check=False
         )
 
+    def output_bytes(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> bytes:
+        """What ``docker compose ARGS`` writes to stdout, as bytes (an archive); a failure raises."""
+        env = dict(os.environ, DOCKER_HOST=self.docker_url, COMPOSE_PROGRESS="plain")
+        proc = subprocess.run(
+            self.command(*args), capture_output=True, timeout=timeout_s, env=env, check=False
+        )
+        if proc.returncode != 0:
+            output = proc.stderr.decode("utf-8", "replace")[-6000:]
+            raise AssertionError(f"docker compose {' '.join(args)} exited {proc.returncode}:\n{output}")
+        return proc.stdout
+
     def timed(self, name: str, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
         began = time.monotonic()
         out = self.run(*args, timeout_s=timeout_s)
