@@ -458,7 +458,7 @@ class EnvironmentsConfig(BaseModel):
     fast path). ``copy``: for a worker in a container or on another host than its engine, each executor
     container gets the runtime and its one version directory copied in through the engine API (into
     anonymous volumes removed with it) and speaks over the engine's attach stream, relayed by a small
-    process of the worker; slower to start (a copy per executor) and ~0.2 ms more per request."""
+    process of the worker; slower to start (a copy per executor) and ~0.5 ms more per request."""
     docker_base_image: str = "dlhub-base:bookworm"
     docker_base_python: str = "3.11"
     """The base image's ``python3`` version (a servable asking for another one fails to build)."""
