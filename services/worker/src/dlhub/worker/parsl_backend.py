@@ -101,6 +101,7 @@ def _blocks(config: ParslConfig) -> dict[str, Any]:
         "init_blocks": config.init_blocks,
         "min_blocks": config.min_blocks,
         "max_blocks": config.max_blocks,
+        "parallelism": config.parallelism,
         "worker_init": config.worker_init,
     }
     if config.launcher != "default":
@@ -121,6 +122,7 @@ def _provider(config: ParslConfig) -> Any:
             qos=config.qos,
             walltime=_walltime(config.walltime_s),
             scheduler_options=config.scheduler_options,
+            exclusive=config.exclusive,
             **blocks,
         )
     if config.provider == "pbs":
@@ -148,8 +150,10 @@ def _provider(config: ParslConfig) -> Any:
 def parsl_config(config: ParslConfig, *, run_dir: str) -> Any:
     """The Parsl ``Config`` for ``[worker.parsl]``: one HighThroughputExecutor labelled ``dlhub``.
 
-    Scaling stays with Parsl's ``simple`` strategy between ``min_blocks`` and ``max_blocks``. Parsl's own
-    logging setup is off: its modules log through this service's logging at warning level and above.
+    Scaling stays with Parsl's ``simple`` strategy between ``min_blocks`` and ``max_blocks``: every
+    ``strategy_period_s`` it asks for blocks while tasks wait and releases a block idle for ``max_idletime_s``.
+    Parsl's own logging setup is off: its modules log through this service's logging at warning level and
+    above.
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -183,6 +187,8 @@ def parsl_config(config: ParslConfig, *, run_dir: str) -> Any:
         initialize_logging=False,
         usage_tracking=0,
         strategy="simple",
+        strategy_period=config.strategy_period_s,
+        max_idletime=config.max_idletime_s,
         exit_mode="cleanup",
     )
 
