@@ -6,12 +6,12 @@ the Parsl workers' path, as on a cluster."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,11 @@ def rest_run(stack: SlurmStack, servable: str, inputs: Any) -> dict[str, Any]:
     return record
 
 
+def ended(alice: DLHubClient, task_id: str) -> dict[str, Any] | None:
+    record = alice.status(task_id)
+    return record if record["state"] in ("completed", "failed") else None
+
+
 def wait_for_no_block(stack: SlurmStack) -> None:
     wait_until(lambda: not stack.jobs(), timeout_s=60, message="the idle block's job to leave squeue")
 
@@ -201,7 +206,7 @@ def test_async_tasks_run_concurrently_on_the_blocks_workers(
     handles = [alice.run_async(servable, 0.5) for _ in range(6)]
     records = [
         wait_until(
-            lambda h=handle: (r := alice.status(h.task_id))["state"] in ("completed", "failed") and r,
+            functools.partial(ended, alice, handle.task_id),
             timeout_s=BLOCK_START_TIMEOUT_S,
             message="an asynchronous task to end",
         )
@@ -242,7 +247,7 @@ def test_a_cancelled_jobs_task_fails_typed_and_the_pool_recovers(
     subprocess.run(["scancel", job], env=slurm_stack.slurm_env, check=True, timeout=10)
 
     record = wait_until(
-        lambda: (r := alice.status(handle.task_id))["state"] in ("completed", "failed") and r,
+        lambda: ended(alice, handle.task_id),
         timeout_s=CANCELLED_TASK_DEADLINE_S,
         message="the cancelled job's task to end",
     )
