@@ -6,6 +6,7 @@ the Parsl workers' path, as on a cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -119,19 +120,25 @@ def slurm_worker_env(slurm_env: dict[str, str]) -> dict[str, str]:
         "DLHUB_WORKER__PARSL__ADDRESS": "127.0.0.1",
         "DLHUB_WORKER__PARSL__HEARTBEAT_PERIOD_S": "1",
         "DLHUB_WORKER__PARSL__HEARTBEAT_THRESHOLD_S": "5",
+        "DLHUB_WORKER__PARSL__JOB_STATUS_PERIOD_S": "1",
     }
+
+
+@contextlib.contextmanager
+def running_slurm_stack(base: Path, slurm_env: dict[str, str], **settings: str) -> Iterator[SlurmStack]:
+    env = slurm_worker_env(slurm_env) | settings
+    process, info = start_stack(base, workers=1, extra_env=env, ready_timeout_s=120)
+    try:
+        yield SlurmStack(info["url"], info["data_dir"], info["alice"], process, slurm_env)
+    finally:
+        code = stop_stack(process)
+        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
 
 
 @pytest.fixture(scope="module")
 def slurm_stack(tmp_path_factory: pytest.TempPathFactory, slurm_env: dict[str, str]) -> Iterator[SlurmStack]:
-    base = tmp_path_factory.mktemp("slurm_stack")
-    process, info = start_stack(base, workers=1, extra_env=slurm_worker_env(slurm_env), ready_timeout_s=120)
-    stack = SlurmStack(info["url"], info["data_dir"], info["alice"], process, slurm_env)
-    try:
+    with running_slurm_stack(tmp_path_factory.mktemp("slurm_stack"), slurm_env) as stack:
         yield stack
-    finally:
-        code = stop_stack(process)
-        assert code == 0, f"dlhub up exited with {code}: {(base / 'up.log').read_text()[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +269,24 @@ def test_stopping_the_stack_cancels_its_blocks(slurm_stack: SlurmStack) -> None:
     assert slurm_stack.running_jobs()  # the previous test's block is still within its idle time
     assert stop_stack(slurm_stack.process) == 0
     wait_until(lambda: not slurm_stack.jobs(), timeout_s=30, message="the stack's jobs to be cancelled")
+
+
+def test_a_block_whose_job_fails_fails_its_tasks_typed(
+    slurm_env: dict[str, str], functions_dir: Path, tmp_path: Path
+) -> None:
+    """A broken ``worker_init`` fails every block's job at once. Without Slurm accounting Parsl would take the
+    job for completed and the task would wait forever; its end state read from slurmctld fails it instead."""
+    broken = "echo dlhub-test-broken-init >&2; exit 3"
+    with running_slurm_stack(tmp_path, slurm_env, DLHUB_WORKER__PARSL__WORKER_INIT=broken) as stack:
+        alice = DLHubClient(stack.url, stack.token)
+        servable = publish(alice, functions_dir, "where")
+        for _ in range(2):  # the first task meets the failed block, the next one Parsl's failed executor
+            handle = alice.run_async(servable, 0)
+            record = wait_until(
+                functools.partial(ended, alice, handle.task_id),
+                timeout_s=CANCELLED_TASK_DEADLINE_S,
+                message="the task of a failed block to end",
+            )
+            assert record["state"] == "failed", record
+            assert record["error"]["type"] == "worker_lost"
+            assert "dlhub-test-broken-init" in record["error"]["message"]  # the job's stderr says why

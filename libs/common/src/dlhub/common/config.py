@@ -266,6 +266,9 @@ class ParslConfig(BaseModel):
     """Slurm quality of service."""
     exclusive: bool = True
     """Slurm: ask for whole nodes (``#SBATCH --exclusive``); false lets blocks share a node."""
+    job_status_period_s: PositiveFloat = 60.0
+    """Slurm: how often the blocks' job states are read (``squeue``, or ``sacct`` with accounting); a block
+    whose job failed or ended is noticed within this."""
     scheduler_options: str = ""
     """Extra lines for the job script header, e.g. ``#SBATCH --constraint=cpu`` (Slurm and PBS)."""
     select_options: str = ""
