@@ -23,7 +23,6 @@ import pytest
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from tests.support.polling import wait_until
-from tests.support.servers import missing_test_server
 from tests.support.stack import start_stack, stop_stack, unique
 
 WORKERS_PER_NODE = 2
@@ -79,22 +78,6 @@ class SlurmStack:
 
     def running_jobs(self) -> set[str]:
         return {job for job, state in self.jobs().items() if state == "RUNNING"}
-
-
-@pytest.fixture(scope="module")
-def slurm_env() -> dict[str, str]:
-    """``SLURM_CONF`` of the test tooling's cluster; missing: a failure in CI, a skip locally."""
-    conf = os.environ.get("DLHUB_TEST_SLURM_CONF", "").strip()
-    if not conf:
-        missing_test_server("DLHUB_TEST_SLURM_CONF is not set")
-    env = dict(os.environ, SLURM_CONF=conf)
-    try:
-        ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        missing_test_server(f"scontrol cannot reach the Slurm controller of {conf}: {exc}")
-    if "is UP" not in ping.stdout:
-        missing_test_server(f"no Slurm controller answers for {conf}: {ping.stdout}{ping.stderr}")
-    return env
 
 
 def slurm_worker_env(slurm_env: dict[str, str]) -> dict[str, str]:
