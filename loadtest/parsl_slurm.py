@@ -38,7 +38,7 @@ WARMUP = 5
 
 
 def slurm_env(conf: str) -> dict[str, str]:
-    """``[worker.parsl]`` on the one-node test cluster, as in tests/contract/test_parsl_slurm.py."""
+    """``[worker.parsl]`` of tests/contract/test_parsl_slurm.py, default heartbeats and job polling."""
     python_path = os.environ.get("PYTHONPATH", "")
     worker_init = f"export PATH={Path(sys.executable).parent}:$PATH; export PYTHONPATH={python_path}"
     return {
