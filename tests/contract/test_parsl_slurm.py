@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -246,6 +247,39 @@ def test_a_cancelled_jobs_task_fails_typed_and_the_pool_recovers(
     # The executor is not poisoned: the next task gets a new block.
     where = publish(alice, functions_dir, "where")
     assert rest_run(slurm_stack, where, 0)["output"]["job"] not in (None, job)
+
+
+def worker_service_pid(stack: SlurmStack) -> int:
+    """The `dlhub up` child running the worker service, 0 while there is none (being restarted)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            child = int(stat[1]) == stack.process.pid and stat[0] != "Z"
+            if child and b"dlhub.worker" in (entry / "cmdline").read_bytes().split(b"\0"):
+                return int(entry.name)
+    return 0
+
+
+def test_a_killed_workers_block_ends_and_its_successor_serves(
+    slurm_stack: SlurmStack, alice: DLHubClient, functions_dir: Path
+) -> None:
+    servable = publish(alice, functions_dir, "where")
+    job = rest_run(slurm_stack, servable, 0)["output"]["job"]
+    service = worker_service_pid(slurm_stack)
+    assert service and job in slurm_stack.running_jobs()
+    os.kill(service, signal.SIGKILL)  # no cleanup: nobody cancels its job
+    # The job's Parsl workers, cut off from their interchange, exit after the heartbeat threshold: the job
+    # ends rather than holding the node until its walltime.
+    wait_until(lambda: job not in slurm_stack.jobs(), timeout_s=60, message="the orphaned block's job to end")
+    wait_until(
+        lambda: worker_service_pid(slurm_stack) not in (0, service),
+        timeout_s=60,
+        message="the restarted worker service",
+    )
+    successor = rest_run(slurm_stack, servable, 0)["output"]["job"]
+    assert successor not in (None, job)
 
 
 def test_stopping_the_stack_cancels_its_blocks(slurm_stack: SlurmStack) -> None:
