@@ -85,7 +85,8 @@ MOTO_START_TIMEOUT_S = 60.0
 SLURM_PARTITION = "dlhub"
 SLURM_NODE = "localhost"
 SLURM_START_TIMEOUT_S = 60.0
-SLURM_DRAIN_TIMEOUT_S = 30.0
+SLURM_DRAIN_TIMEOUT_S = 15.0
+SLURM_LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"})
 SERVERS = ("mongodb", "elasticsearch", "docker", "registry", "s3", "slurm")
 
 
@@ -1467,9 +1468,8 @@ class SlurmServer(Server):
             listing = self._slurm("squeue", "--noheader", "--format=%i %T")
             if listing is None or listing.returncode != 0:
                 return
-            if all(
-                state == "COMPLETED" for _, state in (line.split() for line in listing.stdout.splitlines())
-            ):
+            states = {line.split()[-1] for line in listing.stdout.splitlines() if line.strip()}
+            if not states & SLURM_LIVE_STATES:
                 return
             time.sleep(0.25)
         log(f"slurm: jobs still running after {SLURM_DRAIN_TIMEOUT_S:.0f} s; killing their steps")
@@ -1480,9 +1480,9 @@ def _shell(cmd: Sequence[str]) -> str:
 
 
 def kill_stray_steps(slurm_dir: Path) -> None:
-    """SIGKILL the sessions of slurmstepd processes still writing this cluster's slurmd log (jobs that
-    outlived their daemons), and nothing else."""
-    log_file = str(slurm_dir / "slurmd.log")
+    """SIGKILL the sessions of slurmstepd processes that hold a file of this cluster's runtime directory open
+    (its slurmd log: jobs that outlived their daemons), and nothing else."""
+    prefix = str(slurm_dir) + os.sep
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -1492,7 +1492,7 @@ def kill_stray_steps(slurm_dir: Path) -> None:
             targets = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
         except OSError:
             continue
-        if log_file not in targets:
+        if not any(target.startswith(prefix) for target in targets):
             continue
         session = os.getsid(int(entry.name))
         log(f"slurm: killing stray slurmstepd {entry.name} and its job's session {session}")
