@@ -10,7 +10,6 @@ import pytest
 
 from dlhub.common.config import ParslConfig, load_settings
 from dlhub.worker.parsl_backend import ParslBackend, parsl_config
-from dlhub.worker.parsl_slurm import AccountingFreeSlurmProvider
 from dlhub.worker.service import WorkerService, make_backend
 
 
@@ -29,6 +28,8 @@ def test_local_provider_config_runs_this_interpreter_on_loopback(tmp_path: Path)
 def test_slurm_provider_config(tmp_path: Path) -> None:
     from parsl.launchers import SrunLauncher
     from parsl.providers import SlurmProvider
+
+    from dlhub.worker.parsl_slurm import AccountingFreeSlurmProvider
 
     settings = load_settings(
         worker={
