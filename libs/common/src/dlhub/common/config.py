@@ -247,6 +247,13 @@ class ParslConfig(BaseModel):
     init_blocks: NonNegativeInt = 1
     min_blocks: NonNegativeInt = 1
     max_blocks: PositiveInt = 1
+    parallelism: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Blocks asked for per outstanding task slot: 1 starts a block as soon as tasks wait for one, less
+    waits for more tasks per block (Parsl's ``parallelism``)."""
+    max_idletime_s: PositiveFloat = 120.0
+    """A block with no task for this long is released (down to ``min_blocks``; Parsl's ``max_idletime``)."""
+    strategy_period_s: PositiveFloat = 5.0
+    """How often Parsl's strategy looks at outstanding tasks and block states to scale up or down."""
     walltime_s: PositiveInt = 3600
     """Wall-clock limit of one batch job (Slurm and PBS)."""
     partition: str | None = None
@@ -257,6 +264,11 @@ class ParslConfig(BaseModel):
     """Account (allocation) charged for the jobs (Slurm and PBS)."""
     qos: str | None = None
     """Slurm quality of service."""
+    exclusive: bool = True
+    """Slurm: ask for whole nodes (``#SBATCH --exclusive``); false lets blocks share a node."""
+    job_status_period_s: PositiveFloat = 60.0
+    """Slurm: how often the blocks' job states are read (``squeue``, or ``sacct`` with accounting); a block
+    whose job failed or ended is noticed within this."""
     scheduler_options: str = ""
     """Extra lines for the job script header, e.g. ``#SBATCH --constraint=cpu`` (Slurm and PBS)."""
     select_options: str = ""
