@@ -721,6 +721,11 @@ class AuthInfo(Struct, kw_only=True):
     provider: Literal["local", "globus"]
     native_client_id: str | None = None
     scope: str | None = None
+    authorize_url: (
+        Annotated[str, Meta(description="Globus: the OAuth2 authorization endpoint (code flow with PKCE)")]
+        | None
+    ) = None
+    token_url: Annotated[str, Meta(description="Globus: the OAuth2 token endpoint")] | None = None
 
 
 class AccessRequest(Struct, kw_only=True, forbid_unknown_fields=True):
