@@ -5,7 +5,8 @@ that implements what the flow and the registry use: ``/v2/oauth2/authorize`` (re
 ``/v2/oauth2/token`` (the code exchange, checking the PKCE verifier against the challenge; the registry's
 dependent-token grant) and ``/v2/oauth2/token/introspect`` (the registry's confidential client, with basic
 auth). The registry is a real ``dlhub up`` stack with ``auth.provider = "globus"`` and
-``auth.globus.auth_url`` pointing at the fake, so its globus-sdk client introspects the page's token over real HTTP.
+``auth.globus.auth_url`` pointing at the fake, so its globus-sdk client introspects the page's token over
+real HTTP.
 """
 
 from __future__ import annotations
