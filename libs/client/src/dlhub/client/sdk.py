@@ -576,11 +576,12 @@ class DLHubClient:
     def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
         """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
 
-        Filters: owner, name, domain, author, model_type, servable_type, doi (the servable's DOI or a
+        Filters: owner, name, domain, author, model_type, servable_type, kind (servable, pipeline or
+        dataset), doi (the servable's DOI or a
         related identifier such as its paper's DOI, case-insensitive); trained_on / tested_on (a dataset:
         ``owner/name``, ``owner/name@version`` or a DOI); ``published_from`` /
         ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
-        comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
+        comma-separated string of domain, model_type, servable_type, owner, kind); ``sort`` (relevance,
         publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.
 
         Argument types: ``input_type`` / ``output_type`` (``"ndarray"``, ``"list"`` ...), ``input_item_type``

@@ -186,7 +186,12 @@ class GlobusAuthConfig(BaseModel):
     scope: str = ""
     """The scope a token must carry to be accepted (``https://auth.globus.org/scopes/<client_id>/all``)."""
     native_client_id: str = ""
-    """The native-app client ``dlhub login`` signs people in with (public: no secret)."""
+    """The native-app client ``dlhub login`` and the web catalog sign people in with (public: no secret;
+    the web catalog's ``<origin>/signin/callback`` must be one of its redirect URIs)."""
+    auth_url: str = "https://auth.globus.org/"
+    """Globus Auth's base URL: introspection, dependent tokens, and where the web catalog signs people in."""
+    groups_url: str = "https://groups.api.globus.org/"
+    """The Globus Groups API's base URL."""
     groups_scope: str = "urn:globus:auth:scope:groups.api.globus.org:view_my_groups_and_memberships"
     introspect_cache_ttl_s: PositiveFloat = 60.0
     """How long an introspected token is trusted before asking Globus Auth again (never past its expiry)."""

@@ -175,7 +175,8 @@ class IndexRequest(msgspec.Struct, kw_only=True):
     document: SearchDocument | None = None
 
 
-FacetName = Literal["domain", "model_type", "servable_type", "owner"]
+FacetName = Literal["domain", "model_type", "servable_type", "owner", "kind"]
+Kind = Literal["servable", "pipeline", "dataset"]
 SortField = Literal["relevance", "publication_date", "name"]
 SortOrder = Literal["asc", "desc"]
 
@@ -222,6 +223,9 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_type: str | None = None
     output_item_type: str | None = None
     output_shape: list[int | None] | None = None
+    kind: Kind | None = None
+    """Only this kind of publication (added later); a document of an older peer without a kind is a
+    servable."""
 
 
 class SearchHit(msgspec.Struct, kw_only=True):

@@ -45,7 +45,14 @@ from dlhub.registry.outcomes import error_dict
 from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
 from dlhub.registry.ports import Bus
-from dlhub.registry.store import MetadataStore, PackageFormat, StoredBuild, TaskRecord, VersionRecord
+from dlhub.registry.store import (
+    MetadataStore,
+    PackageFormat,
+    StoredBuild,
+    StoredVerification,
+    TaskRecord,
+    VersionRecord,
+)
 from dlhub.registry.store.cache import VersionCache
 from dlhub.registry.tasks import TaskTable
 from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
@@ -93,7 +100,7 @@ class Servables:
         # holds them too (``mark_index_pending``); this set covers a store that was away as well.
         self._unindexed: set[tuple[str, str]] = set()
         self._index_retry: asyncio.Task[None] | None = None
-        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
+        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec, store=store)
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -532,6 +539,7 @@ class Servables:
             if vector_count:  # vectors.py: still "building" while they run
                 tracker.line(f"running {vector_count} test vectors")
                 outcomes = await self.vectors.run_all(record)
+                await self.vectors.remember(record, outcomes, "publish")
                 if not all(o.passed for o in outcomes):
                     reason = failure_reason(record, outcomes)
                     error = {"type": "test_vectors_failed", "message": reason}
@@ -599,6 +607,12 @@ class Servables:
             published_at_ms=latest.published_at_ms,
             previews=latest.previews,
         )
+
+    async def last_verification(self, record: VersionRecord) -> StoredVerification | None:
+        """The latest run of the version's test vectors (none is looked up for a version without any)."""
+        if record.deleted or not declared_vectors(record.metadata):
+            return None
+        return await self._store.get_verification(record.owner, record.name, record.version)
 
     async def used_by(self, caller: Caller, dataset: VersionRecord) -> list[dict[str, Any]]:
         """The servables the caller can see that name ``dataset`` as training or test data."""

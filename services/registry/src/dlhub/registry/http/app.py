@@ -33,7 +33,7 @@ from dlhub.registry.http.keys import (
     TASKS,
 )
 from dlhub.registry.http.routes import setup_routes
-from dlhub.registry.http.web import setup_web
+from dlhub.registry.http.web import origin_of, setup_web
 from dlhub.registry.image_export import ImageExports
 from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
@@ -178,7 +178,8 @@ def create_app(
     app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
     setup_routes(app)
-    setup_web(app)
+    globus = settings.auth.provider == "globus"
+    setup_web(app, [origin_of(settings.auth.globus.auth_url)] if globus else [])
     if metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_store_ctx(store))

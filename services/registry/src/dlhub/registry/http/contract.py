@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from dlhub.common.payloads import BuildState, FacetName, FileEntry, SortField, SortOrder, TablePreview
+from dlhub.common.payloads import BuildState, FacetName, FileEntry, Kind, SortField, SortOrder, TablePreview
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.auth import PRINCIPAL_PATTERN
 from dlhub.registry.outcomes import TaskError as TaskError
@@ -141,6 +141,7 @@ class SearchQueryParams(Struct, kw_only=True):
     ) = UNSET
     model_type: Annotated[str, Meta(description="Exact model_type")] | UnsetType = UNSET
     servable_type: Annotated[str, Meta(description="Exact servable_type")] | UnsetType = UNSET
+    kind: Annotated[Kind, Meta(description="Only servables, pipelines or datasets")] | UnsetType = UNSET
     trained_on: (
         Annotated[
             str,
@@ -360,6 +361,24 @@ class DatasetUse(Struct, kw_only=True):
     dataset: Annotated[str, Meta(description="The reference as the servable names it")]
 
 
+class VectorCheck(Struct, kw_only=True):
+    index: Annotated[int, Meta(ge=0)]
+    passed: bool
+    message: Annotated[str, Meta(description="why the vector failed")] | UnsetType = UNSET
+
+
+class LastVerification(Struct, kw_only=True):
+    at: Annotated[Timestamp, Meta(description="When the vectors ran")]
+    trigger: Annotated[
+        Literal["publish", "verify"],
+        Meta(description="publish: the check after the build; verify: POST .../verify"),
+    ]
+    passed: Annotated[bool, Meta(description="every vector reproduced its expected output")]
+    passed_count: Annotated[int, Meta(ge=0)]
+    total: Annotated[int, Meta(ge=0)]
+    vectors: list[VectorCheck]
+
+
 class Servable(Struct, kw_only=True):
     type: Annotated[str, Meta(description="servable, pipeline or dataset")]
     steps: Steps | UnsetType = UNSET
@@ -404,6 +423,10 @@ class Servable(Struct, kw_only=True):
         ]
         | UnsetType
     ) = UNSET
+    last_verification: Annotated[
+        LastVerification | None,
+        Meta(description="The latest run of its test vectors (null: none declared, or not run since stored)"),
+    ] = None
 
 
 class ServableSummary(Struct, kw_only=True):
@@ -698,6 +721,11 @@ class AuthInfo(Struct, kw_only=True):
     provider: Literal["local", "globus"]
     native_client_id: str | None = None
     scope: str | None = None
+    authorize_url: (
+        Annotated[str, Meta(description="Globus: the OAuth2 authorization endpoint (code flow with PKCE)")]
+        | None
+    ) = None
+    token_url: Annotated[str, Meta(description="Globus: the OAuth2 token endpoint")] | None = None
 
 
 class AccessRequest(Struct, kw_only=True, forbid_unknown_fields=True):

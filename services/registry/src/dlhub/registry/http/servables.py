@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +21,13 @@ from dlhub.registry.http.contract import (
     Deleted,
     DeprecateRequest,
     Deprecation,
+    LastVerification,
     PublishAccepted,
     Servable,
     ServableList,
     ServablesQuery,
     ServableSummary,
+    VectorCheck,
     VersionList,
     VersionSummary,
 )
@@ -36,7 +39,7 @@ from dlhub.registry.metadata import title_of
 from dlhub.registry.packages import detect_format
 from dlhub.registry.pipelines import PIPELINE_TYPE, is_pipeline
 from dlhub.registry.servables import newest_live
-from dlhub.registry.store import VersionRecord
+from dlhub.registry.store import StoredVerification, VersionRecord
 from dlhub.registry.urls import task_url
 
 
@@ -83,9 +86,13 @@ def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary
 
 
 def describe(
-    record: VersionRecord, versions: Sequence[VersionRecord], users: list[dict[str, Any]] | None = None
+    record: VersionRecord,
+    versions: Sequence[VersionRecord],
+    users: list[dict[str, Any]] | None = None,
+    verification: StoredVerification | None = None,
 ) -> Servable:
-    """The describe answer; ``users``: for a dataset, the servables that name it (``Servables.used_by``)."""
+    """The describe answer; ``users``: for a dataset, the servables that name it (``Servables.used_by``);
+    ``verification``: the latest run of its test vectors."""
     return Servable(
         **_kind(record),
         owner=record.owner,
@@ -108,6 +115,21 @@ def describe(
         datasets=[msgspec.convert(link, DatasetLink) for link in links_of(record.metadata)],
         previews=list(record.previews) if is_dataset(record.metadata) else UNSET,
         used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users],
+        last_verification=None if verification is None else last_verification(verification),
+    )
+
+
+def last_verification(verification: StoredVerification) -> LastVerification:
+    checks = [
+        VectorCheck(index=v.index, passed=v.passed, message=v.message or UNSET) for v in verification.vectors
+    ]
+    return LastVerification(
+        at=iso_ms(round(verification.at_unix_s * 1000)),
+        trigger=verification.trigger,
+        passed=verification.passed,
+        passed_count=sum(v.passed for v in verification.vectors),
+        total=len(verification.vectors),
+        vectors=checks,
     )
 
 
@@ -212,7 +234,10 @@ async def describe_latest(request: web.Request) -> web.Response:
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
     record = newest_live(versions, owner, name)
-    return json_response(describe(record, versions, await _users(request, caller, record)))
+    users, verification = await asyncio.gather(
+        _users(request, caller, record), servables.last_verification(record)
+    )
+    return json_response(describe(record, versions, users, verification))
 
 
 async def describe_version(request: web.Request) -> web.Response:
@@ -221,7 +246,10 @@ async def describe_version(request: web.Request) -> web.Response:
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
     record = await servables.describe_target(caller, owner, name, version_of(request))
-    return json_response(describe(record, versions, await _users(request, caller, record)))
+    users, verification = await asyncio.gather(
+        _users(request, caller, record), servables.last_verification(record)
+    )
+    return json_response(describe(record, versions, users, verification))
 
 
 async def list_versions(request: web.Request) -> web.Response:

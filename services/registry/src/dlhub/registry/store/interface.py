@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from dlhub.common.links import store_target
 from dlhub.common.payloads import BuildRecord, FileEntry, TablePreview
 
@@ -102,6 +104,26 @@ class StoredBuild(BuildRecord, kw_only=True):
     @property
     def total_lines(self) -> int:
         return len(self.log) - (1 if self.dropped_lines else 0) + self.dropped_lines
+
+
+class VectorCheck(msgspec.Struct, kw_only=True, frozen=True):
+    """One test vector's outcome in a stored verification (no timings: they describe one run only)."""
+
+    index: int
+    passed: bool
+    message: str = ""
+
+
+VerificationTrigger = Literal["publish", "verify"]
+
+
+class StoredVerification(msgspec.Struct, kw_only=True, frozen=True):
+    """The latest run of a version's test vectors: at publication (after the build) or ``POST .../verify``."""
+
+    at_unix_s: float
+    passed: bool
+    trigger: VerificationTrigger
+    vectors: tuple[VectorCheck, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,6 +305,18 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
         """The build record of a version, or None (versions published before build records existed)."""
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        """Insert or replace the latest verification of a version (one per version)."""
+
+    @abc.abstractmethod
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        """The latest verification of a version, or None (never verified since verifications were stored)."""
 
     # -- tasks ------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ Collections (one database, ``StoreConfig.mongodb_database``):
   minute, so reads still compare ``expires_at_ms`` with the caller's clock.
 - ``deletions``: one document per tombstoned version (same ``_id``), inserted by the deletion that claimed
   it, so concurrent deletions report each version once even where ``findAndModify`` is not atomic.
+- ``verifications``: the latest test-vector verification of each version (same ``_id``), as JSON text.
 - ``builds``: one document per version's build record (same ``_id`` as in ``versions``), the record as JSON
   text; saving one also copies its state and environment id onto the version document.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
@@ -71,6 +72,7 @@ from dlhub.registry.store.interface import (
     MetadataStore,
     PackageFormat,
     StoredBuild,
+    StoredVerification,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -353,6 +355,11 @@ class MongoMetadataStore(MetadataStore):
         return self.db["builds"]
 
     @property
+    def verifications(self) -> AsyncCollection[Document]:
+        """The latest test-vector verification of each version (``_id`` as in ``versions``), as JSON text."""
+        return self.db["verifications"]
+
+    @property
     def deletions(self) -> AsyncCollection[Document]:
         """One document per tombstoned version (``_id`` as in ``versions``): who claimed the deletion."""
         return self.db["deletions"]
@@ -605,6 +612,7 @@ class MongoMetadataStore(MetadataStore):
                 result = await self.versions.delete_one({"_id": doc_id})
                 if result.deleted_count:
                     deleted.append(number)
+                    await self.verifications.delete_one({"_id": doc_id})
         return deleted
 
     async def mark_deleted(
@@ -710,6 +718,22 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("get_build"):
             doc = await self.builds.find_one({"_id": _version_id(owner, name, version)})
         return msgspec.json.decode(doc["record_json"], type=StoredBuild) if doc is not None else None
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        doc_id = _version_id(owner, name, version)
+        with self._errors("save_verification"):
+            await self.verifications.replace_one(
+                {"_id": doc_id}, {"_id": doc_id, "record_json": _dumps(verification)}, upsert=True
+            )
+
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        with self._errors("get_verification"):
+            doc = await self.verifications.find_one({"_id": _version_id(owner, name, version)})
+        return msgspec.json.decode(doc["record_json"], type=StoredVerification) if doc is not None else None
 
     # -- tasks ------------------------------------------------------------------------------------------
 

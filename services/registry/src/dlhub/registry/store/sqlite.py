@@ -29,6 +29,7 @@ from dlhub.registry.store.interface import (
     MetadataStore,
     PackageFormat,
     StoredBuild,
+    StoredVerification,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -83,6 +84,13 @@ CREATE INDEX IF NOT EXISTS version_links_version ON version_links (owner, name, 
 CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
 CREATE INDEX IF NOT EXISTS versions_package ON versions (package_sha256);
 CREATE TABLE IF NOT EXISTS builds (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (owner, name, version)
+);
+CREATE TABLE IF NOT EXISTS verifications (
     owner TEXT NOT NULL,
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -499,10 +507,11 @@ class SQLiteMetadataStore(MetadataStore):
                     "DELETE FROM versions WHERE owner = ? AND name = ? AND version = ?",
                     [(owner, name, v) for v in doomed],
                 )
-                await db.executemany(
-                    "DELETE FROM version_links WHERE owner = ? AND name = ? AND version = ?",
-                    [(owner, name, v) for v in doomed],
-                )
+                for table in ("version_links", "verifications"):
+                    await db.executemany(
+                        f"DELETE FROM {table} WHERE owner = ? AND name = ? AND version = ?",
+                        [(owner, name, v) for v in doomed],
+                    )
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
@@ -617,6 +626,25 @@ class SQLiteMetadataStore(MetadataStore):
         )
         for row in rows:
             return msgspec.json.decode(row[0], type=StoredBuild)
+        return None
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO verifications (owner, name, version, record) VALUES (?, ?, ?, ?)",
+            (owner, name, version, _dumps(verification)),
+        )
+
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT record FROM verifications WHERE owner = ? AND name = ? AND version = ?",
+            (owner, name, version),
+        )
+        for row in rows:
+            return msgspec.json.decode(row[0], type=StoredVerification)
         return None
 
     # -- tasks ------------------------------------------------------------------------------------------
