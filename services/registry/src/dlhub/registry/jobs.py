@@ -105,10 +105,13 @@ class ApplyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         str | None,
         msgspec.Meta(description="the tabular file (CSV, TSV, JSON lines); default: the dataset's only one"),
     ] = None
-    columns: Annotated[
-        list[Annotated[str, msgspec.Meta(min_length=1)]] | None,
-        msgspec.Meta(max_length=1024, description="the columns each row passes, in order; default: all"),
-    ] = None
+    columns: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1)]],
+            msgspec.Meta(max_length=1024, description="the columns each row passes, in order; default: all"),
+        ]
+        | None
+    ) = None
     mode: Annotated[
         JobMode | None,
         msgspec.Meta(description="batch: a call takes a list of rows; row: one row. Default: by input type"),
