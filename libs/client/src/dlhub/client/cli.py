@@ -1106,7 +1106,7 @@ def status(ctx: click.Context, task_id: str, wait: bool) -> None:
 @main.command()
 @click.argument("dataset")
 @click.argument("servable")
-@click.option("--file", "file_path", metavar="PATH", help="The tabular file (default: the dataset's only one).")
+@click.option("--file", "file_path", metavar="PATH", help="The tabular file (default: its only one).")
 @click.option("--column", "columns", multiple=True, help="A column each row passes, in order (repeatable).")
 @click.option("--method", default="run", show_default=True)
 @click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
