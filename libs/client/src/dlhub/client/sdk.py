@@ -125,6 +125,10 @@ def _servable_path(ref: str) -> str:
     return f"{base}/versions/{version}" if version is not None else base
 
 
+JobResults = list[dict[str, Any]]
+"""A dataset job's results: one ``{"index", "output", "error"}`` per row."""
+
+
 class TaskHandle:
     """An asynchronous task: poll ``status()`` or block on ``result()``."""
 
@@ -819,7 +823,7 @@ class DLHubClient:
         result: dict[str, Any] = self._request("POST", f"/tasks/{task_id}/cancel")
         return result
 
-    def job_results(self, task_id: str) -> list[dict[str, Any]]:
+    def job_results(self, task_id: str) -> JobResults:
         response = self._send("GET", f"/tasks/{task_id}/results")
         if response.status_code >= 400:
             self._raise_for(response)
