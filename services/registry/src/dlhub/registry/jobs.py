@@ -76,7 +76,7 @@ from dlhub.registry.tasks import TaskTable
 log = get_logger(__name__)
 
 RESULTS_FILE: Final = "results.jsonl"
-PROGRESS_INTERVAL_S: Final = 0.5
+PROGRESS_INTERVAL_S: Final = 0.25
 RETRY_AFTER_S: Final = 1.0
 ROW_MODE_CONCURRENCY: Final = 32
 """Calls of one row each that one job awaits at once (row mode)."""
