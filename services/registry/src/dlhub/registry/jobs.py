@@ -537,6 +537,8 @@ class DatasetJobs:
 
     async def cancel(self, caller: Caller, task_id: str) -> TaskRecord:
         """Stop a job (its submitter only; 404 otherwise) and end it ``cancelled``; 409 when it ended."""
+        if caller.user is None:
+            raise Unauthorized("cancelling a dataset job needs the token of its submitter")
         task = await self._tasks.get(task_id)
         if task is None or task.kind != "job" or task.submitter is None or task.submitter != caller.user:
             raise NotFound(f"dataset job {task_id} not found")

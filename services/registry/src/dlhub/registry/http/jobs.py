@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import web
 
-from dlhub.common.errors import NotFound
+from dlhub.common.errors import NotFound, Unauthorized
 from dlhub.registry.http.contract import JobAccepted
 from dlhub.registry.http.keys import JOBS, SETTINGS, TASKS
 from dlhub.registry.http.request import caller_of, decode_json, read_json_bytes, version_of
@@ -61,9 +61,11 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def task_results(request: web.Request) -> web.StreamResponse:
     """GET /tasks/{task_id}/results: the rows done so far, in row order, one JSON object per line."""
     caller = await caller_of(request)
+    if caller.user is None:
+        raise Unauthorized("a dataset job's results need the token of its submitter")
     task_id = request.match_info["task_id"]
     task = await request.app[TASKS].get(task_id)
-    if task is None or task.kind != "job" or task.submitter != caller.user or caller.user is None:
+    if task is None or task.kind != "job" or task.submitter != caller.user:
         raise NotFound(f"dataset job {task_id} not found")
     path = request.app[JOBS].results_path(task_id)
     # Only what the progress has counted: a line being appended right now is not complete yet.
