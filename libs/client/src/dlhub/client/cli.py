@@ -1104,6 +1104,92 @@ def status(ctx: click.Context, task_id: str, wait: bool) -> None:
 
 
 @main.command()
+@click.argument("dataset")
+@click.argument("servable")
+@click.option("--file", "file_path", metavar="PATH", help="The tabular file (default: its only one).")
+@click.option("--column", "columns", multiple=True, help="A column each row passes, in order (repeatable).")
+@click.option("--method", default="run", show_default=True)
+@click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
+@click.option("--mode", type=click.Choice(["batch", "row"]), default=None, help="Default: by the input type.")
+@click.option("--batch-rows", default=500, show_default=True, help="Rows per call (batch mode).")
+@click.option("--output-name", default=None, help="Name of the output dataset (default DATASET-SERVABLE).")
+@click.option("--wait", is_flag=True, help="Show the progress until the job ends; exit 1 unless completed.")
+@click.option("--timeout-s", default=3600.0, show_default=True, help="With --wait: how long to wait.")
+@click.pass_context
+def apply(
+    ctx: click.Context,
+    dataset: str,
+    servable: str,
+    file_path: str | None,
+    columns: tuple[str, ...],
+    method: str,
+    params: tuple[str, ...],
+    mode: str | None,
+    batch_rows: int,
+    output_name: str | None,
+    wait: bool,
+    timeout_s: float,
+) -> None:
+    """Apply SERVABLE (owner/name[@version], a pipeline too) to every row of DATASET's tabular file as an
+    asynchronous job; the results become your dataset, linked to both. Prints the task (with --wait, the
+    progress, then the ended task)."""
+    with _client(ctx) as client:
+        handle = client.apply(
+            dataset,
+            servable,
+            method=method,
+            parameters=_run_parameters(params) or None,
+            file=file_path,
+            columns=columns or None,
+            mode=mode,
+            batch_rows=batch_rows,
+            output_name=output_name,
+        )
+        if not wait:
+            _print_json(client.status(handle.task_id))
+            return
+        record = _follow_job(client, handle.task_id, timeout_s)
+    _print_json(record)
+    if record["state"] != "completed":
+        sys.exit(1)
+
+
+def _follow_job(client: DLHubClient, task_id: str, timeout_s: float) -> dict[str, Any]:
+    """Poll the job, showing ``done/total rows (failed)`` on stderr (one live line on a terminal, a line per
+    change otherwise), until it ends."""
+    deadline = time.monotonic() + timeout_s
+    shown = ""
+    live = err_console.is_terminal
+    while True:
+        record = client.status(task_id)
+        progress = record.get("progress") or {}
+        total = progress.get("total")
+        line = (
+            f"{task_id}: {record['state']} {progress.get('done', 0)}/{'?' if total is None else total} rows"
+            f" ({progress.get('failed', 0)} failed)"
+        )
+        if line != shown:
+            err_console.print(("\r" if live else "") + line, end="" if live else "\n", highlight=False)
+            shown = line
+        if record["state"] in ("completed", "failed"):
+            if live:
+                err_console.print()
+            return record
+        if time.monotonic() >= deadline:
+            _fail(f"task {task_id} still {record['state']} after {timeout_s} s")
+        time.sleep(0.5)
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_context
+def cancel(ctx: click.Context, task_id: str) -> None:
+    """Cancel a dataset job of yours; it ends failed (cancelled) and keeps the rows it did."""
+    with _client(ctx) as client:
+        _print_json(client.cancel(task_id))
+
+
+@main.command()
 @click.argument("servable")
 @click.option("--reason", default="", help="Why the version is deprecated (shown in run warnings).")
 @click.option("--replacement", default=None, help="owner/name@version to use instead.")

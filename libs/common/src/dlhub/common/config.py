@@ -119,6 +119,17 @@ class RegistryConfig(BaseModel):
     ``deadline_exceeded`` by any registry's reaper, whoever accepted it."""
     task_reap_interval_s: PositiveFloat = 10.0
     """How often each registry looks for tasks past their deadline."""
+    job_timeout_s: PositiveFloat = 24 * 3600.0
+    """A dataset job (``POST .../apply``) still running this long fails ``deadline_exceeded``."""
+    job_batch_timeout_s: PositiveFloat = 300.0
+    """One batch of a dataset job (one call through the broker); a job whose progress stops for this long
+    plus ``task_deadline_grace_s`` (its registry is gone) is reaped."""
+    job_max_inflight_batches: PositiveInt = 4
+    """Batches of one dataset job awaited from the broker at once."""
+    job_max_batch_rows: PositiveInt = 10_000
+    """The largest ``batch_rows`` a job may ask for."""
+    job_max_failures_listed: NonNegativeInt = 1000
+    """Per-item failures kept in the job's task output (all of them are in its results file)."""
     task_reconcile_retry_s: PositiveFloat = 2.0
     """After a start (or a broker restart), how often the registry asks the broker again about its open
     tasks until it answers."""

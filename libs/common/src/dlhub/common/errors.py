@@ -240,6 +240,13 @@ class DeadlineExceeded(DLHubError):
     http_status = 504
 
 
+class TaskCancelled(DLHubError):
+    """The submitter cancelled the task (a dataset job); what it had done is kept."""
+
+    code = "cancelled"
+    http_status = 409
+
+
 class StoreUnavailable(DLHubError):
     """The registry's metadata store (e.g. the MongoDB server) cannot be reached right now."""
 
@@ -293,6 +300,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         RegistryRestarted,
         BrokerRestarted,
         DeadlineExceeded,
+        TaskCancelled,
         QueueFull,
         ShuttingDown,
         StoreUnavailable,

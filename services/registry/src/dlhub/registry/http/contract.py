@@ -17,6 +17,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from dlhub.common.payloads import BuildState, FacetName, FileEntry, Kind, SortField, SortOrder, TablePreview
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.auth import PRINCIPAL_PATTERN
+from dlhub.registry.jobs import ApplyRequest as ApplyRequest
 from dlhub.registry.outcomes import TaskError as TaskError
 from dlhub.registry.outcomes import Timings as Timings
 from dlhub.registry.pipelines import SERVABLE_REF_PATTERN
@@ -343,11 +344,14 @@ class Deprecation(VersionSummary, kw_only=True):
 
 
 class DatasetLink(Struct, kw_only=True):
-    """A dataset a version names as its training or test data."""
+    """A dataset a version names as its training or test data (or, for a dataset job's output, its source
+    dataset and the servable that computed it: relation ``source`` / ``model``)."""
 
     dataset: Annotated[str, Meta(description="owner/name@version (pinned when published) or a DOI")]
-    relation: Literal["training", "test"]
-    relationType: Annotated[str, Meta(description="The DataCite relationType: IsDerivedFrom or References")]
+    relation: Literal["training", "test", "source", "model"]
+    relationType: Annotated[
+        str, Meta(description="The DataCite relationType: IsDerivedFrom, References or IsCompiledBy")
+    ]
     kind: Literal["dlhub", "doi"]
 
 
@@ -356,7 +360,7 @@ class DatasetUse(Struct, kw_only=True):
 
     servable: Annotated[str, Meta(description="owner/name@version")]
     title: str
-    relation: Literal["training", "test"]
+    relation: Literal["training", "test", "source", "model"]
     relationType: str
     dataset: Annotated[str, Meta(description="The reference as the servable names it")]
 
@@ -467,6 +471,29 @@ class TaskAccepted(Struct, kw_only=True):
     warnings: Warnings | UnsetType = UNSET
 
 
+class JobAccepted(Struct, kw_only=True):
+    """The 202 of ``POST .../apply``: the job's task (kind ``job``)."""
+
+    task_id: str
+    state: Literal["pending"]
+    status_url: str
+    results_url: Annotated[str, Meta(description="the per-row results so far, as JSON lines")]
+    dataset: Annotated[str, Meta(description="the dataset version read, owner/name@version")]
+    file: str
+    servable: Annotated[str, Meta(description="the servable or pipeline version run, owner/name@version")]
+    mode: Literal["batch", "row"]
+    columns: list[str]
+
+
+class JobProgress(Struct, kw_only=True):
+    """A dataset job's rows: ``done`` (with an output or a failure), ``failed``, ``total`` (null until
+    counted)."""
+
+    done: Annotated[int, Meta(ge=0)]
+    total: Annotated[int, Meta(ge=0)] | None
+    failed: Annotated[int, Meta(ge=0)]
+
+
 class Task(Struct, kw_only=True):
     task_id: str
     kind: TaskKind
@@ -477,6 +504,10 @@ class Task(Struct, kw_only=True):
     output: Annotated[msgspec.Raw, Meta(description="Any JSON value")] | UnsetType = UNSET
     error: TaskError | UnsetType = UNSET
     timings: Timings | UnsetType = UNSET
+    progress: JobProgress | UnsetType = UNSET
+    results_url: Annotated[str, Meta(description="dataset jobs: the per-row results so far")] | UnsetType = (
+        UNSET
+    )
 
 
 class VectorReport(Struct, kw_only=True):
@@ -800,6 +831,8 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Deleted,
     RunResult,
     TaskAccepted,
+    ApplyRequest,
+    JobAccepted,
     Task,
     TaskError,
     Timings,

@@ -20,7 +20,7 @@ from dlhub.common.payloads import BuildRecord, FileEntry, TablePreview
 VersionStatus = Literal["building", "ready", "failed", "deleted"]
 BuildStateValue = Literal["", "queued", "resolving", "installing", "ready", "failed"]
 """A version's build state; "" for versions stored before builds had records."""
-TaskKind = Literal["run", "build"]
+TaskKind = Literal["run", "build", "job"]
 TaskState = Literal["pending", "running", "completed", "failed"]
 OPEN_TASK_STATES: tuple[TaskState, ...] = ("pending", "running")
 """States a task can still leave; completed and failed are final."""
@@ -146,6 +146,8 @@ class TaskRecord:
     tasks had owners)."""
     deadline_ms: int = 0
     """When an unfinished task is failed ``deadline_exceeded`` by any registry (0: never, older records)."""
+    progress: dict[str, Any] | None = None
+    """A dataset job's progress (``{"done", "total", "failed"}``); None for other tasks."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -434,14 +436,15 @@ class MetadataStore(abc.ABC):
 
 
 def link_targets(metadata: dict[str, Any]) -> list[str]:
-    """The store keys of a version's dataset links (``dlhub.training_data`` and ``dlhub.test_data``):
+    """The store keys of a version's links (``dlhub.training_data``, ``test_data``, ``derived_from``,
+    ``generated_by``):
     ``owner/name`` for a DLHub reference, ``doi:<folded>`` for a DOI (``dlhub.common.links.store_target``)."""
     dlhub = metadata.get("dlhub")
     if not isinstance(dlhub, dict):
         return []
     refs = [
         ref
-        for key in ("training_data", "test_data")
+        for key in ("training_data", "test_data", "derived_from", "generated_by")
         if isinstance(dlhub.get(key), list)
         for ref in dlhub[key]
         if isinstance(ref, str) and ref.strip()

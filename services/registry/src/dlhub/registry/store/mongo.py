@@ -188,6 +188,7 @@ def _task_doc(task: TaskRecord) -> Document:
         "timings_json": _dumps(task.timings) if task.timings is not None else None,
         "owner": task.owner,
         "deadline_ms": task.deadline_ms,
+        "progress_json": _dumps(task.progress) if task.progress is not None else None,
     }
 
 
@@ -218,6 +219,7 @@ def _task_from_doc(doc: Document) -> TaskRecord:
         timings=msgspec.json.decode(timings_json) if timings_json is not None else None,
         owner=doc.get("owner", ""),
         deadline_ms=int(doc.get("deadline_ms", 0)),
+        progress=msgspec.json.decode(progress_json) if (progress_json := doc.get("progress_json")) else None,
     )
 
 

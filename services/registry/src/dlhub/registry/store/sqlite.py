@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     timings TEXT,
     owner TEXT NOT NULL DEFAULT '',
-    deadline_ms INTEGER NOT NULL DEFAULT 0
+    deadline_ms INTEGER NOT NULL DEFAULT 0,
+    progress TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
 CREATE TABLE IF NOT EXISTS index_pending (
@@ -176,6 +177,7 @@ _ADDED_VERSION_COLUMNS = (
 _ADDED_TASK_COLUMNS = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
     ("deadline_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("progress", "TEXT"),
 )
 # Only open tasks are indexed: the reaper and reconciliation look at those, and they are few.
 _TASK_INDEXES = """
@@ -184,9 +186,9 @@ CREATE INDEX IF NOT EXISTS tasks_open_deadline ON tasks (deadline_ms) WHERE stat
 """
 _TASK_COLUMNS = (
     "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
-    "output, error, timings, owner, deadline_ms"
+    "output, error, timings, owner, deadline_ms, progress"
 )
-_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 _OPEN_STATES_SQL = "state IN ('pending', 'running')"
 
 _json_encoder = msgspec.json.Encoder()
@@ -244,6 +246,7 @@ def _task_from_row(row: Any) -> TaskRecord:
         timings=msgspec.json.decode(row[10]) if row[10] is not None else None,
         owner=row[11],
         deadline_ms=row[12],
+        progress=msgspec.json.decode(row[13]) if row[13] is not None else None,
     )
 
 
@@ -262,6 +265,7 @@ def _task_params(task: TaskRecord) -> tuple[Any, ...]:
         _dumps(task.timings) if task.timings is not None else None,
         task.owner,
         task.deadline_ms,
+        _dumps(task.progress) if task.progress is not None else None,
     )
 
 
