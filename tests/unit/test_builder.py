@@ -17,7 +17,6 @@ import msgspec
 import pytest
 
 from dlhub.builder.build import BuildLimits, build_version, compute_digest, sweep_staging
-from dlhub.builder.package import ExtractLimits, extract_package
 from dlhub.builder.service import BuilderService
 from dlhub.common.codec import Codec
 from dlhub.common.errors import (
@@ -31,6 +30,7 @@ from dlhub.common.errors import (
 )
 from dlhub.common.ids import BUILDER_TOPIC
 from dlhub.common.messages import Dispatch
+from dlhub.common.package import ExtractLimits, extract_package
 from dlhub.common.payloads import BuildOutcome, BuildRequest, decode_payload
 from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
 
@@ -269,7 +269,7 @@ def tar_filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     enabled: bool = request.param
     if enabled and not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python has no tarfile extraction filters")
-    monkeypatch.setattr("dlhub.builder.package.TAR_FILTERS", enabled)
+    monkeypatch.setattr("dlhub.common.package.TAR_FILTERS", enabled)
     return enabled
 
 
@@ -288,7 +288,7 @@ def test_later_defences_hold_without_the_pre_check(
     root: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the whole-archive pre-check disabled, filter="data" and the final tree walk still refuse."""
-    monkeypatch.setattr("dlhub.builder.package.check_entries", lambda _entries: None)
+    monkeypatch.setattr("dlhub.common.package.check_entries", lambda _entries: None)
     build_fails(root, request(make_tar(HOSTILE_TARS[case]), metadata={}), UnsafePackage)
 
 

@@ -42,6 +42,9 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     lock: str = ""
     """The environment's hash-pinned lock (``uv pip compile --generate-hashes`` output; "" when shared)."""
     base_image: str = ""
+    bundle: bytes = b""
+    """The version's whole folder as one archive (``dlhub.common.bundles``): the registry keeps it by its
+    sha256 for Task Managers that do not share the builder's disk."""
 
 
 BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]

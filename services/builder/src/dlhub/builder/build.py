@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
 from dlhub.builder.remote import UrlFetcher, declared_url_files
+from dlhub.common.bundles import make_bundle
 from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
     BUILD_RECORD_FILENAME,
@@ -41,6 +41,7 @@ from dlhub.common.errors import (
 )
 from dlhub.common.ids import NAME_RE
 from dlhub.common.logging import get_logger
+from dlhub.common.package import ExtractLimits, extract_package, normalize_member_name
 from dlhub.common.payloads import BuildOutcome, BuildRequest
 from dlhub.common.servable_store import (
     FILES_DIRNAME,
@@ -296,6 +297,7 @@ def build_version(
         python=isolated.python if isolated is not None else "",
         lock=isolated.lock if isolated is not None else "",
         base_image=isolated.base_image if isolated is not None else "",
+        bundle=make_bundle(target),
     )
 
 

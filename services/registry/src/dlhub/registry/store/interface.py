@@ -51,6 +51,9 @@ class VersionRecord:
     """The environment id the version runs in ("" for the shared worker environment)."""
     build_state: BuildStateValue = ""
     """The state of its build record (``save_build`` keeps it in step; "" for versions without a record)."""
+    bundle_sha256: str = ""
+    """The sha256 hex digest of the version's bundle (its built folder as one archive, kept by the registry
+    for Task Managers without the builder's disk; ``dlhub.common.bundles``); "" for versions built before."""
 
     @property
     def deleted(self) -> bool:
@@ -215,6 +218,7 @@ class MetadataStore(abc.ABC):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         """Update the build outcome of a live version; return the new record or None if it does not exist or
         is a tombstone (a build finishing after deletion never revives the version)."""

@@ -132,6 +132,7 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "deleted_by": record.deleted_by,
         "environment": record.environment,
         "build_state": record.build_state,
+        "bundle_sha256": record.bundle_sha256,
     }
 
 
@@ -157,6 +158,7 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         deleted_by=doc.get("deleted_by", ""),
         environment=doc.get("environment", ""),
         build_state=cast(BuildStateValue, doc.get("build_state", "")),
+        bundle_sha256=doc.get("bundle_sha256", ""),
     )
 
 
@@ -549,6 +551,7 @@ class MongoMetadataStore(MetadataStore):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         with self._errors("set_version_status"):
             doc = await self.versions.find_one_and_update(
@@ -559,6 +562,7 @@ class MongoMetadataStore(MetadataStore):
                         "status_reason": status_reason,
                         "digest": digest,
                         "files": list(files),
+                        "bundle_sha256": bundle_sha256,
                     }
                 },
                 return_document=ReturnDocument.AFTER,

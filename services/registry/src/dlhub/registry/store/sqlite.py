@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS versions (
     deleted_by TEXT NOT NULL DEFAULT '',
     environment TEXT NOT NULL DEFAULT '',
     build_state TEXT NOT NULL DEFAULT '',
+    bundle_sha256 TEXT NOT NULL DEFAULT '',
     UNIQUE (owner, name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_status ON versions (status);
@@ -138,7 +139,7 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
     "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
-    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state"
+    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, bundle_sha256"
 )
 # Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
 _ADDED_VERSION_COLUMNS = (
@@ -150,6 +151,7 @@ _ADDED_VERSION_COLUMNS = (
     ("deleted_by", "TEXT NOT NULL DEFAULT ''"),
     ("environment", "TEXT NOT NULL DEFAULT ''"),
     ("build_state", "TEXT NOT NULL DEFAULT ''"),
+    ("bundle_sha256", "TEXT NOT NULL DEFAULT ''"),
 )
 _ADDED_TASK_COLUMNS = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
@@ -200,6 +202,7 @@ def _version_from_row(row: Any) -> VersionRecord:
         deleted_by=row[17],
         environment=row[18],
         build_state=cast(BuildStateValue, row[19]),
+        bundle_sha256=row[20],
     )
 
 
@@ -349,7 +352,7 @@ class SQLiteMetadataStore(MetadataStore):
                 version = int(next(iter(rows))[0])
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '')",
+                    "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '', '')",
                     (
                         owner,
                         name,
@@ -425,11 +428,12 @@ class SQLiteMetadataStore(MetadataStore):
         status_reason: str = "",
         digest: str = "",
         files: tuple[str, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         changed = await self._write(
-            "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ? "
+            "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ?, bundle_sha256 = ? "
             "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
-            (status, status_reason, digest, _dumps(list(files)), owner, name, version),
+            (status, status_reason, digest, _dumps(list(files)), bundle_sha256, owner, name, version),
         )
         if not changed:
             return None
