@@ -61,7 +61,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The remote workers' keys exist before the broker starts (it admits the keys it finds then); `dlhub up`
     # adds the stack's own.
     subprocess.run(
-        [sys.executable, "-m", "dlhub.broker", "keys", "create", "--dir", str(keys), "worker-tm1", "worker-tm2"],
+        [
+            sys.executable,
+            "-m",
+            "dlhub.broker",
+            "keys",
+            "create",
+            "--dir",
+            str(keys),
+            "worker-tm1",
+            "worker-tm2",
+        ],
         check=True,
         capture_output=True,
     )
@@ -236,7 +246,7 @@ def test_routing_honours_the_patterns_served(stack: Stack, tm1: TaskManager, tmp
             timeout_s=30,
             message="only tm2 to be registered",
         )
-        # Nobody serves alice now: her task fails typed (after broker.unserved_timeout_s), not at its deadline.
+        # Nobody serves alice now: her task fails typed after broker.unserved_timeout_s, not at its deadline.
         record = run(stack, "alice", alices)
         assert record["state"] == "failed" and record["error"]["type"] == "no_handler", record
         assert run(stack, "bob", bobs)["output"]["worker_pid"] == bob_only.pid
