@@ -331,6 +331,7 @@ class WorkerService:
             await self.handler.run()
         finally:
             await self.batcher.close()
+            await self.bundles.close()
             await self.environments.close()
             await self.pool.close()
 
