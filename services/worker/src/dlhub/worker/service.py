@@ -186,21 +186,21 @@ class WorkerService:
         self._installed.add(directory)
         return True
 
-    async def _version_dir(
-        self, dispatch: Dispatch, owner: str, name: str, version: int, servable: str
-    ) -> Path:
-        """The version's folder: a bundle fetched before, else the servable store (the builder's disk), else
-        the bundle fetched now from the registry (first use on this Task Manager)."""
-        if dispatch.package:
-            fetched = self.bundles.cached(dispatch.package)
+    def _local_version_dir(self, package: str, owner: str, name: str, version: int) -> Path | None:
+        """The version's folder if this worker has it: a bundle fetched before, else the servable store (the
+        builder's disk); None when it must be fetched."""
+        if package:
+            fetched = self.bundles.cached(package)
             if fetched is not None:
                 return fetched
         directory = version_dir(self.servable_root, owner, name, version)
-        if self._is_installed(directory):
-            return directory
-        if not dispatch.package:
+        return directory if self._is_installed(directory) else None
+
+    async def _fetched_version_dir(self, package: str, servable: str) -> Path:
+        """The version's bundle from the registry (or this worker's cache on disk), checked and unpacked."""
+        if not package:
             raise NotFound(f"servable {servable} is not installed on this worker")
-        return await self.bundles.ensure(dispatch.package, servable)
+        return await self.bundles.ensure(package, servable)
 
     async def handle_counted(self, dispatch: Dispatch) -> Result:
         """``handle``, counted in ``dlhub_worker_tasks_total`` (a step cancelled at shutdown is not)."""
@@ -219,10 +219,12 @@ class WorkerService:
         except ValueError as exc:
             return self._failure(dispatch, ValidationFailed(str(exc), field="topic"), start)
         servable = f"{owner}/{name}@{version}"
-        try:
-            directory = await self._version_dir(dispatch, owner, name, version, servable)
-        except DLHubError as exc:
-            return self._failure(dispatch, exc, start)
+        directory = self._local_version_dir(dispatch.package, owner, name, version)
+        if directory is None:  # first use on this Task Manager (no await on the path of every other task)
+            try:
+                directory = await self._fetched_version_dir(dispatch.package, servable)
+            except DLHubError as exc:
+                return self._failure(dispatch, exc, start)
         timeout_s: float | None = None
         if dispatch.deadline_unix_s > 0:
             timeout_s = dispatch.deadline_unix_s - time.time()
