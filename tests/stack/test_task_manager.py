@@ -23,7 +23,14 @@ from tests.support.polling import wait_until
 from tests.support.stack import HEARTBEAT_INTERVAL_S, create_token, start_stack, stop_stack, unique
 
 FUNCTIONS = """
+import importlib.metadata
 import os
+import sys
+
+
+def environment(name):
+    # The interpreter's prefix says which environment (and whose data directory) ran the task.
+    return {"version": importlib.metadata.version(name), "prefix": sys.prefix, "worker_pid": os.getppid()}
 
 
 def where(x):
@@ -143,13 +150,13 @@ def tm1(stack: Stack, tmp_path: Path) -> Iterator[TaskManager]:
     manager.stop()
 
 
-def publish(stack: Stack, user: str, pkg: Path) -> str:
-    name = unique("where")
+def publish(stack: Stack, user: str, pkg: Path, function: str = "where", **document: Any) -> str:
+    name = unique(function)
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "wherefns.py").write_text(FUNCTIONS)
     doc = python_function_document(
-        name=name, module="wherefns", function="where", files=["wherefns.py"], title="Where",
-        authors=["Doe, Jane"],
+        name=name, module="wherefns", function=function, files=["wherefns.py"], title="Where",
+        authors=["Doe, Jane"], **document,
     )  # fmt: skip
     doc["dlhub"]["deterministic"] = False  # every call reaches a worker (no memo)
     assert stack.client(user).publish(doc, base_dir=pkg)["status"] == "ready"
@@ -191,6 +198,17 @@ def test_a_task_manager_with_an_empty_data_dir_fetches_checks_and_serves(
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     assert '"site": "site-tm1"' in cli.stdout
+
+
+def test_a_servable_with_its_own_environment_runs_in_a_venv_rebuilt_from_its_lock_on_the_task_manager(
+    stack: Stack, tm1: TaskManager, tmp_path: Path
+) -> None:
+    servable = publish(stack, "alice", tmp_path / "pkg", "environment", dependencies={"iniconfig": "1.1.1"})
+    record = stack.client("alice").run_detailed(servable, "iniconfig", timeout_s=300)
+    assert record["state"] == "completed", record
+    output = record["output"]
+    assert output["version"] == "1.1.1" and output["worker_pid"] == tm1.pid
+    assert output["prefix"].startswith(str(tm1.data_dir / "envs" / "venv") + "/")
 
 
 def test_a_tampered_bundle_is_refused_and_nothing_is_cached(
