@@ -59,6 +59,8 @@ log = get_logger(__name__)
 DIGEST_PREFIX: Final = "sha256:"
 HASH_CHUNK_BYTES: Final = 1024 * 1024
 STALE_STAGING_S: Final = 3600.0
+BUNDLE_MARGIN_BYTES: Final = 1024 * 1024
+"""Room left in a bus message for the rest of a build's outcome (file list, lock) beside its bundle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class BuildLimits:
     max_package_bytes: int
     max_extracted_bytes: int
     max_files: int
+    max_bundle_bytes: int = 255 * 1024 * 1024
+    """Largest bundle sent back with the outcome (it crosses the bus: below ``bus.max_message_bytes``); a
+    bigger version is built without one and runs only on workers sharing the builder's disk."""
 
     @classmethod
     def from_settings(cls, settings: DLHubSettings) -> BuildLimits:
@@ -74,6 +79,7 @@ class BuildLimits:
             max_package_bytes=config.max_package_bytes,
             max_extracted_bytes=config.max_extracted_bytes,
             max_files=config.max_files,
+            max_bundle_bytes=max(0, settings.bus.max_message_bytes - BUNDLE_MARGIN_BYTES),
         )
 
 
@@ -287,6 +293,15 @@ def build_version(
         environment=environment.id if environment is not None and environment.id else "shared",
     )
     isolated = environment if environment is not None and environment.kind == "isolated" else None
+    bundle = make_bundle(target)
+    if len(bundle) > limits.max_bundle_bytes:
+        build_log.line(
+            f"bundle of {len(bundle)} bytes not kept (over {limits.max_bundle_bytes}): "
+            "only workers sharing the builder's disk can run this version"
+        )
+        build_log.save()
+        log.warning("bundle too large; not kept", servable=servable, size_bytes=len(bundle))
+        bundle = b""
     return BuildOutcome(
         digest=digest,
         files=files,
@@ -297,7 +312,7 @@ def build_version(
         python=isolated.python if isolated is not None else "",
         lock=isolated.lock if isolated is not None else "",
         base_image=isolated.base_image if isolated is not None else "",
-        bundle=make_bundle(target),
+        bundle=bundle,
     )
 
 
