@@ -47,6 +47,7 @@ class Stack:
     data_dir: Path
     env: dict[str, str]
     tokens: dict[str, str]
+    up_pid: int
 
     @property
     def api(self) -> str:
@@ -57,8 +58,24 @@ class Stack:
 
     def task_managers(self) -> list[dict[str, Any]]:
         headers = {"Authorization": f"Bearer {self.tokens['alice']}"}  # alice administers it
-        health = httpx.get(self.api + "/health", headers=headers, timeout=5).json()
-        return [h for h in health["broker"]["handlers"] if h["kind"] == "worker"]
+        response = httpx.get(self.api + "/health", headers=headers, timeout=5)
+        if response.status_code == 503:  # the broker is away
+            return []
+        return [h for h in response.json()["broker"]["handlers"] if h["kind"] == "worker"]
+
+    def broker_pid(self) -> int | None:
+        """The broker process `dlhub up` runs now (its supervisor restarts it when it dies)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if ppid == self.up_pid and b"dlhub.broker" in argv:
+                return int(entry.name)
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     try:
         tokens = {"alice": info["alice"], "bob": create_token(info["env"], info["data_dir"], "bob")}
-        yield Stack(info["url"], info["broker_url"], info["data_dir"], info["env"], tokens)
+        yield Stack(info["url"], info["broker_url"], info["data_dir"], info["env"], tokens, process.pid)
     finally:
         assert stop_stack(process) == 0
 
@@ -271,3 +288,28 @@ def test_routing_honours_the_patterns_served(stack: Stack, tm1: TaskManager, tmp
         assert bob_only.cached_digests() and "alice" not in bob_only.log.read_text()
     finally:
         bob_only.stop()
+
+
+def test_a_task_manager_reconnects_to_a_restarted_broker_and_registers_again(
+    stack: Stack, tm1: TaskManager, tmp_path: Path
+) -> None:
+    """Last in the module: the stack's broker is SIGKILLed (and restarted by `dlhub up`)."""
+    servable = publish(stack, "alice", tmp_path / "pkg")
+    assert run(stack, "alice", servable)["output"]["worker_pid"] == tm1.pid
+    broker = stack.broker_pid()
+    assert broker is not None
+    os.kill(broker, signal.SIGKILL)
+    wait_until(
+        lambda: stack.broker_pid() not in (None, broker),
+        timeout_s=30,
+        message="dlhub up to restart the broker",
+    )
+    wait_until(
+        lambda: any(h["instance_id"] == "tm1" and h["site"] == "site-tm1" for h in stack.task_managers()),
+        timeout_s=30,
+        message="the same task manager process to register with the new broker",
+    )
+    assert tm1.process is not None and tm1.process.poll() is None  # reconnected, not restarted
+    record = run(stack, "alice", servable, 4)
+    assert record["state"] == "completed", record
+    assert record["output"]["worker_pid"] == tm1.pid
