@@ -176,11 +176,15 @@ async def test_status_updates(store: MetadataStore) -> None:
     await publish(store)
     building = await store.list_versions_with_status("building")
     assert [v.label for v in building] == ["alice/m@1", "alice/m@2"]
-    ready = await store.set_version_status("alice", "m", 1, status="ready", digest="d", files=("a", "b"))
+    ready = await store.set_version_status(
+        "alice", "m", 1, status="ready", digest="d", files=("a", "b"), bundle_sha256="b" * 64
+    )
     assert ready is not None and ready.status == "ready" and ready.files == ("a", "b") and ready.digest == "d"
+    assert ready.bundle_sha256 == "b" * 64  # what Task Managers fetch the version by
     assert ready.metadata == META and ready.status_reason == ""
     failed = await store.set_version_status("alice", "m", 2, status="failed", status_reason="no model.pkl")
     assert failed is not None and failed.status_reason == "no model.pkl" and failed.files == ()
+    assert failed.bundle_sha256 == ""
     assert await store.get_version("alice", "m", 1) == ready
     assert await store.list_versions_with_status("building") == []
     assert [v.version for v in await store.list_versions_with_status("ready")] == [1]

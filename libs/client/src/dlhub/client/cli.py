@@ -201,6 +201,79 @@ def _curve_keys_dir(settings: DLHubSettings, data_dir: Path, bus_auth: bool | No
     return configured
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--broker", required=True, metavar="tcp://HOST:PORT", help="The broker's address.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="This worker's own data.")
+@click.option("--registry-url", default=None, help="The registry's internal URL: bundles are fetched there.")
+@click.option(
+    "--serves", multiple=True, metavar="PATTERN", help="Servables served (owner/name globs; repeatable)."
+)
+@click.option("--site", default=None, help="Where this Task Manager runs (shown in `dlhub workers`).")
+@click.option("--instance-id", default=None, help="A stable name for this Task Manager.")
+@click.option("--key-name", default=None, metavar="worker-LABEL", help="Its bus keypair in <data-dir>/keys.")
+@click.option("--bus-auth/--no-bus-auth", default=True, show_default=True, help="CurveZMQ keys on the bus.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
+def worker(
+    broker: str,
+    data_dir: Path,
+    registry_url: str | None,
+    serves: tuple[str, ...],
+    site: str | None,
+    instance_id: str | None,
+    key_name: str | None,
+    bus_auth: bool,
+    config_file: Path | None,
+) -> None:
+    """Run a worker (a Task Manager) on this machine, against a broker elsewhere (docs/task-managers.md)."""
+    from dlhub.client.tokens import require_server
+
+    require_server("`dlhub worker` runs a DLHub worker")
+    argv = [sys.executable, "-m", "dlhub.worker", "--broker", broker, "--data-dir", str(data_dir)]
+    argv.append("--bus-auth" if bus_auth else "--no-bus-auth")
+    for option, value in (
+        ("--registry-url", registry_url),
+        ("--site", site),
+        ("--instance-id", instance_id),
+        ("--key-name", key_name),
+        ("--config", str(config_file) if config_file else None),
+    ):
+        if value:
+            argv += [option, value]
+    for pattern in serves:
+        argv += ["--serves", pattern]
+    os.execv(sys.executable, argv)  # the worker is this process: signals and exit code are its own
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The handler table as JSON.")
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """The Task Managers registered at the broker: site, executors, patterns, capacity (an administrator's
+    token: `registry.admin_users`)."""
+    with _client(ctx) as client:
+        health = client.health()
+    handlers = health.get("broker", {}).get("handlers")
+    if handlers is None:
+        _fail("the handler table is shown to administrators only (registry.admin_users)")
+    rows = [h for h in handlers if h.get("kind") == "worker"]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("handler", "instance", "site", "executors", "serves", "capacity", "inflight", "state")
+    for h in rows:
+        table.add_row(
+            escape(h["handler_id"]),
+            escape(h.get("instance_id") or "-"),
+            escape(h.get("site") or "-"),
+            escape(", ".join(h.get("executors") or [])),
+            escape(", ".join(h.get("serves") or h.get("topics") or [])),
+            str(h["capacity"]),
+            str(h["inflight"]),
+            "draining" if h.get("draining") else "serving",
+        )
+    console.print(table)
+
+
 @main.group()
 def keys() -> None:
     """Manage the CurveZMQ keys of the bus (docs/security.md)."""

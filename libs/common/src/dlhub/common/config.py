@@ -85,6 +85,10 @@ class BrokerConfig(BaseModel):
     """The same bound in encoded bytes."""
     unacked_result_ttl_s: PositiveFloat = 3600.0
     """How long an unacknowledged result waits for a registry that went away to come back."""
+    unserved_timeout_s: NonNegativeFloat = 30.0
+    """A queued task whose topic no registered handler serves (no Task Manager's patterns match its servable)
+    fails ``no_handler`` after waiting this long, rather than at its deadline; long enough for a restarting
+    worker to register again (0: wait for the deadline)."""
 
 
 class StoreConfig(BaseModel):
@@ -331,6 +335,26 @@ class ReplicaConfig(BaseModel):
 
 class WorkerConfig(BaseModel):
     topics: list[str] = Field(default_factory=lambda: ["servable/*"])
+    """Broker topics served; ``serves`` is the friendlier way to say which servables."""
+    serves: list[str] | None = None
+    """Servable name patterns this Task Manager serves (``["*"]``, ``["alice/*", "bob/model"]``; globs on
+    ``owner/name``, ``@version`` optional): the broker routes it only their tasks. Set, it replaces
+    ``topics``; unset, ``topics`` applies (every servable by default)."""
+    site: str = Field(default="", max_length=200)
+    """Where this Task Manager runs (a cluster, a lab): shown in /health and ``dlhub workers``."""
+    instance_id: str = Field(default="", max_length=200)
+    """A stable name for this Task Manager, shown beside its per-process handler id."""
+    registry_url: str | None = None
+    """The registry's internal URL (``registry.internal_url``), where a Task Manager without the builder's
+    disk fetches the bundles of versions it lacks (``GET /internal/v1/bundles/<sha256>``). Unset: versions
+    are read from ``servable_dir`` only (a worker sharing the builder's disk, as under ``dlhub up``)."""
+    bundle_dir: Path | None = None
+    """Where fetched bundles are unpacked, one folder per sha256; default ``<data_dir>/bundle-cache``."""
+    bundle_max_bytes: PositiveInt = 2048 * MiB
+    """Largest bundle fetched (compressed), and the bound on its unpacked size."""
+    bundle_max_files: PositiveInt = 100_000
+    bundle_fetch_timeout_s: PositiveFloat = 300.0
+    """Total time allowed to download one bundle."""
     processes: PositiveInt = 1
     """Executor processes of each servable version's lane (``dlhub.worker.lanes``): every version of the
     shared environment runs in processes of its own, so a slow, stuck or crashing servable never delays
@@ -605,6 +629,11 @@ class DLHubSettings(BaseSettings):
     def servable_dir(self) -> Path:
         """Where the builder extracts packages and the workers load them from."""
         return self.builder.servable_dir or self.worker.servable_dir or self.data_dir / "servables"
+
+    @property
+    def worker_bundle_dir(self) -> Path:
+        """Where a Task Manager caches the bundles it fetched, by digest."""
+        return self.worker.bundle_dir or self.data_dir / "bundle-cache"
 
     @property
     def environments_dir(self) -> Path:

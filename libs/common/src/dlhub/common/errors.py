@@ -156,6 +156,22 @@ class EnvironmentUnavailable(DLHubError):
     http_status = 503
 
 
+class PackageUnavailable(DLHubError):
+    """A Task Manager without a servable version's files could not fetch its bundle from the registry
+    (unreachable, unknown digest, too large, or no ``worker.registry_url`` configured)."""
+
+    code = "package_unavailable"
+    http_status = 503
+
+
+class PackageTampered(DLHubError):
+    """A bundle fetched by a Task Manager does not have the sha256 digest the registry recorded at build
+    time: refused, and nothing of it is kept."""
+
+    code = "package_tampered"
+    http_status = 502
+
+
 class ServableNotReady(DLHubError):
     code = "servable_not_ready"
     http_status = 409
@@ -290,6 +306,8 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         ChecksumMismatch,
         UrlFetchFailed,
         EnvironmentUnavailable,
+        PackageUnavailable,
+        PackageTampered,
         ServableNotReady,
         TaskTimeout,
         NoHandler,

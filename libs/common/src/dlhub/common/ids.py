@@ -62,6 +62,20 @@ def servable_topic(owner: str, name: str, version: int) -> str:
     return f"{SERVABLE_PREFIX}{owner}/{name}@{version}"
 
 
+def serves_topics(patterns: list[str]) -> list[str]:
+    """The broker topics of servable name patterns (``worker.serves``): ``*`` every servable, ``alice/*``
+    every servable of alice, ``alice/model`` every version of it, ``alice/model@3`` one version, other
+    shell-style globs (``*/resnet*``) as written, every version. ValueError on an empty or spaced pattern."""
+    topics = []
+    for pattern in patterns:
+        if not pattern or any(c.isspace() for c in pattern) or pattern.startswith("/"):
+            raise ValueError(f"not a servable name pattern: {pattern!r}")
+        if not pattern.endswith("*") and "@" not in pattern:
+            pattern += "@*"
+        topics.append(SERVABLE_PREFIX + pattern)
+    return topics
+
+
 def parse_servable_topic(topic: str) -> tuple[str, str, int]:
     """Split ``servable/<owner>/<name>@<version>``; raise ValueError on anything else."""
     if not topic.startswith(SERVABLE_PREFIX):

@@ -34,6 +34,14 @@ class Register(Message, tag="register"):
     max_tasks_per_topic: int = 0
     """At most this many tasks of one exact topic at once (0: up to ``capacity``): a worker's fair share, so
     that one servable cannot hold all of its capacity while requests to others wait."""
+    site: str = ""
+    """Where a Task Manager (a worker) runs: a name its operator chose (``worker.site``), shown in /health."""
+    instance_id: str = ""
+    """The operator's name for this process (``worker.instance_id``), stable across its restarts."""
+    executors: list[str] = msgspec.field(default_factory=list)
+    """What it can launch: ``local`` or ``parsl``, and the environment backends (``venv``, ``docker``)."""
+    serves: list[str] = msgspec.field(default_factory=list)
+    """The servable name patterns it serves (``*``, ``alice/*``), as configured; ``topics`` is what routes."""
 
 
 class Registered(Message, tag="registered"):
@@ -75,6 +83,9 @@ class RouteStep(msgspec.Struct, kw_only=True, omit_defaults=True):
     topic: str
     method: str = "run"
     parameters: msgspec.Raw = msgspec.field(default_factory=lambda: EMPTY_MAP)
+    package: str = ""
+    """A servable step: the sha256 hex digest of its version's bundle, which a worker without the version's
+    files fetches from the registry by that digest and verifies (docs/task-managers.md)."""
 
 
 class Submit(Message, tag="submit"):
@@ -140,6 +151,8 @@ class Dispatch(Message, tag="dispatch"):
     inputs: msgspec.Raw = NIL
     parameters: msgspec.Raw = EMPTY_MAP
     deadline_unix_s: float = 0.0
+    package: str = ""
+    """The step's ``RouteStep.package``: the digest of the version's bundle ("" when it has none)."""
 
 
 class Started(Message, tag="started"):
@@ -212,6 +225,10 @@ class HandlerInfo(msgspec.Struct, kw_only=True):
     inflight: int
     draining: bool = False
     """The handler said ``Draining``: it finishes what it holds and is dispatched nothing more."""
+    site: str = ""
+    instance_id: str = ""
+    executors: list[str] = msgspec.field(default_factory=list)
+    serves: list[str] = msgspec.field(default_factory=list)
 
 
 class StatsReply(Message, tag="stats_reply"):

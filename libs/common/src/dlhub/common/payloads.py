@@ -78,6 +78,9 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     """Every regular file with its size and sha256 (added later, so optional)."""
     previews: list[TablePreview] = msgspec.field(default_factory=list)
     """Datasets only: previews of their tabular files (added later, so optional)."""
+    bundle: bytes = b""
+    """The version's whole folder as one archive (``dlhub.common.bundles``): the registry keeps it by its
+    sha256 for Task Managers that do not share the builder's disk."""
 
 
 BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]

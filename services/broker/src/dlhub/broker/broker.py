@@ -367,6 +367,10 @@ class Broker:
             capacity=msg.capacity,
             last_seen=now,
             max_per_topic=max(0, msg.max_tasks_per_topic),
+            site=msg.site,
+            instance_id=msg.instance_id,
+            executors=list(msg.executors),
+            serves=list(msg.serves),
         )
         self.handlers.add(handler)
         self.topics.add(handler)
@@ -379,6 +383,8 @@ class Broker:
             kind=msg.kind,
             topics=msg.topics,
             capacity=msg.capacity,
+            site=msg.site or None,
+            instance_id=msg.instance_id or None,
         )
 
     def _on_unregister(self, identity: bytes, msg: Unregister, now: float) -> None:
@@ -423,6 +429,10 @@ class Broker:
                 capacity=h.capacity,
                 inflight=len(h.inflight),
                 draining=h.draining,
+                site=h.site,
+                instance_id=h.instance_id,
+                executors=h.executors,
+                serves=h.serves,
             )
             for h in self.handlers
         ]
@@ -584,6 +594,7 @@ class Broker:
                     inputs=task.inputs,
                     parameters=step.parameters,
                     deadline_unix_s=task.deadline_unix_s,
+                    package=step.package,
                 )
             )
         except InvalidMessage as exc:
@@ -657,7 +668,20 @@ class Broker:
         for handler in self.handlers:
             self._send(handler.identity, frame)
 
+    def _expire_unserved(self, now: float) -> None:
+        """Fail queued tasks that no registered handler could take for ``unserved_timeout_s``: a task for a
+        servable no Task Manager serves ends typed instead of waiting for its deadline."""
+        limit_s = self.config.unserved_timeout_s
+        if not limit_s or not len(self.queue):
+            return
+        for topic in self.queue.topics():
+            if self.topics.matching(topic):
+                continue
+            while (task := self.queue.peek(topic)) is not None and now - task.ready_at >= limit_s:
+                self._fail(task, "no_handler", f"no registered handler serves topic {topic!r}")
+
     def _expire_tasks(self, now: float) -> None:
+        self._expire_unserved(now)
         for task in self.queue.expired(now):
             if self.topics.ever_served(task.topic):
                 self._fail(task, "task_timeout", "deadline passed while waiting for a free handler")

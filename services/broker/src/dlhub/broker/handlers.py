@@ -23,6 +23,11 @@ class HandlerRecord:
     """The tasks it holds: task id -> the topic it was dispatched for."""
     per_topic: dict[str, int] = field(default_factory=dict)
     draining: bool = False
+    site: str = ""
+    instance_id: str = ""
+    executors: list[str] = field(default_factory=list)
+    serves: list[str] = field(default_factory=list)
+    """What a Task Manager said of itself at registration (shown in the stats, not used to route)."""
 
     @property
     def free(self) -> int:

@@ -1,6 +1,7 @@
 """Topic table: which handlers serve a topic, and which one gets the next task.
 
-Handlers register exact topics (``builder/build``) or prefix patterns ending in ``*`` (``servable/*``). The
+Handlers register exact topics (``builder/build``), prefix patterns ending in ``*`` (``servable/*``,
+``servable/alice/*``) or other shell-style globs (``servable/*/resnet@*``: ``fnmatch``, case-sensitive). The
 matching handler with the most free capacity wins; ties rotate round-robin so equal handlers share the load.
 A handler that registered a per-topic limit (a worker: one servable may not hold all of its capacity) is
 skipped for a topic of which it already holds that many tasks.
@@ -8,29 +9,56 @@ skipped for a topic of which it already holds that many tasks.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from dlhub.broker.handlers import HandlerRecord
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def pattern_kind(pattern: str) -> str:
+    """``exact``, ``prefix`` (one ``*`` at the end and no other glob character) or ``glob``."""
+    if not _GLOB_CHARS.intersection(pattern):
+        return "exact"
+    if pattern.endswith("*") and not _GLOB_CHARS.intersection(pattern[:-1]):
+        return "prefix"
+    return "glob"
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    kind = pattern_kind(pattern)
+    if kind == "exact":
+        return pattern == topic
+    if kind == "prefix":
+        return topic.startswith(pattern[:-1])
+    return fnmatchcase(topic, pattern)
 
 
 class TopicTable:
     def __init__(self) -> None:
         self._exact: dict[str, list[HandlerRecord]] = {}
         self._prefixes: dict[str, list[HandlerRecord]] = {}
+        self._globs: dict[str, list[HandlerRecord]] = {}
         self._matches: dict[str, list[HandlerRecord]] = {}  # topic -> matching handlers, rebuilt on change
         self._ever: set[str] = set()  # every pattern ever registered, to tell no_handler from task_timeout
         self._rr = 0
 
+    def _slot(self, pattern: str) -> tuple[dict[str, list[HandlerRecord]], str]:
+        kind = pattern_kind(pattern)
+        if kind == "prefix":
+            return self._prefixes, pattern[:-1]
+        return (self._globs if kind == "glob" else self._exact), pattern
+
     def add(self, handler: HandlerRecord) -> None:
         for pattern in handler.topics:
-            table = self._prefixes if pattern.endswith("*") else self._exact
-            key = pattern[:-1] if pattern.endswith("*") else pattern
+            table, key = self._slot(pattern)
             table.setdefault(key, []).append(handler)
             self._ever.add(pattern)
         self._matches.clear()
 
     def remove(self, handler: HandlerRecord) -> None:
         for pattern in handler.topics:
-            table = self._prefixes if pattern.endswith("*") else self._exact
-            key = pattern[:-1] if pattern.endswith("*") else pattern
+            table, key = self._slot(pattern)
             handlers = table.get(key)
             if handlers is None:
                 continue
@@ -46,6 +74,9 @@ class TopicTable:
             found = list(self._exact.get(topic, ()))
             for prefix, serving in self._prefixes.items():
                 if topic.startswith(prefix):
+                    found.extend(h for h in serving if h not in found)
+            for glob, serving in self._globs.items():
+                if fnmatchcase(topic, glob):
                     found.extend(h for h in serving if h not in found)
             self._matches[topic] = handlers = found
         return handlers
@@ -72,4 +103,4 @@ class TopicTable:
 
     def ever_served(self, topic: str) -> bool:
         """True if any handler registered for ``topic`` since the broker started."""
-        return any(topic.startswith(p[:-1]) if p.endswith("*") else p == topic for p in self._ever)
+        return any(pattern_matches(p, topic) for p in self._ever)

@@ -253,6 +253,7 @@ class Runs:
             topic=servable_topic(record.owner, record.name, record.version),
             method=method,
             parameters=self._codec.encode_value(parameters),
+            package=record.bundle_sha256,
         )
 
     async def prepare_run(

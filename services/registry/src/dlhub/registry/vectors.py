@@ -126,6 +126,7 @@ class VectorRunner:
             topic=servable_topic(record.owner, record.name, record.version),
             method=vector.method,
             parameters=self._codec.encode_value(vector.parameters),
+            package=record.bundle_sha256,
         )
         try:
             result = await self._bus.call(

@@ -625,6 +625,14 @@ class HandlerStats(Struct, kw_only=True):
     capacity: int
     inflight: int
     draining: Annotated[bool, Meta(description="Stopping: finishes its tasks, takes no new ones")] = False
+    site: Annotated[str, Meta(description="A Task Manager's site (worker.site)")] = ""
+    instance_id: Annotated[str, Meta(description="A Task Manager's stable name (worker.instance_id)")] = ""
+    executors: Annotated[
+        list[str], Meta(description="What it can launch: local or parsl, and venv or docker environments")
+    ] = msgspec.field(default_factory=list)
+    serves: Annotated[list[str], Meta(description="Servable name patterns it serves (owner/name globs)")] = (
+        msgspec.field(default_factory=list)
+    )
 
 
 class BrokerStats(Struct, kw_only=True):

@@ -7,6 +7,7 @@ from aiohttp import web
 from dlhub.registry.http import (
     blobs,
     builds,
+    bundles,
     citations,
     files,
     health,
@@ -67,5 +68,6 @@ def setup_routes(app: web.Application) -> None:
             web.get(SERVABLE + "/access", identity.get_access),
             web.put(SERVABLE + "/access", identity.set_access),
             web.get(API_PREFIX + "/audit", identity.list_audit),
+            web.get(bundles.BUNDLE_PATH, bundles.bundle),
         ]
     )

@@ -58,6 +58,9 @@ class VersionRecord:
     """Its regular files with size and sha256 (set with the build outcome; empty before and on tombstones)."""
     previews: tuple[TablePreview, ...] = ()
     """Datasets: previews of their tabular files (set with the build outcome)."""
+    bundle_sha256: str = ""
+    """The sha256 hex digest of the version's bundle (its built folder as one archive, kept by the registry
+    for Task Managers without the builder's disk; ``dlhub.common.bundles``); "" for versions built before."""
 
     @property
     def deleted(self) -> bool:
@@ -246,6 +249,7 @@ class MetadataStore(abc.ABC):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         """Update the build outcome of a live version; return the new record or None if it does not exist or
         is a tombstone (a build finishing after deletion never revives the version)."""

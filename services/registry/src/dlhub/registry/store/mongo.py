@@ -142,6 +142,7 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "previews_json": _dumps(record.previews),
         # The reverse lookup of dataset links (``list_linking_versions``) goes through this indexed array.
         "link_targets": [] if record.deleted else link_targets(record.metadata),
+        "bundle_sha256": record.bundle_sha256,
     }
 
 
@@ -169,6 +170,7 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         build_state=cast(BuildStateValue, doc.get("build_state", "")),
         manifest=_manifest_decoder.decode(doc.get("manifest_json") or "[]"),
         previews=_previews_decoder.decode(doc.get("previews_json") or "[]"),
+        bundle_sha256=doc.get("bundle_sha256", ""),
     )
 
 
@@ -571,6 +573,7 @@ class MongoMetadataStore(MetadataStore):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         with self._errors("set_version_status"):
             doc = await self.versions.find_one_and_update(
@@ -583,6 +586,7 @@ class MongoMetadataStore(MetadataStore):
                         "files": list(files),
                         "manifest_json": _dumps(manifest),
                         "previews_json": _dumps(previews),
+                        "bundle_sha256": bundle_sha256,
                     }
                 },
                 return_document=ReturnDocument.AFTER,

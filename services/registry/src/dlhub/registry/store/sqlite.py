@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS versions (
     build_state TEXT NOT NULL DEFAULT '',
     manifest TEXT NOT NULL DEFAULT '[]',
     previews TEXT NOT NULL DEFAULT '[]',
+    bundle_sha256 TEXT NOT NULL DEFAULT '',
     UNIQUE (owner, name, version)
 );
 CREATE TABLE IF NOT EXISTS version_links (
@@ -159,7 +160,7 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
     "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
-    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, manifest, previews"
+    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, manifest, previews, bundle_sha256"
 )
 # Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
 _ADDED_VERSION_COLUMNS = (
@@ -173,6 +174,7 @@ _ADDED_VERSION_COLUMNS = (
     ("build_state", "TEXT NOT NULL DEFAULT ''"),
     ("manifest", "TEXT NOT NULL DEFAULT '[]'"),
     ("previews", "TEXT NOT NULL DEFAULT '[]'"),
+    ("bundle_sha256", "TEXT NOT NULL DEFAULT ''"),
 )
 _ADDED_TASK_COLUMNS = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
@@ -228,6 +230,7 @@ def _version_from_row(row: Any) -> VersionRecord:
         build_state=cast(BuildStateValue, row[19]),
         manifest=_manifest_decoder.decode(row[20]),
         previews=_previews_decoder.decode(row[21]),
+        bundle_sha256=row[22],
     )
 
 
@@ -380,7 +383,7 @@ class SQLiteMetadataStore(MetadataStore):
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '', "
-                    "'[]', '[]')",
+                    "'[]', '[]', '')",
                     (
                         owner,
                         name,
@@ -462,10 +465,12 @@ class SQLiteMetadataStore(MetadataStore):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         changed = await self._write(
             "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ?, manifest = ?, "
-            "previews = ? WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            "previews = ?, bundle_sha256 = ? "
+            "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
             (
                 status,
                 status_reason,
@@ -473,6 +478,7 @@ class SQLiteMetadataStore(MetadataStore):
                 _dumps(list(files)),
                 _dumps(manifest),
                 _dumps(previews),
+                bundle_sha256,
                 owner,
                 name,
                 version,
