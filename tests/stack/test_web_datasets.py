@@ -205,7 +205,7 @@ def test_private_dataset_download_needs_the_token(browser: WebDriver, site: Site
 
 def test_catalog_kind_facet_and_dataset_columns(browser: WebDriver, site: Site) -> None:
     open_page(browser, f"{site.url}/?q=webdata{site.tag}")
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "2 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "2 results")
     browser.find_element(By.CSS_SELECTOR, 'a[data-facet="kind"][data-value="dataset"]').click()
     wait(browser).until(lambda d: hits(d) == [site.dataset])
     assert "kind=dataset" in browser.current_url

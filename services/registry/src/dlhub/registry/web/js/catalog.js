@@ -99,7 +99,7 @@ function activeFilters(params) {
 
 function resultList(params, results, page) {
   const pages = Math.max(1, Math.ceil(results.total / PAGE_SIZE));
-  const summary = h("p", { id: "result-count", role: "status" }, `${results.total} ${results.total === 1 ? "model" : "models"}`);
+  const summary = h("p", { id: "result-count", role: "status" }, `${results.total} ${results.total === 1 ? "result" : "results"}`);
   const items = results.hits.map((hit) => {
     const href = `/m/${encodeURIComponent(hit.owner)}/${encodeURIComponent(hit.name)}`;
     return h(
