@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from dlhub.common.codec import Codec, to_json
 from dlhub.common.config import DLHubSettings
@@ -59,6 +59,10 @@ from dlhub.registry.tasks import TaskTable
 from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
 
 log = get_logger(__name__)
+USED_BY_SHOWN: Final = 100
+"""Servables listed in a dataset's describe (``used_by``); ``used_by_truncated`` says when there are more."""
+USED_BY_SCANNED: Final = 500
+"""Linking versions read for one describe (every version of each linking servable counts)."""
 
 BUILD_MARGIN_S = 120.0
 """Beyond ``environments.build_timeout_s``: extraction, pushing the image, waiting for a free builder."""
@@ -625,10 +629,14 @@ class Servables:
             return None
         return await self._store.get_verification(record.owner, record.name, record.version)
 
-    async def used_by(self, caller: Caller, dataset: VersionRecord) -> list[dict[str, Any]]:
-        """The servables the caller can see that name ``dataset`` as training or test data."""
-        linking = await self._store.list_linking_versions(dataset_targets(dataset))
-        return linked_users(dataset, linking, caller)
+    async def used_by(self, caller: Caller, dataset: VersionRecord) -> tuple[list[dict[str, Any]], bool]:
+        """The first ``USED_BY_SHOWN`` servables the caller can see that name ``dataset`` as training or
+        test data, and whether there are more. Bounded because a popular dataset's describe (and its web
+        page) would otherwise carry every model ever trained on it; search's ``trained_on``/``tested_on``
+        filters page through all of them."""
+        linking = await self._store.list_linking_versions(dataset_targets(dataset), limit=USED_BY_SCANNED)
+        users = linked_users(dataset, linking, caller)
+        return users[:USED_BY_SHOWN], len(users) > USED_BY_SHOWN or len(linking) >= USED_BY_SCANNED
 
     async def reindex(self, owner: str, name: str) -> bool:
         """Upsert the newest ready version into the search index, or delete the entry if there is none;

@@ -423,8 +423,15 @@ class Servable(Struct, kw_only=True):
     used_by: (
         Annotated[
             list[DatasetUse],
-            Meta(description="Datasets only: servables trained or tested on it (models trained on it)"),
+            Meta(
+                description="Datasets only: servables trained or tested on it (models trained on it), "
+                "the first 100; search with trained_on/tested_on lists them all"
+            ),
         ]
+        | UnsetType
+    ) = UNSET
+    used_by_truncated: (
+        Annotated[bool, Meta(description="Datasets only: more servables name it than used_by lists")]
         | UnsetType
     ) = UNSET
     last_verification: Annotated[

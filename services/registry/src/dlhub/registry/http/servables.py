@@ -88,10 +88,11 @@ def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary
 def describe(
     record: VersionRecord,
     versions: Sequence[VersionRecord],
-    users: list[dict[str, Any]] | None = None,
+    users: tuple[list[dict[str, Any]], bool] | None = None,
     verification: StoredVerification | None = None,
 ) -> Servable:
-    """The describe answer; ``users``: for a dataset, the servables that name it (``Servables.used_by``);
+    """The describe answer; ``users``: for a dataset, the servables that name it and whether there are more
+    (``Servables.used_by``);
     ``verification``: the latest run of its test vectors."""
     return Servable(
         **_kind(record),
@@ -114,7 +115,8 @@ def describe(
         manifest=list(record.manifest),
         datasets=[msgspec.convert(link, DatasetLink) for link in links_of(record.metadata)],
         previews=list(record.previews) if is_dataset(record.metadata) else UNSET,
-        used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users],
+        used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users[0]],
+        used_by_truncated=UNSET if users is None else users[1],
         last_verification=None if verification is None else last_verification(verification),
     )
 
@@ -133,7 +135,9 @@ def last_verification(verification: StoredVerification) -> LastVerification:
     )
 
 
-async def _users(request: web.Request, caller: Caller, record: VersionRecord) -> list[dict[str, Any]] | None:
+async def _users(
+    request: web.Request, caller: Caller, record: VersionRecord
+) -> tuple[list[dict[str, Any]], bool] | None:
     if not is_dataset(record.metadata) or record.deleted:
         return None
     return await request.app[SERVABLES].used_by(caller, record)

@@ -103,7 +103,9 @@ export function usedBySection(model) {
   return section("Models trained on this dataset",
     users.length ? h("ul", { id: "used-by" }, users.map((use) => h("li", { "data-servable": use.servable },
       refLink(use.servable), use.title ? ` — ${use.title}` : "", ` (${use.relation === "test" ? "tested on" : "trained on"} ${use.dataset})`)))
-      : h("p", null, "No published model names this dataset yet."));
+      : h("p", null, "No published model names this dataset yet."),
+    model.used_by_truncated ? h("p", { class: "hint", id: "used-by-more" },
+      `More models name this dataset than the ${users.length} shown; the API's search lists them all (trained_on=${model.owner}/${model.name}).`) : null);
 }
 
 export function trainingDataSection(model) {
