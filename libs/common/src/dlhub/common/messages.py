@@ -35,7 +35,8 @@ class Register(Message, tag="register"):
     """At most this many tasks of one exact topic at once (0: up to ``capacity``): a worker's fair share, so
     that one servable cannot hold all of its capacity while requests to others wait."""
     site: str = ""
-    """Where a Task Manager (a worker) runs: a name its operator chose (``worker.site``), shown in /health."""
+    """Where a Task Manager (a worker) runs: a name its operator chose (``worker.site``), shown in /health;
+    a step whose placement names a site goes only to handlers registered with it."""
     instance_id: str = ""
     """The operator's name for this process (``worker.instance_id``), stable across its restarts."""
     executors: list[str] = msgspec.field(default_factory=list)
