@@ -34,7 +34,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def start(stack: Stack, base: Path, exits: ExitStack, label: str, **options: Any) -> TaskManager:
-    manager = TaskManager(stack, base, label, ["*"], extra_env=LIVENESS_ENV, **options)
+    options.setdefault("extra_env", LIVENESS_ENV)
+    manager = TaskManager(stack, base, label, ["*"], **options)
     manager.start()
     exits.callback(manager.stop)
     return manager
@@ -66,10 +67,11 @@ def test_a_servable_pinned_to_a_site_only_ever_runs_there(stack: Stack, tmp_path
 
 def test_a_servable_needing_a_gpu_runs_only_where_one_is_offered(stack: Stack, tmp_path: Path) -> None:
     with ExitStack() as exits:
-        cpu = start(stack, tmp_path, exits, "pa")
-        gpu = start(stack, tmp_path, exits, "pgpu", devices=("gpu:0",))
+        # Told it has none (`worker.devices = []`): on a machine with GPUs it would otherwise detect them.
+        cpu = start(stack, tmp_path, exits, "pa", extra_env=LIVENESS_ENV | {"DLHUB_WORKER__DEVICES": "[]"})
+        gpu = start(stack, tmp_path, exits, "pgpu", devices=("gpu:0",))  # configured: no GPU here
         devices = {h["instance_id"]: h["devices"] for h in stack.task_managers()}
-        assert devices == {"pa": [], "pgpu": ["gpu:0"]}  # none detected on this machine: only the configured
+        assert devices == {"pa": [], "pgpu": ["gpu:0"]}
         cli = subprocess.run(
             [sys.executable, "-m", "dlhub.client.cli", "--url", stack.url, "--token", stack.tokens["alice"],
              "workers", "--json"],

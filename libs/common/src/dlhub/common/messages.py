@@ -88,10 +88,11 @@ class DeviceNeed(msgspec.Struct, frozen=True, array_like=True):
     count: int = 1
 
 
-class Placement(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Placement(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, cache_hash=True):
     """Where a servable step may run: its version's ``servable.placement`` (docs/task-managers.md).
 
-    Frozen (hashable): the broker keys its cache of eligible handlers on ``(topic, placement)``."""
+    Frozen (hashable, the hash kept once computed): the broker keys its cache of eligible handlers on
+    ``(topic, placement)``."""
 
     site: str = ""
     """Only Task Managers registered with this ``site`` ("" : any)."""
