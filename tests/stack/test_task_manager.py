@@ -4,6 +4,7 @@ by digest, refuses a tampered one, re-registers after a crash, and gets only the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -78,9 +79,11 @@ class Stack:
         return None
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    base = tmp_path_factory.mktemp("tm-stack")
+@contextlib.contextmanager
+def task_manager_stack(
+    base: Path, labels: list[str], extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """A stack without general workers, with key pairs ``worker-<label>`` for Task Managers of its own."""
     keys = base / "data" / "keys"
     # The remote workers' keys exist before the broker starts (it admits the keys it finds then); `dlhub up`
     # adds the stack's own.
@@ -93,15 +96,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "create",
             "--dir",
             str(keys),
-            "worker-tm1",
-            "worker-tm2",
+            *(f"worker-{label}" for label in labels),
         ],
         check=True,
         capture_output=True,
     )
     # No general worker: only the Task Managers below serve, from their own data directories.
     process, info = start_stack(
-        base, workers=0, extra_env={"DLHUB_BROKER__UNSERVED_TIMEOUT_S": str(UNSERVED_TIMEOUT_S)}
+        base,
+        workers=0,
+        extra_env={"DLHUB_BROKER__UNSERVED_TIMEOUT_S": str(UNSERVED_TIMEOUT_S)} | (extra_env or {}),
     )
     try:
         tokens = {"alice": info["alice"], "bob": create_token(info["env"], info["data_dir"], "bob")}
@@ -110,12 +114,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert stop_stack(process) == 0
 
 
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with task_manager_stack(tmp_path_factory.mktemp("tm-stack"), ["tm1", "tm2"]) as running:
+        yield running
+
+
 class TaskManager:
     """``dlhub worker`` in a process of its own: data directory elsewhere, holding just its key pair and the
     broker's public key, and an environment without the stack's settings."""
 
-    def __init__(self, stack: Stack, base: Path, label: str, serves: list[str]) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        base: Path,
+        label: str,
+        serves: list[str],
+        *,
+        site: str = "",
+        devices: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.stack, self.label, self.serves = stack, label, serves
+        self.site, self.devices, self.extra_env = site or f"site-{label}", devices, extra_env or {}
         self.data_dir = base / f"{label}-data"
         keys = self.data_dir / "keys"
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,12 +148,14 @@ class TaskManager:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DLHUB_")}
         env |= {"DLHUB_HOME": str(self.data_dir.parent / "home"), "DLHUB_BUS__HEARTBEAT_INTERVAL_S": "0.25"}
+        env |= self.extra_env
         cmd = [
             sys.executable, "-m", "dlhub.client.cli", "worker",
             "--broker", self.stack.broker_url, "--data-dir", str(self.data_dir),
-            "--registry-url", self.stack.url, "--site", "site-" + self.label, "--instance-id", self.label,
+            "--registry-url", self.stack.url, "--site", self.site, "--instance-id", self.label,
             "--key-name", f"worker-{self.label}",
             *(arg for pattern in self.serves for arg in ("--serves", pattern)),
+            *(arg for device in self.devices for arg in ("--device", device)),
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -167,7 +190,14 @@ def tm1(stack: Stack, tmp_path: Path) -> Iterator[TaskManager]:
     manager.stop()
 
 
-def publish(stack: Stack, user: str, pkg: Path, function: str = "where", **document: Any) -> str:
+def publish(
+    stack: Stack,
+    user: str,
+    pkg: Path,
+    function: str = "where",
+    placement: dict[str, Any] | None = None,
+    **document: Any,
+) -> str:
     name = unique(function)
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "wherefns.py").write_text(FUNCTIONS)
@@ -176,6 +206,8 @@ def publish(stack: Stack, user: str, pkg: Path, function: str = "where", **docum
         authors=["Doe, Jane"], **document,
     )  # fmt: skip
     doc["dlhub"]["deterministic"] = False  # every call reaches a worker (no memo)
+    if placement is not None:
+        doc["servable"]["placement"] = placement
     assert stack.client(user).publish(doc, base_dir=pkg)["status"] == "ready"
     return f"{user}/{name}"
 

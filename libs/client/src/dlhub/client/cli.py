@@ -210,6 +210,9 @@ def _curve_keys_dir(settings: DLHubSettings, data_dir: Path, bus_auth: bool | No
 )
 @click.option("--site", default=None, help="Where this Task Manager runs (shown in `dlhub workers`).")
 @click.option("--instance-id", default=None, help="A stable name for this Task Manager.")
+@click.option(
+    "--device", "devices", multiple=True, metavar="KIND:ID", help="A device offered (gpu:0; repeatable)."
+)
 @click.option("--key-name", default=None, metavar="worker-LABEL", help="Its bus keypair in <data-dir>/keys.")
 @click.option("--bus-auth/--no-bus-auth", default=True, show_default=True, help="CurveZMQ keys on the bus.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
@@ -220,6 +223,7 @@ def worker(
     serves: tuple[str, ...],
     site: str | None,
     instance_id: str | None,
+    devices: tuple[str, ...],
     key_name: str | None,
     bus_auth: bool,
     config_file: Path | None,
@@ -241,6 +245,8 @@ def worker(
             argv += [option, value]
     for pattern in serves:
         argv += ["--serves", pattern]
+    for device in devices:
+        argv += ["--device", device]
     os.execv(sys.executable, argv)  # the worker is this process: signals and exit code are its own
 
 
@@ -248,8 +254,8 @@ def worker(
 @click.option("--json", "as_json", is_flag=True, help="The handler table as JSON.")
 @click.pass_context
 def workers(ctx: click.Context, as_json: bool) -> None:
-    """The Task Managers registered at the broker: site, executors, patterns, capacity (an administrator's
-    token: `registry.admin_users`)."""
+    """The Task Managers registered at the broker: site, devices, executors, patterns, capacity (an
+    administrator's token: `registry.admin_users`)."""
     with _client(ctx) as client:
         health = client.health()
     handlers = health.get("broker", {}).get("handlers")
@@ -259,12 +265,15 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("handler", "instance", "site", "executors", "serves", "capacity", "inflight", "state")
+    table = Table(
+        "handler", "instance", "site", "devices", "executors", "serves", "capacity", "inflight", "state"
+    )
     for h in rows:
         table.add_row(
             escape(h["handler_id"]),
             escape(h.get("instance_id") or "-"),
             escape(h.get("site") or "-"),
+            escape(", ".join(h.get("devices") or []) or "-"),
             escape(", ".join(h.get("executors") or [])),
             escape(", ".join(h.get("serves") or h.get("topics") or [])),
             str(h["capacity"]),

@@ -379,6 +379,7 @@ class HandlerService:
             register.instance_id = self.profile.instance_id
             register.executors = self.profile.executors
             register.serves = self.profile.serves
+            register.devices = self.profile.devices
         self._send(register)
 
     def _close_session(self) -> None:

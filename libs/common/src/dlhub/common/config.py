@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from dlhub.common.ids import DEVICE_PATTERN
 
 MiB = 1024 * 1024
 
@@ -344,6 +346,10 @@ class WorkerConfig(BaseModel):
     """Where this Task Manager runs (a cluster, a lab): shown in /health and ``dlhub workers``."""
     instance_id: str = Field(default="", max_length=200)
     """A stable name for this Task Manager, shown beside its per-process handler id."""
+    devices: list[Annotated[str, Field(pattern=DEVICE_PATTERN)]] | None = Field(default=None, max_length=256)
+    """The devices it offers servables, ``kind:id`` (``["gpu:0", "gpu:1"]``): a servable whose placement
+    needs a ``gpu`` is routed only to Task Managers offering one. Unset: GPUs are detected
+    (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi``); ``[]``: none (docs/task-managers.md, "Placement")."""
     registry_url: str | None = None
     """The registry's internal URL (``registry.internal_url``), where a Task Manager without the builder's
     disk fetches the bundles of versions it lacks (``GET /internal/v1/bundles/<sha256>``). Unset: versions

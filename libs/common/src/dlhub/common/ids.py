@@ -14,6 +14,10 @@ SEARCH_QUERY_TOPIC = "search/query"
 SEARCH_REINDEX_TOPIC = "search/reindex"
 SERVABLE_PREFIX = "servable/"
 ANY_SERVABLE_TOPIC = SERVABLE_PREFIX + "*"
+DEVICE_KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+"""A kind of device a servable's placement may need (``gpu``); the publication schema says the same."""
+DEVICE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9_.-]{1,64})?$"
+"""A device a Task Manager offers: its kind, then optionally ``:`` and its id (``gpu:0``, ``gpu:GPU-8a``)."""
 
 
 class _RandomPool:

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from dlhub.broker.handlers import HandlerRecord, HandlerTable
 from dlhub.broker.mailbox import Mailbox
 from dlhub.broker.metrics import BrokerCollector
+from dlhub.broker.placement import device_counts
 from dlhub.broker.queue import PendingQueue
 from dlhub.broker.routing import TopicTable
 from dlhub.broker.tasks import TaskRecord
@@ -371,6 +372,8 @@ class Broker:
             instance_id=msg.instance_id,
             executors=list(msg.executors),
             serves=list(msg.serves),
+            devices=list(msg.devices),
+            device_counts=device_counts(msg.devices),
         )
         self.handlers.add(handler)
         self.topics.add(handler)
@@ -385,6 +388,7 @@ class Broker:
             capacity=msg.capacity,
             site=msg.site or None,
             instance_id=msg.instance_id or None,
+            devices=msg.devices or None,
         )
 
     def _on_unregister(self, identity: bytes, msg: Unregister, now: float) -> None:
@@ -433,6 +437,7 @@ class Broker:
                 instance_id=h.instance_id,
                 executors=h.executors,
                 serves=h.serves,
+                devices=h.devices,
             )
             for h in self.handlers
         ]
@@ -455,9 +460,10 @@ class Broker:
         if self._draining:
             self._reply(identity, _failure(msg.task_id, "shutting_down", "the broker is shutting down"))
             return
-        if msg.require_handler and not self.topics.matching(topic := msg.route[0].topic):
-            message = f"no handler serves topic {topic!r} right now"
-            self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=topic))
+        first = msg.route[0]
+        if msg.require_handler and not self.topics.candidates(first.topic, first.placement):
+            message = self.topics.unserved_reason(first.topic, first.placement) + " right now"
+            self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=first.topic))
             return
         task = TaskRecord(
             task_id=msg.task_id,
@@ -562,8 +568,9 @@ class Broker:
     def _route(self, task: TaskRecord, now: float) -> None:
         """Hand the task's current step to a handler with free capacity, or queue it."""
         topic = task.topic
+        placement = task.placement
         while True:
-            handler = self.topics.choose(topic)
+            handler = self.topics.choose(topic, placement)
             if handler is None:
                 break
             if self._dispatch(task, handler, now):
@@ -630,7 +637,7 @@ class Broker:
                 task = queue.peek(topic)
                 if task is None:
                     continue
-                handler = self.topics.choose(topic)
+                handler = self.topics.choose(topic, task.placement)
                 if handler is None:
                     continue
                 queue.take(task)
@@ -670,15 +677,18 @@ class Broker:
 
     def _expire_unserved(self, now: float) -> None:
         """Fail queued tasks that no registered handler could take for ``unserved_timeout_s``: a task for a
-        servable no Task Manager serves ends typed instead of waiting for its deadline."""
+        servable no Task Manager serves (or none where its placement asks) ends typed, naming what is
+        missing, instead of waiting for its deadline."""
         limit_s = self.config.unserved_timeout_s
         if not limit_s or not len(self.queue):
             return
         for topic in self.queue.topics():
-            if self.topics.matching(topic):
+            head = self.queue.peek(topic)
+            if head is None or self.topics.candidates(topic, head.placement):
                 continue
+            reason = self.topics.unserved_reason(topic, head.placement)
             while (task := self.queue.peek(topic)) is not None and now - task.ready_at >= limit_s:
-                self._fail(task, "no_handler", f"no registered handler serves topic {topic!r}")
+                self._fail(task, "no_handler", reason)
 
     def _expire_tasks(self, now: float) -> None:
         self._expire_unserved(now)

@@ -37,6 +37,7 @@ from dlhub.common.vectors import (
 )
 from dlhub.registry.argtypes import check_run_inputs
 from dlhub.registry.outcomes import output_json, timings_dict
+from dlhub.registry.placement import placement_of
 from dlhub.registry.ports import Bus
 from dlhub.registry.store import (
     MetadataStore,
@@ -127,6 +128,7 @@ class VectorRunner:
             method=vector.method,
             parameters=self._codec.encode_value(vector.parameters),
             package=record.bundle_sha256,
+            placement=placement_of(record.metadata),
         )
         try:
             result = await self._bus.call(

@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--site", help="where this Task Manager runs (worker.site)")
     parser.add_argument("--instance-id", help="a stable name for it (worker.instance_id)")
     parser.add_argument(
+        "--device",
+        dest="devices",
+        metavar="KIND:ID",
+        action="append",
+        help="a device it offers servables, gpu:0; repeatable (worker.devices; default: detected GPUs)",
+    )
+    parser.add_argument(
         "--key-name", metavar="NAME", help="its bus keypair, worker-<label> (bus.curve_key_name)"
     )
     parser.add_argument(
@@ -72,7 +79,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
         bus["curve_key_name"] = args.key_name
     if args.bus_auth is not None:
         bus["curve_enabled"] = args.bus_auth
-    for option in ("registry_url", "serves", "site", "instance_id"):
+    for option in ("registry_url", "serves", "site", "instance_id", "devices"):
         if getattr(args, option) is not None:
             worker[option] = getattr(args, option)
     overrides: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from dlhub.common.messages import Dispatch, ErrorInfo, Register, Result, Timings
 from dlhub.common.servable_store import METADATA_FILENAME, version_dir
 from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
 from dlhub.worker.bundles import BundleCache
+from dlhub.worker.devices import offered_devices
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.lanes import ServableLanes
@@ -83,6 +84,7 @@ def profile_of(settings: DLHubSettings) -> Register:
         instance_id=config.instance_id,
         executors=executors,
         serves=list(config.serves) if config.serves is not None else list(config.topics),
+        devices=offered_devices(config.devices),
     )
 
 
@@ -309,6 +311,7 @@ class WorkerService:
             if self._stopping.is_set():
                 return
             topics = served_topics(self.settings)
+            profile = await asyncio.to_thread(profile_of, self.settings)  # nvidia-smi may take a while
             self.handler = HandlerService(
                 bus=self.settings.bus,
                 codec=self.codec,
@@ -317,7 +320,7 @@ class WorkerService:
                 capacity=self.capacity,
                 handle=self.handle_counted,
                 max_tasks_per_topic=self.servable_max_tasks,
-                profile=profile_of(self.settings),
+                profile=profile,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
             self.handler.on_drain = self._hand_back_unstarted
@@ -325,6 +328,7 @@ class WorkerService:
                 "worker serving",
                 topics=topics,
                 site=self.settings.worker.site or None,
+                devices=profile.devices or None,
                 registry_url=self.settings.worker.registry_url,
                 capacity=self.capacity,
                 servable_max_tasks=self.servable_max_tasks,

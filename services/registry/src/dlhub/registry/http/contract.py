@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from dlhub.common.ids import DEVICE_KIND_PATTERN
 from dlhub.common.payloads import BuildState, FacetName, FileEntry, Kind, SortField, SortOrder, TablePreview
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.auth import PRINCIPAL_PATTERN
@@ -259,6 +260,45 @@ class DeprecateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = None
 
 
+DeviceKind = Annotated[str, Meta(pattern=DEVICE_KIND_PATTERN)]
+
+
+class ServablePlacement(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where a servable runs (docs/task-managers.md, "Placement"); every field optional."""
+
+    site: (
+        Annotated[
+            str,
+            Meta(min_length=1, max_length=200, description="Only Task Managers with this site (worker.site)"),
+        ]
+        | UnsetType
+    ) = UNSET
+    devices: (
+        Annotated[
+            dict[DeviceKind, Annotated[int, Meta(ge=1, le=64)]],
+            Meta(
+                min_length=1,
+                max_length=8,
+                description='Devices needed by kind, with how many ({"gpu": 1}); only Task Managers offering '
+                "that many (worker.devices) run it",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    replicas: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=1000,
+                description="Spread over at most this many eligible Task Managers, the same ones while they "
+                "stay registered (they keep its executors warm)",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
 class PublicationServable(Struct, kw_only=True):
     type: Annotated[str, Meta(description="'pipeline' for a pipeline")] | UnsetType = UNSET
     steps: (
@@ -268,6 +308,7 @@ class PublicationServable(Struct, kw_only=True):
         ]
         | UnsetType
     ) = UNSET
+    placement: ServablePlacement | UnsetType = UNSET
 
 
 class PublicationDocument(Struct, kw_only=True):
@@ -437,6 +478,10 @@ class Servable(Struct, kw_only=True):
     last_verification: Annotated[
         LastVerification | None,
         Meta(description="The latest run of its test vectors (null: none declared, or not run since stored)"),
+    ] = None
+    placement: Annotated[
+        ServablePlacement | None,
+        Meta(description="Its servable.placement: site, devices, replicas (null: runs on any Task Manager)"),
     ] = None
 
 
@@ -640,6 +685,9 @@ class HandlerStats(Struct, kw_only=True):
     serves: Annotated[list[str], Meta(description="Servable name patterns it serves (owner/name globs)")] = (
         msgspec.field(default_factory=list)
     )
+    devices: Annotated[
+        list[str], Meta(description="Devices a Task Manager offers servables, kind:id (gpu:0)")
+    ] = msgspec.field(default_factory=list)
 
 
 class BrokerStats(Struct, kw_only=True):

@@ -43,6 +43,7 @@ async def health(request: web.Request) -> web.Response:
                 instance_id=h.instance_id,
                 executors=h.executors,
                 serves=h.serves,
+                devices=h.devices,
             )
             for h in stats.handlers
         ]

@@ -25,6 +25,7 @@ from dlhub.registry.http.contract import (
     PublishAccepted,
     Servable,
     ServableList,
+    ServablePlacement,
     ServablesQuery,
     ServableSummary,
     VectorCheck,
@@ -38,6 +39,7 @@ from dlhub.registry.http.response import json_response
 from dlhub.registry.metadata import title_of
 from dlhub.registry.packages import detect_format
 from dlhub.registry.pipelines import PIPELINE_TYPE, is_pipeline
+from dlhub.registry.placement import placement_block
 from dlhub.registry.servables import newest_live
 from dlhub.registry.store import StoredVerification, VersionRecord
 from dlhub.registry.urls import task_url
@@ -118,7 +120,13 @@ def describe(
         used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users[0]],
         used_by_truncated=UNSET if users is None else users[1],
         last_verification=None if verification is None else last_verification(verification),
+        placement=_placement(record.metadata),
     )
+
+
+def _placement(metadata: dict[str, Any]) -> ServablePlacement | None:
+    block = placement_block(metadata)
+    return msgspec.convert(block, ServablePlacement) if block else None
 
 
 def last_verification(verification: StoredVerification) -> LastVerification:
