@@ -61,7 +61,7 @@ from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reaso
 log = get_logger(__name__)
 USED_BY_SHOWN: Final = 100
 """Servables listed in a dataset's describe (``used_by``); ``used_by_truncated`` says when there are more."""
-USED_BY_SCANNED: Final = 500
+USED_BY_SCANNED: Final = 250
 """Linking versions read for one describe (every version of each linking servable counts)."""
 
 BUILD_MARGIN_S = 120.0

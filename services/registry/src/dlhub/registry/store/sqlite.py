@@ -493,11 +493,16 @@ class SQLiteMetadataStore(MetadataStore):
             return []
         marks = ", ".join("?" for _ in targets)
         columns = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
+        # The keys first, limited, then their rows: DISTINCT and ORDER BY over whole rows (metadata
+        # included) made a dataset named by 10,000 servables cost ~150 ms per describe.
         rows = await self.db.execute_fetchall(
-            f"SELECT DISTINCT {columns} FROM version_links l JOIN versions v "
-            "ON v.owner = l.owner AND v.name = l.name AND v.version = l.version "
-            f"WHERE l.target IN ({marks}) AND v.status != 'deleted' "
-            "ORDER BY v.owner, v.name, v.version LIMIT ?",
+            f"SELECT {columns} FROM versions v JOIN ("
+            "SELECT DISTINCT l.owner, l.name, l.version FROM version_links l JOIN versions k "
+            "ON k.owner = l.owner AND k.name = l.name AND k.version = l.version "
+            f"WHERE l.target IN ({marks}) AND k.status != 'deleted' "
+            "ORDER BY l.owner, l.name, l.version LIMIT ?"
+            ") AS keys ON v.owner = keys.owner AND v.name = keys.name AND v.version = keys.version "
+            "ORDER BY v.owner, v.name, v.version",
             (*targets, limit),
         )
         return [_version_from_row(row) for row in rows]
