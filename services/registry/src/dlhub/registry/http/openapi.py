@@ -341,7 +341,26 @@ def _blob_paths() -> dict[str, Any]:
                 },
             },
         },
+        "/packages/{sha256}/files/{path}": {
+            "parameters": [_PACKAGE_SHA256, _FILE_PATH],
+            "get": {
+                "operationId": "downloadPackageFile",
+                "summary": "One file of a stored package through a signed URL (what a dataset job over files "
+                "hands workers); no token needed",
+                "security": [{}],
+                "parameters": [*_query(c.BlobContentQuery), *_DOWNLOAD_PARAMS],
+                "responses": {
+                    **_download_responses("The file (Content-Type guessed from its name)", {"*/*": _BINARY}),
+                    "403": _error("Missing, invalid or expired signature"),
+                },
+            },
+        },
     }
+
+
+_PACKAGE_SHA256 = _param(
+    "sha256", "path", {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "The package's sha256"
+)
 
 
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
