@@ -110,13 +110,17 @@ class ApplyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         JobOver,
         msgspec.Meta(description="rows: each row of one tabular file; files: each file, as a file input"),
     ] = "rows"
-    files: Annotated[
-        str | None,
-        msgspec.Meta(
-            max_length=1024,
-            description="over files: a glob selecting them (`*.png`, `images/**/*.png`); default all files",
-        ),
-    ] = None
+    files: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=1024,
+                description="over files: a glob selecting them (`*.png`, `images/**/*.png`); default all",
+            ),
+        ]
+        | None
+    ) = None
     file: Annotated[
         str | None,
         msgspec.Meta(description="the tabular file (CSV, TSV, JSON lines); default: the dataset's only one"),
