@@ -57,7 +57,7 @@ def not_files(text):
     return text
 """
 FILE = {"type": "file"}
-SERVABLES = {
+SERVABLES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "one": ("one", FILE, {"type": "integer"}),
     "many": ("many", {"type": "list", "item_type": FILE}, {"type": "list", "item_type": {"type": "integer"}}),
     "slow": ("slow_many", {"type": "list", "item_type": FILE}, {"type": "list"}),

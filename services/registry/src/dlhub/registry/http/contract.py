@@ -482,7 +482,9 @@ class JobAccepted(Struct, kw_only=True):
     over: Literal["rows", "files"]
     file: Annotated[str | None, Meta(description="over rows: the tabular file read")]
     files: Annotated[str | None, Meta(description="over files: the glob given (null: every file)")]
-    total: Annotated[int | None, Meta(ge=0, description="over files: how many files were selected")]
+    total: Annotated[
+        Annotated[int, Meta(ge=0)] | None, Meta(description="over files: how many files were selected")
+    ]
     servable: Annotated[str, Meta(description="the servable or pipeline version run, owner/name@version")]
     mode: Literal["batch", "row"]
     columns: Annotated[list[str], Meta(description="over rows: the columns each row passes")]
