@@ -1,4 +1,5 @@
-"""Dataset jobs: a servable (or pipeline) applied to every row of a dataset's tabular file.
+"""Dataset jobs: a servable (or pipeline) applied to every row of a dataset's tabular file, or to each of
+its files (``over: files``).
 
 ``POST .../apply`` checks the request (the dataset, the servable, the method, the file, the columns) and
 answers 202 with a task of kind ``job``; a background coroutine then drives it:
@@ -21,6 +22,12 @@ answers 202 with a task of kind ``job``; a background coroutine then drives it:
 - Done, the results file is published as a new dataset version owned by the caller, linked to both inputs
   (``dlhub.derived_from``: the dataset, ``IsDerivedFrom``; ``dlhub.generated_by``: the servable,
   ``IsCompiledBy``), through the normal publish and build path; the task completes once it is ready.
+
+Over files (``over: files``), the items are the version's files a glob selects (``dataset_files``), in path
+order; each is passed as a file input, ``{"url": ...}`` signed for this registry's package-file download at
+each attempt, so the worker fetches it as any file input and the bytes stream out of the stored package (no
+copy). The input type must be ``file`` (one per call) or a ``list`` of ``file`` (``batch_files`` per call);
+chunks, bisection, progress and the output are the rows' machinery, and each results line adds ``path``.
 
 A registry that restarts does not resume its jobs: ``fail_orphans`` ends them ``registry_restarted``, their
 results file kept. Cancelling (``cancel``) stops a job between calls and ends it ``failed`` with

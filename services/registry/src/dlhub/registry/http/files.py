@@ -156,12 +156,12 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 async def get_signed_package_file(request: web.Request) -> web.StreamResponse:
     """GET /packages/{sha256}/files/{path}?expires=&sig=: one file of a stored package, for whoever holds
     the signed URL a dataset job handed a worker (no token; ``dataset_files``)."""
-    raw_path = request.rel_url.raw_path
-    raw_tail = raw_path[raw_path.find(FILES_MARKER) + len(FILES_MARKER) :]
-    path = check_request_path(request.match_info["path"], raw_tail)
-    sha256 = request.match_info["sha256"]
+    sha256, path = request.match_info["sha256"], request.match_info["path"]
     signer = PackageFileSigner(blob_store(request.app[SETTINGS]))
+    # The signature first: without one nothing about the package, not even a path's validity, is answered.
     signer.check(sha256, path, request.query.get("expires"), request.query.get("sig"))
+    raw_path = request.rel_url.raw_path
+    check_request_path(path, raw_path[raw_path.find(FILES_MARKER) + len(FILES_MARKER) :])
     indexed = await request.app[FILES].indexed(sha256)
     entry = indexed.find(path)
     download = Download(

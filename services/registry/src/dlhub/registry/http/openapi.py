@@ -625,8 +625,9 @@ def _run_paths() -> dict[str, Any]:
 
 _APPLY_NOTE = (
     "Starts a dataset job: the servable or pipeline named in the body runs over every row of one tabular "
-    "file of this dataset, in batches through the broker; GET /tasks/{task_id} shows its progress, and when "
-    "it is done its output: a new dataset of the caller's, linked to both inputs. Needs a token."
+    "file of this dataset (or, with over: files, over each of its files a glob selects, each passed as a "
+    "file input), in batches through the broker; GET /tasks/{task_id} shows its progress, and when it is "
+    "done its output: a new dataset of the caller's, linked to both inputs. Needs a token."
 )
 _APPLY_RESPONSES: Final = {
     "202": _response("The job's task", _ref(c.JobAccepted)),
@@ -643,7 +644,7 @@ def _job_paths() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "post": {
                 "operationId": "applyToDataset",
-                "summary": "Apply a servable to every row of the dataset's newest ready version",
+                "summary": "Apply a servable to every row (or file) of the dataset's newest ready version",
                 "description": _APPLY_NOTE,
                 "security": _SECURED,
                 "requestBody": apply_body,
@@ -654,7 +655,7 @@ def _job_paths() -> dict[str, Any]:
             "parameters": [OWNER, NAME, VERSION],
             "post": {
                 "operationId": "applyToDatasetVersion",
-                "summary": "Apply a servable to every row of a pinned dataset version",
+                "summary": "Apply a servable to every row (or file) of a pinned dataset version",
                 "description": _APPLY_NOTE,
                 "security": _SECURED,
                 "requestBody": apply_body,
