@@ -203,6 +203,8 @@ def test_bad_file_job_requests_are_refused_typed(
         ({"servable": one, "over": "files", "file": "README.md"}, "file"),
         ({"servable": one, "over": "files", "mode": "batch"}, "mode"),
         ({"servable": one, "files": "*.txt"}, "files"),
+        ({"servable": one, "over": "files", "batch_files": 10**6}, "batch_files"),
+        ({"servable": one, "over": "files", "batch_files": 0}, "batch_files"),
     ]
     for body, field in cases:
         reply = apply(body)

@@ -348,10 +348,11 @@ class DatasetJobs:
         if caller.user is None:
             raise Unauthorized("a dataset job publishes its output as the caller's dataset: it needs a token")
         self._runs.check_may_run(caller)
-        if body.batch_rows > self._config.job_max_batch_rows:
-            raise ValidationFailed(
-                f"batch_rows may be at most {self._config.job_max_batch_rows}", field="batch_rows"
-            )
+        for size, field_name in ((body.batch_rows, "batch_rows"), (body.batch_files, "batch_files")):
+            if size > self._config.job_max_batch_rows:
+                raise ValidationFailed(
+                    f"{field_name} may be at most {self._config.job_max_batch_rows}", field=field_name
+                )
         dataset = await self._servables.runnable(caller, owner, name, version)
         if not is_dataset(dataset.metadata):
             raise ValidationFailed(f"{dataset.label} is not a dataset", field="dataset")
@@ -383,8 +384,8 @@ class DatasetJobs:
         )
         input_type = methods[body.method].get("input")
         if body.over == "files":
-            plan.pattern, plan.selected = body.files, select_files(plan.package, body.files)
             plan.mapping = file_mapping(input_type, body.mode, body.method, servable.label)
+            plan.pattern, plan.selected = body.files, select_files(plan.package, body.files)
             plan.batch_items = body.batch_files
         else:
             await _plan_rows(plan, body, input_type)
