@@ -8,8 +8,9 @@ servable published here, so the run and describe operations reach the servable i
 
 Nothing is excluded: every operation runs, under every check (the JUnit report is checked for each). The
 deletes (``deleteServable``, ``deleteVersion``) get a servable of their own, so they cannot remove the one the
-other operations use. ``GET /blobs/{blob_id}/content`` answers only 403 here: it needs a signature the
-registry itself issues (a file input's URL), which a schema-driven fuzzer cannot forge, as intended.
+other operations use. ``GET /blobs/{blob_id}/content`` and ``GET /packages/{sha256}/files/{path}`` answer
+only 403 here: they need a signature the registry itself issues (a file input's URL, a dataset job's file),
+which a schema-driven fuzzer cannot forge, as intended.
 """
 
 from __future__ import annotations

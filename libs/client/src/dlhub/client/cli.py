@@ -1188,12 +1188,21 @@ def status(ctx: click.Context, task_id: str, wait: bool) -> None:
 @main.command()
 @click.argument("dataset")
 @click.argument("servable")
+@click.option(
+    "--over",
+    type=click.Choice(["rows", "files"]),
+    default="rows",
+    show_default=True,
+    help="rows: each row of one tabular file; files: each file, passed as a file input.",
+)
+@click.option("--files", "files_glob", metavar="GLOB", help="--over files: the files (default: all).")
 @click.option("--file", "file_path", metavar="PATH", help="The tabular file (default: its only one).")
 @click.option("--column", "columns", multiple=True, help="A column each row passes, in order (repeatable).")
 @click.option("--method", default="run", show_default=True)
 @click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
 @click.option("--mode", type=click.Choice(["batch", "row"]), default=None, help="Default: by the input type.")
 @click.option("--batch-rows", default=500, show_default=True, help="Rows per call (batch mode).")
+@click.option("--batch-files", type=int, default=None, help="--over files: files per call (batch mode).")
 @click.option("--output-name", default=None, help="Name of the output dataset (default DATASET-SERVABLE).")
 @click.option("--wait", is_flag=True, help="Show the progress until the job ends; exit 1 unless completed.")
 @click.option("--timeout-s", default=3600.0, show_default=True, help="With --wait: how long to wait.")
@@ -1202,19 +1211,22 @@ def apply(
     ctx: click.Context,
     dataset: str,
     servable: str,
+    over: str,
+    files_glob: str | None,
     file_path: str | None,
     columns: tuple[str, ...],
     method: str,
     params: tuple[str, ...],
     mode: str | None,
     batch_rows: int,
+    batch_files: int | None,
     output_name: str | None,
     wait: bool,
     timeout_s: float,
 ) -> None:
-    """Apply SERVABLE (owner/name[@version], a pipeline too) to every row of DATASET's tabular file as an
-    asynchronous job; the results become your dataset, linked to both. Prints the task (with --wait, the
-    progress, then the ended task)."""
+    """Apply SERVABLE (owner/name[@version], a pipeline too) to every row of DATASET's tabular file (or,
+    with --over files, to each of its files) as an asynchronous job; the results become your dataset,
+    linked to both. Prints the task (with --wait, the progress, then the ended task)."""
     with _client(ctx) as client:
         handle = client.apply(
             dataset,
@@ -1226,19 +1238,22 @@ def apply(
             mode=mode,
             batch_rows=batch_rows,
             output_name=output_name,
+            over=over,
+            files=files_glob,
+            batch_files=batch_files,
         )
         if not wait:
             _print_json(client.status(handle.task_id))
             return
-        record = _follow_job(client, handle.task_id, timeout_s)
+        record = _follow_job(client, handle.task_id, timeout_s, unit=over)
     _print_json(record)
     if record["state"] != "completed":
         sys.exit(1)
 
 
-def _follow_job(client: DLHubClient, task_id: str, timeout_s: float) -> dict[str, Any]:
-    """Poll the job, showing ``done/total rows (failed)`` on stderr (one live line on a terminal, a line per
-    change otherwise), until it ends."""
+def _follow_job(client: DLHubClient, task_id: str, timeout_s: float, unit: str = "rows") -> dict[str, Any]:
+    """Poll the job, showing ``done/total rows (failed)`` (or ``files``) on stderr (one live line on a
+    terminal, a line per change otherwise), until it ends."""
     deadline = time.monotonic() + timeout_s
     shown = ""
     live = err_console.is_terminal
@@ -1247,7 +1262,7 @@ def _follow_job(client: DLHubClient, task_id: str, timeout_s: float) -> dict[str
         progress = record.get("progress") or {}
         total = progress.get("total")
         line = (
-            f"{task_id}: {record['state']} {progress.get('done', 0)}/{'?' if total is None else total} rows"
+            f"{task_id}: {record['state']} {progress.get('done', 0)}/{'?' if total is None else total} {unit}"
             f" ({progress.get('failed', 0)} failed)"
         )
         if line != shown:

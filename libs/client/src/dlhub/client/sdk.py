@@ -802,13 +802,25 @@ class DLHubClient:
         batch_rows: int = 500,
         output_name: str | None = None,
         visible_to: Sequence[str] | None = None,
+        over: str = "rows",
+        files: str | None = None,
+        batch_files: int | None = None,
     ) -> TaskHandle:
         """Run ``servable`` (``owner/name[@version]``, a pipeline too) over every row of ``dataset``'s
         tabular ``file`` (default: its only one) as an asynchronous job; ``handle.progress()`` counts the
         rows, ``handle.result()`` is ``{"dataset": "<you>/<output>@<v>", "failed", "failures", ...}``: the
-        results, published as your dataset linked to both inputs (docs/api.md, Dataset jobs)."""
-        body: dict[str, Any] = {"servable": servable, "method": method, "batch_rows": batch_rows}
+        results, published as your dataset linked to both inputs (docs/api.md, Dataset jobs).
+
+        ``over="files"``: each file of the dataset (those matching the glob ``files``, e.g. ``"*.png"``)
+        is passed to the servable as a file input instead, ``batch_files`` per call when it takes a list
+        of files; each results line then also names the file's ``path``."""
+        body: dict[str, Any] = {"servable": servable, "method": method}
+        body["over"] = over
+        if over == "rows":
+            body["batch_rows"] = batch_rows
         optional = {
+            "files": files,
+            "batch_files": batch_files,
             "parameters": dict(parameters) if parameters is not None else None,
             "file": file,
             "columns": list(columns) if columns is not None else None,

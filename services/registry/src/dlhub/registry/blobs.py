@@ -90,7 +90,7 @@ class BlobStore:
 
     # -- signing -----------------------------------------------------------------------------------------
 
-    def _signing_key(self) -> bytes:
+    def signing_key(self) -> bytes:
         """The HMAC key, created once (0600) and shared by every registry using this data directory."""
         if self._key is None:
             path = self.root / KEY_FILENAME
@@ -107,7 +107,7 @@ class BlobStore:
 
     def signature(self, blob_id: str, expires_s: int) -> str:
         message = f"{blob_id}\n{expires_s}".encode()
-        return hmac.new(self._signing_key(), message, hashlib.sha256).hexdigest()
+        return hmac.new(self.signing_key(), message, hashlib.sha256).hexdigest()
 
     def check_signature(self, blob_id: str, expires: str | None, sig: str | None) -> None:
         """403 unless ``sig`` signs ``blob_id`` until ``expires`` and that time has not passed."""

@@ -1,4 +1,5 @@
-"""Dataset jobs: a servable (or pipeline) applied to every row of a dataset's tabular file.
+"""Dataset jobs: a servable (or pipeline) applied to every row of a dataset's tabular file, or to each of
+its files (``over: files``).
 
 ``POST .../apply`` checks the request (the dataset, the servable, the method, the file, the columns) and
 answers 202 with a task of kind ``job``; a background coroutine then drives it:
@@ -22,6 +23,12 @@ answers 202 with a task of kind ``job``; a background coroutine then drives it:
   (``dlhub.derived_from``: the dataset, ``IsDerivedFrom``; ``dlhub.generated_by``: the servable,
   ``IsCompiledBy``), through the normal publish and build path; the task completes once it is ready.
 
+Over files (``over: files``), the items are the version's files a glob selects (``dataset_files``), in path
+order; each is passed as a file input, ``{"url": ...}`` signed for this registry's package-file download at
+each attempt, so the worker fetches it as any file input and the bytes stream out of the stored package (no
+copy). The input type must be ``file`` (one per call) or a ``list`` of ``file`` (``batch_files`` per call);
+chunks, bisection, progress and the output are the rows' machinery, and each results line adds ``path``.
+
 A registry that restarts does not resume its jobs: ``fail_orphans`` ends them ``registry_restarted``, their
 results file kept. Cancelling (``cancel``) stops a job between calls and ends it ``failed`` with
 ``error.type`` ``cancelled``.
@@ -36,7 +43,7 @@ import datetime as dt
 import io
 import tarfile
 import time
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal
@@ -57,12 +64,15 @@ from dlhub.common.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from dlhub.common.filerefs import type_name
 from dlhub.common.ids import NAME_RE, new_id
 from dlhub.common.logging import get_logger
 from dlhub.common.messages import Result
 from dlhub.registry.auth import Caller
 from dlhub.registry.background import BackgroundTasks
-from dlhub.registry.dataset_rows import Row, RowReader, tabular_format
+from dlhub.registry.blobs import blob_store, internal_base_url
+from dlhub.registry.dataset_files import PackageFileSigner, select_files
+from dlhub.registry.dataset_rows import Row, RowReader, TabularFormat, tabular_format
 from dlhub.registry.datasets import is_dataset
 from dlhub.registry.outcomes import error_dict
 from dlhub.registry.package_files import FileEntry, IndexedPackage, PackageFiles
@@ -82,8 +92,10 @@ ROW_MODE_CONCURRENCY: Final = 32
 """Calls of one row each that one job awaits at once (row mode)."""
 BUILD_POLL_S: Final = 0.25
 DEFAULT_BATCH_ROWS: Final = 500
+DEFAULT_BATCH_FILES: Final = 16
 
 JobMode = Literal["batch", "row"]
+JobOver = Literal["rows", "files"]
 RowShape = Literal["dict", "list", "value"]
 _VECTOR_TYPES: Final = frozenset({"list", "ndarray", "tuple"})
 _SCALAR_TYPES: Final = frozenset({"float", "integer", "number", "string", "boolean", "complex"})
@@ -101,6 +113,21 @@ class ApplyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ]
     method: str = "run"
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    over: Annotated[
+        JobOver,
+        msgspec.Meta(description="rows: each row of one tabular file; files: each file, as a file input"),
+    ] = "rows"
+    files: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=1024,
+                description="over files: a glob selecting them (`*.png`, `images/**/*.png`); default all",
+            ),
+        ]
+        | None
+    ) = None
     file: Annotated[
         str | None,
         msgspec.Meta(description="the tabular file (CSV, TSV, JSON lines); default: the dataset's only one"),
@@ -117,6 +144,9 @@ class ApplyRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         msgspec.Meta(description="batch: a call takes a list of rows; row: one row. Default: by input type"),
     ] = None
     batch_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = DEFAULT_BATCH_ROWS
+    batch_files: Annotated[
+        int, msgspec.Meta(ge=1, le=1_000_000, description="over files, batch mode: files per call")
+    ] = DEFAULT_BATCH_FILES
     output_name: Annotated[
         str | None, msgspec.Meta(description="name of the output dataset; default <dataset>-<servable>")
     ] = None
@@ -161,6 +191,36 @@ def input_mapping(input_type: Any, requested: JobMode | None, columns: int) -> M
     return derived
 
 
+def file_mapping(input_type: Any, requested: JobMode | None, method: str, label: str) -> Mapping:
+    """How files become inputs (``over: files``): a method taking a ``file`` gets one per call, one taking
+    a ``list`` of ``file`` a batch; any other input type cannot take a file reference (400 ``over``)."""
+    kind = type_name(input_type)
+    item = type_name(input_type.get("item_type")) if isinstance(input_type, dict) else None
+    if kind == "file":
+        derived = Mapping("row", "value")
+    elif kind == "list" and item == "file":
+        derived = Mapping("batch", "value")
+    else:
+        takes = f"{kind!r}" + (f" of {item!r}" if item else "") if kind else "an undeclared input type"
+        raise ValidationFailed(
+            f"over files passes each file as a file input, but method {method!r} of {label} takes {takes}: "
+            "it needs an input of type 'file' or a 'list' of 'file'",
+            field="over",
+        )
+    if requested is not None and requested != derived.mode:
+        takes = "a list of files" if derived.mode == "batch" else "one file"
+        raise ValidationFailed(f"the method's input type takes {takes} per call", field="mode")
+    return derived
+
+
+@dataclass(frozen=True, slots=True)
+class FileItem:
+    """One selected file of a per-file job: its index in the selection (sorted by path) and its entry."""
+
+    index: int
+    entry: FileEntry
+
+
 @dataclass(slots=True)
 class JobPlan:
     caller: Caller
@@ -169,14 +229,21 @@ class JobPlan:
     method: str
     parameters: dict[str, Any]
     package: IndexedPackage
-    entry: FileEntry
-    fmt: Literal["csv", "tsv", "jsonl"]
-    columns: list[str]
-    mapping: Mapping
-    batch_rows: int
     output_name: str
     visible_to: list[str]
-    calls: asyncio.Semaphore
+    over: JobOver = "rows"
+    mapping: Mapping = Mapping("row", "dict")
+    batch_items: int = DEFAULT_BATCH_ROWS
+    """Rows or files per chunk read (and per call in batch mode)."""
+    calls: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
+    entry: FileEntry | None = None
+    """over rows: the tabular file."""
+    fmt: TabularFormat | None = None
+    columns: list[str] = field(default_factory=list)
+    pattern: str | None = None
+    """over files: the glob given (None: every file)."""
+    selected: list[FileEntry] = field(default_factory=list)
+    """over files: the files, sorted by path."""
 
     def shape(self, row: dict[str, Any]) -> Any:
         if self.mapping.shape == "dict":
@@ -187,6 +254,7 @@ class JobPlan:
 
     def rows(self) -> Generator[bytes]:
         """The file's bytes in chunks (blocking: opened and read in the thread iterating it)."""
+        assert self.entry is not None
         stream = self.package.open(self.entry, 0, self.entry.size)
         try:
             yield from stream
@@ -199,11 +267,19 @@ class RowOutcome:
     index: int
     output: Any = None
     error: dict[str, Any] | None = None
+    path: str | None = None
+    """over files: the file's path in the dataset."""
+
+    def line(self) -> dict[str, Any]:
+        """Its results line: ``index`` (and ``path`` for a file), ``output``, ``error``."""
+        where = {"index": self.index} | ({"path": self.path} if self.path is not None else {})
+        return where | {"output": self.output, "error": self.error}
 
 
 @dataclass(slots=True)
 class JobState:
     task: TaskRecord
+    unit: JobOver = "rows"
     total: int | None = None
     done: int = 0
     failed: int = 0
@@ -259,7 +335,7 @@ class DatasetJobs:
             timeout_s=self._config.job_batch_timeout_s,
             progress={"done": 0, "total": None, "failed": 0, "bytes": 0},
         )
-        state = JobState(task)
+        state = JobState(task, unit=plan.over)
         self._tasks.driving.add(task.task_id)
         driver = self._background.spawn(self._run(plan, state), name=f"job {task.task_id}")
         self._running[task.task_id] = (state, driver)
@@ -272,10 +348,11 @@ class DatasetJobs:
         if caller.user is None:
             raise Unauthorized("a dataset job publishes its output as the caller's dataset: it needs a token")
         self._runs.check_may_run(caller)
-        if body.batch_rows > self._config.job_max_batch_rows:
-            raise ValidationFailed(
-                f"batch_rows may be at most {self._config.job_max_batch_rows}", field="batch_rows"
-            )
+        for size, field_name in ((body.batch_rows, "batch_rows"), (body.batch_files, "batch_files")):
+            if size > self._config.job_max_batch_rows:
+                raise ValidationFailed(
+                    f"{field_name} may be at most {self._config.job_max_batch_rows}", field=field_name
+                )
         dataset = await self._servables.runnable(caller, owner, name, version)
         if not is_dataset(dataset.metadata):
             raise ValidationFailed(f"{dataset.label} is not a dataset", field="dataset")
@@ -289,33 +366,34 @@ class DatasetJobs:
         output_name = body.output_name or f"{dataset.name}-{servable.name}"[:128]
         if not NAME_RE.fullmatch(output_name):
             raise ValidationFailed(f"invalid output_name {output_name!r}", field="output_name")
+        _check_over(body)
         if not dataset.package_sha256:
-            raise ValidationFailed(f"{dataset.label} has no files", field="file")
-        package = await self._files.indexed(dataset.package_sha256)
-        entry = _pick_file(package, body.file)
-        fmt = tabular_format(entry.path)
-        assert fmt is not None  # _pick_file takes tabular files only
-        header = await asyncio.to_thread(_header, package, entry, fmt)
-        columns = _pick_columns(header, body.columns)
-        mapping = input_mapping(methods[body.method].get("input"), body.mode, len(columns))
-        batch = mapping.mode == "batch"
-        concurrency = self._config.job_max_inflight_batches if batch else ROW_MODE_CONCURRENCY
-        return JobPlan(
+            raise ValidationFailed(
+                f"{dataset.label} has no files", field="files" if body.over == "files" else "file"
+            )
+        plan = JobPlan(
             caller=caller,
             dataset=dataset,
             servable=servable,
             method=body.method,
             parameters=body.parameters,
-            package=package,
-            entry=entry,
-            fmt=fmt,
-            columns=columns,
-            mapping=mapping,
-            batch_rows=body.batch_rows,
+            package=await self._files.indexed(dataset.package_sha256),
             output_name=output_name,
             visible_to=body.visible_to if body.visible_to is not None else [f"user:{caller.user}"],
-            calls=asyncio.Semaphore(concurrency),
+            over=body.over,
         )
+        input_type = methods[body.method].get("input")
+        if body.over == "files":
+            plan.mapping = file_mapping(input_type, body.mode, body.method, servable.label)
+            plan.pattern, plan.selected = body.files, select_files(plan.package, body.files)
+            plan.batch_items = body.batch_files
+        else:
+            await _plan_rows(plan, body, input_type)
+        batch = plan.mapping.mode == "batch"
+        plan.calls = asyncio.Semaphore(
+            self._config.job_max_inflight_batches if batch else ROW_MODE_CONCURRENCY
+        )
+        return plan
 
     # -- driving a job ----------------------------------------------------------------------------------
 
@@ -348,8 +426,11 @@ class DatasetJobs:
         log.info("dataset job ended", task_id=task_id, state=state.task.state, done=state.done)
 
     async def _drive(self, plan: JobPlan, state: JobState) -> bytes | None:
-        """Run every row; publish the results; return the task output (None when stopped)."""
-        state.total = await asyncio.to_thread(lambda: RowReader(plan.rows(), plan.fmt).count())
+        """Run every row or file; publish the results; return the task output (None when stopped)."""
+        if plan.over == "files":
+            state.total = len(plan.selected)
+        else:
+            state.total = await asyncio.to_thread(lambda: RowReader(plan.rows(), _fmt(plan)).count())
         state.task = await self._tasks.progress(
             state.task, state.progress(), timeout_s=self._config.job_batch_timeout_s
         )
@@ -357,7 +438,10 @@ class DatasetJobs:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.results_path(state.task.task_id).open("wb") as out:
-                await self._run_rows(plan, state, out)
+                if plan.over == "files":
+                    await self._run_chunks(plan, state, out, _file_chunks(plan))
+                else:
+                    await self._run_rows(plan, state, out)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
@@ -370,21 +454,41 @@ class DatasetJobs:
 
     async def _run_rows(self, plan: JobPlan, state: JobState, out: IO[bytes]) -> None:
         chunks = plan.rows()
-        reader = await asyncio.to_thread(RowReader, chunks, plan.fmt)
+        try:
+            reader = await asyncio.to_thread(RowReader, chunks, _fmt(plan))
+
+            async def rows() -> AsyncGenerator[list[Item]]:
+                while taken := await asyncio.to_thread(reader.take, plan.batch_items):
+                    yield list(taken)
+
+            source = rows()
+            try:
+                await self._run_chunks(plan, state, out, source)
+            finally:
+                await source.aclose()
+        finally:
+            await asyncio.to_thread(chunks.close)
+
+    async def _run_chunks(
+        self, plan: JobPlan, state: JobState, out: IO[bytes], source: AsyncIterator[list[Item]]
+    ) -> None:
+        """Send the chunks of ``source`` (at most ``job_max_inflight_batches`` awaited at once) and write
+        their outcomes in order, until the source ends or the job is stopped."""
         pending: collections.deque[asyncio.Task[list[RowOutcome]]] = collections.deque()
         limit = self._config.job_max_inflight_batches
         stop = asyncio.ensure_future(state.stop.wait())
         try:
-            while not state.stop.is_set():
-                rows = await asyncio.to_thread(reader.take, plan.batch_rows)
-                if not rows:
+            async for items in source:
+                if state.stop.is_set():
                     break
-                pending.append(asyncio.create_task(self._chunk(plan, rows)))
+                pending.append(asyncio.create_task(self._chunk(plan, items)))
                 while pending and (len(pending) >= limit or pending[0].done()):
                     await asyncio.wait([pending[0], stop], return_when=asyncio.FIRST_COMPLETED)
                     if state.stop.is_set():
                         break
                     await self._write(state, out, pending.popleft().result())
+                if state.stop.is_set():
+                    break
             while pending and not state.stop.is_set():
                 await asyncio.wait([pending[0], stop], return_when=asyncio.FIRST_COMPLETED)
                 if not state.stop.is_set():
@@ -394,38 +498,50 @@ class DatasetJobs:
             for chunk in pending:
                 chunk.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            await asyncio.to_thread(chunks.close)
 
-    async def _chunk(self, plan: JobPlan, rows: list[Row]) -> list[RowOutcome]:
-        """The outcome of each row, in order."""
-        unreadable = {row.index: row.error for row in rows if row.cells is None}
-        readable = [row for row in rows if row.cells is not None]
+    async def _chunk(self, plan: JobPlan, items: list[Item]) -> list[RowOutcome]:
+        """The outcome of each row or file, in order."""
+        unreadable = {i.index: i.error for i in items if isinstance(i, Row) and i.cells is None}
+        readable = [i for i in items if i.index not in unreadable]
         if plan.mapping.mode == "batch":
-            results = await self._call_rows(plan, readable) if readable else []
+            results = await self._call_items(plan, readable) if readable else []
         else:
-            parts = await asyncio.gather(*(self._call_rows(plan, [row]) for row in readable))
+            parts = await asyncio.gather(*(self._call_items(plan, [item]) for item in readable))
             results = [outcome for part in parts for outcome in part]
         for index, message in unreadable.items():
             results.append(RowOutcome(index, error={"type": ValidationFailed.code, "message": message}))
         results.sort(key=lambda outcome: outcome.index)
         return results
 
-    async def _call_rows(self, plan: JobPlan, rows: list[Row]) -> list[RowOutcome]:
-        """Outputs for ``rows`` (one call); a failed call is split in two, down to the single row."""
+    async def _call_items(self, plan: JobPlan, items: list[Item]) -> list[RowOutcome]:
+        """Outputs for ``items`` (one call); a failed call is split in two, down to the single item."""
         batch = plan.mapping.mode == "batch"
-        inputs = [plan.shape(r.cells or {}) for r in rows] if batch else plan.shape(rows[0].cells or {})
-        outputs, error = await self._call(plan, inputs, len(rows) if batch else 0)
+
+        def inputs() -> Any:  # built for each attempt: a file's signed URL is fresh however long it waited
+            return [self._input(plan, i) for i in items] if batch else self._input(plan, items[0])
+
+        outputs, error = await self._call(plan, inputs, len(items) if batch else 0)
         if outputs is not None:
-            return [RowOutcome(row.index, output) for row, output in zip(rows, outputs, strict=True)]
-        if len(rows) > 1:
-            middle = len(rows) // 2
-            return await self._call_rows(plan, rows[:middle]) + await self._call_rows(plan, rows[middle:])
-        return [RowOutcome(rows[0].index, error=error)]
+            return [
+                RowOutcome(i.index, output, path=_path(i)) for i, output in zip(items, outputs, strict=True)
+            ]
+        if len(items) > 1:
+            middle = len(items) // 2
+            return await self._call_items(plan, items[:middle]) + await self._call_items(plan, items[middle:])
+        return [RowOutcome(items[0].index, error=error, path=_path(items[0]))]
+
+    def _input(self, plan: JobPlan, item: Item) -> Any:
+        """A row's cells shaped for the method, or a file's reference: a URL signed for the worker."""
+        if isinstance(item, Row):
+            return plan.shape(item.cells or {})
+        signer = PackageFileSigner(blob_store(self._settings))
+        signed = signer.signed_path(plan.dataset.package_sha256, item.entry.path, self._config.blob_url_ttl_s)
+        return {"url": internal_base_url(self._settings) + signed}
 
     async def _call(
-        self, plan: JobPlan, inputs: Any, batch_size: int
+        self, plan: JobPlan, inputs: Callable[[], Any], batch_size: int
     ) -> tuple[list[Any] | None, dict[str, Any] | None]:
-        """(the outputs, one per row) or (None, the error of the call); job-level failures raise."""
+        """(the outputs, one per item) or (None, the error of the call); job-level failures raise."""
         try:
             result = await self._submit(plan, inputs)
         except ValidationFailed as exc:
@@ -444,17 +560,20 @@ class DatasetJobs:
             return [value], None
         if not hasattr(value, "__len__") or isinstance(value, str | bytes | dict) or len(value) != batch_size:
             got = len(value) if hasattr(value, "__len__") and not isinstance(value, str | bytes) else 1
-            message = f"the servable returned {got} outputs for a batch of {batch_size} rows"
+            unit = "files" if plan.over == "files" else "rows"
+            message = f"the servable returned {got} outputs for a batch of {batch_size} {unit}"
             return None, {"type": ValidationFailed.code, "message": message}
         return list(value), None
 
-    async def _submit(self, plan: JobPlan, inputs: Any) -> Result:
+    async def _submit(self, plan: JobPlan, inputs: Callable[[], Any]) -> Result:
         """One call through the broker, as a run; refusals are retried for ``job_batch_timeout_s``."""
         timeout_s = self._config.job_batch_timeout_s
-        body = RunRequest(inputs=inputs, parameters=plan.parameters, method=plan.method, timeout_s=timeout_s)
         give_up = time.monotonic() + timeout_s
         servable = plan.servable
         while True:
+            body = RunRequest(
+                inputs=inputs(), parameters=plan.parameters, method=plan.method, timeout_s=timeout_s
+            )
             submission = await self._runs.prepare_run(
                 plan.caller, servable.owner, servable.name, servable.version, body
             )
@@ -470,11 +589,12 @@ class DatasetJobs:
     async def _write(self, state: JobState, out: IO[bytes], outcomes: list[RowOutcome]) -> None:
         lines = []
         for outcome in outcomes:
-            lines.append(to_json({"index": outcome.index, "output": outcome.output, "error": outcome.error}))
+            line = outcome.line()
+            lines.append(to_json(line))
             if outcome.error is not None:
                 state.failed += 1
                 if len(state.failures) < self._config.job_max_failures_listed:
-                    state.failures.append({"index": outcome.index, "error": outcome.error})
+                    state.failures.append({k: v for k, v in line.items() if k != "output"})
         data = b"\n".join(lines) + b"\n"
         await asyncio.to_thread(_append, out, data)
         state.results_bytes += len(data)
@@ -519,13 +639,17 @@ class DatasetJobs:
             if build.state == "completed":
                 break
             await asyncio.sleep(BUILD_POLL_S)
+        over: dict[str, Any] = (
+            {"over": "files", "files": plan.pattern, "items": state.done}
+            if plan.over == "files"
+            else {"over": "rows", "file": _entry(plan).path, "rows": state.done, "items": state.done}
+        )
         return to_json(
             {
                 "dataset": record.label,
                 "source": plan.dataset.label,
-                "file": plan.entry.path,
                 "servable": plan.servable.label,
-                "rows": state.done,
+                **over,
                 "succeeded": state.done - state.failed,
                 "failed": state.failed,
                 "failures": state.failures,
@@ -589,6 +713,29 @@ class DatasetJobs:
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
+def _check_over(body: ApplyRequest) -> None:
+    """400 for the fields of the other kind of job (``file``, ``columns`` over files; ``files`` over rows)."""
+    if body.over == "files":
+        if body.file is not None:
+            raise ValidationFailed(
+                "file names the tabular file of a job over rows; over files use files", field="file"
+            )
+        if body.columns is not None:
+            raise ValidationFailed("columns apply to a job over rows, not over files", field="columns")
+    elif body.files is not None:
+        raise ValidationFailed('files selects the files of a job with "over": "files"', field="files")
+
+
+async def _plan_rows(plan: JobPlan, body: ApplyRequest, input_type: Any) -> None:
+    plan.entry = entry = _pick_file(plan.package, body.file)
+    plan.fmt = fmt = tabular_format(entry.path)
+    assert fmt is not None  # _pick_file takes tabular files only
+    header = await asyncio.to_thread(_header, plan.package, entry, fmt)
+    plan.columns = _pick_columns(header, body.columns)
+    plan.mapping = input_mapping(input_type, body.mode, len(plan.columns))
+    plan.batch_items = body.batch_rows
+
+
 def _pick_file(package: IndexedPackage, requested: str | None) -> FileEntry:
     if requested is not None:
         entry = package.find(requested)
@@ -604,7 +751,7 @@ def _pick_file(package: IndexedPackage, requested: str | None) -> FileEntry:
     return tabular[0]
 
 
-def _header(package: IndexedPackage, entry: FileEntry, fmt: Literal["csv", "tsv", "jsonl"]) -> list[str]:
+def _header(package: IndexedPackage, entry: FileEntry, fmt: TabularFormat) -> list[str]:
     stream = package.open(entry, 0, entry.size)
     try:
         return RowReader(iter(stream), fmt).columns
@@ -624,13 +771,33 @@ def _pick_columns(header: list[str], requested: list[str] | None) -> list[str]:
     return requested
 
 
+Item = Row | FileItem
+"""What a job runs over: a row of a tabular file, or a file."""
+
+
+def _path(item: Item) -> str | None:
+    return item.entry.path if isinstance(item, FileItem) else None
+
+
+def _fmt(plan: JobPlan) -> TabularFormat:
+    assert plan.fmt is not None  # over rows, set by _plan_rows
+    return plan.fmt
+
+
+async def _file_chunks(plan: JobPlan) -> AsyncIterator[list[Item]]:
+    """The selected files in chunks of ``batch_items``, indexed in selection order."""
+    for start in range(0, len(plan.selected), plan.batch_items):
+        part = plan.selected[start : start + plan.batch_items]
+        yield [FileItem(start + offset, entry) for offset, entry in enumerate(part)]
+
+
 def _append(out: IO[bytes], data: bytes) -> None:
     out.write(data)
     out.flush()
 
 
 def _partial_note(message: str, state: JobState) -> str:
-    return f"{message}; {state.done} of {state.total} rows done, kept in the task's results"
+    return f"{message}; {state.done} of {state.total} {state.unit} done, kept in the task's results"
 
 
 def _package(results: Path) -> bytes:
@@ -641,12 +808,25 @@ def _package(results: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _entry(plan: JobPlan) -> FileEntry:
+    assert plan.entry is not None  # over rows, set by _plan_rows
+    return plan.entry
+
+
 def _output_document(plan: JobPlan, state: JobState) -> dict[str, Any]:
     source, servable = plan.dataset.label, plan.servable.label
-    description = (
-        f"The outputs of {servable} (method {plan.method}) for each row of {plan.entry.path} in {source}: "
-        f"one JSON line per row with index, output and error ({state.failed} of {state.done} rows failed)."
-    )
+    if plan.over == "files":
+        selection = f"the files matching {plan.pattern}" if plan.pattern is not None else "the files"
+        description = (
+            f"The outputs of {servable} (method {plan.method}) for each of {selection} in {source}: one "
+            f"JSON line per file with index, path, output and error ({state.failed} of {state.done} failed)."
+        )
+    else:
+        description = (
+            f"The outputs of {servable} (method {plan.method}) for each row of {_entry(plan).path} in "
+            f"{source}: one JSON line per row with index, output and error ({state.failed} of {state.done} "
+            "rows failed)."
+        )
     return {
         "datacite": {
             "identifier": {"identifier": "10.datacite/placeholder", "identifierType": "DOI"},

@@ -6,7 +6,8 @@ has already replaced uploaded blobs by signed URLs on itself, so only URLs arriv
 (``worker.file_fetch_*``): http and https only, at most ``max_bytes`` per file (the download is aborted as
 soon as it passes the limit), ``timeout_s`` for the whole download of one file, at most ``max_redirects``
 redirects. A failure fails the task with ``file_fetch_failed`` naming the input path and the URL's host,
-never the full URL (it may carry a signature or credentials). The directory is removed after the call.
+never the full URL (it may carry a signature or credentials). The directory is removed after the call. One
+HTTP client per executor process serves every task (its cookies cleared after each).
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ class FileLimits:
         ]
 
 
+_clients: dict[int, httpx.Client] = {}
+
+
+def _shared_client(max_redirects: int) -> httpx.Client:
+    """One client per executor process, reused by every task: building one (its TLS context, the proxy
+    settings of the environment) costs tens of milliseconds, which a job of one small file per call paid
+    on every call; reuse also keeps connections to the registry alive between tasks."""
+    import httpx
+
+    client = _clients.get(max_redirects)
+    if client is None:
+        client = _clients[max_redirects] = httpx.Client(follow_redirects=True, max_redirects=max_redirects)
+    return client
+
+
 def _local_name(url: httpx.URL, response: httpx.Response, index: int) -> str:
     """``<n>-<name>``: the server's file name (Content-Disposition, else the URL's last segment), sanitised,
     so a model that looks at the extension sees it; the prefix keeps names unique within the task."""
@@ -91,13 +107,15 @@ class TaskFiles:
         if not has_files(description):
             return inputs
         try:
-            # Imported here: the executor also runs in servables' own environments, which need httpx only
-            # for file inputs.
-            import httpx
+            # httpx is imported there: the executor also runs in servables' own environments, which need it
+            # only for file inputs.
+            client = _shared_client(self.limits.max_redirects)
         except ImportError as exc:
             raise FileFetchFailed("file inputs need httpx in the servable's environment") from exc
-        with httpx.Client(follow_redirects=True, max_redirects=self.limits.max_redirects) as client:
+        try:
             return map_files(description, inputs, lambda path, value: self._fetch(client, path, value))
+        finally:
+            client.cookies.clear()  # nothing a server set during one task is sent with another's fetches
 
     def _target_dir(self) -> Path:
         if self._directory is None:

@@ -531,15 +531,20 @@ class JobAccepted(Struct, kw_only=True):
     status_url: str
     results_url: Annotated[str, Meta(description="the per-row results so far, as JSON lines")]
     dataset: Annotated[str, Meta(description="the dataset version read, owner/name@version")]
-    file: str
+    over: Literal["rows", "files"]
+    file: Annotated[str | None, Meta(description="over rows: the tabular file read")]
+    files: Annotated[str | None, Meta(description="over files: the glob given (null: every file)")]
+    total: Annotated[
+        Annotated[int, Meta(ge=0)] | None, Meta(description="over files: how many files were selected")
+    ]
     servable: Annotated[str, Meta(description="the servable or pipeline version run, owner/name@version")]
     mode: Literal["batch", "row"]
-    columns: list[str]
+    columns: Annotated[list[str], Meta(description="over rows: the columns each row passes")]
 
 
 class JobProgress(Struct, kw_only=True):
-    """A dataset job's rows: ``done`` (with an output or a failure), ``failed``, ``total`` (null until
-    counted)."""
+    """A dataset job's rows or files: ``done`` (with an output or a failure), ``failed``, ``total`` (null
+    until counted)."""
 
     done: Annotated[int, Meta(ge=0)]
     total: Annotated[int, Meta(ge=0)] | None

@@ -23,9 +23,11 @@ from aiohttp import web
 
 from dlhub.common.errors import NotFound, RangeNotSatisfiable
 from dlhub.common.logging import get_logger
+from dlhub.registry.blobs import blob_store
+from dlhub.registry.dataset_files import PackageFileSigner
 from dlhub.registry.http.contract import ArchiveFormat, FileList, PackageArchive, PackageFile
 from dlhub.registry.http.errors import error_response
-from dlhub.registry.http.keys import FILES, SERVABLES
+from dlhub.registry.http.keys import FILES, SERVABLES, SETTINGS
 from dlhub.registry.http.request import caller_of, version_of
 from dlhub.registry.http.response import json_response
 from dlhub.registry.package_files import ByteStream, IndexedPackage, check_request_path, open_range
@@ -146,6 +148,28 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         content_type=content_type,
         filename=path.rsplit("/", 1)[-1],
         location=f"{_version_url(record)}/files/{quote(path, safe='/')}",
+        open=lambda start, length: indexed.open(entry, start, length),
+    )
+    return await send(request, download)
+
+
+async def get_signed_package_file(request: web.Request) -> web.StreamResponse:
+    """GET /packages/{sha256}/files/{path}?expires=&sig=: one file of a stored package, for whoever holds
+    the signed URL a dataset job handed a worker (no token; ``dataset_files``)."""
+    sha256, path = request.match_info["sha256"], request.match_info["path"]
+    signer = PackageFileSigner(blob_store(request.app[SETTINGS]))
+    # The signature first: without one nothing about the package, not even a path's validity, is answered.
+    signer.check(sha256, path, request.query.get("expires"), request.query.get("sig"))
+    raw_path = request.rel_url.raw_path
+    check_request_path(path, raw_path[raw_path.find(FILES_MARKER) + len(FILES_MARKER) :])
+    indexed = await request.app[FILES].indexed(sha256)
+    entry = indexed.find(path)
+    download = Download(
+        sha256=entry.sha256,
+        size=entry.size,
+        content_type=mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream",
+        filename=path.rsplit("/", 1)[-1],
+        location=request.rel_url.path,
         open=lambda start, length: indexed.open(entry, start, length),
     )
     return await send(request, download)

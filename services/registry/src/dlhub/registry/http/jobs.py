@@ -1,5 +1,5 @@
 """Dataset jobs: ``POST .../apply`` starts one, ``POST /tasks/{id}/cancel`` stops it, and
-``GET /tasks/{id}/results`` hands out its per-row results so far (``jobs.py``)."""
+``GET /tasks/{id}/results`` hands out its per-row (or per-file) results so far (``jobs.py``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ async def _apply(request: web.Request, version: int | None) -> web.Response:
         status_url=task_url(task.task_id),
         results_url=task_results_url(task.task_id),
         dataset=plan.dataset.label,
-        file=plan.entry.path,
+        over=plan.over,
+        file=plan.entry.path if plan.entry is not None else None,
+        files=plan.pattern,
+        total=len(plan.selected) if plan.over == "files" else None,
         servable=plan.servable.label,
         mode=plan.mapping.mode,
         columns=plan.columns,
@@ -59,7 +62,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def task_results(request: web.Request) -> web.StreamResponse:
-    """GET /tasks/{task_id}/results: the rows done so far, in row order, one JSON object per line."""
+    """GET /tasks/{task_id}/results: the rows (or files) done so far, in order, one JSON object per line."""
     caller = await caller_of(request)
     if caller.user is None:
         raise Unauthorized("a dataset job's results need the token of its submitter")

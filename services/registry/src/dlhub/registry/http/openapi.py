@@ -341,7 +341,26 @@ def _blob_paths() -> dict[str, Any]:
                 },
             },
         },
+        "/packages/{sha256}/files/{path}": {
+            "parameters": [_PACKAGE_SHA256, _FILE_PATH],
+            "get": {
+                "operationId": "downloadPackageFile",
+                "summary": "One file of a stored package through a signed URL (what a dataset job over files "
+                "hands workers); no token needed",
+                "security": [{}],
+                "parameters": [*_query(c.BlobContentQuery), *_DOWNLOAD_PARAMS],
+                "responses": {
+                    **_download_responses("The file (Content-Type guessed from its name)", {"*/*": _BINARY}),
+                    "403": _error("Missing, invalid or expired signature"),
+                },
+            },
+        },
     }
+
+
+_PACKAGE_SHA256 = _param(
+    "sha256", "path", {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "The package's sha256"
+)
 
 
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -606,8 +625,9 @@ def _run_paths() -> dict[str, Any]:
 
 _APPLY_NOTE = (
     "Starts a dataset job: the servable or pipeline named in the body runs over every row of one tabular "
-    "file of this dataset, in batches through the broker; GET /tasks/{task_id} shows its progress, and when "
-    "it is done its output: a new dataset of the caller's, linked to both inputs. Needs a token."
+    "file of this dataset (or, with over: files, over each of its files a glob selects, each passed as a "
+    "file input), in batches through the broker; GET /tasks/{task_id} shows its progress, and when it is "
+    "done its output: a new dataset of the caller's, linked to both inputs. Needs a token."
 )
 _APPLY_RESPONSES: Final = {
     "202": _response("The job's task", _ref(c.JobAccepted)),
@@ -624,7 +644,7 @@ def _job_paths() -> dict[str, Any]:
             "parameters": [OWNER, NAME],
             "post": {
                 "operationId": "applyToDataset",
-                "summary": "Apply a servable to every row of the dataset's newest ready version",
+                "summary": "Apply a servable to every row (or file) of the dataset's newest ready version",
                 "description": _APPLY_NOTE,
                 "security": _SECURED,
                 "requestBody": apply_body,
@@ -635,7 +655,7 @@ def _job_paths() -> dict[str, Any]:
             "parameters": [OWNER, NAME, VERSION],
             "post": {
                 "operationId": "applyToDatasetVersion",
-                "summary": "Apply a servable to every row of a pinned dataset version",
+                "summary": "Apply a servable to every row (or file) of a pinned dataset version",
                 "description": _APPLY_NOTE,
                 "security": _SECURED,
                 "requestBody": apply_body,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from dlhub.registry.dataset_files import PACKAGE_FILE
 from dlhub.registry.http import (
     blobs,
     builds,
@@ -45,6 +46,7 @@ def setup_routes(app: web.Application) -> None:
             web.get(VERSION + "/files/{path:.+}", files.get_file),
             web.get(SERVABLE + "/package", files.get_package),
             web.get(VERSION + "/package", files.get_package),
+            web.get(PACKAGE_FILE, files.get_signed_package_file),
             web.get(SERVABLE + "/citation", citations.citation_latest),
             web.get(VERSION + "/citation", citations.citation_version),
             web.post(SERVABLE + "/run", runs.run_latest),
