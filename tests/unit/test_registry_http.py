@@ -171,7 +171,9 @@ class FakeBus:
     def awaiting(self, task_id: str) -> bool:
         return False
 
-    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus:
+    async def query_tasks(
+        self, task_ids: Sequence[str], *, timeout_s: float = 5.0, adopt: bool = False
+    ) -> TaskStatus:
         if not self.broker_up:
             raise BrokerUnavailable("the broker did not answer")
         return TaskStatus(request_id="q", broker_id="fake", known=[])
