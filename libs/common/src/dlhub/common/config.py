@@ -122,6 +122,13 @@ class RegistryConfig(BaseModel):
     task_reconcile_retry_s: PositiveFloat = 2.0
     """After a start (or a broker restart), how often the registry asks the broker again about its open
     tasks until it answers."""
+    peer_heartbeat_interval_s: PositiveFloat = 5.0
+    """How often the registry records in the store that it is alive, and looks for registries that are not
+    (several registries sharing one store and broker: docs/operations.md)."""
+    peer_stale_after_s: PositiveFloat = 30.0
+    """A registry whose last heartbeat is older than this is gone: another registry takes its open runs over
+    (their outcomes come to it) and fails ``registry_lost`` those the broker no longer holds. Keep it several
+    heartbeat intervals (a registry that is only slow loses its tasks to another, which then ends them)."""
     allow_anonymous_run: bool = True
     admin_users: list[str] = Field(default_factory=list)
     """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""

@@ -1,0 +1,124 @@
+"""Several registries on one store and one broker: a registry that is gone leaves no task behind.
+
+Every registry records a heartbeat in the store (``MetadataStore.beat_registry``) every
+``peer_heartbeat_interval_s`` and then looks at the others'. A peer silent for ``peer_stale_after_s`` is gone
+(SIGKILL, host lost): this registry claims each of its open tasks in the store (``claim_task``: of two
+registries taking over at once, and of the peer's own late outcome, one wins per task), then
+
+- runs: asks the broker to send their outcomes here from now on (``query_tasks(adopt=True)``). A run the
+  broker still holds ends when its ``Result`` arrives (``TaskRecovery.adopt``, as after a restart); one the
+  broker no longer knows has no outcome coming and fails ``registry_lost``.
+- builds: only the coroutine of the registry that started one can drive it, so it fails ``registry_lost``
+  at once and its version leaves ``building`` (``on_build_lost``), rather than at its deadline.
+
+A peer that was only slow and comes back finds its tasks owned by another: its outcomes are not written and
+not acknowledged (``TaskTable.taken_over``), the new owner gets them from the broker. Synchronous runs are
+not tasks: they end with their registry (the caller's connection drops) and are not taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Final
+
+from dlhub.common.config import RegistryConfig
+from dlhub.common.errors import DLHubError, RegistryLost
+from dlhub.common.logging import get_logger
+from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.clock import now_ms
+from dlhub.registry.ports import Bus
+from dlhub.registry.recovery import QUERY_BATCH, BuildReaped
+from dlhub.registry.store import RegistryInstance, TaskRecord
+from dlhub.registry.tasks import TaskTable
+
+log = get_logger(__name__)
+
+MAX_TAKEN_PER_PEER: Final = 100_000
+"""Open tasks of one gone peer looked at per pass (more: the next pass)."""
+
+
+def alive(peer: RegistryInstance, config: RegistryConfig, now: int) -> bool:
+    """Whether ``peer`` has beaten within ``peer_stale_after_s`` of ``now`` (ms)."""
+    return now - peer.last_seen_ms <= int(config.peer_stale_after_s * 1000)
+
+
+class TaskTakeover:
+    def __init__(
+        self,
+        *,
+        tasks: TaskTable,
+        bus: Bus,
+        background: BackgroundTasks,
+        config: RegistryConfig,
+        url: str,
+        on_build_lost: BuildReaped | None = None,
+    ) -> None:
+        self._tasks = tasks
+        self._bus = bus
+        self._background = background
+        self._config = config
+        self._url = url
+        self._on_build_lost = on_build_lost
+
+    def start(self) -> None:
+        self._background.spawn(self.beat_forever(), name="registry heartbeat")
+
+    async def beat_forever(self) -> None:
+        """Beat, then take over the tasks of gone peers, every ``peer_heartbeat_interval_s``."""
+        while True:
+            try:
+                await self.beat()
+                await self.take_over()
+            except DLHubError as exc:  # the store or the broker is away: the next pass tries again
+                log.warning("registry heartbeat pass failed", reason=exc.code)
+            except Exception:
+                log.exception("registry heartbeat pass failed")
+            await asyncio.sleep(self._config.peer_heartbeat_interval_s)
+
+    async def beat(self) -> None:
+        await self._tasks.store.beat_registry(self._tasks.owner, url=self._url, now_ms=now_ms())
+
+    async def take_over(self) -> int:
+        """Take over the open tasks of every peer that stopped beating; return how many this registry got."""
+        now = now_ms()
+        peers = await self._tasks.store.list_registries()
+        gone = [p for p in peers if p.instance_id != self._tasks.owner and not alive(p, self._config, now)]
+        taken = 0
+        for peer in gone:
+            taken += await self.take_over_peer(peer.instance_id)
+        return taken
+
+    async def take_over_peer(self, peer: str) -> int:
+        """Claim ``peer``'s open tasks, adopt its runs at the broker, end what has no outcome coming."""
+        open_tasks = await self._tasks.open_tasks(owner=peer, limit=MAX_TAKEN_PER_PEER)
+        if not open_tasks:
+            return 0
+        store, me = self._tasks.store, self._tasks.owner
+        claimed = [replace(t, owner=me) for t in open_tasks if await store.claim_task(t, new_owner=me)]
+        runs = [t for t in claimed if t.kind == "run"]
+        lost = [t for t in claimed if t.kind != "run"]
+        for start in range(0, len(runs), QUERY_BATCH):
+            batch = runs[start : start + QUERY_BATCH]
+            # Outcomes the broker holds arrive before its answer (the orphan listener stores them).
+            status = await self._bus.query_tasks([t.task_id for t in batch], adopt=True)
+            known = set(status.known)
+            lost.extend(t for t in batch if t.task_id not in known)
+        failed = 0
+        for task in lost:
+            failed += await self._fail_lost(task, peer)
+        log.warning("tasks of a gone registry taken over", peer=peer, taken=len(claimed), failed=failed)
+        return len(claimed)
+
+    async def _fail_lost(self, task: TaskRecord, peer: str) -> int:
+        error = {
+            "type": RegistryLost.code,
+            "message": f"the registry that accepted the task ({peer}) stopped heartbeating and "
+            + ("its build cannot be continued" if task.kind == "build" else "the broker no longer holds it"),
+        }
+        ended = await self._tasks.fail(task, error=error, as_owner=True)
+        if ended.error != error:  # its outcome landed meanwhile
+            return 0
+        if task.kind == "build" and self._on_build_lost is not None:
+            await self._on_build_lost(ended)
+        return 1
