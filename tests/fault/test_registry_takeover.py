@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,16 @@ from pymongo import MongoClient
 
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
+from dlhub.common.bus import BusClient
+from dlhub.common.config import BusConfig, RegistryConfig
+from dlhub.registry.background import BackgroundTasks
+from dlhub.registry.clock import now_ms
+from dlhub.registry.store import TaskRecord
 from dlhub.registry.store.mongo import MongoMetadataStore
+from dlhub.registry.store.sqlite import SQLiteMetadataStore
+from dlhub.registry.takeover import TaskTakeover
+from dlhub.registry.tasks import TaskTable
+from tests.support.broker import make_codec
 from tests.support.mongo import drop_database, mongo_config, unique_database
 from tests.support.net import free_port
 from tests.support.polling import wait_until
@@ -100,8 +110,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory, mongodb_url: str) -> It
         for name, port in ports.items():
             services.start(name, {"DLHUB_REGISTRY__PORT": str(port), "DLHUB_REGISTRY__INSTANCE_ID": name})
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        for name, url in urls.items():
-            wait_until(lambda n=name, u=url: serving(services, n, u), timeout_s=60, message=name)  # type: ignore[misc]
+        for name in NAMES:
+            wait_until(lambda: serving(services, name, urls[name]), timeout_s=60, message=name)  # noqa: B023
         yield Registries(services, urls, services.token("alice"), mongodb_url, database)
     finally:
         services.stop_all()
@@ -134,14 +144,13 @@ def sleeper(registries: Registries, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_a_task_submitted_through_one_registry_is_polled_through_the_other(sleeper: Registries) -> None:
     handle = sleeper.client("registry-a").run_async(sleeper.servable, {"seconds": 0.2, "tag": "a-to-b"})
-    record = wait_until(
-        lambda: (
-            (r := sleeper.client("registry-b").status(handle.task_id))["state"] in ("completed", "failed")
-            and r
-        ),
-        timeout_s=30,
-        message="the task, polled through registry-b",
-    )
+    survivor = sleeper.client("registry-b")
+
+    def ended() -> dict[str, Any] | None:
+        record = survivor.status(handle.task_id)
+        return record if record["state"] in ("completed", "failed") else None
+
+    record = wait_until(ended, timeout_s=30, message="the task, polled through registry-b")
     assert record["state"] == "completed" and record["output"] == "a-to-b", record
 
 
@@ -149,11 +158,12 @@ def test_a_run_memoized_through_one_registry_is_a_hit_through_the_other(sleeper:
     inputs = {"seconds": 0, "tag": unique("memo")}
     first = sleeper.run("registry-a", {"inputs": inputs})
     assert first.status_code == 200 and first.json()["cached"] is False, first.text
-    memo = MongoClient(sleeper.mongodb_url)[sleeper.database]["memo"]
+    mongo: MongoClient[dict[str, Any]] = MongoClient(sleeper.mongodb_url)
+    memo = mongo[sleeper.database]["memo"]
     try:  # the entry is stored once the answer is out
         wait_until(lambda: memo.count_documents({}) >= 1, timeout_s=10, message="the shared memo entry")
     finally:
-        memo.database.client.close()
+        mongo.close()
     second = sleeper.run("registry-b", {"inputs": inputs})
     assert second.status_code == 200, second.text
     assert second.json()["cached"] is True and second.json()["output"] == inputs["tag"], second.text
@@ -235,4 +245,61 @@ async def open_tasks(sleeper: Registries) -> list[str]:
     try:
         return [t.task_id for t in await store.list_open_tasks()]
     finally:
+        await store.close()
+
+
+async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peers_keep_theirs(
+    bus: BusConfig, tmp_path: Path
+) -> None:
+    """A gone registry's run the broker never knew (or lost) and its build (only its own registry could drive
+    it) fail ``registry_lost`` at the first pass of a peer (a real broker, a SQLite store); a live peer's task
+    and the gone one's ended task are left alone; a second pass takes nothing."""
+    store = SQLiteMetadataStore(tmp_path / "registry.sqlite3")
+    await store.open()
+    now = now_ms()
+    exp = now + 60_000
+    await store.beat_registry("registry-gone", url="http://127.0.0.1:1", now_ms=now - 60_000)
+    await store.beat_registry("registry-live", url="http://127.0.0.1:2", now_ms=now)
+    records = [
+        TaskRecord(task_id="lost-run", kind="run", state="running", servable="alice/m@1", created_at_ms=now,
+                   updated_at_ms=now, expires_at_ms=exp, owner="registry-gone", deadline_ms=exp),
+        TaskRecord(task_id="lost-build", kind="build", state="running", servable="alice/m@1",
+                   created_at_ms=now, updated_at_ms=now, expires_at_ms=exp, owner="registry-gone",
+                   deadline_ms=exp),
+        TaskRecord(task_id="ended", kind="run", state="completed", servable="alice/m@1", created_at_ms=now,
+                   updated_at_ms=now, expires_at_ms=exp, owner="registry-gone", output_json=b"1"),
+        TaskRecord(task_id="live", kind="run", state="running", servable="alice/m@1", created_at_ms=now,
+                   updated_at_ms=now, expires_at_ms=exp, owner="registry-live", deadline_ms=exp),
+    ]  # fmt: skip
+    for record in records:
+        await store.save_task(record)
+    tasks = TaskTable(store, make_codec(), ttl_s=60, owner="registry-b")
+    builds_lost: list[TaskRecord] = []
+
+    async def on_build_lost(task: TaskRecord) -> None:
+        builds_lost.append(task)
+
+    background = BackgroundTasks()
+    client = BusClient(bus=bus, codec=make_codec(), client_id="registry-b")
+    takeover = TaskTakeover(
+        tasks=tasks,
+        bus=client,
+        background=background,
+        config=RegistryConfig(peer_stale_after_s=STALE_S),
+        url="http://127.0.0.1:3",
+        on_build_lost=on_build_lost,
+    )
+    try:
+        assert await takeover.take_over() == 2
+        for task_id in ("lost-run", "lost-build"):
+            ended = await tasks.get(task_id)
+            assert ended is not None and ended.state == "failed" and ended.owner == "registry-b", ended
+            assert ended.error is not None and ended.error["type"] == "registry_lost", ended
+            assert "registry-gone" in ended.error["message"]
+        assert [t.task_id for t in builds_lost] == ["lost-build"]
+        assert await tasks.get("ended") == records[2] and await tasks.get("live") == records[3]
+        assert await takeover.take_over() == 0
+    finally:
+        await background.close()
+        await client.close()
         await store.close()
