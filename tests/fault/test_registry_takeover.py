@@ -16,7 +16,7 @@ import itertools
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,9 +251,10 @@ async def open_tasks(sleeper: Registries) -> list[str]:
 async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peers_keep_theirs(
     bus: BusConfig, tmp_path: Path
 ) -> None:
-    """A gone registry's run the broker never knew (or lost) and its build (only its own registry could drive
-    it) fail ``registry_lost`` at the first pass of a peer (a real broker, a SQLite store); a live peer's task
-    and the gone one's ended task are left alone; a second pass takes nothing."""
+    """At the first pass of a peer (a real broker, a SQLite store), a gone registry's run the broker
+    never knew (or lost) fails ``registry_lost``, and so does its build whose version is no longer
+    building; its build still building is resumed by the peer (now its owner); a live peer's task and the
+    gone one's ended task are left alone; a second pass takes nothing."""
     store = SQLiteMetadataStore(tmp_path / "registry.sqlite3")
     await store.open()
     now = now_ms()
@@ -266,6 +267,9 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         TaskRecord(task_id="lost-build", kind="build", state="running", servable="alice/m@1",
                    created_at_ms=now, updated_at_ms=now, expires_at_ms=exp, owner="registry-gone",
                    deadline_ms=exp),
+        TaskRecord(task_id="resumable-build", kind="build", state="pending", servable="alice/r@1",
+                   created_at_ms=now, updated_at_ms=now, expires_at_ms=exp, owner="registry-gone",
+                   deadline_ms=exp),
         TaskRecord(task_id="ended", kind="run", state="completed", servable="alice/m@1", created_at_ms=now,
                    updated_at_ms=now, expires_at_ms=exp, owner="registry-gone", output_json=b"1"),
         TaskRecord(task_id="live", kind="run", state="running", servable="alice/m@1", created_at_ms=now,
@@ -275,6 +279,11 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         await store.save_task(record)
     tasks = TaskTable(store, make_codec(), ttl_s=60, owner="registry-b")
     builds_lost: list[TaskRecord] = []
+    builds_taken: list[str] = []
+
+    async def on_build_taken(task: TaskRecord) -> bool:
+        builds_taken.append(task.task_id)
+        return task.task_id == "resumable-build"  # a version still building for it
 
     async def on_build_lost(task: TaskRecord) -> None:
         builds_lost.append(task)
@@ -287,17 +296,21 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         background=background,
         config=RegistryConfig(peer_stale_after_s=STALE_S),
         url="http://127.0.0.1:3",
+        on_build_taken=on_build_taken,
         on_build_lost=on_build_lost,
     )
     try:
-        assert await takeover.take_over() == 2
+        assert await takeover.take_over() == 3
         for task_id in ("lost-run", "lost-build"):
             ended = await tasks.get(task_id)
             assert ended is not None and ended.state == "failed" and ended.owner == "registry-b", ended
             assert ended.error is not None and ended.error["type"] == "registry_lost", ended
             assert "registry-gone" in ended.error["message"]
         assert [t.task_id for t in builds_lost] == ["lost-build"]
-        assert await tasks.get("ended") == records[2] and await tasks.get("live") == records[3]
+        assert sorted(builds_taken) == ["lost-build", "resumable-build"]
+        resumed = await tasks.get("resumable-build")  # its build started again here: open, this registry's
+        assert resumed == replace(records[2], owner="registry-b"), resumed
+        assert await tasks.get("ended") == records[3] and await tasks.get("live") == records[4]
         assert await takeover.take_over() == 0
     finally:
         await background.close()

@@ -192,9 +192,9 @@ class Env:
     async def settle(self) -> None:
         """Wait for background builds, index updates and async runs to finish."""
         background = self.client.app[BACKGROUND]
-        # until only the periodic sweeps (tasks, blobs) and the task reaper are left
+        # until only the periodic sweeps (tasks, blobs), the task reaper and the registry heartbeat are left
         await await_until(
-            lambda: len(background) <= 3, timeout_s=10, interval_s=0.01, message="background work to finish"
+            lambda: len(background) <= 4, timeout_s=10, interval_s=0.01, message="background work to finish"
         )
 
     async def publish(

@@ -228,7 +228,7 @@ class RegistryRestarted(DLHubError):
 
 class RegistryLost(DLHubError):
     """The registry that accepted the task stopped heartbeating; another took the task over, but the broker no
-    longer held it or its result (or it was a build, which only its own registry can drive)."""
+    longer held it or its result (a build: its version was no longer building for it)."""
 
     code = "registry_lost"
     http_status = 503

@@ -8,8 +8,9 @@ registries taking over at once, and of the peer's own late outcome, one wins per
 - runs: asks the broker to send their outcomes here from now on (``query_tasks(adopt=True)``). A run the
   broker still holds ends when its ``Result`` arrives (``TaskRecovery.adopt``, as after a restart); one the
   broker no longer knows has no outcome coming and fails ``registry_lost``.
-- builds: only the coroutine of the registry that started one can drive it, so it fails ``registry_lost``
-  at once and its version leaves ``building`` (``on_build_lost``), rather than at its deadline.
+- builds: the build starts again here (``on_build_taken``: ``Servables.take_over_build``, as a restarted
+  registry resumes its own); one whose version is no longer ``building`` for it fails ``registry_lost``
+  (``on_build_lost`` then ends its version, as the reaper would).
 
 A peer that was only slow and comes back finds its tasks owned by another: its outcomes are not written and
 not acknowledged (``TaskTable.taken_over``), the new owner gets them from the broker. Synchronous runs are
@@ -19,6 +20,7 @@ not tasks: they end with their registry (the caller's connection drops) and are 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Final
 
@@ -33,6 +35,9 @@ from dlhub.registry.store import RegistryInstance, TaskRecord
 from dlhub.registry.tasks import TaskTable
 
 log = get_logger(__name__)
+
+BuildTaken = Callable[[TaskRecord], Awaitable[bool]]
+"""Resumes a build task taken over from a gone registry; False if there is nothing to resume."""
 
 MAX_TAKEN_PER_PEER: Final = 100_000
 """Open tasks of one gone peer looked at per pass (more: the next pass)."""
@@ -52,6 +57,7 @@ class TaskTakeover:
         background: BackgroundTasks,
         config: RegistryConfig,
         url: str,
+        on_build_taken: BuildTaken | None = None,
         on_build_lost: BuildReaped | None = None,
     ) -> None:
         self._tasks = tasks
@@ -59,6 +65,7 @@ class TaskTakeover:
         self._background = background
         self._config = config
         self._url = url
+        self._on_build_taken = on_build_taken
         self._on_build_lost = on_build_lost
 
     def start(self) -> None:
@@ -97,7 +104,7 @@ class TaskTakeover:
         store, me = self._tasks.store, self._tasks.owner
         claimed = [replace(t, owner=me) for t in open_tasks if await store.claim_task(t, new_owner=me)]
         runs = [t for t in claimed if t.kind == "run"]
-        lost = [t for t in claimed if t.kind != "run"]
+        lost = [t for t in claimed if t.kind != "run" and not await self._resume_build(t)]
         for start in range(0, len(runs), QUERY_BATCH):
             batch = runs[start : start + QUERY_BATCH]
             # Outcomes the broker holds arrive before its answer (the orphan listener stores them).
@@ -110,11 +117,14 @@ class TaskTakeover:
         log.warning("tasks of a gone registry taken over", peer=peer, taken=len(claimed), failed=failed)
         return len(claimed)
 
+    async def _resume_build(self, task: TaskRecord) -> bool:
+        return self._on_build_taken is not None and await self._on_build_taken(task)
+
     async def _fail_lost(self, task: TaskRecord, peer: str) -> int:
+        why = "its version is no longer building" if task.kind == "build" else "the broker no longer holds it"
         error = {
             "type": RegistryLost.code,
-            "message": f"the registry that accepted the task ({peer}) stopped heartbeating and "
-            + ("its build cannot be continued" if task.kind == "build" else "the broker no longer holds it"),
+            "message": f"the registry that accepted the task ({peer}) stopped heartbeating and {why}",
         }
         ended = await self._tasks.fail(task, error=error, as_owner=True)
         if ended.error != error:  # its outcome landed meanwhile

@@ -178,6 +178,7 @@ def _start_task_recovery(
         background=background,
         config=settings.registry,
         url=internal_base_url(settings),
+        on_build_taken=servables.take_over_build,
         on_build_lost=servables.fail_overdue_build,
     ).start()
 
