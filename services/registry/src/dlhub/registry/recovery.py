@@ -14,7 +14,8 @@ and acknowledged it (``Runs._drive_async``). Three things end the tasks whose co
   (``on_build_reaped``), since no coroutine is left to end it.
 
 Terminal states are final (``TaskTable`` writes conditionally), so the three never overwrite an outcome and
-may race each other and the live path freely.
+may race each other and the live path freely. Several registries on one store: another registry takes over
+the tasks of one that stopped heartbeating before their deadline (``takeover.py``).
 """
 
 from __future__ import annotations

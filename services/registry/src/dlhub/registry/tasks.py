@@ -90,7 +90,7 @@ class TaskTable:
 
     async def _write_open(self, task: TaskRecord, *, as_owner: bool = False) -> TaskRecord:
         """Write ``task`` if the stored one is still open (and, ``as_owner``, still this registry's: not taken
-        over by another, ``recovery.TaskTakeover``); else return the stored one."""
+        over by another, ``takeover.TaskTakeover``); else return the stored one."""
         owner = self.owner if as_owner else None
         if await self._store.update_open_task(task, owner=owner):
             return task

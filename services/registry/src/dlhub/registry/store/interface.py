@@ -128,7 +128,7 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegistryInstance:
-    """A registry process sharing the store: its heartbeat (``recovery.TaskTakeover``)."""
+    """A registry process sharing the store: its heartbeat (``takeover.TaskTakeover``)."""
 
     instance_id: str
     url: str
