@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from dlhub.common.bus import BusClient
 from dlhub.common.config import BusConfig, RegistryConfig
+from dlhub.common.messages import Result
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.clock import now_ms
 from dlhub.registry.store import TaskRecord
@@ -35,10 +37,11 @@ from dlhub.registry.store.mongo import MongoMetadataStore
 from dlhub.registry.store.sqlite import SQLiteMetadataStore
 from dlhub.registry.takeover import TaskTakeover
 from dlhub.registry.tasks import TaskTable
-from tests.support.broker import make_codec
+from tests.stack.test_broker import Gate, route, stats_match
+from tests.support.broker import bus_client, make_codec, running_handler
 from tests.support.mongo import drop_database, mongo_config, unique_database
 from tests.support.net import free_port
-from tests.support.polling import wait_until
+from tests.support.polling import await_until, wait_until
 from tests.support.separate import SeparateServices
 from tests.support.stack import unique
 
@@ -316,3 +319,68 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         await background.close()
         await client.close()
         await store.close()
+
+
+async def test_an_adopting_client_gets_a_gone_clients_running_and_held_results(bus: BusConfig) -> None:
+    """The bus side of a takeover (a real broker): ``TaskQuery(adopt=True)`` re-addresses the asked tasks of a
+    client that is gone, a result held for it (re-sent at once) and a task still running (its result comes
+    later); what was not asked stays the gone client's, for its next process."""
+    gone, codec = f"registry-{uuid.uuid4().hex[:8]}", make_codec()
+    finished, running = Gate(), Gate()
+    async with (
+        running_handler(bus, ["finished/topic"], finished, capacity=4),
+        running_handler(bus, ["running/topic"], running, capacity=4),
+    ):
+        first = BusClient(bus=bus, codec=make_codec(), client_id=gone)
+        await first.start()
+        submitted = [("finished/topic", "held"), ("finished/topic", "kept"), ("running/topic", "running")]
+        calls = [
+            asyncio.create_task(first.call(route(t), codec.encode_value(v), timeout_s=30, durable=True))
+            for t, v in submitted
+        ]
+        await await_until(
+            lambda: _true(len(finished.seen) == 2 and len(running.seen) == 1), timeout_s=5, message="dispatch"
+        )
+        held_id, kept_id = finished.seen
+        running_id = running.seen[0]
+        await first.close()  # the registry is gone with three tasks in flight
+        await asyncio.gather(*calls)
+        finished.release.set()
+        async with bus_client(bus) as observer:
+            await await_until(
+                lambda: stats_match(observer, inflight=1), timeout_s=5, message="the two to finish"
+            )
+
+        taker, orphans = await _listening_client(bus, f"taker-{uuid.uuid4().hex[:8]}")
+        try:
+            status = await taker.query_tasks([held_id, running_id, "never-submitted"], adopt=True)
+            assert sorted(status.known) == sorted([held_id, running_id])
+            assert [r.task_id for r in orphans] == [held_id]  # re-sent before the answer
+            running.release.set()
+            await await_until(
+                lambda: _true(len(orphans) == 2), timeout_s=5, message="the running one's result"
+            )
+            assert orphans[1].task_id == running_id and codec.decode_value(orphans[1].output) == "running"
+            taker.ack(held_id)
+            taker.ack(running_id)
+        finally:
+            await taker.close()
+
+        back, back_orphans = await _listening_client(bus, gone)
+        try:  # the gone client's next process still gets what was not taken over, and nothing else
+            status = await back.query_tasks([held_id, kept_id, running_id])
+            assert [r.task_id for r in back_orphans] == [kept_id] and kept_id in status.known
+        finally:
+            await back.close()
+
+
+async def _listening_client(bus: BusConfig, identity: str) -> tuple[BusClient, list[Result]]:
+    client = BusClient(bus=bus, codec=make_codec(), client_id=identity)
+    orphans: list[Result] = []
+    client.listen(on_orphan_result=orphans.append)
+    await client.start()
+    return client, orphans
+
+
+def _true(value: bool) -> bool:
+    return value
