@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -172,6 +173,47 @@ def test_a_run_memoized_through_one_registry_is_a_hit_through_the_other(sleeper:
     second = sleeper.run("registry-b", {"inputs": inputs})
     assert second.status_code == 200, second.text
     assert second.json()["cached"] is True and second.json()["output"] == inputs["tag"], second.text
+
+
+def test_a_registry_taken_over_while_only_stopped_leaves_the_outcomes_to_its_taker(
+    sleeper: Registries,
+) -> None:
+    """Registry A SIGSTOPped past ``peer_stale_after_s`` with runs in flight: B takes them over and they
+    complete through B; thawed, A writes none of their outcomes (they stay B's, each as B stored it) and
+    beats again (alive in B's ``/health``)."""
+    services, a_client = sleeper.services, sleeper.client("registry-a")
+    tags = {a_client.run_async(sleeper.servable, {"seconds": 2, "tag": f"s{i}"}).task_id: f"s{i}" for i in
+            range(4)}  # fmt: skip
+    services.signal("registry-a", signal.SIGSTOP)
+    try:
+        survivor = sleeper.client("registry-b")
+
+        def every_task_ended() -> dict[str, dict[str, Any]] | None:
+            records = {t: survivor.status(t) for t in tags}
+            return records if all(r["state"] in ("completed", "failed") for r in records.values()) else None
+
+        records = wait_until(every_task_ended, timeout_s=STALE_S + 30, message="B to end A's tasks")
+    finally:
+        services.signal("registry-a", signal.SIGCONT)
+    assert {t: (r["state"], r["output"]) for t, r in records.items()} == {
+        t: ("completed", tag) for t, tag in tags.items()
+    }
+
+    def a_alive_again() -> bool:
+        health = httpx.get(sleeper.api("registry-b") + "/health", headers=sleeper.headers, timeout=5).json()
+        return any(p["instance_id"] == "registry-a" and p["alive"] for p in health["registries"])
+
+    wait_until(a_alive_again, timeout_s=30, message="registry-a to beat again")
+    # A's own calls for those tasks end without writing anything: with a result the broker sent it before
+    # the takeover (B has stored it by then), or with none (their results go to B now).
+    refusals = ("task already ended; outcome kept", "task taken over by another registry; not written")
+
+    def a_gave_up() -> bool:
+        lines = [line for line in services.log("registry-a").splitlines() if any(r in line for r in refusals)]
+        return all(any(t in line for line in lines) for t in tags)
+
+    wait_until(a_gave_up, timeout_s=30, message="registry-a to give up its calls")
+    assert {t: a_client.status(t) for t in tags} == records
 
 
 def submit(sleeper: Registries, order: Iterator[str], tag: str) -> tuple[str, str]:
