@@ -30,6 +30,7 @@ from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from dlhub.common.bus import BusClient
 from dlhub.common.config import BusConfig, RegistryConfig
+from dlhub.common.errors import DLHubError
 from dlhub.common.messages import Result
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.clock import now_ms
@@ -39,7 +40,7 @@ from dlhub.registry.store.sqlite import SQLiteMetadataStore
 from dlhub.registry.takeover import TaskTakeover
 from dlhub.registry.tasks import TaskTable
 from tests.stack.test_broker import Gate, route, stats_match
-from tests.support.broker import bus_client, make_codec, running_handler
+from tests.support.broker import BrokerProcess, bus_client, make_codec, running_handler
 from tests.support.mongo import drop_database, mongo_config, unique_database
 from tests.support.net import free_port
 from tests.support.polling import await_until, wait_until
@@ -359,6 +360,45 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         assert resumed == replace(records[2], owner="registry-b"), resumed
         assert await tasks.get("ended") == records[3] and await tasks.get("live") == records[4]
         assert await takeover.take_over() == 0
+    finally:
+        await background.close()
+        await client.close()
+        await store.close()
+
+
+async def test_runs_claimed_while_the_broker_is_away_are_adopted_at_the_next_pass(
+    broker: BrokerProcess, bus: BusConfig, tmp_path: Path
+) -> None:
+    """The broker down at a takeover: the gone registry's run is claimed (now this registry's, still open)
+    but not adopted; the pass fails ``broker_unavailable``; at the next pass, the broker back, the run is
+    asked about and, unknown to the new broker, fails ``registry_lost``."""
+    store = SQLiteMetadataStore(tmp_path / "registry.sqlite3")
+    await store.open()
+    now = now_ms()
+    await store.beat_registry("registry-gone", url="http://127.0.0.1:1", now_ms=now - 60_000)
+    await store.save_task(
+        TaskRecord(task_id="orphan-run", kind="run", state="running", servable="alice/m@1", created_at_ms=now,
+                   updated_at_ms=now, expires_at_ms=now + 60_000, owner="registry-gone",
+                   deadline_ms=now + 60_000)
+    )  # fmt: skip
+    tasks = TaskTable(store, make_codec(), ttl_s=60, owner="registry-b")
+    client = BusClient(bus=bus, codec=make_codec(), client_id="registry-b")
+    background = BackgroundTasks()
+    takeover = TaskTakeover(
+        tasks=tasks, bus=client, background=background, config=RegistryConfig(), url="http://127.0.0.1:3"
+    )
+    try:
+        broker.stop()
+        with pytest.raises(DLHubError) as caught:
+            await takeover.take_over()
+        assert caught.value.code == "broker_unavailable"
+        claimed = await tasks.get("orphan-run")
+        assert claimed is not None and claimed.state == "running" and claimed.owner == "registry-b"
+        broker.start()
+        assert await takeover.take_over() == 0  # nothing left to claim; the claimed run is asked about
+        ended = await tasks.get("orphan-run")
+        assert ended is not None and ended.state == "failed", ended
+        assert ended.error is not None and ended.error["type"] == "registry_lost"
     finally:
         await background.close()
         await client.close()

@@ -67,6 +67,8 @@ class TaskTakeover:
         self._url = url
         self._on_build_taken = on_build_taken
         self._on_build_lost = on_build_lost
+        self._unadopted: dict[str, tuple[TaskRecord, str]] = {}
+        """Runs claimed here whose adoption the broker has not answered yet (it was away): the next pass."""
 
     def start(self) -> None:
         self._background.spawn(self.beat_forever(), name="registry heartbeat")
@@ -94,28 +96,44 @@ class TaskTakeover:
         taken = 0
         for peer in gone:
             taken += await self.take_over_peer(peer.instance_id)
+        await self.adopt_claimed()
         return taken
 
     async def take_over_peer(self, peer: str) -> int:
-        """Claim ``peer``'s open tasks, adopt its runs at the broker, end what has no outcome coming."""
+        """Claim ``peer``'s open tasks: its runs wait here to be adopted at the broker (``adopt_claimed``),
+        its builds start again here or fail."""
         open_tasks = await self._tasks.open_tasks(owner=peer, limit=MAX_TAKEN_PER_PEER)
         if not open_tasks:
             return 0
         store, me = self._tasks.store, self._tasks.owner
         claimed = [replace(t, owner=me) for t in open_tasks if await store.claim_task(t, new_owner=me)]
-        runs = [t for t in claimed if t.kind == "run"]
-        lost = [t for t in claimed if t.kind != "run" and not await self._resume_build(t)]
-        for start in range(0, len(runs), QUERY_BATCH):
-            batch = runs[start : start + QUERY_BATCH]
-            # Outcomes the broker holds arrive before its answer (the orphan listener stores them).
-            status = await self._bus.query_tasks([t.task_id for t in batch], adopt=True)
-            known = set(status.known)
-            lost.extend(t for t in batch if t.task_id not in known)
         failed = 0
-        for task in lost:
-            failed += await self._fail_lost(task, peer)
-        log.warning("tasks of a gone registry taken over", peer=peer, taken=len(claimed), failed=failed)
+        for task in claimed:
+            if task.kind == "run":
+                self._unadopted[task.task_id] = (task, peer)
+            elif not await self._resume_build(task):
+                failed += await self._fail_lost(task, peer)
+        log.warning(
+            "tasks of a gone registry taken over", peer=peer, taken=len(claimed), builds_failed=failed
+        )
         return len(claimed)
+
+    async def adopt_claimed(self) -> None:
+        """Have the broker send the outcomes of the runs claimed here; fail those it no longer holds. A run
+        stays waiting until the broker has answered about it (a claim is never left half done: once claimed,
+        no other registry looks at it, its old owner being gone)."""
+        waiting = list(self._unadopted.values())
+        for start in range(0, len(waiting), QUERY_BATCH):
+            batch = waiting[start : start + QUERY_BATCH]
+            # Outcomes the broker holds arrive before its answer (the orphan listener stores them).
+            status = await self._bus.query_tasks([t.task_id for t, _ in batch], adopt=True)
+            known = set(status.known)
+            failed = 0
+            for task, peer in batch:
+                del self._unadopted[task.task_id]
+                if task.task_id not in known:
+                    failed += await self._fail_lost(task, peer)
+            log.info("taken-over runs adopted at the broker", runs=len(batch), failed=failed)
 
     async def _resume_build(self, task: TaskRecord) -> bool:
         return self._on_build_taken is not None and await self._on_build_taken(task)
