@@ -172,7 +172,12 @@ class FakeBus:
         return False
 
     async def query_tasks(
-        self, task_ids: Sequence[str], *, timeout_s: float = 5.0, adopt: bool = False
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        adopt: bool = False,
+        resend_all: bool = True,
     ) -> TaskStatus:
         if not self.broker_up:
             raise BrokerUnavailable("the broker did not answer")

@@ -476,7 +476,7 @@ class Broker:
             self.clients[identity] = now
         if msg.adopt:
             self._readdress(msg.task_ids, identity)
-        if msg.resend_all and not msg.adopt:
+        if msg.resend_all:
             held = self.mailbox.held_for(identity)
         else:  # a periodic check of long-awaited tasks, or a takeover: only the results of those asked
             held = self.mailbox.held_among(identity, msg.task_ids)

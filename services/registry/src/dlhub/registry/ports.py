@@ -43,5 +43,10 @@ class Bus(Protocol):
     def awaiting(self, task_id: str) -> bool: ...
 
     async def query_tasks(
-        self, task_ids: Sequence[str], *, timeout_s: float = 5.0, adopt: bool = False
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        adopt: bool = False,
+        resend_all: bool = True,
     ) -> TaskStatus: ...

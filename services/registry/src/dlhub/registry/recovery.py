@@ -130,7 +130,9 @@ class TaskRecovery:
         failed = 0
         for start in range(0, len(candidates), QUERY_BATCH):
             batch = candidates[start : start + QUERY_BATCH]
-            status = await self._bus.query_tasks([t.task_id for t in batch])
+            # ``adopt``: runs this registry took over from a gone one and had not adopted at the broker yet
+            # (takeover.py) are re-addressed here too; its own are already.
+            status = await self._bus.query_tasks([t.task_id for t in batch], adopt=True)
             known = set(status.known)
             for task in batch:
                 if task.task_id not in known and await self._fail_lost(task, code):

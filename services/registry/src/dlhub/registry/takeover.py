@@ -126,7 +126,8 @@ class TaskTakeover:
         for start in range(0, len(waiting), QUERY_BATCH):
             batch = waiting[start : start + QUERY_BATCH]
             # Outcomes the broker holds arrive before its answer (the orphan listener stores them).
-            status = await self._bus.query_tasks([t.task_id for t, _ in batch], adopt=True)
+            ids = [t.task_id for t, _ in batch]
+            status = await self._bus.query_tasks(ids, adopt=True, resend_all=False)
             known = set(status.known)
             failed = 0
             for task, peer in batch:
