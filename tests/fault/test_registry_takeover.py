@@ -342,7 +342,7 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         tasks=tasks,
         bus=client,
         background=background,
-        config=RegistryConfig(peer_stale_after_s=STALE_S),
+        config=RegistryConfig(peer_heartbeat_interval_s=HEARTBEAT_S, peer_stale_after_s=STALE_S),
         url="http://127.0.0.1:3",
         on_build_taken=on_build_taken,
         on_build_lost=on_build_lost,

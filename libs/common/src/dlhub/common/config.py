@@ -181,6 +181,13 @@ class RegistryConfig(BaseModel):
     """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
 
+    @model_validator(mode="after")
+    def _peer_timing(self) -> RegistryConfig:
+        # A stale timeout within a heartbeat or two would take over the tasks of live peers.
+        if self.peer_stale_after_s <= 2 * self.peer_heartbeat_interval_s:
+            raise ValueError("registry.peer_stale_after_s must exceed twice peer_heartbeat_interval_s")
+        return self
+
 
 class GlobusAuthConfig(BaseModel):
     """The registry as a Globus Auth resource server (``auth.provider = "globus"``)."""
