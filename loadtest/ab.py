@@ -6,7 +6,9 @@ This machine's speed drifts by up to ~1.7x within minutes, so figures from diffe
 compared. Here each round runs the benchmark once in each tree (the order alternates between rounds, so a
 slow phase hits both), every tree with its own ``.venv`` and its own code, and the result is the median
 over rounds of each figure and of the per-round ratio current / baseline. The baseline checkout needs its
-``.venv`` installed (``./scripts/up`` once there, or its bootstrap). Results: ``loadtest/results/ab.json``.
+``.venv`` installed (``./scripts/up`` once there, or its bootstrap); a tree without one (a worktree, or a
+``git archive`` of the baseline, beside a shared venv with editable installs) runs with this interpreter and
+the tree's ``src`` folders first on ``PYTHONPATH``. Results: ``loadtest/results/ab.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -57,12 +59,22 @@ ARGS = {
 TIMEOUT_S = 1800
 
 
-def run_once(tree: Path, bench: str) -> dict[str, Any]:
-    """Run ``python -m loadtest.<bench>`` in ``tree`` with its own interpreter and return its results."""
-    python = tree / ".venv" / "bin" / "python"
+def interpreter(tree: Path) -> tuple[str, dict[str, str]]:
+    """The tree's own ``.venv`` interpreter, else this one with the tree's code first on the path."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DLHUB_URL", "DLHUB_TOKEN")}
+    python = tree / ".venv" / "bin" / "python"
+    if python.exists():
+        return str(python), env
+    sources = sorted(tree.glob("libs/*/src")) + sorted(tree.glob("services/*/src"))
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in [*sources, tree])
+    return sys.executable, env
+
+
+def run_once(tree: Path, bench: str) -> dict[str, Any]:
+    """Run ``python -m loadtest.<bench>`` in ``tree`` with its own code and return its results."""
+    python, env = interpreter(tree)
     done = subprocess.run(
-        [str(python), "-m", f"loadtest.{bench}", *ARGS[bench]],
+        [python, "-m", f"loadtest.{bench}", *ARGS[bench]],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -122,10 +134,11 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of the baseline commit")
     parser.add_argument("--bench", choices=sorted(FIGURES), action="append")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="ab", help="results file name in loadtest/results (without .json)")
     args = parser.parse_args()
     baseline = args.baseline.resolve()
-    if not (baseline / ".venv" / "bin" / "python").exists():
-        sys.exit(f"{baseline} has no .venv: install it there first (./scripts/up once)")
+    if not (baseline / ".venv" / "bin" / "python").exists() and not (baseline / "libs").is_dir():
+        sys.exit(f"{baseline} is not a DLHub checkout")
     started = time.time()
     out: dict[str, Any] = {
         "baseline_commit": commit_of(baseline),
@@ -137,7 +150,7 @@ def main() -> None:
         out["benchmarks"][bench] = compare(baseline, bench, args.rounds)
     out["load_average_at_end"] = os.getloadavg()
     out["elapsed_s"] = round(time.time() - started, 1)
-    path = HERE / "loadtest" / "results" / "ab.json"
+    path = HERE / "loadtest" / "results" / f"{args.out}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     for bench, result in out["benchmarks"].items():
         for label, row in result["median"].items():

@@ -42,8 +42,28 @@ OWNER: Final = "bench"
 MODULE_SOURCE: Final = "def band_gap(features):\n    return round(sum(features) / len(features), 3)\n"
 
 
-def publish_real(url: str, token: str, base: Path) -> tuple[str, str]:
-    """One runnable servable (the model page's subject) and a completed async task of it."""
+def publish_dataset(client: DLHubClient, base: Path) -> str:
+    """The model's training data (the dataset page's subject): a 200-row CSV, previewed, and a README."""
+    folder = base / "dataset"
+    folder.mkdir()
+    rows = ["formula,n_atoms,band_gap_eV"] + [
+        f"X{i}O{i % 7 + 1},{i % 40 + 2},{i % 60 / 10}" for i in range(200)
+    ]
+    (folder / "gaps.csv").write_text("\n".join(rows) + "\n")
+    (folder / "README.txt").write_text("Band gaps, one row per structure.\n")
+    reply = client.publish_dataset(
+        "band_gaps_pbe", ["gaps.csv", "README.txt"], base_dir=folder, title="Band gaps (PBE)",
+        authors=["Okafor, Femi"], description="PBE band gaps of 200 crystals.",
+    )  # fmt: skip
+    assert reply["status"] == "ready"
+    return f"{OWNER}/band_gaps_pbe"
+
+
+def publish_real(url: str, token: str, base: Path) -> tuple[str, str, str]:
+    """One runnable servable (the model page's subject), a completed async task of it, and its training
+    dataset."""
+    client = DLHubClient(url, token)
+    dataset = publish_dataset(client, base)
     pkg = base / "real"
     pkg.mkdir()
     (pkg / "gaps.py").write_text(MODULE_SOURCE)
@@ -52,10 +72,9 @@ def publish_real(url: str, token: str, base: Path) -> tuple[str, str]:
         title="Band gap regression from composition features", authors=["Okafor, Femi", "Wang, Chen"],
         description="Estimates the band gap (eV) of an inorganic crystal from a composition feature vector.",
         domains=["materials science"], input_type={"type": "list", "item_type": {"type": "number"}},
-        output_type={"type": "number"},
+        output_type={"type": "number"}, training_data=[dataset],
     )  # fmt: skip
     doc["dlhub"]["test_vectors"] = [{"inputs": [1.0, 2.0, 3.5], "expected": 2.167}]
-    client = DLHubClient(url, token)
     assert client.publish(doc, base_dir=pkg)["status"] == "ready"
     ref = f"{OWNER}/band_gap_mlp"
     answer = httpx.post(
@@ -64,7 +83,7 @@ def publish_real(url: str, token: str, base: Path) -> tuple[str, str]:
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
     ).json()
-    return ref, str(answer["task_id"])
+    return ref, str(answer["task_id"]), dataset
 
 
 def seeded_metadata(template: dict[str, Any], doc: Any) -> dict[str, Any]:
@@ -110,7 +129,7 @@ def measure(driver: Any, url: str, repeats: int) -> list[float]:
     return times
 
 
-def pages(url: str, real: str, task_id: str) -> dict[str, str]:
+def pages(url: str, real: str, task_id: str, dataset: str) -> dict[str, str]:
     seeded = next(doc for doc in corpus(50) if doc.visible_to == ["public"])
     return {
         "catalog": f"{url}/",
@@ -118,6 +137,7 @@ def pages(url: str, real: str, task_id: str) -> dict[str, str]:
         "catalog_facets_page3": f"{url}/?domain=chemistry&model_type=CNN&sort=name&page=3",
         "model_real": f"{url}/m/{real}",
         "model_seeded": f"{url}/m/{seeded.owner}/{seeded.name}",
+        "dataset": f"{url}/m/{dataset}",
         "task": f"{url}/tasks/{task_id}",
         "publish": f"{url}/publish",
     }
@@ -128,7 +148,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
 
     env = {"DLHUB_REGISTRY__ADMIN_USERS": json.dumps([OWNER])}
     with embedded_stack(workers=1, extra_env=env) as stack:
-        real, task_id = publish_real(stack.url, stack.token, stack.data_dir.parent)
+        real, task_id, dataset = publish_real(stack.url, stack.token, stack.data_dir.parent)
         headers = {"Authorization": f"Bearer {stack.token}"}
         template = httpx.get(f"{stack.url}/api/v1/servables/{real}", headers=headers, timeout=10).json()[
             "metadata"
@@ -152,7 +172,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
             for cache in ("repeat", "first"):
                 driver.execute_cdp_cmd("Network.enable", {})
                 driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": cache == "first"})
-                for page, address in pages(stack.url, real, task_id).items():
+                for page, address in pages(stack.url, real, task_id, dataset).items():
                     times = measure(driver, address, repeats)
                     results["pages"].setdefault(page, {"url": address.removeprefix(stack.url)})[cache] = {
                         "median_ms": round(statistics.median(times), 1),

@@ -1,17 +1,19 @@
 """Screenshots of the web catalog's main pages for docs/ and the README.
 
-``python scripts/screenshots.py [--out docs/images]`` (from the repository root, with the workspace on
-PYTHONPATH, chromium and chromium-driver installed: scripts/test-servers start --only browser)
+``python -m scripts.screenshots [--out docs/images]`` (from the repository root, so that ``tests`` imports;
+chromium and chromium-driver installed: scripts/test-servers start --only browser)
 
-Starts a throwaway embedded stack, publishes a few realistic servables through the SDK, and saves 1280x800
-PNGs of the catalog, a model card, "try it" with a result, a task page and the publish page with a
-finished build log, using the same headless chromium set-up as the browser tests (tests/support/browser.py).
+Starts a throwaway embedded stack, publishes a few realistic servables and a dataset through the SDK, and
+saves 1280x800 PNGs of the catalog, a model card, "try it" with a result, a task page, a dataset page and the
+publish page with a finished build log, using the same headless chromium set-up as the browser tests
+(tests/support/browser.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -76,15 +78,37 @@ SERVABLES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+def publish_dataset(client: DLHubClient, pkg: Path) -> None:
+    """The band gap model's training data: a CSV (previewed on its page) and a README."""
+    folder = pkg / "data"
+    folder.mkdir()
+    rng = random.Random(7)
+    rows = ["formula,n_atoms,volume_A3,band_gap_eV"] + [
+        f"{f},{rng.randint(2, 40)},{rng.uniform(20, 900):.1f},{rng.uniform(0, 6):.3f}"
+        for f in ["GaAs", "Si", "ZnO", "TiO2", "GaN", "CdTe", "SiC", "MgO", "Cu2O", "InP"] * 20
+    ]
+    (folder / "band_gaps.csv").write_text("\n".join(rows) + "\n")
+    (folder / "README.txt").write_text("PBE band gaps of 200 inorganic crystals, one row per structure.\n")
+    reply = client.publish_dataset(
+        "band_gaps_pbe", ["band_gaps.csv", "README.txt"], base_dir=folder,
+        title="Band gaps of inorganic crystals (DFT, PBE)", authors=["Okafor, Femi", "Wang, Chen"],
+        description="Composition, cell volume and the PBE band gap of 200 inorganic crystals.",
+        domains=["materials science"],
+    )  # fmt: skip
+    assert reply["status"] == "ready", reply
+
+
 def publish_all(url: str, token: str, pkg: Path) -> None:
     (pkg / "models.py").write_text(SOURCE)
     client = DLHubClient(url, token)
+    publish_dataset(client, pkg)
     for spec in SERVABLES:
         doc = python_function_document(
             name=spec["name"], module="models", function=spec["function"], files=["models.py"],
             title=spec["title"], authors=spec["authors"], description=spec["description"],
             domains=spec["domains"], input_type=spec["input_type"], output_type=spec["output_type"],
             dependencies=spec.get("deps"),
+            training_data=["alice/band_gaps_pbe"] if spec["name"] == "band_gap_mlp" else (),
         )  # fmt: skip
         doc["datacite"]["creators"][0]["nameIdentifiers"] = [
             {"nameIdentifier": f"https://orcid.org/{ORCID}", "nameIdentifierScheme": "ORCID"}
@@ -123,7 +147,7 @@ def shoot(url: str, token: str, pkg: Path, out: Path) -> None:
         driver.execute_script("sessionStorage.setItem('dlhub.token', arguments[0])", token)
         driver.get(url + "/?q=&sort=name")
         wait_ready(driver)
-        wait(driver).until(lambda d: text_of(d, "#result-count") == "4 models")
+        wait(driver).until(lambda d: text_of(d, "#result-count") == "5 results")
         save(driver, out, "catalog")
 
         driver.get(url + "/m/alice/band_gap_mlp")
@@ -149,6 +173,10 @@ def shoot(url: str, token: str, pkg: Path, out: Path) -> None:
             lambda d: d.find_element(By.ID, "task-state").get_attribute("data-state") == "completed"
         )
         save(driver, out, "task")
+
+        driver.get(url + "/m/alice/band_gaps_pbe")
+        wait_ready(driver)
+        save(driver, out, "dataset")
 
         publish_page(driver, url, pkg)
         save(driver, out, "publish")

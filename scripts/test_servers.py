@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Real test servers for the database and search test suites, on 127.0.0.1 only.
 
-    scripts/test-servers start [--only mongodb|elasticsearch|docker|registry|s3] [--record FILE]
-    scripts/test-servers stop [--only mongodb|elasticsearch|docker|registry|s3]
+    scripts/test-servers start [--only mongodb|elasticsearch|docker|registry|s3|slurm] [--record FILE]
+    scripts/test-servers stop [--only mongodb|elasticsearch|docker|registry|s3|slurm]
     scripts/test-servers status
     scripts/test-servers env
 
@@ -17,12 +17,17 @@
   with pip into its own virtual environment in the cache once.
 - browser (not a server): Debian's chromium and chromium-driver for the web catalog's browser tests,
   installed with apt-get when missing (``start`` or ``start --only browser``).
+- slurm: Debian's slurm-wlm (slurmctld and slurmd) and munge, installed with apt-get when missing, run as root
+  as a one-node cluster (node ``localhost`` with this machine's CPUs and memory, partition ``dlhub``) from a
+  generated ``slurm.conf``, with its own munge key and socket, state and spool directories in the runtime
+  directory. Clients find it through ``SLURM_CONF`` (``DLHUB_TEST_SLURM_CONF``).
 
 Downloads and builds are cached in ``${DLHUB_TEST_CACHE:-~/.cache/dlhub-test-servers}``; runtime state (data
 directories, pid files, logs) lives in ``${DLHUB_TEST_RUN:-$DLHUB_TEST_CACHE/run}``. ``start`` only starts
 what is not already answering; ``stop`` only stops what this tooling started (pid files) and removes the
 runtime directories it made. Ports: ``DLHUB_TEST_MONGODB_PORT`` (27018), ``DLHUB_TEST_ELASTICSEARCH_PORT``
-(19200), ``DLHUB_TEST_REGISTRY_PORT`` (15000), ``DLHUB_TEST_S3_PORT`` (15500). Stdlib only, plus pymongo
+(19200), ``DLHUB_TEST_REGISTRY_PORT`` (15000), ``DLHUB_TEST_S3_PORT`` (15500), ``DLHUB_TEST_SLURMCTLD_PORT``
+(16817) and ``DLHUB_TEST_SLURMD_PORT`` (16818; Slurm's own are 6817 and 6818). Stdlib only, plus pymongo
 from the project's environment for the MongoDB probe.
 
 Elasticsearch refuses to run as root. When this tooling runs as root (CI containers), Elasticsearch runs as
@@ -40,6 +45,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -78,7 +84,12 @@ COMPOSE_MODULE = "github.com/docker/compose/v5"
 COMPOSE_VERSION = "v5.6.0"
 MOTO_VERSION = "5.2.5"
 MOTO_START_TIMEOUT_S = 60.0
-SERVERS = ("mongodb", "elasticsearch", "docker", "registry", "s3")
+SLURM_PARTITION = "dlhub"
+SLURM_NODE = "localhost"
+SLURM_START_TIMEOUT_S = 60.0
+SLURM_DRAIN_TIMEOUT_S = 15.0
+SLURM_LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"})
+SERVERS = ("mongodb", "elasticsearch", "docker", "registry", "s3", "slurm")
 
 
 class SetupError(Exception):
@@ -102,6 +113,8 @@ class Layout:
     registry_port: int = 15000
     docker_tls_port: int = 12376
     s3_port: int = 15500
+    slurmctld_port: int = 16817
+    slurmd_port: int = 16818
 
     @classmethod
     def from_env(cls) -> Layout:
@@ -115,6 +128,8 @@ class Layout:
         registry_port = _port_from_env("DLHUB_TEST_REGISTRY_PORT", 15000)
         docker_tls_port = _port_from_env("DLHUB_TEST_DOCKER_TLS_PORT", 12376)
         s3_port = _port_from_env("DLHUB_TEST_S3_PORT", 15500)
+        slurmctld_port = _port_from_env("DLHUB_TEST_SLURMCTLD_PORT", 16817)
+        slurmd_port = _port_from_env("DLHUB_TEST_SLURMD_PORT", 16818)
         return cls(
             cache.absolute(),
             run.absolute(),
@@ -124,6 +139,8 @@ class Layout:
             registry_port,
             docker_tls_port,
             s3_port,
+            slurmctld_port,
+            slurmd_port,
         )
 
     @property
@@ -193,6 +210,14 @@ class Layout:
     def moto_venv(self) -> Path:
         """moto's own virtual environment (its server pulls in Flask and more than the project needs)."""
         return self.cache / f"moto-{MOTO_VERSION}"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.run / "slurm"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.slurm_dir / "slurm.conf"
 
     @property
     def es_zip(self) -> Path:
@@ -1275,6 +1300,217 @@ class S3Server(Server):
         return self._wait(state, MOTO_START_TIMEOUT_S, self.probe)
 
 
+class SlurmServer(Server):
+    """A one-node Slurm cluster: munged, slurmctld and slurmd in the foreground under one shell (one process
+    group, so ``stop`` signals all three), from a ``slurm.conf`` written at each start into the runtime
+    directory with this machine's CPUs and memory (``slurmd -C``). Runs as root (jobs run as their submitter);
+    no accounting, cgroups or MPI. Slurm binds its daemons' ports on every address (not configurable);
+    clients and the node talk over 127.0.0.1."""
+
+    name = "slurm"
+    label = "Slurm (slurm-wlm, munge)"
+    tools = ("munged", "slurmctld", "slurmd", "sinfo", "scontrol", "squeue", "sbatch", "scancel")
+
+    @property
+    def port(self) -> int:
+        return self.layout.slurmctld_port
+
+    @property
+    def url(self) -> str:
+        return f"slurm://127.0.0.1:{self.port} (SLURM_CONF={self.layout.slurm_conf})"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.layout.slurm_dir / "munge-socket" / "munge.socket"
+
+    def _slurm(self, *args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str] | None:
+        if not self.layout.slurm_conf.is_file() or shutil.which(args[0]) is None:
+            return None
+        env = dict(os.environ, SLURM_CONF=str(self.layout.slurm_conf))
+        try:
+            return subprocess.run(
+                list(args), capture_output=True, text=True, timeout=timeout_s, check=False, env=env
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    def probe(self) -> str | None:
+        """The node's state from ``sinfo`` once the controller answers and the node is usable."""
+        ping = self._slurm("scontrol", "ping", timeout_s=5.0)
+        if ping is None or ping.returncode != 0 or "is UP" not in ping.stdout:
+            return None
+        info = self._slurm("sinfo", "--noheader", "--Node", "--format=%N %T", timeout_s=5.0)
+        if info is None or info.returncode != 0:
+            return None
+        states = dict(line.split(maxsplit=1) for line in info.stdout.splitlines() if " " in line)
+        state = states.get(SLURM_NODE, "")
+        if state not in ("idle", "mixed", "allocated", "completing"):
+            return None  # unknown, down or drained: slurmd has not registered (or is unhealthy)
+        version = self._slurm("sinfo", "--version", timeout_s=5.0)
+        release = version.stdout.strip() if version is not None else "slurm"
+        return f"{release}, node {SLURM_NODE} {state}, partition {SLURM_PARTITION}"
+
+    def install(self) -> None:
+        missing = [tool for tool in self.tools if shutil.which(tool) is None]
+        if not missing:
+            return
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise SetupError(f"{', '.join(missing)} missing; install Debian's slurm-wlm and munge packages")
+        log("slurm: installing slurm-wlm and munge with apt-get (first run only)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run_checked(["apt-get", "update", "-qq"], "apt-get update", env=env)
+        run_checked(
+            ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"], "installing slurm-wlm", env=env
+        )
+
+    def node_line(self) -> str:
+        """``NodeName=localhost`` with what slurmd detects here (claiming more would drain the node)."""
+        detected = run_checked([require_tool("slurmd", "run Slurm"), "-C"], "slurmd -C").stdout
+        fields = dict(re.findall(r"(\w+)=(\S+)", detected.splitlines()[0]))
+        keys = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory")
+        spec = " ".join(f"{key}={fields[key]}" for key in keys if key in fields)
+        return f"NodeName={SLURM_NODE} NodeAddr=127.0.0.1 NodeHostname={SLURM_NODE} {spec} State=UNKNOWN"
+
+    def config_text(self) -> str:
+        base = self.layout.slurm_dir
+        settings = {
+            "ClusterName": "dlhubtest",
+            "SlurmctldHost": "localhost",
+            "SlurmctldPort": str(self.layout.slurmctld_port),
+            "SlurmdPort": str(self.layout.slurmd_port),
+            "SlurmUser": "root",
+            "SlurmdUser": "root",
+            "AuthType": "auth/munge",
+            "CredType": "cred/munge",
+            "AuthInfo": f"socket={self.munge_socket}",
+            "MpiDefault": "none",
+            "ProctrackType": "proctrack/linuxproc",
+            "TaskPlugin": "task/none",
+            "SelectType": "select/cons_tres",
+            "SelectTypeParameters": "CR_Core",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "AccountingStorageType": "accounting_storage/none",
+            "ReturnToService": "2",
+            "MailProg": "/bin/true",
+            "KillWait": "2",  # scancel: SIGKILL 2 s after SIGTERM (default 30)
+            "MinJobAge": "30",
+            "StateSaveLocation": str(base / "state"),
+            "SlurmdSpoolDir": str(base / "spool"),
+            "SlurmctldPidFile": str(base / "slurmctld.pid"),
+            "SlurmdPidFile": str(base / "slurmd.pid"),
+            "SlurmctldLogFile": str(base / "slurmctld.log"),
+            "SlurmdLogFile": str(base / "slurmd.log"),
+        }
+        lines = [f"{key}={value}" for key, value in settings.items()]
+        lines.append(self.node_line())
+        lines.append(
+            f"PartitionName={SLURM_PARTITION} Nodes={SLURM_NODE} Default=YES MaxTime=INFINITE State=UP"
+        )
+        return "\n".join(lines) + "\n"
+
+    def launch(self) -> PidState:
+        base = self.layout.slurm_dir
+        shutil.rmtree(base, ignore_errors=True)
+        for sub, mode in (("state", 0o755), ("spool", 0o755), ("munge", 0o700), ("munge-socket", 0o755)):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+            (base / sub).chmod(mode)  # munged refuses a key others can read and a socket others cannot reach
+        key = base / "munge" / "munge.key"
+        key.touch(mode=0o600)
+        key.write_bytes(os.urandom(1024))
+        self.layout.slurm_conf.write_text(self.config_text())
+        munged = [
+            # --force: the socket's path need not be reachable by every user (/root is 0700); only root's
+            # daemons and jobs use it.
+            require_tool("munged", "run munge"), "--foreground", "--force", f"--socket={self.munge_socket}",
+            f"--key-file={key}", f"--pid-file={base / 'munge' / 'munged.pid'}",
+            f"--log-file={base / 'munge' / 'munged.log'}", f"--seed-file={base / 'munge' / 'munged.seed'}",
+        ]  # fmt: skip
+        conf = str(self.layout.slurm_conf)
+        slurmctld = [require_tool("slurmctld", "run Slurm"), "-D", "-f", conf]
+        slurmd = [require_tool("slurmd", "run Slurm"), "-D", "-f", conf, "-N", SLURM_NODE]
+        # One shell holds the three daemons in its process group; slurmctld needs munge's socket first.
+        script = (
+            f"{_shell(munged)} &\n"
+            f"n=0; while [ ! -S {shlex.quote(str(self.munge_socket))} ] && [ $n -lt 100 ]; do\n"
+            "  sleep 0.1; n=$((n+1))\ndone\n"
+            f"[ -S {shlex.quote(str(self.munge_socket))} ] || {{ echo 'munged did not start'; exit 1; }}\n"
+            f"{_shell(slurmctld)} &\n"
+            f"{_shell(slurmd)} &\n"
+            "wait\n"
+        )
+        env = dict(os.environ, SLURM_CONF=conf)
+        return self.spawn(["/bin/sh", "-c", script], env, base, [base])
+
+    def wait_ready(self, state: PidState) -> str:
+        return self._wait(state, SLURM_START_TIMEOUT_S, self.probe)
+
+    def log_paths(self, state: PidState) -> list[Path]:
+        base = self.layout.slurm_dir
+        return [self.layout.launcher_log(self.name), base / "slurmctld.log", base / "slurmd.log"]
+
+    def stop(self) -> None:
+        state = read_state(self.layout, self.name)
+        if state is not None and state.alive():
+            self.cancel_jobs()
+        super().stop()
+        if state is not None:
+            kill_stray_steps(self.layout.slurm_dir)
+
+    def cancel_jobs(self) -> None:
+        """Cancel every job and wait for them to end: slurmstepd and the job's processes live in sessions
+        of their own, outside the daemons' process group."""
+        listing = self._slurm("squeue", "--noheader", "--format=%i")
+        ids = listing.stdout.split() if listing is not None and listing.returncode == 0 else []
+        if not ids:
+            return
+        log(f"slurm: cancelling {len(ids)} job(s)")
+        self._slurm("scancel", "--full", *ids)
+        deadline = time.monotonic() + SLURM_DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            listing = self._slurm("squeue", "--noheader", "--format=%i %T")
+            if listing is None or listing.returncode != 0:
+                return
+            states = {line.split()[-1] for line in listing.stdout.splitlines() if line.strip()}
+            if not states & SLURM_LIVE_STATES:
+                return
+            time.sleep(0.25)
+        log(f"slurm: jobs still running after {SLURM_DRAIN_TIMEOUT_S:.0f} s; killing their steps")
+
+
+def _shell(cmd: Sequence[str]) -> str:
+    return " ".join(shlex.quote(part) for part in cmd)
+
+
+def kill_stray_steps(slurm_dir: Path) -> None:
+    """SIGKILL the sessions of slurmstepd processes that hold a file of this cluster's runtime directory open
+    (its slurmd log: jobs that outlived their daemons), and nothing else."""
+    prefix = str(slurm_dir) + os.sep
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                continue
+            targets = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue
+        if not any(target.startswith(prefix) for target in targets):
+            continue
+        session = os.getsid(int(entry.name))
+        log(f"slurm: killing stray slurmstepd {entry.name} and its job's session {session}")
+        with contextlib.suppress(OSError):
+            os.kill(int(entry.name), signal.SIGKILL)
+        _kill_session(session)
+
+
+def _kill_session(session: int) -> None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry.name)) == session:
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -1286,6 +1522,7 @@ def servers(layout: Layout, only: Sequence[str] | None, record: Path | None = No
         "docker": DockerServer(layout, record),
         "registry": RegistryServer(layout, record),
         "s3": S3Server(layout, record),
+        "slurm": SlurmServer(layout, record),
     }
     return [table[name] for name in SERVERS if name in chosen]
 
@@ -1373,6 +1610,8 @@ def cmd_env(layout: Layout) -> int:
     print(f"export DLHUB_TEST_DOCKER_COMPOSE={layout.compose_bin}")
     print(f"export DLHUB_TEST_COMPOSE_PYTHON_IMAGE={COMPOSE_PYTHON_IMAGE}")
     print(f"export DLHUB_TEST_S3_URL={layout.s3_url}")
+    print(f"export DLHUB_TEST_SLURM_CONF={layout.slurm_conf}")
+    print(f"export DLHUB_TEST_SLURM_PARTITION={SLURM_PARTITION}")
     return 0
 
 
@@ -1391,7 +1630,7 @@ def parse_only(values: list[str] | None) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/test-servers",
-        description="Real MongoDB-wire, Elasticsearch, Docker, registry and S3 servers for the tests.",
+        description="Real MongoDB-wire, Elasticsearch, Docker, registry, S3 and Slurm servers for the tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="start the servers that are not already answering")
@@ -1399,7 +1638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="mongodb, elasticsearch, docker, registry or s3 (repeatable)",
+        help="mongodb, elasticsearch, docker, registry, s3 or slurm (repeatable)",
     )
     start.add_argument("--record", type=Path, metavar="FILE", help="append the names of the servers started")
     stop = sub.add_parser("stop", help="stop the servers this tooling started and remove their runtime dirs")
@@ -1407,7 +1646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="NAME",
-        help="mongodb, elasticsearch, docker, registry or s3 (repeatable)",
+        help="mongodb, elasticsearch, docker, registry, s3 or slurm (repeatable)",
     )
     sub.add_parser("status", help="show each server and whether it answers (exit 3 if one is down)")
     sub.add_parser("env", help='print export lines for the test URLs (eval "$(scripts/test-servers env)")')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -116,6 +117,23 @@ def s3_url() -> str:
             f"the server at {url} does not answer S3 ListBuckets: HTTP {response.status_code}"
         )
     return url
+
+
+@pytest.fixture(scope="session")
+def slurm_env() -> dict[str, str]:
+    """This environment with ``SLURM_CONF`` of the one-node Slurm test cluster (``DLHUB_TEST_SLURM_CONF``),
+    checked with ``scontrol ping``."""
+    conf = os.environ.get("DLHUB_TEST_SLURM_CONF", "").strip()
+    if not conf:
+        missing_test_server("DLHUB_TEST_SLURM_CONF is not set")
+    env = dict(os.environ, SLURM_CONF=conf)
+    try:
+        ping = subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        missing_test_server(f"scontrol cannot reach the Slurm controller of {conf}: {exc}")
+    if "is UP" not in ping.stdout:
+        missing_test_server(f"no Slurm controller answers for {conf}: {ping.stdout}{ping.stderr}")
+    return env
 
 
 # -- shared by the end-to-end modules -----------------------------------------------------------------------

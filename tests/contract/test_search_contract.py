@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +139,12 @@ def visible(docs: Iterable[SearchDocument], identities: Iterable[str] = ()) -> l
 
 def expected_facets(docs: Iterable[SearchDocument], facets: Iterable[str]) -> dict[str, list[FacetCount]]:
     docs = list(docs)
-    values = {
+    values: dict[str, Callable[[SearchDocument], set[str]]] = {
         "domain": lambda d: set(d.domains),
         "model_type": lambda d: {d.model_type},
         "servable_type": lambda d: {d.servable_type},
         "owner": lambda d: {d.owner},
+        "kind": lambda d: {d.kind or "servable"},
     }
     out = {}
     for facet in facets:
@@ -281,7 +282,7 @@ async def test_date_range(engine: SearchEngine, bounds: dict[str, Any], predicat
     assert {h.document.id for h in with_text.hits} == expected & {"alice/iris_rf", "bob/iris_svm"}
 
 
-ALL_FACETS: list[FacetName] = ["domain", "model_type", "servable_type", "owner"]
+ALL_FACETS: list[FacetName] = ["domain", "model_type", "servable_type", "owner", "kind"]
 
 
 @pytest.mark.parametrize(
@@ -837,6 +838,62 @@ async def test_link_filters_follow_upserts_and_reindex(link_engine: SearchEngine
     assert await ids(link_engine, trained_on="alice/iris") == set()
     await link_engine.reindex([*DOCS, *LINK_DOCS])
     assert await ids(link_engine, trained_on="alice/iris") == {"lin/trained", "lin/retrained"}
+
+
+# --- kinds: servables, pipelines and datasets ------------------------------------------------------------
+
+KIND_DOCS = [
+    *LINK_DOCS,  # three servables of the older kind "" and a dataset
+    SearchDocument(id="lin/flow", owner="lin", name="flow", version=1, title="A pipeline", kind="pipeline"),
+    SearchDocument(id="lin/model", owner="lin", name="model", version=1, title="A model", kind="servable"),
+    SearchDocument(
+        id="lin/secret_data", owner="lin", name="secret_data", version=1, title="Secret iris data",
+        kind="dataset", visible_to=["user:lin"],
+    ),
+]  # fmt: skip
+
+
+@pytest.fixture
+async def kind_engine(engine: SearchEngine) -> SearchEngine:
+    for doc in KIND_DOCS:
+        await engine.upsert(doc)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"kind": "dataset"}, {"alice/iris"}),
+        ({"kind": "dataset", "identities": ["user:lin"]}, {"alice/iris", "lin/secret_data"}),
+        ({"kind": "pipeline"}, {"lin/flow"}),
+        ({"kind": "servable", "owner": "lin"}, {"lin/trained", "lin/retrained", "lin/model"}),  # "" too
+        ({"kind": "dataset", "q": "iris"}, {"alice/iris"}),
+        ({"kind": "servable", "q": "iris", "owner": "lin"}, {"lin/trained", "lin/retrained"}),
+        ({"kind": "dataset", "owner": "lin"}, set()),
+    ],
+)
+async def test_kind_filter(kind_engine: SearchEngine, query: dict[str, Any], expected: set[str]) -> None:
+    assert await ids(kind_engine, **query) == expected
+
+
+@pytest.mark.parametrize("query", [{}, {"q": "iris"}, {"owner": "lin"}])
+@pytest.mark.parametrize("identities", [[], ["user:lin"]])
+async def test_kind_facet_counts_every_visible_match(
+    empty_engine: SearchEngine, query: dict[str, Any], identities: list[str]
+) -> None:
+    for doc in KIND_DOCS:
+        await empty_engine.upsert(doc)
+    results = await empty_engine.query(SearchQuery(facets=["kind"], identities=identities, **query))
+    matching = {hit.document.id for hit in results.hits}
+    docs = [d for d in visible(KIND_DOCS, identities) if d.id in matching]
+    assert results.total == len(docs) > 0
+    assert results.facets == expected_facets(docs, ["kind"])
+    narrowed = await empty_engine.query(
+        SearchQuery(facets=["kind"], kind="dataset", identities=identities, **query)
+    )
+    assert [c.value for c in narrowed.facets["kind"]] in (["dataset"], [])
+    with pytest.raises(InvalidMessage):
+        await empty_engine.query(SearchQuery(kind="model"))  # type: ignore[arg-type]
 
 
 async def test_es_schema_2_index_gains_the_link_fields(es_url: str) -> None:

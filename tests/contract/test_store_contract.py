@@ -26,8 +26,10 @@ from dlhub.registry.store import (
     AuditRecord,
     MetadataStore,
     RegistryInstance,
+    StoredVerification,
     TaskRecord,
     TokenRecord,
+    VectorCheck,
 )
 from dlhub.registry.store.mongo import MongoMetadataStore
 from dlhub.registry.store.sqlite import SQLiteMetadataStore
@@ -175,11 +177,15 @@ async def test_status_updates(store: MetadataStore) -> None:
     await publish(store)
     building = await store.list_versions_with_status("building")
     assert [v.label for v in building] == ["alice/m@1", "alice/m@2"]
-    ready = await store.set_version_status("alice", "m", 1, status="ready", digest="d", files=("a", "b"))
+    ready = await store.set_version_status(
+        "alice", "m", 1, status="ready", digest="d", files=("a", "b"), bundle_sha256="b" * 64
+    )
     assert ready is not None and ready.status == "ready" and ready.files == ("a", "b") and ready.digest == "d"
+    assert ready.bundle_sha256 == "b" * 64  # what Task Managers fetch the version by
     assert ready.metadata == META and ready.status_reason == ""
     failed = await store.set_version_status("alice", "m", 2, status="failed", status_reason="no model.pkl")
     assert failed is not None and failed.status_reason == "no model.pkl" and failed.files == ()
+    assert failed.bundle_sha256 == ""
     assert await store.get_version("alice", "m", 1) == ready
     assert await store.list_versions_with_status("building") == []
     assert [v.version for v in await store.list_versions_with_status("ready")] == [1]
@@ -732,6 +738,44 @@ async def test_memo_is_shared_between_connections(backend: Backend) -> None:
     await asyncio.gather(*(second.put_memo(f"c{i}", b"%d" % i, expires_at_ms=expires) for i in range(20)))
     got = await asyncio.gather(*(first.get_memo(f"c{i}", now_ms=now_ms()) for i in range(20)))
     assert got == [b"%d" % i for i in range(20)]
+
+
+# -- test-vector verifications ------------------------------------------------------------------------------
+
+
+async def test_latest_verification_per_version(backend: Backend) -> None:
+    store = await backend.open()
+    v1, v2 = await publish(store), await publish(store)
+    assert await store.get_verification("alice", "m", v1) is None
+    at_publish = StoredVerification(
+        at_unix_s=1_700_000_000.25,
+        passed=True,
+        trigger="publish",
+        vectors=(VectorCheck(index=0, passed=True), VectorCheck(index=1, passed=True)),
+    )
+    await store.save_verification("alice", "m", v1, at_publish)
+    assert await store.get_verification("alice", "m", v1) == at_publish
+    assert await store.get_verification("alice", "m", v2) is None  # per version
+    assert await store.get_verification("alice", "other", v1) is None
+    failed = StoredVerification(
+        at_unix_s=1_700_000_100.5,
+        passed=False,
+        trigger="verify",
+        vectors=(
+            VectorCheck(index=0, passed=True),
+            VectorCheck(
+                index=1, passed=False, message='output["ключ"]: expected 4, got 5 (rel 1e-09, abs 0)'
+            ),
+        ),
+    )
+    await store.save_verification("alice", "m", v1, failed)  # the latest replaces the previous one
+    assert await store.get_verification("alice", "m", v1) == failed
+    await store.close()
+    again = await backend.open()  # kept across connections and restarts
+    assert await again.get_verification("alice", "m", v1) == failed
+    # a purged version takes its verification along (a reused number never shows a stale one)
+    assert await again.delete_versions("alice", "m", [v1]) == [v1]
+    assert await again.get_verification("alice", "m", v1) is None
 
 
 # -- lifecycle ----------------------------------------------------------------------------------------------

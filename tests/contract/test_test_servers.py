@@ -126,3 +126,40 @@ def test_env_exports_the_s3_server() -> None:
     exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
     assert exports.returncode == 0, exports.stderr
     assert "export DLHUB_TEST_S3_URL=http://127.0.0.1:15567" in exports.stdout
+
+
+def test_slurm_runs_a_batch_job(slurm_env: dict[str, str], tmp_path: Path) -> None:
+    """The one-node cluster: node ``localhost`` usable in partition ``dlhub``, a job runs there and ends."""
+    nodes = subprocess.run(
+        ["sinfo", "--noheader", "--Node", "--format=%N %P %T"], env=slurm_env, capture_output=True, text=True
+    )
+    assert nodes.returncode == 0, nodes.stderr
+    node, partition, state = nodes.stdout.split()
+    assert (node, partition.rstrip("*")) == ("localhost", "dlhub")
+    assert state in ("idle", "mixed", "allocated", "completing")
+    out = tmp_path / "job.out"
+    job = subprocess.run(
+        ["sbatch", "--wait", "--parsable", "--partition=dlhub", f"--output={out}", "--time=1",
+         "--wrap", "echo job $SLURM_JOB_ID on $SLURMD_NODENAME"],
+        env=slurm_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert out.read_text().split() == ["job", job.stdout.strip(), "on", "localhost"]
+
+
+def test_slurm_start_again_is_a_quick_noop(slurm_env: dict[str, str]) -> None:
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "start", "--only", "slurm"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "slurm: already running" in proc.stderr, proc.stderr
+    assert time.monotonic() - began < 15
+
+
+def test_env_exports_the_slurm_conf(tmp_path: Path) -> None:
+    env = dict(os.environ, DLHUB_TEST_RUN=str(tmp_path))
+    exports = subprocess.run([sys.executable, str(SCRIPT), "env"], env=env, capture_output=True, text=True)
+    assert exports.returncode == 0, exports.stderr
+    assert f"export DLHUB_TEST_SLURM_CONF={tmp_path / 'slurm' / 'slurm.conf'}" in exports.stdout
+    assert "export DLHUB_TEST_SLURM_PARTITION=dlhub" in exports.stdout

@@ -300,9 +300,9 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
     bus: BusConfig, tmp_path: Path
 ) -> None:
     """At the first pass of a peer (a real broker, a SQLite store), a gone registry's run the broker
-    never knew (or lost) fails ``registry_lost``, and so does its build whose version is no longer
-    building; its build still building is resumed by the peer (now its owner); a live peer's task and the
-    gone one's ended task are left alone; a second pass takes nothing."""
+    never knew (or lost) fails ``registry_lost``, and so do its dataset job (rows done kept) and its build
+    whose version is no longer building; its build still building is resumed by the peer (now its owner);
+    a live peer's task and the gone one's ended task are left alone; a second pass takes nothing."""
     store = SQLiteMetadataStore(tmp_path / "registry.sqlite3")
     await store.open()
     now = now_ms()
@@ -315,6 +315,9 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         TaskRecord(task_id="lost-build", kind="build", state="running", servable="alice/m@1",
                    created_at_ms=now, updated_at_ms=now, expires_at_ms=exp, owner="registry-gone",
                    deadline_ms=exp),
+        TaskRecord(task_id="lost-job", kind="job", state="running", servable="alice/m@1", created_at_ms=now,
+                   updated_at_ms=now, expires_at_ms=exp, owner="registry-gone", deadline_ms=exp,
+                   progress={"done": 5, "total": 10, "failed": 0}),
         TaskRecord(task_id="resumable-build", kind="build", state="pending", servable="alice/r@1",
                    created_at_ms=now, updated_at_ms=now, expires_at_ms=exp, owner="registry-gone",
                    deadline_ms=exp),
@@ -348,17 +351,19 @@ async def test_what_the_broker_no_longer_holds_fails_registry_lost_and_live_peer
         on_build_lost=on_build_lost,
     )
     try:
-        assert await takeover.take_over() == 3
-        for task_id in ("lost-run", "lost-build"):
+        assert await takeover.take_over() == 4
+        for task_id in ("lost-run", "lost-build", "lost-job"):
             ended = await tasks.get(task_id)
             assert ended is not None and ended.state == "failed" and ended.owner == "registry-b", ended
             assert ended.error is not None and ended.error["type"] == "registry_lost", ended
             assert "registry-gone" in ended.error["message"]
         assert [t.task_id for t in builds_lost] == ["lost-build"]
-        assert sorted(builds_taken) == ["lost-build", "resumable-build"]
+        assert sorted(builds_taken) == ["lost-build", "resumable-build"]  # never a job
+        job = await tasks.get("lost-job")
+        assert job is not None and job.error is not None and "5 rows done are kept" in job.error["message"]
         resumed = await tasks.get("resumable-build")  # its build started again here: open, this registry's
-        assert resumed == replace(records[2], owner="registry-b"), resumed
-        assert await tasks.get("ended") == records[3] and await tasks.get("live") == records[4]
+        assert resumed == replace(records[3], owner="registry-b"), resumed
+        assert await tasks.get("ended") == records[4] and await tasks.get("live") == records[5]
         assert await takeover.take_over() == 0
     finally:
         await background.close()

@@ -48,7 +48,9 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 #   stored servable: the method must be one the servable declares and the inputs must match its declared
 #   argument types (runs, pipelines); format=image needs a version built with a docker environment (export);
 #   a publication document is checked against the full publication schema, its argument types, DOIs and
-#   test vectors (publish, update). Every other check, and every other status, still applies to them.
+#   test vectors (publish, update); a dataset job needs the path to name a dataset, the servable to declare
+#   the method, the file to hold the columns (apply). Every other check, and every other status, still
+#   applies to them.
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "410", "429"]
 STATEFUL_400 = [
     "runServable",
@@ -57,6 +59,8 @@ STATEFUL_400 = [
     "exportVersion",
     "publish",
     "updateServable",
+    "applyToDataset",
+    "applyToDatasetVersion",
 ]
 
 

@@ -176,6 +176,15 @@ def test_search_filters_by_link(
         timeout_s=10,
         message="the dataset's hit with its columns",
     )
+    # the kind filter and facet (REST, through the SDK's pass-through)
+    assert model not in found(trained_on=ref, kind="dataset") and model in found(
+        trained_on=ref, kind="servable"
+    )
+    assert found(name=ref.split("/")[1], kind="dataset") == [ref]
+    counts = alice.search(name=ref.split("/")[1], facets="kind", limit=1)["facets"]["kind"]
+    assert counts == [{"value": "dataset", "count": 1}]
+    refused = httpx.get(f"{alice.url}/api/v1/search", params={"kind": "model"})
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "kind"
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def alive(pid: int) -> bool:
 
 
 def warm_pool(pools: EnvironmentPools, env_id: str) -> WarmPool:
-    (found,) = [w for w in pools._pools.values() if env_id in w.key]
+    (found,) = [w for w in pools._pools if env_id in w.key]
     return found
 
 

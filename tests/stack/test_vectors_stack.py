@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,64 @@ def test_verify_reports_a_version_that_no_longer_reproduces(
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL" in result.stdout and "2 of 2 test vector(s) failed" in result.stdout
+
+
+def _at(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def test_last_verification_in_describe(
+    stack: StackInfo, alice: DLHubClient, pkg_dir: Path, tmp_path: Path
+) -> None:
+    """The publish-time check is stored, each verify replaces it, and describe shows the latest."""
+    data = tmp_path / "data.txt"
+    data.write_text("published")
+    vectors: list[dict[str, Any]] = [
+        {"inputs": str(data), "expected": "published"},
+        {"inputs": str(data), "expected": "published"},
+    ]
+    before = time.time()
+    servable, reply = _publish(alice, pkg_dir, "read_text", vectors, module="vecfns")
+    assert alice._maybe_wait(reply, True, 120)["status"] == "ready"
+    url = f"{stack.api}/servables/{servable}"
+    at_publish = httpx.get(url).json()["last_verification"]
+    assert at_publish["trigger"] == "publish" and at_publish["passed"] is True
+    assert (at_publish["passed_count"], at_publish["total"]) == (2, 2)
+    assert at_publish["vectors"] == [{"index": 0, "passed": True}, {"index": 1, "passed": True}]
+    assert before - 1 <= _at(at_publish["at"]) <= time.time() + 1
+
+    data.write_text("drifted")
+    report = httpx.post(f"{url}/versions/1/verify").json()  # anonymous: public, like a run
+    assert report["passed"] is False
+    latest = httpx.get(f"{url}/versions/1").json()["last_verification"]
+    assert latest["trigger"] == "verify" and latest["passed"] is False
+    assert (latest["passed_count"], latest["total"]) == (0, 2)
+    assert latest["vectors"][1] == {"index": 1, "passed": False, "message": report["vectors"][1]["message"]}
+    assert _at(latest["at"]) >= _at(at_publish["at"])
+
+    data.write_text("published")
+    assert alice.verify(servable)["passed"] is True
+    again = alice.describe(servable)["last_verification"]
+    assert again["trigger"] == "verify" and again["passed"] is True and again["passed_count"] == 2
+
+
+def test_last_verification_is_null_without_vectors(
+    stack: StackInfo, alice: DLHubClient, pkg_dir: Path
+) -> None:
+    servable, reply = _publish(alice, pkg_dir, "noop", None)
+    alice._maybe_wait(reply, True, 120)
+    alice.verify(servable)  # "no test vectors": nothing ran, nothing is stored
+    assert httpx.get(f"{stack.api}/servables/{servable}").json()["last_verification"] is None
+
+
+def test_a_failed_publish_check_is_kept(alice: DLHubClient, pkg_dir: Path) -> None:
+    servable, reply = _publish(alice, pkg_dir, "double", [{"inputs": [1], "expected": [3]}])
+    with pytest.raises(TaskFailed):
+        alice._maybe_wait(reply, True, 120)
+    latest = alice.describe(servable)["last_verification"]
+    assert latest["trigger"] == "publish" and latest["passed"] is False
+    message = "output[0]: expected 3, got 2 (rel 1e-09, abs 0)"
+    assert latest["vectors"] == [{"index": 0, "passed": False, "message": message}]
 
 
 def test_verify_unknown_is_404(stack: StackInfo) -> None:

@@ -108,7 +108,7 @@ def browser() -> Iterator[WebDriver]:
 
 def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> None:
     open_page(browser, f"{catalog.url}/?q=webtag{catalog.tag}")
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     assert sorted(hits(browser)) == sorted([catalog.mean, catalog.square, catalog.xss])
     browser.find_element(By.CSS_SELECTOR, 'a[data-facet="domain"][data-value="materials"]').click()
     wait(browser).until(lambda d: text_of(d, "#result-count") == "1 model")
@@ -118,7 +118,7 @@ def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> Non
     open_page(browser, browser.current_url)
     wait(browser).until(lambda d: hits(d) == [catalog.mean])
     browser.find_element(By.CSS_SELECTOR, 'a[data-remove="domain"]').click()
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     browser.back()
     wait(browser).until(lambda d: text_of(d, "#result-count") == "1 model")
     # Free text through the search box narrows as well.
@@ -127,7 +127,7 @@ def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> Non
     box.send_keys(f"webtag{catalog.tag} square")
     browser.find_element(By.ID, "search-button").click()
     # ... within the domain filter still in place (square is chemistry), then without it.
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "0 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "0 results")
     browser.find_element(By.CSS_SELECTOR, 'a[data-remove="domain"]').click()
     wait(browser).until(lambda d: hits(d) == [catalog.square])
 
@@ -201,7 +201,7 @@ def test_async_run_followed_to_completion(browser: WebDriver, catalog: Catalog) 
 
 def test_private_model_invisible_when_signed_out(browser: WebDriver, catalog: Catalog) -> None:
     open_page(browser, f"{catalog.url}/?q=webtag{catalog.tag}")
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     assert catalog.private not in hits(browser)
     open_page(browser, f"{catalog.url}/m/{catalog.private}")
     wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "main .error"))
@@ -210,7 +210,7 @@ def test_private_model_invisible_when_signed_out(browser: WebDriver, catalog: Ca
     sign_in(browser, catalog.token)
     wait(browser).until(lambda d: text_of(d, "#model-title") == "Private web model")
     open_page(browser, f"{catalog.url}/?q=webtag{catalog.tag}")  # open_page signs out again
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 models")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     sign_in(browser, catalog.token)
     wait(browser).until(lambda d: catalog.private in hits(d))
     browser.find_element(By.ID, "sign-out").click()

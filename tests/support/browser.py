@@ -37,8 +37,9 @@ class BrowserUnavailable(RuntimeError):
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
-    """A headless chromium with a ``width`` x ``height`` window, quit afterwards."""
+def chromium(width: int = 1280, height: int = 900, download_dir: Path | None = None) -> Iterator[WebDriver]:
+    """A headless chromium with a ``width`` x ``height`` window, quit afterwards; downloads land in
+    ``download_dir`` without a prompt when one is given."""
     binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if binary is None or driver_path is None:
         raise BrowserUnavailable(
@@ -53,6 +54,15 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
         f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
+    if download_dir is not None:
+        options.add_experimental_option(
+            "prefs",
+            {
+                "download.default_directory": str(download_dir),
+                "download.prompt_for_download": False,
+                "safebrowsing.enabled": False,
+            },
+        )
     try:
         driver = webdriver.Chrome(
             options=options, service=webdriver.ChromeService(executable_path=driver_path)

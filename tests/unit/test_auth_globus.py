@@ -213,7 +213,14 @@ async def test_rest_whoami_with_a_globus_token(registry: TestClient[Any, Any]) -
     assert me["user"] == "kingfish_globus.org" and me["provider"] == "globus"
     assert sorted(me["groups"]) == group_ids() and me["token"].startswith("…")
     info = await (await registry.get("/api/v1/auth")).json()
-    assert info == {"provider": "globus", "native_client_id": "", "scope": SCOPE}
+    base = "https://auth.globus.org"  # the default auth.globus.auth_url: the page signs in there
+    assert info == {
+        "provider": "globus",
+        "native_client_id": "",
+        "scope": SCOPE,
+        "authorize_url": f"{base}/v2/oauth2/authorize",
+        "token_url": f"{base}/v2/oauth2/token",
+    }
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -17,8 +18,8 @@ import msgspec
 import pytest
 
 from dlhub.builder.build import BuildLimits, build_version, compute_digest, sweep_staging
-from dlhub.builder.package import ExtractLimits, extract_package
 from dlhub.builder.service import BuilderService
+from dlhub.common.bundles import bundle_digest, install_bundle
 from dlhub.common.codec import Codec
 from dlhub.common.errors import (
     BuildFailed,
@@ -31,11 +32,19 @@ from dlhub.common.errors import (
 )
 from dlhub.common.ids import BUILDER_TOPIC
 from dlhub.common.messages import Dispatch
+from dlhub.common.package import ExtractLimits, extract_package
 from dlhub.common.payloads import BuildOutcome, BuildRequest, decode_payload
-from dlhub.common.servable_store import FILES_DIRNAME, METADATA_FILENAME, staging_dir, version_dir
+from dlhub.common.servable_store import (
+    FILES_DIRNAME,
+    METADATA_FILENAME,
+    build_record_path,
+    staging_dir,
+    version_dir,
+)
 
 MiB = 1024 * 1024
 LIMITS = BuildLimits(max_package_bytes=8 * MiB, max_extracted_bytes=4 * MiB, max_files=50)
+EXTRACT = ExtractLimits(max_extracted_bytes=4 * MiB, max_files=50)
 METADATA: dict[str, Any] = {
     "dlhub": {
         "name": "iris_rf",
@@ -184,6 +193,23 @@ def test_builds_a_normal_package(root: Path, fmt: str, make: Callable[[dict[str,
     assert list(staging_dir(root).iterdir()) == []
 
 
+def test_the_outcome_carries_the_version_folder_as_a_bundle_unless_it_is_too_large(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    outcome = build_version(request(files_tar(GOOD_FILES)), root, LIMITS)
+    cache = tmp_path_factory.mktemp("cache")
+    unpacked = install_bundle(outcome.bundle, bundle_digest(outcome.bundle), cache, EXTRACT)
+    target = version_dir(root, "alice", "iris_rf", 1)
+    assert sorted(p.relative_to(unpacked) for p in unpacked.rglob("*")) == sorted(
+        p.relative_to(target) for p in target.rglob("*")
+    )
+    small = dataclasses.replace(LIMITS, max_bundle_bytes=100)
+    big = build_version(request(files_tar(GOOD_FILES), name="other"), root, small)
+    assert big.bundle == b""  # built all the same: only Task Managers without the builder's disk lose it
+    log = json.loads(build_record_path(root, "alice", "other", 1).read_text())["log"]
+    assert any("bundle of" in line and "not kept" in line for line in log)
+
+
 def test_tar_with_dot_prefix_dirs_and_inside_links(root: Path) -> None:
     members = [
         tar_member("./", type_=tarfile.DIRTYPE),
@@ -269,7 +295,7 @@ def tar_filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     enabled: bool = request.param
     if enabled and not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python has no tarfile extraction filters")
-    monkeypatch.setattr("dlhub.builder.package.TAR_FILTERS", enabled)
+    monkeypatch.setattr("dlhub.common.package.TAR_FILTERS", enabled)
     return enabled
 
 
@@ -288,7 +314,7 @@ def test_later_defences_hold_without_the_pre_check(
     root: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the whole-archive pre-check disabled, filter="data" and the final tree walk still refuse."""
-    monkeypatch.setattr("dlhub.builder.package.check_entries", lambda _entries: None)
+    monkeypatch.setattr("dlhub.common.package.check_entries", lambda _entries: None)
     build_fails(root, request(make_tar(HOSTILE_TARS[case]), metadata={}), UnsafePackage)
 
 

@@ -197,9 +197,10 @@ class Env:
     async def settle(self) -> None:
         """Wait for background builds, index updates and async runs to finish."""
         background = self.client.app[BACKGROUND]
-        # until only the periodic sweeps (tasks, blobs), the task reaper and the registry heartbeat are left
+        # until only the periodic sweeps (tasks, blobs, job results), the task reaper and the registry
+        # heartbeat are left
         await await_until(
-            lambda: len(background) <= 4, timeout_s=10, interval_s=0.01, message="background work to finish"
+            lambda: len(background) <= 5, timeout_s=10, interval_s=0.01, message="background work to finish"
         )
 
     async def publish(
@@ -822,3 +823,23 @@ async def test_metrics_count_requests_by_route_template_status_and_run_outcome(e
 async def test_metrics_disabled_has_no_endpoint(tmp_path: Path) -> None:
     app = create_app(load_settings(data_dir=tmp_path, metrics={"enabled": False}), bus=FakeBus())
     assert all(getattr(r.resource, "canonical", "") != "/metrics" for r in app.router.routes())
+
+
+async def test_a_popular_datasets_describe_lists_the_first_users_and_says_there_are_more(env: Env) -> None:
+    """A dataset 120 servables were trained on: describe lists 100 and flags the rest (search has all)."""
+    store = env.client.app[STORE]
+    public = {"visible_to": ["public"]}
+    dataset = {"datacite": {}, "dlhub": {"type": "dataset", "name": "gaps", **public}}
+    ready: dict[str, Any] = {"published_at_ms": 1, "status": "ready"}
+    await store.create_version(owner="alice", name="gaps", metadata=dataset, **ready)
+    for index in range(120):
+        model = {"datacite": {}, "dlhub": {"name": f"m{index:03}", "training_data": ["alice/gaps"], **public}}
+        await store.create_version(owner="bob", name=f"m{index:03}", metadata=model, **ready)
+    described = await (await env.client.get(f"{API}/servables/alice/gaps")).json()
+    assert [u["servable"] for u in described["used_by"]] == [f"bob/m{i:03}@1" for i in range(100)]
+    assert described["used_by_truncated"] is True
+    await store.create_version(owner="alice", name="lone", metadata=dataset, **ready)
+    lone = await (await env.client.get(f"{API}/servables/alice/lone")).json()
+    assert lone["used_by"] == [] and lone["used_by_truncated"] is False
+    model_answer = await (await env.client.get(f"{API}/servables/bob/m000")).json()
+    assert "used_by" not in model_answer and "used_by_truncated" not in model_answer

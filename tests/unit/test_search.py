@@ -15,6 +15,8 @@ from dlhub.common.errors import DLHubError, InvalidMessage
 from dlhub.common.ids import SEARCH_INDEX_TOPIC, SEARCH_QUERY_TOPIC
 from dlhub.common.messages import Dispatch
 from dlhub.common.payloads import (
+    FacetCount,
+    FacetName,
     IndexRequest,
     MethodTypes,
     SearchDocument,
@@ -397,28 +399,63 @@ async def test_service_rejects_malformed_payloads(tmp_path: Path, topic: str, va
 # --- over the bus: real broker and search processes -----------------------------------------------------
 
 
+KIND_DATASET = SearchDocument(
+    id="alice/iris_data", owner="alice", name="iris_data", version=1, kind="dataset"
+)
+
+
+async def test_index_written_by_schema_4_gains_the_kind_column(tmp_path: Path) -> None:
+    """Kinds are read back from the stored bodies: the filter and the browsing facet are exact at once."""
+    path = tmp_path / "search.sqlite3"
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        for doc in (*DOCS, KIND_DATASET):
+            await eng.upsert(doc)
+        before = await eng.query(SearchQuery(facets=["kind"], identities=["user:dave"], limit=0))
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        "ALTER TABLE documents DROP COLUMN kind; DELETE FROM public_facets WHERE facet = 'kind';"
+        "PRAGMA user_version = 4;"
+    )
+    conn.close()
+    async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
+        browse = await eng.query(SearchQuery(facets=["kind"], identities=["user:dave"], limit=0))
+        assert browse == before
+        assert browse.facets["kind"] == [
+            FacetCount(value="servable", count=browse.total - 1),
+            FacetCount(value="dataset", count=1),
+        ]
+        assert [h.document.id for h in (await eng.query(SearchQuery(kind="dataset"))).hits] == [
+            "alice/iris_data"
+        ]
+
+
 async def test_index_written_by_schema_2_is_migrated(tmp_path: Path) -> None:
     """Bodies move to their own table and the public facet counts are rebuilt from them."""
     path = tmp_path / "search.sqlite3"
     async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
         for doc in DOCS:
             await eng.upsert(doc)
-        fresh = await eng.query(SearchQuery(q="iris", facets=["owner", "domain"]))
-        browse = await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"]))
+        await eng.upsert(KIND_DATASET)
+        fresh = await eng.query(SearchQuery(q="iris", facets=["owner", "domain", "kind"]))
+        browse = await eng.query(SearchQuery(facets=["owner", "domain", "kind"], identities=["user:dave"]))
+        datasets = await eng.query(SearchQuery(kind="dataset"))
     conn = sqlite3.connect(path, isolation_level=None)  # rewrite the file into the schema 2 layout
     conn.executescript(
         "ALTER TABLE documents ADD COLUMN body BLOB;"
         "UPDATE documents SET body = (SELECT body FROM document_bodies b WHERE b.pk = documents.pk);"
         "DROP TABLE document_bodies; DROP TABLE public_facets; DROP INDEX documents_public;"
-        "ALTER TABLE documents DROP COLUMN domains; DROP TABLE document_methods; PRAGMA user_version = 2;"
+        "ALTER TABLE documents DROP COLUMN domains; DROP TABLE document_methods;"
+        "ALTER TABLE documents DROP COLUMN kind; PRAGMA user_version = 2;"
     )
     conn.close()
     async with SqliteSearchEngine(path, max_page_size=MAX_PAGE) as eng:
-        assert await eng.query(SearchQuery(q="iris", facets=["owner", "domain"])) == fresh
-        assert await eng.query(SearchQuery(facets=["owner", "domain"], identities=["user:dave"])) == browse
+        assert await eng.query(SearchQuery(q="iris", facets=["owner", "domain", "kind"])) == fresh
+        facets: list[FacetName] = ["owner", "domain", "kind"]
+        assert await eng.query(SearchQuery(facets=facets, identities=["user:dave"])) == browse
+        assert await eng.query(SearchQuery(kind="dataset")) == datasets and datasets.total == 1
     conn = sqlite3.connect(path)
     assert "body" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     conn.close()
 
 

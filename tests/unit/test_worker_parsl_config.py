@@ -29,6 +29,8 @@ def test_slurm_provider_config(tmp_path: Path) -> None:
     from parsl.launchers import SrunLauncher
     from parsl.providers import SlurmProvider
 
+    from dlhub.worker.parsl_slurm import AccountingFreeSlurmProvider
+
     settings = load_settings(
         worker={
             "backend": "parsl",
@@ -37,12 +39,19 @@ def test_slurm_provider_config(tmp_path: Path) -> None:
                 "walltime_s": 5400, "nodes_per_block": 2, "min_blocks": 0, "max_blocks": 4,
                 "workers_per_node": 8, "scheduler_options": "#SBATCH --constraint=cpu",
                 "worker_init": "source ~/dlhub-env/bin/activate", "launcher": "srun",
+                "parallelism": 0.5, "max_idletime_s": 30, "strategy_period_s": 2, "exclusive": False,
+                "job_status_period_s": 10,
             },
         }
     )  # fmt: skip
-    (executor,) = parsl_config(settings.worker.parsl, run_dir=str(tmp_path)).executors
+    config = parsl_config(settings.worker.parsl, run_dir=str(tmp_path))
+    assert (config.max_idletime, config.strategy_period) == (30, 2)
+    (executor,) = config.executors
     provider = executor.provider
     assert isinstance(provider, SlurmProvider) and isinstance(provider.launcher, SrunLauncher)
+    # Finished jobs' states come from scontrol where Slurm has no accounting (dlhub.worker.parsl_slurm).
+    assert isinstance(provider, AccountingFreeSlurmProvider) and provider.status_polling_interval == 10
+    assert provider.parallelism == 0.5 and "--exclusive" not in provider.scheduler_options
     assert (provider.partition, provider.account, provider.qos) == ("debug", "sci42", "normal")
     assert provider.walltime == "01:30:00" and provider.nodes_per_block == 2
     assert (provider.init_blocks, provider.min_blocks, provider.max_blocks) == (1, 0, 4)

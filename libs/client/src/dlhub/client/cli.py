@@ -201,6 +201,88 @@ def _curve_keys_dir(settings: DLHubSettings, data_dir: Path, bus_auth: bool | No
     return configured
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--broker", required=True, metavar="tcp://HOST:PORT", help="The broker's address.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="This worker's own data.")
+@click.option("--registry-url", default=None, help="The registry's internal URL: bundles are fetched there.")
+@click.option(
+    "--serves", multiple=True, metavar="PATTERN", help="Servables served (owner/name globs; repeatable)."
+)
+@click.option("--site", default=None, help="Where this Task Manager runs (shown in `dlhub workers`).")
+@click.option("--instance-id", default=None, help="A stable name for this Task Manager.")
+@click.option(
+    "--device", "devices", multiple=True, metavar="KIND:ID", help="A device offered (gpu:0; repeatable)."
+)
+@click.option("--key-name", default=None, metavar="worker-LABEL", help="Its bus keypair in <data-dir>/keys.")
+@click.option("--bus-auth/--no-bus-auth", default=True, show_default=True, help="CurveZMQ keys on the bus.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="TOML config.")
+def worker(
+    broker: str,
+    data_dir: Path,
+    registry_url: str | None,
+    serves: tuple[str, ...],
+    site: str | None,
+    instance_id: str | None,
+    devices: tuple[str, ...],
+    key_name: str | None,
+    bus_auth: bool,
+    config_file: Path | None,
+) -> None:
+    """Run a worker (a Task Manager) on this machine, against a broker elsewhere (docs/task-managers.md)."""
+    from dlhub.client.tokens import require_server
+
+    require_server("`dlhub worker` runs a DLHub worker")
+    argv = [sys.executable, "-m", "dlhub.worker", "--broker", broker, "--data-dir", str(data_dir)]
+    argv.append("--bus-auth" if bus_auth else "--no-bus-auth")
+    for option, value in (
+        ("--registry-url", registry_url),
+        ("--site", site),
+        ("--instance-id", instance_id),
+        ("--key-name", key_name),
+        ("--config", str(config_file) if config_file else None),
+    ):
+        if value:
+            argv += [option, value]
+    for pattern in serves:
+        argv += ["--serves", pattern]
+    for device in devices:
+        argv += ["--device", device]
+    os.execv(sys.executable, argv)  # the worker is this process: signals and exit code are its own
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The handler table as JSON.")
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """The Task Managers registered at the broker: site, devices, executors, patterns, capacity (an
+    administrator's token: `registry.admin_users`)."""
+    with _client(ctx) as client:
+        health = client.health()
+    handlers = health.get("broker", {}).get("handlers")
+    if handlers is None:
+        _fail("the handler table is shown to administrators only (registry.admin_users)")
+    rows = [h for h in handlers if h.get("kind") == "worker"]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(
+        "handler", "instance", "site", "devices", "executors", "serves", "capacity", "inflight", "state"
+    )
+    for h in rows:
+        table.add_row(
+            escape(h["handler_id"]),
+            escape(h.get("instance_id") or "-"),
+            escape(h.get("site") or "-"),
+            escape(", ".join(h.get("devices") or []) or "-"),
+            escape(", ".join(h.get("executors") or [])),
+            escape(", ".join(h.get("serves") or h.get("topics") or [])),
+            str(h["capacity"]),
+            str(h["inflight"]),
+            "draining" if h.get("draining") else "serving",
+        )
+    console.print(table)
+
+
 @main.group()
 def keys() -> None:
     """Manage the CurveZMQ keys of the bus (docs/security.md)."""
@@ -1101,6 +1183,92 @@ def status(ctx: click.Context, task_id: str, wait: bool) -> None:
 
             record = TaskHandle(client, task_id).wait()
     _print_json(record)
+
+
+@main.command()
+@click.argument("dataset")
+@click.argument("servable")
+@click.option("--file", "file_path", metavar="PATH", help="The tabular file (default: its only one).")
+@click.option("--column", "columns", multiple=True, help="A column each row passes, in order (repeatable).")
+@click.option("--method", default="run", show_default=True)
+@click.option("--param", "-p", "params", multiple=True, help="key=JSON value (repeatable).")
+@click.option("--mode", type=click.Choice(["batch", "row"]), default=None, help="Default: by the input type.")
+@click.option("--batch-rows", default=500, show_default=True, help="Rows per call (batch mode).")
+@click.option("--output-name", default=None, help="Name of the output dataset (default DATASET-SERVABLE).")
+@click.option("--wait", is_flag=True, help="Show the progress until the job ends; exit 1 unless completed.")
+@click.option("--timeout-s", default=3600.0, show_default=True, help="With --wait: how long to wait.")
+@click.pass_context
+def apply(
+    ctx: click.Context,
+    dataset: str,
+    servable: str,
+    file_path: str | None,
+    columns: tuple[str, ...],
+    method: str,
+    params: tuple[str, ...],
+    mode: str | None,
+    batch_rows: int,
+    output_name: str | None,
+    wait: bool,
+    timeout_s: float,
+) -> None:
+    """Apply SERVABLE (owner/name[@version], a pipeline too) to every row of DATASET's tabular file as an
+    asynchronous job; the results become your dataset, linked to both. Prints the task (with --wait, the
+    progress, then the ended task)."""
+    with _client(ctx) as client:
+        handle = client.apply(
+            dataset,
+            servable,
+            method=method,
+            parameters=_run_parameters(params) or None,
+            file=file_path,
+            columns=columns or None,
+            mode=mode,
+            batch_rows=batch_rows,
+            output_name=output_name,
+        )
+        if not wait:
+            _print_json(client.status(handle.task_id))
+            return
+        record = _follow_job(client, handle.task_id, timeout_s)
+    _print_json(record)
+    if record["state"] != "completed":
+        sys.exit(1)
+
+
+def _follow_job(client: DLHubClient, task_id: str, timeout_s: float) -> dict[str, Any]:
+    """Poll the job, showing ``done/total rows (failed)`` on stderr (one live line on a terminal, a line per
+    change otherwise), until it ends."""
+    deadline = time.monotonic() + timeout_s
+    shown = ""
+    live = err_console.is_terminal
+    while True:
+        record = client.status(task_id)
+        progress = record.get("progress") or {}
+        total = progress.get("total")
+        line = (
+            f"{task_id}: {record['state']} {progress.get('done', 0)}/{'?' if total is None else total} rows"
+            f" ({progress.get('failed', 0)} failed)"
+        )
+        if line != shown:
+            err_console.print(("\r" if live else "") + line, end="" if live else "\n", highlight=False)
+            shown = line
+        if record["state"] in ("completed", "failed"):
+            if live:
+                err_console.print()
+            return record
+        if time.monotonic() >= deadline:
+            _fail(f"task {task_id} still {record['state']} after {timeout_s} s")
+        time.sleep(0.5)
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_context
+def cancel(ctx: click.Context, task_id: str) -> None:
+    """Cancel a dataset job of yours; it ends failed (cancelled) and keeps the rows it did."""
+    with _client(ctx) as client:
+        _print_json(client.cancel(task_id))
 
 
 @main.command()

@@ -125,6 +125,10 @@ def _servable_path(ref: str) -> str:
     return f"{base}/versions/{version}" if version is not None else base
 
 
+JobResults = list[dict[str, Any]]
+"""A dataset job's results: one ``{"index", "output", "error"}`` per row."""
+
+
 class TaskHandle:
     """An asynchronous task: poll ``status()`` or block on ``result()``."""
 
@@ -156,6 +160,20 @@ class TaskHandle:
         if record["state"] == "failed":
             raise TaskFailed(self.task_id, record.get("error") or {})
         return record.get("output")
+
+    def progress(self) -> dict[str, Any] | None:
+        """A dataset job's ``{"done", "total", "failed"}`` rows (``total`` None until counted); None for
+        other tasks."""
+        progress: dict[str, Any] | None = self.status().get("progress")
+        return progress
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel a dataset job: it ends ``failed`` with ``error.type`` ``cancelled``, its results kept."""
+        return self.client.cancel(self.task_id)
+
+    def results(self) -> list[dict[str, Any]]:
+        """A dataset job's per-row results so far (``{"index", "output", "error"}``, in row order)."""
+        return self.client.job_results(self.task_id)
 
 
 class DLHubClient:
@@ -576,11 +594,12 @@ class DLHubClient:
     def search(self, q: str = "", *, limit: int = 20, offset: int = 0, **filters: Any) -> dict[str, Any]:
         """Free text (prefix-matched) plus query parameters of ``GET /search``, passed through.
 
-        Filters: owner, name, domain, author, model_type, servable_type, doi (the servable's DOI or a
+        Filters: owner, name, domain, author, model_type, servable_type, kind (servable, pipeline or
+        dataset), doi (the servable's DOI or a
         related identifier such as its paper's DOI, case-insensitive); trained_on / tested_on (a dataset:
         ``owner/name``, ``owner/name@version`` or a DOI); ``published_from`` /
         ``published_to`` (ISO 8601 string, ``date``/``datetime``, or epoch seconds); ``facets`` (a list or a
-        comma-separated string of domain, model_type, servable_type, owner); ``sort`` (relevance,
+        comma-separated string of domain, model_type, servable_type, owner, kind); ``sort`` (relevance,
         publication_date, name) and ``order`` (asc, desc). The reply carries ``facets`` when asked for.
 
         Argument types: ``input_type`` / ``output_type`` (``"ndarray"``, ``"list"`` ...), ``input_item_type``
@@ -769,6 +788,47 @@ class DLHubClient:
     def status(self, task_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/tasks/{task_id}")
         return result
+
+    def apply(
+        self,
+        dataset: str,
+        servable: str,
+        *,
+        method: str = "run",
+        parameters: Mapping[str, Any] | None = None,
+        file: str | None = None,
+        columns: Sequence[str] | None = None,
+        mode: str | None = None,
+        batch_rows: int = 500,
+        output_name: str | None = None,
+        visible_to: Sequence[str] | None = None,
+    ) -> TaskHandle:
+        """Run ``servable`` (``owner/name[@version]``, a pipeline too) over every row of ``dataset``'s
+        tabular ``file`` (default: its only one) as an asynchronous job; ``handle.progress()`` counts the
+        rows, ``handle.result()`` is ``{"dataset": "<you>/<output>@<v>", "failed", "failures", ...}``: the
+        results, published as your dataset linked to both inputs (docs/api.md, Dataset jobs)."""
+        body: dict[str, Any] = {"servable": servable, "method": method, "batch_rows": batch_rows}
+        optional = {
+            "parameters": dict(parameters) if parameters is not None else None,
+            "file": file,
+            "columns": list(columns) if columns is not None else None,
+            "mode": mode,
+            "output_name": output_name,
+            "visible_to": list(visible_to) if visible_to is not None else None,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        reply = self._request("POST", _servable_path(dataset) + "/apply", json=body)
+        return TaskHandle(self, reply["task_id"])
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("POST", f"/tasks/{task_id}/cancel")
+        return result
+
+    def job_results(self, task_id: str) -> JobResults:
+        response = self._send("GET", f"/tasks/{task_id}/results")
+        if response.status_code >= 400:
+            self._raise_for(response)
+        return [json.loads(line) for line in response.text.splitlines() if line]
 
     def _run_body(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,6 +89,13 @@ def failed_result(task_id: str, code: str, message: str, *, step: int = 0, **err
 def _expire(future: asyncio.Future[Result], task_id: str, timeout_s: float) -> None:
     if not future.done():
         future.set_result(failed_result(task_id, "task_timeout", f"no result within {timeout_s} s"))
+
+
+def reconnect_delay_s(backoff_s: float) -> float:
+    """The wait before the next connection attempt: ``backoff_s`` (which doubles up to
+    ``bus.reconnect_max_s``) less a random part of up to half of it, so that the Task Managers a broker
+    restart disconnected together do not all come back in the same instant."""
+    return backoff_s * (0.5 + random.random() / 2)
 
 
 class _Dealer:
@@ -216,7 +224,10 @@ class HandlerService:
         handle: TaskHandler,
         handler_id: str | None = None,
         max_tasks_per_topic: int = 0,
+        profile: Register | None = None,
     ) -> None:
+        """``profile``: what a Task Manager says of itself at registration (site, instance id, executors,
+        patterns served); its identity, topics and capacity fields are ignored (this service's own go)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.bus = bus
@@ -227,6 +238,7 @@ class HandlerService:
         self.max_tasks_per_topic = max_tasks_per_topic
         """Asked of the broker at registration: at most this many tasks of one topic at once (0: any)."""
         self.handler_id = handler_id or new_id()
+        self.profile = profile
         self._handle = handle
         self._keys = client_keys_for(bus, kind)
         self._dealer: _Dealer | None = None
@@ -273,9 +285,10 @@ class HandlerService:
                 self._abandon_tasks()
                 if was_registered:
                     backoff_s = self.bus.reconnect_initial_s
-                self._log.warning("reconnecting to broker", backoff_s=backoff_s)
+                wait_s = reconnect_delay_s(backoff_s)
+                self._log.warning("reconnecting to broker", backoff_s=round(wait_s, 3))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), backoff_s)
+                    await asyncio.wait_for(self._stopped.wait(), wait_s)
                 backoff_s = min(backoff_s * 2, self.bus.reconnect_max_s)
         finally:
             self._close_session()
@@ -354,15 +367,20 @@ class HandlerService:
             on_frame=self._on_frame,
             keys=self._keys,
         )
-        self._send(
-            Register(
-                handler_id=self.handler_id,
-                kind=self.kind,
-                topics=self.topics,
-                capacity=self.capacity,
-                max_tasks_per_topic=self.max_tasks_per_topic,
-            )
+        register = Register(
+            handler_id=self.handler_id,
+            kind=self.kind,
+            topics=self.topics,
+            capacity=self.capacity,
+            max_tasks_per_topic=self.max_tasks_per_topic,
         )
+        if self.profile is not None:
+            register.site = self.profile.site
+            register.instance_id = self.profile.instance_id
+            register.executors = self.profile.executors
+            register.serves = self.profile.serves
+            register.devices = self.profile.devices
+        self._send(register)
 
     def _close_session(self) -> None:
         self._registered.clear()

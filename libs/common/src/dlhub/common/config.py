@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from dlhub.common.ids import DEVICE_PATTERN
 
 MiB = 1024 * 1024
 
@@ -85,6 +87,10 @@ class BrokerConfig(BaseModel):
     """The same bound in encoded bytes."""
     unacked_result_ttl_s: PositiveFloat = 3600.0
     """How long an unacknowledged result waits for a registry that went away to come back."""
+    unserved_timeout_s: NonNegativeFloat = 30.0
+    """A queued task whose topic no registered handler serves (no Task Manager's patterns match its servable)
+    fails ``no_handler`` after waiting this long, rather than at its deadline; long enough for a restarting
+    worker to register again (0: wait for the deadline)."""
 
 
 class StoreConfig(BaseModel):
@@ -119,6 +125,17 @@ class RegistryConfig(BaseModel):
     ``deadline_exceeded`` by any registry's reaper, whoever accepted it."""
     task_reap_interval_s: PositiveFloat = 10.0
     """How often each registry looks for tasks past their deadline."""
+    job_timeout_s: PositiveFloat = 24 * 3600.0
+    """A dataset job (``POST .../apply``) still running this long fails ``deadline_exceeded``."""
+    job_batch_timeout_s: PositiveFloat = 300.0
+    """One batch of a dataset job (one call through the broker); a job whose progress stops for this long
+    plus ``task_deadline_grace_s`` (its registry is gone) is reaped."""
+    job_max_inflight_batches: PositiveInt = 4
+    """Batches of one dataset job awaited from the broker at once."""
+    job_max_batch_rows: PositiveInt = 10_000
+    """The largest ``batch_rows`` a job may ask for."""
+    job_max_failures_listed: NonNegativeInt = 1000
+    """Per-item failures kept in the job's task output (all of them are in its results file)."""
     task_reconcile_retry_s: PositiveFloat = 2.0
     """After a start (or a broker restart), how often the registry asks the broker again about its open
     tasks until it answers."""
@@ -200,7 +217,12 @@ class GlobusAuthConfig(BaseModel):
     scope: str = ""
     """The scope a token must carry to be accepted (``https://auth.globus.org/scopes/<client_id>/all``)."""
     native_client_id: str = ""
-    """The native-app client ``dlhub login`` signs people in with (public: no secret)."""
+    """The native-app client ``dlhub login`` and the web catalog sign people in with (public: no secret;
+    the web catalog's ``<origin>/signin/callback`` must be one of its redirect URIs)."""
+    auth_url: str = "https://auth.globus.org/"
+    """Globus Auth's base URL: introspection, dependent tokens, and where the web catalog signs people in."""
+    groups_url: str = "https://groups.api.globus.org/"
+    """The Globus Groups API's base URL."""
     groups_scope: str = "urn:globus:auth:scope:groups.api.globus.org:view_my_groups_and_memberships"
     introspect_cache_ttl_s: PositiveFloat = 60.0
     """How long an introspected token is trusted before asking Globus Auth again (never past its expiry)."""
@@ -261,6 +283,13 @@ class ParslConfig(BaseModel):
     init_blocks: NonNegativeInt = 1
     min_blocks: NonNegativeInt = 1
     max_blocks: PositiveInt = 1
+    parallelism: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Blocks asked for per outstanding task slot: 1 starts a block as soon as tasks wait for one, less
+    waits for more tasks per block (Parsl's ``parallelism``)."""
+    max_idletime_s: PositiveFloat = 120.0
+    """A block with no task for this long is released (down to ``min_blocks``; Parsl's ``max_idletime``)."""
+    strategy_period_s: PositiveFloat = 5.0
+    """How often Parsl's strategy looks at outstanding tasks and block states to scale up or down."""
     walltime_s: PositiveInt = 3600
     """Wall-clock limit of one batch job (Slurm and PBS)."""
     partition: str | None = None
@@ -271,6 +300,11 @@ class ParslConfig(BaseModel):
     """Account (allocation) charged for the jobs (Slurm and PBS)."""
     qos: str | None = None
     """Slurm quality of service."""
+    exclusive: bool = True
+    """Slurm: ask for whole nodes (``#SBATCH --exclusive``); false lets blocks share a node."""
+    job_status_period_s: PositiveFloat = 60.0
+    """Slurm: how often the blocks' job states are read (``squeue``, or ``sacct`` with accounting); a block
+    whose job failed or ended is noticed within this."""
     scheduler_options: str = ""
     """Extra lines for the job script header, e.g. ``#SBATCH --constraint=cpu`` (Slurm and PBS)."""
     select_options: str = ""
@@ -317,6 +351,30 @@ class ReplicaConfig(BaseModel):
 
 class WorkerConfig(BaseModel):
     topics: list[str] = Field(default_factory=lambda: ["servable/*"])
+    """Broker topics served; ``serves`` is the friendlier way to say which servables."""
+    serves: list[str] | None = None
+    """Servable name patterns this Task Manager serves (``["*"]``, ``["alice/*", "bob/model"]``; globs on
+    ``owner/name``, ``@version`` optional): the broker routes it only their tasks. Set, it replaces
+    ``topics``; unset, ``topics`` applies (every servable by default)."""
+    site: str = Field(default="", max_length=200)
+    """Where this Task Manager runs (a cluster, a lab): shown in /health and ``dlhub workers``."""
+    instance_id: str = Field(default="", max_length=200)
+    """A stable name for this Task Manager, shown beside its per-process handler id."""
+    devices: list[Annotated[str, Field(pattern=DEVICE_PATTERN)]] | None = Field(default=None, max_length=256)
+    """The devices it offers servables, ``kind:id`` (``["gpu:0", "gpu:1"]``): a servable whose placement
+    needs a ``gpu`` is routed only to Task Managers offering one. Unset: GPUs are detected
+    (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi``); ``[]``: none (docs/task-managers.md, "Placement")."""
+    registry_url: str | None = None
+    """The registry's internal URL (``registry.internal_url``), where a Task Manager without the builder's
+    disk fetches the bundles of versions it lacks (``GET /internal/v1/bundles/<sha256>``). Unset: versions
+    are read from ``servable_dir`` only (a worker sharing the builder's disk, as under ``dlhub up``)."""
+    bundle_dir: Path | None = None
+    """Where fetched bundles are unpacked, one folder per sha256; default ``<data_dir>/bundle-cache``."""
+    bundle_max_bytes: PositiveInt = 2048 * MiB
+    """Largest bundle fetched (compressed), and the bound on its unpacked size."""
+    bundle_max_files: PositiveInt = 100_000
+    bundle_fetch_timeout_s: PositiveFloat = 300.0
+    """Total time allowed to download one bundle."""
     processes: PositiveInt = 1
     """Executor processes of each servable version's lane (``dlhub.worker.lanes``): every version of the
     shared environment runs in processes of its own, so a slow, stuck or crashing servable never delays
@@ -591,6 +649,11 @@ class DLHubSettings(BaseSettings):
     def servable_dir(self) -> Path:
         """Where the builder extracts packages and the workers load them from."""
         return self.builder.servable_dir or self.worker.servable_dir or self.data_dir / "servables"
+
+    @property
+    def worker_bundle_dir(self) -> Path:
+        """Where a Task Manager caches the bundles it fetched, by digest."""
+        return self.worker.bundle_dir or self.data_dir / "bundle-cache"
 
     @property
     def environments_dir(self) -> Path:

@@ -156,6 +156,22 @@ class EnvironmentUnavailable(DLHubError):
     http_status = 503
 
 
+class PackageUnavailable(DLHubError):
+    """A Task Manager without a servable version's files could not fetch its bundle from the registry
+    (unreachable, unknown digest, too large, or no ``worker.registry_url`` configured)."""
+
+    code = "package_unavailable"
+    http_status = 503
+
+
+class PackageTampered(DLHubError):
+    """A bundle fetched by a Task Manager does not have the sha256 digest the registry recorded at build
+    time: refused, and nothing of it is kept."""
+
+    code = "package_tampered"
+    http_status = 502
+
+
 class ServableNotReady(DLHubError):
     code = "servable_not_ready"
     http_status = 409
@@ -248,6 +264,13 @@ class DeadlineExceeded(DLHubError):
     http_status = 504
 
 
+class TaskCancelled(DLHubError):
+    """The submitter cancelled the task (a dataset job); what it had done is kept."""
+
+    code = "cancelled"
+    http_status = 409
+
+
 class StoreUnavailable(DLHubError):
     """The registry's metadata store (e.g. the MongoDB server) cannot be reached right now."""
 
@@ -291,6 +314,8 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         ChecksumMismatch,
         UrlFetchFailed,
         EnvironmentUnavailable,
+        PackageUnavailable,
+        PackageTampered,
         ServableNotReady,
         TaskTimeout,
         NoHandler,
@@ -302,6 +327,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         RegistryLost,
         BrokerRestarted,
         DeadlineExceeded,
+        TaskCancelled,
         QueueFull,
         ShuttingDown,
         StoreUnavailable,

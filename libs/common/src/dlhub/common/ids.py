@@ -14,6 +14,10 @@ SEARCH_QUERY_TOPIC = "search/query"
 SEARCH_REINDEX_TOPIC = "search/reindex"
 SERVABLE_PREFIX = "servable/"
 ANY_SERVABLE_TOPIC = SERVABLE_PREFIX + "*"
+DEVICE_KIND_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+"""A kind of device a servable's placement may need (``gpu``); the publication schema says the same."""
+DEVICE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9_.-]{1,64})?$"
+"""A device a Task Manager offers: its kind, then optionally ``:`` and its id (``gpu:0``, ``gpu:GPU-8a``)."""
 
 
 class _RandomPool:
@@ -60,6 +64,20 @@ def is_uuid(value: str) -> bool:
 
 def servable_topic(owner: str, name: str, version: int) -> str:
     return f"{SERVABLE_PREFIX}{owner}/{name}@{version}"
+
+
+def serves_topics(patterns: list[str]) -> list[str]:
+    """The broker topics of servable name patterns (``worker.serves``): ``*`` every servable, ``alice/*``
+    every servable of alice, ``alice/model`` every version of it, ``alice/model@3`` one version, other
+    shell-style globs (``*/resnet*``) as written, every version. ValueError on an empty or spaced pattern."""
+    topics = []
+    for pattern in patterns:
+        if not pattern or any(c.isspace() for c in pattern) or pattern.startswith("/"):
+            raise ValueError(f"not a servable name pattern: {pattern!r}")
+        if not pattern.endswith("*") and "@" not in pattern:
+            pattern += "@*"
+        topics.append(SERVABLE_PREFIX + pattern)
+    return topics
 
 
 def parse_servable_topic(topic: str) -> tuple[str, str, int]:

@@ -34,6 +34,18 @@ class Register(Message, tag="register"):
     max_tasks_per_topic: int = 0
     """At most this many tasks of one exact topic at once (0: up to ``capacity``): a worker's fair share, so
     that one servable cannot hold all of its capacity while requests to others wait."""
+    site: str = ""
+    """Where a Task Manager (a worker) runs: a name its operator chose (``worker.site``), shown in /health;
+    a step whose placement names a site goes only to handlers registered with it."""
+    instance_id: str = ""
+    """The operator's name for this process (``worker.instance_id``), stable across its restarts."""
+    executors: list[str] = msgspec.field(default_factory=list)
+    """What it can launch: ``local`` or ``parsl``, and the environment backends (``venv``, ``docker``)."""
+    serves: list[str] = msgspec.field(default_factory=list)
+    """The servable name patterns it serves (``*``, ``alice/*``), as configured; ``topics`` is what routes."""
+    devices: list[str] = msgspec.field(default_factory=list)
+    """The devices it offers its servables, ``kind:id`` (``gpu:0``, ``gpu:1``): what a servable's placement
+    asks for by kind (``worker.devices``, or found by ``dlhub.worker.devices``)."""
 
 
 class Registered(Message, tag="registered"):
@@ -69,12 +81,40 @@ class Reconnect(Message, tag="reconnect"):
     reason: str
 
 
+class DeviceNeed(msgspec.Struct, frozen=True, array_like=True):
+    """A servable needs ``count`` devices of ``kind`` (``gpu``) on the Task Manager that runs it."""
+
+    kind: str
+    count: int = 1
+
+
+class Placement(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, cache_hash=True):
+    """Where a servable step may run: its version's ``servable.placement`` (docs/task-managers.md).
+
+    Frozen (hashable, the hash kept once computed): the broker keys its cache of eligible handlers on
+    ``(topic, placement)``."""
+
+    site: str = ""
+    """Only Task Managers registered with this ``site`` ("" : any)."""
+    devices: tuple[DeviceNeed, ...] = ()
+    """Only Task Managers offering at least this many devices of each kind."""
+    replicas: int = 0
+    """Spread the topic's tasks over at most this many eligible Task Managers, always the same ones while
+    they stay registered, so that only they keep its executors warm (0: every eligible one)."""
+
+
 class RouteStep(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One step of a route: the topic to send to, the method to call and its keyword parameters."""
 
     topic: str
     method: str = "run"
     parameters: msgspec.Raw = msgspec.field(default_factory=lambda: EMPTY_MAP)
+    package: str = ""
+    """A servable step: the sha256 hex digest of its version's bundle, which a worker without the version's
+    files fetches from the registry by that digest and verifies (docs/task-managers.md)."""
+    placement: Placement | None = None
+    """A servable step whose version declares a placement: the broker dispatches it only to handlers that
+    meet it (None: any handler serving the topic)."""
 
 
 class Submit(Message, tag="submit"):
@@ -145,6 +185,8 @@ class Dispatch(Message, tag="dispatch"):
     inputs: msgspec.Raw = NIL
     parameters: msgspec.Raw = EMPTY_MAP
     deadline_unix_s: float = 0.0
+    package: str = ""
+    """The step's ``RouteStep.package``: the digest of the version's bundle ("" when it has none)."""
 
 
 class Started(Message, tag="started"):
@@ -217,6 +259,11 @@ class HandlerInfo(msgspec.Struct, kw_only=True):
     inflight: int
     draining: bool = False
     """The handler said ``Draining``: it finishes what it holds and is dispatched nothing more."""
+    site: str = ""
+    instance_id: str = ""
+    executors: list[str] = msgspec.field(default_factory=list)
+    serves: list[str] = msgspec.field(default_factory=list)
+    devices: list[str] = msgspec.field(default_factory=list)
 
 
 class StatsReply(Message, tag="stats_reply"):

@@ -78,6 +78,9 @@ class BuildOutcome(msgspec.Struct, kw_only=True):
     """Every regular file with its size and sha256 (added later, so optional)."""
     previews: list[TablePreview] = msgspec.field(default_factory=list)
     """Datasets only: previews of their tabular files (added later, so optional)."""
+    bundle: bytes = b""
+    """The version's whole folder as one archive (``dlhub.common.bundles``): the registry keeps it by its
+    sha256 for Task Managers that do not share the builder's disk."""
 
 
 BuildState = Literal["queued", "resolving", "installing", "ready", "failed"]
@@ -175,7 +178,8 @@ class IndexRequest(msgspec.Struct, kw_only=True):
     document: SearchDocument | None = None
 
 
-FacetName = Literal["domain", "model_type", "servable_type", "owner"]
+FacetName = Literal["domain", "model_type", "servable_type", "owner", "kind"]
+Kind = Literal["servable", "pipeline", "dataset"]
 SortField = Literal["relevance", "publication_date", "name"]
 SortOrder = Literal["asc", "desc"]
 
@@ -222,6 +226,9 @@ class SearchQuery(msgspec.Struct, kw_only=True, omit_defaults=True):
     output_type: str | None = None
     output_item_type: str | None = None
     output_shape: list[int | None] | None = None
+    kind: Kind | None = None
+    """Only this kind of publication (added later); a document of an older peer without a kind is a
+    servable."""
 
 
 class SearchHit(msgspec.Struct, kw_only=True):

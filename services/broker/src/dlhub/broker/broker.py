@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from dlhub.broker.handlers import HandlerRecord, HandlerTable
 from dlhub.broker.mailbox import Mailbox
 from dlhub.broker.metrics import BrokerCollector
+from dlhub.broker.placement import device_counts
 from dlhub.broker.queue import PendingQueue
 from dlhub.broker.routing import TopicTable
 from dlhub.broker.tasks import TaskRecord
@@ -367,6 +368,12 @@ class Broker:
             capacity=msg.capacity,
             last_seen=now,
             max_per_topic=max(0, msg.max_tasks_per_topic),
+            site=msg.site,
+            instance_id=msg.instance_id,
+            executors=list(msg.executors),
+            serves=list(msg.serves),
+            devices=list(msg.devices),
+            device_counts=device_counts(msg.devices),
         )
         self.handlers.add(handler)
         self.topics.add(handler)
@@ -379,6 +386,9 @@ class Broker:
             kind=msg.kind,
             topics=msg.topics,
             capacity=msg.capacity,
+            site=msg.site or None,
+            instance_id=msg.instance_id or None,
+            devices=msg.devices or None,
         )
 
     def _on_unregister(self, identity: bytes, msg: Unregister, now: float) -> None:
@@ -423,6 +433,11 @@ class Broker:
                 capacity=h.capacity,
                 inflight=len(h.inflight),
                 draining=h.draining,
+                site=h.site,
+                instance_id=h.instance_id,
+                executors=h.executors,
+                serves=h.serves,
+                devices=h.devices,
             )
             for h in self.handlers
         ]
@@ -445,9 +460,10 @@ class Broker:
         if self._draining:
             self._reply(identity, _failure(msg.task_id, "shutting_down", "the broker is shutting down"))
             return
-        if msg.require_handler and not self.topics.matching(topic := msg.route[0].topic):
-            message = f"no handler serves topic {topic!r} right now"
-            self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=topic))
+        first = msg.route[0]
+        if msg.require_handler and not self.topics.candidates(first.topic, first.placement):
+            message = self.topics.unserved_reason(first.topic, first.placement) + " right now"
+            self._reply(identity, _failure(msg.task_id, "no_handler", message, topic=first.topic))
             return
         task = TaskRecord(
             task_id=msg.task_id,
@@ -566,8 +582,9 @@ class Broker:
     def _route(self, task: TaskRecord, now: float) -> None:
         """Hand the task's current step to a handler with free capacity, or queue it."""
         topic = task.topic
+        placement = task.placement
         while True:
-            handler = self.topics.choose(topic)
+            handler = self.topics.choose(topic, placement)
             if handler is None:
                 break
             if self._dispatch(task, handler, now):
@@ -598,6 +615,7 @@ class Broker:
                     inputs=task.inputs,
                     parameters=step.parameters,
                     deadline_unix_s=task.deadline_unix_s,
+                    package=step.package,
                 )
             )
         except InvalidMessage as exc:
@@ -633,7 +651,7 @@ class Broker:
                 task = queue.peek(topic)
                 if task is None:
                     continue
-                handler = self.topics.choose(topic)
+                handler = self.topics.choose(topic, task.placement)
                 if handler is None:
                     continue
                 queue.take(task)
@@ -671,7 +689,23 @@ class Broker:
         for handler in self.handlers:
             self._send(handler.identity, frame)
 
+    def _expire_unserved(self, now: float) -> None:
+        """Fail queued tasks that no registered handler could take for ``unserved_timeout_s``: a task for a
+        servable no Task Manager serves (or none where its placement asks) ends typed, naming what is
+        missing, instead of waiting for its deadline."""
+        limit_s = self.config.unserved_timeout_s
+        if not limit_s or not len(self.queue):
+            return
+        for topic in self.queue.topics():
+            head = self.queue.peek(topic)
+            if head is None or self.topics.candidates(topic, head.placement):
+                continue
+            reason = self.topics.unserved_reason(topic, head.placement)
+            while (task := self.queue.peek(topic)) is not None and now - task.ready_at >= limit_s:
+                self._fail(task, "no_handler", reason)
+
     def _expire_tasks(self, now: float) -> None:
+        self._expire_unserved(now)
         for task in self.queue.expired(now):
             if self.topics.ever_served(task.topic):
                 self._fail(task, "task_timeout", "deadline passed while waiting for a free handler")

@@ -23,6 +23,15 @@ class HandlerRecord:
     """The tasks it holds: task id -> the topic it was dispatched for."""
     per_topic: dict[str, int] = field(default_factory=dict)
     draining: bool = False
+    site: str = ""
+    instance_id: str = ""
+    executors: list[str] = field(default_factory=list)
+    serves: list[str] = field(default_factory=list)
+    """What a Task Manager said of itself at registration (shown in the stats; ``site`` also routes the
+    steps whose placement names one)."""
+    devices: list[str] = field(default_factory=list)
+    device_counts: dict[str, int] = field(default_factory=dict)
+    """``devices`` by kind (``{"gpu": 2}``), what a placement's device needs are checked against."""
 
     @property
     def free(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import msgspec
 
 from dlhub.broker.handlers import HandlerRecord
-from dlhub.common.messages import RouteStep
+from dlhub.common.messages import Placement, RouteStep
 
 
 @dataclass(slots=True, eq=False)
@@ -33,3 +33,7 @@ class TaskRecord:
     @property
     def topic(self) -> str:
         return self.route[self.step].topic
+
+    @property
+    def placement(self) -> Placement | None:
+        return self.route[self.step].placement

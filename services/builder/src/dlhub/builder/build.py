@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dlhub.builder.package import ExtractLimits, extract_package, normalize_member_name
 from dlhub.builder.preview import PreviewLimits, is_dataset, previews
 from dlhub.builder.remote import UrlFetcher, declared_url_files
+from dlhub.common.bundles import make_bundle
 from dlhub.common.config import DLHubSettings
 from dlhub.common.environments import (
     BUILD_RECORD_FILENAME,
@@ -43,6 +43,7 @@ from dlhub.common.errors import (
 )
 from dlhub.common.ids import NAME_RE
 from dlhub.common.logging import get_logger
+from dlhub.common.package import ExtractLimits, extract_package, normalize_member_name
 from dlhub.common.payloads import BuildOutcome, BuildRequest, FileEntry
 from dlhub.common.servable_store import (
     FILES_DIRNAME,
@@ -60,6 +61,8 @@ log = get_logger(__name__)
 DIGEST_PREFIX: Final = "sha256:"
 HASH_CHUNK_BYTES: Final = 1024 * 1024
 STALE_STAGING_S: Final = 3600.0
+BUNDLE_MARGIN_BYTES: Final = 1024 * 1024
+"""Room left in a bus message for the rest of a build's outcome (file list, lock) beside its bundle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,9 @@ class BuildLimits:
     max_extracted_bytes: int
     max_files: int
     preview: PreviewLimits = dataclasses.field(default_factory=PreviewLimits)
+    max_bundle_bytes: int = 255 * 1024 * 1024
+    """Largest bundle sent back with the outcome (it crosses the bus: below ``bus.max_message_bytes``); a
+    bigger version is built without one and runs only on workers sharing the builder's disk."""
 
     @classmethod
     def from_settings(cls, settings: DLHubSettings) -> BuildLimits:
@@ -77,6 +83,7 @@ class BuildLimits:
             max_extracted_bytes=config.max_extracted_bytes,
             max_files=config.max_files,
             preview=PreviewLimits.from_settings(settings),
+            max_bundle_bytes=max(0, settings.bus.max_message_bytes - BUNDLE_MARGIN_BYTES),
         )
 
 
@@ -301,6 +308,15 @@ def build_version(
         environment=environment.id if environment is not None and environment.id else "shared",
     )
     isolated = environment if environment is not None and environment.kind == "isolated" else None
+    bundle = make_bundle(target)
+    if len(bundle) > limits.max_bundle_bytes:
+        build_log.line(
+            f"bundle of {len(bundle)} bytes not kept (over {limits.max_bundle_bytes}): "
+            "only workers sharing the builder's disk can run this version"
+        )
+        build_log.save()
+        log.warning("bundle too large; not kept", servable=servable, size_bytes=len(bundle))
+        bundle = b""
     return BuildOutcome(
         digest=digest,
         files=files,
@@ -313,6 +329,7 @@ def build_version(
         base_image=isolated.base_image if isolated is not None else "",
         manifest=manifest,
         previews=tables,
+        bundle=bundle,
     )
 
 

@@ -105,6 +105,7 @@ class GlobusProvider:
         self._client = auth_client or globus_sdk.ConfidentialAppAuthClient(
             config.client_id,
             config.secret(),
+            base_url=config.auth_url,
             transport_params={"http_timeout": config.request_timeout_s, "max_retries": config.max_retries},
         )
         self._groups = TtlCache(config.cache_max_entries)
@@ -223,6 +224,7 @@ class GlobusProvider:
         if not tokens:
             return []
         groups = globus_sdk.GroupsClient(
+            base_url=self._config.groups_url,
             authorizer=globus_sdk.AccessTokenAuthorizer(tokens["access_token"]),
             transport_params={
                 "http_timeout": self._config.request_timeout_s,

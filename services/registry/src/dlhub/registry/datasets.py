@@ -10,7 +10,10 @@ identifiers. The relation types (DataCite 4.x ``relationType``):
 
 - training data: ``IsDerivedFrom`` (the model is derived from the data; the data ``IsSourceOf`` the model);
 - test data: ``References`` (the model's record refers to its evaluation data, nothing is derived from it;
-  ``IsCompiledBy`` means "B was used to create A", which fits training better than testing).
+  ``IsCompiledBy`` means "B was used to create A", which fits training better than testing);
+- the output of a dataset job (``jobs.py``) names the dataset it was computed from in ``dlhub.derived_from``
+  (``IsDerivedFrom``) and the servable or pipeline that computed it in ``dlhub.generated_by``
+  (``IsCompiledBy``: "B was used to create A"); the latter is the one link kind naming a servable.
 """
 
 from __future__ import annotations
@@ -36,11 +39,15 @@ class LinkKind:
     key: str
     relation: str
     relation_type: str
+    names_servable: bool = False
+    """The reference names a servable or pipeline (not a dataset)."""
 
 
 LINK_KINDS: Final = (
     LinkKind("training_data", "training", "IsDerivedFrom"),
     LinkKind("test_data", "test", "References"),
+    LinkKind("derived_from", "source", "IsDerivedFrom"),
+    LinkKind("generated_by", "model", "IsCompiledBy", names_servable=True),
 )
 _LOOKUP_ERRORS: Final = (NotFound, Gone, ServableNotReady)
 
@@ -79,7 +86,7 @@ async def pin_links(lookup: VersionLookup, caller: Caller, document: dict[str, A
         pinned: list[str] = []
         for index, ref in enumerate(refs):
             field = f"dlhub.{kind.key}[{index}]"
-            value, doi = await _pin_one(lookup, caller, str(ref), field)
+            value, doi = await _pin_one(lookup, caller, str(ref), field, kind)
             pinned.append(value)
             if doi:
                 related.append((doi, kind.relation_type))
@@ -88,8 +95,10 @@ async def pin_links(lookup: VersionLookup, caller: Caller, document: dict[str, A
     return doc
 
 
-async def _pin_one(lookup: VersionLookup, caller: Caller, ref: str, field: str) -> tuple[str, str]:
-    """(the stored reference, the DOI to record or "") of one named dataset."""
+async def _pin_one(
+    lookup: VersionLookup, caller: Caller, ref: str, field: str, kind: LinkKind
+) -> tuple[str, str]:
+    """(the stored reference, the DOI to record or "") of one named dataset (or servable)."""
     doi = bare_doi(ref)
     if doi is not None:
         return doi, doi
@@ -98,12 +107,13 @@ async def _pin_one(lookup: VersionLookup, caller: Caller, ref: str, field: str) 
             f"{field}: {ref!r} is not a DOI (10.<registrant>/<suffix>) nor a DLHub reference", field=field
         )
     owner, name, version = parse_servable_ref(ref.strip(), field)
+    what = "servable" if kind.names_servable else "dataset"
     try:
         record = await lookup.runnable(caller, owner, name, version)
     except _LOOKUP_ERRORS as exc:
-        raise ValidationFailed(f"{field}: dataset {ref}: {exc.message}", field=field) from None
-    if not is_dataset(record.metadata):
-        raise ValidationFailed(f"{field}: {record.label} is not a dataset", field=field)
+        raise ValidationFailed(f"{field}: {what} {ref}: {exc.message}", field=field) from None
+    if is_dataset(record.metadata) == kind.names_servable:
+        raise ValidationFailed(f"{field}: {record.label} is not a {what}", field=field)
     return record.label, doi_of(record.metadata)
 
 

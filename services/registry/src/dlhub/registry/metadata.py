@@ -27,6 +27,7 @@ from dlhub.registry.argtypes import check_method_types, method_types
 from dlhub.registry.datasets import search_terms
 from dlhub.registry.identifiers import doi_of, related_identifiers, validate_identifiers
 from dlhub.registry.pipelines import check_pipeline_document, is_pipeline
+from dlhub.registry.placement import check_placement
 from dlhub.registry.vectors import check_test_vectors
 
 SCHEMA_RESOURCE = "dlhub-publication.schema.json"
@@ -97,6 +98,7 @@ def validate_publication(document: Any) -> dict[str, Any]:
     # URL components: scheme, bucket, path and checksum shape, with messages naming what is wrong.
     if url_files(document) and is_pipeline(document):
         raise ValidationFailed("a pipeline has no package, so no URL components", field=URL_FILES_FIELD)
+    check_placement(document, pipeline=is_pipeline(document))
     if is_pipeline(document):
         check_pipeline_document(document)  # its steps are checked against the registry at publish
     else:

@@ -56,6 +56,7 @@ from dlhub.registry.pipelines import (
     resolve_step,
     stored_steps,
 )
+from dlhub.registry.placement import placement_of
 from dlhub.registry.ports import Bus
 from dlhub.registry.servables import Servables, deprecation_warning
 from dlhub.registry.store import TaskRecord, VersionRecord
@@ -253,6 +254,8 @@ class Runs:
             topic=servable_topic(record.owner, record.name, record.version),
             method=method,
             parameters=self._codec.encode_value(parameters),
+            package=record.bundle_sha256,
+            placement=placement_of(record.metadata),
         )
 
     async def prepare_run(

@@ -8,8 +8,9 @@ the search index as the servable's entry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from dlhub.common.codec import Codec, to_json
 from dlhub.common.config import DLHubSettings
@@ -50,6 +51,7 @@ from dlhub.registry.store import (
     MetadataStore,
     PackageFormat,
     StoredBuild,
+    StoredVerification,
     TaskRecord,
     VersionRecord,
 )
@@ -58,6 +60,10 @@ from dlhub.registry.tasks import TaskTable
 from dlhub.registry.vectors import VectorRunner, declared_vectors, failure_reason
 
 log = get_logger(__name__)
+USED_BY_SHOWN: Final = 100
+"""Servables listed in a dataset's describe (``used_by``); ``used_by_truncated`` says when there are more."""
+USED_BY_SCANNED: Final = 500
+"""Linking versions read for one describe (every version of each linking servable counts)."""
 
 BUILD_MARGIN_S = 120.0
 """Beyond ``environments.build_timeout_s``: extraction, pushing the image, waiting for a free builder."""
@@ -87,6 +93,7 @@ class Servables:
         tasks: TaskTable,
         background: BackgroundTasks,
         blobs: PackageBlobs,
+        bundles: PackageBlobs | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -95,12 +102,15 @@ class Servables:
         self._tasks = tasks
         self._background = background
         self._blobs = blobs
+        self.bundles = bundles or PackageBlobs(settings.data_dir / "bundles")
+        """Built versions as one archive each, by sha256 (``dlhub.common.bundles``), for Task Managers that do
+        not share the builder's disk; served by ``GET /internal/v1/bundles/{sha256}``."""
         self.cache = VersionCache(store, max_versions=settings.registry.version_cache_max_versions)
         # Servables whose index update failed (search down): retried until the index has caught up. The store
         # holds them too (``mark_index_pending``); this set covers a store that was away as well.
         self._unindexed: set[tuple[str, str]] = set()
         self._index_retry: asyncio.Task[None] | None = None
-        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec)
+        self.vectors = VectorRunner(settings=settings, bus=bus, codec=codec, store=store)
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -324,6 +334,8 @@ class Servables:
         )
         self.cache.invalidate(owner, name)
         log.info("versions deleted (tombstoned)", servable=f"{owner}/{name}", versions=deleted)
+        for sha in {v.bundle_sha256 for v in versions if v.version in deleted and v.bundle_sha256}:
+            await self.bundles.remove(sha)
         for sha in {v.package_sha256 for v in versions if v.version in deleted and v.package_sha256}:
             if await self._store.count_package_refs(sha) == 0:
                 await self._blobs.remove(sha)
@@ -547,6 +559,9 @@ class Servables:
                 await self._build_failed(record, task, error, tracker)
                 return
             outcome = decode_payload(result.output, BuildOutcome)
+            if outcome.bundle:  # before the test vectors: a Task Manager may be what runs them
+                record = dataclasses.replace(record, bundle_sha256=await self.bundles.put(outcome.bundle))
+                outcome.bundle = b""
             tracker.environment(outcome)
             tracker.line(
                 f"built: {len(outcome.files)} files, digest {outcome.digest}, environment "
@@ -556,6 +571,7 @@ class Servables:
             if vector_count:  # vectors.py: still "building" while they run
                 tracker.line(f"running {vector_count} test vectors")
                 outcomes = await self.vectors.run_all(record)
+                await self.vectors.remember(record, outcomes, "publish")
                 if not all(o.passed for o in outcomes):
                     reason = failure_reason(record, outcomes)
                     error = {"type": "test_vectors_failed", "message": reason}
@@ -579,6 +595,7 @@ class Servables:
             files=tuple(outcome.files),
             manifest=tuple(outcome.manifest),
             previews=tuple(outcome.previews),
+            bundle_sha256=record.bundle_sha256,
         )
         self.cache.invalidate(record.owner, record.name)
         if task is not None:
@@ -624,10 +641,20 @@ class Servables:
             previews=latest.previews,
         )
 
-    async def used_by(self, caller: Caller, dataset: VersionRecord) -> list[dict[str, Any]]:
-        """The servables the caller can see that name ``dataset`` as training or test data."""
-        linking = await self._store.list_linking_versions(dataset_targets(dataset))
-        return linked_users(dataset, linking, caller)
+    async def last_verification(self, record: VersionRecord) -> StoredVerification | None:
+        """The latest run of the version's test vectors (none is looked up for a version without any)."""
+        if record.deleted or not declared_vectors(record.metadata):
+            return None
+        return await self._store.get_verification(record.owner, record.name, record.version)
+
+    async def used_by(self, caller: Caller, dataset: VersionRecord) -> tuple[list[dict[str, Any]], bool]:
+        """The first ``USED_BY_SHOWN`` servables the caller can see that name ``dataset`` as training or
+        test data, and whether there are more. Bounded because a popular dataset's describe (and its web
+        page) would otherwise carry every model ever trained on it; search's ``trained_on``/``tested_on``
+        filters page through all of them."""
+        linking = await self._store.list_linking_versions(dataset_targets(dataset), limit=USED_BY_SCANNED)
+        users = linked_users(dataset, linking, caller)
+        return users[:USED_BY_SHOWN], len(users) > USED_BY_SHOWN or len(linking) >= USED_BY_SCANNED
 
     async def reindex(self, owner: str, name: str) -> bool:
         """Upsert the newest ready version into the search index, or delete the entry if there is none;

@@ -11,6 +11,8 @@ registries taking over at once, and of the peer's own late outcome, one wins per
 - builds: the build starts again here (``on_build_taken``: ``Servables.take_over_build``, as a restarted
   registry resumes its own); one whose version is no longer ``building`` for it fails ``registry_lost``
   (``on_build_lost`` then ends its version, as the reaper would).
+- dataset jobs (``jobs.py``): only the coroutine that drove one can go on, so it fails ``registry_lost``
+  (its results file is kept), as a restarted registry ends its own ``registry_restarted``.
 
 A peer that was only slow and comes back finds its tasks owned by another: its outcomes are not written and
 not acknowledged (``TaskTable.taken_over``), the new owner gets them from the broker. Synchronous runs are
@@ -111,11 +113,9 @@ class TaskTakeover:
         for task in claimed:
             if task.kind == "run":
                 self._unadopted[task.task_id] = (task, peer)
-            elif not await self._resume_build(task):
+            elif task.kind != "build" or not await self._resume_build(task):
                 failed += await self._fail_lost(task, peer)
-        log.warning(
-            "tasks of a gone registry taken over", peer=peer, taken=len(claimed), builds_failed=failed
-        )
+        log.warning("tasks of a gone registry taken over", peer=peer, taken=len(claimed), failed=failed)
         return len(claimed)
 
     async def adopt_claimed(self) -> None:
@@ -140,7 +140,10 @@ class TaskTakeover:
         return self._on_build_taken is not None and await self._on_build_taken(task)
 
     async def _fail_lost(self, task: TaskRecord, peer: str) -> int:
-        why = "its version is no longer building" if task.kind == "build" else "the broker no longer holds it"
+        why = {
+            "build": "its version is no longer building",
+            "job": f"its job stopped; the {(task.progress or {}).get('done', 0)} rows done are kept",
+        }.get(task.kind, "the broker no longer holds it")
         error = {
             "type": RegistryLost.code,
             "message": f"the registry that accepted the task ({peer}) stopped heartbeating and {why}",

@@ -53,7 +53,14 @@ class TaskTable:
         return now + int(timeout_s * 1000) + self._grace_ms
 
     async def create(
-        self, *, task_id: str, kind: TaskKind, servable: str, submitter: str | None, timeout_s: float
+        self,
+        *,
+        task_id: str,
+        kind: TaskKind,
+        servable: str,
+        submitter: str | None,
+        timeout_s: float,
+        progress: dict[str, Any] | None = None,
     ) -> TaskRecord:
         """A pending task of this registry, failed ``deadline_exceeded`` if still open ``timeout_s`` plus the
         grace from now."""
@@ -69,6 +76,7 @@ class TaskTable:
             expires_at_ms=now + self._ttl_ms,
             owner=self.owner,
             deadline_ms=self._deadline_ms(now, timeout_s),
+            progress=progress,
         )
         await self._store.save_task(task)
         return task
@@ -87,6 +95,21 @@ class TaskTable:
             deadline_ms=self._deadline_ms(now, timeout_s) if timeout_s is not None else task.deadline_ms,
         )
         return await self._write_open(task, as_owner=not resumed)
+
+    async def progress(self, task: TaskRecord, progress: dict[str, Any], *, timeout_s: float) -> TaskRecord:
+        """Running with ``progress`` (a dataset job), its deadline ``timeout_s`` (+ grace) from now; the
+        stored record instead when the task has ended meanwhile (cancelled, reaped)."""
+        now = now_ms()
+        task = dataclasses.replace(
+            task,
+            state="running",
+            updated_at_ms=now,
+            expires_at_ms=now + self._ttl_ms,
+            owner=self.owner,
+            deadline_ms=self._deadline_ms(now, timeout_s),
+            progress=progress,
+        )
+        return await self._write_open(task)
 
     async def _write_open(self, task: TaskRecord, *, as_owner: bool = False) -> TaskRecord:
         """Write ``task`` if the stored one is still open (and, ``as_owner``, still this registry's: not taken

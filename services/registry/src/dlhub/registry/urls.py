@@ -15,3 +15,7 @@ BLOB: Final = API_PREFIX + "/blobs/{blob_id}"
 
 def task_url(task_id: str) -> str:
     return f"{API_PREFIX}/tasks/{task_id}"
+
+
+def task_results_url(task_id: str) -> str:
+    return f"{API_PREFIX}/tasks/{task_id}/results"

@@ -37,8 +37,15 @@ from dlhub.common.vectors import (
 )
 from dlhub.registry.argtypes import check_run_inputs
 from dlhub.registry.outcomes import output_json, timings_dict
+from dlhub.registry.placement import placement_of
 from dlhub.registry.ports import Bus
-from dlhub.registry.store import VersionRecord
+from dlhub.registry.store import (
+    MetadataStore,
+    StoredVerification,
+    VectorCheck,
+    VersionRecord,
+)
+from dlhub.registry.store.interface import VerificationTrigger
 
 __all__ = [
     "NO_VECTORS_NOTE",
@@ -87,10 +94,11 @@ def failure_reason(record: VersionRecord, outcomes: Sequence[VectorOutcome]) -> 
 class VectorRunner:
     """Send a version's test vectors to its servable topic and compare the outputs."""
 
-    def __init__(self, *, settings: DLHubSettings, bus: Bus, codec: Codec) -> None:
+    def __init__(self, *, settings: DLHubSettings, bus: Bus, codec: Codec, store: MetadataStore) -> None:
         self._settings = settings
         self._bus = bus
         self._codec = codec
+        self._store = store
 
     async def run_all(self, record: VersionRecord) -> list[VectorOutcome]:
         """Run every vector of ``record`` (a few at a time); outcomes in vector order."""
@@ -119,6 +127,8 @@ class VectorRunner:
             topic=servable_topic(record.owner, record.name, record.version),
             method=vector.method,
             parameters=self._codec.encode_value(vector.parameters),
+            package=record.bundle_sha256,
+            placement=placement_of(record.metadata),
         )
         try:
             result = await self._bus.call(
@@ -152,8 +162,22 @@ class VectorRunner:
         outcomes = await self.run_all(record)
         passed = all(o.passed for o in outcomes)
         log.info("test vectors verified", servable=record.label, passed=passed, vectors=len(outcomes))
+        await self.remember(record, outcomes, "verify")
         body.update(passed=passed, vectors=[o.to_dict() for o in outcomes])
         return body
+
+    async def remember(
+        self, record: VersionRecord, outcomes: Sequence[VectorOutcome], trigger: VerificationTrigger
+    ) -> StoredVerification:
+        """Store ``outcomes`` as the version's latest verification (describe's ``last_verification``)."""
+        verification = StoredVerification(
+            at_unix_s=time.time(),
+            passed=all(o.passed for o in outcomes),
+            trigger=trigger,
+            vectors=tuple(VectorCheck(index=o.index, passed=o.passed, message=o.message) for o in outcomes),
+        )
+        await self._store.save_verification(record.owner, record.name, record.version, verification)
+        return verification
 
 
 def _timings(started: float) -> dict[str, float]:

@@ -19,6 +19,7 @@ from dlhub.common.errors import InvalidMessage
 from dlhub.common.payloads import (
     FacetCount,
     FacetName,
+    Kind,
     MethodTypes,
     SearchDocument,
     SearchQuery,
@@ -33,6 +34,7 @@ FACETS: Final[tuple[str, ...]] = get_args(FacetName)
 FACET_SIZE: Final = 100
 """At most this many values per facet (the most frequent ones)."""
 SORTS: Final[tuple[str, ...]] = get_args(SortField)
+KINDS: Final[tuple[str, ...]] = get_args(Kind)
 ORDERS: Final[tuple[str, ...]] = get_args(SortOrder)
 _TERM_RE: Final = re.compile(r"[^\W_]+")
 
@@ -61,6 +63,8 @@ def check_query(query: SearchQuery) -> None:
         if facet not in FACETS:
             expected = ", ".join(FACETS)
             raise InvalidMessage(f"unknown facet {facet!r}; expected some of {expected}", field="facets")
+    if query.kind is not None and query.kind not in KINDS:
+        raise InvalidMessage(f"unknown kind {query.kind!r}; expected one of {', '.join(KINDS)}", field="kind")
     if query.sort not in SORTS:
         raise InvalidMessage(f"unknown sort {query.sort!r}; expected one of {', '.join(SORTS)}", field="sort")
     if query.order is not None and query.order not in ORDERS:
@@ -84,6 +88,11 @@ def sort_order(query: SearchQuery) -> str:
 def requested_facets(query: SearchQuery) -> list[str]:
     """The requested facets, de-duplicated in request order."""
     return list(dict.fromkeys(query.facets))
+
+
+def kind_of(document: SearchDocument) -> str:
+    """The document's kind as filtered and counted: documents of older peers carry none (servables)."""
+    return document.kind or "servable"
 
 
 def facet_counts(pairs: Sequence[tuple[str, int]]) -> list[FacetCount]:

@@ -21,6 +21,7 @@ import math
 import re
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -90,6 +91,7 @@ FACET_FIELDS: Final = {
     "model_type": "model_type.keyword",
     "servable_type": "servable_type.keyword",
     "owner": "owner.keyword",
+    "kind": "kind",
 }
 SORT_FIELDS: Final = {"publication_date": "publication_date", "name": "name.keyword"}
 _WORD_RE: Final = re.compile(r"[^\W_]+")
@@ -206,6 +208,14 @@ def _document_of(source: dict[str, Any]) -> SearchDocument:
     return msgspec.convert(fields, SearchDocument)
 
 
+def _facet_pairs(facet: str, buckets: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    counts: Counter[str] = Counter()
+    for bucket in buckets:
+        value = str(bucket["key"])
+        counts["servable" if facet == "kind" and not value else value] += int(bucket["doc_count"])
+    return list(counts.items())
+
+
 def free_text_clauses(q: str) -> list[dict[str, Any]]:
     """One clause per term (all required): the term as a whole word or as a word prefix in any field."""
     clauses: list[dict[str, Any]] = []
@@ -245,6 +255,9 @@ def filter_clauses(query: SearchQuery) -> list[dict[str, Any]]:
     ):
         if value is not None:
             filters.append({"term": {field: value}})
+    if query.kind is not None:
+        # documents of older peers have kind "" (a servable)
+        filters.append({"terms": {"kind": [query.kind, ""] if query.kind == "servable" else [query.kind]}})
     bounds: dict[str, int] = {}
     if query.published_from_s is not None:
         bounds["gte"] = math.ceil(round(query.published_from_s * 1000, 3))
@@ -495,7 +508,8 @@ class ElasticsearchSearchEngine(SearchEngine):
                         "field": FACET_FIELDS[facet],
                         "size": FACET_SIZE,
                         "order": [{"_count": "desc"}, {"_key": "asc"}],
-                        "exclude": [""],
+                        # a kind "" (older peers) counts as a servable, folded in _facet_pairs
+                        "exclude": [] if facet == "kind" else [""],
                     }
                 }
                 for facet in facets
@@ -524,10 +538,7 @@ class ElasticsearchSearchEngine(SearchEngine):
             limit=limit,
             offset=offset,
             facets={
-                facet: facet_counts(
-                    [(str(b["key"]), int(b["doc_count"])) for b in aggregations[facet]["buckets"]]
-                )
-                for facet in facets
+                facet: facet_counts(_facet_pairs(facet, aggregations[facet]["buckets"])) for facet in facets
             },
         )
 

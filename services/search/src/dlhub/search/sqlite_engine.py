@@ -33,6 +33,7 @@ from dlhub.search.engine import (
     doi_term,
     doi_terms,
     facet_counts,
+    kind_of,
     method_tokens,
     owner_principal,
     page,
@@ -45,13 +46,14 @@ from dlhub.search.engine import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """2: ``documents.public`` (visible to everyone), so the common visibility check needs no subquery.
 3: bodies moved to ``document_bodies`` so that scans, counts and facets read narrow rows only (with the
 domains folded into one column for facet scans);
 ``public_facets`` keeps the facet counts (and the total) of the public documents up to date on every write.
 4: ``document_methods``, the argument-type tokens of each method (created empty: older entries match no type
-filter until re-indexed)."""
+filter until re-indexed).
+5: ``documents.kind`` (servable, pipeline or dataset), a filter and a facet, filled from the bodies."""
 FTS_COLUMNS: Final = ("title", "description", "name", "owner", "authors", "keywords", "domains", "model_type")
 BM25_WEIGHTS: Final = (10.0, 2.0, 8.0, 3.0, 4.0, 5.0, 4.0, 3.0)
 """Column weights for bm25, in FTS_COLUMNS order: a title or name hit outranks a description hit."""
@@ -82,7 +84,8 @@ CREATE TABLE IF NOT EXISTS documents (
     servable_type TEXT NOT NULL,
     publication_date_s REAL NOT NULL,
     public INTEGER NOT NULL DEFAULT 0,
-    domains TEXT NOT NULL DEFAULT ''
+    domains TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'servable'
 );
 CREATE INDEX IF NOT EXISTS documents_public ON documents (public);
 CREATE TABLE IF NOT EXISTS document_bodies (
@@ -185,6 +188,7 @@ def _facet_values(document: SearchDocument) -> list[tuple[str, str]]:
     """The (facet, value) pairs a document counts under; ('', '') is the document itself (the total)."""
     pairs = [("", ""), ("owner", document.owner), ("model_type", document.model_type)]
     pairs.append(("servable_type", document.servable_type))
+    pairs.append(("kind", kind_of(document)))
     pairs.extend(("domain", domain) for domain in dict.fromkeys(document.domains))
     return pairs
 
@@ -234,6 +238,28 @@ def _migrate(conn: sqlite3.Connection) -> None:
             )
             for (body,) in conn.execute("SELECT body FROM document_bodies").fetchall():
                 _bump_public_facets(conn, _decoder.decode(body), +1)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(documents)")}
+    if columns and "kind" not in columns:  # schema 4 or older
+        _add_kind_column(conn)
+
+
+def _add_kind_column(conn: sqlite3.Connection) -> None:
+    """Schema 5: the kind column and its public facet counts, from the stored bodies."""
+    with _transaction(conn):
+        conn.execute("ALTER TABLE documents ADD COLUMN kind TEXT NOT NULL DEFAULT 'servable'")
+        rows = conn.execute(
+            "SELECT d.pk, d.public, b.body FROM documents d JOIN document_bodies b ON b.pk = d.pk"
+        )
+        kinds: Counter[str] = Counter()
+        for pk, public, body in rows.fetchall():
+            kind = kind_of(_decoder.decode(body))
+            conn.execute("UPDATE documents SET kind = ? WHERE pk = ?", (kind, pk))
+            kinds[kind] += int(public)
+        conn.execute("DELETE FROM public_facets WHERE facet = 'kind'")  # a schema 1-2 migration counted them
+        conn.executemany(
+            "INSERT INTO public_facets (facet, value, count) VALUES ('kind', ?, ?)",
+            [(kind, count) for kind, count in kinds.items() if count],
+        )
 
 
 @contextlib.contextmanager
@@ -289,6 +315,7 @@ def _filters(query: SearchQuery, match: str) -> _Filters:
         ("name", query.name),
         ("model_type", query.model_type),
         ("servable_type", query.servable_type),
+        ("kind", query.kind),
     ):
         if value is not None:
             filters.add(f"d.{column} = ?", value)
@@ -343,6 +370,7 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
         query.doi,
         query.model_type,
         query.servable_type,
+        query.kind,
         query.published_from_s,
         query.published_to_s,
         query.trained_on,
@@ -351,7 +379,7 @@ def _only_visibility(query: SearchQuery, match: str) -> bool:
     return not match and all(value is None for value in narrowing) and not type_requirements(query)
 
 
-_GROUP_COLUMN: Final = {"owner": 0, "model_type": 1, "servable_type": 2}
+_GROUP_COLUMN: Final = {"owner": 0, "model_type": 1, "servable_type": 2, "kind": 4}
 """Position of each plain-column facet in the grouped facet rows."""
 
 
@@ -465,7 +493,7 @@ class SqliteSearchEngine(SearchEngine):
     def _insert(self, db: sqlite3.Connection, document: SearchDocument) -> None:
         cursor = db.execute(
             "INSERT INTO documents (id, owner, name, model_type, servable_type, publication_date_s, "
-            "public, domains) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "public, domains, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 document.id,
                 document.owner,
@@ -475,6 +503,7 @@ class SqliteSearchEngine(SearchEngine):
                 document.publication_date_s,
                 int(PUBLIC in document.visible_to),
                 _domains_column(document),
+                kind_of(document),
             ),
         )
         pk = cursor.lastrowid
@@ -620,11 +649,11 @@ class SqliteSearchEngine(SearchEngine):
         the few resulting groups are folded into per-facet counts here.
         """
         rows = db.execute(
-            "SELECT d.owner, d.model_type, d.servable_type, d.domains, count(*) "
-            f"FROM {matching} GROUP BY 1, 2, 3, 4",
+            "SELECT d.owner, d.model_type, d.servable_type, d.domains, d.kind, count(*) "
+            f"FROM {matching} GROUP BY 1, 2, 3, 4, 5",
             params,
         ).fetchall()
-        total = sum(row[4] for row in rows)
+        total = sum(row[5] for row in rows)
         counters: dict[str, Counter[str]] = {}
         for facet in facets:
             counter: Counter[str] = Counter()
@@ -632,11 +661,11 @@ class SqliteSearchEngine(SearchEngine):
                 for row in rows:
                     if row[3]:
                         for domain in row[3].split(DOMAIN_SEPARATOR):
-                            counter[domain] += row[4]
+                            counter[domain] += row[5]
             else:
                 column = _GROUP_COLUMN[facet]
                 for row in rows:
-                    counter[row[column]] += row[4]
+                    counter[row[column]] += row[5]
             counters[facet] = counter
         return total, {facet: list(counter.items()) for facet, counter in counters.items()}
 

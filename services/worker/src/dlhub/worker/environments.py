@@ -55,13 +55,13 @@ from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutionBackend, ExecutorPool, Launch, listen_unix
 from dlhub.worker.protocol import ExecReply
+from dlhub.worker.warm import WarmSet
 
 log = get_logger(__name__)
 
 MAX_RECORDS = 4096
 SOCKET_PREFIX = "dlhub-exec-"
 """Name prefix of the private directories of executor sockets (in the temporary directory)."""
-SWEEP_MAX_INTERVAL_S = 30.0
 
 
 def executor_socket() -> tuple[Path, Path, socket.socket]:
@@ -158,13 +158,11 @@ class EnvironmentPools:
         self.venv = VenvBackend(self.config, self.root)
         self.instance = uuid.uuid4().hex[:16]
         """This worker process (label of its containers)."""
-        self.evictions = 0
         self._docker: Any = None
         self._by_dir: dict[str, ExecutionBackend] = {}
-        self._pools: collections.OrderedDict[str, WarmPool] = collections.OrderedDict()
+        self._pools: WarmSet[WarmPool] = WarmSet("environment pool", on_evict=self._forget)
         """Warm pools, least recently used first."""
         self._starting: dict[str, asyncio.Task[WarmPool]] = {}
-        self._stopping: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._instance_lock: IO[str] | None = None
         self._cleanup: asyncio.Task[None] | None = None
@@ -172,12 +170,21 @@ class EnvironmentPools:
     @property
     def warm(self) -> list[str]:
         """Keys of the warm environment pools, least recently used first."""
-        return list(self._pools)
+        return self._pools.keys()
+
+    @property
+    def evictions(self) -> int:
+        return self._pools.evictions
 
     def recall(self) -> None:
         """Hand back the tasks not started yet in every environment's pool (``ExecutorPool.recall``)."""
-        for warm in self._pools.values():
+        for warm in self._pools:
             warm.pool.recall()
+
+    def _forget(self, warm: WarmPool) -> None:
+        """A stopped pool no longer serves the version directories resolved to it."""
+        for directory in [d for d, backend in self._by_dir.items() if backend is warm]:
+            del self._by_dir[directory]
 
     def cached(self, version_dir: str) -> ExecutionBackend | None:
         """The backend already resolved for ``version_dir`` (the per-task fast path)."""
@@ -223,8 +230,7 @@ class EnvironmentPools:
         return backend
 
     def touch(self, warm: WarmPool) -> None:
-        if not warm.evicted:
-            self._pools.move_to_end(warm.key)
+        self._pools.touch(warm)
 
     async def _pool(self, record: EnvironmentRecord, version_dir: Path) -> WarmPool:
         # Network access is a property of the running container, not of the environment's contents; a
@@ -236,7 +242,7 @@ class EnvironmentPools:
             key += f":{version_dir}"
         warm = self._pools.get(key)
         if warm is not None:
-            self._pools.move_to_end(key)
+            self._pools.touch(warm)
             return warm
         task = self._starting.get(key)
         if task is None:  # concurrent first calls of one environment share one start
@@ -328,7 +334,7 @@ class EnvironmentPools:
             def command(args: list[str]) -> list[str] | Launch:
                 return [*prefix, *args]
 
-        self._make_room(self.config.max_warm_environments - 1)
+        self._pools.make_room(self.config.max_warm_environments - 1)
         pool = ExecutorPool(
             processes=self.config.processes_per_environment,
             max_message_bytes=self.settings.bus.max_message_bytes,
@@ -345,44 +351,11 @@ class EnvironmentPools:
                 f"executor processes of environment {record.id} did not start: {exc.message}"
             ) from exc
         warm = WarmPool(self, key, pool)
-        self._pools[key] = warm
-        self._make_room(self.config.max_warm_environments, keep=warm)
+        self._pools.add(warm, self.config.max_warm_environments)
         if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep())
+            idle_s, limit = self.config.environment_idle_s, self.config.max_warm_environments
+            self._sweeper = asyncio.create_task(self._pools.sweep(idle_s, limit))
         return warm
-
-    def _make_room(self, limit: int, keep: WarmPool | None = None) -> None:
-        """Stop least recently used idle pools (never ``keep``) until at most ``limit`` are warm."""
-        for warm in list(self._pools.values()):
-            if len(self._pools) <= limit:
-                return
-            if warm is not keep and warm.active == 0:
-                self._evict(warm, "the most warm environments are running")
-
-    def _evict(self, warm: WarmPool, reason: str) -> None:
-        if self._pools.get(warm.key) is not warm:
-            return
-        del self._pools[warm.key]
-        warm.evicted = True
-        self.evictions += 1
-        for directory in [d for d, backend in self._by_dir.items() if backend is warm]:
-            del self._by_dir[directory]
-        log.info("environment pool stopped", environment=warm.key, reason=reason)
-        task = asyncio.create_task(warm.close())
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
-
-    async def _sweep(self) -> None:
-        """Stop pools idle for longer than ``environment_idle_s``."""
-        idle_s = self.config.environment_idle_s
-        interval = min(max(idle_s / 4, 0.05), SWEEP_MAX_INTERVAL_S)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for warm in list(self._pools.values()):
-                if warm.active == 0 and now - warm.last_used >= idle_s:
-                    self._evict(warm, f"idle for {idle_s:g} s")
-            self._make_room(self.config.max_warm_environments)
 
     # -- containers of dead worker processes ------------------------------------------------------------
 
@@ -452,11 +425,10 @@ class EnvironmentPools:
         for task in list(self._starting.values()):
             task.cancel()
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
-        pools = list(self._pools.values())
-        self._pools.clear()
+        pools = self._pools.take_all()
         self._by_dir.clear()
         await asyncio.gather(*(warm.close() for warm in pools), return_exceptions=True)
-        await asyncio.gather(*self._stopping, return_exceptions=True)
+        await self._pools.drain()
         if self._instance_lock is not None:
             with contextlib.suppress(OSError):
                 self._lock_path(self.instance).unlink()

@@ -17,7 +17,6 @@ time a request waits for its lane to start (a process spawn, on the version's fi
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import sys
 import time
@@ -31,10 +30,10 @@ from dlhub.common.messages import EMPTY_MAP, NIL
 from dlhub.worker.files import FileLimits
 from dlhub.worker.pool import ExecutorPool, ExecutorProcess, PoolClosed
 from dlhub.worker.protocol import ExecReply
+from dlhub.worker.warm import WarmSet
 
 log = get_logger(__name__)
 
-SWEEP_MAX_INTERVAL_S: Final = 30.0
 CACHE_SIZE: Final = 32
 STARTUP_TIMEOUT_S: Final = 60.0
 
@@ -48,6 +47,9 @@ class Lane:
         self.active = 0
         self.last_used = time.monotonic()
         self.evicted = False
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
 class ServableLanes:
@@ -71,11 +73,9 @@ class ServableLanes:
         self.file_limits = file_limits
         self.max_lanes = max_lanes
         self.idle_s = idle_s
-        self.evictions = 0
-        self._lanes: collections.OrderedDict[str, Lane] = collections.OrderedDict()
+        self._lanes: WarmSet[Lane] = WarmSet("servable lane")
         """Warm lanes by version directory, least recently used first."""
         self._opening: dict[str, asyncio.Task[Lane]] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._spare: ExecutorProcess | None = None
         self._refill: asyncio.Task[None] | None = None
@@ -88,13 +88,17 @@ class ServableLanes:
         return self._processes
 
     @property
+    def evictions(self) -> int:
+        return self._lanes.evictions
+
+    @property
     def lanes(self) -> list[str]:
         """Version directories with a warm lane, least recently used first."""
-        return list(self._lanes)
+        return self._lanes.keys()
 
     @property
     def pids(self) -> list[int]:
-        return [pid for lane in self._lanes.values() for pid in lane.pool.pids]
+        return [pid for lane in self._lanes for pid in lane.pool.pids]
 
     def lane_pids(self, version_dir: str) -> list[int]:
         lane = self._lanes.get(version_dir)
@@ -103,7 +107,7 @@ class ServableLanes:
     async def start(self) -> None:
         """Lanes start on first use; the spare process and the idle sweep from the start."""
         if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep())
+            self._sweeper = asyncio.create_task(self._lanes.sweep(self.idle_s, self.max_lanes))
         await self._fill_spare()
 
     async def _fill_spare(self) -> None:
@@ -158,7 +162,7 @@ class ServableLanes:
             lane = await self._lane(version_dir, servable, timeout_s)
             opened_ms = (time.perf_counter() - started) * 1000.0
         else:
-            self._lanes.move_to_end(version_dir)
+            self._lanes.touch(lane)
         lane.active += 1
         try:
             reply = await lane.pool.execute(
@@ -202,7 +206,7 @@ class ServableLanes:
                 return lane
 
     async def _open(self, version_dir: str, servable: str) -> Lane:
-        self._make_room(self.max_lanes - 1)
+        self._lanes.make_room(self.max_lanes - 1)
         pool = ExecutorPool(
             processes=self._processes,
             max_message_bytes=self.max_message_bytes,
@@ -222,8 +226,7 @@ class ServableLanes:
         if self._closing:
             await pool.close()
             raise PoolClosed("the worker is shutting down")
-        self._lanes[version_dir] = lane
-        self._make_room(self.max_lanes, keep=lane)
+        self._lanes.add(lane, self.max_lanes)
         if self._recalled:
             pool.recall()
         return lane
@@ -232,36 +235,8 @@ class ServableLanes:
         """The worker drains: every lane hands back the tasks it has not started (``ExecutorPool.recall``),
         and no lane starts any more."""
         self._recalled = True
-        for lane in list(self._lanes.values()):
+        for lane in self._lanes:
             lane.pool.recall()
-
-    def _make_room(self, limit: int, keep: Lane | None = None) -> None:
-        """Stop least recently used idle lanes (never ``keep``) until at most ``limit`` are warm."""
-        for lane in list(self._lanes.values()):
-            if len(self._lanes) <= limit:
-                return
-            if lane is not keep and lane.active == 0:
-                self._evict(lane, "the most servable lanes are warm")
-
-    def _evict(self, lane: Lane, reason: str) -> None:
-        if self._lanes.get(lane.key) is not lane:
-            return
-        del self._lanes[lane.key]
-        lane.evicted = True
-        self.evictions += 1
-        log.info("servable lane stopped", lane=lane.pool.name, reason=reason)
-        task = asyncio.create_task(lane.pool.close())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _sweep(self) -> None:
-        interval = min(self.idle_s / 2, SWEEP_MAX_INTERVAL_S)
-        while True:
-            await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.idle_s
-            for lane in list(self._lanes.values()):
-                if lane.active == 0 and lane.last_used < cutoff:
-                    self._evict(lane, "idle")
 
     async def close(self) -> None:
         """Stop every lane (each finishes what it was sent within the pool's grace, then is killed)."""
@@ -278,6 +253,7 @@ class ServableLanes:
         spare, self._spare = self._spare, None
         if spare is not None:
             await spare.close()
-        lanes, self._lanes = list(self._lanes.values()), collections.OrderedDict()
+        lanes = self._lanes.take_all()
         await asyncio.gather(*(lane.pool.close() for lane in lanes), return_exceptions=True)
-        await asyncio.gather(*self._background, *self._opening.values(), return_exceptions=True)
+        await self._lanes.drain()
+        await asyncio.gather(*self._opening.values(), return_exceptions=True)

@@ -101,6 +101,7 @@ def _blocks(config: ParslConfig) -> dict[str, Any]:
         "init_blocks": config.init_blocks,
         "min_blocks": config.min_blocks,
         "max_blocks": config.max_blocks,
+        "parallelism": config.parallelism,
         "worker_init": config.worker_init,
     }
     if config.launcher != "default":
@@ -115,12 +116,16 @@ def _provider(config: ParslConfig) -> Any:
     if config.provider == "local":
         return providers.LocalProvider(**blocks)
     if config.provider == "slurm":
-        return providers.SlurmProvider(
+        from dlhub.worker.parsl_slurm import AccountingFreeSlurmProvider
+
+        return AccountingFreeSlurmProvider(
             partition=config.partition,
             account=config.account,
             qos=config.qos,
             walltime=_walltime(config.walltime_s),
             scheduler_options=config.scheduler_options,
+            exclusive=config.exclusive,
+            status_period_s=config.job_status_period_s,
             **blocks,
         )
     if config.provider == "pbs":
@@ -148,8 +153,10 @@ def _provider(config: ParslConfig) -> Any:
 def parsl_config(config: ParslConfig, *, run_dir: str) -> Any:
     """The Parsl ``Config`` for ``[worker.parsl]``: one HighThroughputExecutor labelled ``dlhub``.
 
-    Scaling stays with Parsl's ``simple`` strategy between ``min_blocks`` and ``max_blocks``. Parsl's own
-    logging setup is off: its modules log through this service's logging at warning level and above.
+    Scaling stays with Parsl's ``simple`` strategy between ``min_blocks`` and ``max_blocks``: every
+    ``strategy_period_s`` it asks for blocks while tasks wait and releases a block idle for
+    ``max_idletime_s``. Parsl's own logging setup is off: its modules log through this service's logging at
+    warning level and above.
     """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -183,6 +190,8 @@ def parsl_config(config: ParslConfig, *, run_dir: str) -> Any:
         initialize_logging=False,
         usage_tracking=0,
         strategy="simple",
+        strategy_period=config.strategy_period_s,
+        max_idletime=config.max_idletime_s,
         exit_mode="cleanup",
     )
 
@@ -212,11 +221,16 @@ def remove_stale_run_dirs(root: Path) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _is_worker_loss(exc: BaseException) -> bool:
+def _failure_kind(exc: BaseException) -> str:
+    from parsl.executors.errors import BadStateException
     from parsl.executors.high_throughput.errors import ManagerLost
     from parsl.executors.high_throughput.errors import WorkerLost as ParslWorkerLost
 
-    return isinstance(exc, ParslWorkerLost | ManagerLost)
+    if isinstance(exc, ParslWorkerLost | ManagerLost):
+        return "lost"
+    if isinstance(exc, BadStateException):
+        return "unavailable"  # its blocks failed (e.g. a broken worker_init): Parsl fails every task now
+    return "failed"
 
 
 class ParslBackend:
@@ -340,8 +354,10 @@ class ParslBackend:
     def _failure(self, task_id: str, exc: Exception) -> DLHubError:
         if self._closing:
             return PoolClosed("the worker is shutting down")
-        kind = "lost" if _is_worker_loss(exc) else "failed"
+        kind = _failure_kind(exc)
         log.warning("parsl task failed", task_id=task_id, kind=kind, error_type=type(exc).__name__)
+        if kind == "unavailable":
+            return WorkerLost(f"Parsl's blocks failed, no Parsl worker can run tasks: {exc}")
         return WorkerLost(f"Parsl worker {kind} while running the task: {type(exc).__name__}: {exc}")
 
     def _decode(self, reply_frame: bytes) -> ExecReply:

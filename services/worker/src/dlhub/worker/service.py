@@ -15,11 +15,13 @@ from dlhub.common.bus import HandlerService
 from dlhub.common.codec import Codec
 from dlhub.common.config import DLHubSettings
 from dlhub.common.errors import DLHubError, NotFound, TaskTimeout, ValidationFailed
-from dlhub.common.ids import parse_servable_topic
+from dlhub.common.ids import parse_servable_topic, serves_topics
 from dlhub.common.logging import get_logger
-from dlhub.common.messages import Dispatch, ErrorInfo, Result, Timings
+from dlhub.common.messages import Dispatch, ErrorInfo, Register, Result, Timings
 from dlhub.common.servable_store import METADATA_FILENAME, version_dir
 from dlhub.worker.batching import Batcher, BatchKey, BatchPolicy, batch_policy, peek_rows
+from dlhub.worker.bundles import BundleCache
+from dlhub.worker.devices import offered_devices
 from dlhub.worker.environments import EnvironmentPools
 from dlhub.worker.files import FileLimits
 from dlhub.worker.lanes import ServableLanes
@@ -63,6 +65,29 @@ def make_backend(settings: DLHubSettings) -> ExecutionBackend:
     )
 
 
+def served_topics(settings: DLHubSettings) -> list[str]:
+    """The broker topics this worker registers: ``worker.serves`` patterns if set, else ``worker.topics``."""
+    serves = settings.worker.serves
+    return serves_topics(serves) if serves is not None else list(settings.worker.topics)
+
+
+def profile_of(settings: DLHubSettings) -> Register:
+    """What this Task Manager tells the broker of itself besides its topics (shown in /health)."""
+    config = settings.worker
+    executors: list[str] = [config.backend, *settings.environments.allowed_backends]
+    return Register(
+        handler_id="",
+        kind="worker",
+        topics=[],
+        capacity=0,
+        site=config.site,
+        instance_id=config.instance_id,
+        executors=executors,
+        serves=list(config.serves) if config.serves is not None else list(config.topics),
+        devices=offered_devices(config.devices),
+    )
+
+
 def servable_share(capacity: int, configured: int | None) -> int:
     """Tasks of one servable version the broker hands this worker at once: ``configured``, by default three
     quarters of the capacity, so that at least a quarter (at least one task) stays free for the others."""
@@ -92,6 +117,8 @@ class WorkerService:
         config = settings.worker
         self.codec = Codec(max_message_bytes=settings.bus.max_message_bytes)
         self.servable_root: Path = settings.servable_dir
+        self.bundles = BundleCache(settings)
+        """Versions this worker lacks in ``servable_root``, fetched from the registry by digest."""
         self.batching = config.batch_enabled
         allowance = 0
         if self.batching:
@@ -161,6 +188,22 @@ class WorkerService:
         self._installed.add(directory)
         return True
 
+    def _local_version_dir(self, package: str, owner: str, name: str, version: int) -> Path | None:
+        """The version's folder if this worker has it: a bundle fetched before, else the servable store (the
+        builder's disk); None when it must be fetched."""
+        if package:
+            fetched = self.bundles.cached(package)
+            if fetched is not None:
+                return fetched
+        directory = version_dir(self.servable_root, owner, name, version)
+        return directory if self._is_installed(directory) else None
+
+    async def _fetched_version_dir(self, package: str, servable: str) -> Path:
+        """The version's bundle from the registry (or this worker's cache on disk), checked and unpacked."""
+        if not package:
+            raise NotFound(f"servable {servable} is not installed on this worker")
+        return await self.bundles.ensure(package, servable)
+
     async def handle_counted(self, dispatch: Dispatch) -> Result:
         """``handle``, counted in ``dlhub_worker_tasks_total`` (a step cancelled at shutdown is not)."""
         result = await self.handle(dispatch)
@@ -178,10 +221,12 @@ class WorkerService:
         except ValueError as exc:
             return self._failure(dispatch, ValidationFailed(str(exc), field="topic"), start)
         servable = f"{owner}/{name}@{version}"
-        directory = version_dir(self.servable_root, owner, name, version)
-        if not self._is_installed(directory):
-            missing = NotFound(f"servable {servable} is not installed on this worker")
-            return self._failure(dispatch, missing, start)
+        directory = self._local_version_dir(dispatch.package, owner, name, version)
+        if directory is None:  # first use on this Task Manager (no await on the path of every other task)
+            try:
+                directory = await self._fetched_version_dir(dispatch.package, servable)
+            except DLHubError as exc:
+                return self._failure(dispatch, exc, start)
         timeout_s: float | None = None
         if dispatch.deadline_unix_s > 0:
             timeout_s = dispatch.deadline_unix_s - time.time()
@@ -265,20 +310,26 @@ class WorkerService:
             self.environments.start()
             if self._stopping.is_set():
                 return
+            topics = served_topics(self.settings)
+            profile = await asyncio.to_thread(profile_of, self.settings)  # nvidia-smi may take a while
             self.handler = HandlerService(
                 bus=self.settings.bus,
                 codec=self.codec,
                 kind="worker",
-                topics=self.settings.worker.topics,
+                topics=topics,
                 capacity=self.capacity,
                 handle=self.handle_counted,
                 max_tasks_per_topic=self.servable_max_tasks,
+                profile=profile,
             )
             self.handler.stop_drain_timeout_s = self.settings.worker.shutdown_grace_s
             self.handler.on_drain = self._hand_back_unstarted
             log.info(
                 "worker serving",
-                topics=self.settings.worker.topics,
+                topics=topics,
+                site=self.settings.worker.site or None,
+                devices=profile.devices or None,
+                registry_url=self.settings.worker.registry_url,
                 capacity=self.capacity,
                 servable_max_tasks=self.servable_max_tasks,
                 servable_dir=str(self.servable_root),
@@ -286,6 +337,7 @@ class WorkerService:
             await self.handler.run()
         finally:
             await self.batcher.close()
+            await self.bundles.close()
             await self.environments.close()
             await self.pool.close()
 

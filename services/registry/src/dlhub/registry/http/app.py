@@ -24,6 +24,7 @@ from dlhub.registry.http.keys import (
     FILES,
     IMAGES,
     INSTANCE_ID,
+    JOBS,
     LIMITER,
     METRICS,
     RUNS,
@@ -33,8 +34,9 @@ from dlhub.registry.http.keys import (
     TASKS,
 )
 from dlhub.registry.http.routes import setup_routes
-from dlhub.registry.http.web import setup_web
+from dlhub.registry.http.web import origin_of, setup_web
 from dlhub.registry.image_export import ImageExports
+from dlhub.registry.jobs import DatasetJobs
 from dlhub.registry.memo import Memo
 from dlhub.registry.metrics import RegistryMetrics, metrics_handler
 from dlhub.registry.package_files import IndexLimits, PackageFiles
@@ -144,12 +146,25 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         memo=Memo(settings.registry, store),
         metrics=app[METRICS],
     )
+    jobs = DatasetJobs(
+        settings=settings,
+        bus=bus,
+        codec=codec,
+        runs=app[RUNS],
+        servables=servables,
+        tasks=tasks,
+        files=app[FILES],
+        background=background,
+    )
+    app[JOBS] = jobs
     background.spawn(tasks.sweep_forever(settings.registry.task_sweep_interval_s), name="task sweep")
+    background.spawn(jobs.sweep_forever(settings.registry.task_sweep_interval_s), name="job results sweep")
     blob_sweep = blob_store(settings).sweep_forever(settings.registry.blob_sweep_interval_s)
     background.spawn(blob_sweep, name="blob sweep")
     resumed = await servables.resume_builds()
     if resumed:
         log.info("resumed builds left over from a previous run", count=resumed)
+    await jobs.fail_orphans()
     unindexed = await servables.resume_index_updates()
     if unindexed:
         log.info("index updates left over from a previous run are retried", count=unindexed)
@@ -196,7 +211,8 @@ def create_app(
     app[METRICS] = metrics
     app[CODEC] = Codec(max_message_bytes=settings.bus.max_message_bytes)
     setup_routes(app)
-    setup_web(app)
+    globus = settings.auth.provider == "globus"
+    setup_web(app, [origin_of(settings.auth.globus.auth_url)] if globus else [])
     if metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_store_ctx(store))

@@ -14,9 +14,11 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from dlhub.common.payloads import BuildState, FacetName, FileEntry, SortField, SortOrder, TablePreview
+from dlhub.common.ids import DEVICE_KIND_PATTERN
+from dlhub.common.payloads import BuildState, FacetName, FileEntry, Kind, SortField, SortOrder, TablePreview
 from dlhub.common.payloads import ReindexOutcome as ReindexOutcome
 from dlhub.registry.auth import PRINCIPAL_PATTERN
+from dlhub.registry.jobs import ApplyRequest as ApplyRequest
 from dlhub.registry.outcomes import TaskError as TaskError
 from dlhub.registry.outcomes import Timings as Timings
 from dlhub.registry.pipelines import SERVABLE_REF_PATTERN
@@ -141,6 +143,7 @@ class SearchQueryParams(Struct, kw_only=True):
     ) = UNSET
     model_type: Annotated[str, Meta(description="Exact model_type")] | UnsetType = UNSET
     servable_type: Annotated[str, Meta(description="Exact servable_type")] | UnsetType = UNSET
+    kind: Annotated[Kind, Meta(description="Only servables, pipelines or datasets")] | UnsetType = UNSET
     trained_on: (
         Annotated[
             str,
@@ -257,6 +260,45 @@ class DeprecateRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = None
 
 
+DeviceKind = Annotated[str, Meta(pattern=DEVICE_KIND_PATTERN)]
+
+
+class ServablePlacement(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where a servable runs (docs/task-managers.md, "Placement"); every field optional."""
+
+    site: (
+        Annotated[
+            str,
+            Meta(min_length=1, max_length=200, description="Only Task Managers with this site (worker.site)"),
+        ]
+        | UnsetType
+    ) = UNSET
+    devices: (
+        Annotated[
+            dict[DeviceKind, Annotated[int, Meta(ge=1, le=64)]],
+            Meta(
+                min_length=1,
+                max_length=8,
+                description='Devices needed by kind, with how many ({"gpu": 1}); only Task Managers offering '
+                "that many (worker.devices) run it",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    replicas: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=1000,
+                description="Spread over at most this many eligible Task Managers, the same ones while they "
+                "stay registered (they keep its executors warm)",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
 class PublicationServable(Struct, kw_only=True):
     type: Annotated[str, Meta(description="'pipeline' for a pipeline")] | UnsetType = UNSET
     steps: (
@@ -266,6 +308,7 @@ class PublicationServable(Struct, kw_only=True):
         ]
         | UnsetType
     ) = UNSET
+    placement: ServablePlacement | UnsetType = UNSET
 
 
 class PublicationDocument(Struct, kw_only=True):
@@ -342,11 +385,14 @@ class Deprecation(VersionSummary, kw_only=True):
 
 
 class DatasetLink(Struct, kw_only=True):
-    """A dataset a version names as its training or test data."""
+    """A dataset a version names as its training or test data (or, for a dataset job's output, its source
+    dataset and the servable that computed it: relation ``source`` / ``model``)."""
 
     dataset: Annotated[str, Meta(description="owner/name@version (pinned when published) or a DOI")]
-    relation: Literal["training", "test"]
-    relationType: Annotated[str, Meta(description="The DataCite relationType: IsDerivedFrom or References")]
+    relation: Literal["training", "test", "source", "model"]
+    relationType: Annotated[
+        str, Meta(description="The DataCite relationType: IsDerivedFrom, References or IsCompiledBy")
+    ]
     kind: Literal["dlhub", "doi"]
 
 
@@ -355,9 +401,27 @@ class DatasetUse(Struct, kw_only=True):
 
     servable: Annotated[str, Meta(description="owner/name@version")]
     title: str
-    relation: Literal["training", "test"]
+    relation: Literal["training", "test", "source", "model"]
     relationType: str
     dataset: Annotated[str, Meta(description="The reference as the servable names it")]
+
+
+class VectorCheck(Struct, kw_only=True):
+    index: Annotated[int, Meta(ge=0)]
+    passed: bool
+    message: Annotated[str, Meta(description="why the vector failed")] | UnsetType = UNSET
+
+
+class LastVerification(Struct, kw_only=True):
+    at: Annotated[Timestamp, Meta(description="When the vectors ran")]
+    trigger: Annotated[
+        Literal["publish", "verify"],
+        Meta(description="publish: the check after the build; verify: POST .../verify"),
+    ]
+    passed: Annotated[bool, Meta(description="every vector reproduced its expected output")]
+    passed_count: Annotated[int, Meta(ge=0)]
+    total: Annotated[int, Meta(ge=0)]
+    vectors: list[VectorCheck]
 
 
 class Servable(Struct, kw_only=True):
@@ -400,10 +464,25 @@ class Servable(Struct, kw_only=True):
     used_by: (
         Annotated[
             list[DatasetUse],
-            Meta(description="Datasets only: servables trained or tested on it (models trained on it)"),
+            Meta(
+                description="Datasets only: servables trained or tested on it (models trained on it), "
+                "the first 100; search with trained_on/tested_on lists them all"
+            ),
         ]
         | UnsetType
     ) = UNSET
+    used_by_truncated: (
+        Annotated[bool, Meta(description="Datasets only: more servables name it than used_by lists")]
+        | UnsetType
+    ) = UNSET
+    last_verification: Annotated[
+        LastVerification | None,
+        Meta(description="The latest run of its test vectors (null: none declared, or not run since stored)"),
+    ] = None
+    placement: Annotated[
+        ServablePlacement | None,
+        Meta(description="Its servable.placement: site, devices, replicas (null: runs on any Task Manager)"),
+    ] = None
 
 
 class ServableSummary(Struct, kw_only=True):
@@ -444,6 +523,29 @@ class TaskAccepted(Struct, kw_only=True):
     warnings: Warnings | UnsetType = UNSET
 
 
+class JobAccepted(Struct, kw_only=True):
+    """The 202 of ``POST .../apply``: the job's task (kind ``job``)."""
+
+    task_id: str
+    state: Literal["pending"]
+    status_url: str
+    results_url: Annotated[str, Meta(description="the per-row results so far, as JSON lines")]
+    dataset: Annotated[str, Meta(description="the dataset version read, owner/name@version")]
+    file: str
+    servable: Annotated[str, Meta(description="the servable or pipeline version run, owner/name@version")]
+    mode: Literal["batch", "row"]
+    columns: list[str]
+
+
+class JobProgress(Struct, kw_only=True):
+    """A dataset job's rows: ``done`` (with an output or a failure), ``failed``, ``total`` (null until
+    counted)."""
+
+    done: Annotated[int, Meta(ge=0)]
+    total: Annotated[int, Meta(ge=0)] | None
+    failed: Annotated[int, Meta(ge=0)]
+
+
 class Task(Struct, kw_only=True):
     task_id: str
     kind: TaskKind
@@ -454,6 +556,10 @@ class Task(Struct, kw_only=True):
     output: Annotated[msgspec.Raw, Meta(description="Any JSON value")] | UnsetType = UNSET
     error: TaskError | UnsetType = UNSET
     timings: Timings | UnsetType = UNSET
+    progress: JobProgress | UnsetType = UNSET
+    results_url: Annotated[str, Meta(description="dataset jobs: the per-row results so far")] | UnsetType = (
+        UNSET
+    )
 
 
 class VectorReport(Struct, kw_only=True):
@@ -571,6 +677,17 @@ class HandlerStats(Struct, kw_only=True):
     capacity: int
     inflight: int
     draining: Annotated[bool, Meta(description="Stopping: finishes its tasks, takes no new ones")] = False
+    site: Annotated[str, Meta(description="A Task Manager's site (worker.site)")] = ""
+    instance_id: Annotated[str, Meta(description="A Task Manager's stable name (worker.instance_id)")] = ""
+    executors: Annotated[
+        list[str], Meta(description="What it can launch: local or parsl, and venv or docker environments")
+    ] = msgspec.field(default_factory=list)
+    serves: Annotated[list[str], Meta(description="Servable name patterns it serves (owner/name globs)")] = (
+        msgspec.field(default_factory=list)
+    )
+    devices: Annotated[
+        list[str], Meta(description="Devices a Task Manager offers servables, kind:id (gpu:0)")
+    ] = msgspec.field(default_factory=list)
 
 
 class BrokerStats(Struct, kw_only=True):
@@ -717,6 +834,11 @@ class AuthInfo(Struct, kw_only=True):
     provider: Literal["local", "globus"]
     native_client_id: str | None = None
     scope: str | None = None
+    authorize_url: (
+        Annotated[str, Meta(description="Globus: the OAuth2 authorization endpoint (code flow with PKCE)")]
+        | None
+    ) = None
+    token_url: Annotated[str, Meta(description="Globus: the OAuth2 token endpoint")] | None = None
 
 
 class AccessRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -791,6 +913,8 @@ SCHEMA_TYPES: Final[tuple[type[Struct], ...]] = (
     Deleted,
     RunResult,
     TaskAccepted,
+    ApplyRequest,
+    JobAccepted,
     Task,
     TaskError,
     Timings,

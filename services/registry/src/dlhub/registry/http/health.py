@@ -41,6 +41,11 @@ async def health(request: web.Request) -> web.Response:
                 capacity=h.capacity,
                 inflight=h.inflight,
                 draining=h.draining,
+                site=h.site,
+                instance_id=h.instance_id,
+                executors=h.executors,
+                serves=h.serves,
+                devices=h.devices,
             )
             for h in stats.handlers
         ]

@@ -41,8 +41,13 @@ async def whoami(request: web.Request) -> web.Response:
 async def auth_info(request: web.Request) -> web.Response:
     auth = request.app[SETTINGS].auth
     if auth.provider == "globus":
+        base = auth.globus.auth_url.rstrip("/")
         info = AuthInfo(
-            provider="globus", native_client_id=auth.globus.native_client_id, scope=auth.globus.scope
+            provider="globus",
+            native_client_id=auth.globus.native_client_id,
+            scope=auth.globus.scope,
+            authorize_url=f"{base}/v2/oauth2/authorize",
+            token_url=f"{base}/v2/oauth2/token",
         )
     else:
         info = AuthInfo(provider="local")

@@ -10,6 +10,7 @@ from dlhub.registry.audit import AuditLog
 from dlhub.registry.auth import Authenticator
 from dlhub.registry.background import BackgroundTasks
 from dlhub.registry.image_export import ImageExports
+from dlhub.registry.jobs import DatasetJobs
 from dlhub.registry.metrics import RegistryMetrics
 from dlhub.registry.package_files import PackageFiles
 from dlhub.registry.ports import Bus
@@ -35,3 +36,4 @@ FILES = web.AppKey("files", PackageFiles)
 METRICS = web.AppKey("metrics", RegistryMetrics)
 AUDIT = web.AppKey("audit", AuditLog)
 LIMITER = web.AppKey("limiter", RateLimiter)
+JOBS = web.AppKey("jobs", DatasetJobs)

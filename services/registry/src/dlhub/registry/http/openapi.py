@@ -9,7 +9,7 @@ uses, status codes and descriptions. Every schema is generated from the structs
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -604,6 +604,75 @@ def _run_paths() -> dict[str, Any]:
     }
 
 
+_APPLY_NOTE = (
+    "Starts a dataset job: the servable or pipeline named in the body runs over every row of one tabular "
+    "file of this dataset, in batches through the broker; GET /tasks/{task_id} shows its progress, and when "
+    "it is done its output: a new dataset of the caller's, linked to both inputs. Needs a token."
+)
+_APPLY_RESPONSES: Final = {
+    "202": _response("The job's task", _ref(c.JobAccepted)),
+    **_errors(400, 401, 404, 409, 410, 503),
+}
+_TASK_ID = _param("task_id", "path", {"type": "string"}, "Task id")
+
+
+def _job_paths() -> dict[str, Any]:
+    """Dataset jobs: apply, cancel, results."""
+    apply_body = {"required": True, "content": _json_content(_ref(c.ApplyRequest))}
+    return {
+        "/servables/{owner}/{name}/apply": {
+            "parameters": [OWNER, NAME],
+            "post": {
+                "operationId": "applyToDataset",
+                "summary": "Apply a servable to every row of the dataset's newest ready version",
+                "description": _APPLY_NOTE,
+                "security": _SECURED,
+                "requestBody": apply_body,
+                "responses": _APPLY_RESPONSES,
+            },
+        },
+        "/servables/{owner}/{name}/versions/{version}/apply": {
+            "parameters": [OWNER, NAME, VERSION],
+            "post": {
+                "operationId": "applyToDatasetVersion",
+                "summary": "Apply a servable to every row of a pinned dataset version",
+                "description": _APPLY_NOTE,
+                "security": _SECURED,
+                "requestBody": apply_body,
+                "responses": _APPLY_RESPONSES,
+            },
+        },
+        "/tasks/{task_id}/cancel": {
+            "parameters": [_TASK_ID],
+            "post": {
+                "operationId": "cancelTask",
+                "summary": "Cancel a dataset job (its submitter): it ends failed with error.type cancelled",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The task, ended", _ref(c.Task)),
+                    **_errors(401, 404),
+                    "409": _error("The task has already ended"),
+                },
+            },
+        },
+        "/tasks/{task_id}/results": {
+            "parameters": [_TASK_ID],
+            "get": {
+                "operationId": "getTaskResults",
+                "summary": "A dataset job's per-row results so far, in row order (JSON lines)",
+                "security": _SECURED,
+                "responses": {
+                    "200": {
+                        "description": 'One line per row: {"index", "output", "error"}',
+                        "content": {NDJSON: {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 404),
+                },
+            },
+        },
+    }
+
+
 def _task_and_search_paths() -> dict[str, Any]:
     """Tasks and search."""
     return {
@@ -701,6 +770,7 @@ def build_openapi() -> dict[str, Any]:
         **_version_paths(),
         **_file_paths(),
         **_run_paths(),
+        **_job_paths(),
         **_task_and_search_paths(),
         **_blob_paths(),
         **_identity_paths(),

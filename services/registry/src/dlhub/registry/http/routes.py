@@ -7,10 +7,12 @@ from aiohttp import web
 from dlhub.registry.http import (
     blobs,
     builds,
+    bundles,
     citations,
     files,
     health,
     identity,
+    jobs,
     runs,
     search,
     servables,
@@ -50,7 +52,11 @@ def setup_routes(app: web.Application) -> None:
             web.post(SERVABLE + "/verify", verify.verify_latest),
             web.post(VERSION + "/verify", verify.verify_version),
             web.post(API_PREFIX + "/pipelines/run", runs.run_pipeline),
+            web.post(SERVABLE + "/apply", jobs.apply_latest),
+            web.post(VERSION + "/apply", jobs.apply_version),
             web.get(API_PREFIX + "/tasks/{task_id}", tasks.get_task),
+            web.post(API_PREFIX + "/tasks/{task_id}/cancel", jobs.cancel_task),
+            web.get(API_PREFIX + "/tasks/{task_id}/results", jobs.task_results),
             web.get(API_PREFIX + "/search", search.search),
             web.post(API_PREFIX + "/search/reindex", search.reindex_search),
             web.post(API_PREFIX + "/blobs", blobs.upload),
@@ -62,5 +68,6 @@ def setup_routes(app: web.Application) -> None:
             web.get(SERVABLE + "/access", identity.get_access),
             web.put(SERVABLE + "/access", identity.set_access),
             web.get(API_PREFIX + "/audit", identity.list_audit),
+            web.get(bundles.BUNDLE_PATH, bundles.bundle),
         ]
     )

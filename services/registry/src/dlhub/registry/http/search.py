@@ -53,6 +53,7 @@ def _search_query(request: web.Request, params: SearchQueryParams, identities: l
         facets=params.facets,
         sort=params.sort,
         order=None if params.order is UNSET else params.order,
+        kind=None if params.kind is UNSET else params.kind,
     )
 
 

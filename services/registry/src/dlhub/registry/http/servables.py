@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +21,14 @@ from dlhub.registry.http.contract import (
     Deleted,
     DeprecateRequest,
     Deprecation,
+    LastVerification,
     PublishAccepted,
     Servable,
     ServableList,
+    ServablePlacement,
     ServablesQuery,
     ServableSummary,
+    VectorCheck,
     VersionList,
     VersionSummary,
 )
@@ -35,8 +39,9 @@ from dlhub.registry.http.response import json_response
 from dlhub.registry.metadata import title_of
 from dlhub.registry.packages import detect_format
 from dlhub.registry.pipelines import PIPELINE_TYPE, is_pipeline
+from dlhub.registry.placement import placement_block
 from dlhub.registry.servables import newest_live
-from dlhub.registry.store import VersionRecord
+from dlhub.registry.store import StoredVerification, VersionRecord
 from dlhub.registry.urls import task_url
 
 
@@ -83,9 +88,14 @@ def version_summary(v: VersionRecord, *, detail: bool = False) -> VersionSummary
 
 
 def describe(
-    record: VersionRecord, versions: Sequence[VersionRecord], users: list[dict[str, Any]] | None = None
+    record: VersionRecord,
+    versions: Sequence[VersionRecord],
+    users: tuple[list[dict[str, Any]], bool] | None = None,
+    verification: StoredVerification | None = None,
 ) -> Servable:
-    """The describe answer; ``users``: for a dataset, the servables that name it (``Servables.used_by``)."""
+    """The describe answer; ``users``: for a dataset, the servables that name it and whether there are more
+    (``Servables.used_by``);
+    ``verification``: the latest run of its test vectors."""
     return Servable(
         **_kind(record),
         owner=record.owner,
@@ -107,11 +117,35 @@ def describe(
         manifest=list(record.manifest),
         datasets=[msgspec.convert(link, DatasetLink) for link in links_of(record.metadata)],
         previews=list(record.previews) if is_dataset(record.metadata) else UNSET,
-        used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users],
+        used_by=UNSET if users is None else [msgspec.convert(u, DatasetUse) for u in users[0]],
+        used_by_truncated=UNSET if users is None else users[1],
+        last_verification=None if verification is None else last_verification(verification),
+        placement=_placement(record.metadata),
     )
 
 
-async def _users(request: web.Request, caller: Caller, record: VersionRecord) -> list[dict[str, Any]] | None:
+def _placement(metadata: dict[str, Any]) -> ServablePlacement | None:
+    block = placement_block(metadata)
+    return msgspec.convert(block, ServablePlacement) if block else None
+
+
+def last_verification(verification: StoredVerification) -> LastVerification:
+    checks = [
+        VectorCheck(index=v.index, passed=v.passed, message=v.message or UNSET) for v in verification.vectors
+    ]
+    return LastVerification(
+        at=iso_ms(round(verification.at_unix_s * 1000)),
+        trigger=verification.trigger,
+        passed=verification.passed,
+        passed_count=sum(v.passed for v in verification.vectors),
+        total=len(verification.vectors),
+        vectors=checks,
+    )
+
+
+async def _users(
+    request: web.Request, caller: Caller, record: VersionRecord
+) -> tuple[list[dict[str, Any]], bool] | None:
     if not is_dataset(record.metadata) or record.deleted:
         return None
     return await request.app[SERVABLES].used_by(caller, record)
@@ -212,7 +246,10 @@ async def describe_latest(request: web.Request) -> web.Response:
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
     record = newest_live(versions, owner, name)
-    return json_response(describe(record, versions, await _users(request, caller, record)))
+    users, verification = await asyncio.gather(
+        _users(request, caller, record), servables.last_verification(record)
+    )
+    return json_response(describe(record, versions, users, verification))
 
 
 async def describe_version(request: web.Request) -> web.Response:
@@ -221,7 +258,10 @@ async def describe_version(request: web.Request) -> web.Response:
     servables = request.app[SERVABLES]
     versions = await servables.visible_versions(caller, owner, name)
     record = await servables.describe_target(caller, owner, name, version_of(request))
-    return json_response(describe(record, versions, await _users(request, caller, record)))
+    users, verification = await asyncio.gather(
+        _users(request, caller, record), servables.last_verification(record)
+    )
+    return json_response(describe(record, versions, users, verification))
 
 
 async def list_versions(request: web.Request) -> web.Response:

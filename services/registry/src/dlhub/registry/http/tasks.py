@@ -1,4 +1,4 @@
-"""``GET /tasks/{task_id}``: the state and result of a build or an asynchronous run."""
+"""``GET /tasks/{task_id}``: the state and result of a build, an asynchronous run or a dataset job."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from aiohttp import web
 
 from dlhub.common.errors import NotFound
 from dlhub.registry.clock import iso_ms
-from dlhub.registry.http.contract import Task
+from dlhub.registry.http.contract import JobProgress, Task
 from dlhub.registry.http.keys import TASKS
 from dlhub.registry.http.request import caller_of
 from dlhub.registry.http.response import json_response
 from dlhub.registry.outcomes import task_error, timings_of
 from dlhub.registry.store import TaskRecord
+from dlhub.registry.urls import task_results_url
 
 
 def task_view(task: TaskRecord) -> Task:
@@ -31,6 +32,12 @@ def task_view(task: TaskRecord) -> Task:
         view.error = task_error(task.error)
     if task.timings is not None:
         view.timings = timings_of(task.timings)
+    if task.kind == "job":
+        progress = task.progress or {}
+        view.progress = JobProgress(
+            done=progress.get("done", 0), total=progress.get("total"), failed=progress.get("failed", 0)
+        )
+        view.results_url = task_results_url(task.task_id)
     return view
 
 

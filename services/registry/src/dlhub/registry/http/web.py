@@ -14,9 +14,11 @@ attach the token nor read an answer (docs/web.md).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -27,6 +29,22 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
+
+
+def content_security_policy(connect_origins: Sequence[str] = ()) -> str:
+    """The policy, with ``connect_origins`` (Globus Auth's, for the token exchange) allowed to fetch."""
+    if not connect_origins:
+        return CONTENT_SECURITY_POLICY
+    return CONTENT_SECURITY_POLICY.replace(
+        "connect-src 'self'", "connect-src 'self' " + " ".join(connect_origins)
+    )
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -75,8 +93,8 @@ def load_static_files() -> dict[str, StaticFile]:
     return found
 
 
-def _answer(request: web.Request, file: StaticFile) -> web.Response:
-    headers = dict(SECURITY_HEADERS, ETag=file.etag)
+def _answer(request: web.Request, file: StaticFile, security: dict[str, str]) -> web.Response:
+    headers = dict(security, ETag=file.etag)
     headers["Cache-Control"] = CACHE_CONTROL
     if file.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
@@ -84,19 +102,21 @@ def _answer(request: web.Request, file: StaticFile) -> web.Response:
     return web.Response(body=file.body, headers=headers)
 
 
-def setup_web(app: web.Application) -> None:
-    """Add the catalog's routes: the shell at ``/`` and the client-side paths, the files at ``/static/``."""
+def setup_web(app: web.Application, connect_origins: Sequence[str] = ()) -> None:
+    """Add the catalog's routes: the shell at ``/`` and the client-side paths, the files at ``/static/``.
+    ``connect_origins``: other origins the page may fetch from (Globus Auth's token endpoint)."""
     files = load_static_files()
     shell = files[SHELL]
+    security = dict(SECURITY_HEADERS, **{"Content-Security-Policy": content_security_policy(connect_origins)})
 
     async def serve_shell(request: web.Request) -> web.Response:
-        return _answer(request, shell)
+        return _answer(request, shell, security)
 
     async def serve_static(request: web.Request) -> web.Response:
         file = files.get(request.match_info["path"])
         if file is None:
             raise NotFound("no such file")
-        return _answer(request, file)
+        return _answer(request, file, security)
 
     app.router.add_routes(
         [
@@ -104,6 +124,7 @@ def setup_web(app: web.Application) -> None:
             web.get("/m/{owner}/{ref}", serve_shell),
             web.get("/tasks/{task_id}", serve_shell),
             web.get("/publish", serve_shell),
+            web.get("/signin/callback", serve_shell),
             web.get("/static/{path:.+}", serve_static),
         ]
     )

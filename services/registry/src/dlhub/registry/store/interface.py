@@ -12,13 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from dlhub.common.links import store_target
 from dlhub.common.payloads import BuildRecord, FileEntry, TablePreview
 
 VersionStatus = Literal["building", "ready", "failed", "deleted"]
 BuildStateValue = Literal["", "queued", "resolving", "installing", "ready", "failed"]
 """A version's build state; "" for versions stored before builds had records."""
-TaskKind = Literal["run", "build"]
+TaskKind = Literal["run", "build", "job"]
 TaskState = Literal["pending", "running", "completed", "failed"]
 OPEN_TASK_STATES: tuple[TaskState, ...] = ("pending", "running")
 """States a task can still leave; completed and failed are final."""
@@ -56,6 +58,9 @@ class VersionRecord:
     """Its regular files with size and sha256 (set with the build outcome; empty before and on tombstones)."""
     previews: tuple[TablePreview, ...] = ()
     """Datasets: previews of their tabular files (set with the build outcome)."""
+    bundle_sha256: str = ""
+    """The sha256 hex digest of the version's bundle (its built folder as one archive, kept by the registry
+    for Task Managers without the builder's disk; ``dlhub.common.bundles``); "" for versions built before."""
 
     @property
     def deleted(self) -> bool:
@@ -104,6 +109,26 @@ class StoredBuild(BuildRecord, kw_only=True):
         return len(self.log) - (1 if self.dropped_lines else 0) + self.dropped_lines
 
 
+class VectorCheck(msgspec.Struct, kw_only=True, frozen=True):
+    """One test vector's outcome in a stored verification (no timings: they describe one run only)."""
+
+    index: int
+    passed: bool
+    message: str = ""
+
+
+VerificationTrigger = Literal["publish", "verify"]
+
+
+class StoredVerification(msgspec.Struct, kw_only=True, frozen=True):
+    """The latest run of a version's test vectors: at publication (after the build) or ``POST .../verify``."""
+
+    at_unix_s: float
+    passed: bool
+    trigger: VerificationTrigger
+    vectors: tuple[VectorCheck, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskRecord:
     """A build or an asynchronous run; ``output_json`` is the output already serialised as JSON."""
@@ -124,6 +149,8 @@ class TaskRecord:
     tasks had owners)."""
     deadline_ms: int = 0
     """When an unfinished task is failed ``deadline_exceeded`` by any registry (0: never, older records)."""
+    progress: dict[str, Any] | None = None
+    """A dataset job's progress (``{"done", "total", "failed"}``); None for other tasks."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,6 +258,7 @@ class MetadataStore(abc.ABC):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         """Update the build outcome of a live version; return the new record or None if it does not exist or
         is a tombstone (a build finishing after deletion never revives the version)."""
@@ -292,6 +320,18 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def get_build(self, owner: str, name: str, version: int) -> StoredBuild | None:
         """The build record of a version, or None (versions published before build records existed)."""
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        """Insert or replace the latest verification of a version (one per version)."""
+
+    @abc.abstractmethod
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        """The latest verification of a version, or None (never verified since verifications were stored)."""
 
     # -- tasks ------------------------------------------------------------------------------------------
 
@@ -424,14 +464,15 @@ class MetadataStore(abc.ABC):
 
 
 def link_targets(metadata: dict[str, Any]) -> list[str]:
-    """The store keys of a version's dataset links (``dlhub.training_data`` and ``dlhub.test_data``):
+    """The store keys of a version's links (``dlhub.training_data``, ``test_data``, ``derived_from``,
+    ``generated_by``):
     ``owner/name`` for a DLHub reference, ``doi:<folded>`` for a DOI (``dlhub.common.links.store_target``)."""
     dlhub = metadata.get("dlhub")
     if not isinstance(dlhub, dict):
         return []
     refs = [
         ref
-        for key in ("training_data", "test_data")
+        for key in ("training_data", "test_data", "derived_from", "generated_by")
         if isinstance(dlhub.get(key), list)
         for ref in dlhub[key]
         if isinstance(ref, str) and ref.strip()

@@ -13,6 +13,7 @@ Collections (one database, ``StoreConfig.mongodb_database``):
   minute, so reads still compare ``expires_at_ms`` with the caller's clock.
 - ``deletions``: one document per tombstoned version (same ``_id``), inserted by the deletion that claimed
   it, so concurrent deletions report each version once even where ``findAndModify`` is not atomic.
+- ``verifications``: the latest test-vector verification of each version (same ``_id``), as JSON text.
 - ``builds``: one document per version's build record (same ``_id`` as in ``versions``), the record as JSON
   text; saving one also copies its state and environment id onto the version document.
 - ``tokens``: ``_id`` is the token's sha256 hex digest (unique by construction, like every ``_id``).
@@ -76,6 +77,7 @@ from dlhub.registry.store.interface import (
     PackageFormat,
     RegistryInstance,
     StoredBuild,
+    StoredVerification,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -145,6 +147,7 @@ def _version_doc(record: VersionRecord, publish_id: str) -> Document:
         "previews_json": _dumps(record.previews),
         # The reverse lookup of dataset links (``list_linking_versions``) goes through this indexed array.
         "link_targets": [] if record.deleted else link_targets(record.metadata),
+        "bundle_sha256": record.bundle_sha256,
     }
 
 
@@ -172,6 +175,7 @@ def _version_from_doc(doc: Document) -> VersionRecord:
         build_state=cast(BuildStateValue, doc.get("build_state", "")),
         manifest=_manifest_decoder.decode(doc.get("manifest_json") or "[]"),
         previews=_previews_decoder.decode(doc.get("previews_json") or "[]"),
+        bundle_sha256=doc.get("bundle_sha256", ""),
     )
 
 
@@ -191,6 +195,7 @@ def _task_doc(task: TaskRecord) -> Document:
         "timings_json": _dumps(task.timings) if task.timings is not None else None,
         "owner": task.owner,
         "deadline_ms": task.deadline_ms,
+        "progress_json": _dumps(task.progress) if task.progress is not None else None,
     }
 
 
@@ -221,6 +226,7 @@ def _task_from_doc(doc: Document) -> TaskRecord:
         timings=msgspec.json.decode(timings_json) if timings_json is not None else None,
         owner=doc.get("owner", ""),
         deadline_ms=int(doc.get("deadline_ms", 0)),
+        progress=msgspec.json.decode(progress_json) if (progress_json := doc.get("progress_json")) else None,
     )
 
 
@@ -365,6 +371,11 @@ class MongoMetadataStore(MetadataStore):
     def builds(self) -> AsyncCollection[Document]:
         """One document per version's build record (``_id`` as in ``versions``), the record as JSON text."""
         return self.db["builds"]
+
+    @property
+    def verifications(self) -> AsyncCollection[Document]:
+        """The latest test-vector verification of each version (``_id`` as in ``versions``), as JSON text."""
+        return self.db["verifications"]
 
     @property
     def deletions(self) -> AsyncCollection[Document]:
@@ -576,6 +587,7 @@ class MongoMetadataStore(MetadataStore):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         with self._errors("set_version_status"):
             doc = await self.versions.find_one_and_update(
@@ -588,6 +600,7 @@ class MongoMetadataStore(MetadataStore):
                         "files": list(files),
                         "manifest_json": _dumps(manifest),
                         "previews_json": _dumps(previews),
+                        "bundle_sha256": bundle_sha256,
                     }
                 },
                 return_document=ReturnDocument.AFTER,
@@ -619,6 +632,7 @@ class MongoMetadataStore(MetadataStore):
                 result = await self.versions.delete_one({"_id": doc_id})
                 if result.deleted_count:
                     deleted.append(number)
+                    await self.verifications.delete_one({"_id": doc_id})
         return deleted
 
     async def mark_deleted(
@@ -724,6 +738,22 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("get_build"):
             doc = await self.builds.find_one({"_id": _version_id(owner, name, version)})
         return msgspec.json.decode(doc["record_json"], type=StoredBuild) if doc is not None else None
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        doc_id = _version_id(owner, name, version)
+        with self._errors("save_verification"):
+            await self.verifications.replace_one(
+                {"_id": doc_id}, {"_id": doc_id, "record_json": _dumps(verification)}, upsert=True
+            )
+
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        with self._errors("get_verification"):
+            doc = await self.verifications.find_one({"_id": _version_id(owner, name, version)})
+        return msgspec.json.decode(doc["record_json"], type=StoredVerification) if doc is not None else None
 
     # -- tasks ------------------------------------------------------------------------------------------
 

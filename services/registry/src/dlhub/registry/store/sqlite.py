@@ -30,6 +30,7 @@ from dlhub.registry.store.interface import (
     PackageFormat,
     RegistryInstance,
     StoredBuild,
+    StoredVerification,
     TaskKind,
     TaskRecord,
     TaskState,
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS versions (
     build_state TEXT NOT NULL DEFAULT '',
     manifest TEXT NOT NULL DEFAULT '[]',
     previews TEXT NOT NULL DEFAULT '[]',
+    bundle_sha256 TEXT NOT NULL DEFAULT '',
     UNIQUE (owner, name, version)
 );
 CREATE TABLE IF NOT EXISTS version_links (
@@ -90,6 +92,13 @@ CREATE TABLE IF NOT EXISTS builds (
     record TEXT NOT NULL,
     PRIMARY KEY (owner, name, version)
 );
+CREATE TABLE IF NOT EXISTS verifications (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (owner, name, version)
+);
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -103,7 +112,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     timings TEXT,
     owner TEXT NOT NULL DEFAULT '',
-    deadline_ms INTEGER NOT NULL DEFAULT 0
+    deadline_ms INTEGER NOT NULL DEFAULT 0,
+    progress TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at_ms);
 CREATE TABLE IF NOT EXISTS index_pending (
@@ -156,7 +166,7 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 _VERSION_COLUMNS = (
     "owner, name, version, status, status_reason, digest, files, metadata, published_at_ms, "
     "package_sha256, package_format, build_task_id, deprecated, deprecation_reason, deprecation_replacement, "
-    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, manifest, previews"
+    "deprecated_at_ms, deleted_at_ms, deleted_by, environment, build_state, manifest, previews, bundle_sha256"
 )
 # Columns added after the first release: (name, declaration) for ``ALTER TABLE`` on older files.
 _ADDED_VERSION_COLUMNS = (
@@ -170,10 +180,12 @@ _ADDED_VERSION_COLUMNS = (
     ("build_state", "TEXT NOT NULL DEFAULT ''"),
     ("manifest", "TEXT NOT NULL DEFAULT '[]'"),
     ("previews", "TEXT NOT NULL DEFAULT '[]'"),
+    ("bundle_sha256", "TEXT NOT NULL DEFAULT ''"),
 )
 _ADDED_TASK_COLUMNS = (
     ("owner", "TEXT NOT NULL DEFAULT ''"),
     ("deadline_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("progress", "TEXT"),
 )
 # Only open tasks are indexed: the reaper and reconciliation look at those, and they are few.
 _TASK_INDEXES = """
@@ -182,9 +194,9 @@ CREATE INDEX IF NOT EXISTS tasks_open_deadline ON tasks (deadline_ms) WHERE stat
 """
 _TASK_COLUMNS = (
     "task_id, kind, state, servable, submitter, created_at_ms, updated_at_ms, expires_at_ms, "
-    "output, error, timings, owner, deadline_ms"
+    "output, error, timings, owner, deadline_ms, progress"
 )
-_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+_TASK_VALUES = "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 _OPEN_STATES_SQL = "state IN ('pending', 'running')"
 
 _json_encoder = msgspec.json.Encoder()
@@ -224,6 +236,7 @@ def _version_from_row(row: Any) -> VersionRecord:
         build_state=cast(BuildStateValue, row[19]),
         manifest=_manifest_decoder.decode(row[20]),
         previews=_previews_decoder.decode(row[21]),
+        bundle_sha256=row[22],
     )
 
 
@@ -242,6 +255,7 @@ def _task_from_row(row: Any) -> TaskRecord:
         timings=msgspec.json.decode(row[10]) if row[10] is not None else None,
         owner=row[11],
         deadline_ms=row[12],
+        progress=msgspec.json.decode(row[13]) if row[13] is not None else None,
     )
 
 
@@ -260,6 +274,7 @@ def _task_params(task: TaskRecord) -> tuple[Any, ...]:
         _dumps(task.timings) if task.timings is not None else None,
         task.owner,
         task.deadline_ms,
+        _dumps(task.progress) if task.progress is not None else None,
     )
 
 
@@ -374,7 +389,7 @@ class SQLiteMetadataStore(MetadataStore):
                 await db.execute(
                     f"INSERT INTO versions ({_VERSION_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, '', '', '[]', ?, ?, ?, ?, ?, 0, '', '', 0, 0, '', '', '', "
-                    "'[]', '[]')",
+                    "'[]', '[]', '')",
                     (
                         owner,
                         name,
@@ -456,10 +471,12 @@ class SQLiteMetadataStore(MetadataStore):
         files: tuple[str, ...] = (),
         manifest: tuple[FileEntry, ...] = (),
         previews: tuple[TablePreview, ...] = (),
+        bundle_sha256: str = "",
     ) -> VersionRecord | None:
         changed = await self._write(
             "UPDATE versions SET status = ?, status_reason = ?, digest = ?, files = ?, manifest = ?, "
-            "previews = ? WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
+            "previews = ?, bundle_sha256 = ? "
+            "WHERE owner = ? AND name = ? AND version = ? AND status != 'deleted'",
             (
                 status,
                 status_reason,
@@ -467,6 +484,7 @@ class SQLiteMetadataStore(MetadataStore):
                 _dumps(list(files)),
                 _dumps(manifest),
                 _dumps(previews),
+                bundle_sha256,
                 owner,
                 name,
                 version,
@@ -505,10 +523,11 @@ class SQLiteMetadataStore(MetadataStore):
                     "DELETE FROM versions WHERE owner = ? AND name = ? AND version = ?",
                     [(owner, name, v) for v in doomed],
                 )
-                await db.executemany(
-                    "DELETE FROM version_links WHERE owner = ? AND name = ? AND version = ?",
-                    [(owner, name, v) for v in doomed],
-                )
+                for table in ("version_links", "verifications"):
+                    await db.executemany(
+                        f"DELETE FROM {table} WHERE owner = ? AND name = ? AND version = ?",
+                        [(owner, name, v) for v in doomed],
+                    )
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:  # SQLite may have rolled back by itself (a full disk, an I/O error)
@@ -623,6 +642,25 @@ class SQLiteMetadataStore(MetadataStore):
         )
         for row in rows:
             return msgspec.json.decode(row[0], type=StoredBuild)
+        return None
+
+    # -- test-vector verifications ----------------------------------------------------------------------
+
+    async def save_verification(
+        self, owner: str, name: str, version: int, verification: StoredVerification
+    ) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO verifications (owner, name, version, record) VALUES (?, ?, ?, ?)",
+            (owner, name, version, _dumps(verification)),
+        )
+
+    async def get_verification(self, owner: str, name: str, version: int) -> StoredVerification | None:
+        rows = await self.db.execute_fetchall(
+            "SELECT record FROM verifications WHERE owner = ? AND name = ? AND version = ?",
+            (owner, name, version),
+        )
+        for row in rows:
+            return msgspec.json.decode(row[0], type=StoredVerification)
         return None
 
     # -- tasks ------------------------------------------------------------------------------------------

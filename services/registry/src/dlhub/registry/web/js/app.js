@@ -1,5 +1,5 @@
 // The catalog's entry point: picks the view for the URL and renders it into <main>.
-import { renderAccount } from "./auth.js";
+import { renderAccount, renderSignInCallback } from "./auth.js";
 import { renderCatalog } from "./catalog.js";
 import { errorBox, h } from "./dom.js";
 import { renderModel } from "./model.js";
@@ -14,6 +14,7 @@ let firstRender = true;
 function route(path) {
   if (path === "/") return [renderCatalog, {}];
   if (path === "/publish") return [renderPublish, {}];
+  if (path === "/signin/callback") return [renderSignInCallback, {}];
   let match = path.match(/^\/m\/([^/]+)\/([^/]+)$/);
   if (match) {
     const [name, version] = decodeURIComponent(match[2]).split("@");

@@ -1,9 +1,22 @@
-// Sign-in with an API token: kept in sessionStorage (this tab only), checked with GET /whoami.
+// Sign-in with an API token, or with Globus when the registry uses it (globus.js): the token is kept in
+// sessionStorage (this tab only) and checked with GET /whoami.
 import { api, setToken, token } from "./api.js";
-import { h } from "./dom.js";
-import { rerender } from "./router.js";
+import { errorBox, h } from "./dom.js";
+import { finishGlobusSignIn, globusButton } from "./globus.js";
+import { navigate, rerender } from "./router.js";
 
 let whoamiCache = null;
+let authCache = null;
+
+// How this registry signs people in (GET /auth), asked once per page load.
+export function authInfo() {
+  if (authCache === null) authCache = api("/auth").catch(() => ({ provider: "local" }));
+  return authCache;
+}
+
+function globusReady(info) {
+  return info.provider === "globus" && info.native_client_id && info.authorize_url && info.token_url;
+}
 
 // The signed-in caller (GET /whoami, asked once per token), or null when signed out.
 export function whoami() {
@@ -28,10 +41,11 @@ export async function renderAccount(box) {
       setToken(null);
     }
   }
-  showForm(box, "");
+  await showForm(box, "");
 }
 
-function showForm(box, message) {
+async function showForm(box, message) {
+  const info = await authInfo();
   const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off", required: true, "aria-describedby": "token-error" });
   const form = h(
     "form",
@@ -41,7 +55,24 @@ function showForm(box, message) {
     h("button", { type: "submit", id: "sign-in" }, "Sign in"),
     h("span", { id: "token-error", class: "field-error", role: "alert" }, message),
   );
-  box.replaceChildren(form);
+  box.replaceChildren(...[form, globusReady(info) ? globusButton(info) : null].filter(Boolean));
+}
+
+// The view at /signin/callback: Globus Auth sent the browser back here with a code.
+export async function renderSignInCallback(main) {
+  document.title = "Signing in · DLHub";
+  main.replaceChildren(h("p", { class: "loading", role: "status" }, "Signing in with Globus…"));
+  const info = await authInfo();
+  let next;
+  try {
+    if (!globusReady(info)) throw new Error("This registry does not sign in with Globus");
+    next = await finishGlobusSignIn(info);
+  } catch (error) {
+    main.replaceChildren(h("h1", null, "Sign-in failed"), errorBox(error));
+    return;
+  }
+  await renderAccount(document.getElementById("account"));
+  navigate(next, { replace: true }); // the code leaves the address bar and the history
 }
 
 async function signIn(event, box, input) {
@@ -52,7 +83,7 @@ async function signIn(event, box, input) {
     await api("/whoami");
   } catch (error) {
     setToken(null);
-    showForm(box, error.status === 401 ? "That token was not accepted" : error.message);
+    await showForm(box, error.status === 401 ? "That token was not accepted" : error.message);
     return;
   }
   await renderAccount(box);
@@ -62,6 +93,6 @@ async function signIn(event, box, input) {
 async function signOut(box) {
   setToken(null);
   whoamiCache = null;
-  showForm(box, "");
+  await showForm(box, "");
   rerender();
 }

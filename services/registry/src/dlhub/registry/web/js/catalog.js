@@ -5,6 +5,7 @@ import { navigate } from "./router.js";
 
 const PAGE_SIZE = 20;
 const FACETS = [
+  ["kind", "Kind"],
   ["domain", "Domain"],
   ["model_type", "Model type"],
   ["servable_type", "Servable type"],
@@ -98,14 +99,16 @@ function activeFilters(params) {
 
 function resultList(params, results, page) {
   const pages = Math.max(1, Math.ceil(results.total / PAGE_SIZE));
-  const summary = h("p", { id: "result-count", role: "status" }, `${results.total} ${results.total === 1 ? "model" : "models"}`);
+  const summary = h("p", { id: "result-count", role: "status" }, `${results.total} ${results.total === 1 ? "result" : "results"}`);
   const items = results.hits.map((hit) => {
     const href = `/m/${encodeURIComponent(hit.owner)}/${encodeURIComponent(hit.name)}`;
     return h(
       "li",
       { class: "hit", "data-servable": hit.shorthand_name },
       h("h2", null, h("a", { href, "data-nav": true }, hit.title || hit.shorthand_name)),
-      h("p", { class: "meta" }, hit.shorthand_name, ` · v${hit.version}`, hit.servable_type ? ` · ${hit.servable_type}` : "", hit.model_type ? ` · ${hit.model_type}` : ""),
+      h("p", { class: "meta" }, hit.kind && hit.kind !== "servable" ? [h("span", { class: "badge kind" }, hit.kind), " "] : null,
+        hit.shorthand_name, ` · v${hit.version}`, hit.servable_type ? ` · ${hit.servable_type}` : "", hit.model_type ? ` · ${hit.model_type}` : ""),
+      hit.columns && hit.columns.length ? h("p", { class: "columns" }, "Columns: ", hit.columns.map((c, i) => [i ? ", " : "", h("code", null, c)])) : null,
       hit.authors && hit.authors.length ? h("p", { class: "authors" }, hit.authors.join("; ")) : null,
       hit.description ? h("p", { class: "description" }, hit.description) : null,
       hit.domains && hit.domains.length ? h("p", { class: "tags" }, hit.domains.map((domain) => h("span", { class: "tag" }, domain))) : null,

@@ -33,7 +33,7 @@ export async function renderManage(slot, model) {
   const remove = h("button", { type: "button", id: "delete-open", class: "danger" }, "Delete…");
   remove.addEventListener("click", () => deleteDialog(model, ref, remove));
   slot.replaceChildren(section("Manage",
-    h("p", { class: "hint" }, "You may manage this model."),
+    h("p", { class: "hint" }, `You may manage this ${model.type === "dataset" ? "dataset" : "model"}.`),
     h("div", { class: "actions" }, model.deprecated ? undo : deprecate, remove), status));
 }
 

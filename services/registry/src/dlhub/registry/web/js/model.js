@@ -3,6 +3,7 @@
 import { api, servablePath, token } from "./api.js";
 import { whoami } from "./auth.js";
 import { copyButton, formatDate, h, pretty, safeUrl, section } from "./dom.js";
+import { filesSection, previewsSection, trainingDataSection, usedBySection } from "./datasets.js";
 import { renderManage } from "./manage.js";
 import { renderTryIt } from "./tryit.js";
 import { exampleOf, pyLiteral, shellQuote, typeLabel } from "./types.js";
@@ -24,6 +25,7 @@ export async function renderModel(main, { owner, name, version }, signal) {
   const dl = meta.dlhub || {};
   const title = (dc.titles && dc.titles[0] && dc.titles[0].title) || model.shorthand_name;
   document.title = `${title} · DLHub`;
+  const dataset = model.type === "dataset";
   main.replaceChildren(
     h("article", { class: "model" },
       header(model, title),
@@ -31,16 +33,18 @@ export async function renderModel(main, { owner, name, version }, signal) {
         h("div", { class: "model-main" },
           about(dc, dl, model),
           model.steps ? stepsSection(model.steps) : null,
-          typesSection(meta.servable || {}),
-          usageSection(model, meta.servable || {}, dl),
-          h("div", { id: "try-it-slot" })),
+          dataset ? null : typesSection(meta.servable || {}),
+          dataset ? previewsSection(model) : usageSection(model, meta.servable || {}, dl),
+          filesSection(model),
+          dataset ? usedBySection(model) : trainingDataSection(model),
+          dataset ? null : h("div", { id: "try-it-slot" })),
         h("div", { class: "model-side" },
           h("div", { id: "manage-slot" }),
           citeSection(bibtex, datacite),
           versionsSection(model),
-          environmentSection(model, dl),
-          vectorsSection(model, dl)))));
-  renderTryIt(main.querySelector("#try-it-slot"), model, exampleInputs(model, meta.servable || {}, dl));
+          dataset ? null : environmentSection(model, dl),
+          dataset ? null : vectorsSection(model, dl)))));
+  if (!dataset) renderTryIt(main.querySelector("#try-it-slot"), model, exampleInputs(model, meta.servable || {}, dl));
   await renderManage(main.querySelector("#manage-slot"), model);
 }
 
@@ -149,15 +153,39 @@ function environmentSection(model, dl) {
     model.build_state ? h("p", null, `Build: ${model.build_state}`) : null);
 }
 
+// "3 min ago", "2 h ago", "5 d ago" (the exact time is in the element's title).
+export function ago(iso, now = Date.now()) {
+  const seconds = Math.max(0, Math.round((now - new Date(iso).getTime()) / 1000));
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return `${Math.floor(seconds / 86400)} d ago`;
+}
+
+// The latest run of the vectors, as describe's last_verification says (or as POST .../verify answered).
+function verificationSummary(last) {
+  const failed = last.vectors.filter((v) => !v.passed);
+  return [
+    h("p", { id: "last-verification", "data-passed": String(last.passed) },
+      h("span", { class: `badge ${last.passed ? "status-ready" : "status-failed"}` }, last.passed ? "passed" : "failed"), " ",
+      h("time", { datetime: last.at, title: formatDate(last.at) }, `Verified ${ago(last.at)}`),
+      `: ${last.passed_count}/${last.total} passed`, last.trigger === "publish" ? " (at publication)" : ""),
+    failed.length ? h("ul", { class: "vector-failures" }, failed.map((v) => h("li", null, `#${v.index}: ${v.message || "failed"}`))) : null,
+  ];
+}
+
 function vectorsSection(model, dl) {
   const vectors = dl.test_vectors || [];
+  const last = h("div", { id: "verification" }, model.last_verification ? verificationSummary(model.last_verification) : h("p", { class: "hint" }, "Not verified since verifications were recorded."));
   const result = h("div", { id: "verify-result", role: "status" });
   const verify = async () => {
     result.textContent = "Verifying…";
     try {
       const answer = await api(`${servablePath(model.owner, model.name, model.version)}/verify`, { method: "POST" });
-      result.replaceChildren(h("p", null, `${answer.passed ? "Passed" : "Failed"} at ${formatDate(new Date().toISOString())}`),
-        h("ul", null, (answer.vectors || []).map((v) => h("li", null, `#${v.index}: ${v.passed ? "passed" : v.message}`))));
+      const checks = (answer.vectors || []).map((v) => ({ index: v.index, passed: v.passed, message: v.message }));
+      last.replaceChildren(...verificationSummary({ at: new Date().toISOString(), trigger: "verify", passed: answer.passed,
+        passed_count: checks.filter((v) => v.passed).length, total: checks.length, vectors: checks }));
+      result.textContent = `${answer.passed ? "Passed" : "Failed"}: ${checks.filter((v) => v.passed).length}/${checks.length}`;
     } catch (error) {
       result.textContent = error.message;
     }
@@ -167,7 +195,7 @@ function vectorsSection(model, dl) {
       v.description ? h("p", null, v.description) : null,
       h("p", null, "Inputs: ", h("code", null, JSON.stringify(v.inputs))),
       h("p", null, "Expected: ", h("code", null, JSON.stringify(v.expected)))))) : h("p", null, "No test vectors published."),
-    vectors.length ? h("p", { class: "hint" }, model.status === "ready" ? "All passed when this version was built; run them again:" : "") : null,
+    vectors.length ? last : null,
     vectors.length && model.status === "ready" ? h("button", { type: "button", id: "verify", onclick: verify }, "Verify now") : null,
     result);
 }
