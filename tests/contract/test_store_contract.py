@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from dlhub.registry.store import (
     AuditQuery,
     AuditRecord,
     MetadataStore,
+    RegistryInstance,
     StoredVerification,
     TaskRecord,
     TokenRecord,
@@ -519,6 +520,69 @@ async def test_racing_outcomes_leave_exactly_one(backend: Backend) -> None:
     for task_id in late:
         stored = await first.get_task(task_id, now_ms=now)
         assert stored is not None and stored.state == "failed", task_id
+
+
+async def test_a_takeover_claims_an_open_task_once_and_its_owner_then_writes_nothing(
+    backend: Backend,
+) -> None:
+    """Several registries on one store (takeover.py): a gone owner's open task moves to one new owner."""
+    first, second = await backend.open(), await backend.open()
+    exp = now_ms() + 60_000
+    owned = task("owned", expires_at_ms=exp, owner="a", state="running")
+    await first.save_task(owned)
+    # Two registries take over from "a" at once: one wins.
+    wins = await asyncio.gather(
+        first.claim_task(owned, new_owner="b"), second.claim_task(owned, new_owner="c")
+    )
+    assert sorted(wins) == [False, True]
+    winner = "b" if wins[0] else "c"
+    stored = await first.get_task("owned", now_ms=now_ms())
+    assert stored is not None and stored.owner == winner and stored.state == "running"
+    assert not await first.claim_task(owned, new_owner="d")  # a stale record of the old owner claims nothing
+
+    # The old owner, back: neither its "running" nor its outcome lands; the new owner's does.
+    assert not await first.update_open_task(owned, owner="a")
+    assert not await first.update_open_task(replace(owned, state="completed"), owner="a")
+    done = replace(owned, owner=winner, state="completed", output_json=b"1")
+    assert await second.update_open_task(done, owner=winner)
+    assert await first.get_task("owned", now_ms=now_ms()) == done
+    # Ended tasks are never claimed.
+    assert not await first.claim_task(done, new_owner="e")
+
+
+async def test_an_owners_outcome_and_a_takeover_exclude_each_other(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    exp = now_ms() + 60_000
+    records = [task(f"own{i}", expires_at_ms=exp, owner="a", state="running") for i in range(20)]
+    for record in records:
+        await first.save_task(record)
+    outcomes = [replace(r, state="completed", output_json=b"2") for r in records]
+    wins = await asyncio.gather(
+        *(first.update_open_task(o, owner="a") for o in outcomes),
+        *(second.claim_task(r, new_owner="b") for r in records),
+    )
+    for index, record in enumerate(records):
+        ended, claimed = wins[index], wins[len(records) + index]
+        assert ended != claimed, record.task_id  # exactly one of the two
+        stored = await first.get_task(record.task_id, now_ms=now_ms())
+        assert stored is not None
+        if ended:
+            assert stored.state == "completed" and stored.owner == "a", stored
+        else:
+            assert stored.state == "running" and stored.owner == "b", stored
+
+
+async def test_registry_heartbeats(backend: Backend) -> None:
+    first, second = await backend.open(), await backend.open()
+    assert await first.list_registries() == []
+    await first.beat_registry("r1", url="http://127.0.0.1:1", now_ms=1000)
+    await second.beat_registry("r2", url="http://127.0.0.1:2", now_ms=1500)
+    await first.beat_registry("r1", url="http://127.0.0.1:1", now_ms=2000)  # a later beat replaces
+    peers = sorted(await second.list_registries(), key=lambda p: p.instance_id)
+    assert peers == [
+        RegistryInstance(instance_id="r1", url="http://127.0.0.1:1", last_seen_ms=2000),
+        RegistryInstance(instance_id="r2", url="http://127.0.0.1:2", last_seen_ms=1500),
+    ]
 
 
 async def test_open_tasks_by_owner_and_deadline(store: MetadataStore) -> None:

@@ -47,12 +47,16 @@ class SeparateServices:
     def api(self) -> str:
         return self.url + "/api/v1"
 
-    def start(self, name: str) -> None:
-        """Start ``python -m dlhub.<name>`` (``name`` may carry a suffix: ``worker-2`` runs dlhub.worker)."""
+    def start(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start ``python -m dlhub.<name>`` (``name`` may carry a suffix: ``worker-2`` runs dlhub.worker);
+        ``env`` overrides the shared environment for this process (a second registry's port, say)."""
         module = "dlhub." + name.split("-")[0]
         with (self.base / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", module],
+                env=self.env | (env or {}),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def pid(self, name: str) -> int:

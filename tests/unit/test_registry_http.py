@@ -171,7 +171,14 @@ class FakeBus:
     def awaiting(self, task_id: str) -> bool:
         return False
 
-    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus:
+    async def query_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        adopt: bool = False,
+        resend_all: bool = True,
+    ) -> TaskStatus:
         if not self.broker_up:
             raise BrokerUnavailable("the broker did not answer")
         return TaskStatus(request_id="q", broker_id="fake", known=[])
@@ -190,9 +197,10 @@ class Env:
     async def settle(self) -> None:
         """Wait for background builds, index updates and async runs to finish."""
         background = self.client.app[BACKGROUND]
-        # until only the periodic sweeps (tasks, blobs, job results) and the task reaper are left
+        # until only the periodic sweeps (tasks, blobs, job results), the task reaper and the registry
+        # heartbeat are left
         await await_until(
-            lambda: len(background) <= 4, timeout_s=10, interval_s=0.01, message="background work to finish"
+            lambda: len(background) <= 5, timeout_s=10, interval_s=0.01, message="background work to finish"
         )
 
     async def publish(

@@ -670,16 +670,28 @@ class BusClient:
         """Whether a ``call`` of this client is waiting for the task's result."""
         return task_id in self._state.pending
 
-    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus:
+    async def query_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        adopt: bool = False,
+        resend_all: bool = True,
+    ) -> TaskStatus:
         """Ask the broker which of ``task_ids`` it still holds; it first re-sends every unacknowledged result
-        it keeps for this client (they reach the orphan listener). BrokerUnavailable on no answer."""
+        it keeps for this client (only those of ``task_ids`` without ``resend_all``; they reach the orphan
+        listener). ``adopt``: take the tasks over from the client that submitted them first (their outcomes
+        come here). BrokerUnavailable on no answer."""
         if self._dealer is None:
             await self.start()
         request_id = new_id()
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
         self._state.queries[request_id] = future
         try:
-            if not self._send(TaskQuery(request_id=request_id, task_ids=list(task_ids))):
+            query = TaskQuery(
+                request_id=request_id, task_ids=list(task_ids), resend_all=resend_all, adopt=adopt
+            )
+            if not self._send(query):
                 raise BrokerUnavailable("could not reach the broker")
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:

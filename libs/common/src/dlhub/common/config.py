@@ -139,6 +139,13 @@ class RegistryConfig(BaseModel):
     task_reconcile_retry_s: PositiveFloat = 2.0
     """After a start (or a broker restart), how often the registry asks the broker again about its open
     tasks until it answers."""
+    peer_heartbeat_interval_s: PositiveFloat = 5.0
+    """How often the registry records in the store that it is alive, and looks for registries that are not
+    (several registries sharing one store and broker: docs/operations.md)."""
+    peer_stale_after_s: PositiveFloat = 30.0
+    """A registry whose last heartbeat is older than this is gone: another registry takes its open runs over
+    (their outcomes come to it) and fails ``registry_lost`` those the broker no longer holds. Keep it several
+    heartbeat intervals (a registry that is only slow loses its tasks to another, which then ends them)."""
     allow_anonymous_run: bool = True
     admin_users: list[str] = Field(default_factory=list)
     """Users allowed to run administrative operations (``POST /search/reindex``); empty: nobody."""
@@ -190,6 +197,13 @@ class RegistryConfig(BaseModel):
     internal_url: str | None = None
     """Base URL workers reach this registry at (signed blob URLs); default ``public_url``, else
     ``http://<host>:<port>`` (``127.0.0.1`` for a wildcard host)."""
+
+    @model_validator(mode="after")
+    def _peer_timing(self) -> RegistryConfig:
+        # A stale timeout within a heartbeat or two would take over the tasks of live peers.
+        if self.peer_stale_after_s <= 2 * self.peer_heartbeat_interval_s:
+            raise ValueError("registry.peer_stale_after_s must exceed twice peer_heartbeat_interval_s")
+        return self
 
 
 class GlobusAuthConfig(BaseModel):

@@ -242,6 +242,14 @@ class RegistryRestarted(DLHubError):
     http_status = 503
 
 
+class RegistryLost(DLHubError):
+    """The registry that accepted the task stopped heartbeating; another took the task over, but the broker no
+    longer held it or its result (a build: its version was no longer building for it)."""
+
+    code = "registry_lost"
+    http_status = 503
+
+
 class BrokerRestarted(DLHubError):
     """The broker restarted while the task was in flight; the task and its outcome were lost with it."""
 
@@ -316,6 +324,7 @@ ERRORS_BY_CODE: dict[str, type[DLHubError]] = {
         TaskNotStarted,
         BrokerUnavailable,
         RegistryRestarted,
+        RegistryLost,
         BrokerRestarted,
         DeadlineExceeded,
         TaskCancelled,

@@ -156,6 +156,11 @@ class TaskQuery(Message, tag="task_query"):
     request_id: str
     task_ids: list[str]
     resend_all: bool = True
+    adopt: bool = False
+    """The client takes ``task_ids`` over from the registry that submitted them (gone for good): the broker
+    first re-addresses them to the client (a queued or running task's final ``Result``, and a held result),
+    then re-sends and answers as above (the re-addressed held results are the client's now). A broker
+    without this field answers without re-addressing: the tasks then end at their deadline."""
 
 
 class TaskStatus(Message, tag="task_status"):

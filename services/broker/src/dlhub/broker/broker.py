@@ -490,9 +490,11 @@ class Broker:
         name has no outcome coming from this broker."""
         if identity not in self.handlers.by_identity:
             self.clients[identity] = now
+        if msg.adopt:
+            self._readdress(msg.task_ids, identity)
         if msg.resend_all:
             held = self.mailbox.held_for(identity)
-        else:  # a client's periodic check of its long-awaited tasks: only their results
+        else:  # a periodic check of long-awaited tasks, or a takeover: only the results of those asked
             held = self.mailbox.held_among(identity, msg.task_ids)
         for frame in held:
             self._send(identity, frame)
@@ -501,6 +503,18 @@ class Broker:
         log.info("task query", peer=peer, asked=len(msg.task_ids), known=len(known), resent=len(held))
         reply = TaskStatus(request_id=msg.request_id, broker_id=self.broker_id, known=known)
         self._send(identity, self.codec.encode(reply))
+
+    def _readdress(self, task_ids: list[str], client: bytes) -> None:
+        """Send the outcomes of ``task_ids`` to ``client`` from now on (a registry took them over from one
+        that is gone): tasks still queued or running, and results held for acknowledgement."""
+        moved = 0
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task.client = client
+                moved += 1
+        held = self.mailbox.readdress(task_ids, client)
+        log.info("tasks taken over", peer=peer_name(client), running=moved, held=held)
 
     def _on_progress(self, identity: bytes, msg: Progress, now: float) -> None:
         """Forward a running task's progress to its client; stale or foreign reports are dropped."""

@@ -59,6 +59,17 @@ class Mailbox:
         held = (self._held.get(task_id) for task_id in task_ids)
         return [h.frame for h in held if h is not None and h.client == client]
 
+    def readdress(self, task_ids: Iterable[str], client: bytes) -> int:
+        """Hold the results of ``task_ids`` for ``client`` from now on (a registry took them over); return how
+        many were held."""
+        count = 0
+        for task_id in task_ids:
+            held = self._held.get(task_id)
+            if held is not None:
+                held.client = client
+                count += 1
+        return count
+
     def expire(self, now: float) -> list[str]:
         """Drop results held longer than the TTL; return their task ids."""
         cutoff = now - self.ttl_s

@@ -42,4 +42,11 @@ class Bus(Protocol):
 
     def awaiting(self, task_id: str) -> bool: ...
 
-    async def query_tasks(self, task_ids: Sequence[str], *, timeout_s: float = 5.0) -> TaskStatus: ...
+    async def query_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float = 5.0,
+        adopt: bool = False,
+        resend_all: bool = True,
+    ) -> TaskStatus: ...

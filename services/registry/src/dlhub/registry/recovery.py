@@ -14,7 +14,8 @@ and acknowledged it (``Runs._drive_async``). Three things end the tasks whose co
   (``on_build_reaped``), since no coroutine is left to end it.
 
 Terminal states are final (``TaskTable`` writes conditionally), so the three never overwrite an outcome and
-may race each other and the live path freely.
+may race each other and the live path freely. Several registries on one store: another registry takes over
+the tasks of one that stopped heartbeating before their deadline (``takeover.py``).
 """
 
 from __future__ import annotations
@@ -129,7 +130,9 @@ class TaskRecovery:
         failed = 0
         for start in range(0, len(candidates), QUERY_BATCH):
             batch = candidates[start : start + QUERY_BATCH]
-            status = await self._bus.query_tasks([t.task_id for t in batch])
+            # ``adopt``: runs this registry took over from a gone one and had not adopted at the broker yet
+            # (takeover.py) are re-addressed here too; its own are already.
+            status = await self._bus.query_tasks([t.task_id for t in batch], adopt=True)
             known = set(status.known)
             for task in batch:
                 if task.task_id not in known and await self._fail_lost(task, code):

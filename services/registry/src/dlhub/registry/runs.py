@@ -497,14 +497,18 @@ class Runs:
             log.warning("asynchronous run failed to submit", task_id=task.task_id, error_type=code)
             self._metrics.outcome("async", False, code)
             await asyncio.gather(*marking, return_exceptions=True)
-            await self._tasks.fail(task, error={"type": code, "message": str(exc) or type(exc).__name__})
+            error = {"type": code, "message": str(exc) or type(exc).__name__}
+            await self._tasks.fail(task, error=error, as_owner=True)
             return
         finally:
             if not accepted.done():  # no Started or Queued came first: the result is the broker's answer
                 accepted.set_result(None if result is None or result.ok else result.error)
         # The "running" write must land before the final state (it would be refused after it anyway).
         await asyncio.gather(*marking, return_exceptions=True)
-        task = await self._tasks.finish_run(task, result, request_ms=(time.perf_counter() - started) * 1000.0)
+        request_ms = (time.perf_counter() - started) * 1000.0
+        task = await self._tasks.finish_run(task, result, request_ms=request_ms, as_owner=True)
+        if self._tasks.taken_over(task):  # its new owner gets the result from the broker, so no ack
+            return
         self._bus.ack(task.task_id)
         self._metrics.outcome("async", result.ok, result.error.code if result.error is not None else None)
         if submission.memo is not None and task.state == "completed":

@@ -47,6 +47,7 @@ from dlhub.registry.packages import PackageBlobs
 from dlhub.registry.pipelines import PinnedPipeline, is_pipeline, parse_servable_ref, pin_pipeline
 from dlhub.registry.ports import Bus
 from dlhub.registry.store import (
+    OPEN_TASK_STATES,
     MetadataStore,
     PackageFormat,
     StoredBuild,
@@ -448,10 +449,17 @@ class Servables:
         return await self._store.get_build(record.owner, record.name, record.version) or implied_build(record)
 
     async def resume_builds(self) -> int:
-        """Resubmit builds of versions left ``building`` by a previous registry process."""
+        """Resubmit builds of versions left ``building`` by a previous process of this registry, or by one
+        that never beat in the store. Another registry's open build is its own while it beats, and its
+        taker's once it is gone (``take_over_build``)."""
         pending = await self._store.list_versions_with_status("building")
+        peers = {p.instance_id for p in await self._store.list_registries()} - {self._tasks.owner}
+        resumed = 0
         for record in pending:
             task = await self._tasks.get(record.build_task_id)
+            if task is not None and task.state in OPEN_TASK_STATES and task.owner in peers:
+                continue
+            resumed += 1
             if task is None:
                 await self._tasks.create(
                     task_id=record.build_task_id or new_id(),
@@ -461,7 +469,17 @@ class Servables:
                     timeout_s=self._build_timeout_s(),
                 )
             self.start_build(record, resumed=True)
-        return len(pending)
+        return resumed
+
+    async def take_over_build(self, task: TaskRecord) -> bool:
+        """Resubmit the build of ``task``, taken over from a registry that is gone, if its version is still
+        ``building`` for it (the build starts again; this registry drives it); False if none is."""
+        for record in await self._store.list_versions_with_status("building"):
+            if record.build_task_id == task.task_id:
+                log.warning("build of a gone registry resumed", servable=record.label, task_id=task.task_id)
+                self.start_build(record, resumed=True)
+                return True
+        return False
 
     async def fail_overdue_build(self, task: TaskRecord) -> bool:
         """End the version of a build task the reaper failed, if it is still ``building`` for that task: no

@@ -82,17 +82,19 @@ class TaskTable:
         return task
 
     async def mark_running(self, task: TaskRecord, *, timeout_s: float | None = None) -> TaskRecord:
-        """Running (unless it has ended meanwhile); ``timeout_s`` restarts the deadline (a resumed build)."""
+        """Running (unless it has ended or was taken over meanwhile); ``timeout_s`` restarts the deadline and
+        makes this registry the owner (a resumed build)."""
         now = now_ms()
+        resumed = timeout_s is not None
         task = dataclasses.replace(
             task,
             state="running",
             updated_at_ms=now,
             expires_at_ms=now + self._ttl_ms,
-            owner=self.owner,
-            deadline_ms=task.deadline_ms if timeout_s is None else self._deadline_ms(now, timeout_s),
+            owner=self.owner if resumed else task.owner,
+            deadline_ms=self._deadline_ms(now, timeout_s) if timeout_s is not None else task.deadline_ms,
         )
-        return await self._write_open(task)
+        return await self._write_open(task, as_owner=not resumed)
 
     async def progress(self, task: TaskRecord, progress: dict[str, Any], *, timeout_s: float) -> TaskRecord:
         """Running with ``progress`` (a dataset job), its deadline ``timeout_s`` (+ grace) from now; the
@@ -109,18 +111,34 @@ class TaskTable:
         )
         return await self._write_open(task)
 
-    async def _write_open(self, task: TaskRecord) -> TaskRecord:
-        """Write ``task`` if the stored one is still open; else return the stored (final) one."""
-        if await self._store.update_open_task(task):
+    async def _write_open(self, task: TaskRecord, *, as_owner: bool = False) -> TaskRecord:
+        """Write ``task`` if the stored one is still open (and, ``as_owner``, still this registry's: not taken
+        over by another, ``takeover.TaskTakeover``); else return the stored one."""
+        owner = self.owner if as_owner else None
+        if await self._store.update_open_task(task, owner=owner):
             return task
         stored = await self.get(task.task_id)
-        if stored is None or stored.state in OPEN_TASK_STATES:  # expired meanwhile, or a record never saved
+        if stored is None:  # expired meanwhile, or a record never saved
+            return task
+        if stored.state in OPEN_TASK_STATES:
+            if as_owner and stored.owner != self.owner:
+                log.info("task taken over by another registry; not written", task_id=task.task_id)
+                return stored
             return task
         log.info("task already ended; outcome kept", task_id=task.task_id, state=stored.state)
         return stored
 
+    def taken_over(self, task: TaskRecord) -> bool:
+        """Whether a record ``_write_open`` returned says another registry owns the still open task."""
+        return task.state in OPEN_TASK_STATES and task.owner != self.owner
+
     async def complete(
-        self, task: TaskRecord, *, output: bytes, timings: dict[str, float] | None = None
+        self,
+        task: TaskRecord,
+        *,
+        output: bytes,
+        timings: dict[str, float] | None = None,
+        as_owner: bool = False,
     ) -> TaskRecord:
         now = now_ms()
         task = dataclasses.replace(
@@ -131,11 +149,17 @@ class TaskTable:
             output_json=output,
             timings=timings,
         )
-        return await self._write_open(task)
+        return await self._write_open(task, as_owner=as_owner)
 
     async def fail(
-        self, task: TaskRecord, *, error: dict[str, Any], timings: dict[str, float] | None = None
+        self,
+        task: TaskRecord,
+        *,
+        error: dict[str, Any],
+        timings: dict[str, float] | None = None,
+        as_owner: bool = False,
     ) -> TaskRecord:
+        """Failed; ``as_owner``: only while this registry still owns the task (see ``_write_open``)."""
         now = now_ms()
         task = dataclasses.replace(
             task,
@@ -145,20 +169,21 @@ class TaskTable:
             error=error,
             timings=timings,
         )
-        return await self._write_open(task)
+        return await self._write_open(task, as_owner=as_owner)
 
-    async def finish_run(self, task: TaskRecord, result: Result, *, request_ms: float) -> TaskRecord:
+    async def finish_run(
+        self, task: TaskRecord, result: Result, *, request_ms: float, as_owner: bool = False
+    ) -> TaskRecord:
         """Record the outcome of an asynchronous run."""
         timings = timings_dict(result.timings, request_ms)
         if result.ok:
             try:
                 output = output_json(self._codec, result)
             except InvalidMessage as exc:
-                return await self.fail(
-                    task, error={"type": exc.code, "message": exc.message}, timings=timings
-                )
-            return await self.complete(task, output=output, timings=timings)
-        return await self.fail(task, error=error_dict(result.error), timings=timings)
+                error = {"type": exc.code, "message": exc.message}
+                return await self.fail(task, error=error, timings=timings, as_owner=as_owner)
+            return await self.complete(task, output=output, timings=timings, as_owner=as_owner)
+        return await self.fail(task, error=error_dict(result.error), timings=timings, as_owner=as_owner)
 
     async def open_tasks(
         self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000

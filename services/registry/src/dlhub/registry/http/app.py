@@ -13,7 +13,7 @@ from dlhub.common.logging import get_logger
 from dlhub.registry.audit import AuditLog
 from dlhub.registry.auth import Authenticator, IdentityProvider, LocalProvider
 from dlhub.registry.background import BackgroundTasks
-from dlhub.registry.blobs import blob_store
+from dlhub.registry.blobs import blob_store, internal_base_url
 from dlhub.registry.http.errors import error_middleware
 from dlhub.registry.http.keys import (
     AUDIT,
@@ -48,6 +48,7 @@ from dlhub.registry.runs import Runs
 from dlhub.registry.servables import Servables
 from dlhub.registry.store import MetadataStore
 from dlhub.registry.store.factory import make_store
+from dlhub.registry.takeover import TaskTakeover
 from dlhub.registry.tasks import TaskTable
 
 log = get_logger(__name__)
@@ -167,6 +168,18 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     unindexed = await servables.resume_index_updates()
     if unindexed:
         log.info("index updates left over from a previous run are retried", count=unindexed)
+    _start_task_recovery(settings, tasks, bus, background, servables)
+    try:
+        yield
+    finally:
+        await background.close()
+
+
+def _start_task_recovery(
+    settings: DLHubSettings, tasks: TaskTable, bus: Bus, background: BackgroundTasks, servables: Servables
+) -> None:
+    """Every accepted task ends: across this registry's restarts (recovery.py) and when another registry
+    sharing the store is gone (takeover.py)."""
     TaskRecovery(
         tasks=tasks,
         bus=bus,
@@ -174,10 +187,15 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         config=settings.registry,
         on_build_reaped=servables.fail_overdue_build,
     ).start()
-    try:
-        yield
-    finally:
-        await background.close()
+    TaskTakeover(
+        tasks=tasks,
+        bus=bus,
+        background=background,
+        config=settings.registry,
+        url=internal_base_url(settings),
+        on_build_taken=servables.take_over_build,
+        on_build_lost=servables.fail_overdue_build,
+    ).start()
 
 
 def create_app(

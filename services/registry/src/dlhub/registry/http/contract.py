@@ -708,9 +708,28 @@ class BrokerStats(Struct, kw_only=True):
     ) = UNSET
 
 
+class RegistryPeer(Struct, kw_only=True):
+    """A registry process sharing this one's store (its heartbeat, ``registry.peer_heartbeat_interval_s``)."""
+
+    instance_id: str
+    url: Annotated[str, Meta(description="Where it said it answers (registry.internal_url, else host:port)")]
+    last_seen_at: Timestamp
+    alive: Annotated[bool, Meta(description="Beat within registry.peer_stale_after_s of this answer")]
+    answering: Annotated[bool, Meta(description="The registry that answered this request")]
+
+
 class Health(Struct, kw_only=True):
     status: Literal["ok"]
     broker: BrokerStats
+    registries: (
+        Annotated[
+            list[RegistryPeer],
+            Meta(
+                description="Administrators only: every registry on this store (gone ones too, alive false)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class Blob(Struct, kw_only=True):

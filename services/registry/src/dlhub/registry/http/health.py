@@ -6,11 +6,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from dlhub.common.errors import BrokerUnavailable, DLHubError
-from dlhub.registry.http.contract import BrokerStats, HandlerStats, Health
+from dlhub.registry.clock import iso_ms, now_ms
+from dlhub.registry.http.contract import BrokerStats, HandlerStats, Health, RegistryPeer
 from dlhub.registry.http.errors import error_response
-from dlhub.registry.http.keys import AUTH, BUS, SETTINGS
+from dlhub.registry.http.keys import AUTH, BUS, INSTANCE_ID, SETTINGS, STORE
 from dlhub.registry.http.openapi import openapi_json
 from dlhub.registry.http.response import json_response, raw_json_response
+from dlhub.registry.takeover import alive
 
 HEALTH_TIMEOUT_S = 2.0
 
@@ -47,7 +49,26 @@ async def health(request: web.Request) -> web.Response:
             )
             for h in stats.handlers
         ]
-    return json_response(Health(status="ok", broker=broker))
+    reply = Health(status="ok", broker=broker)
+    if admin:
+        reply.registries = await _registries(request.app)
+    return json_response(reply)
+
+
+async def _registries(app: web.Application) -> list[RegistryPeer]:
+    """Every registry that has beaten in the shared store, the longest silent last."""
+    now, config, me = now_ms(), app[SETTINGS].registry, app[INSTANCE_ID]
+    peers = sorted(await app[STORE].list_registries(), key=lambda p: (-p.last_seen_ms, p.instance_id))
+    return [
+        RegistryPeer(
+            instance_id=p.instance_id,
+            url=p.url,
+            last_seen_at=iso_ms(p.last_seen_ms),
+            alive=alive(p, config, now),
+            answering=p.instance_id == me,
+        )
+        for p in peers
+    ]
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -154,6 +154,15 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryInstance:
+    """A registry process sharing the store: its heartbeat (``takeover.TaskTakeover``)."""
+
+    instance_id: str
+    url: str
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TokenRecord:
     """A local API token, known only by the sha256 of its secret."""
 
@@ -331,9 +340,24 @@ class MetadataStore(abc.ABC):
         """Insert or replace a task record."""
 
     @abc.abstractmethod
-    async def update_open_task(self, task: TaskRecord) -> bool:
-        """Replace a task record only while the stored one is still open (pending or running); return whether
-        it was replaced. Terminal states are final: a late or duplicate outcome never overwrites one."""
+    async def update_open_task(self, task: TaskRecord, *, owner: str | None = None) -> bool:
+        """Replace a task record only while the stored one is still open (pending or running), and, with
+        ``owner``, still owned by ``owner``; return whether it was replaced. Terminal states are final: a late
+        or duplicate outcome never overwrites one; and an owner's outcome never lands after ``claim_task``
+        took the task from it (or the other way round: one of the two wins)."""
+
+    @abc.abstractmethod
+    async def claim_task(self, task: TaskRecord, *, new_owner: str) -> bool:
+        """Make ``new_owner`` the owner of ``task`` if it is still open and still owned by ``task.owner``;
+        return whether it is. Of concurrent claims from the same owner one wins."""
+
+    @abc.abstractmethod
+    async def beat_registry(self, instance_id: str, *, url: str, now_ms: int) -> None:
+        """Record that registry ``instance_id`` (answering at ``url``) is alive at ``now_ms``."""
+
+    @abc.abstractmethod
+    async def list_registries(self) -> list[RegistryInstance]:
+        """Every registry that has beaten, with its last beat."""
 
     @abc.abstractmethod
     async def list_open_tasks(

@@ -21,6 +21,10 @@ Collections (one database, ``StoreConfig.mongodb_database``):
   ``audit`` (appended, read newest first): local groups, linked sign-in identities and the audit log.
 - ``index_pending``: servables whose search entry has an update the index has not taken (search down);
   ``_id`` is ``owner/name``, ``mark`` the id of the latest failure.
+- ``task_claims``: one document per change of a task's owner (``_id`` the task id and the owner it leaves,
+  ``to`` the new owner, "" when the owner itself ended the task); one insert per pair wins, so an owner's
+  outcome and another registry's takeover exclude each other. ``registries``: each registry's heartbeat
+  (``_id`` its instance id).
 - ``memo``: memoized run results (``dlhub.registry.memo``, ``registry.memo_shared``); ``_id`` is the
   memo key, ``value`` the output JSON, and ``expires_at`` carries the same TTL index as ``tasks``.
 
@@ -71,6 +75,7 @@ from dlhub.registry.store.interface import (
     BuildStateValue,
     MetadataStore,
     PackageFormat,
+    RegistryInstance,
     StoredBuild,
     StoredVerification,
     TaskKind,
@@ -352,6 +357,15 @@ class MongoMetadataStore(MetadataStore):
     def task_ends(self) -> AsyncCollection[Document]:
         """One claim per finished task (``update_open_task``); swept with the tasks."""
         return self.db["task_ends"]
+
+    @property
+    def task_claims(self) -> AsyncCollection[Document]:
+        """Owner changes of tasks (``claim_task``, ``update_open_task`` with an owner); swept with tasks."""
+        return self.db["task_claims"]
+
+    @property
+    def registries(self) -> AsyncCollection[Document]:
+        return self.db["registries"]
 
     @property
     def builds(self) -> AsyncCollection[Document]:
@@ -747,14 +761,18 @@ class MongoMetadataStore(MetadataStore):
         with self._errors("save_task"):
             await self.tasks.replace_one({"_id": task.task_id}, _task_doc(task), upsert=True)
 
-    async def update_open_task(self, task: TaskRecord) -> bool:
+    async def update_open_task(self, task: TaskRecord, *, owner: str | None = None) -> bool:
         # A filtered replace is not atomic on every server we support (FerretDB reads, then writes), but an
         # insert under a taken ``_id`` fails everywhere: a task's outcome is first claimed in ``task_ends``
         # (one claim per task wins), then written. A "running" write that lands after an outcome finds the
-        # claim and writes the outcome back (the claim carries it).
+        # claim and writes the outcome back (the claim carries it). An owner's outcome first takes the owner
+        # slot in ``task_claims`` that a takeover from that owner would take (``claim_task``).
         doc = _task_doc(task)
         with self._errors("update_open_task"):
-            if task.state not in OPEN_TASK_STATES:
+            ending = task.state not in OPEN_TASK_STATES
+            if owner is not None and ending and not await self._keep_owner(task, owner):
+                return False
+            if ending:
                 try:
                     claim = {
                         "_id": task.task_id,
@@ -764,13 +782,65 @@ class MongoMetadataStore(MetadataStore):
                     await self.task_ends.insert_one(claim)
                 except DuplicateKeyError:
                     return False
-            result = await self.tasks.replace_one({"_id": task.task_id, "state": OPEN_STATES}, doc)
-            if task.state in OPEN_TASK_STATES and result.matched_count:
-                ended = await self.task_ends.find_one({"_id": task.task_id}, {"task_doc": 1})
-                if ended is not None:
-                    await self.tasks.replace_one({"_id": task.task_id}, _loads_doc(ended["task_doc"]))
-                    return False
+            query: Document = {"_id": task.task_id, "state": OPEN_STATES}
+            if owner is not None and not ending:
+                query["owner"] = owner
+            result = await self.tasks.replace_one(query, doc)
+            if not ending and result.matched_count and await self._restore_outcome(task):
+                return False
         return result.matched_count > 0
+
+    async def _restore_outcome(self, task: TaskRecord) -> bool:
+        """After a non-final write: write the claimed outcome back if one landed meanwhile; whether it did."""
+        ended = await self.task_ends.find_one({"_id": task.task_id}, {"task_doc": 1})
+        if ended is None:
+            return False
+        await self.tasks.replace_one({"_id": task.task_id}, _loads_doc(ended["task_doc"]))
+        return True
+
+    async def _keep_owner(self, task: TaskRecord, owner: str) -> bool:
+        """Take the slot a takeover from ``owner`` would take; False if a takeover has taken it."""
+        slot = {"_id": f"{task.task_id}\n{owner}", "to": "", "expires_at": ms_to_date(task.expires_at_ms)}
+        try:
+            await self.task_claims.insert_one(slot)
+        except DuplicateKeyError:
+            taken = await self.task_claims.find_one({"_id": slot["_id"]})
+            return taken is not None and taken.get("to") == ""
+        return True
+
+    async def claim_task(self, task: TaskRecord, *, new_owner: str) -> bool:
+        slot = {
+            "_id": f"{task.task_id}\n{task.owner}",
+            "to": new_owner,
+            "expires_at": ms_to_date(task.expires_at_ms),
+        }
+        with self._errors("claim_task"):
+            try:
+                await self.task_claims.insert_one(slot)
+            except DuplicateKeyError:
+                return False
+            result = await self.tasks.update_one(
+                {"_id": task.task_id, "state": OPEN_STATES, "owner": task.owner},
+                {"$set": {"owner": new_owner}},
+            )
+            # The update is a read then a write on FerretDB: an outcome landing in between is written back.
+            return result.matched_count > 0 and not await self._restore_outcome(task)
+
+    async def beat_registry(self, instance_id: str, *, url: str, now_ms: int) -> None:
+        with self._errors("beat_registry"):
+            await self.registries.replace_one(
+                {"_id": instance_id}, {"_id": instance_id, "url": url, "last_seen_ms": now_ms}, upsert=True
+            )
+
+    async def list_registries(self) -> list[RegistryInstance]:
+        with self._errors("list_registries"):
+            docs = await self.registries.find({}).to_list()
+        return [
+            RegistryInstance(
+                instance_id=d["_id"], url=str(d.get("url", "")), last_seen_ms=int(d["last_seen_ms"])
+            )
+            for d in docs
+        ]
 
     async def list_open_tasks(
         self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
@@ -796,6 +866,7 @@ class MongoMetadataStore(MetadataStore):
             # ``expires_at`` is exact to the millisecond and carries the (TTL) index.
             result = await self.tasks.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
             await self.task_ends.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
+            await self.task_claims.delete_many({"expires_at": {"$lte": ms_to_date(now_ms)}})
         return result.deleted_count
 
     # -- search index updates not taken yet --------------------------------------------------------------

@@ -28,6 +28,7 @@ from dlhub.registry.store.interface import (
     BuildStateValue,
     MetadataStore,
     PackageFormat,
+    RegistryInstance,
     StoredBuild,
     StoredVerification,
     TaskKind,
@@ -127,6 +128,11 @@ CREATE TABLE IF NOT EXISTS memo (
     expires_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS memo_expiry ON memo (expires_at_ms);
+CREATE TABLE IF NOT EXISTS registries (
+    instance_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -669,12 +675,29 @@ class SQLiteMetadataStore(MetadataStore):
             f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES ({_TASK_VALUES})", _task_params(task)
         )
 
-    async def update_open_task(self, task: TaskRecord) -> bool:
+    async def update_open_task(self, task: TaskRecord, *, owner: str | None = None) -> bool:
         # Every column is set, so this is the same record as save_task writes, guarded by the stored state.
         assignments = ", ".join(f"{c.strip()} = ?" for c in _TASK_COLUMNS.split(",")[1:])
         sql = f"UPDATE tasks SET {assignments} WHERE task_id = ? AND {_OPEN_STATES_SQL}"
-        params = _task_params(task)
-        return bool(await self._write(sql, (*params[1:], task.task_id)))
+        params = (*_task_params(task)[1:], task.task_id)
+        if owner is not None:
+            sql += " AND owner = ?"
+            params = (*params, owner)
+        return bool(await self._write(sql, params))
+
+    async def claim_task(self, task: TaskRecord, *, new_owner: str) -> bool:
+        sql = f"UPDATE tasks SET owner = ? WHERE task_id = ? AND owner = ? AND {_OPEN_STATES_SQL}"
+        return bool(await self._write(sql, (new_owner, task.task_id, task.owner)))
+
+    async def beat_registry(self, instance_id: str, *, url: str, now_ms: int) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO registries (instance_id, url, last_seen_ms) VALUES (?, ?, ?)",
+            (instance_id, url, now_ms),
+        )
+
+    async def list_registries(self) -> list[RegistryInstance]:
+        rows = await self.db.execute_fetchall("SELECT instance_id, url, last_seen_ms FROM registries")
+        return [RegistryInstance(instance_id=r[0], url=r[1], last_seen_ms=int(r[2])) for r in rows]
 
     async def list_open_tasks(
         self, *, owner: str | None = None, deadline_before_ms: int | None = None, limit: int = 1000
