@@ -40,6 +40,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -153,6 +154,42 @@ def first_call_ms(stack: RunningStack, path: str, body: bytes, expected: int) ->
     return round(elapsed, 3)
 
 
+# The worker's bundle download (dlhub.worker.bundles) makes its httpx.AsyncClient on the first fetch and then
+# streams a GET; this does the same in a fresh interpreter, as a fresh Task Manager is.
+CLIENT_PROBE = """
+import asyncio, json, sys, time
+import httpx
+
+
+async def main(url):
+    t0 = time.perf_counter()
+    client = httpx.AsyncClient(timeout=60, follow_redirects=False)
+    t1 = time.perf_counter()
+    (await client.get(url)).raise_for_status()
+    t2 = time.perf_counter()
+    (await client.get(url)).raise_for_status()
+    t3 = time.perf_counter()
+    await client.aclose()
+    ms = lambda a, b: round((b - a) * 1000, 3)
+    print(json.dumps({"new_client_ms": ms(t0, t1), "first_get_ms": ms(t1, t2), "warm_get_ms": ms(t2, t3)}))
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def http_client_setup(stack: RunningStack) -> dict[str, float]:
+    """What a fresh Task Manager's first bundle fetch pays besides moving the bytes: making its HTTP client
+    (httpx builds its TLS context then) and the first request on it, against the same bundle URL."""
+    digests = sorted(p.stem for p in (stack.data_dir / "bundles").glob("*.bin"))
+    url = f"{stack.url}/internal/v1/bundles/{digests[0]}" if digests else f"{stack.url}/api/v1/health"
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT_PROBE, url], check=True, capture_output=True, text=True, timeout=120
+    )
+    probe: dict[str, float] = json.loads(done.stdout)
+    return probe
+
+
 # -- one N, one repeat -------------------------------------------------------------------------------------
 
 
@@ -237,6 +274,7 @@ def run_repeat(run: Run, repeat: int) -> dict[str, Any]:
     shift = repeat % len(counts)
     order = counts[shift:] + counts[:shift]  # rotated: no N always runs first (or on a fresher machine)
     rows: dict[str, Any] = {}
+    client = http_client_setup(run.stack)
     for n in order:
         row = rows[str(n)] = measure_managers(run, n, repeat)
         print(
@@ -245,7 +283,7 @@ def run_repeat(run: Run, repeat: int) -> dict[str, Any]:
             f"load average {row['load_average_before'][0]}",
             flush=True,
         )
-    return {"order": order, "rows": rows, "load_average_after": load_average()}
+    return {"order": order, "rows": rows, "http_client": client, "load_average_after": load_average()}
 
 
 # -- summary, figure, table --------------------------------------------------------------------------------
@@ -355,15 +393,17 @@ def plot_latency(ax: Any, result: dict[str, Any]) -> None:
 
 def plot_first_call(ax: Any, result: dict[str, Any]) -> None:
     one = result["median"][str(result["config"]["managers"][0])]
+    client = result["median_http_client"]
     bars = {
         "first call\nfresh TM": one["first_call_fresh_ms"],
         "first call\nbundle cached": one["first_call_cached_ms"],
         "bundle fetch\n(TM log)": one["bundle_fetch_ms"],
         "unpack\n(TM log)": one["bundle_unpack_ms"],
+        "new HTTP client\n+ first GET": client["new_client_ms"] + client["first_get_ms"],
         "one call\n(ideal)": one["ideal_call_p50_ms"],
     }
-    ax.bar(list(bars), [v or 0 for v in bars.values()], color=["tab:red", "tab:green", "tab:orange",
-                                                               "tab:olive", "tab:blue"])  # fmt: skip
+    colors = ["tab:red", "tab:green", "tab:orange", "tab:olive", "tab:purple", "tab:blue"]
+    ax.bar(list(bars), [v or 0 for v in bars.values()], color=colors)
     for i, value in enumerate(bars.values()):
         ax.annotate(f"{value or 0:.0f}", (i, value or 0), ha="center", textcoords="offset points",
                     xytext=(0, 2), fontsize=8)  # fmt: skip
@@ -384,6 +424,11 @@ def print_table(result: dict[str, Any], json_path: Path) -> None:
         f"first call N=1: fresh {one['first_call_fresh_ms']} ms, bundle cached "
         f"{one['first_call_cached_ms']} ms, extra {one['fetch_extra_ms']} ms "
         f"(fetch {one['bundle_fetch_ms']} + unpack {one['bundle_unpack_ms']} ms)"
+    )
+    client = result["median_http_client"]
+    print(
+        f"a fresh process's HTTP client: new client {client['new_client_ms']} ms, first GET "
+        f"{client['first_get_ms']} ms, warm GET {client['warm_get_ms']} ms"
     )
     print(f"(medians of {result['config']['repeats']} repeats; results in {json_path})")
 
@@ -420,6 +465,10 @@ def main(argv: list[str] | None = None) -> None:
         run = Run(stack, servable, args, Path(tmp))
         result["repeats"] = [run_repeat(run, r) for r in range(args.repeats)]
     result["median"] = summarize(result["repeats"], args.managers)
+    result["median_http_client"] = {
+        key: med([r["http_client"][key] for r in result["repeats"]])
+        for key in ("new_client_ms", "first_get_ms", "warm_get_ms")
+    }
     result["load_average_at_end"] = load_average()
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["notes"] = NOTES
