@@ -337,7 +337,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 2, 2]})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 2, 3]})
     plot_throughput(axes[0], result)
     plot_latency(axes[1], result)
     plot_first_call(axes[2], result)
@@ -362,8 +362,8 @@ def plot_throughput(ax: Any, result: dict[str, Any]) -> None:
         spread = [[v - row[key + "_range"][0] for v, row in zip(values, rows, strict=True)],
                   [row[key + "_range"][1] - v for v, row in zip(values, rows, strict=True)]]  # fmt: skip
         ax.errorbar(counts, values, yerr=spread, fmt=style, capsize=4, label=label)
-    linear = [rows[0]["ideal_requests_per_s"] * n / counts[0] for n in counts]
-    ax.plot(counts, linear, ":", color="grey", label="linear in N (from the ideal at N=1)")
+    linear = [rows[0]["ideal_requests_per_s"] * min(n, cores) / counts[0] for n in counts]
+    ax.plot(counts, linear, ":", color="grey", label="ideal at N=1 x min(N, cores)")
     ax.axvline(cores, color="k", lw=1, ls="-.", label=f"{cores} cores")
     for n, row in zip(counts, rows, strict=True):
         ax.annotate(f"{row['over_ideal']:.2f}x ideal", (n, row["requests_per_s"]), textcoords="offset points",
@@ -409,7 +409,7 @@ def plot_first_call(ax: Any, result: dict[str, Any]) -> None:
                     xytext=(0, 2), fontsize=8)  # fmt: skip
     ax.set_ylabel("ms (median of repeats)")
     ax.set_title("first call on one Task Manager (N=1)")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
 
 
 def print_table(result: dict[str, Any], json_path: Path) -> None:
