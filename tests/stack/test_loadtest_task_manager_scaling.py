@@ -67,6 +67,8 @@ def test_metadata_rows_and_figure(quick_run: Run) -> None:
     assert one["first_call_cached_ms"] > 0 and one["bundle_fetch_ms"] > 0 and one["bundle_unpack_ms"] > 0
     assert "first_call_cached_ms" not in repeat["rows"]["2"]
     assert results["median"]["1"]["speedup"] == 1.0
+    client = results["median_http_client"]
+    assert client["new_client_ms"] > 0 and client["first_get_ms"] > 0 and client["warm_get_ms"] > 0
     data = (out / "task_manager_scaling.png").read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
     assert "task_manager_scaling.json" in stdout and "first call N=1" in stdout
