@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +52,29 @@ class RunningStack:
 
 
 @contextmanager
-def embedded_stack(workers: int = 1, extra_env: dict[str, str] | None = None) -> Iterator[RunningStack]:
-    """Start `dlhub up` in a temporary data directory and stop it afterwards."""
+def embedded_stack(
+    workers: int = 1, extra_env: dict[str, str] | None = None, worker_keys: Sequence[str] = ()
+) -> Iterator[RunningStack]:
+    """Start `dlhub up` in a temporary data directory and stop it afterwards.
+
+    ``worker_keys``: bus key pairs (``worker-gpu01``...) created in ``<data dir>/keys`` before the broker
+    starts, since it admits only the keys it finds then (docs/task-managers.md), for Task Managers of their
+    own."""
     with tempfile.TemporaryDirectory(prefix="dlhub-bench-") as tmp:
         base = Path(tmp)
         port, broker_port = free_port(), free_port()
         env = dict(os.environ, DLHUB_HOME=str(base / "home"), **(extra_env or {}))
+        if worker_keys:
+            keys = [
+                sys.executable,
+                "-m",
+                "dlhub.broker",
+                "keys",
+                "create",
+                "--dir",
+                str(base / "data" / "keys"),
+            ]
+            subprocess.run([*keys, *worker_keys], env=env, check=True, capture_output=True)
         cmd = [
             sys.executable, "-m", "dlhub.client.cli", "up", "--data-dir", str(base / "data"),
             "--port", str(port), "--broker-port", str(broker_port), "--workers", str(workers),

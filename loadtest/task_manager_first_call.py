@@ -43,22 +43,34 @@ def token_for(data_dir: Path, user: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_task_manager(url: str, broker_url: str, stack_dir: Path, base: Path) -> subprocess.Popen[bytes]:
-    """``dlhub worker`` with its own data directory and a copy of the stack's worker key."""
-    data_dir = base / "tm-data"
+def start_task_manager(
+    url: str,
+    broker_url: str,
+    stack_dir: Path,
+    base: Path,
+    *,
+    label: str = "tm",
+    key_name: str = "worker",
+    serves: str = "remote/*",
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``dlhub worker`` with its own data directory ``<base>/<label>-data`` (created if missing, kept if not:
+    a restart serves from its bundle cache) holding a copy of the stack's key pair ``key_name``; its JSON log
+    is appended to ``<base>/<label>.log``."""
+    data_dir = base / f"{label}-data"
     keys = data_dir / "keys"
-    keys.mkdir(parents=True, mode=0o700)
-    for name in ("broker.key", "worker.key_secret"):
+    keys.mkdir(parents=True, mode=0o700, exist_ok=True)
+    for name in ("broker.key", f"{key_name}.key_secret"):
         shutil.copy(stack_dir / "keys" / name, keys)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLHUB_")}
-    env |= {"DLHUB_HOME": str(base / "tm-home"), "DLHUB_LOGGING__FORMAT": "json"}
+    env |= {"DLHUB_HOME": str(base / f"{label}-home"), "DLHUB_LOGGING__FORMAT": "json", **(extra_env or {})}
     cmd = [
         sys.executable, "-m", "dlhub.client.cli", "worker", "--broker", broker_url,
-        "--data-dir", str(data_dir), "--registry-url", url,
-        "--serves", "remote/*", "--instance-id", "bench-tm",
+        "--data-dir", str(data_dir), "--registry-url", url, "--key-name", key_name,
+        "--serves", serves, "--instance-id", f"bench-{label}",
     ]  # fmt: skip
-    log = (base / "tm.log").open("wb")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with (base / f"{label}.log").open("ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_workers(url: str, token: str, count: int) -> None:
