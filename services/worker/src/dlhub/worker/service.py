@@ -311,7 +311,10 @@ class WorkerService:
             if self._stopping.is_set():
                 return
             topics = served_topics(self.settings)
-            profile = await asyncio.to_thread(profile_of, self.settings)  # nvidia-smi may take a while
+            # Both off the loop and concurrently: nvidia-smi may take a while, and so does an HTTP client.
+            profile, _ = await asyncio.gather(
+                asyncio.to_thread(profile_of, self.settings), self.bundles.prepare()
+            )
             self.handler = HandlerService(
                 bus=self.settings.bus,
                 codec=self.codec,
