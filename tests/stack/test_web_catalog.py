@@ -111,7 +111,7 @@ def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> Non
     wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     assert sorted(hits(browser)) == sorted([catalog.mean, catalog.square, catalog.xss])
     browser.find_element(By.CSS_SELECTOR, 'a[data-facet="domain"][data-value="materials"]').click()
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "1 model")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "1 result")
     assert hits(browser) == [catalog.mean]
     assert "domain=materials" in browser.current_url and f"q=webtag{catalog.tag}" in browser.current_url
     # The URL carries the query: opened afresh, it shows the same narrowed list.
@@ -120,7 +120,7 @@ def test_search_and_facet_narrowing(browser: WebDriver, catalog: Catalog) -> Non
     browser.find_element(By.CSS_SELECTOR, 'a[data-remove="domain"]').click()
     wait(browser).until(lambda d: text_of(d, "#result-count") == "3 results")
     browser.back()
-    wait(browser).until(lambda d: text_of(d, "#result-count") == "1 model")
+    wait(browser).until(lambda d: text_of(d, "#result-count") == "1 result")
     # Free text through the search box narrows as well.
     box = shown(browser, "#q")
     box.clear()
