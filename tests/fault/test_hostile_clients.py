@@ -184,7 +184,11 @@ def test_connections_past_the_limit_get_503_json(guarded: StackInfo) -> None:
     sockets: list[socket.socket] = []
     try:
         for _ in range(MAX_CONNECTIONS):
-            sockets.append(socket.create_connection(_address(guarded), timeout=5))
+            sock = socket.create_connection(_address(guarded), timeout=5)
+            # A whole request, so the connection then idles in keep-alive: a silent one is dropped after
+            # HEADER_READ_TIMEOUT_S, which opening 300 of them on a loaded machine can outlast.
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            sockets.append(sock)
 
         # The registry has seen them all when one more is refused (polled: accepts are asynchronous).
         def refused() -> bool:

@@ -49,7 +49,10 @@ def fetch(url: str) -> str:
         return Path(task.localize(FILE_SPEC, {"url": url})).read_text()
 
 
-def test_one_client_serves_every_task_and_cookies_do_not_cross_tasks(base_url: str) -> None:
+def test_one_client_serves_every_task_and_cookies_do_not_cross_tasks(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "_clients", {})  # other tests in this process may have made theirs
     assert fetch(f"{base_url}/set") == ""
     assert fetch(f"{base_url}/echo") == ""  # the cookie set by the first task is not sent
     assert len(files._clients) == 1
