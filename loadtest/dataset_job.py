@@ -50,25 +50,35 @@ def _publish(client: DLHubClient, folder: Path, rows: int) -> tuple[str, str, li
     return f"bench/{dataset['name']}", f"bench/{servable['name']}@{servable['version']}", data
 
 
-def _job(url: str, headers: dict[str, str], dataset: str, servable: str, batch_rows: int) -> dict[str, float]:
-    body = {"servable": servable, "batch_rows": batch_rows, "output_name": f"out{time.monotonic_ns()}"}
+def timed_job(
+    url: str, headers: dict[str, str], dataset: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], float, float]:
+    """Apply ``body`` to ``dataset`` and poll the task to its end: (the task, seconds until every item was
+    done, seconds until it completed with its output dataset). Also used by ``loadtest.dataset_job_files``."""
+    body = {**body, "output_name": f"out{time.monotonic_ns()}"}
     started = time.perf_counter()
     reply = httpx.post(f"{url}/api/v1/servables/{dataset}/apply", json=body, headers=headers, timeout=60)
     reply.raise_for_status()
     task_id = reply.json()["task_id"]
-    rows_done_s = 0.0
+    done_s = 0.0
     while True:
-        task = httpx.get(f"{url}/api/v1/tasks/{task_id}", headers=headers, timeout=60).json()
+        task: dict[str, Any] = httpx.get(f"{url}/api/v1/tasks/{task_id}", headers=headers, timeout=60).json()
         progress = task["progress"]
-        if not rows_done_s and progress["total"] and progress["done"] == progress["total"]:
-            rows_done_s = time.perf_counter() - started
+        if not done_s and progress["total"] and progress["done"] == progress["total"]:
+            done_s = time.perf_counter() - started
         if task["state"] in ("completed", "failed"):
             break
         time.sleep(0.02)
     total_s = time.perf_counter() - started
+    return task, round(done_s or total_s, 3), round(total_s, 3)
+
+
+def _job(url: str, headers: dict[str, str], dataset: str, servable: str, batch_rows: int) -> dict[str, float]:
+    body = {"servable": servable, "batch_rows": batch_rows}
+    task, rows_done_s, completed_s = timed_job(url, headers, dataset, body)
     if task["state"] != "completed":
         raise RuntimeError(f"job failed: {task.get('error')}")
-    return {"rows_done_s": round(rows_done_s or total_s, 3), "completed_s": round(total_s, 3)}
+    return {"rows_done_s": rows_done_s, "completed_s": completed_s}
 
 
 def _one_batch(url: str, headers: dict[str, str], servable: str, data: list[list[float]]) -> float:

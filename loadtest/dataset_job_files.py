@@ -29,6 +29,7 @@ import httpx
 from dlhub.client import DLHubClient
 from dlhub.client.metadata import python_function_document
 from loadtest.common import embedded_stack, write_results
+from loadtest.dataset_job import timed_job
 
 FUNCTIONS = """
 def one(path):
@@ -64,24 +65,10 @@ def _publish(client: DLHubClient, folder: Path, files: int) -> tuple[str, dict[s
 
 
 def _job(url: str, headers: dict[str, str], dataset: str, body: dict[str, Any]) -> tuple[float, float]:
-    body = {**body, "over": "files", "output_name": f"out{time.monotonic_ns()}"}
-    started = time.perf_counter()
-    reply = httpx.post(f"{url}/api/v1/servables/{dataset}/apply", json=body, headers=headers, timeout=60)
-    reply.raise_for_status()
-    task_id = reply.json()["task_id"]
-    done_s = 0.0
-    while True:
-        task = httpx.get(f"{url}/api/v1/tasks/{task_id}", headers=headers, timeout=60).json()
-        progress = task["progress"]
-        if not done_s and progress["total"] and progress["done"] == progress["total"]:
-            done_s = time.perf_counter() - started
-        if task["state"] in ("completed", "failed"):
-            break
-        time.sleep(0.02)
-    total_s = time.perf_counter() - started
+    task, done_s, total_s = timed_job(url, headers, dataset, {**body, "over": "files"})
     if task["state"] != "completed" or task["output"]["failed"]:
         raise RuntimeError(f"job failed: {task.get('error') or task['output']['failures'][:3]}")
-    return round(done_s or total_s, 3), round(total_s, 3)
+    return done_s, total_s
 
 
 def _blob_run(url: str, headers: dict[str, str], servable: str, blobs: list[str]) -> float:
